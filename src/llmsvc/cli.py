@@ -1,0 +1,61 @@
+"""The ``llmsvc`` command: one console script, one subcommand per component.
+
+Subcommands are imported only when they run, so ``llmsvc --help`` is instant
+and no service pulls in another.
+"""
+
+from __future__ import annotations
+
+import importlib
+import sys
+from collections.abc import Sequence
+
+from llmsvc import __version__
+
+# subcommand -> (module with ``main(argv) -> int``, one-line help)
+COMMANDS: dict[str, tuple[str, str]] = {
+    "registry": ("llmsvc.registry.cli", "run the service registry (port 8081)"),
+    "router": ("llmsvc.router.cli", "run the OpenAI-compatible router (port 8080)"),
+    "babysitter": ("llmsvc.babysitter.cli", "launch, supervise and register one engine"),
+    "sim-engine": ("llmsvc.simengine.cli", "run the simulated OpenAI-compatible engine"),
+    "up": ("llmsvc.local.cli", "start a local stack (registry, router, babysitters)"),
+    "down": ("llmsvc.local.cli", "stop the local stack"),
+    "status": ("llmsvc.local.cli", "show the local stack's processes and health"),
+    "validate": ("llmsvc.local.cli", "check a running stack end to end"),
+}
+
+
+def usage() -> str:
+    width = max(len(name) for name in COMMANDS)
+    lines = [
+        f"usage: llmsvc <command> [options]   (llmsvc {__version__})",
+        "",
+        "commands:",
+    ]
+    lines += [f"  {name:<{width}}  {help_}" for name, (_, help_) in COMMANDS.items()]
+    lines += ["", "Run 'llmsvc <command> --help' for a command's options."]
+    return "\n".join(lines)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = list(sys.argv[1:] if argv is None else argv)
+    if not args or args[0] in ("-h", "--help", "help"):
+        print(usage())
+        return 0
+    if args[0] in ("-V", "--version"):
+        print(f"llmsvc {__version__}")
+        return 0
+    command, rest = args[0], args[1:]
+    if command not in COMMANDS:
+        print(f"llmsvc: error: unknown command '{command}' (see 'llmsvc --help')", file=sys.stderr)
+        return 2
+    module = importlib.import_module(COMMANDS[command][0])
+    try:
+        code: int = (
+            module.main(rest)
+            if not module.__name__.endswith("local.cli")
+            else (module.main([command, *rest]))
+        )
+    except KeyboardInterrupt:
+        return 130
+    return code

@@ -1,0 +1,193 @@
+"""App-factory helpers shared by every service.
+
+A service builds its ``web.Application`` with :func:`make_app` from a route
+table of :class:`Route` (which also yields ``/openapi.json``), owns its
+background work through :func:`background` (a ``cleanup_ctx`` that starts a
+supervised task before ``yield`` and cancels and awaits it after), and is run
+by :func:`serve`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import re
+import ssl
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from aiohttp import web
+from aiohttp.typedefs import Middleware
+from pydantic import BaseModel
+
+from llmsvc.core.errors import Handler, error_middleware
+from llmsvc.core.jsonio import json_response
+from llmsvc.core.openapi import build_openapi
+
+log = logging.getLogger("llmsvc.app")
+
+CleanupCtx = Callable[[web.Application], AsyncIterator[None]]
+
+DEFAULT_MAX_BODY = 8 * 1024 * 1024
+
+_PATH_PARAM = re.compile(r"{([^}:]+)(?::[^}]*)?}")
+
+
+@dataclass(frozen=True)
+class Query:
+    """A documented query parameter."""
+
+    name: str
+    description: str = ""
+    schema: Mapping[str, Any] = field(default_factory=lambda: {"type": "string"})
+
+
+@dataclass(frozen=True)
+class Route:
+    """One endpoint: registered on the app and described in ``/openapi.json``."""
+
+    method: str
+    path: str
+    handler: Handler
+    summary: str
+    description: str = ""
+    request: type[BaseModel] | None = None
+    response: type[BaseModel] | None = None
+    response_media: str | None = None
+    status: int = 200
+    errors: Mapping[int, str] = field(default_factory=dict)
+    query: tuple[Query, ...] = ()
+
+    def operation_id(self) -> str:
+        words = re.sub(r"[^A-Za-z0-9]+", "_", self.path).strip("_") or "root"
+        return f"{self.method.lower()}_{words}"
+
+    def path_params(self) -> list[str]:
+        return _PATH_PARAM.findall(self.path)
+
+
+def make_app(
+    *,
+    title: str,
+    version: str,
+    routes: Iterable[Route],
+    client_max_size: int = DEFAULT_MAX_BODY,
+    middlewares: Iterable[Middleware] = (),
+    handler_args: Mapping[str, Any] | None = None,
+) -> web.Application:
+    """A ``web.Application`` with the error middleware, the routes and ``/openapi.json``."""
+    app = web.Application(
+        middlewares=[error_middleware, *middlewares],
+        client_max_size=client_max_size,
+        handler_args=dict(handler_args or {}),
+    )
+    table = list(routes)
+    for route in table:
+        app.router.add_route(route.method, route.path, route.handler)
+    document = build_openapi(title, version, table)
+
+    async def openapi(_: web.Request) -> web.Response:
+        return json_response(document)
+
+    app.router.add_get("/openapi.json", openapi)
+    return app
+
+
+def supervised(coro: Coroutine[Any, Any, Any], *, name: str) -> asyncio.Task[Any]:
+    """A task whose failure is logged, never silent."""
+    task = asyncio.create_task(coro, name=name)
+
+    def _report(t: asyncio.Task[Any]) -> None:
+        if t.cancelled():
+            return
+        exc = t.exception()
+        if exc is not None:
+            log.error("background task %s failed", name, exc_info=exc)
+
+    task.add_done_callback(_report)
+    return task
+
+
+def background(
+    name: str, factory: Callable[[web.Application], Coroutine[Any, Any, Any]]
+) -> CleanupCtx:
+    """A ``cleanup_ctx`` owning one supervised background task."""
+
+    async def ctx(app: web.Application) -> AsyncIterator[None]:
+        task = supervised(factory(app), name=name)
+        yield
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+
+    return ctx
+
+
+async def every(
+    interval: float, fn: Callable[[], Awaitable[Any]], *, name: str, first_delay: float = 0.0
+) -> None:
+    """Call ``fn`` every ``interval`` seconds forever; log a failure and go on."""
+    if first_delay:
+        await asyncio.sleep(first_delay)
+    while True:
+        try:
+            await fn()
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            log.exception("periodic task %s failed; retrying in %.1fs", name, interval)
+        await asyncio.sleep(interval)
+
+
+def new_event_loop() -> asyncio.AbstractEventLoop:
+    """uvloop when it is installed, else the standard loop."""
+    try:
+        import uvloop
+    except ImportError:  # pragma: no cover - uvloop is a dependency on Linux
+        return asyncio.new_event_loop()
+    loop: asyncio.AbstractEventLoop = uvloop.new_event_loop()
+    return loop
+
+
+def ssl_context(cert: str | None, key: str | None) -> ssl.SSLContext | None:
+    if not cert:
+        return None
+    ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ctx.load_cert_chain(cert, key)
+    return ctx
+
+
+def serve(
+    app: web.Application,
+    *,
+    name: str,
+    host: str,
+    port: int,
+    shutdown_timeout: float = 10.0,
+    ssl: ssl.SSLContext | None = None,
+    reuse_port: bool = False,
+) -> int:
+    """Run ``app`` until SIGTERM/SIGINT, then shut down gracefully. Returns an exit code."""
+    loop = new_event_loop()
+    asyncio.set_event_loop(loop)
+    scheme = "https" if ssl else "http"
+    log.info("%s listening on %s://%s:%d", name, scheme, host, port)
+    try:
+        web.run_app(
+            app,
+            host=host,
+            port=port,
+            loop=loop,
+            ssl_context=ssl,
+            access_log=None,
+            print=None,
+            shutdown_timeout=shutdown_timeout,
+            reuse_port=reuse_port,
+            handle_signals=True,
+        )
+    except OSError as exc:
+        log.error("%s cannot listen on %s:%d: %s", name, host, port, exc.strerror or exc)
+        return 1
+    return 0

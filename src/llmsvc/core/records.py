@@ -1,0 +1,86 @@
+"""The registry's service record, shared by registry, router and babysitter."""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+# Record types with a meaning; any other string is kept but never routed to.
+OPENAI_API = "openai-api"
+BABYSITTER = "babysitter"
+
+Status = Literal["healthy", "unhealthy"]
+
+_NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._:@-]{0,252}$"
+
+
+class ServiceRegistration(BaseModel):
+    """What a client sends to register or update a service."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = Field(pattern=_NAME_PATTERN, description="Unique name of the service.")
+    host: str = Field(min_length=1, max_length=253)
+    port: int = Field(ge=1, le=65535)
+    url: str | None = Field(default=None, description="Base URL; derived from host and port.")
+    type: str = Field(default=OPENAI_API, min_length=1, max_length=64)
+    weight: int = Field(default=1, ge=1, le=1000)
+    metadata: dict[str, Any] = Field(default_factory=dict)
+
+    @field_validator("url")
+    @classmethod
+    def _url_scheme(cls, value: str | None) -> str | None:
+        if value is not None and not value.startswith(("http://", "https://")):
+            raise ValueError("url must start with http:// or https://")
+        return value.rstrip("/") if value else value
+
+    @field_validator("metadata")
+    @classmethod
+    def _models_are_strings(cls, value: dict[str, Any]) -> dict[str, Any]:
+        models = value.get("models")
+        if models is not None and (
+            not isinstance(models, list) or not all(isinstance(m, str) for m in models)
+        ):
+            raise ValueError("metadata.models must be a list of strings")
+        return value
+
+    def base_url(self) -> str:
+        return self.url or f"http://{_bracket(self.host)}:{self.port}"
+
+
+class ServiceRecord(ServiceRegistration):
+    """A registered service as the registry keeps and returns it."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    url: str | None = None
+    status: Status = "healthy"
+    registered_at: float = 0.0
+    last_heartbeat: float = 0.0
+    last_check: float | None = None
+    consecutive_failures: int = 0
+
+    @model_validator(mode="after")
+    def _derive_url(self) -> ServiceRecord:
+        if not self.url:
+            self.url = self.base_url()
+        return self
+
+    @property
+    def models(self) -> list[str]:
+        models = self.metadata.get("models")
+        return list(models) if isinstance(models, list) else []
+
+    @property
+    def healthy(self) -> bool:
+        return self.status == "healthy"
+
+
+class ServiceList(BaseModel):
+    services: list[ServiceRecord]
+    total: int
+
+
+def _bracket(host: str) -> str:
+    return f"[{host}]" if ":" in host and not host.startswith("[") else host

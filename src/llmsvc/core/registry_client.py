@@ -1,0 +1,132 @@
+"""The registry's HTTP API as the router and the babysitter use it.
+
+Exceptions::
+
+    RegistryError           anything that went wrong talking to the registry
+    ├── RegistryUnavailable connect error, timeout or a 5xx: try again later
+    └── RegistryRejected    a 4xx other than the 404 of a heartbeat: fix the request
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import aiohttp
+import orjson
+
+from llmsvc.core.records import ServiceRecord, ServiceRegistration
+
+INDEX_HEADER = "X-Llmsvc-Index"
+
+
+class RegistryError(Exception):
+    pass
+
+
+class RegistryUnavailable(RegistryError):
+    pass
+
+
+class RegistryRejected(RegistryError):
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(f"registry answered {status}: {message}")
+        self.status = status
+
+
+class RegistryClient:
+    def __init__(
+        self,
+        *,
+        base_url: str,
+        session: aiohttp.ClientSession,
+        token: str | None = None,
+        timeout: float = 5.0,
+    ) -> None:
+        self.base_url = base_url.rstrip("/")
+        self._session = session
+        self._headers = {"Authorization": f"Bearer {token}"} if token else {}
+        self._timeout = timeout
+
+    async def _request(
+        self,
+        method: str,
+        path: str,
+        *,
+        body: Any = None,
+        params: dict[str, str] | None = None,
+        timeout: float | None = None,
+        allow_404: bool = False,
+    ) -> tuple[int, Any, dict[str, str]]:
+        data = orjson.dumps(body) if body is not None else None
+        headers = dict(self._headers)
+        if data is not None:
+            headers["Content-Type"] = "application/json"
+        try:
+            async with self._session.request(
+                method,
+                self.base_url + path,
+                data=data,
+                params=params,
+                headers=headers,
+                timeout=aiohttp.ClientTimeout(total=timeout or self._timeout),
+            ) as resp:
+                raw = await resp.read()
+                status = resp.status
+                resp_headers = dict(resp.headers)
+        except (TimeoutError, aiohttp.ClientError, OSError) as exc:
+            raise RegistryUnavailable(f"registry at {self.base_url} unreachable: {exc!r}") from None
+        payload = orjson.loads(raw) if raw and raw[:1] in (b"{", b"[") else None
+        if status >= 500:
+            raise RegistryUnavailable(f"registry answered {status}")
+        if status == 404 and allow_404:
+            return status, payload, resp_headers
+        if status >= 400:
+            message = (payload or {}).get("error", {}).get("message", "") if payload else ""
+            raise RegistryRejected(status, message)
+        return status, payload, resp_headers
+
+    async def register(self, registration: ServiceRegistration) -> ServiceRecord:
+        _, payload, _ = await self._request(
+            "POST", "/services", body=registration.model_dump(exclude_none=True)
+        )
+        return ServiceRecord.model_validate(payload)
+
+    async def heartbeat(self, name: str) -> bool:
+        """Refresh ``name``; False when the registry does not know it (re-register)."""
+        status, _, _ = await self._request("POST", f"/services/{name}/heartbeat", allow_404=True)
+        return status != 404
+
+    async def deregister(self, name: str) -> None:
+        await self._request("DELETE", f"/services/{name}", allow_404=True)
+
+    async def services(
+        self,
+        *,
+        healthy: bool | None = None,
+        type_: str | None = None,
+        model: str | None = None,
+        index: int | None = None,
+        wait: float | None = None,
+    ) -> tuple[list[ServiceRecord], int]:
+        """The records matching the filters and the registry's change index.
+
+        With ``index`` and ``wait`` this is the blocking query: it returns as
+        soon as the registry's index exceeds ``index``, or after ``wait`` seconds.
+        """
+        params: dict[str, str] = {}
+        if healthy is not None:
+            params["healthy"] = "true" if healthy else "false"
+        if type_:
+            params["type"] = type_
+        if model:
+            params["model"] = model
+        timeout = None
+        if index is not None and wait is not None:
+            params["index"] = str(index)
+            params["wait"] = f"{wait:g}s"
+            timeout = wait + self._timeout
+        _, payload, headers = await self._request(
+            "GET", "/services", params=params, timeout=timeout
+        )
+        records = [ServiceRecord.model_validate(r) for r in (payload or {}).get("services", [])]
+        return records, int(headers.get(INDEX_HEADER, "0"))

@@ -1,0 +1,138 @@
+"""OpenAI wire types.
+
+The router parses only what it routes on (:class:`RoutingInfo`) and forwards
+the original bytes untouched. The pydantic models describe the endpoints for
+the simulated engine and the OpenAPI documents; unknown fields are kept
+(``extra="allow"``) so nothing a client sends is lost.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import orjson
+from pydantic import BaseModel, ConfigDict, Field
+
+from llmsvc.core.errors import BadRequest
+from llmsvc.core.jsonio import loads_object
+
+# Paths the router forwards by the body's model, with and without /v1.
+INFERENCE_PATHS = ("/v1/chat/completions", "/v1/completions", "/v1/embeddings")
+
+
+@dataclass(frozen=True, slots=True)
+class RoutingInfo:
+    """What routing needs from a request body; ``body`` is forwarded verbatim."""
+
+    model: str
+    stream: bool
+    user: str | None
+    body: bytes
+    payload: dict[str, Any]
+
+
+def parse_routing(body: bytes) -> RoutingInfo:
+    """Extract model, stream and user; 400 in the OpenAI shape when they are wrong."""
+    payload = loads_object(body)
+    model = payload.get("model")
+    if model is None:
+        raise BadRequest("Missing required parameter: 'model'", param="model", code="missing_model")
+    if not isinstance(model, str) or not model:
+        raise BadRequest("'model' must be a non-empty string", param="model", code="invalid_model")
+    stream = payload.get("stream", False)
+    if stream is None:
+        stream = False
+    if not isinstance(stream, bool):
+        raise BadRequest("'stream' must be a boolean", param="stream", code="invalid_value")
+    user = payload.get("user")
+    return RoutingInfo(
+        model=model,
+        stream=stream,
+        user=user if isinstance(user, str) else None,
+        body=body,
+        payload=payload,
+    )
+
+
+def sse_event(data: dict[str, Any] | str) -> bytes:
+    """One Server-Sent Event ``data:`` frame."""
+    text = data if isinstance(data, str) else orjson.dumps(data).decode()
+    return b"data: " + text.encode() + b"\n\n"
+
+
+SSE_DONE = b"data: [DONE]\n\n"
+
+
+class _Open(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+
+class ChatMessage(_Open):
+    role: str
+    content: str | list[dict[str, Any]] | None = None
+
+
+class StreamOptions(_Open):
+    include_usage: bool = False
+
+
+class ChatCompletionRequest(_Open):
+    model: str = Field(min_length=1)
+    messages: list[ChatMessage] = Field(min_length=1)
+    stream: bool = False
+    stream_options: StreamOptions | None = None
+    max_tokens: int | None = Field(default=None, ge=1)
+    max_completion_tokens: int | None = Field(default=None, ge=1)
+    n: int = Field(default=1, ge=1, le=1)
+    temperature: float | None = Field(default=None, ge=0, le=2)
+    user: str | None = None
+
+
+class CompletionRequest(_Open):
+    model: str = Field(min_length=1)
+    prompt: str | list[str] | list[int] | list[list[int]]
+    stream: bool = False
+    stream_options: StreamOptions | None = None
+    max_tokens: int | None = Field(default=16, ge=1)
+    n: int = Field(default=1, ge=1, le=1)
+    user: str | None = None
+
+
+class EmbeddingRequest(_Open):
+    model: str = Field(min_length=1)
+    input: str | list[str] | list[int] | list[list[int]]
+    dimensions: int | None = Field(default=None, ge=1, le=8192)
+    encoding_format: Literal["float", "base64"] = "float"
+    user: str | None = None
+
+
+class Usage(BaseModel):
+    prompt_tokens: int
+    completion_tokens: int = 0
+    total_tokens: int
+
+
+class ModelCard(BaseModel):
+    id: str
+    object: Literal["model"] = "model"
+    created: int = 0
+    owned_by: str = "llmsvc"
+
+
+class ModelList(BaseModel):
+    object: Literal["list"] = "list"
+    data: list[ModelCard]
+
+
+class ErrorDetail(BaseModel):
+    message: str
+    type: str
+    param: str | None = None
+    code: str | None = None
+
+
+class ErrorResponse(BaseModel):
+    """Every error any llmsvc component returns."""
+
+    error: ErrorDetail

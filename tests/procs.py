@@ -1,0 +1,129 @@
+"""Real processes on 127.0.0.1 for tests: start ``llmsvc`` subcommands, wait, stop.
+
+Used through the ``spawn`` fixture (``conftest.py``), which stops everything
+it started when the test ends and prints the logs of a failed test's processes.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+import httpx
+
+HOST = "127.0.0.1"
+
+
+def free_port(pair: bool = False) -> int:
+    """A free TCP port on 127.0.0.1; with ``pair`` the next port is free too (babysitter)."""
+    for _ in range(200):
+        with socket.socket() as s:
+            s.bind((HOST, 0))
+            port = int(s.getsockname()[1])
+        if not pair:
+            return port
+        if port < 65535 and _is_free(port + 1):
+            return port
+    raise RuntimeError("no free port found")
+
+
+def _is_free(port: int) -> bool:
+    with socket.socket() as s:
+        try:
+            s.bind((HOST, port))
+        except OSError:
+            return False
+    return True
+
+
+class Proc:
+    """A started ``llmsvc`` (or other) process with its log file."""
+
+    def __init__(self, name: str, args: Sequence[str], log_path: Path, env: dict[str, str]):
+        self.name = name
+        self.args = list(args)
+        self.log_path = log_path
+        self._log = open(log_path, "wb")  # noqa: SIM115 - closed in stop()
+        self.popen = subprocess.Popen(
+            self.args, stdout=self._log, stderr=subprocess.STDOUT, env=env,
+            start_new_session=True,
+        )
+
+    @property
+    def pid(self) -> int:
+        return self.popen.pid
+
+    def alive(self) -> bool:
+        return self.popen.poll() is None
+
+    def log(self) -> str:
+        self._log.flush()
+        return self.log_path.read_text(errors="replace")
+
+    def signal(self, sig: int) -> None:
+        if self.alive():
+            os.kill(self.popen.pid, sig)
+
+    def kill(self) -> None:
+        """SIGKILL the process alone (children stay, as after a real crash)."""
+        self.signal(signal.SIGKILL)
+        self.popen.wait(10)
+
+    def stop(self, timeout: float = 15.0) -> int | None:
+        """SIGTERM, then SIGKILL of the whole process group after ``timeout``."""
+        if self.alive():
+            self.signal(signal.SIGTERM)
+            try:
+                self.popen.wait(timeout)
+            except subprocess.TimeoutExpired:
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(self.popen.pid, signal.SIGKILL)
+                self.popen.wait(5)
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(self.popen.pid, signal.SIGKILL)  # stragglers of the group
+        self._log.close()
+        return self.popen.returncode
+
+    def wait_http(self, url: str, *, timeout: float = 20.0, status: int = 200) -> httpx.Response:
+        """Poll ``url`` until it answers ``status``; fail with the log tail otherwise."""
+        deadline = time.monotonic() + timeout
+        last: object = None
+        while time.monotonic() < deadline:
+            if not self.alive():
+                raise AssertionError(
+                    f"{self.name} exited with {self.popen.returncode}:\n{self.log()[-3000:]}"
+                )
+            try:
+                resp = httpx.get(url, timeout=2.0)
+                if resp.status_code == status:
+                    return resp
+                last = resp.status_code
+            except httpx.HTTPError as exc:
+                last = exc
+            time.sleep(0.05)
+        raise AssertionError(
+            f"{self.name}: {url} not {status} after {timeout}s (last: {last!r}):\n"
+            f"{self.log()[-3000:]}"
+        )
+
+
+def llmsvc_args(*args: str) -> list[str]:
+    return [sys.executable, "-m", "llmsvc", *args]
+
+
+def wait_until(predicate, *, timeout: float = 10.0, interval: float = 0.05, what: str = ""):  # type: ignore[no-untyped-def]
+    """Poll ``predicate`` until it returns a truthy value, which is returned."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(interval)
+    raise AssertionError(f"timed out after {timeout}s waiting for {what or predicate}")
