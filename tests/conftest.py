@@ -16,25 +16,52 @@ class Spawn(Protocol):
     ) -> Proc: ...
 
 
+class ProcGroup:
+    """Processes started by one fixture; all stopped (SIGTERM, then SIGKILL) at teardown."""
+
+    def __init__(self, log_dir: Path) -> None:
+        self.log_dir = log_dir
+        self.procs: list[Proc] = []
+
+    def __call__(
+        self, name: str, *args: str, env: dict[str, str] | None = None, raw: bool = False
+    ) -> Proc:
+        full_env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
+        argv = list(args) if raw else llmsvc_args(*args)
+        proc = Proc(name, argv, self.log_dir / f"{name}.log", full_env)
+        self.procs.append(proc)
+        return proc
+
+    def stop_all(self) -> None:
+        for proc in reversed(self.procs):
+            proc.stop()
+
+    def dump_logs(self) -> None:
+        for proc in self.procs:
+            print(f"\n----- log of {proc.name} -----\n{proc.log()[-4000:]}")
+
+
 @pytest.fixture
 def spawn(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[Spawn]:
     """Start real processes (``llmsvc`` subcommands unless ``raw``); all stopped at teardown."""
-    procs: list[Proc] = []
-
-    def _spawn(name: str, *args: str, env: dict[str, str] | None = None, raw: bool = False) -> Proc:
-        full_env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
-        argv = list(args) if raw else llmsvc_args(*args)
-        proc = Proc(name, argv, tmp_path / f"{name}.log", full_env)
-        procs.append(proc)
-        return proc
-
-    yield _spawn
-    for proc in reversed(procs):
-        proc.stop()
+    group = ProcGroup(tmp_path)
+    yield group
+    group.stop_all()
     rep = getattr(request.node, "rep_call", None)
     if rep is not None and rep.failed:
-        for proc in procs:
-            print(f"\n----- log of {proc.name} -----\n{proc.log()[-4000:]}")
+        group.dump_logs()
+
+
+@pytest.fixture(scope="module")
+def module_spawn(
+    tmp_path_factory: pytest.TempPathFactory, request: pytest.FixtureRequest
+) -> Iterator[ProcGroup]:
+    """Like ``spawn``, shared by every test of a module (a stack started once)."""
+    group = ProcGroup(tmp_path_factory.mktemp("procs"))
+    yield group
+    group.stop_all()
+    if request.session.testsfailed:
+        group.dump_logs()
 
 
 @pytest.hookimpl(tryfirst=True, hookwrapper=True)

@@ -52,7 +52,10 @@ class Proc:
         self.log_path = log_path
         self._log = open(log_path, "wb")  # noqa: SIM115 - closed in stop()
         self.popen = subprocess.Popen(
-            self.args, stdout=self._log, stderr=subprocess.STDOUT, env=env,
+            self.args,
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+            env=env,
             start_new_session=True,
         )
 
@@ -127,3 +130,109 @@ def wait_until(predicate, *, timeout: float = 10.0, interval: float = 0.05, what
             return value
         time.sleep(interval)
     raise AssertionError(f"timed out after {timeout}s waiting for {what or predicate}")
+
+
+# --- a whole stack, one component at a time -------------------------------------------------
+# Fast timing for tests: health checks and heartbeats every fraction of a second.
+
+
+def start_registry(spawn, *extra: str, name: str = "registry", port: int | None = None):  # type: ignore[no-untyped-def]
+    port = port or free_port()
+    proc = spawn(
+        name,
+        "registry",
+        "--port",
+        str(port),
+        "--health-interval",
+        "0.5",
+        "--health-timeout",
+        "1",
+        "--cleanup-interval",
+        "0.5",
+        *extra,
+    )
+    url = f"http://{HOST}:{port}"
+    proc.wait_http(f"{url}/health")
+    return proc, url
+
+
+def start_router(spawn, registry_url: str | None, *extra: str, name: str = "router"):  # type: ignore[no-untyped-def]
+    port = free_port()
+    args = [
+        "router",
+        "--port",
+        str(port),
+        "--health-interval",
+        "0.5",
+        "--health-timeout",
+        "1",
+        "--registry-sync-interval",
+        "0.5",
+    ]
+    if registry_url:
+        args += ["--registry-url", registry_url]
+    proc = spawn(name, *args, *extra)
+    url = f"http://{HOST}:{port}"
+    proc.wait_http(f"{url}/health")
+    return proc, url
+
+
+def start_babysitter(  # type: ignore[no-untyped-def]
+    spawn,
+    registry_url: str | None,
+    name: str,
+    model: str = "sim-model",
+    *extra: str,
+    engine_args: tuple[str, ...] = ("--time-scale", "0"),
+    wait: bool = True,
+):
+    port = free_port(pair=True)
+    args = [
+        "babysitter",
+        "--engine",
+        "sim",
+        "--model",
+        model,
+        "--name",
+        name,
+        "--port",
+        str(port),
+        "--health-interval",
+        "0.2",
+        "--heartbeat-interval",
+        "0.3",
+        "--restart-backoff",
+        "0.1",
+        "--stop-timeout",
+        "5",
+        *extra,
+    ]
+    if registry_url:
+        args += ["--registry", registry_url]
+    proc = spawn(name, *args, "--", "--engine-id", name, *engine_args)
+    engine_url, api_url = f"http://{HOST}:{port}", f"http://{HOST}:{port + 1}"
+    if wait:
+        proc.wait_http(f"{api_url}/health", timeout=30)
+    return proc, engine_url, api_url
+
+
+def registry_record(registry_url: str, name: str) -> dict | None:  # type: ignore[type-arg]
+    resp = httpx.get(f"{registry_url}/services/{name}", timeout=5)
+    return resp.json() if resp.status_code == 200 else None
+
+
+def pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    try:  # a zombie is not alive
+        return Path(f"/proc/{pid}/stat").read_text().split()[2] != "Z"
+    except OSError:
+        return False
+
+
+def port_busy(port: int) -> bool:
+    with socket.socket() as s:
+        s.settimeout(0.3)
+        return s.connect_ex((HOST, port)) == 0

@@ -8,20 +8,20 @@ from __future__ import annotations
 
 import importlib
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 from llmsvc import __version__
 
-# subcommand -> (module with ``main(argv) -> int``, one-line help)
+# subcommand -> ("module:function" taking argv and returning an exit status, one-line help)
 COMMANDS: dict[str, tuple[str, str]] = {
-    "registry": ("llmsvc.registry.cli", "run the service registry (port 8081)"),
-    "router": ("llmsvc.router.cli", "run the OpenAI-compatible router (port 8080)"),
-    "babysitter": ("llmsvc.babysitter.cli", "launch, supervise and register one engine"),
-    "sim-engine": ("llmsvc.simengine.cli", "run the simulated OpenAI-compatible engine"),
-    "up": ("llmsvc.local.cli", "start a local stack (registry, router, babysitters)"),
-    "down": ("llmsvc.local.cli", "stop the local stack"),
-    "status": ("llmsvc.local.cli", "show the local stack's processes and health"),
-    "validate": ("llmsvc.local.cli", "check a running stack end to end"),
+    "registry": ("llmsvc.registry.cli:main", "run the service registry (port 8081)"),
+    "router": ("llmsvc.router.cli:main", "run the OpenAI-compatible router (port 8080)"),
+    "babysitter": ("llmsvc.babysitter.cli:main", "launch, supervise and register one engine"),
+    "sim-engine": ("llmsvc.simengine.cli:main", "run the simulated OpenAI-compatible engine"),
+    "up": ("llmsvc.local.cli:up", "start a local stack (registry, router, babysitters)"),
+    "down": ("llmsvc.local.cli:down", "stop the local stack"),
+    "status": ("llmsvc.local.cli:status", "show the local stack's processes and health"),
+    "validate": ("llmsvc.local.cli:validate", "check a running stack end to end"),
 }
 
 
@@ -49,13 +49,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     if command not in COMMANDS:
         print(f"llmsvc: error: unknown command '{command}' (see 'llmsvc --help')", file=sys.stderr)
         return 2
-    module = importlib.import_module(COMMANDS[command][0])
+    module_name, function = COMMANDS[command][0].split(":")
+    run: Callable[[list[str]], int] = getattr(importlib.import_module(module_name), function)
     try:
-        code: int = (
-            module.main(rest)
-            if not module.__name__.endswith("local.cli")
-            else (module.main([command, *rest]))
-        )
+        return run(rest)
     except KeyboardInterrupt:
         return 130
-    return code

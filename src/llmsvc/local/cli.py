@@ -1,0 +1,143 @@
+"""``llmsvc up | down | status | validate``."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from rich.console import Console
+
+from llmsvc.local import stack
+from llmsvc.local.config import ConfigError, StackConfig, demo_config, load
+from llmsvc.local.validate import Validator
+
+DESCRIPTIONS = {
+    "up": "Start registry → router → babysitters, each after the one before is ready. "
+    "With no file: a demo of two simulated engines serving 'sim-model'.",
+    "down": "Stop router and babysitters, the registry last (SIGTERM, then SIGKILL).",
+    "status": "Show each component's process and health; exit 1 unless all are healthy.",
+    "validate": "Check a running stack end to end: health, registration, models, chat, "
+    "streaming, load spread, error shapes.",
+}
+
+
+def _env(name: str, default: str | None = None) -> str | None:
+    return os.environ.get(f"LLMSVC_{name}", default)
+
+
+def _parser(command: str) -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog=f"llmsvc {command}", description=DESCRIPTIONS[command])
+    parser.add_argument(
+        "-f",
+        "--file",
+        type=Path,
+        default=_env("FILE"),
+        help="stack file (YAML, see docs/local-stack.md) [env LLMSVC_FILE]",
+    )
+    if command != "validate":
+        parser.add_argument(
+            "--logs-dir",
+            default=_env("LOGS_DIR"),
+            help="PID files and logs (default: the file's logs_dir, 'logs') [env LLMSVC_LOGS_DIR]",
+        )
+    if command == "down":
+        parser.add_argument(
+            "--timeout",
+            type=float,
+            default=None,
+            help="seconds between SIGTERM and SIGKILL (default: the file's stop_timeout, 20)",
+        )
+    if command == "validate":
+        parser.add_argument(
+            "--router-url",
+            default=_env("ROUTER_URL"),
+            help="router to check (default: from the file, or :8080)",
+        )
+        parser.add_argument(
+            "--registry-url",
+            default=_env("REGISTRY_URL"),
+            help="registry to check (default: from the file, or :8081)",
+        )
+        parser.add_argument(
+            "--api-key", default=_env("API_KEY"), help="router API key [env LLMSVC_API_KEY]"
+        )
+        parser.add_argument(
+            "--registry-token",
+            default=_env("REGISTRY_TOKEN"),
+            help="registry write token [env LLMSVC_REGISTRY_TOKEN]",
+        )
+        parser.add_argument("--timeout", type=float, default=60.0, help="per request, seconds")
+    return parser
+
+
+def _config(args: argparse.Namespace) -> StackConfig:
+    config = load(args.file) if args.file else demo_config()
+    if getattr(args, "logs_dir", None):
+        config.logs_dir = args.logs_dir
+    return config
+
+
+def up(argv: Sequence[str]) -> int:
+    return _main("up", argv)
+
+
+def down(argv: Sequence[str]) -> int:
+    return _main("down", argv)
+
+
+def status(argv: Sequence[str]) -> int:
+    return _main("status", argv)
+
+
+def validate(argv: Sequence[str]) -> int:
+    return _main("validate", argv)
+
+
+def _main(command: str, argv: Sequence[str]) -> int:
+    args = _parser(command).parse_args(list(argv))
+    console = Console(highlight=False)
+    try:
+        config = _config(args)
+    except ConfigError as exc:
+        print(f"llmsvc {command}: error: {exc}", file=sys.stderr)
+        return 2
+    if command == "up":
+        code = stack.up(config, console)
+        if code == 0:
+            _print_try(config, console)
+        return code
+    if command == "down":
+        timeout = args.timeout if args.timeout is not None else config.stop_timeout
+        return stack.down(Path(config.logs_dir), timeout=timeout, console=console)
+    if command == "status":
+        return stack.status(config, console)
+    validator = Validator(
+        router_url=(args.router_url or config.router_url).rstrip("/"),
+        registry_url=(
+            args.registry_url or (config.registry_url if config.registry.enabled else None)
+        ),
+        api_key=args.api_key or (config.router.api_keys[0] if config.router.api_keys else None),
+        registry_token=args.registry_token or config.registry.token,
+        timeout=args.timeout,
+        console=console,
+    )
+    return validator.run()
+
+
+def _print_try(config: StackConfig, console: Console) -> None:
+    if not config.router.enabled:
+        return
+    url = config.router_url
+    model = next((s.model_name or s.model for s in config.babysitters if s.model), "MODEL")
+    console.print(
+        "\nTry it:\n"
+        f"  curl {url}/v1/models\n"
+        f"  curl {url}/v1/chat/completions -H 'Content-Type: application/json' \\\n"
+        f'    -d \'{{"model": "{model}", "messages": '
+        '[{"role": "user", "content": "Hello"}]}\'\n'
+        "  llmsvc status · llmsvc validate · llmsvc down",
+        markup=False,
+    )

@@ -1,0 +1,173 @@
+"""The ``llmsvc up`` file (``llmsvc.yaml``): schema, defaults, and checks before anything starts.
+
+Every mistake is found before a process starts and reported in one line
+(:class:`ConfigError`): an unknown engine, a port used twice, a missing model path.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+ENGINES = ("vllm", "sglang", "llama.cpp", "infinilm", "infinilm-rust", "sim", "command")
+# Engines whose --model is always a file or directory on this machine.
+PATH_ENGINES = frozenset({"llama.cpp", "infinilm-rust"})
+
+DEMO_MODEL = "sim-model"
+
+
+class ConfigError(Exception):
+    """A one-line description of what is wrong with the file."""
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    host: str = "127.0.0.1"
+    args: list[str] = Field(default_factory=list, description="Extra flags for the process.")
+
+
+class RegistrySection(_Section):
+    enabled: bool = True
+    port: int = Field(default=8081, ge=1, le=65535)
+    token: str | None = None
+    state_file: str | None = None
+
+
+class RouterSection(_Section):
+    enabled: bool = True
+    port: int = Field(default=8080, ge=1, le=65535)
+    strategy: str = "round_robin"
+    api_keys: list[str] = Field(default_factory=list)
+
+
+class BabysitterSection(_Section):
+    name: str | None = None
+    engine: str
+    model: str | None = None
+    model_name: str | None = None
+    port: int = Field(ge=1, le=65534)
+    gpus: list[int] = Field(default_factory=list)
+    weight: int = Field(default=1, ge=1)
+    engine_args: list[str] = Field(
+        default_factory=list, description="Arguments after '--' (the whole command for 'command')."
+    )
+
+    @model_validator(mode="after")
+    def _engine_known(self) -> BabysitterSection:
+        if self.engine not in ENGINES:
+            raise ValueError(f"unknown engine '{self.engine}' (one of: {', '.join(ENGINES)})")
+        if self.engine != "command" and not self.model:
+            raise ValueError(f"engine '{self.engine}' needs a model")
+        if self.engine == "command" and not self.engine_args:
+            raise ValueError("engine 'command' needs the command in engine_args")
+        return self
+
+    @property
+    def api_port(self) -> int:
+        return self.port + 1
+
+    @property
+    def label(self) -> str:
+        return f"babysitter_{self.port}"
+
+
+class StackConfig(BaseModel):
+    """The whole local stack."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    logs_dir: str = "logs"
+    registry: RegistrySection = Field(default_factory=RegistrySection)
+    router: RouterSection = Field(default_factory=RouterSection)
+    babysitters: list[BabysitterSection] = Field(default_factory=list)
+    startup_timeout: float = Field(default=120.0, gt=0)
+    stop_timeout: float = Field(default=20.0, gt=0)
+
+    @property
+    def registry_url(self) -> str:
+        return f"http://{_connect_host(self.registry.host)}:{self.registry.port}"
+
+    @property
+    def router_url(self) -> str:
+        return f"http://{_connect_host(self.router.host)}:{self.router.port}"
+
+
+def _connect_host(host: str) -> str:
+    return "127.0.0.1" if host in ("0.0.0.0", "") else host
+
+
+def demo_config() -> StackConfig:
+    """The built-in demo: registry, router, two simulated engines serving one model."""
+    return StackConfig(
+        babysitters=[
+            BabysitterSection(name="sim-a", engine="sim", model=DEMO_MODEL, port=8100),
+            BabysitterSection(name="sim-b", engine="sim", model=DEMO_MODEL, port=8200),
+        ]
+    )
+
+
+def _looks_like_path(model: str) -> bool:
+    return model.startswith(("/", "./", "../", "~")) or model.endswith(".gguf")
+
+
+def check(config: StackConfig, base: Path) -> None:
+    """Cross-field checks: ports used twice, missing model paths."""
+    owners: dict[int, str] = {}
+
+    def claim(port: int, who: str) -> None:
+        if port in owners:
+            raise ConfigError(f"port {port} is used twice: by {owners[port]} and by {who}")
+        owners[port] = who
+
+    if config.registry.enabled:
+        claim(config.registry.port, "the registry")
+    if config.router.enabled:
+        claim(config.router.port, "the router")
+    names: set[str] = set()
+    for i, sitter in enumerate(config.babysitters):
+        who = f"babysitters[{i}]" + (f" ({sitter.name})" if sitter.name else "")
+        claim(sitter.port, f"{who}'s engine")
+        claim(sitter.api_port, f"{who}'s API (port + 1)")
+        if sitter.name:
+            if sitter.name in names:
+                raise ConfigError(f"babysitter name '{sitter.name}' is used twice")
+            names.add(sitter.name)
+        model = sitter.model or ""
+        if model and (sitter.engine in PATH_ENGINES or _looks_like_path(model)):
+            path = Path(model).expanduser()
+            if not path.is_absolute():
+                path = base / path
+            if not path.exists():
+                raise ConfigError(f"{who}: model path does not exist: {model}")
+
+
+def load(path: Path) -> StackConfig:
+    """Read, validate and check a stack file; :class:`ConfigError` on any problem."""
+    try:
+        raw: Any = yaml.safe_load(path.read_text())
+    except OSError as exc:
+        raise ConfigError(f"cannot read {path}: {exc.strerror or exc}") from None
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" (line {mark.line + 1})" if mark is not None else ""
+        raise ConfigError(f"{path} is not valid YAML{where}") from None
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: the top level must be a mapping")
+    try:
+        config = StackConfig.model_validate(raw)
+    except ValidationError as exc:
+        err = exc.errors(include_url=False)[0]
+        loc = ".".join(str(p) for p in err["loc"])
+        msg = err["msg"].removeprefix("Value error, ")
+        raise ConfigError(f"{path}: {loc + ': ' if loc else ''}{msg}") from None
+    check(config, path.parent)
+    return config
+
+
+Component = Literal["registry", "router", "babysitter"]

@@ -1,0 +1,193 @@
+"""``llmsvc up``, ``down`` and ``status`` over a :class:`StackConfig`."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+from rich.console import Console
+from rich.table import Table
+
+from llmsvc.local import processes
+from llmsvc.local.config import BabysitterSection, StackConfig
+
+
+@dataclass(frozen=True)
+class Component:
+    """One process of the stack: how to start it and how to know it is ready."""
+
+    label: str
+    title: str
+    args: list[str]
+    env: dict[str, str]
+    host: str
+    port: int
+    health_url: str
+    timeout: float
+
+
+def _connect(host: str) -> str:
+    return "127.0.0.1" if host in ("0.0.0.0", "") else host
+
+
+def _babysitter(cfg: StackConfig, sitter: BabysitterSection) -> Component:
+    args = [
+        "babysitter",
+        "--engine",
+        sitter.engine,
+        "--host",
+        sitter.host,
+        "--port",
+        str(sitter.port),
+        "--weight",
+        str(sitter.weight),
+        "--log-dir",
+        cfg.logs_dir,
+    ]
+    if sitter.model:
+        args += ["--model", sitter.model]
+    if sitter.model_name:
+        args += ["--model-name", sitter.model_name]
+    if sitter.name:
+        args += ["--name", sitter.name]
+    if sitter.gpus:
+        args += ["--gpus", ",".join(map(str, sitter.gpus))]
+    if cfg.registry.enabled:
+        args += ["--registry", cfg.registry_url]
+    if cfg.router.enabled:
+        args += ["--router", cfg.router_url]
+    args += sitter.args
+    if sitter.engine_args:
+        args += ["--", *sitter.engine_args]
+    env = {"LLMSVC_REGISTRY_TOKEN": cfg.registry.token} if cfg.registry.token else {}
+    return Component(
+        label=sitter.label,
+        title=f"babysitter {sitter.name or sitter.port} ({sitter.engine})",
+        args=args,
+        env=env,
+        host=sitter.host,
+        port=sitter.api_port,
+        health_url=f"http://{_connect(sitter.host)}:{sitter.api_port}/health",
+        timeout=cfg.startup_timeout,
+    )
+
+
+def components(cfg: StackConfig) -> list[Component]:
+    """The stack in start order: registry, router, babysitters."""
+    out: list[Component] = []
+    reg, rtr = cfg.registry, cfg.router
+    if reg.enabled:
+        args = ["registry", "--host", reg.host, "--port", str(reg.port)]
+        if reg.state_file:
+            args += ["--state-file", reg.state_file]
+        env = {"LLMSVC_TOKEN": reg.token} if reg.token else {}
+        out.append(
+            Component(
+                "registry",
+                "registry",
+                args + reg.args,
+                env,
+                reg.host,
+                reg.port,
+                f"{cfg.registry_url}/health",
+                cfg.startup_timeout,
+            )
+        )
+    if rtr.enabled:
+        args = ["router", "--host", rtr.host, "--port", str(rtr.port), "--strategy", rtr.strategy]
+        if reg.enabled:
+            args += ["--registry-url", cfg.registry_url]
+        env = {"LLMSVC_API_KEYS": ",".join(rtr.api_keys)} if rtr.api_keys else {}
+        out.append(
+            Component(
+                "router",
+                "router",
+                args + rtr.args,
+                env,
+                rtr.host,
+                rtr.port,
+                f"{cfg.router_url}/health",
+                cfg.startup_timeout,
+            )
+        )
+    out += [_babysitter(cfg, s) for s in cfg.babysitters]
+    return out
+
+
+def up(cfg: StackConfig, console: Console) -> int:
+    """Start what is not running yet, in order, each after the one before is ready."""
+    logs = Path(cfg.logs_dir)
+    rows: list[tuple[str, str, str, str]] = []
+    for comp in components(cfg):
+        pid = processes.read_pid(logs, comp.label)
+        if pid is not None:
+            console.print(f"[dim]•[/] {comp.title}: already running (pid {pid})")
+            rows.append((comp.title, str(pid), comp.health_url, "already running"))
+            continue
+        if processes.port_in_use(comp.host, comp.port):
+            console.print(
+                f"[red]✗[/] {comp.title}: port {comp.port} is already in use by "
+                "a process llmsvc did not start; stopping here"
+            )
+            return 1
+        console.print(f"[cyan]…[/] starting {comp.title}", end="")
+        proc, log_path = processes.start(comp.label, comp.args, logs, comp.env)
+        try:
+            took = processes.wait_ready(
+                proc, comp.health_url, log_path, timeout=comp.timeout, label=comp.title
+            )
+        except processes.StartError as exc:
+            console.print(f"\r[red]✗[/] {exc}")
+            return 1
+        console.print(f"\r[green]✓[/] {comp.title} ready in {took:.1f}s (pid {proc.pid})")
+        rows.append((comp.title, str(proc.pid), comp.health_url, f"started, log {log_path}"))
+    console.print(_summary(rows))
+    return 0
+
+
+def _summary(rows: list[tuple[str, str, str, str]]) -> Table:
+    table = Table(title="llmsvc local stack", title_justify="left")
+    for column in ("component", "pid", "health", "state"):
+        table.add_column(column)
+    for row in rows:
+        table.add_row(*row)
+    return table
+
+
+def down(logs_dir: Path, *, timeout: float, console: Console) -> int:
+    """Stop router and babysitters, then the registry: SIGTERM, SIGKILL after ``timeout``."""
+    found = processes.running(logs_dir)
+    if not found:
+        console.print(f"nothing running (no live PID files in {logs_dir}/)")
+        return 0
+    for comp in found:
+        how = processes.stop(comp.pid, timeout=timeout)
+        processes.pid_file(logs_dir, comp.label).unlink(missing_ok=True)
+        mark = "[green]✓[/]" if how == "stopped" else "[yellow]![/]"
+        console.print(f"{mark} {comp.label} (pid {comp.pid}) {how}")
+    return 0
+
+
+def status(cfg: StackConfig, console: Console) -> int:
+    """A table of every configured component: process, health. 0 when all are healthy."""
+    logs = Path(cfg.logs_dir)
+    table = Table(title=f"llmsvc local stack ({logs}/)", title_justify="left")
+    for column in ("component", "pid", "health url", "health"):
+        table.add_column(column)
+    healthy = True
+    with httpx.Client(timeout=3.0) as client:
+        for comp in components(cfg):
+            pid = processes.read_pid(logs, comp.label)
+            try:
+                code = client.get(comp.health_url).status_code
+                health = "[green]healthy[/]" if code == 200 else f"[red]{code}[/]"
+                ok = code == 200
+            except httpx.HTTPError:
+                health, ok = "[red]unreachable[/]", False
+            healthy &= ok and pid is not None
+            table.add_row(
+                comp.title, str(pid) if pid else "[red]not running[/]", comp.health_url, health
+            )
+    console.print(table)
+    return 0 if healthy else 1
