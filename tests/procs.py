@@ -181,8 +181,8 @@ def start_babysitter(  # type: ignore[no-untyped-def]
     spawn,
     registry_url: str | None,
     name: str,
-    model: str = "sim-model",
     *extra: str,
+    model: str = "sim-model",
     engine_args: tuple[str, ...] = ("--time-scale", "0"),
     wait: bool = True,
 ):

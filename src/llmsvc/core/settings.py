@@ -127,12 +127,15 @@ def describe_validation_error(exc: ValidationError, *, from_flags: set[str]) -> 
     err = exc.errors(include_url=False)[0]
     loc = [str(p) for p in err["loc"]]
     field = loc[0] if loc else ""
-    where = flag_name(field) if field in from_flags or not field else env_name(field)
+    message = str(err["msg"]).removeprefix("Value error, ")
+    if not field:  # a rule across several settings
+        return message
+    where = flag_name(field) if field in from_flags else env_name(field)
     if err["type"] == "extra_forbidden":
         return f"unknown setting {where}"
     given = err.get("input")
     shown = f" (got {given!r})" if isinstance(given, str | int | float) else ""
-    return f"{where}: {err['msg']}{shown}"
+    return f"{where}: {message}{shown}"
 
 
 def parse_settings(

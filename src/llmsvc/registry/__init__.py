@@ -1,0 +1,13 @@
+"""The service registry: engines and babysitters register and heartbeat, routers watch.
+
+Layers, each importing only those below it::
+
+    cli          flags -> settings -> create_app -> serve
+    app          create_app: state, background tasks (health, cleanup, state writer)
+    api          app state keys, handlers, auth and the route table
+    health       one HTTP health check of a record
+    persistence  the state file (atomic JSON)
+    metrics      Prometheus metrics on an injected CollectorRegistry
+    store        records, status, change index and watchers: pure, with a clock
+    settings     RegistrySettings
+"""

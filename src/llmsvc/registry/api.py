@@ -1,0 +1,293 @@
+"""The registry's HTTP API: app state keys, handlers and the route table."""
+
+from __future__ import annotations
+
+import hmac
+import logging
+import time
+
+import aiohttp
+from aiohttp import web
+from prometheus_client import CollectorRegistry
+
+from llmsvc.core.app import Query, Route
+from llmsvc.core.errors import BadRequest, NotFound, Unauthorized
+from llmsvc.core.jsonio import loads_object, model_response, read_body, read_model, validate_model
+from llmsvc.core.metrics import metrics_handler
+from llmsvc.core.records import ServiceList, ServiceRecord, ServiceRegistration
+from llmsvc.core.registry_client import INDEX_HEADER
+from llmsvc.registry.health import check_record
+from llmsvc.registry.metrics import RegistryMetrics
+from llmsvc.registry.models import RegistryHealth, RegistryStats, ServiceCheck
+from llmsvc.registry.queries import parse_service_query
+from llmsvc.registry.settings import RegistrySettings
+from llmsvc.registry.store import ServiceStore
+
+log = logging.getLogger("llmsvc.registry")
+
+SETTINGS = web.AppKey("settings", RegistrySettings)
+STORE = web.AppKey("store", ServiceStore)
+METRICS = web.AppKey("metrics", RegistryMetrics)
+PROMETHEUS = web.AppKey("prometheus", CollectorRegistry)
+SESSION = web.AppKey("session", aiohttp.ClientSession)
+STARTED = web.AppKey("started", float)
+
+_UNAUTHORIZED = {401: "Missing or wrong bearer token (when --token is set)."}
+_BAD = {400: "Invalid body or parameters."}
+_UNKNOWN = {404: "No service of that name."}
+
+
+# -- helpers ---------------------------------------------------------------------
+
+
+def authorize(request: web.Request) -> None:
+    """Writes need ``Authorization: Bearer <token>`` when the registry has a token."""
+    token = request.app[SETTINGS].token
+    if token is None:
+        return
+    scheme, _, given = request.headers.get("Authorization", "").partition(" ")
+    expected = token.get_secret_value().encode()
+    if scheme.lower() != "bearer" or not hmac.compare_digest(given.strip().encode(), expected):
+        raise Unauthorized(
+            "Missing or invalid bearer token in the Authorization header",
+            code="invalid_token",
+            headers={"WWW-Authenticate": "Bearer"},
+        )
+
+
+def not_found(name: str, hint: str = "") -> NotFound:
+    return NotFound(f"Unknown service '{name}'{hint}", param="name", code="service_not_found")
+
+
+def known(store: ServiceStore, name: str) -> ServiceRecord:
+    record = store.get(name)
+    if record is None:
+        raise not_found(name)
+    return record
+
+
+def uptime(request: web.Request) -> float:
+    return round(time.monotonic() - request.app[STARTED], 3)
+
+
+# -- handlers --------------------------------------------------------------------
+
+
+async def get_health(request: web.Request) -> web.Response:
+    store = request.app[STORE]
+    stats = store.stats()
+    body = RegistryHealth(
+        source=request.app[SETTINGS].source,
+        services=stats.total,
+        healthy=stats.healthy,
+        index=store.index,
+        uptime_s=uptime(request),
+    )
+    return model_response(body)
+
+
+async def list_services(request: web.Request) -> web.Response:
+    query = parse_service_query(request.query)
+    store = request.app[STORE]
+    store.expire()
+    if query.index is not None:
+        await store.wait_for_change(query.index, query.wait)
+        store.expire()
+    records = store.records(healthy=query.healthy, type_=query.type_, model=query.model)
+    body = ServiceList(services=records, total=len(records))
+    return model_response(body, headers={INDEX_HEADER: str(store.index)})
+
+
+async def register_service(request: web.Request) -> web.Response:
+    authorize(request)
+    registration = await read_model(request, ServiceRegistration)
+    record, created = request.app[STORE].register(registration)
+    request.app[METRICS].registrations.inc()
+    log.info(
+        "registered %s" if created else "re-registered %s",
+        record.name,
+        extra={"url": record.url, "type": record.type},
+    )
+    return model_response(record, status=201 if created else 200, headers=_index(request))
+
+
+async def get_service(request: web.Request) -> web.Response:
+    store = request.app[STORE]
+    store.expire()
+    return model_response(known(store, request.match_info["name"]), headers=_index(request))
+
+
+async def update_service(request: web.Request) -> web.Response:
+    authorize(request)
+    name = request.match_info["name"]
+    body = loads_object(await read_body(request))
+    body.setdefault("name", name)
+    if body["name"] != name:
+        raise BadRequest(
+            f"Body name {body['name']!r} differs from the name in the path {name!r}",
+            param="name",
+            code="name_mismatch",
+        )
+    registration = validate_model(ServiceRegistration, body)
+    record = request.app[STORE].update(registration)
+    if record is None:
+        raise not_found(name)
+    log.info("updated %s", name, extra={"url": record.url})
+    return model_response(record, headers=_index(request))
+
+
+async def deregister_service(request: web.Request) -> web.Response:
+    authorize(request)
+    name = request.match_info["name"]
+    record = request.app[STORE].deregister(name)
+    if record is None:
+        raise not_found(name)
+    request.app[METRICS].deregistrations.inc()
+    log.info("deregistered %s", name)
+    return model_response(record, headers=_index(request))
+
+
+async def heartbeat(request: web.Request) -> web.Response:
+    authorize(request)
+    name = request.match_info["name"]
+    record = request.app[STORE].heartbeat(name)
+    if record is None:
+        raise not_found(name, "; register it again")
+    request.app[METRICS].heartbeats.inc()
+    return model_response(record, headers=_index(request))
+
+
+async def check_service(request: web.Request) -> web.Response:
+    app = request.app
+    store = app[STORE]
+    record = known(store, request.match_info["name"])
+    result = await check_record(
+        record,
+        store=store,
+        session=app[SESSION],
+        metrics=app[METRICS],
+        timeout=app[SETTINGS].health_timeout,
+    )
+    after = store.get(record.name) or record
+    body = ServiceCheck(
+        name=record.name,
+        healthy=result.ok,
+        url=result.url,
+        http_status=result.http_status,
+        error=result.error,
+        latency_s=round(result.latency_s, 6),
+        service=after,
+    )
+    return model_response(body, headers=_index(request))
+
+
+async def get_stats(request: web.Request) -> web.Response:
+    store = request.app[STORE]
+    store.expire()
+    stats = store.stats()
+    body = RegistryStats(
+        total=stats.total,
+        healthy=stats.healthy,
+        unhealthy=stats.unhealthy,
+        by_type=stats.by_type,
+        by_model=stats.by_model,
+        index=store.index,
+        uptime_s=uptime(request),
+    )
+    return model_response(body)
+
+
+async def get_metrics(request: web.Request) -> web.Response:
+    store = request.app[STORE]
+    store.expire()
+    request.app[METRICS].refresh(store)
+    return metrics_handler(request.app[PROMETHEUS])
+
+
+def _index(request: web.Request) -> dict[str, str]:
+    return {INDEX_HEADER: str(request.app[STORE].index)}
+
+
+_SERVICE_QUERY = (
+    Query("healthy", "Only healthy (true) or unhealthy (false) services.", {"type": "boolean"}),
+    Query("type", "Only services of this type (openai-api, babysitter, ...)."),
+    Query("model", "Only services whose metadata.models lists this model id."),
+    Query(
+        "index", "Blocking query: wait until the change index exceeds this.", {"type": "integer"}
+    ),
+    Query("wait", "Blocking query: longest wait (500ms, 30s, 1m, seconds; max 300s)."),
+)
+
+ROUTES = (
+    Route("GET", "/health", get_health, "The registry's own health", response=RegistryHealth),
+    Route(
+        "GET",
+        "/services",
+        list_services,
+        "List services (filters, blocking query)",
+        description="The change index is in the X-Llmsvc-Index header. With ?index=N it "
+        "answers as soon as the index differs from N, or after ?wait.",
+        response=ServiceList,
+        errors=_BAD,
+        query=_SERVICE_QUERY,
+    ),
+    Route(
+        "POST",
+        "/services",
+        register_service,
+        "Register a service (201 new, 200 replaced)",
+        request=ServiceRegistration,
+        response=ServiceRecord,
+        status=201,
+        errors={**_BAD, **_UNAUTHORIZED, 413: "Body too large."},
+    ),
+    Route(
+        "GET",
+        "/services/{name}",
+        get_service,
+        "One service",
+        response=ServiceRecord,
+        errors=_UNKNOWN,
+    ),
+    Route(
+        "PUT",
+        "/services/{name}",
+        update_service,
+        "Update a service's registration",
+        request=ServiceRegistration,
+        response=ServiceRecord,
+        errors={**_BAD, **_UNAUTHORIZED, **_UNKNOWN, 413: "Body too large."},
+    ),
+    Route(
+        "DELETE",
+        "/services/{name}",
+        deregister_service,
+        "Deregister a service; answers the removed record",
+        response=ServiceRecord,
+        errors={**_UNAUTHORIZED, **_UNKNOWN},
+    ),
+    Route(
+        "GET",
+        "/services/{name}/health",
+        check_service,
+        "Check a service now",
+        response=ServiceCheck,
+        errors=_UNKNOWN,
+    ),
+    Route(
+        "POST",
+        "/services/{name}/heartbeat",
+        heartbeat,
+        "Refresh a service's heartbeat (404: register again)",
+        response=ServiceRecord,
+        errors={**_UNAUTHORIZED, **_UNKNOWN},
+    ),
+    Route("GET", "/stats", get_stats, "Counts by status, type and model", response=RegistryStats),
+    Route(
+        "GET",
+        "/metrics",
+        get_metrics,
+        "Prometheus metrics",
+        response_media="text/plain; version=0.0.4",
+    ),
+)

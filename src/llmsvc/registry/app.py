@@ -1,0 +1,119 @@
+"""``create_app``: the registry's state, routes and background work in one application."""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import AsyncIterator
+from functools import partial
+
+import aiohttp
+from aiohttp import web
+from prometheus_client import CollectorRegistry
+
+from llmsvc import __version__
+from llmsvc.core.app import CleanupCtx, background, every, make_app
+from llmsvc.registry.api import METRICS, PROMETHEUS, ROUTES, SESSION, SETTINGS, STARTED, STORE
+from llmsvc.registry.health import check_all
+from llmsvc.registry.metrics import RegistryMetrics
+from llmsvc.registry.persistence import StateFileError, StateWriter, load_state
+from llmsvc.registry.settings import RegistrySettings
+from llmsvc.registry.store import ServiceStore
+
+log = logging.getLogger("llmsvc.registry")
+
+MAX_BODY = 1024 * 1024
+"""Bytes: the largest registration body accepted (413 above)."""
+
+
+# -- background work -------------------------------------------------------------
+
+
+async def _session_ctx(app: web.Application) -> AsyncIterator[None]:
+    connector = aiohttp.TCPConnector(limit=100)
+    async with aiohttp.ClientSession(connector=connector) as session:
+        app[SESSION] = session
+        yield
+
+
+async def _health_loop(app: web.Application) -> None:
+    settings = app[SETTINGS]
+    check = partial(
+        check_all,
+        store=app[STORE],
+        session=app[SESSION],
+        metrics=app[METRICS],
+        timeout=settings.health_timeout,
+    )
+    interval = settings.health_interval
+    await every(interval, check, name="health checks", first_delay=interval)
+
+
+async def _cleanup_loop(app: web.Application) -> None:
+    store, metrics = app[STORE], app[METRICS]
+
+    async def sweep() -> None:
+        for record in store.sweep():
+            metrics.removed.labels(reason="ttl_expired").inc()
+            log.warning(
+                "removed %s: no heartbeat for over 2x the TTL",
+                record.name,
+                extra={"last_heartbeat": record.last_heartbeat},
+            )
+
+    interval = app[SETTINGS].cleanup_interval
+    await every(interval, sweep, name="cleanup", first_delay=interval)
+
+
+def _flush_at_exit(writer: StateWriter) -> CleanupCtx:
+    """Writes the last changes after the writer task has stopped (cleanup runs in reverse)."""
+
+    async def ctx(_: web.Application) -> AsyncIterator[None]:
+        yield
+        try:
+            writer.flush()
+        except StateFileError as exc:
+            log.error("%s; the last changes are not saved", exc)
+
+    return ctx
+
+
+async def _release_watchers(app: web.Application) -> None:
+    app[STORE].close()
+
+
+# -- the app ---------------------------------------------------------------------
+
+
+def create_app(
+    settings: RegistrySettings, *, registry: CollectorRegistry | None = None
+) -> web.Application:
+    """The registry app. Raises ``StateFileError`` when the state file is unusable."""
+    # The index starts at the start time in milliseconds: a watcher's index from an
+    # earlier run of the registry then never equals one of this run.
+    store = ServiceStore(ttl=settings.heartbeat_ttl, index=int(time.time() * 1000))
+    writer = None
+    if settings.state_file is not None:
+        saved = load_state(settings.state_file)
+        if saved is not None:
+            store.restore(saved.services, index=saved.index)
+            log.info("restored %d services from %s", len(store), settings.state_file)
+        writer = StateWriter(store, settings.state_file)
+        writer.save_now()  # fail now, not at the first change, if it cannot be written
+    prometheus = registry if registry is not None else CollectorRegistry()
+    app = make_app(
+        title="llmsvc registry", version=__version__, routes=ROUTES, client_max_size=MAX_BODY
+    )
+    app[SETTINGS] = settings
+    app[STORE] = store
+    app[PROMETHEUS] = prometheus
+    app[METRICS] = RegistryMetrics(prometheus)
+    app[STARTED] = time.monotonic()
+    app.cleanup_ctx.append(_session_ctx)
+    app.cleanup_ctx.append(background("health checks", _health_loop))
+    app.cleanup_ctx.append(background("cleanup", _cleanup_loop))
+    if writer is not None:
+        app.cleanup_ctx.append(_flush_at_exit(writer))
+        app.cleanup_ctx.append(background("state file", lambda _: writer.run()))
+    app.on_shutdown.append(_release_watchers)
+    return app

@@ -1,0 +1,38 @@
+"""``llmsvc registry``: flags -> settings -> app -> serve."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from llmsvc.core.app import serve
+from llmsvc.core.logging import configure_logging
+from llmsvc.core.settings import die, parse_settings
+from llmsvc.registry.app import create_app
+from llmsvc.registry.persistence import StateFileError
+from llmsvc.registry.settings import RegistrySettings
+
+PROG = "llmsvc registry"
+
+
+def main(argv: Sequence[str]) -> int:
+    settings = parse_settings(
+        RegistrySettings,
+        argv,
+        prog=PROG,
+        description="The service registry: engines and babysitters register and "
+        "heartbeat; routers watch it with a blocking query.",
+    )
+    if settings.source == "kubernetes":
+        die(PROG, "--source kubernetes is not available yet (it comes with a later release)")
+    configure_logging(settings.log_level, settings.log_format)
+    try:
+        app = create_app(settings)
+    except StateFileError as exc:
+        die(PROG, str(exc), status=1)
+    return serve(
+        app,
+        name="registry",
+        host=settings.host,
+        port=settings.port,
+        shutdown_timeout=settings.shutdown_timeout,
+    )

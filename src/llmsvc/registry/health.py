@@ -1,0 +1,100 @@
+"""Health checks: ``GET {url}{metadata.health_path or "/health"}``; success is a 2xx."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from dataclasses import dataclass
+
+import aiohttp
+
+from llmsvc.core.records import ServiceRecord
+from llmsvc.registry.metrics import RegistryMetrics
+from llmsvc.registry.store import ServiceStore
+
+log = logging.getLogger("llmsvc.registry.health")
+
+DEFAULT_HEALTH_PATH = "/health"
+
+
+@dataclass(frozen=True)
+class CheckResult:
+    """The outcome of one check of one record."""
+
+    url: str
+    ok: bool
+    http_status: int | None
+    error: str | None
+    latency_s: float
+
+
+def health_url(record: ServiceRecord) -> str:
+    path = record.metadata.get("health_path")
+    if not isinstance(path, str) or not path:
+        path = DEFAULT_HEALTH_PATH
+    if not path.startswith("/"):
+        path = "/" + path
+    return f"{record.url or record.base_url()}{path}"
+
+
+async def probe(session: aiohttp.ClientSession, url: str, timeout: float) -> CheckResult:
+    """One GET of ``url``; never raises (but for cancellation)."""
+    started = time.monotonic()
+    status: int | None = None
+    error: str | None = None
+    try:
+        async with session.get(
+            url, timeout=aiohttp.ClientTimeout(total=timeout), allow_redirects=False
+        ) as resp:
+            status = resp.status
+            await resp.read()
+    except TimeoutError:
+        error = f"timed out after {timeout:g}s"
+    except (aiohttp.ClientError, OSError) as exc:
+        error = str(exc) or type(exc).__name__
+    ok = status is not None and 200 <= status < 300
+    if status is not None and not ok:
+        error = f"HTTP {status}"
+    return CheckResult(url, ok, status, error, time.monotonic() - started)
+
+
+async def check_record(
+    record: ServiceRecord,
+    *,
+    store: ServiceStore,
+    session: aiohttp.ClientSession,
+    metrics: RegistryMetrics,
+    timeout: float,
+) -> CheckResult:
+    """Check ``record`` now and apply the result to the store."""
+    result = await probe(session, health_url(record), timeout)
+    metrics.health_checks.labels(result="success" if result.ok else "failure").inc()
+    updated = store.record_check(record.name, result.ok, url=record.url)
+    if updated is not None and updated.status != record.status:
+        log.info(
+            "service %s is now %s",
+            record.name,
+            updated.status,
+            extra={"url": result.url, "error": result.error},
+        )
+    return result
+
+
+async def check_all(
+    *,
+    store: ServiceStore,
+    session: aiohttp.ClientSession,
+    metrics: RegistryMetrics,
+    timeout: float,
+) -> None:
+    """Check every record concurrently."""
+    store.expire()
+    records = store.records()
+    if records:
+        await asyncio.gather(
+            *(
+                check_record(r, store=store, session=session, metrics=metrics, timeout=timeout)
+                for r in records
+            )
+        )

@@ -1,0 +1,74 @@
+"""The registry's Prometheus metrics, created on an injected ``CollectorRegistry``."""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge
+
+from llmsvc.core.records import BABYSITTER, OPENAI_API
+from llmsvc.registry.store import ServiceStore
+
+# Record types are free strings; the metric label keeps them bounded.
+_KNOWN_TYPES = (OPENAI_API, BABYSITTER)
+
+
+def type_label(type_: str) -> str:
+    return type_ if type_ in _KNOWN_TYPES else "other"
+
+
+class RegistryMetrics:
+    """Counters updated as things happen; gauges refreshed from the store at scrape time."""
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.services = Gauge(
+            "llmsvc_registry_services",
+            "Registered services by type and status.",
+            ["type", "status"],
+            registry=registry,
+        )
+        self.registrations = Counter(
+            "llmsvc_registry_registrations",
+            "Registrations accepted (new names and replacements).",
+            registry=registry,
+        )
+        self.deregistrations = Counter(
+            "llmsvc_registry_deregistrations",
+            "Services deregistered over HTTP.",
+            registry=registry,
+        )
+        self.heartbeats = Counter(
+            "llmsvc_registry_heartbeats",
+            "Heartbeats received for known services.",
+            registry=registry,
+        )
+        self.removed = Counter(
+            "llmsvc_registry_removed",
+            "Services removed by the registry itself, by reason.",
+            ["reason"],
+            registry=registry,
+        )
+        self.health_checks = Counter(
+            "llmsvc_registry_health_checks",
+            "Health checks run, by result (success, failure).",
+            ["result"],
+            registry=registry,
+        )
+        self.change_index = Gauge(
+            "llmsvc_registry_change_index",
+            "The registry's change index (what blocking queries wait on).",
+            registry=registry,
+        )
+        for result in ("success", "failure"):
+            self.health_checks.labels(result=result)
+        self.removed.labels(reason="ttl_expired")
+
+    def refresh(self, store: ServiceStore) -> None:
+        """Set the gauges from the store (called before each scrape)."""
+        counts: dict[tuple[str, str], int] = {
+            (t, s): 0 for t in (*_KNOWN_TYPES, "other") for s in ("healthy", "unhealthy")
+        }
+        for record in store.records():
+            key = (type_label(record.type), record.status)
+            counts[key] += 1
+        for (type_, status), n in counts.items():
+            self.services.labels(type=type_, status=status).set(n)
+        self.change_index.set(store.index)

@@ -1,0 +1,80 @@
+"""The registry's settings: one flag and one ``LLMSVC_*`` variable per field."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, SecretStr, ValidationInfo, field_validator
+
+from llmsvc.core.settings import BaseServiceSettings, CommaList
+
+
+class RegistrySettings(BaseServiceSettings):
+    """Settings of ``llmsvc registry``."""
+
+    host: str = Field(default="127.0.0.1", description="Address to listen on.")
+    port: int = Field(default=8081, ge=1, le=65535, description="TCP port to listen on.")
+    health_interval: float = Field(
+        default=30.0,
+        gt=0,
+        description="Seconds between two health checks of every registered service.",
+    )
+    health_timeout: float = Field(
+        default=5.0,
+        gt=0,
+        description="Seconds one health check may take before it counts as a failure.",
+    )
+    cleanup_interval: float = Field(
+        default=60.0,
+        gt=0,
+        description="Seconds between two sweeps that apply the heartbeat TTL "
+        "(mark stale services unhealthy, remove those older than 2x TTL).",
+    )
+    heartbeat_ttl: float = Field(
+        default=90.0,
+        ge=0,
+        description="Seconds without a heartbeat after which a service is unhealthy; "
+        "after twice this it is removed. 0 disables the TTL.",
+    )
+    token: SecretStr | None = Field(
+        default=None,
+        description="When set, writes (POST, PUT, DELETE, heartbeat) need "
+        "'Authorization: Bearer <token>'. Reads stay open.",
+    )
+    state_file: Path | None = Field(
+        default=None,
+        description="JSON file that keeps the registrations across restarts; "
+        "written atomically after every change.",
+    )
+    source: Literal["static", "kubernetes"] = Field(
+        default="static",
+        description="Where records come from: 'static' (HTTP registrations only) or "
+        "'kubernetes' (EndpointSlices too; not available yet).",
+    )
+    namespace: CommaList = Field(
+        default_factory=list,
+        description="Kubernetes namespaces to watch with --source kubernetes (a,b,c).",
+    )
+    all_namespaces: bool = Field(
+        default=False, description="Watch every namespace with --source kubernetes."
+    )
+    shutdown_timeout: float = Field(
+        default=5.0,
+        gt=0,
+        description="Seconds to let open requests finish on SIGTERM/SIGINT.",
+    )
+
+    @field_validator("token")
+    @classmethod
+    def _empty_token_is_none(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is not None and not value.get_secret_value():
+            return None
+        return value
+
+    @field_validator("all_namespaces")
+    @classmethod
+    def _one_namespace_choice(cls, value: bool, info: ValidationInfo) -> bool:
+        if value and info.data.get("namespace"):
+            raise ValueError("give --namespace or --all-namespaces, not both")
+        return value

@@ -1,0 +1,241 @@
+"""Records, their status, the change index and its watchers: pure logic with a clock.
+
+A record's ``status`` is derived from two inputs: the last health check
+(``consecutive_failures > 0`` means it failed) and the heartbeat TTL (no
+heartbeat for longer than ``ttl`` seconds). It is ``unhealthy`` if either says
+so, else ``healthy``. A new registration starts healthy; checks decide after.
+
+The change index grows by one on every change a watcher cares about:
+register, update, deregister, removal, a status flip, a metadata change. A
+heartbeat or a health check that changes nothing but timestamps and failure
+counters leaves it alone. Watchers block on one shared :class:`asyncio.Event`
+that is replaced at every change, so a thousand watchers cost a thousand
+futures and nothing else.
+
+Records are never mutated in place: every change stores a new copy, so a
+record held across an ``await`` is a consistent snapshot.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections import Counter
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+from llmsvc.core.records import ServiceRecord, ServiceRegistration, Status
+
+Clock = Callable[[], float]
+
+# Fields whose change alone does not move the change index.
+_UNWATCHED = frozenset({"last_heartbeat", "last_check", "consecutive_failures"})
+
+
+@dataclass(frozen=True)
+class Stats:
+    """Counts over all records."""
+
+    total: int
+    healthy: int
+    unhealthy: int
+    by_type: dict[str, int] = field(default_factory=dict)
+    by_model: dict[str, int] = field(default_factory=dict)
+
+
+class ServiceStore:
+    """All registered services, keyed by name."""
+
+    def __init__(self, *, ttl: float, clock: Clock = time.time, index: int = 0) -> None:
+        self._ttl = ttl
+        self._clock = clock
+        self._records: dict[str, ServiceRecord] = {}
+        self._index = index
+        self._changed = asyncio.Event()
+        self._closed = False
+
+    # -- reads ---------------------------------------------------------------
+
+    @property
+    def index(self) -> int:
+        return self._index
+
+    def __len__(self) -> int:
+        return len(self._records)
+
+    def get(self, name: str) -> ServiceRecord | None:
+        return self._records.get(name)
+
+    def records(
+        self,
+        *,
+        healthy: bool | None = None,
+        type_: str | None = None,
+        model: str | None = None,
+    ) -> list[ServiceRecord]:
+        """The records matching every given filter, sorted by name."""
+        found = []
+        for name in sorted(self._records):
+            rec = self._records[name]
+            if healthy is not None and rec.healthy != healthy:
+                continue
+            if type_ is not None and rec.type != type_:
+                continue
+            if model is not None and model not in rec.models:
+                continue
+            found.append(rec)
+        return found
+
+    def stats(self) -> Stats:
+        records = self._records.values()
+        healthy = sum(1 for r in records if r.healthy)
+        models = Counter(m for r in records for m in dict.fromkeys(r.models))
+        return Stats(
+            total=len(self._records),
+            healthy=healthy,
+            unhealthy=len(self._records) - healthy,
+            by_type=dict(Counter(r.type for r in records)),
+            by_model=dict(models),
+        )
+
+    # -- writes --------------------------------------------------------------
+
+    def register(self, registration: ServiceRegistration) -> tuple[ServiceRecord, bool]:
+        """Add or replace a record; True when the name was new. Counts as a heartbeat."""
+        now = self._clock()
+        created = registration.name not in self._records
+        record = ServiceRecord.model_validate(
+            {
+                **registration.model_dump(),
+                "registered_at": now,
+                "last_heartbeat": now,
+            }
+        )
+        self._put(record, force=True)
+        return self._records[record.name], created
+
+    def update(self, registration: ServiceRegistration) -> ServiceRecord | None:
+        """Replace the registration of a known record; None when unknown.
+
+        Timestamps are kept; a changed address resets the health-check state,
+        which described the old one. Counts as a heartbeat.
+        """
+        old = self._records.get(registration.name)
+        if old is None:
+            return None
+        record = ServiceRecord.model_validate(
+            {
+                **old.model_dump(),
+                **registration.model_dump(),
+                "url": registration.url,  # derived again when absent
+                "last_heartbeat": self._clock(),
+            }
+        )
+        if record.url != old.url:
+            record = record.model_copy(update={"consecutive_failures": 0, "last_check": None})
+        return self._put(record)
+
+    def deregister(self, name: str) -> ServiceRecord | None:
+        record = self._records.pop(name, None)
+        if record is not None:
+            self._bump()
+        return record
+
+    def heartbeat(self, name: str) -> ServiceRecord | None:
+        """Refresh ``last_heartbeat``; None when unknown (the sender re-registers)."""
+        old = self._records.get(name)
+        if old is None:
+            return None
+        return self._put(old.model_copy(update={"last_heartbeat": self._clock()}))
+
+    def record_check(self, name: str, ok: bool, *, url: str | None) -> ServiceRecord | None:
+        """Apply a health-check result, unless the record went or moved meanwhile."""
+        old = self._records.get(name)
+        if old is None or old.url != url:
+            return None
+        failures = 0 if ok else old.consecutive_failures + 1
+        update: dict[str, Any] = {"last_check": self._clock(), "consecutive_failures": failures}
+        return self._put(old.model_copy(update=update))
+
+    def expire(self) -> list[str]:
+        """Apply the TTL to every status now; the names whose status flipped."""
+        flipped = []
+        for name, old in list(self._records.items()):
+            if self._put(old).status != old.status:
+                flipped.append(name)
+        return flipped
+
+    def sweep(self) -> list[ServiceRecord]:
+        """Apply the TTL; remove and return the records silent for over 2×TTL."""
+        self.expire()
+        if self._ttl <= 0:
+            return []
+        deadline = self._clock() - 2 * self._ttl
+        removed = [r for r in self._records.values() if r.last_heartbeat < deadline]
+        for record in removed:
+            del self._records[record.name]
+        if removed:
+            self._bump()
+        return removed
+
+    def restore(self, records: Iterable[ServiceRecord], *, index: int = 0) -> None:
+        """Load saved records; the TTL counts from now. Watchers see a new index."""
+        now = self._clock()
+        for record in records:
+            self._records[record.name] = record.model_copy(update={"last_heartbeat": now})
+        self._index = max(self._index, index)
+        self.expire()
+        self._bump()
+
+    # -- watching ------------------------------------------------------------
+
+    async def wait_for_change(
+        self, index: int, timeout: float | None, *, stop_at_close: bool = True
+    ) -> None:
+        """Return once the change index differs from ``index``, at ``timeout``, or at close.
+
+        An ``index`` ahead of ours comes from an earlier life of the registry:
+        it returns at once so that the watcher starts over from our index.
+        """
+        if (stop_at_close and self._closed) or self._index != index:
+            return
+        event = self._changed
+        try:
+            async with asyncio.timeout(timeout):
+                await event.wait()
+        except TimeoutError:
+            return
+
+    def close(self) -> None:
+        """Release every watcher now and from now on (shutdown)."""
+        self._closed = True
+        self._release()
+
+    # -- internals -----------------------------------------------------------
+
+    def _status(self, record: ServiceRecord, now: float) -> Status:
+        stale = self._ttl > 0 and now - record.last_heartbeat > self._ttl
+        return "unhealthy" if stale or record.consecutive_failures > 0 else "healthy"
+
+    def _put(self, record: ServiceRecord, *, force: bool = False) -> ServiceRecord:
+        status = self._status(record, self._clock())
+        if status != record.status:
+            record = record.model_copy(update={"status": status})
+        old = self._records.get(record.name)
+        self._records[record.name] = record
+        if force or old is None or _watched(old) != _watched(record):
+            self._bump()
+        return record
+
+    def _bump(self) -> None:
+        self._index += 1
+        self._release()
+
+    def _release(self) -> None:
+        self._changed.set()
+        self._changed = asyncio.Event()
+
+
+def _watched(record: ServiceRecord) -> dict[str, Any]:
+    return record.model_dump(exclude=set(_UNWATCHED))
