@@ -1,0 +1,103 @@
+"""``create_app`` of the simulated engine: routes, state, middlewares, background work."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import AsyncIterator
+
+from aiohttp import web
+from prometheus_client import CollectorRegistry
+
+from llmsvc import __version__
+from llmsvc.core.app import Route, background, make_app
+from llmsvc.core.errors import Handler, ServiceUnavailable
+from llmsvc.core.jsonio import json_response
+from llmsvc.core.metrics import metrics_handler
+from llmsvc.core.wire import ChatCompletionRequest, CompletionRequest, EmbeddingRequest, ModelList
+from llmsvc.simengine import openai
+from llmsvc.simengine.disconnect import DisconnectWatcher
+from llmsvc.simengine.engine import Engine
+from llmsvc.simengine.settings import SimEngineSettings
+from llmsvc.simengine.state import ENGINE, READINESS, REGISTRY, STARTED, WATCHER, Readiness
+
+ENGINE_HEADER = "X-Llmsvc-Engine"
+ALWAYS_SERVED = frozenset({"/health", "/metrics", "/openapi.json"})
+_ERRORS = {400: "invalid request", 404: "unknown model", 500: "simulated failure (--fail-rate)"}
+
+
+async def health(request: web.Request) -> web.Response:
+    engine = request.app[ENGINE]
+    if not request.app[READINESS].ready():
+        raise ServiceUnavailable("Model is loading", code="loading")
+    return json_response({"status": "ok", "engine_id": engine.engine_id, "models": engine.models})
+
+
+async def metrics(request: web.Request) -> web.Response:
+    return metrics_handler(request.app[REGISTRY])
+
+
+@web.middleware
+async def loading_gate(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """503 on the API until the simulated model has "loaded" (``--startup-delay``)."""
+    if request.path not in ALWAYS_SERVED and not request.app[READINESS].ready():
+        raise ServiceUnavailable("Model is loading", code="loading")
+    return await handler(request)
+
+
+def routes() -> list[Route]:
+    table = [Route("GET", "/health", health, "200 once the model is loaded, 503 before")]
+    table.append(Route("GET", "/metrics", metrics, "Prometheus, with vLLM's metric names"))
+    for prefix in ("/v1", ""):
+        table += [
+            Route(
+                "GET", f"{prefix}/models", openai.list_models, "Served models",
+                response=ModelList,
+            ),
+            Route(
+                "POST", f"{prefix}/chat/completions", openai.chat_completions,
+                "Chat completion (SSE when stream is true)",
+                request=ChatCompletionRequest, errors=_ERRORS,
+            ),
+            Route(
+                "POST", f"{prefix}/completions", openai.completions,
+                "Text completion (SSE when stream is true)",
+                request=CompletionRequest, errors=_ERRORS,
+            ),
+            Route(
+                "POST", f"{prefix}/embeddings", openai.embeddings,
+                "Deterministic unit-vector embeddings",
+                request=EmbeddingRequest, errors=_ERRORS,
+            ),
+        ]  # fmt: skip
+    return table
+
+
+def create_app(
+    settings: SimEngineSettings, *, registry: CollectorRegistry | None = None
+) -> web.Application:
+    """The simulated engine's application (metrics on ``registry``, a fresh one by default)."""
+    registry = registry if registry is not None else CollectorRegistry()
+    app = make_app(
+        title="llmsvc simulated engine",
+        version=__version__,
+        routes=routes(),
+        middlewares=[loading_gate],
+    )
+    engine = Engine(settings, registry=registry)
+    app[ENGINE] = engine
+    app[REGISTRY] = registry
+    app[WATCHER] = DisconnectWatcher()
+    app[READINESS] = Readiness(startup_delay=settings.startup_delay)
+    app[STARTED] = int(time.time())
+
+    async def engine_header(_: web.Request, response: web.StreamResponse) -> None:
+        response.headers[ENGINE_HEADER] = engine.engine_id
+
+    async def start_loading(app: web.Application) -> AsyncIterator[None]:
+        app[READINESS].start()
+        yield
+
+    app.on_response_prepare.append(engine_header)
+    app.cleanup_ctx.append(start_loading)
+    app.cleanup_ctx.append(background("disconnect-watcher", lambda a: a[WATCHER].run()))
+    return app

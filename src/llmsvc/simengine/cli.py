@@ -1,0 +1,26 @@
+"""``llmsvc sim-engine``: parse the flags, build the app, serve it."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from llmsvc.core.app import serve
+from llmsvc.core.logging import configure_logging
+from llmsvc.core.settings import parse_settings
+from llmsvc.simengine.app import create_app
+from llmsvc.simengine.settings import SimEngineSettings
+
+PROG = "llmsvc sim-engine"
+DESCRIPTION = (
+    "A simulated OpenAI-compatible LLM engine whose timing follows a stated model "
+    "(queue, prefill, per-token decode, prefix cache) and which exports vLLM's metrics."
+)
+
+
+def main(argv: Sequence[str]) -> int:
+    settings = parse_settings(SimEngineSettings, argv, prog=PROG, description=DESCRIPTION)
+    configure_logging(settings.log_level, settings.log_format)
+    app = create_app(settings)
+    return serve(
+        app, name="sim-engine", host=settings.host, port=settings.port, shutdown_timeout=5.0
+    )

@@ -1,0 +1,82 @@
+"""Settings of ``llmsvc sim-engine``: one flag and one ``LLMSVC_*`` variable per field."""
+
+from __future__ import annotations
+
+from pydantic import Field, field_validator
+
+from llmsvc.core.settings import BaseServiceSettings, CommaList
+
+
+class SimEngineSettings(BaseServiceSettings):
+    """The simulated engine: where it listens, what it serves, how its timing behaves."""
+
+    host: str = Field(default="127.0.0.1", description="Address to listen on.")
+    port: int = Field(default=8000, ge=1, le=65535, description="TCP port to listen on.")
+    model_name: CommaList = Field(
+        default_factory=lambda: ["sim-model"],
+        description="Comma-separated model ids this engine serves (clients send them as model).",
+    )
+    engine_id: str | None = Field(
+        default=None,
+        description="Id reported as system_fingerprint and in the X-Llmsvc-Engine header; "
+        "default sim-<host>-<port>.",
+    )
+    seed: int = Field(default=0, description="Seed of every random choice: text, jitter, faults.")
+    chars_per_token: float = Field(
+        default=4.0, gt=0, description="Characters of prompt text per simulated token."
+    )
+    max_num_seqs: int = Field(
+        default=32, ge=1, description="Sequences decoded at once; later requests wait (FIFO)."
+    )
+    kv_cache_tokens: int = Field(
+        default=65536,
+        ge=1,
+        description="KV-cache size in tokens; a request reserves prompt + max output tokens.",
+    )
+    prefill_tokens_per_s: float = Field(
+        default=8000.0, gt=0, description="Prefill speed in tokens/s for uncached prompt tokens."
+    )
+    decode_tokens_per_s: float = Field(
+        default=40.0, gt=0, description="Decode speed of one sequence alone, in tokens/s."
+    )
+    decode_slowdown: float = Field(
+        default=0.04,
+        ge=0,
+        description="Per-sequence decode time grows by this fraction per other running sequence.",
+    )
+    jitter: float = Field(
+        default=0.0, ge=0, le=1, description="Random +/- fraction applied to every duration."
+    )
+    block_size: int = Field(default=16, ge=1, description="Prefix-cache block size in tokens.")
+    prefix_cache_tokens: int = Field(
+        default=32768, ge=0, description="Prefix-cache capacity in tokens (LRU over blocks)."
+    )
+    default_max_tokens: int = Field(
+        default=32, ge=1, description="Output tokens when a request gives no max_tokens."
+    )
+    time_scale: float = Field(
+        default=1.0,
+        ge=0,
+        description="Multiplies every simulated duration; 0 answers at once (tests, CPU bench).",
+    )
+    fail_rate: float = Field(
+        default=0.0, ge=0, le=1, description="Fraction of requests answered 500 (fault injection)."
+    )
+    startup_delay: float = Field(
+        default=0.0,
+        ge=0,
+        description="Seconds (wall clock, not scaled) before /health is 200, as if loading.",
+    )
+    embedding_dim: int = Field(
+        default=256, ge=1, le=8192, description="Length of embedding vectors by default."
+    )
+
+    @field_validator("model_name")
+    @classmethod
+    def _some_model(cls, value: list[str]) -> list[str]:
+        if not value:
+            raise ValueError("at least one model name is required")
+        return value
+
+    def resolved_engine_id(self) -> str:
+        return self.engine_id or f"sim-{self.host}-{self.port}"
