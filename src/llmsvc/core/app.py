@@ -81,7 +81,9 @@ def make_app(
     app = web.Application(
         middlewares=[error_middleware, *middlewares],
         client_max_size=client_max_size,
-        handler_args=dict(handler_args or {}),
+        # A client that disconnects cancels its handler, so an engine stops
+        # generating and the router closes the upstream request at once.
+        handler_args={"handler_cancellation": True, **(handler_args or {})},
     )
     table = list(routes)
     for route in table:

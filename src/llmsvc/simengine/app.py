@@ -9,16 +9,15 @@ from aiohttp import web
 from prometheus_client import CollectorRegistry
 
 from llmsvc import __version__
-from llmsvc.core.app import Route, background, make_app
+from llmsvc.core.app import Route, make_app
 from llmsvc.core.errors import Handler, ServiceUnavailable
 from llmsvc.core.jsonio import json_response
 from llmsvc.core.metrics import metrics_handler
 from llmsvc.core.wire import ChatCompletionRequest, CompletionRequest, EmbeddingRequest, ModelList
 from llmsvc.simengine import openai
-from llmsvc.simengine.disconnect import DisconnectWatcher
 from llmsvc.simengine.engine import Engine
 from llmsvc.simengine.settings import SimEngineSettings
-from llmsvc.simengine.state import ENGINE, READINESS, REGISTRY, STARTED, WATCHER, Readiness
+from llmsvc.simengine.state import ENGINE, READINESS, REGISTRY, STARTED, Readiness
 
 ENGINE_HEADER = "X-Llmsvc-Engine"
 ALWAYS_SERVED = frozenset({"/health", "/metrics", "/openapi.json"})
@@ -86,7 +85,6 @@ def create_app(
     engine = Engine(settings, registry=registry)
     app[ENGINE] = engine
     app[REGISTRY] = registry
-    app[WATCHER] = DisconnectWatcher()
     app[READINESS] = Readiness(startup_delay=settings.startup_delay)
     app[STARTED] = int(time.time())
 
@@ -99,5 +97,4 @@ def create_app(
 
     app.on_response_prepare.append(engine_header)
     app.cleanup_ctx.append(start_loading)
-    app.cleanup_ctx.append(background("disconnect-watcher", lambda a: a[WATCHER].run()))
     return app

@@ -22,7 +22,7 @@ from llmsvc.core.wire import (
 from llmsvc.simengine.embeddings import embed, encode_base64, split_inputs
 from llmsvc.simengine.engine import Engine, Job
 from llmsvc.simengine.model import Prompt, count_tokens
-from llmsvc.simengine.state import ENGINE, STARTED, WATCHER
+from llmsvc.simengine.state import ENGINE, STARTED
 from llmsvc.simengine.streaming import ChunkTemplates, Kind
 
 FINISH_REASON = "length"  # the simulated engine always generates max_tokens
@@ -110,11 +110,10 @@ async def _complete(
     engine.inject_fault()
     prefix = "chatcmpl-" if kind == "chat" else "cmpl-"
     request_id = prefix + uuid.uuid4().hex
-    with request.app[WATCHER].watch(request):
-        if stream:
-            include_usage = options is not None and options.include_usage
-            return await _stream(request, engine, job, kind, request_id, include_usage)
-        return await _collect(engine, job, kind, request_id)
+    if stream:
+        include_usage = options is not None and options.include_usage
+        return await _stream(request, engine, job, kind, request_id, include_usage)
+    return await _collect(engine, job, kind, request_id)
 
 
 async def _collect(engine: Engine, job: Job, kind: Kind, request_id: str) -> web.Response:
@@ -189,8 +188,7 @@ async def embeddings(request: web.Request) -> web.Response:
         raise BadRequest("'input' must not be empty", param="input", code="invalid_value")
     dim = req.dimensions or engine.settings.embedding_dim
     tokens = sum(count_tokens(item, engine.settings.chars_per_token) for item in items)
-    with request.app[WATCHER].watch(request):
-        await engine.pause_for_prefill(tokens)
+    await engine.pause_for_prefill(tokens)
     data = []
     for index, item in enumerate(items):
         vector = embed(item, dim)

@@ -9,7 +9,6 @@ from dataclasses import dataclass, field
 from aiohttp import web
 from prometheus_client import CollectorRegistry
 
-from llmsvc.simengine.disconnect import DisconnectWatcher
 from llmsvc.simengine.engine import Engine
 
 
@@ -28,7 +27,6 @@ class Readiness:
 
 
 ENGINE = web.AppKey("engine", Engine)
-WATCHER = web.AppKey("disconnect_watcher", DisconnectWatcher)
 READINESS = web.AppKey("readiness", Readiness)
 REGISTRY = web.AppKey("metrics_registry", CollectorRegistry)
 STARTED = web.AppKey("started", int)

@@ -1,0 +1,286 @@
+"""The router's ``web.Application``: routes, API keys, upstream session, background loops."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hmac
+import time
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass, field
+
+import aiohttp
+from aiohttp import web
+from aiohttp.typedefs import Middleware
+from prometheus_client import CollectorRegistry
+
+from llmsvc import __version__
+from llmsvc.core.app import Route, every, make_app, supervised
+from llmsvc.core.errors import Handler, ServiceUnavailable, Unauthorized
+from llmsvc.core.jsonio import json_response, model_response
+from llmsvc.core.metrics import metrics_handler
+from llmsvc.core.registry_client import RegistryClient
+from llmsvc.core.wire import (
+    ChatCompletionRequest,
+    CompletionRequest,
+    EmbeddingRequest,
+    ModelCard,
+    ModelList,
+)
+from llmsvc.router.backends import BackendPool
+from llmsvc.router.balancing import Strategy, make_strategy
+from llmsvc.router.config import check_settings, load_api_keys, load_static_services
+from llmsvc.router.discovery import watch_registry
+from llmsvc.router.health import check_all
+from llmsvc.router.metrics import RouterMetrics
+from llmsvc.router.proxy import Proxy
+from llmsvc.router.settings import RouterSettings
+from llmsvc.router.stats import RouterStats
+
+# Upstream connection pool: enough for thousands of concurrent streams, with
+# idle connections kept for reuse between requests.
+UPSTREAM_CONNECTION_LIMIT = 4096
+UPSTREAM_KEEPALIVE_S = 60.0
+
+_PROTECTED_PATHS = frozenset({"/chat/completions", "/completions", "/embeddings", "/models"})
+
+
+@dataclass(eq=False)
+class RouterState:
+    """Everything the router's handlers share; ``proxy`` exists while the app runs."""
+
+    settings: RouterSettings
+    pool: BackendPool
+    strategy: Strategy
+    metrics: RouterMetrics
+    stats: RouterStats
+    registry: CollectorRegistry
+    api_keys: tuple[bytes, ...]
+    proxy: Proxy | None = field(default=None)
+
+    async def inference(self, request: web.Request) -> web.StreamResponse:
+        proxy = self.proxy
+        if proxy is None:
+            raise ServiceUnavailable("The router is starting or stopping")
+        return await proxy.handle(request)
+
+    async def models(self, _: web.Request) -> web.Response:
+        ids = self.pool.healthy_models(time.monotonic())
+        return model_response(ModelList(data=[ModelCard(id=i) for i in ids]))
+
+    async def health(self, _: web.Request) -> web.Response:
+        now = time.monotonic()
+        healthy = sum(1 for b in self.pool if b.healthy(now))
+        body = {
+            "status": "ok",
+            "backends": len(self.pool),
+            "healthy_backends": healthy,
+            "models": len(self.pool.healthy_models(now)),
+        }
+        return json_response(body)
+
+    async def stats_view(self, _: web.Request) -> web.Response:
+        return json_response(self.stats.render(self.pool, time.monotonic()))
+
+    async def services(self, _: web.Request) -> web.Response:
+        now = time.monotonic()
+        views = [b.view(now) for b in self.pool]
+        return json_response({"services": views, "total": len(views)})
+
+    async def prometheus(self, _: web.Request) -> web.Response:
+        self.metrics.refresh(self.pool, time.monotonic())
+        return metrics_handler(self.registry)
+
+
+ROUTER = web.AppKey("router", RouterState)
+
+
+def _authorized(header: str | None, keys: tuple[bytes, ...]) -> bool:
+    if not header or not header.startswith("Bearer "):
+        return False
+    given = header[7:].strip().encode()
+    found = False
+    for key in keys:  # compare with every key: the time says nothing of which one
+        found |= hmac.compare_digest(given, key)
+    return found
+
+
+def api_key_middleware(keys: tuple[bytes, ...]) -> Middleware:
+    """401 unless ``Authorization: Bearer <key>`` on the inference and models paths."""
+
+    @web.middleware
+    async def check_api_key(request: web.Request, handler: Handler) -> web.StreamResponse:
+        path = request.path
+        protected = path.startswith("/v1/") or path in _PROTECTED_PATHS
+        if protected and not _authorized(request.headers.get("Authorization"), keys):
+            raise Unauthorized(
+                "Missing or invalid API key: send 'Authorization: Bearer <key>'",
+                code="invalid_api_key",
+                headers={"WWW-Authenticate": "Bearer"},
+            )
+        return await handler(request)
+
+    return check_api_key
+
+
+def _routes(state: RouterState) -> list[Route]:
+    errors = {
+        400: "Malformed JSON, or missing/invalid 'model'",
+        401: "Missing or invalid API key",
+        413: "Body larger than --max-body-bytes",
+        502: "Every backend tried failed",
+        503: "No healthy service for the model",
+        504: "Every backend tried timed out",
+    }
+    table = []
+    for path, request_model in (
+        ("/chat/completions", ChatCompletionRequest),
+        ("/completions", CompletionRequest),
+        ("/embeddings", EmbeddingRequest),
+    ):
+        for prefix in ("/v1", ""):
+            table.append(
+                Route(
+                    "POST",
+                    prefix + path,
+                    state.inference,
+                    "Forward to a healthy backend serving the body's model",
+                    description="The body is forwarded untouched; streams pass through "
+                    "chunk by chunk. The response carries X-Llmsvc-Backend.",
+                    request=request_model,
+                    response_media="application/json",
+                    errors=errors,
+                )
+            )
+    for prefix in ("/v1", ""):
+        table.append(
+            Route(
+                "GET",
+                prefix + "/models",
+                state.models,
+                "Models of the healthy backends, each once",
+                response=ModelList,
+                errors={401: "Missing or invalid API key"},
+            )
+        )
+    table += [
+        Route("GET", "/health", state.health, "Router health and healthy backend count"),
+        Route("GET", "/stats", state.stats_view, "Per backend and per model statistics"),
+        Route("GET", "/services", state.services, "The router's view of its backends"),
+        Route(
+            "GET",
+            "/metrics",
+            state.prometheus,
+            "Prometheus metrics",
+            response_media="text/plain",
+        ),
+    ]
+    return table
+
+
+def _upstream_ctx(state: RouterState) -> Callable[[web.Application], AsyncIterator[None]]:
+    """``cleanup_ctx``: the upstream session, the proxy and the active health checks."""
+
+    async def ctx(app: web.Application) -> AsyncIterator[None]:
+        settings = state.settings
+        connector = aiohttp.TCPConnector(
+            limit=UPSTREAM_CONNECTION_LIMIT,
+            limit_per_host=0,
+            keepalive_timeout=UPSTREAM_KEEPALIVE_S,
+        )
+        session = aiohttp.ClientSession(
+            connector=connector,
+            auto_decompress=False,
+            skip_auto_headers=("User-Agent", "Accept", "Accept-Encoding", "Content-Type"),
+        )
+        state.proxy = Proxy(
+            settings=settings,
+            pool=state.pool,
+            strategy=state.strategy,
+            session=session,
+            metrics=state.metrics,
+            stats=state.stats,
+            drop_auth=bool(state.api_keys),
+        )
+
+        async def check() -> None:
+            await check_all(session, state.pool, settings.health_timeout)
+
+        task = supervised(every(settings.health_interval, check, name="health"), name="health")
+        yield
+        state.proxy = None
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+        await session.close()
+
+    return ctx
+
+
+def _registry_ctx(
+    state: RouterState, registry_url: str
+) -> Callable[[web.Application], AsyncIterator[None]]:
+    """``cleanup_ctx``: the registry watch, on its own session (its queries block)."""
+
+    async def ctx(app: web.Application) -> AsyncIterator[None]:
+        settings = state.settings
+        session = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=4))
+        client = RegistryClient(
+            base_url=registry_url,
+            session=session,
+            token=settings.registry_token,
+            timeout=settings.health_timeout,
+        )
+
+        def forget_gone() -> None:
+            state.strategy.forget(state.pool.removed_names())
+
+        watch = watch_registry(
+            client,
+            state.pool,
+            state.metrics,
+            wait=settings.registry_sync_interval,
+            grace=settings.registry_restart_grace,
+            on_change=forget_gone,
+        )
+        task = supervised(watch, name="registry-watch")
+        yield
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+        await session.close()
+
+    return ctx
+
+
+def create_app(
+    settings: RouterSettings, *, registry: CollectorRegistry | None = None
+) -> web.Application:
+    """The router app; :class:`~llmsvc.router.config.ConfigError` for bad files or options."""
+    check_settings(settings)
+    api_keys = load_api_keys(settings)
+    pool = BackendPool(max_fails=settings.max_fails, fail_timeout=settings.fail_timeout)
+    if settings.static_services:
+        pool.set_static(load_static_services(settings.static_services))
+    registry = registry if registry is not None else CollectorRegistry()
+    state = RouterState(
+        settings=settings,
+        pool=pool,
+        strategy=make_strategy(settings.strategy),
+        metrics=RouterMetrics(registry),
+        stats=RouterStats(),
+        registry=registry,
+        api_keys=api_keys,
+    )
+    app = make_app(
+        title="llmsvc router",
+        version=__version__,
+        routes=_routes(state),
+        client_max_size=settings.max_body_bytes,
+        middlewares=[api_key_middleware(api_keys)] if api_keys else [],
+    )
+    app[ROUTER] = state
+    app.cleanup_ctx.append(_upstream_ctx(state))
+    if settings.registry_url:
+        app.cleanup_ctx.append(_registry_ctx(state, settings.registry_url))
+    return app

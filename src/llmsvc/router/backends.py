@@ -1,0 +1,222 @@
+"""The router's backends and their state; pure (the clock is passed in).
+
+A :class:`Backend` is one ``openai-api`` service as the router sees it: its
+record, where the record came from, the registry's and the router's own view
+of its health, its nginx-style passive failure state and its counters. The
+:class:`BackendPool` merges the static records with the registry's view and
+keeps each backend's state across refreshes for as long as it stays.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from llmsvc.core.records import OPENAI_API, ServiceRecord
+
+Source = Literal["static", "registry"]
+
+
+@dataclass(slots=True)
+class PassiveHealth:
+    """nginx's ``max_fails``/``fail_timeout``.
+
+    ``max_fails`` failures within ``fail_timeout`` seconds take the backend out
+    for ``fail_timeout`` seconds. After that it is on probation: its next
+    request decides, a failure takes it out again at once, a success clears
+    it. ``max_fails == 0`` disables the mechanism.
+    """
+
+    max_fails: int
+    fail_timeout: float
+    failures: deque[float] = field(default_factory=deque)
+    down_until: float = 0.0
+    probation: bool = False
+
+    def available(self, now: float) -> bool:
+        return now >= self.down_until
+
+    def record_failure(self, now: float) -> bool:
+        """Count a failure; True when it takes the backend out."""
+        if self.max_fails <= 0 or now < self.down_until:
+            return False  # disabled, or already out (a straggler of the same burst)
+        if self.probation:
+            return self._take_out(now)
+        horizon = now - self.fail_timeout
+        while self.failures and self.failures[0] <= horizon:
+            self.failures.popleft()
+        self.failures.append(now)
+        if len(self.failures) >= self.max_fails:
+            return self._take_out(now)
+        return False
+
+    def record_success(self, now: float) -> None:
+        if self.probation and now >= self.down_until:
+            self.probation = False
+            self.down_until = 0.0
+
+    def _take_out(self, now: float) -> bool:
+        self.failures.clear()
+        self.down_until = now + self.fail_timeout
+        self.probation = True
+        return True
+
+    def recent_failures(self, now: float) -> int:
+        horizon = now - self.fail_timeout
+        return sum(1 for t in self.failures if t > horizon)
+
+
+@dataclass(slots=True)
+class BackendStats:
+    requests: int = 0
+    errors: int = 0
+    response_time_sum: float = 0.0
+    ttft_sum: float = 0.0
+    ttft_count: int = 0
+
+    def as_dict(self) -> dict[str, Any]:
+        done = self.requests
+        return {
+            "requests": self.requests,
+            "errors": self.errors,
+            "mean_response_time_s": round(self.response_time_sum / done, 6) if done else None,
+            "mean_ttft_s": round(self.ttft_sum / self.ttft_count, 6) if self.ttft_count else None,
+        }
+
+
+@dataclass(slots=True, eq=False)
+class Backend:
+    """One routable service and everything the router knows about it."""
+
+    record: ServiceRecord
+    source: Source
+    passive: PassiveHealth
+    active_ok: bool = True
+    checked_at: float | None = None
+    in_flight: int = 0
+    stats: BackendStats = field(default_factory=BackendStats)
+    models: frozenset[str] = frozenset()
+    url: str = ""
+
+    def __post_init__(self) -> None:
+        self.refresh(self.record, self.source)
+
+    def refresh(self, record: ServiceRecord, source: Source) -> None:
+        self.record = record
+        self.source = source
+        self.models = frozenset(record.models)
+        self.url = record.url or record.base_url()
+
+    @property
+    def name(self) -> str:
+        return self.record.name
+
+    @property
+    def weight(self) -> int:
+        return self.record.weight
+
+    @property
+    def registry_healthy(self) -> bool:
+        return self.source == "static" or self.record.healthy
+
+    def healthy(self, now: float) -> bool:
+        """Healthy by the registry, the router's active check and passive state."""
+        return self.registry_healthy and self.active_ok and self.passive.available(now)
+
+    def view(self, now: float) -> dict[str, Any]:
+        """The backend as ``GET /services`` shows it."""
+        return {
+            "name": self.name,
+            "url": self.url,
+            "source": self.source,
+            "eligible": self.healthy(now),
+            "registry_healthy": self.registry_healthy,
+            "active_check_ok": self.active_ok,
+            "active_check_age_s": (
+                None if self.checked_at is None else round(now - self.checked_at, 3)
+            ),
+            "passive": {
+                "available": self.passive.available(now),
+                "recent_failures": self.passive.recent_failures(now),
+                "down_for_s": round(max(0.0, self.passive.down_until - now), 3),
+            },
+            "in_flight": self.in_flight,
+            "record": self.record.model_dump(mode="json"),
+        }
+
+
+class BackendPool:
+    """Static and registry backends by name; registry records win on a name clash."""
+
+    def __init__(self, *, max_fails: int, fail_timeout: float) -> None:
+        self._max_fails = max_fails
+        self._fail_timeout = fail_timeout
+        self._static: dict[str, ServiceRecord] = {}
+        self._registry: dict[str, ServiceRecord] = {}
+        self._backends: dict[str, Backend] = {}
+        self._removed: set[str] = set()
+        self._by_model: dict[str, list[Backend]] = {}  # model -> backends listing it, in order
+        self.version = 0  # grows on every change of the set of backends
+
+    def __iter__(self) -> Iterator[Backend]:
+        return iter(self._backends.values())
+
+    def __len__(self) -> int:
+        return len(self._backends)
+
+    def get(self, name: str) -> Backend | None:
+        return self._backends.get(name)
+
+    def set_static(self, records: Iterable[ServiceRecord]) -> None:
+        self._static = {r.name: r for r in records if r.type == OPENAI_API}
+        self._rebuild()
+
+    def set_registry(self, records: Iterable[ServiceRecord]) -> None:
+        self._registry = {r.name: r for r in records if r.type == OPENAI_API}
+        self._rebuild()
+
+    def _rebuild(self) -> None:
+        merged: dict[str, tuple[ServiceRecord, Source]] = {
+            name: (record, "static") for name, record in self._static.items()
+        }
+        merged.update((name, (record, "registry")) for name, record in self._registry.items())
+        backends: dict[str, Backend] = {}
+        for name, (record, source) in merged.items():
+            backend = self._backends.get(name)
+            if backend is not None and backend.url == (record.url or record.base_url()):
+                backend.refresh(record, source)
+            else:
+                backend = Backend(record=record, source=source, passive=self._new_passive())
+            backends[name] = backend
+        self._removed = set(self._backends) - set(backends)
+        self._backends = backends
+        by_model: dict[str, list[Backend]] = {}
+        for backend in backends.values():
+            for model in backend.models:
+                by_model.setdefault(model, []).append(backend)
+        self._by_model = by_model
+        self.version += 1
+
+    def removed_names(self) -> set[str]:
+        """Names the last refresh dropped (strategies forget their state)."""
+        return self._removed
+
+    def _new_passive(self) -> PassiveHealth:
+        return PassiveHealth(max_fails=self._max_fails, fail_timeout=self._fail_timeout)
+
+    def eligible(self, model: str, now: float) -> list[Backend]:
+        return [b for b in self._by_model.get(model, ()) if b.healthy(now)]
+
+    def knows(self, model: str) -> bool:
+        """Whether any backend, healthy or not, lists ``model`` (bounds metric labels)."""
+        return model in self._by_model
+
+    def healthy_models(self, now: float) -> list[str]:
+        """Models of the healthy backends, each once, in a stable order."""
+        seen: dict[str, None] = {}
+        for backend in self._backends.values():
+            if backend.healthy(now):
+                seen.update(dict.fromkeys(sorted(backend.models)))
+        return list(seen)

@@ -1,0 +1,105 @@
+"""The router's Prometheus metrics, on an injected ``CollectorRegistry``.
+
+Per-request series are counters and histograms whose labelled children are
+cached, so the hot path does no label lookups after the first request of a
+(model, backend, status). Gauges that describe backends (in flight, healthy)
+are set from the pool when ``/metrics`` is scraped, not on every request.
+"""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+from llmsvc.core.metrics import LATENCY_BUCKETS
+from llmsvc.router.backends import BackendPool
+
+UNKNOWN_MODEL = "_unknown"  # model_name label of requests for a model no backend lists
+NO_BACKEND = "_none"  # backend label of requests no backend took
+
+
+class RouterMetrics:
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.requests = Counter(
+            "llmsvc_router_requests_total",
+            "Requests answered, by model, backend and HTTP status.",
+            ["model_name", "backend", "status"],
+            registry=registry,
+        )
+        self.duration = Histogram(
+            "llmsvc_router_request_duration_seconds",
+            "Time from reading the request to its last byte sent.",
+            ["model_name"],
+            buckets=LATENCY_BUCKETS,
+            registry=registry,
+        )
+        self.ttfb = Histogram(
+            "llmsvc_router_time_to_first_byte_seconds",
+            "Time from the request to the first upstream byte (headers, or first chunk "
+            "of a stream).",
+            ["model_name"],
+            buckets=LATENCY_BUCKETS,
+            registry=registry,
+        )
+        self.in_flight = Gauge(
+            "llmsvc_router_in_flight",
+            "Requests in flight to each backend.",
+            ["backend"],
+            registry=registry,
+        )
+        self.retries = Counter(
+            "llmsvc_router_retries_total",
+            "Requests sent again to another backend.",
+            ["model_name"],
+            registry=registry,
+        )
+        self.upstream_errors = Counter(
+            "llmsvc_router_upstream_errors_total",
+            "Failures talking to a backend, by kind (connect, timeout, status_5xx, "
+            "body, stream, stream_idle).",
+            ["backend", "kind"],
+            registry=registry,
+        )
+        self.backend_healthy = Gauge(
+            "llmsvc_router_backend_healthy",
+            "1 when the backend is eligible for routing, else 0.",
+            ["backend"],
+            registry=registry,
+        )
+        self.registry_up = Gauge(
+            "llmsvc_router_registry_up",
+            "1 when the last registry query succeeded, else 0 (also 0 without a registry).",
+            registry=registry,
+        )
+        self._requests: dict[tuple[str, str, int], Counter] = {}
+        self._duration: dict[str, Histogram] = {}
+        self._ttfb: dict[str, Histogram] = {}
+        self._shown: set[str] = set()
+
+    def count_request(self, model: str, backend: str, status: int, duration: float) -> None:
+        key = (model, backend, status)
+        child = self._requests.get(key)
+        if child is None:
+            child = self._requests[key] = self.requests.labels(model, backend, str(status))
+        child.inc()
+        hist = self._duration.get(model)
+        if hist is None:
+            hist = self._duration[model] = self.duration.labels(model)
+        hist.observe(duration)
+
+    def observe_ttfb(self, model: str, seconds: float) -> None:
+        hist = self._ttfb.get(model)
+        if hist is None:
+            hist = self._ttfb[model] = self.ttfb.labels(model)
+        hist.observe(seconds)
+
+    def refresh(self, pool: BackendPool, now: float) -> None:
+        """Set the per-backend gauges from the pool; drop the series of gone backends."""
+        names = set()
+        for backend in pool:
+            names.add(backend.name)
+            self.in_flight.labels(backend.name).set(backend.in_flight)
+            self.backend_healthy.labels(backend.name).set(1 if backend.healthy(now) else 0)
+        for gone in self._shown - names:
+            self.in_flight.remove(gone)
+            self.backend_healthy.remove(gone)
+        self._shown = names
