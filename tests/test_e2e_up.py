@@ -60,7 +60,7 @@ def test_up_status_validate_down_with_a_file(tmp_path: Path) -> None:
         assert status.returncode == 0, status.stdout
         again = llmsvc("up", "-f", str(cfg), cwd=tmp_path)
         assert again.returncode == 0
-        assert again.stdout.count("already running") == 4
+        assert again.stdout.count("already running (pid") == 4
 
         check = llmsvc("validate", "-f", str(cfg), cwd=tmp_path)
         assert check.returncode == 0, check.stdout + check.stderr

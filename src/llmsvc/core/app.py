@@ -54,6 +54,7 @@ class Route:
     summary: str
     description: str = ""
     request: type[BaseModel] | None = None
+    request_required: bool = True
     response: type[BaseModel] | None = None
     response_media: str | None = None
     status: int = 200

@@ -53,7 +53,7 @@ def _operation(route: Route, components: dict[str, Any]) -> dict[str, Any]:
         op["parameters"] = params
     if route.request is not None:
         op["requestBody"] = {
-            "required": True,
+            "required": route.request_required,
             "content": _json_content(_schema(route.request, components)),
         }
     ok: dict[str, Any] = {"description": "OK"}

@@ -77,6 +77,19 @@ class ServiceRecord(ServiceRegistration):
         return self.status == "healthy"
 
 
+class Heartbeat(BaseModel):
+    """Optional body of ``POST /services/{name}/heartbeat``: the sender's own health verdict.
+
+    ``unhealthy`` counts as a failed health check and ``healthy`` as a passed one,
+    so a babysitter whose engine died makes the registry (and every router
+    watching it) take the engine out at once, while the record stays visible.
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    status: Status | None = None
+
+
 class ServiceList(BaseModel):
     services: list[ServiceRecord]
     total: int

@@ -14,7 +14,7 @@ from typing import Any
 import aiohttp
 import orjson
 
-from llmsvc.core.records import ServiceRecord, ServiceRegistration
+from llmsvc.core.records import ServiceRecord, ServiceRegistration, Status
 
 INDEX_HEADER = "X-Llmsvc-Index"
 
@@ -91,10 +91,16 @@ class RegistryClient:
         )
         return ServiceRecord.model_validate(payload)
 
-    async def heartbeat(self, name: str) -> bool:
-        """Refresh ``name``; False when the registry does not know it (re-register)."""
-        status, _, _ = await self._request("POST", f"/services/{name}/heartbeat", allow_404=True)
-        return status != 404
+    async def heartbeat(self, name: str, status: Status | None = None) -> bool:
+        """Refresh ``name``; False when the registry does not know it (re-register).
+
+        ``status`` reports the sender's own verdict on the service's health.
+        """
+        body = {"status": status} if status else None
+        code, _, _ = await self._request(
+            "POST", f"/services/{name}/heartbeat", body=body, allow_404=True
+        )
+        return code != 404
 
     async def deregister(self, name: str) -> None:
         await self._request("DELETE", f"/services/{name}", allow_404=True)

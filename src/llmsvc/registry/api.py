@@ -14,7 +14,7 @@ from llmsvc.core.app import Query, Route
 from llmsvc.core.errors import BadRequest, NotFound, Unauthorized
 from llmsvc.core.jsonio import loads_object, model_response, read_body, read_model, validate_model
 from llmsvc.core.metrics import metrics_handler
-from llmsvc.core.records import ServiceList, ServiceRecord, ServiceRegistration
+from llmsvc.core.records import Heartbeat, ServiceList, ServiceRecord, ServiceRegistration
 from llmsvc.core.registry_client import INDEX_HEADER
 from llmsvc.registry.health import check_record
 from llmsvc.registry.metrics import RegistryMetrics
@@ -150,7 +150,9 @@ async def deregister_service(request: web.Request) -> web.Response:
 async def heartbeat(request: web.Request) -> web.Response:
     authorize(request)
     name = request.match_info["name"]
-    record = request.app[STORE].heartbeat(name)
+    body = await read_body(request)
+    report = validate_model(Heartbeat, loads_object(body)) if body.strip() else Heartbeat()
+    record = request.app[STORE].heartbeat(name, report.status)
     if record is None:
         raise not_found(name, "; register it again")
     request.app[METRICS].heartbeats.inc()
@@ -279,6 +281,10 @@ ROUTES = (
         "/services/{name}/heartbeat",
         heartbeat,
         "Refresh a service's heartbeat (404: register again)",
+        description='An optional body {"status": "healthy"|"unhealthy"} reports the '
+        "sender's own verdict, counted as a health check's result.",
+        request=Heartbeat,
+        request_required=False,
         response=ServiceRecord,
         errors={**_UNAUTHORIZED, **_UNKNOWN},
     ),

@@ -142,12 +142,21 @@ class ServiceStore:
             self._bump()
         return record
 
-    def heartbeat(self, name: str) -> ServiceRecord | None:
-        """Refresh ``last_heartbeat``; None when unknown (the sender re-registers)."""
+    def heartbeat(self, name: str, status: Status | None = None) -> ServiceRecord | None:
+        """Refresh ``last_heartbeat``; None when unknown (the sender re-registers).
+
+        A ``status`` the sender reports counts as a health check's result.
+        """
         old = self._records.get(name)
         if old is None:
             return None
-        return self._put(old.model_copy(update={"last_heartbeat": self._clock()}))
+        now = self._clock()
+        update: dict[str, Any] = {"last_heartbeat": now}
+        if status is not None:
+            failed = status == "unhealthy"
+            update["consecutive_failures"] = old.consecutive_failures + 1 if failed else 0
+            update["last_check"] = now
+        return self._put(old.model_copy(update=update))
 
     def record_check(self, name: str, ok: bool, *, url: str | None) -> ServiceRecord | None:
         """Apply a health-check result, unless the record went or moved meanwhile."""

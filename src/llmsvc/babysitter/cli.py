@@ -1,0 +1,53 @@
+"""``llmsvc babysitter``: launch, supervise and register one inference engine."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+
+from llmsvc.babysitter.app import create_app
+from llmsvc.babysitter.engines import EngineConfigError, build_engine, identity
+from llmsvc.babysitter.registration import name_problem
+from llmsvc.babysitter.settings import ENGINES, BabysitterSettings
+from llmsvc.core.app import serve
+from llmsvc.core.logging import configure_logging
+from llmsvc.core.settings import die, parse_settings, split_passthrough
+
+PROG = "llmsvc babysitter"
+DESCRIPTION = (
+    "Launch one inference engine on --port, keep it alive and register it. "
+    "The babysitter's API listens on port + 1. Everything after '--' goes to the "
+    "engine's command line; with --engine command it is the whole command, with "
+    "{port}, {host}, {model} and {model_name} filled in."
+)
+
+
+def main(argv: Sequence[str]) -> int:
+    ours, engine_args = split_passthrough(argv)
+    if not _engine_given(ours):
+        die(PROG, f"--engine is required: one of {', '.join(ENGINES)}")
+    settings = parse_settings(BabysitterSettings, ours, prog=PROG, description=DESCRIPTION)
+    try:
+        build_engine(settings, engine_args)
+    except EngineConfigError as exc:
+        die(PROG, str(exc))
+    problem = name_problem(identity(settings).name)
+    if problem:
+        die(PROG, f"--name: {problem}" if settings.name else f"{problem}; set --name")
+    configure_logging(settings.log_level, settings.log_format)
+    app = create_app(settings, engine_args=engine_args)
+    return serve(
+        app,
+        name="babysitter",
+        host=settings.host,
+        port=settings.port + 1,
+        shutdown_timeout=5.0,
+    )
+
+
+def _engine_given(args: Sequence[str]) -> bool:
+    """--engine on the command line or in the environment (or help asked for)."""
+    given = ("--engine", "-h", "--help")
+    return bool(os.environ.get("LLMSVC_ENGINE")) or any(
+        a in given or a.startswith("--engine=") for a in args
+    )

@@ -1,0 +1,61 @@
+"""The babysitter's Prometheus series, on an injected ``CollectorRegistry``."""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge
+
+from llmsvc.babysitter.lifecycle import ExitRecord, Reason, State
+
+
+class BabysitterMetrics:
+    def __init__(self, registry: CollectorRegistry, *, model_name: str) -> None:
+        self._model = model_name
+        self.engine_up = Gauge(
+            "llmsvc_babysitter_engine_up",
+            "1 while the engine is ready, else 0.",
+            ["model_name"],
+            registry=registry,
+        )
+        self.restarts = Counter(
+            "llmsvc_babysitter_restarts_total",
+            "Engine restarts, by the reason the previous process ended.",
+            ["model_name", "reason"],
+            registry=registry,
+        )
+        self.time_to_ready = Gauge(
+            "llmsvc_babysitter_time_to_ready_seconds",
+            "Seconds from launch to ready of the latest engine process.",
+            ["model_name"],
+            registry=registry,
+        )
+        self.last_exit_code = Gauge(
+            "llmsvc_babysitter_last_exit_code",
+            "Exit status of the last engine process (128 + signal when killed by one).",
+            ["model_name"],
+            registry=registry,
+        )
+        self.state = Gauge(
+            "llmsvc_babysitter_state",
+            "The babysitter's state, one-hot.",
+            ["model_name", "state"],
+            registry=registry,
+        )
+        self.engine_up.labels(model_name).set(0)
+        for reason in Reason:
+            if reason is not Reason.STOPPED:  # a stopped engine is never restarted
+                self.restarts.labels(model_name, reason.value)
+        self.set_state(State.STARTING)
+
+    def set_state(self, state: State) -> None:
+        for each in State:
+            self.state.labels(self._model, each.value).set(1 if each is state else 0)
+        self.engine_up.labels(self._model).set(1 if state is State.READY else 0)
+
+    def restarted(self, reason: Reason) -> None:
+        self.restarts.labels(self._model, reason.value).inc()
+
+    def ready_after(self, seconds: float) -> None:
+        self.time_to_ready.labels(self._model).set(seconds)
+
+    def exited(self, record: ExitRecord) -> None:
+        self.last_exit_code.labels(self._model).set(record.exit_code())

@@ -1,0 +1,79 @@
+"""Start the engine in its own process group and stop it: SIGTERM, wait, SIGKILL.
+
+On Linux the engine gets a parent-death signal (``PR_SET_PDEATHSIG`` = SIGKILL),
+so no engine outlives a babysitter that was SIGKILLed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ctypes
+import logging
+import os
+import signal
+import sys
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from typing import IO
+
+log = logging.getLogger("llmsvc.babysitter.process")
+
+PR_SET_PDEATHSIG = 1
+
+
+def _parent_death_signal(parent: int) -> Callable[[], None] | None:
+    if not sys.platform.startswith("linux"):
+        return None
+
+    def preexec() -> None:  # runs in the child between fork and exec
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+        if os.getppid() != parent:  # the parent died before prctl took effect
+            os._exit(1)
+
+    return preexec
+
+
+def open_log(log_dir: str | None, name: str) -> IO[bytes] | None:
+    """The engine's log file, appended to; None means inherit the babysitter's stderr."""
+    if not log_dir:
+        return None
+    path = Path(log_dir)
+    path.mkdir(parents=True, exist_ok=True)
+    safe = "".join(c if c.isalnum() or c in "._-@" else "_" for c in name)
+    return open(path / f"{safe}.engine.log", "ab")  # closed by the caller
+
+
+async def spawn(
+    argv: Sequence[str], *, env: Mapping[str, str], output: IO[bytes] | None
+) -> asyncio.subprocess.Process:
+    """Start ``argv`` with ``env`` added to ours, in a new session; output to ``output``."""
+    full_env = {**os.environ, **env}
+    out: IO[bytes] | IO[str] = output if output is not None else sys.stderr
+    return await asyncio.create_subprocess_exec(
+        *argv,
+        stdin=asyncio.subprocess.DEVNULL,
+        stdout=out,
+        stderr=asyncio.subprocess.STDOUT,
+        env=full_env,
+        start_new_session=True,
+        preexec_fn=_parent_death_signal(os.getpid()),
+    )
+
+
+def _signal_group(proc: asyncio.subprocess.Process, sig: signal.Signals) -> None:
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(proc.pid, sig)
+
+
+async def stop(proc: asyncio.subprocess.Process, *, timeout: float) -> int:
+    """SIGTERM the engine's process group, wait ``timeout`` s, then SIGKILL it. The returncode."""
+    if proc.returncode is None:
+        _signal_group(proc, signal.SIGTERM)
+        try:
+            await asyncio.wait_for(proc.wait(), timeout)
+        except TimeoutError:
+            log.warning("engine pid %d ignored SIGTERM for %.1fs; killing it", proc.pid, timeout)
+    _signal_group(proc, signal.SIGKILL)  # also any worker the engine left behind
+    return await proc.wait()

@@ -1,0 +1,1 @@
+"""Stand-in for SGLang (tests only)."""

@@ -1,0 +1,46 @@
+"""``llmsvc babysitter`` on the command line: bad input is one line and exit status 2."""
+
+from __future__ import annotations
+
+import subprocess
+
+import pytest
+
+from procs import llmsvc_args
+
+
+def run(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        llmsvc_args("babysitter", *args), capture_output=True, text=True, timeout=30, check=False
+    )
+
+
+@pytest.mark.parametrize(
+    ("args", "says"),
+    [
+        (["--engine", "tgi", "--model", "m"], "--engine"),
+        (["--model", "m"], "--engine is required"),
+        (["--engine", "vllm"], "--model is required"),
+        (["--engine", "command"], "after '--'"),
+        (["--engine", "sim", "--model", "m", "--port", "abc"], "--port"),
+        (["--engine", "sim", "--model", "m", "--port", "65535"], "--port"),
+        (["--engine", "sim", "--model", "m", "--gpus", "0", "--weight", "0"], "--weight"),
+        (["--engine", "sim", "--model", "m", "--name", "bad name"], "--name"),
+        (["--engine", "sim", "--model", "m", "--visible-devices-env", "A-B"], "--visible-devices"),
+        (["--engine", "sim", "--model", "m", "--no-such-flag"], "unrecognized"),
+    ],
+)
+def test_bad_flags_one_line_exit_2(args: list[str], says: str) -> None:
+    result = run(*args)
+    assert result.returncode == 2, result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert "Traceback" not in result.stderr
+    assert says in lines[-1]
+    assert lines[-1].startswith("llmsvc babysitter: error:")
+
+
+def test_help_lists_the_flags() -> None:
+    result = run("--help")
+    assert result.returncode == 0
+    for flag in ("--engine", "--model-name", "--restart-backoff", "--drain-timeout", "--gpus"):
+        assert flag in result.stdout

@@ -1,0 +1,91 @@
+"""A babysitter of the sim engine with a real registry: register, heartbeat, re-register."""
+
+from __future__ import annotations
+
+import signal
+
+import httpx
+
+from procs import free_port, wait_until
+from standins.babysitting import Spawn, pid_alive, records, start_babysitter, start_registry, status
+
+
+def test_registers_engine_and_itself_then_deregisters_on_sigterm(spawn: Spawn) -> None:
+    registry = start_registry(spawn)
+    proc, port, api = start_babysitter(
+        spawn, "--engine", "sim", "--model", "/models/tiny-llm", "--registry", registry,
+        "--router", "http://127.0.0.1:9", "--weight", "3",
+    )  # fmt: skip
+    proc.wait_http(api + "/health")
+    name = f"tiny-llm@127.0.0.1:{port}"
+    found = wait_until(lambda: name in (r := records(registry)) and r, what="engine record")
+    engine, sitter = found[name], found[f"{name}-babysitter"]
+    assert (engine["type"], engine["port"], engine["weight"]) == ("openai-api", port, 3)
+    assert engine["metadata"]["models"] == ["tiny-llm"]
+    assert engine["metadata"]["engine"] == "sim"
+    assert engine["metadata"]["babysitter_url"] == api
+    assert (sitter["type"], sitter["port"]) == ("babysitter", port + 1)
+    assert sitter["metadata"]["engine_service"] == name
+    assert sitter["metadata"]["health_path"] == "/status"
+
+    st = status(api)
+    assert st["registered"] == {"engine": True, "babysitter": True}
+    assert (st["router"], st["registry"], st["name"]) == ("http://127.0.0.1:9", registry, name)
+    engine_pid = st["pid"]
+
+    proc.signal(signal.SIGTERM)
+    assert proc.popen.wait(15) == 0
+    assert records(registry) == {}
+    wait_until(lambda: not pid_alive(engine_pid), timeout=5, what="engine gone")
+
+
+def test_heartbeat_404_registers_again(spawn: Spawn) -> None:
+    registry = start_registry(spawn)
+    proc, port, api = start_babysitter(
+        spawn, "--engine", "sim", "--model", "m", "--registry", registry
+    )
+    proc.wait_http(api + "/health")
+    name = f"m@127.0.0.1:{port}"
+    before = wait_until(lambda: records(registry).get(name), what="engine record")
+    for each in (name, f"{name}-babysitter"):
+        assert httpx.delete(f"{registry}/services/{each}").status_code in (200, 204)
+
+    def registered_again() -> bool:
+        now = records(registry)
+        return (
+            f"{name}-babysitter" in now
+            and name in now
+            and now[name]["registered_at"] > before["registered_at"]
+        )
+
+    wait_until(registered_again, timeout=5, what="both records back")
+    assert "registering it again" in proc.log()
+
+
+def test_registry_down_at_start_then_up(spawn: Spawn) -> None:
+    reg_port = free_port()
+    registry = f"http://127.0.0.1:{reg_port}"
+    proc, _, api = start_babysitter(
+        spawn, "--engine", "sim", "--model", "m", "--registry", registry
+    )
+    proc.wait_http(api + "/health")  # serves although the registry is down
+    assert status(api)["registered"] == {"engine": False, "babysitter": False}
+    reg = spawn("registry", "registry", "--port", str(reg_port))
+    reg.wait_http(registry + "/health")
+    wait_until(lambda: len(records(registry)) == 2, timeout=5, what="registered after outage")
+    assert proc.log().count("registry unreachable") == 1
+
+
+def test_registry_token_is_sent(spawn: Spawn) -> None:
+    reg_port = free_port()
+    registry = f"http://127.0.0.1:{reg_port}"
+    spawn("registry", "registry", "--port", str(reg_port), "--token", "s3cret").wait_http(
+        registry + "/health"
+    )
+    proc, _, api = start_babysitter(
+        spawn, "--engine", "sim", "--model", "m", "--registry", registry,
+        env={"LLMSVC_REGISTRY_TOKEN": "s3cret"},
+    )  # fmt: skip
+    proc.wait_http(api + "/health")
+    wait_until(lambda: len(records(registry)) == 2, timeout=5, what="both registered")
+    assert "s3cret" not in proc.log()
