@@ -84,3 +84,13 @@ def test_cli_help_lists_commands() -> None:
     )
     for command in ("registry", "router", "babysitter", "sim-engine", "up", "down", "validate"):
         assert command in out.stdout
+
+
+class Needs(BaseServiceSettings):
+    engine: str = Field(description="Required.")
+
+
+def test_missing_required_setting_names_the_flag() -> None:
+    ns = build_parser(Needs, prog="demo").parse_args([])
+    with pytest.raises(SettingsError, match=r"^--engine is required$"):
+        settings_from_values(Needs, vars(ns))

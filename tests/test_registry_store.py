@@ -218,3 +218,33 @@ def test_stale_record_reads_unhealthy_after_expire(ttl: float) -> None:
     store.expire()
     expected = "unhealthy" if ttl else "healthy"
     assert store.get("a").status == expected  # type: ignore[union-attr]
+
+
+def test_a_check_older_than_a_new_registration_or_verdict_is_ignored() -> None:
+    clock = FakeClock()
+    store = ServiceStore(ttl=10, clock=clock)
+    record, _ = store.register(reg())
+    started = clock.now  # a check starts while the old process is dying ...
+    clock.now += 1
+    store.register(reg())  # ... the restarted service registers anew ...
+    clock.now += 1
+    assert store.record_check("a", False, url=record.url, started=started) is None
+    assert store.get("a").status == "healthy"  # ... and the stale failure is ignored
+    started = clock.now
+    clock.now += 1
+    store.heartbeat("a", "healthy")  # a newer verdict from the sender wins too
+    assert store.record_check("a", False, url=record.url, started=started) is None
+    # A check that started after both applies.
+    updated = store.record_check("a", False, url=record.url, started=clock.now)
+    assert updated is not None
+    assert updated.status == "unhealthy"
+
+
+def test_heartbeat_reports_count_as_checks() -> None:
+    store = ServiceStore(ttl=10, clock=FakeClock())
+    store.register(reg())
+    index = store.index
+    assert store.heartbeat("a", "unhealthy").status == "unhealthy"
+    assert store.index == index + 1  # a status flip wakes the watchers
+    assert store.heartbeat("a").status == "unhealthy"  # a plain heartbeat changes nothing
+    assert store.heartbeat("a", "healthy").status == "healthy"

@@ -75,7 +75,12 @@ class RegistryClient:
                 resp_headers = dict(resp.headers)
         except (TimeoutError, aiohttp.ClientError, OSError) as exc:
             raise RegistryUnavailable(f"registry at {self.base_url} unreachable: {exc!r}") from None
-        payload = orjson.loads(raw) if raw and raw[:1] in (b"{", b"[") else None
+        try:
+            payload = orjson.loads(raw) if raw else None
+        except orjson.JSONDecodeError:
+            raise RegistryUnavailable(
+                f"registry at {self.base_url} answered {status} with a body that is not JSON"
+            ) from None
         if status >= 500:
             raise RegistryUnavailable(f"registry answered {status}")
         if status == 404 and allow_404:

@@ -133,6 +133,8 @@ def describe_validation_error(exc: ValidationError, *, from_flags: set[str]) -> 
     where = flag_name(field) if field in from_flags else env_name(field)
     if err["type"] == "extra_forbidden":
         return f"unknown setting {where}"
+    if err["type"] == "missing":
+        return f"{flag_name(field)} is required"
     given = err.get("input")
     shown = f" (got {given!r})" if isinstance(given, str | int | float) else ""
     return f"{where}: {message}{shown}"

@@ -68,9 +68,10 @@ async def check_record(
     timeout: float,
 ) -> CheckResult:
     """Check ``record`` now and apply the result to the store."""
+    started = store.now()
     result = await probe(session, health_url(record), timeout)
     metrics.health_checks.labels(result="success" if result.ok else "failure").inc()
-    updated = store.record_check(record.name, result.ok, url=record.url)
+    updated = store.record_check(record.name, result.ok, url=record.url, started=started)
     if updated is not None and updated.status != record.status:
         log.info(
             "service %s is now %s",

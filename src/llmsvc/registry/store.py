@@ -158,10 +158,23 @@ class ServiceStore:
             update["last_check"] = now
         return self._put(old.model_copy(update=update))
 
-    def record_check(self, name: str, ok: bool, *, url: str | None) -> ServiceRecord | None:
-        """Apply a health-check result, unless the record went or moved meanwhile."""
+    def now(self) -> float:
+        return self._clock()
+
+    def record_check(
+        self, name: str, ok: bool, *, url: str | None, started: float | None = None
+    ) -> ServiceRecord | None:
+        """Apply a health-check result, unless the record went or moved meanwhile.
+
+        A check that ``started`` before the record was registered anew, or before a
+        newer verdict (a heartbeat's reported status), is stale and ignored.
+        """
         old = self._records.get(name)
         if old is None or old.url != url:
+            return None
+        if started is not None and (
+            old.registered_at > started or (old.last_check or 0.0) > started
+        ):
             return None
         failures = 0 if ok else old.consecutive_failures + 1
         update: dict[str, Any] = {"last_check": self._clock(), "consecutive_failures": failures}

@@ -57,6 +57,12 @@ class PassiveHealth:
             self.probation = False
             self.down_until = 0.0
 
+    def reset(self) -> None:
+        """Forget past failures: the service is known to be new (restarted, re-registered)."""
+        self.failures.clear()
+        self.down_until = 0.0
+        self.probation = False
+
     def _take_out(self, now: float) -> bool:
         self.failures.clear()
         self.down_until = now + self.fail_timeout
@@ -104,6 +110,13 @@ class Backend:
         self.refresh(self.record, self.source)
 
     def refresh(self, record: ServiceRecord, source: Source) -> None:
+        old = self.record
+        if old is not record and (
+            record.registered_at != old.registered_at or (record.healthy and not old.healthy)
+        ):
+            # Registered anew or healthy again (a restarted engine): the failures that took
+            # it out belong to the process that died, so it takes traffic at once.
+            self.passive.reset()
         self.record = record
         self.source = source
         self.models = frozenset(record.models)
