@@ -98,7 +98,7 @@ def validate(argv: Sequence[str]) -> int:
 
 def _main(command: str, argv: Sequence[str]) -> int:
     args = _parser(command).parse_args(list(argv))
-    console = Console(highlight=False)
+    console = Console(highlight=False, soft_wrap=True)
     try:
         config = _config(args)
     except ConfigError as exc:

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import httpx
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from llmsvc.local import processes
@@ -118,12 +119,10 @@ def components(cfg: StackConfig) -> list[Component]:
 def up(cfg: StackConfig, console: Console) -> int:
     """Start what is not running yet, in order, each after the one before is ready."""
     logs = Path(cfg.logs_dir)
-    rows: list[tuple[str, str, str, str]] = []
     for comp in components(cfg):
         pid = processes.read_pid(logs, comp.label)
         if pid is not None:
             console.print(f"[dim]•[/] {comp.title}: already running (pid {pid})")
-            rows.append((comp.title, str(pid), comp.health_url, "already running"))
             continue
         if processes.port_in_use(comp.host, comp.port):
             console.print(
@@ -131,28 +130,19 @@ def up(cfg: StackConfig, console: Console) -> int:
                 "a process llmsvc did not start; stopping here"
             )
             return 1
-        console.print(f"[cyan]…[/] starting {comp.title}", end="")
         proc, log_path = processes.start(comp.label, comp.args, logs, comp.env)
         try:
-            took = processes.wait_ready(
-                proc, comp.health_url, log_path, timeout=comp.timeout, label=comp.title
-            )
+            with console.status(f"starting {comp.title}…"):
+                took = processes.wait_ready(
+                    proc, comp.health_url, log_path, timeout=comp.timeout, label=comp.title
+                )
         except processes.StartError as exc:
-            console.print(f"\r[red]✗[/] {exc}")
+            console.print(f"[red]✗[/] {escape(str(exc))}")
             return 1
-        console.print(f"\r[green]✓[/] {comp.title} ready in {took:.1f}s (pid {proc.pid})")
-        rows.append((comp.title, str(proc.pid), comp.health_url, f"started, log {log_path}"))
-    console.print(_summary(rows))
+        console.print(
+            f"[green]✓[/] {comp.title} ready in {took:.1f}s (pid {proc.pid}, log {log_path})"
+        )
     return 0
-
-
-def _summary(rows: list[tuple[str, str, str, str]]) -> Table:
-    table = Table(title="llmsvc local stack", title_justify="left")
-    for column in ("component", "pid", "health", "state"):
-        table.add_column(column)
-    for row in rows:
-        table.add_row(*row)
-    return table
 
 
 def down(logs_dir: Path, *, timeout: float, console: Console) -> int:

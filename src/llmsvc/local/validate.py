@@ -17,6 +17,7 @@ from typing import Any
 import httpx
 import orjson
 from rich.console import Console
+from rich.markup import escape
 
 PROBE_TYPE = "llmsvc-validate"
 
@@ -40,9 +41,10 @@ class Validator:
             detail = fn()
         except (CheckFailed, httpx.HTTPError, ValueError, KeyError, IndexError) as exc:
             self.failures += 1
-            self.console.print(f"[red]✗[/] {title}: {exc}")
+            self.console.print(f"[red]✗[/] {escape(title)}: {escape(str(exc))}")
         else:
-            self.console.print(f"[green]✓[/] {title}" + (f" [dim]({detail})[/]" if detail else ""))
+            extra = f" [dim]({escape(detail)})[/]" if detail else ""
+            self.console.print(f"[green]✓[/] {escape(title)}{extra}")
 
     def _router(self) -> httpx.Client:
         headers = {"Authorization": f"Bearer {self.api_key}"} if self.api_key else {}
