@@ -4,7 +4,7 @@ import pytest
 
 from llmsvc.core.errors import BadRequest
 from llmsvc.core.records import ServiceRecord, ServiceRegistration
-from llmsvc.core.wire import parse_routing, sse_event
+from llmsvc.core.wire import parse_routing, prompt_prefix, sse_event
 
 
 def test_parse_routing_reads_model_stream_user_and_keeps_bytes() -> None:
@@ -62,3 +62,18 @@ def test_record_derives_url_and_models() -> None:
 def test_registration_rejects_bad_records(data: dict[str, object]) -> None:
     with pytest.raises(ValueError, match="validation error"):
         ServiceRegistration.model_validate(data)
+
+
+def test_prompt_prefix_of_chat_completions_and_embeddings() -> None:
+    chat = {
+        "messages": [
+            {"role": "system", "content": "You are terse."},
+            {"role": "user", "content": [{"type": "text", "text": "Hi"}]},
+        ]
+    }
+    assert prompt_prefix(chat, 1000) == "system:You are terse.\nuser:Hi\n"
+    assert prompt_prefix(chat, 10) == "system:You"
+    assert prompt_prefix({"prompt": "abcdef"}, 3) == "abc"
+    assert prompt_prefix({"prompt": ["first", "second"]}, 100) == "first"
+    assert prompt_prefix({"input": [1, 2, 3]}, 100) == "1,2,3"
+    assert prompt_prefix({"messages": "bogus"}, 10) == ""

@@ -8,6 +8,7 @@ the simulated engine and the OpenAPI documents; unknown fields are kept
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -30,6 +31,47 @@ class RoutingInfo:
     user: str | None
     body: bytes
     payload: dict[str, Any]
+
+
+def prompt_prefix(payload: dict[str, Any], limit: int) -> str:
+    """The first ``limit`` characters of the prompt: what a prefix cache would share.
+
+    Chat: each message's role and text in order (text parts of multi-part
+    content included); completions: ``prompt``; embeddings: ``input``.
+    """
+    parts: list[str] = []
+    size = 0
+    for text in _prompt_texts(payload):
+        parts.append(text)
+        size += len(text)
+        if size >= limit:
+            break
+    return "".join(parts)[:limit]
+
+
+def _prompt_texts(payload: dict[str, Any]) -> Iterator[str]:
+    messages = payload.get("messages")
+    if isinstance(messages, list):
+        for message in messages:
+            if not isinstance(message, dict):
+                continue
+            yield f"{message.get('role', '')}:"
+            content = message.get("content")
+            if isinstance(content, str):
+                yield content
+            elif isinstance(content, list):
+                for part in content:
+                    if isinstance(part, dict) and isinstance(part.get("text"), str):
+                        yield part["text"]
+            yield "\n"
+        return
+    prompt = payload.get("prompt", payload.get("input"))
+    if isinstance(prompt, list) and prompt and isinstance(prompt[0], str | list):
+        prompt = prompt[0]  # a batch: its first prompt
+    if isinstance(prompt, str):
+        yield prompt
+    elif isinstance(prompt, list):  # token ids
+        yield ",".join(str(t) for t in prompt)
 
 
 def parse_routing(body: bytes) -> RoutingInfo:
