@@ -45,7 +45,9 @@ async def test_api_while_the_engine_loads(aiohttp_client: Client) -> None:
     assert set((await missing.json())["error"]) == {"message", "type", "param", "code"}
     assert (await client.get("/restart")).status == 405
     paths = (await (await client.get("/openapi.json")).json())["paths"]
-    assert {"/health", "/status", "/models", "/restart", "/drain", "/metrics"} <= set(paths)
+    assert {"/health", "/status", "/models", "/restart", "/drain", "/model", "/metrics"} <= set(
+        paths
+    )
     metrics = await (await client.get("/metrics")).text()
     assert 'llmsvc_babysitter_state{model_name="slow",state="starting"} 1.0' in metrics
 

@@ -152,7 +152,8 @@ def test_identity_names_and_addresses() -> None:
 
 def test_backoff_doubles_caps_and_jitters() -> None:
     mid = lambda: 0.5  # noqa: E731 - no jitter at the midpoint
-    assert [backoff_delay(n, 1.0, rand=mid) for n in range(0, 5)] == [0.0, 1.0, 2.0, 4.0, 8.0]
+    assert [backoff_delay(n, 1.0, rand=mid) for n in range(0, 5)] == [0.05, 1.0, 2.0, 4.0, 8.0]
+    assert backoff_delay(3, 0.0, rand=mid) == 0.05  # never a busy loop
     assert backoff_delay(10, 1.0, rand=mid) == 60.0
     assert backoff_delay(100, 1.0, rand=lambda: 1.0) == 60.0
     assert backoff_delay(1, 1.0, rand=lambda: 0.0) == pytest.approx(0.8)
@@ -172,12 +173,14 @@ def test_restart_budget_counts_within_the_window() -> None:
 
 
 def test_exit_record_from_returncode() -> None:
-    killed = ExitRecord.from_returncode(-9, Reason.CRASHED)
+    killed = ExitRecord.from_returncode(-9, Reason.SIGNALED)
     assert (killed.code, killed.signal, killed.exit_code()) == (None, 9, 137)
     assert "SIGKILL" in killed.detail
-    exited = ExitRecord.from_returncode(3, Reason.CRASHED)
+    exited = ExitRecord.from_returncode(3, Reason.EXITED, model="m")
     assert (exited.code, exited.signal, exited.exit_code()) == (3, None, 3)
-    assert exited.as_json()["reason"] == "crashed"
+    assert exited.as_json()["reason"] == "Exited"
+    assert exited.as_json()["model"] == "m"
+    assert exited.failure and not ExitRecord(None, None, Reason.SWAPPED).failure
 
 
 def test_count_in_flight_from_vllm_metrics() -> None:
@@ -191,3 +194,5 @@ def test_count_in_flight_from_vllm_metrics() -> None:
     assert count_in_flight(text) == 5
     assert count_in_flight("# TYPE other gauge\nother 7\n") is None
     assert count_in_flight("not { prometheus") is None
+    sglang = "# TYPE sglang:num_running_reqs gauge\nsglang:num_running_reqs 4\n"
+    assert count_in_flight(sglang) == 4

@@ -1,10 +1,11 @@
-"""The supervised engine's life: crash and restart, hang, startup timeout, failed, drain."""
+"""The supervised engine's life: crash and restart, hang, startup timeout, crash loop, drain."""
 
 from __future__ import annotations
 
 import os
 import signal
 import sys
+import time
 from pathlib import Path
 
 import httpx
@@ -44,17 +45,32 @@ def test_killed_engine_is_restarted_and_registered_again(spawn: Spawn) -> None:
     assert st["restarts"] == 1
     assert st["last_exit"]["signal"] == signal.SIGKILL
     assert st["last_exit"]["code"] is None
-    assert st["last_exit"]["reason"] == "crashed"
+    assert st["last_exit"]["reason"] == "Signaled"
+    assert st["last_exit"]["detail"] == "killed by SIGKILL"
     wait_until(
         lambda: records(registry).get(name, before)["registered_at"] > before["registered_at"],
         timeout=5,
         what="engine registered again",
     )
     metrics = httpx.get(api + "/metrics").text
-    assert 'llmsvc_babysitter_restarts_total{model_name="m",reason="crashed"} 1.0' in metrics
+    assert 'llmsvc_babysitter_restarts_total{model_name="m",reason="Signaled"} 1.0' in metrics
     assert 'llmsvc_babysitter_last_exit_code{model_name="m"} 137.0' in metrics
     assert 'llmsvc_babysitter_engine_up{model_name="m"} 1.0' in metrics
     assert 'llmsvc_babysitter_state{model_name="m",state="ready"} 1.0' in metrics
+
+
+def test_backoff_starts_over_after_a_stable_uptime(spawn: Spawn) -> None:
+    proc, _, api = start_babysitter(
+        spawn, "--engine", "sim", "--model", "m", "--stable-uptime", "0.3"
+    )
+    proc.wait_http(api + "/health")
+    for kill in (1, 2):
+        time.sleep(0.4)  # ready for longer than --stable-uptime
+        pid = status(api)["pid"]
+        os.kill(pid, signal.SIGKILL)
+        wait_until(lambda p=pid: status(api)["pid"] not in (None, p), what=f"restart {kill}")
+        st = wait_state(api, "ready")
+    assert (st["restarts"], st["consecutive_failures"]) == (2, 1)  # not 2: it was stable
 
 
 def test_sigkilled_babysitter_takes_its_engine_along(spawn: Spawn) -> None:
@@ -79,7 +95,7 @@ def test_hung_engine_is_killed_and_restarted(spawn: Spawn) -> None:
     finally:
         if pid_alive(engine):
             os.kill(engine, signal.SIGKILL)
-    assert st["last_exit"]["reason"] == "hung"
+    assert st["last_exit"]["reason"] == "Hung"
     assert st["pid"] != engine
 
 
@@ -92,15 +108,15 @@ def test_startup_timeout_kills_and_counts_a_failure(spawn: Spawn) -> None:
     engine = wait_until(lambda: status(api)["pid"], what="engine pid")
     assert status(api)["state"] == "starting"
     assert httpx.get(api + "/health").status_code == 503
-    st = wait_state(api, "failed", timeout=15)
+    st = wait_state(api, "crash-loop", timeout=15)
     assert not pid_alive(engine)
-    assert st["last_exit"]["reason"] == "startup-timeout"
+    assert st["last_exit"]["reason"] == "StartupTimeout"
     assert st["pid"] is None
     body = httpx.get(api + "/health").json()
     assert body["error"]["code"] == "engine_not_ready"
 
 
-def test_crash_loop_fails_then_restart_resumes(spawn: Spawn, tmp_path: Path) -> None:
+def test_crash_loop_stops_restarts_then_restart_resumes(spawn: Spawn, tmp_path: Path) -> None:
     marker = tmp_path / "healthy"
     script = (
         "import os, sys, pathlib\n"
@@ -112,8 +128,10 @@ def test_crash_loop_fails_then_restart_resumes(spawn: Spawn, tmp_path: Path) -> 
         spawn, "--engine", "command", "--max-restarts", "2", "--", sys.executable, "-c", script,
         "{port}",
     )  # fmt: skip
-    st = wait_state(api, "failed", timeout=15)
-    assert (st["restarts"], st["last_exit"]["code"], st["last_exit"]["reason"]) == (2, 3, "crashed")
+    st = wait_state(api, "crash-loop", timeout=15)
+    assert (st["restarts"], st["last_exit"]["code"], st["last_exit"]["reason"]) == (2, 3, "Exited")
+    time.sleep(1.0)  # no busy loop: nothing restarts in crash-loop
+    assert status(api)["restarts"] == 2
     marker.touch()
     resp = httpx.post(api + "/restart")
     assert resp.status_code == 202
@@ -121,7 +139,7 @@ def test_crash_loop_fails_then_restart_resumes(spawn: Spawn, tmp_path: Path) -> 
     assert st["models"] == ["crashy"]
     assert st["model_name"] is None
     assert httpx.get(api + "/models").json()["data"][0]["id"] == "crashy"
-    assert 'reason="requested"} 1.0' in httpx.get(api + "/metrics").text
+    assert 'reason="Requested"} 1.0' in httpx.get(api + "/metrics").text
 
 
 def test_missing_binary_is_a_spawn_failure(spawn: Spawn) -> None:
@@ -129,7 +147,7 @@ def test_missing_binary_is_a_spawn_failure(spawn: Spawn) -> None:
         spawn, "--engine", "command", "--max-restarts", "0", "--", "/nonexistent/engine"
     )
     st = wait_state(api, "failed", timeout=10)
-    assert st["last_exit"]["reason"] == "spawn-failed"
+    assert st["last_exit"]["reason"] == "SpawnFailed"
     assert "/nonexistent/engine" in st["last_exit"]["detail"]
 
 

@@ -105,3 +105,27 @@ def test_missing_file_is_one_line(tmp_path: Path) -> None:
     )
     assert out.returncode == 2
     assert "cannot read" in out.stdout + out.stderr
+
+
+def test_remote_registry_and_router_by_url(tmp_path: Path) -> None:
+    from llmsvc.local.stack import components
+
+    cfg = load(
+        write(
+            tmp_path,
+            """
+registry: {enabled: false, url: "http://10.0.0.1:8081/", token: t}
+router: {enabled: false, url: "http://10.0.0.1:8080"}
+babysitters: [{engine: sim, model: m, port: 9000}]
+""",
+        )
+    )
+    (sitter,) = components(cfg)
+    assert sitter.args[sitter.args.index("--registry") + 1] == "http://10.0.0.1:8081"
+    assert sitter.args[sitter.args.index("--router") + 1] == "http://10.0.0.1:8080"
+    assert sitter.env == {"LLMSVC_REGISTRY_TOKEN": "t"}
+
+
+def test_a_remote_url_must_be_http(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match=r"registry\.url"):
+        load(write(tmp_path, "registry: {enabled: false, url: 10.0.0.1:8081}"))

@@ -4,12 +4,18 @@ Layers, lowest first:
 
 - ``settings``      the typed flags (``llmsvc babysitter --help``)
 - ``engines``       pure functions: each engine's command line, environment, probe paths
-- ``lifecycle``     the state machine's vocabulary: states, exit records, restart policy
+- ``gpus``          free memory per GPU (NVML or nvidia-smi, in a child process)
+- ``lifecycle``     the state machine's vocabulary: states, reasons, exit records, restart policy
+- ``classify``      why an engine ended: return code, stderr patterns, OOM-kill counters
+- ``output``        the engine's pipes into size-rotated files; the tail of its stderr
 - ``process``       spawning the engine in its own process group, stopping it
-- ``probes``        HTTP probes of the engine: health, models, in-flight requests
+- ``probes``        probes of the engine: health, models, in-flight requests
+- ``preflight``     free host and GPU memory before each launch
 - ``registration``  all registry traffic: register, heartbeat, re-register, deregister
 - ``metrics``       the babysitter's Prometheus series
-- ``supervisor``    owns the engine process: start, readiness, health, restart, drain
+- ``waiting``       interruptible pauses and the drain's wait for in-flight requests
+- ``swap``          model swap vocabulary and the wait for the old engine's GPU memory
+- ``supervisor``    owns the engine process: preflight, start, health, restart, drain, swap
 - ``app``           the HTTP API on port + 1 and the ``cleanup_ctx`` that owns everything
 - ``cli``           ``main(argv)``
 """

@@ -13,13 +13,39 @@ class Health(BaseModel):
 
 
 class LastExit(BaseModel):
-    code: int | None = Field(description="Exit code; null when killed by a signal.")
+    code: int | None = Field(description="Exit code; null when killed by a signal or not run.")
     signal: int | None = Field(description="Signal number that ended the engine, if any.")
     reason: str = Field(
-        description="crashed, hung, startup-timeout, spawn-failed, requested or stopped."
+        description="OOMKilled, GPUOutOfMemory, CUDAError, BadArguments, StartupTimeout, Hung, "
+        "Exited, Signaled, PreflightFailed, SpawnFailed, Requested, Swapped or Stopped."
     )
-    detail: str = ""
+    detail: str = Field(default="", description="One line: the matching stderr line, a signal.")
     at: float = Field(description="Unix time of the exit.")
+    model: str | None = Field(default=None, description="The model the engine served.")
+
+
+class PreflightCheck(BaseModel):
+    what: str = Field(description="'host memory' or 'GPU <index>'.")
+    free_gib: float
+    need_gib: float
+
+
+class Preflight(BaseModel):
+    ok: bool
+    message: str
+    checks: list[PreflightCheck]
+    notes: list[str] = Field(description="Checks skipped and why (e.g. no GPU visible).")
+
+
+class Swap(BaseModel):
+    from_model: str | None
+    to_model: str
+    rollback: bool
+    state: str = Field(description="in-progress, done, failed or rolled-back.")
+    reason: str | None = Field(description="Why the new model failed (an exit reason).")
+    detail: str
+    started_at: float
+    finished_at: float | None
 
 
 class Registered(BaseModel):
@@ -39,6 +65,11 @@ class Status(BaseModel):
     name: str
     url: str = Field(description="The engine's registered base URL.")
     last_exit: LastExit | None
+    consecutive_failures: int = Field(description="Failures since the engine was last stable.")
+    stderr_tail: list[str] = Field(description="The last 50 lines of the engine's stderr.")
+    preflight: Preflight | None = Field(description="The latest pre-launch memory check.")
+    swap: Swap | None = Field(description="The latest model swap (POST /model).")
+    log_file: str | None = Field(description="The engine's log file (--log-dir).")
     registered: Registered
     router: str | None
     registry: str | None
@@ -47,6 +78,13 @@ class Status(BaseModel):
 class RestartAccepted(BaseModel):
     restarting: bool
     state: str
+
+
+class SwapAccepted(BaseModel):
+    swapping: bool
+    state: str
+    from_model: str | None
+    to_model: str
 
 
 class Drained(BaseModel):

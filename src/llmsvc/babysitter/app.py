@@ -19,14 +19,16 @@ from prometheus_client import CollectorRegistry
 
 from llmsvc import __version__
 from llmsvc.babysitter import api
-from llmsvc.babysitter.engines import EngineSpec, Identity, build_engine, identity
+from llmsvc.babysitter.engines import EngineConfigError, Identity, build_engine, identity
 from llmsvc.babysitter.metrics import BabysitterMetrics
+from llmsvc.babysitter.output import EngineOutput
 from llmsvc.babysitter.registration import Registrar, babysitter_record
 from llmsvc.babysitter.settings import BabysitterSettings
 from llmsvc.babysitter.supervisor import Supervisor
+from llmsvc.babysitter.swap import Served, SwapRequest
 from llmsvc.core.app import Route, every, make_app, supervised
-from llmsvc.core.errors import ServiceUnavailable
-from llmsvc.core.jsonio import model_response
+from llmsvc.core.errors import ApiError, BadRequest, ServiceUnavailable
+from llmsvc.core.jsonio import model_response, read_model
 from llmsvc.core.metrics import metrics_handler
 from llmsvc.core.registry_client import RegistryClient
 
@@ -38,12 +40,13 @@ class Runtime:
     """Everything the handlers read; ``supervisor`` exists while the app runs."""
 
     settings: BabysitterSettings
-    spec: EngineSpec
+    served: Served  # what the first engine is launched with
     ident: Identity
     registry: CollectorRegistry
     metrics: BabysitterMetrics
     supervisor: Supervisor | None = None
     registrar: Registrar | None = None
+    swap_task: asyncio.Task[None] | None = None
 
     def running(self) -> Supervisor:
         if self.supervisor is None:
@@ -70,18 +73,24 @@ async def status(request: web.Request) -> web.Response:
     registered = rt.registrar.registered() if rt.registrar else {}
     registered.setdefault("engine", False)
     registered.setdefault("babysitter", False)
+    log_file = sup.output.path
     body = api.Status(
         state=sup.state,
         pid=sup.proc.pid if sup.proc else None,
         restarts=sup.restarts,
         uptime_s=sup.uptime(),
-        model=rt.settings.model,
-        model_name=rt.ident.model_name,
+        model=sup.served.model,
+        model_name=sup.ident.model_name,
         models=sup.model_ids(),
         engine=rt.settings.engine,
-        name=rt.ident.name,
-        url=rt.ident.advertised_url(),
+        name=sup.ident.name,
+        url=sup.ident.advertised_url(),
         last_exit=api.LastExit.model_validate(exit_.as_json()) if exit_ else None,
+        consecutive_failures=sup.consecutive_failures,
+        stderr_tail=list(sup.output.tail),
+        preflight=api.Preflight.model_validate(sup.preflight.as_json()) if sup.preflight else None,
+        swap=api.Swap.model_validate(sup.swap.as_json()) if sup.swap else None,
+        log_file=str(log_file) if log_file else None,
         registered=api.Registered(**registered),
         router=rt.settings.router,
         registry=rt.settings.registry,
@@ -104,6 +113,42 @@ async def restart(request: web.Request) -> web.Response:
         raise ServiceUnavailable("The babysitter is shutting down", code="stopping")
     sup.request_restart()
     return model_response(api.RestartAccepted(restarting=True, state=sup.state), status=202)
+
+
+async def swap_model(request: web.Request) -> web.Response:
+    rt = request.app[RUNTIME]
+    sup = rt.running()
+    if sup.stopping:
+        raise ServiceUnavailable("The babysitter is shutting down", code="stopping")
+    body = await read_model(request, SwapRequest)
+    if sup.swapping:
+        raise ApiError("A model swap is already in progress", status=409, code="swap_in_progress")
+    target = served(rt.settings, body.model, body.model_name, body.engine_args, sup.served)
+    before = sup.served.model
+    rt.swap_task = supervised(sup.begin_swap(target, rollback=body.rollback), name="swap")
+    accepted = api.SwapAccepted(
+        swapping=True, state=sup.state, from_model=before, to_model=body.model
+    )
+    return model_response(accepted, status=202)
+
+
+def served(
+    settings: BabysitterSettings,
+    model: str | None,
+    model_name: str | None,
+    engine_args: Sequence[str] | None,
+    current: Served | None = None,
+) -> Served:
+    """What an engine for ``model`` is launched with; a 400 when no command line can be made."""
+    changed = settings.model_copy(update={"model": model, "model_name": model_name})
+    args = (
+        tuple(engine_args) if engine_args is not None else (current.engine_args if current else ())
+    )
+    try:
+        spec = build_engine(changed, args)
+    except EngineConfigError as exc:
+        raise BadRequest(str(exc), param="model", code="invalid_value") from None
+    return Served(model, identity(changed).model_name, args, spec)
 
 
 async def drain(request: web.Request) -> web.Response:
@@ -139,9 +184,26 @@ ROUTES = (
         "POST",
         "/restart",
         restart,
-        "Restart the engine now (also out of 'failed')",
+        "Restart the engine now (also out of 'crash-loop' and 'failed')",
         response=api.RestartAccepted,
         status=202,
+    ),
+    Route(
+        "POST",
+        "/model",
+        swap_model,
+        "Swap the engine's model: drain, stop, wait for GPU memory, start, register",
+        description="Answers 202 at once; /status shows the swap's progress under 'swap'. "
+        "A new model that fails to become ready is replaced by the previous one again "
+        "unless 'rollback' is false.",
+        request=SwapRequest,
+        response=api.SwapAccepted,
+        status=202,
+        errors={
+            400: "invalid body",
+            409: "a swap is already in progress",
+            503: "the babysitter is shutting down",
+        },
     ),
     Route(
         "POST",
@@ -161,12 +223,15 @@ def create_app(
     registry: CollectorRegistry | None = None,
 ) -> web.Application:
     """The babysitter's app; raises ``EngineConfigError`` when no engine can be built."""
-    spec = build_engine(settings, engine_args)
+    try:
+        first = served(settings, settings.model, settings.model_name, engine_args)
+    except BadRequest as exc:
+        raise EngineConfigError(exc.message) from None
     ident = identity(settings)
     registry = registry if registry is not None else CollectorRegistry()
     metrics_ = BabysitterMetrics(registry, model_name=ident.label)
     app = make_app(title="llmsvc babysitter", version=__version__, routes=ROUTES)
-    app[RUNTIME] = Runtime(settings, spec, ident, registry, metrics_)
+    app[RUNTIME] = Runtime(settings, first, ident, registry, metrics_)
     app.cleanup_ctx.append(_lifecycle)
     return app
 
@@ -174,31 +239,46 @@ def create_app(
 async def _lifecycle(app: web.Application) -> AsyncIterator[None]:
     rt = app[RUNTIME]
     s = rt.settings
-    async with aiohttp.ClientSession() as session:
-        rt.registrar = _registrar(s, rt.ident, session)
-        rt.supervisor = Supervisor(
-            settings=s,
-            spec=rt.spec,
-            ident=rt.ident,
-            session=session,
-            registrar=rt.registrar,
-            metrics=rt.metrics,
-        )
-        run = supervised(rt.supervisor.run(), name="supervisor")
-        beat = supervised(
-            every(s.heartbeat_interval, rt.registrar.tick, name="heartbeat"), name="heartbeat"
-        )
-        yield
-        beat.cancel()
-        await rt.supervisor.shutdown()
-        try:
-            await asyncio.wait_for(asyncio.shield(run), s.stop_timeout + 10)
-        except TimeoutError:
-            log.error("the engine did not stop in time")
-        run.cancel()
-        for task in (beat, run):
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+    output = EngineOutput(
+        log_dir=s.log_dir, name=rt.ident.name, max_bytes=s.log_max_bytes, backups=s.log_backups
+    )
+    try:
+        async with aiohttp.ClientSession() as session:
+            rt.registrar = _registrar(s, rt.ident, session)
+            rt.supervisor = Supervisor(
+                settings=s,
+                served=rt.served,
+                ident=rt.ident,
+                session=session,
+                registrar=rt.registrar,
+                metrics=rt.metrics,
+                output=output,
+            )
+            run = supervised(rt.supervisor.run(), name="supervisor")
+            beat = supervised(
+                every(s.heartbeat_interval, rt.registrar.tick, name="heartbeat"), name="heartbeat"
+            )
+            yield
+            beat.cancel()
+            await _stop(rt, rt.supervisor, run)
+            for task in (beat, run, rt.swap_task):
+                if task is not None:
+                    with contextlib.suppress(asyncio.CancelledError):
+                        await task
+    finally:
+        output.close()
+
+
+async def _stop(rt: Runtime, sup: Supervisor, run: asyncio.Task[None]) -> None:
+    """Drain and stop the engine (``--drain-timeout``, then ``--stop-timeout``)."""
+    if rt.swap_task is not None:
+        rt.swap_task.cancel()
+    await sup.shutdown()
+    try:
+        await asyncio.wait_for(asyncio.shield(run), rt.settings.stop_timeout + 10)
+    except TimeoutError:
+        log.error("the engine did not stop in time")
+    run.cancel()
 
 
 def _registrar(s: BabysitterSettings, ident: Identity, session: aiohttp.ClientSession) -> Registrar:

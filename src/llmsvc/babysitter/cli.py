@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import logging
 import os
 from collections.abc import Sequence
 
 from llmsvc.babysitter.app import create_app
 from llmsvc.babysitter.engines import EngineConfigError, build_engine, identity
+from llmsvc.babysitter.output import own_log_handler
 from llmsvc.babysitter.registration import name_problem
 from llmsvc.babysitter.settings import ENGINES, BabysitterSettings
 from llmsvc.core.app import serve
@@ -35,6 +37,14 @@ def main(argv: Sequence[str]) -> int:
     if problem:
         die(PROG, f"--name: {problem}" if settings.name else f"{problem}; set --name")
     configure_logging(settings.log_level, settings.log_format)
+    if settings.log_dir:  # the babysitter's own JSON log beside the engine's
+        handler = own_log_handler(
+            settings.log_dir,
+            identity(settings).name,
+            max_bytes=settings.log_max_bytes,
+            backups=settings.log_backups,
+        )
+        logging.getLogger().addHandler(handler)
     app = create_app(settings, engine_args=engine_args)
     return serve(
         app,

@@ -1,19 +1,21 @@
-"""The supervisor's vocabulary: states, exit records and the restart policy.
+"""The supervisor's vocabulary: states, exit reasons, exit records and the restart policy.
 
 States::
 
     starting ──ready──▶ ready ◀──health ok── unhealthy
-       ▲                  │  └──health fails──▶ │ (3 in a row: hung, killed)
+       ▲                  │  └──health fails──▶ │ (N in a row: Hung, killed)
        │                  ▼                     ▼
-    restarting ◀──── engine exited / killed ────┘
-       │ too many failures in the window
+    restarting ◀──── engine ended / killed ─────┘
+       │ more than --max-restarts failures within --restart-window
        ▼
-    failed ──POST /restart──▶ starting
+    crash-loop ──POST /restart──▶ starting
+    failed (BadArguments, SpawnFailed: a restart cannot help) ──POST /restart──▶ starting
     ready ──POST /drain──▶ draining ──▶ drained ──POST /restart──▶ starting
+    ready ──POST /model──▶ swapping ──▶ starting (the new model; rolled back on failure)
     any ──SIGTERM──▶ stopping
 
-A later issue adds crash classification (OOMKilled, CUDA errors) to
-:class:`ExitRecord` and a ``crash-loop`` state; the policy stays here.
+The reasons are a small stable set: the operator copies them into an
+InferenceService's conditions. ``docs/engines.md`` documents them.
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ from typing import Any
 
 BACKOFF_CAP = 60.0
 JITTER = 0.2  # ± fraction of the delay
+MIN_DELAY = 0.05  # never a busy loop, even with --restart-backoff 0
 
 
 class State(StrEnum):
@@ -38,42 +41,60 @@ class State(StrEnum):
     RESTARTING = "restarting"
     DRAINING = "draining"
     DRAINED = "drained"
+    SWAPPING = "swapping"
     STOPPING = "stopping"
+    CRASH_LOOP = "crash-loop"
     FAILED = "failed"
 
 
 class Reason(StrEnum):
-    """Why an engine process ended (``last_exit.reason``, ``restarts_total{reason}``)."""
+    """Why an engine process ended (``last_exit.reason``, the ``reason`` metric label)."""
 
-    CRASHED = "crashed"  # exited on its own, any code or signal
-    HUNG = "hung"  # failed its health checks while alive; killed
-    STARTUP_TIMEOUT = "startup-timeout"  # not ready within --startup-timeout; killed
-    SPAWN_FAILED = "spawn-failed"  # could not be executed at all
-    REQUESTED = "requested"  # POST /restart
-    STOPPED = "stopped"  # the babysitter shut down
+    OOM_KILLED = "OOMKilled"  # SIGKILL and the cgroup's (or the kernel's) OOM-kill count rose
+    GPU_OUT_OF_MEMORY = "GPUOutOfMemory"  # a CUDA out-of-memory error in its stderr
+    CUDA_ERROR = "CUDAError"  # another CUDA error in its stderr
+    BAD_ARGUMENTS = "BadArguments"  # exited within seconds with a usage message
+    STARTUP_TIMEOUT = "StartupTimeout"  # not ready within --startup-timeout; killed
+    HUNG = "Hung"  # failed --hung-after health checks in a row while alive; killed
+    EXITED = "Exited"  # exited on its own with a code (in last_exit.code)
+    SIGNALED = "Signaled"  # ended by a signal (in last_exit.signal)
+    PREFLIGHT_FAILED = "PreflightFailed"  # not launched: too little free (GPU) memory
+    SPAWN_FAILED = "SpawnFailed"  # could not be executed at all
+    REQUESTED = "Requested"  # POST /restart
+    SWAPPED = "Swapped"  # POST /model replaced it
+    STOPPED = "Stopped"  # the babysitter shut down
 
 
-FAILURES = frozenset({Reason.CRASHED, Reason.HUNG, Reason.STARTUP_TIMEOUT, Reason.SPAWN_FAILED})
+# Ends that a restart cannot mend: the state becomes ``failed`` until POST /restart or /model.
+PERMANENT = frozenset({Reason.BAD_ARGUMENTS, Reason.SPAWN_FAILED})
+# Ends the babysitter asked for: no failure, no backoff.
+INTENDED = frozenset({Reason.REQUESTED, Reason.SWAPPED, Reason.STOPPED})
 
 
 @dataclass(frozen=True)
 class ExitRecord:
-    """How the last engine process ended."""
+    """How the last engine process ended (``/status`` ``last_exit``)."""
 
     code: int | None
     signal: int | None
     reason: Reason
     detail: str = ""
     at: float = 0.0  # wall-clock time
+    model: str | None = None  # the model it served
 
     @classmethod
     def from_returncode(
-        cls, returncode: int | None, reason: Reason, detail: str = ""
+        cls, returncode: int | None, reason: Reason, detail: str = "", model: str | None = None
     ) -> ExitRecord:
         """``returncode`` as asyncio reports it: negative for a signal."""
         if returncode is not None and returncode < 0:
-            return cls(None, -returncode, reason, detail or _signal_name(-returncode), time.time())
-        return cls(returncode, None, reason, detail, time.time())
+            detail = detail or f"killed by {signal_name(-returncode)}"
+            return cls(None, -returncode, reason, detail, time.time(), model)
+        return cls(returncode, None, reason, detail, time.time(), model)
+
+    @property
+    def failure(self) -> bool:
+        return self.reason not in INTENDED
 
     def exit_code(self) -> int:
         """A shell-style exit status: 128 + signal when killed by a signal."""
@@ -87,11 +108,11 @@ class ExitRecord:
         return data
 
 
-def _signal_name(number: int) -> str:
+def signal_name(number: int) -> str:
     try:
-        return f"killed by {signal.Signals(number).name}"
+        return signal.Signals(number).name
     except ValueError:
-        return f"killed by signal {number}"
+        return f"signal {number}"
 
 
 def backoff_delay(
@@ -102,14 +123,14 @@ def backoff_delay(
     rand: Callable[[], float] = random.random,
 ) -> float:
     """Delay before restart number ``failures`` (1-based): base·2ⁿ⁻¹, capped, ±20% jitter."""
-    if failures <= 0 or base <= 0:
-        return 0.0
+    if failures <= 0:
+        return MIN_DELAY
     delay = min(cap, base * 2.0 ** min(failures - 1, 32))
-    return min(cap, delay * (1 + JITTER * (2 * rand() - 1)))
+    return max(MIN_DELAY, min(cap, delay * (1 + JITTER * (2 * rand() - 1))))
 
 
 class RestartBudget:
-    """At most ``limit`` failures within ``window`` seconds; beyond that: failed."""
+    """At most ``limit`` failures within ``window`` seconds; one more is a crash loop."""
 
     def __init__(
         self, *, limit: int, window: float, clock: Callable[[], float] = time.monotonic

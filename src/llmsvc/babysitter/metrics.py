@@ -22,6 +22,12 @@ class BabysitterMetrics:
             ["model_name", "reason"],
             registry=registry,
         )
+        self.exits = Counter(
+            "llmsvc_babysitter_engine_exits_total",
+            "Ends of engine processes (and launches refused by preflight), by reason.",
+            ["model_name", "reason"],
+            registry=registry,
+        )
         self.time_to_ready = Gauge(
             "llmsvc_babysitter_time_to_ready_seconds",
             "Seconds from launch to ready of the latest engine process.",
@@ -40,11 +46,25 @@ class BabysitterMetrics:
             ["model_name", "state"],
             registry=registry,
         )
-        self.engine_up.labels(model_name).set(0)
-        for reason in Reason:
-            if reason is not Reason.STOPPED:  # a stopped engine is never restarted
-                self.restarts.labels(model_name, reason.value)
+        self._init_series()
         self.set_state(State.STARTING)
+
+    def _init_series(self) -> None:
+        self.engine_up.labels(self._model).set(0)
+        for reason in Reason:
+            self.exits.labels(self._model, reason.value)
+            if reason is not Reason.STOPPED:  # a stopped engine is never restarted
+                self.restarts.labels(self._model, reason.value)
+
+    def relabel(self, model_name: str) -> None:
+        """A model swap: the series of ``model_name`` from now on; the old ones read 0."""
+        if model_name == self._model:
+            return
+        for each in State:
+            self.state.labels(self._model, each.value).set(0)
+        self.engine_up.labels(self._model).set(0)
+        self._model = model_name
+        self._init_series()
 
     def set_state(self, state: State) -> None:
         for each in State:
@@ -58,4 +78,6 @@ class BabysitterMetrics:
         self.time_to_ready.labels(self._model).set(seconds)
 
     def exited(self, record: ExitRecord) -> None:
-        self.last_exit_code.labels(self._model).set(record.exit_code())
+        self.exits.labels(self._model, record.reason.value).inc()
+        if record.code is not None or record.signal is not None:
+            self.last_exit_code.labels(self._model).set(record.exit_code())

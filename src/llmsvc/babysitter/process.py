@@ -14,8 +14,8 @@ import os
 import signal
 import sys
 from collections.abc import Callable, Mapping, Sequence
-from pathlib import Path
-from typing import IO
+
+from llmsvc.babysitter.output import MAX_LINE
 
 log = logging.getLogger("llmsvc.babysitter.process")
 
@@ -35,31 +35,35 @@ def _parent_death_signal(parent: int) -> Callable[[], None] | None:
     return preexec
 
 
-def open_log(log_dir: str | None, name: str) -> IO[bytes] | None:
-    """The engine's log file, appended to; None means inherit the babysitter's stderr."""
-    if not log_dir:
-        return None
-    path = Path(log_dir)
-    path.mkdir(parents=True, exist_ok=True)
-    safe = "".join(c if c.isalnum() or c in "._-@" else "_" for c in name)
-    return open(path / f"{safe}.engine.log", "ab")  # closed by the caller
-
-
-async def spawn(
-    argv: Sequence[str], *, env: Mapping[str, str], output: IO[bytes] | None
-) -> asyncio.subprocess.Process:
-    """Start ``argv`` with ``env`` added to ours, in a new session; output to ``output``."""
+async def spawn(argv: Sequence[str], *, env: Mapping[str, str]) -> asyncio.subprocess.Process:
+    """Start ``argv`` with ``env`` added to ours, in a new session, stdout and stderr piped."""
     full_env = {**os.environ, **env}
-    out: IO[bytes] | IO[str] = output if output is not None else sys.stderr
     return await asyncio.create_subprocess_exec(
         *argv,
         stdin=asyncio.subprocess.DEVNULL,
-        stdout=out,
-        stderr=asyncio.subprocess.STDOUT,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
         env=full_env,
         start_new_session=True,
         preexec_fn=_parent_death_signal(os.getpid()),
+        limit=MAX_LINE,
     )
+
+
+async def group_gone(pgid: int, *, timeout: float) -> bool:
+    """Wait until no process of group ``pgid`` is left (up to ``timeout`` s)."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while True:
+        try:
+            os.killpg(pgid, 0)
+        except ProcessLookupError:
+            return True
+        except PermissionError:
+            return False
+        if loop.time() >= deadline:
+            return False
+        await asyncio.sleep(0.05)
 
 
 def _signal_group(proc: asyncio.subprocess.Process, sig: signal.Signals) -> None:

@@ -6,6 +6,7 @@ from typing import Literal
 
 from pydantic import Field
 
+from llmsvc.babysitter.gpus import GpuProbe
 from llmsvc.core.settings import BaseServiceSettings, CommaList
 
 EngineName = Literal["vllm", "sglang", "llama.cpp", "infinilm", "infinilm-rust", "sim", "command"]
@@ -81,24 +82,63 @@ class BabysitterSettings(BaseServiceSettings):
     restart_backoff: float = Field(
         default=1.0,
         ge=0,
-        description="Base restart delay in seconds; doubles per consecutive failure, max 60.",
+        description="Base restart delay in seconds; doubles per consecutive failure "
+        "(max 60 s, ±20%% jitter).",
     )
     max_restarts: int = Field(
         default=5,
         ge=0,
-        description="Failures allowed within --restart-window before the state is 'failed'.",
+        description="Failures allowed within --restart-window; one more is 'crash-loop' "
+        "(no more restarts until POST /restart).",
     )
     restart_window: float = Field(
         default=600.0, gt=0, description="Window in seconds in which failures are counted."
     )
+    stable_uptime: float = Field(
+        default=60.0,
+        ge=0,
+        description="Seconds an engine must stay ready before the backoff starts again "
+        "from --restart-backoff.",
+    )
+    hung_after: int = Field(
+        default=3,
+        ge=1,
+        description="Failed health checks in a row of a live engine that mean it hangs "
+        "(killed, reason Hung).",
+    )
+    min_free_mem: float = Field(
+        default=0.0,
+        ge=0,
+        description="GiB of free host memory (MemAvailable, within the cgroup's limit) "
+        "needed before launch.",
+    )
     min_free_gpu_mem: float = Field(
         default=0.0,
         ge=0,
-        description="GiB of free memory each GPU needs before launch (accepted; preflight TBD).",
+        description="GiB of free memory each GPU (--gpus, else all) needs before launch.",
+    )
+    gpu_probe: GpuProbe = Field(
+        default="auto",
+        description="How GPU memory is read: auto (NVML if installed, else nvidia-smi), "
+        "nvml, nvidia-smi or off.",
+    )
+    gpu_release_timeout: float = Field(
+        default=60.0,
+        ge=0,
+        description="Seconds a model swap waits for the old engine's GPU memory to be freed.",
     )
     log_dir: str | None = Field(
         default=None,
-        description="Append engine output to <log-dir>/<name>.engine.log (default: stderr).",
+        description="Engine output to <log-dir>/<name>.engine.log and the babysitter's own "
+        "JSON log to <name>.babysitter.log, both size-rotated (default: stderr).",
+    )
+    log_max_bytes: int = Field(
+        default=50 * 1024 * 1024,
+        ge=0,
+        description="Size in bytes at which a log under --log-dir is rotated (0: never).",
+    )
+    log_backups: int = Field(
+        default=5, ge=0, description="Rotated copies kept of each log under --log-dir."
     )
     health_interval: float = Field(
         default=5.0, gt=0, description="Seconds between health checks of the engine."
@@ -110,5 +150,8 @@ class BabysitterSettings(BaseServiceSettings):
         default=30.0, ge=0, description="Seconds between SIGTERM and SIGKILL of the engine."
     )
     drain_timeout: float = Field(
-        default=60.0, ge=0, description="Seconds POST /drain waits for in-flight requests."
+        default=60.0,
+        ge=0,
+        description="Seconds a drain (POST /drain, POST /model, SIGTERM) waits for "
+        "in-flight requests.",
     )

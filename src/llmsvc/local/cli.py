@@ -116,9 +116,7 @@ def _main(command: str, argv: Sequence[str]) -> int:
         return stack.status(config, console)
     validator = Validator(
         router_url=(args.router_url or config.router_url).rstrip("/"),
-        registry_url=(
-            args.registry_url or (config.registry_url if config.registry.enabled else None)
-        ),
+        registry_url=(args.registry_url or (config.registry_url if config.uses_registry else None)),
         api_key=args.api_key or (config.router.api_keys[0] if config.router.api_keys else None),
         registry_token=args.registry_token or config.registry.token,
         timeout=args.timeout,

@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 ENGINES = ("vllm", "sglang", "llama.cpp", "infinilm", "infinilm-rust", "sim", "command")
 # Engines whose --model is always a file or directory on this machine.
@@ -30,15 +30,30 @@ class _Section(BaseModel):
     args: list[str] = Field(default_factory=list, description="Extra flags for the process.")
 
 
-class RegistrySection(_Section):
+def _check_url(value: str | None) -> str | None:
+    if value is not None and not value.startswith(("http://", "https://")):
+        raise ValueError("url must start with http:// or https://")
+    return value.rstrip("/") if value else value
+
+
+class _Remote(_Section):
+    """A component that may run here (``enabled``) or on another host (``url``)."""
+
     enabled: bool = True
+    url: str | None = Field(
+        default=None, description="Where it runs when not here (enabled: false): http://host:port"
+    )
+
+    _url = field_validator("url")(_check_url)
+
+
+class RegistrySection(_Remote):
     port: int = Field(default=8081, ge=1, le=65535)
     token: str | None = None
     state_file: str | None = None
 
 
-class RouterSection(_Section):
-    enabled: bool = True
+class RouterSection(_Remote):
     port: int = Field(default=8080, ge=1, le=65535)
     strategy: str = "round_robin"
     api_keys: list[str] = Field(default_factory=list)
@@ -89,11 +104,26 @@ class StackConfig(BaseModel):
 
     @property
     def registry_url(self) -> str:
-        return f"http://{_connect_host(self.registry.host)}:{self.registry.port}"
+        return _url_of(self.registry, self.registry.port)
 
     @property
     def router_url(self) -> str:
-        return f"http://{_connect_host(self.router.host)}:{self.router.port}"
+        return _url_of(self.router, self.router.port)
+
+    @property
+    def uses_registry(self) -> bool:
+        """Whether babysitters and router talk to a registry (here or remote)."""
+        return self.registry.enabled or self.registry.url is not None
+
+    @property
+    def uses_router(self) -> bool:
+        return self.router.enabled or self.router.url is not None
+
+
+def _url_of(section: _Remote, port: int) -> str:
+    if not section.enabled and section.url:
+        return section.url
+    return f"http://{_connect_host(section.host)}:{port}"
 
 
 def _connect_host(host: str) -> str:

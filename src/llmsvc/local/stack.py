@@ -54,9 +54,9 @@ def _babysitter(cfg: StackConfig, sitter: BabysitterSection) -> Component:
         args += ["--name", sitter.name]
     if sitter.gpus:
         args += ["--gpus", ",".join(map(str, sitter.gpus))]
-    if cfg.registry.enabled:
+    if cfg.uses_registry:
         args += ["--registry", cfg.registry_url]
-    if cfg.router.enabled:
+    if cfg.uses_router:
         args += ["--router", cfg.router_url]
     args += sitter.args
     if sitter.engine_args:
@@ -97,7 +97,7 @@ def components(cfg: StackConfig) -> list[Component]:
         )
     if rtr.enabled:
         args = ["router", "--host", rtr.host, "--port", str(rtr.port), "--strategy", rtr.strategy]
-        if reg.enabled:
+        if cfg.uses_registry:
             args += ["--registry-url", cfg.registry_url]
         env = {"LLMSVC_API_KEYS": ",".join(rtr.api_keys)} if rtr.api_keys else {}
         out.append(

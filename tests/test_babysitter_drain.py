@@ -1,0 +1,67 @@
+"""Graceful stop with real registry, router and babysitter processes.
+
+SIGTERM to the babysitter takes its engine out of the router first (deregistered;
+the router hears of it by its blocking query), lets a long streaming request
+finish, and only then stops the engine.
+"""
+
+from __future__ import annotations
+
+import signal
+import threading
+
+import httpx
+
+from procs import start_babysitter, start_registry, start_router, wait_until
+from standins.babysitting import Spawn, records
+
+BODY = {
+    "model": "slow-model",
+    "messages": [{"role": "user", "content": "tell me a story"}],
+    "max_tokens": 40,
+    "stream": True,
+}
+
+
+def _models(router: str) -> list[str]:
+    return [m["id"] for m in httpx.get(router + "/v1/models", timeout=5).json()["data"]]
+
+
+def _running(engine: str) -> bool:
+    text = httpx.get(engine + "/metrics", timeout=5).text
+    for line in text.splitlines():
+        if line.startswith("vllm:num_requests_running{"):
+            return float(line.rsplit(" ", 1)[1]) > 0
+    return False
+
+
+def test_sigterm_drains_a_streaming_request_through_the_router(spawn: Spawn) -> None:
+    _, registry = start_registry(spawn)
+    _, router = start_router(spawn, registry)
+    proc, engine, _ = start_babysitter(
+        spawn, registry, "slow", "--drain-timeout", "15", model="slow-model",
+        engine_args=("--decode-tokens-per-s", "20"),  # 40 tokens: about 2 s
+    )  # fmt: skip
+    wait_until(lambda: "slow-model" in _models(router), timeout=10, what="router knows the model")
+    chunks: list[str] = []
+
+    def stream() -> None:
+        with httpx.stream("POST", router + "/v1/chat/completions", json=BODY, timeout=30) as r:
+            chunks.extend(line for line in r.iter_lines() if line.startswith("data: "))
+
+    client = threading.Thread(target=stream)
+    client.start()
+    wait_until(lambda: _running(engine), timeout=5, what="the request runs on the engine")
+    proc.signal(signal.SIGTERM)
+    # Out of the router while the stream still flows.
+    wait_until(lambda: "slow-model" not in _models(router), timeout=5, what="router drops it")
+    assert client.is_alive(), "the stream ended before the backend left the router"
+    refused = httpx.post(router + "/v1/chat/completions", json={**BODY, "stream": False})
+    assert refused.status_code == 503
+    client.join(20)
+    assert chunks[-1] == "data: [DONE]"
+    assert not any('"error"' in c for c in chunks)
+    assert len(chunks) > 20
+    assert proc.popen.wait(20) == 0
+    assert "slow" not in records(registry)
+    assert "the engine did not stop in time" not in proc.log()
