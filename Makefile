@@ -7,7 +7,7 @@ STAMP  := $(VENV)/.installed-stamp
 TEST_WORKERS ?= 4
 PYTEST_ARGS ?=
 
-.PHONY: help venv run stop test lint typecheck imports check clean
+.PHONY: help venv run stop test lint typecheck imports check clean scale bench study
 
 help:
 	@echo "make run     start the demo stack (registry, router, two simulated engines)"
@@ -43,6 +43,20 @@ imports: $(STAMP)
 	$(BIN)/lint-imports
 
 check: lint typecheck imports test
+
+# The scale study (minutes): 1,000 backends, 10,000 records, 50 watchers; see docs/scale.md.
+scale: $(STAMP)
+	$(BIN)/python benchmarks/scale/study.py --out benchmarks/scale/results.json
+
+# Side-by-side proxy benchmark (minutes): backends, nginx, llmsvc, other routers; docs/performance.md.
+bench: $(STAMP)
+	$(BIN)/python -m pip install --quiet -e '.[bench]'
+	$(BIN)/python benchmarks/harness $(BENCH_ARGS)
+
+# The routing-quality study (~10 minutes): six strategies, three workloads; see docs/routing.md.
+study: $(STAMP)
+	$(BIN)/python -c 'import matplotlib' 2>/dev/null || $(BIN)/python -m pip install --quiet -e '.[bench]'
+	$(BIN)/python -m benchmarks.routing $(STUDY_ARGS)
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache logs

@@ -22,6 +22,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "down": ("llmsvc.local.cli:down", "stop the local stack"),
     "status": ("llmsvc.local.cli:status", "show the local stack's processes and health"),
     "validate": ("llmsvc.local.cli:validate", "check a running stack end to end"),
+    "systemd": ("llmsvc.local.systemd:main", "print a systemd unit for a component"),
+    "bench": ("llmsvc.bench.cli:main", "drive an OpenAI-compatible endpoint and report latency"),
 }
 
 

@@ -6,16 +6,18 @@ import asyncio
 import contextlib
 import hmac
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Coroutine
 from dataclasses import dataclass, field
+from typing import Any
 
 import aiohttp
 from aiohttp import web
 from aiohttp.typedefs import Middleware
 from prometheus_client import CollectorRegistry
+from prometheus_client.multiprocess import MultiProcessCollector
 
 from llmsvc import __version__
-from llmsvc.core.app import Route, every, make_app, supervised
+from llmsvc.core.app import Route, background, every, make_app, supervised
 from llmsvc.core.errors import Handler, ServiceUnavailable, Unauthorized
 from llmsvc.core.jsonio import json_response, model_response
 from llmsvc.core.metrics import metrics_handler
@@ -32,6 +34,7 @@ from llmsvc.router.balancing import Strategy, make_strategy
 from llmsvc.router.config import check_settings, load_api_keys, load_static_services
 from llmsvc.router.discovery import watch_registry
 from llmsvc.router.health import check_all
+from llmsvc.router.loadscrape import load_scrape_ctx
 from llmsvc.router.metrics import RouterMetrics
 from llmsvc.router.proxy import Proxy
 from llmsvc.router.settings import RouterSettings
@@ -41,6 +44,8 @@ from llmsvc.router.stats import RouterStats
 # idle connections kept for reuse between requests.
 UPSTREAM_CONNECTION_LIMIT = 4096
 UPSTREAM_KEEPALIVE_S = 60.0
+# With --workers, how stale one worker's part of the in-flight and health gauges may be.
+WORKER_GAUGE_INTERVAL_S = 1.0
 
 _PROTECTED_PATHS = frozenset({"/chat/completions", "/completions", "/embeddings", "/models"})
 
@@ -56,6 +61,7 @@ class RouterState:
     stats: RouterStats
     registry: CollectorRegistry
     api_keys: tuple[bytes, ...]
+    scrape: CollectorRegistry  # what /metrics renders: ``registry``, or all workers' sum
     proxy: Proxy | None = field(default=None)
 
     async def inference(self, request: web.Request) -> web.StreamResponse:
@@ -89,7 +95,7 @@ class RouterState:
 
     async def prometheus(self, _: web.Request) -> web.Response:
         self.metrics.refresh(self.pool, time.monotonic())
-        return metrics_handler(self.registry)
+        return metrics_handler(self.scrape)
 
 
 ROUTER = web.AppKey("router", RouterState)
@@ -254,9 +260,16 @@ def _registry_ctx(
 
 
 def create_app(
-    settings: RouterSettings, *, registry: CollectorRegistry | None = None
+    settings: RouterSettings,
+    *,
+    registry: CollectorRegistry | None = None,
+    metrics_dir: str | None = None,
 ) -> web.Application:
-    """The router app; :class:`~llmsvc.router.config.ConfigError` for bad files or options."""
+    """The router app; :class:`~llmsvc.router.config.ConfigError` for bad files or options.
+
+    ``metrics_dir``: this is one of several worker processes (``--workers``) whose
+    metrics live in that ``PROMETHEUS_MULTIPROC_DIR``; ``/metrics`` reports their sum.
+    """
     check_settings(settings)
     api_keys = load_api_keys(settings)
     pool = BackendPool(max_fails=settings.max_fails, fail_timeout=settings.fail_timeout)
@@ -266,11 +279,12 @@ def create_app(
     state = RouterState(
         settings=settings,
         pool=pool,
-        strategy=make_strategy(settings.strategy),
+        strategy=make_strategy(settings, pool),
         metrics=RouterMetrics(registry),
         stats=RouterStats(),
         registry=registry,
         api_keys=api_keys,
+        scrape=_scrape_registry(metrics_dir) if metrics_dir else registry,
     )
     app = make_app(
         title="llmsvc router",
@@ -283,4 +297,31 @@ def create_app(
     app.cleanup_ctx.append(_upstream_ctx(state))
     if settings.registry_url:
         app.cleanup_ctx.append(_registry_ctx(state, settings.registry_url))
+    if settings.strategy == "least_load":  # the engines' metrics are scraped only for it
+        interval = settings.load_scrape_interval
+        app.cleanup_ctx.append(load_scrape_ctx(pool, interval=interval, registry=registry))
+    if metrics_dir:
+        app.cleanup_ctx.append(background("worker-gauges", _gauge_refresher(state)))
     return app
+
+
+def _scrape_registry(metrics_dir: str) -> CollectorRegistry:
+    """A registry that collects the metrics of every worker from ``metrics_dir``."""
+    scrape = CollectorRegistry()
+    MultiProcessCollector(scrape, path=metrics_dir)  # type: ignore[no-untyped-call]
+    return scrape
+
+
+def _gauge_refresher(
+    state: RouterState,
+) -> Callable[[web.Application], Coroutine[Any, Any, None]]:
+    """With several workers a scrape reads every worker's gauges, not only its own:
+    each worker refreshes its part every :data:`WORKER_GAUGE_INTERVAL_S` seconds."""
+
+    async def refresh() -> None:
+        state.metrics.refresh(state.pool, time.monotonic())
+
+    def factory(_: web.Application) -> Coroutine[Any, Any, None]:
+        return every(WORKER_GAUGE_INTERVAL_S, refresh, name="worker-gauges")
+
+    return factory

@@ -10,11 +10,12 @@ keeps each backend's state across refreshes for as long as it stays.
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from llmsvc.core.records import OPENAI_API, ServiceRecord
+from llmsvc.router.loadscore import EngineLoad
 
 Source = Literal["static", "registry"]
 
@@ -102,6 +103,7 @@ class Backend:
     active_ok: bool = True
     checked_at: float | None = None
     in_flight: int = 0
+    load: EngineLoad | None = None  # the engine's last scraped load (least_load)
     stats: BackendStats = field(default_factory=BackendStats)
     models: frozenset[str] = frozenset()
     url: str = ""
@@ -156,6 +158,7 @@ class Backend:
                 "down_for_s": round(max(0.0, self.passive.down_until - now), 3),
             },
             "in_flight": self.in_flight,
+            "load": None if self.load is None else self.load.view(now),
             "record": self.record.model_dump(mode="json"),
         }
 
@@ -218,6 +221,10 @@ class BackendPool:
 
     def _new_passive(self) -> PassiveHealth:
         return PassiveHealth(max_fails=self._max_fails, fail_timeout=self._fail_timeout)
+
+    def members(self, model: str) -> Sequence[Backend]:
+        """Every backend listing ``model``, eligible or not, in a stable order (hash rings)."""
+        return self._by_model.get(model, ())
 
     def eligible(self, model: str, now: float) -> list[Backend]:
         return [b for b in self._by_model.get(model, ()) if b.healthy(now)]

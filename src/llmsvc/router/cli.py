@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+import os
 import ssl
 from collections.abc import Sequence
 
@@ -11,8 +13,11 @@ from llmsvc.core.settings import die, parse_settings
 from llmsvc.router.app import create_app
 from llmsvc.router.config import ConfigError
 from llmsvc.router.settings import RouterSettings
+from llmsvc.router.workers import MULTIPROC_ENV, port_bindable, run_workers, worker_index
 
 PROG = "llmsvc router"
+
+log = logging.getLogger("llmsvc.router")
 
 
 def main(argv: Sequence[str]) -> int:
@@ -24,12 +29,28 @@ def main(argv: Sequence[str]) -> int:
         "to a healthy backend.",
     )
     configure_logging(settings.log_level, settings.log_format)
+    index = worker_index()  # None unless started by a --workers parent
+    metrics_dir = os.environ.get(MULTIPROC_ENV) if index is not None else None
     try:
-        app = create_app(settings)
+        app = create_app(settings, metrics_dir=metrics_dir)
     except ConfigError as exc:
         die(PROG, str(exc))
     try:
         tls = ssl_context(settings.tls_cert, settings.tls_key)
     except (OSError, ssl.SSLError) as exc:
         die(PROG, f"--tls-cert/--tls-key: cannot load: {exc}")
-    return serve(app, name="router", host=settings.host, port=settings.port, ssl=tls)
+    if settings.workers > 1 and index is None:
+        problem = port_bindable(settings.host, settings.port)
+        if problem:
+            log.error("router %s", problem)
+            return 1
+        return run_workers(argv, workers=settings.workers)
+    name = "router" if index is None else f"router worker {index}"
+    return serve(
+        app,
+        name=name,
+        host=settings.host,
+        port=settings.port,
+        ssl=tls,
+        reuse_port=index is not None,
+    )

@@ -76,8 +76,6 @@ def check_settings(settings: RouterSettings) -> None:
     """Refuse what this version accepts in its types but cannot do yet."""
     if settings.strategy not in IMPLEMENTED_STRATEGIES:
         raise ConfigError(f"--strategy {settings.strategy}: not implemented yet")
-    if settings.workers > 1:
-        raise ConfigError("--workers > 1: several worker processes: this comes later; use 1")
     url = settings.registry_url
     if url is not None and not url.startswith(("http://", "https://")):
         raise ConfigError(f"--registry-url: {url!r} must start with http:// or https://")

@@ -45,6 +45,7 @@ class RouterMetrics:
             "Requests in flight to each backend.",
             ["backend"],
             registry=registry,
+            multiprocess_mode="livesum",  # --workers: the sum over the live workers
         )
         self.retries = Counter(
             "llmsvc_router_retries_total",
@@ -64,11 +65,13 @@ class RouterMetrics:
             "1 when the backend is eligible for routing, else 0.",
             ["backend"],
             registry=registry,
+            multiprocess_mode="livemin",  # --workers: 1 only when every worker routes to it
         )
         self.registry_up = Gauge(
             "llmsvc_router_registry_up",
             "1 when the last registry query succeeded, else 0 (also 0 without a registry).",
             registry=registry,
+            multiprocess_mode="livemin",
         )
         self._requests: dict[tuple[str, str, int], Counter] = {}
         self._duration: dict[str, Histogram] = {}

@@ -44,6 +44,7 @@ from llmsvc.router.stats import RouterStats
 log = logging.getLogger("llmsvc.router.proxy")
 
 CLIENT_CLOSED = 499  # nginx's status for a client that went away first
+_NO_GUARD = contextlib.nullcontext()
 
 
 class RetryableFailure(Exception):
@@ -82,6 +83,7 @@ class Proxy:
         self._clock = clock
         self._attempts = settings.retries + 1
         self._first_byte = settings.first_byte_limit()
+        self._guard_first_byte = settings.first_byte_timeout is not None
         self._idle = settings.stream_idle_timeout
         self._timeout = aiohttp.ClientTimeout(
             total=settings.proxy_timeout, connect=settings.proxy_connect_timeout
@@ -97,8 +99,9 @@ class Proxy:
             if self._pool.knows(info.model):
                 label = info.model
             headers = upstream_headers(request, drop_auth=self._drop_auth)
+            key = self._strategy.key(request, info)  # affinity key, None for most strategies
             for _ in range(self._attempts):
-                backend = self._pick(info.model, tried)
+                backend = self._pick(info.model, tried, key)
                 if backend is None:
                     break
                 if tried:
@@ -121,13 +124,13 @@ class Proxy:
             self._account(label, tried, CLIENT_CLOSED, started, ttft=None, failed=False)
             raise
 
-    def _pick(self, model: str, tried: list[Backend]) -> Backend | None:
+    def _pick(self, model: str, tried: list[Backend], key: str | None = None) -> Backend | None:
         candidates = self._pool.eligible(model, self._clock())
         if tried:
             candidates = [b for b in candidates if b not in tried]
         if not candidates:
             return None
-        return self._strategy.pick(model, candidates)
+        return self._strategy.pick(model, candidates, key)
 
     def _account(
         self,
@@ -194,8 +197,11 @@ class Proxy:
         deadline: float,
     ) -> aiohttp.ClientResponse:
         """The upstream response once its headers arrived; RetryableFailure otherwise."""
+        # Without --first-byte-timeout the limit is --proxy-timeout, which the
+        # session's own timeout enforces: no second timer per request.
+        guard = asyncio.timeout_at(deadline) if self._guard_first_byte else _NO_GUARD
         try:
-            async with asyncio.timeout_at(deadline):
+            async with guard:
                 return await self._session.request(
                     request.method,
                     backend.url + request.raw_path,

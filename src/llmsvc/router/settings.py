@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import ipaddress
 from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, field_validator
 
 from llmsvc.core.settings import BaseServiceSettings, CommaList
 
@@ -14,7 +15,9 @@ Strategy = Literal[
 
 # Strategies of the contract that this version runs; the others are accepted
 # by the type (so that the flag's help lists them) and refused at start.
-IMPLEMENTED_STRATEGIES: frozenset[str] = frozenset({"round_robin", "least_connections"})
+IMPLEMENTED_STRATEGIES: frozenset[str] = frozenset(
+    {"round_robin", "least_connections", "ip_hash", "session", "least_load", "prefix_affinity"}
+)
 
 DEFAULT_MAX_BODY_BYTES = 8 * 1024 * 1024
 
@@ -38,8 +41,43 @@ class RouterSettings(BaseServiceSettings):
     )
     strategy: Strategy = Field(
         default="round_robin",
-        description="Load-balancing strategy: round_robin (smooth weighted) or "
-        "least_connections (ip_hash, session, least_load, prefix_affinity come later).",
+        description="Load-balancing strategy: round_robin (smooth weighted), least_connections, "
+        "ip_hash (client address), session (X-Session-Id header, else the body's user), "
+        "least_load (engine queue and KV-cache use) or prefix_affinity (the prompt's prefix, "
+        "bounded load); see docs/routing.md.",
+    )
+    trusted_proxies: CommaList = Field(
+        default_factory=list,
+        description="Comma list of CIDR ranges or addresses of proxies whose X-Forwarded-For "
+        "ip_hash trusts (default none: the socket peer is the client).",
+    )
+    load_scrape_interval: float = Field(
+        default=1.0,
+        gt=0,
+        description="Seconds between least_load's scrapes of every backend's /metrics (also "
+        "each scrape's timeout; a value older than 3 intervals no longer counts).",
+    )
+    prefix_length: int = Field(
+        default=256,
+        ge=1,
+        le=1_000_000,
+        description="Characters of the prompt prefix_affinity hashes (roles included): long "
+        "enough to tell system prompts apart, short enough that turns of one conversation "
+        "share it.",
+    )
+    hash_balance_factor: float = Field(
+        default=0.25,
+        gt=0,
+        le=100,
+        description="prefix_affinity's epsilon: a backend takes a key only while its requests in "
+        "flight are below ceil((1 + epsilon) x its weighted share of the mean).",
+    )
+    virtual_nodes: int = Field(
+        default=100,
+        ge=1,
+        le=10_000,
+        description="Hash-ring points per unit of weight (ip_hash, session, prefix_affinity): "
+        "more points give shares closer to the weights and cost memory and rebuild time.",
     )
     health_interval: float = Field(
         default=30.0, gt=0, description="Seconds between active GET /health checks of backends."
@@ -105,8 +143,22 @@ class RouterSettings(BaseServiceSettings):
         description="Largest request body in bytes; larger ones get 413.",
     )
     workers: int = Field(
-        default=1, ge=1, description="Processes sharing the port (only 1 in this version)."
+        default=1,
+        ge=1,
+        le=256,
+        description="Router processes sharing the port (SO_REUSEPORT); a parent process "
+        "restarts a worker that dies. /stats and /services are per worker, /metrics the sum.",
     )
+
+    @field_validator("trusted_proxies")
+    @classmethod
+    def _networks(cls, values: list[str]) -> list[str]:
+        for value in values:
+            try:
+                ipaddress.ip_network(value, strict=False)
+            except ValueError:
+                raise ValueError(f"{value!r} is not an IP address or CIDR range") from None
+        return values
 
     def first_byte_limit(self) -> float:
         return self.first_byte_timeout or self.proxy_timeout

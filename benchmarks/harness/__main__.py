@@ -1,0 +1,328 @@
+"""Side-by-side proxy benchmark: the backends alone, nginx, llmsvc, and other routers.
+
+    .venv/bin/python benchmarks/harness                    # everything (make bench)
+    .venv/bin/python benchmarks/harness --smoke --out DIR  # direct + llmsvc, about 1 s each
+
+For each target, in one run and against the same two fixed-answer backends
+(``backend.py``): a warm-up, then ``--duration`` seconds of non-streaming chat
+completions at concurrency 16 (requests/s, CPU ms per request from the
+target's own ``/proc`` accounting), ``--duration`` seconds at concurrency 1
+(p50/p99 latency, added over direct), and sequential streams (time to first
+chunk, and how long the proxy held the first chunk). Then llmsvc's CPU per
+request with 2 to 1,000 backend records. Results go to ``results.json``,
+``results.md`` and PNG plots in ``--out``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import math
+import os
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from loadgen import (
+    BENCH_KEY,
+    CHAT_BODY,
+    PATH,
+    LoadResult,
+    have_wrk,
+    run_python,
+    run_streams,
+    run_wrk,
+)
+from measure import CpuMeter, machine
+from report import write_report
+from targets import TARGETS, Target, Unavailable, apt_install, llmsvc_command
+
+HERE = Path(__file__).resolve().parent
+HOST = "127.0.0.1"
+DEFAULT_TARGETS = "direct,nginx,llmsvc-1w,llmsvc-2w,vllm-router,litellm,production-stack"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind((HOST, 0))
+        return int(s.getsockname()[1])
+
+
+def start(
+    cmd: list[str], log: Path, env: tuple[tuple[str, str], ...] = ()
+) -> subprocess.Popen[bytes]:
+    with log.open("ab") as out:
+        return subprocess.Popen(
+            cmd,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+            env={**os.environ, **dict(env)},
+        )
+
+
+def stop(proc: subprocess.Popen[bytes] | None) -> None:
+    if proc is None or proc.poll() is not None:
+        return
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(proc.pid, signal.SIGTERM)
+    try:
+        proc.wait(10)
+    except subprocess.TimeoutExpired:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(5)
+
+
+def wait_ready(port: int, proc: subprocess.Popen[bytes] | None, timeout: float) -> None:
+    """Until a chat completion through ``port`` answers 200."""
+    deadline = time.monotonic() + timeout
+    last = ""
+    while time.monotonic() < deadline:
+        if proc is not None and proc.poll() is not None:
+            raise Unavailable(f"exited with {proc.returncode} at start")
+        with contextlib.suppress(httpx.HTTPError):
+            resp = httpx.post(
+                f"http://{HOST}:{port}{PATH}",
+                content=CHAT_BODY,
+                headers={
+                    "Content-Type": "application/json",
+                    "Authorization": f"Bearer {BENCH_KEY}",
+                },
+                timeout=5.0,
+            )
+            if resp.status_code == 200:
+                return
+            last = f"{resp.status_code} {resp.text[:200]}"
+        time.sleep(0.2)
+    raise Unavailable(f"not answering 200 within {timeout:g}s (last: {last or 'no answer'})")
+
+
+def last_line(log: Path) -> str:
+    """The last line of a log that says something (a crashed target's reason)."""
+    lines = [ln.strip() for ln in log.read_text(errors="replace").splitlines() if ln.strip()]
+    return lines[-1][:300] if lines else "(empty log)"
+
+
+class Bench:
+    def __init__(self, args: argparse.Namespace, work: Path) -> None:
+        self.args = args
+        self.work = work
+        self.backends = [free_port(), free_port()]
+        self.procs: list[subprocess.Popen[bytes]] = []
+        self.unavailable: dict[str, str] = {}
+        if args.loadgen != "python" and not have_wrk():
+            apt_install("wrk")
+        wrk = args.loadgen == "wrk" or (args.loadgen == "auto" and have_wrk())
+        self.tool = "wrk" if wrk else "python"
+
+    def load(self, port: int, connections: int, seconds: float) -> LoadResult:
+        if self.tool == "wrk":
+            return run_wrk(f"http://{HOST}:{port}", connections=connections, seconds=seconds)
+        return run_python(HOST, port, connections=connections, seconds=seconds)
+
+    def start_backends(self) -> None:
+        for i, port in enumerate(self.backends):
+            cmd = [sys.executable, str(HERE / "backend.py"), "--port", str(port)]
+            self.procs.append(start([*cmd, "--name", f"b{i}"], self.work / f"backend{i}.log"))
+        for port in self.backends:
+            wait_ready(port, None, 10.0)
+
+    def run_target(self, target: Target) -> dict[str, Any]:
+        result: dict[str, Any] = {"name": target.name, "description": target.description}
+        if target.name in self.unavailable:  # no second install attempt in a later round
+            return {**result, "status": "unavailable", "reason": self.unavailable[target.name]}
+        print(f"== {target.name}: {target.description}", flush=True)
+        proc = None
+        try:
+            target.install()
+            port = free_port()
+            cmd = target.command(port, self.backends, self.work)
+            if cmd:
+                proc = start(cmd, self.work / f"{target.name}.log", target.env)
+            else:
+                port = self.backends[0]
+            wait_ready(port, proc, target.startup_s)
+            result.update(self.measure(port, proc))
+            result["status"] = "ok"
+        except (Unavailable, OSError, subprocess.SubprocessError) as exc:
+            reason = str(exc) or type(exc).__name__
+            if proc is not None and proc.poll() is not None:
+                reason += ": " + last_line(self.work / f"{target.name}.log")
+            result.update(status="unavailable", reason=reason)
+            self.unavailable[target.name] = reason
+            print(f"   unavailable: {result['reason']}", flush=True)
+        finally:
+            stop(proc)
+        return result
+
+    def measure(self, port: int, proc: subprocess.Popen[bytes] | None) -> dict[str, Any]:
+        secs, conc = self.args.duration, self.args.concurrency
+        self.load(port, conc, max(0.5, secs / 5))  # warm-up: connections, caches, JIT-less paths
+        meter = CpuMeter(proc.pid if proc else None)
+        meter.start()
+        busy = self.load(port, conc, secs)
+        cpu = meter.stop()
+        single = self.load(port, 1, secs)
+        streams = run_streams(HOST, port, count=self.args.streams).summary()
+        out = {
+            "rps": round(busy.rps, 1),
+            "errors": busy.errors + single.errors,
+            "cpu_s": round(cpu, 3),
+            "cpu_ms_per_request": round(cpu * 1000 / busy.requests, 4) if busy.requests else None,
+            f"p50_ms_c{conc}": round(busy.p50_ms, 3),
+            f"p99_ms_c{conc}": round(busy.p99_ms, 3),
+            "p50_ms_c1": round(single.p50_ms, 3),
+            "p99_ms_c1": round(single.p99_ms, 3),
+            **{k: (round(v, 3) if isinstance(v, float) else v) for k, v in streams.items()},
+        }
+        print("   " + ", ".join(f"{k}={v}" for k, v in out.items()), flush=True)
+        return out
+
+    def sweep(self, counts: list[int]) -> list[dict[str, Any]]:
+        rows = []
+        for count in counts:
+            target = Target(f"llmsvc-1w-{count}", f"{count} records", llmsvc_command(1, count))
+            print(f"== llmsvc, {count} backend records", flush=True)
+            proc = None
+            try:
+                port = free_port()
+                cmd = target.command(port, self.backends, self.work)
+                proc = start(cmd, self.work / f"{target.name}.log")
+                wait_ready(port, proc, target.startup_s)
+                self.load(port, self.args.concurrency, max(0.5, self.args.duration / 5))
+                meter = CpuMeter(proc.pid)
+                meter.start()
+                busy = self.load(port, self.args.concurrency, self.args.duration)
+                cpu = meter.stop()
+                row: dict[str, Any] = {
+                    "backends": count,
+                    "rps": round(busy.rps, 1),
+                    "cpu_ms_per_request": round(cpu * 1000 / max(1, busy.requests), 4),
+                }
+            except (Unavailable, OSError, subprocess.SubprocessError) as exc:
+                row = {"backends": count, "status": "unavailable", "reason": str(exc)}
+            finally:
+                stop(proc)
+            print(f"   {row}", flush=True)
+            rows.append(row)
+        return rows
+
+    def close(self) -> None:
+        for proc in self.procs:
+            stop(proc)
+
+
+def merge(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    """One target's rounds: the median of each number over the rounds that worked."""
+    ok = [r for r in runs if r.get("status", "ok") == "ok"]
+    if not ok:
+        return runs[-1]
+    merged = dict(ok[0])
+    for key, value in ok[0].items():
+        values = [r[key] for r in ok if isinstance(r.get(key), int | float)]
+        if isinstance(value, int | float) and len(values) == len(ok):
+            merged[key] = round(statistics.median(values), 4)
+    if len(runs) > 1:
+        merged["rounds"] = runs
+    return merged
+
+
+def add_deltas(results: list[dict[str, Any]]) -> None:
+    """Latency each target adds over the backends alone (same run, same load)."""
+    direct = next((r for r in results if r["name"] == "direct" and r.get("status") == "ok"), None)
+    if direct is None:
+        return
+    for r in results:
+        if r.get("status") != "ok":
+            continue
+        for key in ("p50_ms_c1", "p99_ms_c1", "ttft_p50_ms"):
+            if isinstance(r.get(key), float | int) and isinstance(direct.get(key), float | int):
+                r["added_" + key] = round(r[key] - direct[key], 3)
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="benchmarks/harness", description=__doc__)
+    parser.add_argument("--out", default=str(HERE.parents[1] / "docs" / "performance"))
+    parser.add_argument("--targets", default=DEFAULT_TARGETS, help="comma list of targets")
+    parser.add_argument("--duration", type=float, default=5.0, help="seconds per measurement")
+    parser.add_argument("--concurrency", type=int, default=16)
+    parser.add_argument("--repeat", type=int, default=3, help="rounds; medians are reported")
+    parser.add_argument("--streams", type=int, default=50, help="sequential streams per target")
+    parser.add_argument("--sweep", default="2,10,100,1000", help="backend record counts ('' off)")
+    parser.add_argument(
+        "--work", default=str(HERE.parents[1] / ".bench" / "run"), help="configs and logs"
+    )
+    parser.add_argument("--loadgen", choices=("auto", "wrk", "python"), default="auto")
+    parser.add_argument("--no-plots", action="store_true")
+    parser.add_argument(
+        "--smoke",
+        action="store_true",
+        help="direct and llmsvc-1w only, short runs, the python load generator (for tests)",
+    )
+    args = parser.parse_args(argv)
+    if args.smoke:
+        args.targets, args.duration, args.streams = "direct,llmsvc-1w", 0.3, 5
+        args.sweep, args.loadgen, args.concurrency, args.repeat = "", "python", 4, 1
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    names = [n.strip() for n in args.targets.split(",") if n.strip()]
+    unknown = [n for n in names if n not in TARGETS]
+    if unknown:
+        print(f"unknown target(s): {', '.join(unknown)}; known: {', '.join(TARGETS)}")
+        return 2
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    work = Path(args.work)
+    shutil.rmtree(work, ignore_errors=True)
+    work.mkdir(parents=True)
+    bench = Bench(args, work)
+    load_before = os.getloadavg()
+    try:
+        bench.start_backends()
+        counts = [int(c) for c in args.sweep.split(",") if c.strip()]
+        rounds, sweeps = [], []
+        for round_ in range(args.repeat):  # interleaved: load drift hits every target alike
+            print(f"-- round {round_ + 1} of {args.repeat}", flush=True)
+            rounds.append([bench.run_target(TARGETS[name]) for name in names])
+            sweeps.append(bench.sweep(counts) if counts else [])
+        results = [merge([r[i] for r in rounds]) for i in range(len(names))]
+        sweep = [merge([s[i] for s in sweeps]) for i in range(len(counts))]
+    finally:
+        bench.close()
+    add_deltas(results)
+    document = {
+        "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "command": " ".join(["python", "benchmarks/harness", *(argv or sys.argv[1:])]),
+        "machine": machine(),
+        "load_average_1m": {"start": load_before[0], "end": os.getloadavg()[0]},
+        "load_generator": bench.tool,
+        "duration_s": args.duration,
+        "repeat": args.repeat,
+        "concurrency": args.concurrency,
+        "streams": args.streams,
+        "targets": results,
+        "backend_sweep": sweep,
+    }
+    write_report(document, out, plots_too=not args.no_plots)
+    failed = [r["name"] for r in results if r.get("status") != "ok"]
+    print(f"results in {out}" + (f"; unavailable: {', '.join(failed)}" if failed else ""))
+    ok = all(not math.isnan(r.get("p50_ms_c1", 0.0)) for r in results if r.get("status") == "ok")
+    return 0 if ok else 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

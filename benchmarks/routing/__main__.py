@@ -1,0 +1,93 @@
+"""``python -m benchmarks.routing``: the routing-quality study (see docs/routing.md)."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import dataclasses
+import logging
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import orjson
+
+from .config import STRATEGIES, WORKLOADS, StudyConfig
+from .report import markdown_table, plot
+from .stack import parse_strategy
+from .study import run_study
+
+
+def parse_args(argv: list[str]) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.routing", description=__doc__)
+    parser.add_argument("--out", default="docs/routing", help="where results and plots go")
+    parser.add_argument("--logs", default=None, help="process logs (default: a temporary dir)")
+    parser.add_argument("--smoke", action="store_true", help="2 engines, 1 workload, seconds")
+    parser.add_argument("--engines", type=int, default=None, help="simulated engines (4)")
+    parser.add_argument(
+        "--strategies",
+        default=None,
+        help=f"comma list of {','.join(STRATEGIES)}; a strategy may carry router flags: "
+        "prefix_affinity+hash-balance-factor=0.1",
+    )
+    parser.add_argument("--workloads", default=None, help=f"comma list of {','.join(WORKLOADS)}")
+    parser.add_argument("--duration", type=float, default=None, help="seconds of arrivals (20)")
+    parser.add_argument(
+        "--repeats", type=int, default=None, help="runs per pair, interleaved and pooled (1)"
+    )
+    parser.add_argument("--no-plots", action="store_true", help="skip the PNG plots")
+    return parser.parse_args(argv)
+
+
+def build_config(args: argparse.Namespace) -> StudyConfig:
+    cfg = StudyConfig()
+    if args.smoke:
+        cfg = cfg.smoke()
+    changes: dict[str, object] = {}
+    if args.engines:
+        changes["engines"] = args.engines
+    if args.strategies:
+        changes["strategies"] = tuple(args.strategies.split(","))
+    if args.workloads:
+        changes["workloads"] = tuple(args.workloads.split(","))
+    if args.duration:
+        changes["duration_s"] = args.duration
+    if args.repeats:
+        changes["repeats"] = args.repeats
+    if args.no_plots:
+        changes["plots"] = False
+    cfg = dataclasses.replace(cfg, **changes)  # type: ignore[arg-type]
+    names = {parse_strategy(label)[0] for label in cfg.strategies}
+    unknown = names - set(STRATEGIES) | set(cfg.workloads) - set(WORKLOADS)
+    if unknown:
+        raise SystemExit(f"unknown strategy or workload: {', '.join(sorted(unknown))}")
+    return cfg
+
+
+def main(argv: list[str]) -> int:
+    args = parse_args(argv)
+    cfg = build_config(args)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    started = time.monotonic()
+    with tempfile.TemporaryDirectory(prefix="routing-study-") as tmp:
+        log_dir = Path(args.logs or tmp)
+        results = asyncio.run(run_study(cfg, log_dir))
+    results["command"] = "python -m benchmarks.routing " + " ".join(argv)
+    results["elapsed_s"] = round(time.monotonic() - started, 1)
+    (out / "results.json").write_bytes(orjson.dumps(results, option=orjson.OPT_INDENT_2))
+    table = markdown_table(results["runs"])
+    (out / "results.md").write_text(table)
+    if cfg.plots:
+        plot(results["runs"], out)
+    print(table)
+    print(orjson.dumps(results["targets"], option=orjson.OPT_INDENT_2).decode())
+    print(f"low-load check: {results.get('low_load_check')}")
+    print(f"written to {out}/ in {results['elapsed_s']} s")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

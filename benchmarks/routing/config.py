@@ -1,0 +1,114 @@
+"""The study's knobs in one place: the engine profile, the workloads, the run plan.
+
+Durations of the engine profile are *simulated* seconds; ``time_scale``
+turns them into wall-clock seconds (0.1: ten times faster than the model).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+
+STRATEGIES = (
+    "round_robin",
+    "least_connections",
+    "ip_hash",
+    "session",
+    "least_load",
+    "prefix_affinity",
+)
+WORKLOADS = ("uniform", "shared_prefix", "bursts")
+MODEL = "sim-model"
+
+
+@dataclass(frozen=True, slots=True)
+class EngineProfile:
+    """The flags of every ``llmsvc sim-engine`` of the study."""
+
+    max_num_seqs: int = 4
+    prefill_tokens_per_s: float = 4000.0
+    decode_tokens_per_s: float = 40.0
+    prefix_cache_tokens: int = 12288
+    kv_cache_tokens: int = 65536
+    time_scale: float = 0.2
+    chars_per_token: float = 4.0
+
+    def flags(self) -> list[str]:
+        return [
+            "--max-num-seqs", str(self.max_num_seqs),
+            "--prefill-tokens-per-s", str(self.prefill_tokens_per_s),
+            "--decode-tokens-per-s", str(self.decode_tokens_per_s),
+            "--prefix-cache-tokens", str(self.prefix_cache_tokens),
+            "--kv-cache-tokens", str(self.kv_cache_tokens),
+            "--time-scale", str(self.time_scale),
+            "--chars-per-token", str(self.chars_per_token),
+        ]  # fmt: skip
+
+    def router_flags(self, strategy: str) -> list[str]:
+        """Router timings that race the engines' are scaled like the engines' durations.
+
+        ``least_load`` scrapes every second by default: one simulated second
+        is ``time_scale`` seconds here, so the scrape keeps its pace relative
+        to the requests it balances.
+        """
+        if strategy == "least_load":
+            return ["--load-scrape-interval", f"{self.time_scale:g}"]
+        return []
+
+    def prefill_seconds(self, tokens: int) -> float:
+        """Wall-clock prefill time of ``tokens`` uncached tokens (the model's TTFT alone)."""
+        return tokens / self.prefill_tokens_per_s * self.time_scale
+
+
+@dataclass(frozen=True, slots=True)
+class WorkloadShape:
+    """Sizes of the three workloads, in tokens (4 characters each)."""
+
+    max_tokens: int = 12
+    uniform_prompt_tokens: tuple[int, int] = (200, 2400)
+    system_prompts: int = 8
+    system_prompt_tokens: tuple[int, int] = (1500, 2500)
+    user_tokens: tuple[int, int] = (30, 120)
+    session_turns: tuple[int, int] = (3, 8)
+    live_sessions: int = 48
+    burst_size: int = 16
+    burst_spread_s: float = 0.05
+    clients: int = 64
+
+
+@dataclass(frozen=True, slots=True)
+class StudyConfig:
+    """What one ``python -m benchmarks.routing`` run does."""
+
+    engines: int = 4
+    engine: EngineProfile = field(default_factory=EngineProfile)
+    shape: WorkloadShape = field(default_factory=WorkloadShape)
+    strategies: tuple[str, ...] = STRATEGIES
+    workloads: tuple[str, ...] = WORKLOADS
+    load: float = 0.8
+    duration_s: float = 12.0
+    warmup_s: float = 3.0
+    drain_s: float = 15.0
+    capacity_s: float = 4.0
+    capacity_warmup_s: float = 1.5
+    low_load: float = 0.05
+    low_load_s: float = 6.0
+    seed: int = 1
+    repeats: int = 2
+    plots: bool = True
+
+    def smoke(self) -> StudyConfig:
+        """Two engines, one workload, two strategies, a few seconds: the test-suite run."""
+        return replace(
+            self,
+            engines=2,
+            strategies=("round_robin", "least_connections"),
+            workloads=("shared_prefix",),
+            duration_s=2.5,
+            warmup_s=0.5,
+            drain_s=5.0,
+            capacity_s=1.0,
+            capacity_warmup_s=0.5,
+            low_load_s=1.0,
+            repeats=1,
+            plots=False,
+        )

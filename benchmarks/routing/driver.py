@@ -1,0 +1,183 @@
+"""A small asyncio load driver: streamed chat requests, TTFT from the first content chunk.
+
+Each simulated client has its own source address on the loopback network
+(127.0.0.2, 127.0.0.3, ...), so ``ip_hash`` sees many clients, as in front of
+real users. :func:`open_loop` sends at planned instants whatever the answers
+do (Poisson or bursts); :func:`closed_loop` keeps a fixed number of requests
+in flight (only to measure capacity).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from dataclasses import dataclass
+
+import aiohttp
+import orjson
+
+from .workloads import Request, Workload
+
+REQUEST_TIMEOUT_S = 120.0
+
+
+@dataclass(slots=True)
+class Sample:
+    """What one request saw. ``sent`` and ``lateness`` are seconds from the run's start."""
+
+    sent: float
+    prompt_tokens: int
+    status: int = 0
+    """HTTP status; 0 for a connection error, -1 for a request still running at the end."""
+    ttft: float | None = None
+    latency: float | None = None
+    tokens: int = 0
+    backend: str = ""
+    lateness: float = 0.0
+
+    @property
+    def ok(self) -> bool:
+        return self.status == 200 and self.latency is not None
+
+
+def client_address(index: int) -> str:
+    return f"127.0.{(index + 2) // 256}.{(index + 2) % 256}"
+
+
+class Clients:
+    """One connection pool per simulated client address."""
+
+    def __init__(self, count: int) -> None:
+        self._sessions = [
+            aiohttp.ClientSession(
+                connector=aiohttp.TCPConnector(limit=0, local_addr=(client_address(i), 0)),
+                timeout=aiohttp.ClientTimeout(total=REQUEST_TIMEOUT_S),
+            )
+            for i in range(count)
+        ]
+
+    def __getitem__(self, index: int) -> aiohttp.ClientSession:
+        return self._sessions[index % len(self._sessions)]
+
+    async def close(self) -> None:
+        for session in self._sessions:
+            await session.close()
+
+
+async def send(clients: Clients, url: str, request: Request, sample: Sample) -> str | None:
+    """Send ``request``, fill ``sample`` in; the reply's text, or None when it failed."""
+    loop = asyncio.get_running_loop()
+    start = loop.time()
+    parts: list[str] = []
+    headers = {"Content-Type": "application/json", **request.headers}
+    try:
+        async with clients[request.client].post(url, data=request.body, headers=headers) as resp:
+            sample.backend = resp.headers.get("X-Llmsvc-Backend", "")
+            if resp.status != 200:
+                await resp.read()
+                sample.status = resp.status
+                return None
+            async for line in resp.content:
+                if not line.startswith(b"data: "):
+                    continue
+                data = line[6:].strip()
+                if data == b"[DONE]":
+                    sample.status = 200
+                    break
+                content = _content(orjson.loads(data))
+                if content is None:
+                    continue
+                if sample.ttft is None:
+                    sample.ttft = loop.time() - start
+                sample.tokens += 1
+                parts.append(content)
+    except (aiohttp.ClientError, TimeoutError, ValueError):
+        sample.status = 0
+        return None
+    if sample.status != 200:  # a stream that ended without [DONE] (an in-band error)
+        sample.status = 502
+        return None
+    sample.latency = loop.time() - start
+    return "".join(parts)
+
+
+def _content(chunk: object) -> str | None:
+    if not isinstance(chunk, dict):
+        return None
+    if "error" in chunk:
+        raise ValueError(str(chunk["error"]))
+    choices = chunk.get("choices") or []
+    if not choices:
+        return None
+    content = choices[0].get("delta", {}).get("content")
+    return content if isinstance(content, str) and content else None
+
+
+async def open_loop(
+    clients: Clients, url: str, workload: Workload, times: list[float], *, drain_s: float
+) -> list[Sample]:
+    """Send one request of ``workload`` at each offset of ``times``; wait ``drain_s`` at most.
+
+    Requests still running after the drain are cancelled and kept with status -1.
+    """
+    loop = asyncio.get_running_loop()
+    samples: list[Sample] = []
+    tasks: set[asyncio.Task[None]] = set()
+
+    async def one(request: Request, sample: Sample) -> None:
+        try:
+            reply = await send(clients, url, request, sample)
+        except asyncio.CancelledError:
+            sample.status = -1
+            raise
+        workload.done(request, reply)
+
+    t0 = loop.time()
+    for at in times:
+        delay = t0 + at - loop.time()
+        if delay > 0:
+            await asyncio.sleep(delay)
+        request = workload.next()
+        sample = Sample(sent=at, prompt_tokens=request.prompt_tokens)
+        sample.lateness = loop.time() - t0 - at
+        samples.append(sample)
+        tasks.add(asyncio.create_task(one(request, sample)))
+    if tasks:
+        _, pending = await asyncio.wait(tasks, timeout=drain_s)
+        for task in pending:
+            task.cancel()
+        for task in pending:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+    return samples
+
+
+async def closed_loop(
+    clients: Clients,
+    url: str,
+    workload: Workload,
+    *,
+    concurrency: int,
+    warmup_s: float,
+    duration_s: float,
+) -> tuple[float, int]:
+    """Completed requests per second with ``concurrency`` always in flight, and errors."""
+    loop = asyncio.get_running_loop()
+    start = loop.time() + warmup_s
+    stop = start + duration_s
+    completed = errors = 0
+
+    async def worker() -> None:
+        nonlocal completed, errors
+        while loop.time() < stop:
+            request = workload.next()
+            sample = Sample(sent=0.0, prompt_tokens=request.prompt_tokens)
+            reply = await send(clients, url, request, sample)
+            workload.done(request, reply)
+            if not sample.ok:
+                errors += 1
+            elif start <= loop.time() <= stop:
+                completed += 1
+
+    await asyncio.gather(*(worker() for _ in range(concurrency)))
+    return completed / duration_s, errors

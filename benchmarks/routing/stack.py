@@ -1,0 +1,209 @@
+"""The processes of one run: N simulated engines and a router in front of them.
+
+Engines and router are real ``llmsvc`` subprocesses on 127.0.0.1, started
+fresh for every run (so every strategy starts with cold prefix caches) and
+stopped with SIGTERM (SIGKILL after a grace period). The router learns the
+engines from a static services file.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import socket
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import TracebackType
+
+import aiohttp
+import orjson
+
+from .config import MODEL, EngineProfile
+
+HOST = "127.0.0.1"
+START_TIMEOUT_S = 30.0
+STOP_TIMEOUT_S = 5.0
+
+
+class StrategyUnavailable(Exception):
+    """The router refused the strategy (this version does not implement it)."""
+
+
+class StartFailed(Exception):
+    """A process exited or did not become healthy in time."""
+
+
+def parse_strategy(label: str) -> tuple[str, list[str]]:
+    """``prefix_affinity+hash-balance-factor=0.1`` -> the strategy and its router flags."""
+    name, *options = label.split("+")
+    flags: list[str] = []
+    for option in options:
+        flag, _, value = option.partition("=")
+        flags += [f"--{flag}", value]
+    return name, flags
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind((HOST, 0))
+        return int(s.getsockname()[1])
+
+
+@dataclass(slots=True)
+class Process:
+    name: str
+    proc: asyncio.subprocess.Process
+    log: Path
+
+    def tail(self, chars: int = 2000) -> str:
+        try:
+            return self.log.read_text(errors="replace")[-chars:]
+        except OSError:
+            return ""
+
+
+async def start_process(name: str, args: list[str], log_dir: Path) -> Process:
+    log = log_dir / f"{name}.log"
+    with log.open("wb") as out:
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-m",
+            "llmsvc",
+            *args,
+            stdin=asyncio.subprocess.DEVNULL,
+            stdout=out,
+            stderr=asyncio.subprocess.STDOUT,
+            start_new_session=True,
+            env={**os.environ, "PYTHONUNBUFFERED": "1"},
+        )
+    return Process(name=name, proc=proc, log=log)
+
+
+async def stop_process(process: Process) -> None:
+    proc = process.proc
+    if proc.returncode is None:
+        with contextlib.suppress(ProcessLookupError):
+            proc.terminate()
+        try:
+            await asyncio.wait_for(proc.wait(), STOP_TIMEOUT_S)
+        except TimeoutError:
+            with contextlib.suppress(ProcessLookupError):
+                proc.kill()
+            await proc.wait()
+
+
+async def wait_healthy(
+    http: aiohttp.ClientSession, process: Process, url: str, *, backends: int | None = None
+) -> None:
+    """Poll ``url`` until 200 (and, for the router, ``backends`` healthy backends)."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + START_TIMEOUT_S
+    while loop.time() < deadline:
+        if process.proc.returncode is not None:
+            raise StartFailed(f"{process.name} exited:\n{process.tail()}")
+        with contextlib.suppress(aiohttp.ClientError, TimeoutError):
+            async with http.get(url) as resp:
+                if resp.status == 200:
+                    body = orjson.loads(await resp.read())
+                    if backends is None or body.get("healthy_backends") == backends:
+                        return
+        await asyncio.sleep(0.05)
+    raise StartFailed(f"{process.name}: {url} not healthy after {START_TIMEOUT_S}s")
+
+
+@dataclass(slots=True)
+class Stack:
+    """``engines`` simulated engines behind a router using ``strategy``."""
+
+    engines: int
+    profile: EngineProfile
+    strategy: str
+    log_dir: Path
+    engine_urls: list[str] = field(default_factory=list)
+    router_url: str = ""
+    processes: list[Process] = field(default_factory=list)
+
+    @property
+    def pids(self) -> list[int]:
+        return [p.proc.pid for p in self.processes]
+
+    async def __aenter__(self) -> Stack:
+        self.log_dir.mkdir(parents=True, exist_ok=True)
+        try:
+            async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=2)) as http:
+                await self._start_engines(http)
+                await self._start_router(http)
+        except BaseException:
+            await self.stop()
+            raise
+        return self
+
+    async def __aexit__(
+        self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        await self.stop()
+
+    async def _start_engines(self, http: aiohttp.ClientSession) -> None:
+        ports = [free_port() for _ in range(self.engines)]
+        for i, port in enumerate(ports):
+            args = ["sim-engine", "--port", str(port), "--model-name", MODEL]
+            args += ["--engine-id", f"engine-{i}", "--log-level", "warning", *self.profile.flags()]
+            self.processes.append(await start_process(f"engine-{i}", args, self.log_dir))
+        self.engine_urls = [f"http://{HOST}:{port}" for port in ports]
+        await asyncio.gather(
+            *(
+                wait_healthy(http, process, f"{url}/health")
+                for process, url in zip(self.processes, self.engine_urls, strict=True)
+            )
+        )
+
+    async def _start_router(self, http: aiohttp.ClientSession) -> None:
+        services = [
+            {"name": f"engine-{i}", "host": HOST, "port": int(url.rsplit(":", 1)[1]),
+             "metadata": {"models": [MODEL]}}
+            for i, url in enumerate(self.engine_urls)
+        ]  # fmt: skip
+        services_file = self.log_dir / "services.json"
+        services_file.write_bytes(orjson.dumps({"services": services}))
+        port = free_port()
+        name, options = parse_strategy(self.strategy)
+        args = ["router", "--port", str(port), "--strategy", name, *options]
+        args += ["--static-services", str(services_file), "--log-level", "warning"]
+        args += self.profile.router_flags(name)
+        router = await start_process("router", args, self.log_dir)
+        self.processes.append(router)
+        self.router_url = f"http://{HOST}:{port}"
+        try:
+            await wait_healthy(http, router, f"{self.router_url}/health", backends=self.engines)
+        except StartFailed as exc:
+            if "not implemented" in router.tail():
+                raise StrategyUnavailable(router.tail(300).strip()) from exc
+            raise
+
+    async def stop(self) -> None:
+        await asyncio.gather(*(stop_process(p) for p in reversed(self.processes)))
+
+
+def cpu_seconds(pids: list[int]) -> float:
+    """User + system CPU seconds used so far by ``pids`` (Linux /proc)."""
+    ticks = os.sysconf("SC_CLK_TCK")
+    total = 0
+    for pid in pids:
+        with contextlib.suppress(OSError):
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+            total += int(fields[11]) + int(fields[12])
+    return total / ticks
+
+
+def machine_cpu() -> tuple[float, float]:
+    """(busy, total) CPU seconds of the whole machine since boot, all cores (Linux /proc)."""
+    ticks = os.sysconf("SC_CLK_TCK")
+    try:
+        fields = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    except (OSError, ValueError):
+        return 0.0, 0.0
+    idle = fields[3] + (fields[4] if len(fields) > 4 else 0)
+    total = sum(fields[:8])
+    return (total - idle) / ticks, total / ticks

@@ -1,0 +1,117 @@
+"""The study's child processes: start, wait until they answer, read their memory, stop."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import signal
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import aiohttp
+
+HERE = Path(__file__).resolve().parent
+
+
+@dataclass
+class Child:
+    name: str
+    process: asyncio.subprocess.Process
+    log_path: Path
+    ports: list[int] = field(default_factory=list)  # the listener's
+
+    @property
+    def pid(self) -> int:
+        return self.process.pid
+
+    def rss_bytes(self) -> int:
+        """Resident set size from ``/proc/<pid>/status`` (VmRSS, in kB there)."""
+        for line in Path(f"/proc/{self.pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) * 1024
+        raise RuntimeError(f"{self.name}: no VmRSS for pid {self.pid}")
+
+    def log_tail(self, chars: int = 2000) -> str:
+        return self.log_path.read_text(errors="replace")[-chars:]
+
+    async def stop(self, grace: float = 10.0) -> None:
+        """SIGTERM, then SIGKILL after ``grace`` seconds."""
+        if self.process.returncode is None:
+            with contextlib.suppress(ProcessLookupError):
+                self.process.send_signal(signal.SIGTERM)
+            try:
+                await asyncio.wait_for(self.process.wait(), grace)
+            except TimeoutError:
+                with contextlib.suppress(ProcessLookupError):
+                    self.process.kill()
+                await self.process.wait()
+
+
+class Children:
+    """Every process the study started; all stopped (newest first) by :meth:`stop_all`."""
+
+    def __init__(self, log_dir: Path) -> None:
+        self.log_dir = log_dir
+        self.children: list[Child] = []
+        log_dir.mkdir(parents=True, exist_ok=True)
+
+    async def start(self, name: str, *argv: str, stdout_pipe: bool = False) -> Child:
+        log_path = self.log_dir / f"{name}.log"
+        with open(log_path, "wb") as log:  # noqa: ASYNC230 - a local file, opened once per child
+            process = await asyncio.create_subprocess_exec(
+                *argv,
+                stdout=asyncio.subprocess.PIPE if stdout_pipe else log,
+                stderr=log,
+                env={**os.environ, "PYTHONUNBUFFERED": "1"},
+            )
+        child = Child(name, process, log_path)
+        self.children.append(child)
+        return child
+
+    async def llmsvc(self, name: str, *args: str) -> Child:
+        return await self.start(name, sys.executable, "-m", "llmsvc", *args)
+
+    async def listener(self, count: int) -> tuple[Child, list[int]]:
+        """The many-port backend process and its ports."""
+        child = await self.start(
+            "listener", sys.executable, str(HERE / "listener.py"), "--count", str(count),
+            stdout_pipe=True,
+        )  # fmt: skip
+        assert child.process.stdout is not None
+        try:
+            line = await asyncio.wait_for(child.process.stdout.readline(), 60)
+        except TimeoutError:
+            raise RuntimeError(f"listener did not start:\n{child.log_tail()}") from None
+        if not line:
+            raise RuntimeError(f"listener exited:\n{child.log_tail()}")
+        child.ports = json.loads(line)["ports"]
+        return child, child.ports
+
+    async def stop(self, child: Child) -> None:
+        await child.stop()
+        self.children.remove(child)
+
+    async def stop_all(self) -> None:
+        for child in reversed(self.children):
+            await child.stop()
+        self.children.clear()
+
+
+async def wait_http(
+    session: aiohttp.ClientSession, child: Child, url: str, *, timeout: float = 30.0
+) -> None:
+    """Poll ``url`` until it answers 200; fail with the child's log tail otherwise."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if child.process.returncode is not None:
+            raise RuntimeError(f"{child.name} exited:\n{child.log_tail()}")
+        with contextlib.suppress(aiohttp.ClientError, OSError, TimeoutError):
+            async with session.get(url, timeout=aiohttp.ClientTimeout(total=2)) as resp:
+                if resp.status == 200:
+                    return
+        await asyncio.sleep(0.05)
+    raise RuntimeError(f"{child.name}: {url} not ready after {timeout}s:\n{child.log_tail()}")

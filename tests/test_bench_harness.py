@@ -1,0 +1,65 @@
+"""The proxy benchmark harness (``make bench``) in a tiny smoke run, so that it cannot rot."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import orjson
+
+HARNESS = Path(__file__).resolve().parents[1] / "benchmarks" / "harness"
+sys.path.insert(0, str(HARNESS))
+
+from loadgen import parse_wrk  # noqa: E402
+
+WRK_OUTPUT = """\
+Running 5s test @ http://127.0.0.1:8080/v1/chat/completions
+  1 threads and 16 connections
+  Thread Stats   Avg      Stdev     Max   +/- Stdev
+    Latency     2.70ms    2.19ms  22.80ms   90.08%
+    Req/Sec     6.75k     1.71k    9.04k    56.00%
+  Latency Distribution
+     50%    2.10ms
+     75%    2.90ms
+     90%    4.00ms
+     99%   12.50ms
+  33570 requests in 5.00s, 14.76MB read
+  Non-2xx or 3xx responses: 70
+Requests/sec:   6709.34
+"""
+
+
+def test_wrk_output_parsed() -> None:
+    result = parse_wrk(WRK_OUTPUT)
+    assert result.requests == 33500
+    assert result.errors == 70
+    assert result.seconds == 5.0
+    assert (result.p50_ms, result.p99_ms) == (2.1, 12.5)
+    assert result.rps == 6700.0
+
+
+def test_smoke_run_direct_and_llmsvc(tmp_path: Path) -> None:
+    run = subprocess.run(
+        [
+            sys.executable, str(HARNESS), "--smoke", "--no-plots",
+            "--out", str(tmp_path / "out"), "--work", str(tmp_path / "work"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=90,
+    )  # fmt: skip
+    assert run.returncode == 0, run.stdout + run.stderr
+    document = orjson.loads((tmp_path / "out" / "results.json").read_bytes())
+    assert document["machine"]["nproc"] >= 1
+    targets = {t["name"]: t for t in document["targets"]}
+    assert set(targets) == {"direct", "llmsvc-1w"}
+    direct, router = targets["direct"], targets["llmsvc-1w"]
+    assert direct["status"] == router["status"] == "ok"
+    assert direct["cpu_ms_per_request"] == 0.0  # no proxy process to account
+    assert router["rps"] > 0 and router["errors"] == 0
+    assert 0 < router["cpu_ms_per_request"] < 50
+    assert router["streams"] == 5 and router["first_chunk_hold_p50_ms"] is not None
+    assert "added_p50_ms_c1" in router
+    table = (tmp_path / "out" / "results.md").read_text()
+    assert "| llmsvc-1w |" in table
