@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 from llmsvc.core.records import ServiceRecord
-from llmsvc.router.backends import Backend, PassiveHealth
+from llmsvc.router.backends import Backend, BackendPool, PassiveHealth
+from llmsvc.router.balancing import SmoothWeightedRoundRobin
 
 
 def record(**changes: object) -> ServiceRecord:
@@ -45,3 +46,72 @@ def test_an_unchanged_record_keeps_the_backend_out() -> None:
     backend.refresh(record(), "registry")
     assert not backend.healthy(now=101)
     assert backend.healthy(now=131)
+
+
+# --- the per-request cost does not grow with the number of backends -------------------------
+
+
+class CountingPeer:
+    """A peer that counts how often a strategy reads its weight (a scan reads every one)."""
+
+    reads = 0
+
+    def __init__(self, name: str, weight: int = 1) -> None:
+        self.name, self._weight, self.in_flight, self.load = name, weight, 0, None
+
+    @property
+    def weight(self) -> int:
+        CountingPeer.reads += 1
+        return self._weight
+
+
+def test_round_robin_walks_a_schedule_for_a_stable_list() -> None:
+    peers = [CountingPeer(f"b{i}") for i in range(1000)]
+    rr = SmoothWeightedRoundRobin()
+    picks = [rr.pick("m", peers).name for _ in range(3)]  # scan, then the schedule is built
+    CountingPeer.reads = 0
+    picks += [rr.pick("m", peers).name for _ in range(2000)]
+    assert CountingPeer.reads == 0  # no scan per request
+    assert picks[:4] == ["b0", "b1", "b2", "b3"]
+    assert picks[1000:1004] == ["b0", "b1", "b2", "b3"]  # strict turns across the cycle
+
+
+def test_the_schedule_gives_the_same_sequence_as_the_scan() -> None:
+    weights = {"a": 5, "b": 1, "c": 1}
+    peers = [CountingPeer(n, w) for n, w in weights.items()]
+    scheduled = SmoothWeightedRoundRobin()
+    stable = [scheduled.pick("m", peers).name for _ in range(21)]
+    scanned = SmoothWeightedRoundRobin()
+    fresh = [scanned.pick("m", list(peers)).name for _ in range(21)]  # a new list each time
+    assert stable == fresh == list("aabacaa") * 3
+
+
+def test_a_retry_list_does_not_disturb_the_schedule() -> None:
+    peers = [CountingPeer(n) for n in "abc"]
+    rr = SmoothWeightedRoundRobin()
+    first = [rr.pick("m", peers).name for _ in range(3)]
+    assert rr.pick("m", [peers[1], peers[2]]).name in {"b", "c"}  # a retry without a
+    assert [rr.pick("m", peers).name for _ in range(3)] == first
+
+
+def rec(name: str) -> ServiceRecord:
+    return ServiceRecord(name=name, host="127.0.0.1", port=1, metadata={"models": ["m"]})
+
+
+def test_eligible_list_is_cached_until_health_changes() -> None:
+    pool = BackendPool(max_fails=1, fail_timeout=10)
+    pool.set_static([rec("a"), rec("b")])
+    first = pool.eligible("m", now=0)
+    assert pool.eligible("m", now=1) is first
+    a = pool.get("a")
+    assert a is not None
+    a.active_ok = False
+    pool.health_changed()
+    assert [b.name for b in pool.eligible("m", now=1)] == ["b"]
+    a.active_ok = True
+    pool.health_changed()
+    assert a.passive.record_failure(now=2)
+    pool.health_changed()
+    assert [b.name for b in pool.eligible("m", now=3)] == ["b"]
+    # The passive take-out ends by itself after fail_timeout: the cache knows when.
+    assert [b.name for b in pool.eligible("m", now=12)] == ["a", "b"]

@@ -9,6 +9,7 @@ keeps each backend's state across refreshes for as long as it stays.
 
 from __future__ import annotations
 
+import math
 from collections import deque
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -163,6 +164,13 @@ class Backend:
         }
 
 
+@dataclass(slots=True)
+class _Eligible:
+    version: int
+    until: float
+    backends: list[Backend]
+
+
 class BackendPool:
     """Static and registry backends by name; registry records win on a name clash."""
 
@@ -175,6 +183,10 @@ class BackendPool:
         self._removed: set[str] = set()
         self._by_model: dict[str, list[Backend]] = {}  # model -> backends listing it, in order
         self.version = 0  # grows on every change of the set of backends
+        # Eligibility is cached per model and recomputed only after a health change (or
+        # when a passive take-out ends), so that a pick costs the same at 2 or 1,000 backends.
+        self._health_version = 0
+        self._eligible: dict[str, _Eligible] = {}
 
     def __iter__(self) -> Iterator[Backend]:
         return iter(self._backends.values())
@@ -214,6 +226,7 @@ class BackendPool:
                 by_model.setdefault(model, []).append(backend)
         self._by_model = by_model
         self.version += 1
+        self.health_changed()
 
     def removed_names(self) -> set[str]:
         """Names the last refresh dropped (strategies forget their state)."""
@@ -226,8 +239,31 @@ class BackendPool:
         """Every backend listing ``model``, eligible or not, in a stable order (hash rings)."""
         return self._by_model.get(model, ())
 
+    def health_changed(self) -> None:
+        """A backend's eligibility may have changed: recompute the eligible lists."""
+        self._health_version += 1
+
     def eligible(self, model: str, now: float) -> list[Backend]:
-        return [b for b in self._by_model.get(model, ()) if b.healthy(now)]
+        """The backends that may take a request for ``model`` now, in a stable order.
+
+        The same list object is returned until eligibility changes: callers must not
+        modify it (strategies use its identity to reuse their schedules).
+        """
+        cached = self._eligible.get(model)
+        if cached is not None and cached.version == self._health_version and now < cached.until:
+            return cached.backends
+        backends = [b for b in self._by_model.get(model, ()) if b.healthy(now)]
+        # A backend out for passive failures comes back by itself at down_until.
+        until = min(
+            (
+                b.passive.down_until
+                for b in self._by_model.get(model, ())
+                if b.passive.down_until > now
+            ),
+            default=math.inf,
+        )
+        self._eligible[model] = _Eligible(self._health_version, until, backends)
+        return backends
 
     def knows(self, model: str) -> bool:
         """Whether any backend, healthy or not, lists ``model`` (bounds metric labels)."""

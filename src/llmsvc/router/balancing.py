@@ -24,7 +24,8 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING, Protocol, TypeVar
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 from llmsvc.router.affinity import (
     ClientAddress,
@@ -101,15 +102,54 @@ class SmoothWeightedRoundRobin(_Keyless):
     candidate with the largest current weight (the first on a tie) and
     subtracts the total weight from the chosen one. Weights 5, 1, 1 give
     ``a a b a c a a``; equal weights alternate strictly.
+
+    That scan is linear in the number of candidates. The pool hands out the
+    same eligible-list object until eligibility changes, so once a list comes
+    a second time the next cycle of ``sum(weights) / gcd(weights)`` picks is
+    computed from the current state and then walked, one step per request,
+    whatever the number of backends. A list seen once (a retry's, without the
+    backends already tried) and cycles longer than ``MAX_SCHEDULE`` take the scan.
     """
+
+    MAX_SCHEDULE = 65536
 
     def __init__(self) -> None:
         self._current: dict[str, dict[str, int]] = {}
+        self._schedules: dict[str, _Schedule] = {}
+        self._seen: dict[str, Sequence[Peer]] = {}  # the last list scanned, per model
 
     def pick(self, model: str, candidates: Sequence[P], key: str | None = None) -> P:
+        schedule = self._schedules.get(model)
+        if schedule is None or schedule.candidates is not candidates:
+            schedule = (
+                self._schedule(model, candidates) if self._seen.get(model) is candidates else None
+            )
+        if schedule is None:
+            self._seen[model] = candidates
+            return self._step(self._state(model), candidates)
+        peer: P = schedule.order[schedule.position]
+        schedule.position = (schedule.position + 1) % len(schedule.order)
+        return peer
+
+    def _schedule(self, model: str, candidates: Sequence[P]) -> _Schedule | None:
+        weights = [peer.weight for peer in candidates]
+        length = sum(weights) // math.gcd(*weights) if weights else 0
+        if not 0 < length <= self.MAX_SCHEDULE:
+            return None
+        current = dict(self._state(model))
+        order = [self._step(current, candidates) for _ in range(length)]
+        schedule = _Schedule(candidates, order, 0)
+        self._schedules[model] = schedule
+        return schedule
+
+    def _state(self, model: str) -> dict[str, int]:
         current = self._current.get(model)
         if current is None:
             current = self._current[model] = {}
+        return current
+
+    @staticmethod
+    def _step(current: dict[str, int], candidates: Sequence[P]) -> P:
         total = 0
         best: P | None = None
         best_weight = 0
@@ -128,6 +168,15 @@ class SmoothWeightedRoundRobin(_Keyless):
         for current in self._current.values():
             for name in names:
                 current.pop(name, None)
+        self._schedules.clear()
+        self._seen.clear()
+
+
+@dataclass(slots=True)
+class _Schedule:
+    candidates: Sequence[Any]
+    order: list[Any]
+    position: int
 
 
 class LeastConnections(_Keyless):

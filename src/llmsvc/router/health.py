@@ -33,6 +33,7 @@ async def check_all(session: aiohttp.ClientSession, pool: BackendPool, timeout: 
     results = await asyncio.gather(*(check_backend(session, b, timeout) for b in backends))
     for backend, ok in zip(backends, results, strict=True):
         if ok != backend.active_ok:
+            pool.health_changed()
             log.log(
                 logging.INFO if ok else logging.WARNING,
                 "backend %s %s its health check",

@@ -258,6 +258,7 @@ class Proxy:
         backend.stats.errors += 1
         self._metrics.upstream_errors.labels(backend.name, kind).inc()
         if backend.passive.record_failure(self._clock()):
+            self._pool.health_changed()
             log.warning(
                 "backend %s taken out for %gs after repeated failures",
                 backend.name,
