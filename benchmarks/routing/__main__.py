@@ -32,9 +32,9 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         "prefix_affinity+hash-balance-factor=0.1",
     )
     parser.add_argument("--workloads", default=None, help=f"comma list of {','.join(WORKLOADS)}")
-    parser.add_argument("--duration", type=float, default=None, help="seconds of arrivals (20)")
+    parser.add_argument("--duration", type=float, default=None, help="seconds per run (12)")
     parser.add_argument(
-        "--repeats", type=int, default=None, help="runs per pair, interleaved and pooled (1)"
+        "--repeats", type=int, default=None, help="runs per pair, interleaved and pooled (2)"
     )
     parser.add_argument("--no-plots", action="store_true", help="skip the PNG plots")
     return parser.parse_args(argv)
