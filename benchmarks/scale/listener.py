@@ -7,6 +7,7 @@ them, at once and with a fixed body:
 
 - ``GET /health``: 200 ``{"status": "ok"}``
 - ``GET /v1/models``: the model ``--model``
+- ``GET /metrics``: vLLM's load gauges, all zero (what ``least_load`` scrapes)
 - ``POST /v1/chat/completions`` and ``/v1/completions``: a fixed, small
   completion with ``usage`` (whatever model was asked for), never streamed
 
@@ -30,9 +31,9 @@ _CONTENT_LENGTH = re.compile(rb"\r\ncontent-length:\s*(\d+)", re.IGNORECASE)
 _MAX_HEADER = 64 * 1024
 
 
-def _response(status: bytes, body: bytes) -> bytes:
+def _response(status: bytes, body: bytes, content_type: bytes = b"application/json") -> bytes:
     return (
-        b"HTTP/1.1 " + status + b"\r\nContent-Type: application/json\r\nContent-Length: "
+        b"HTTP/1.1 " + status + b"\r\nContent-Type: " + content_type + b"\r\nContent-Length: "
         + str(len(body)).encode() + b"\r\nConnection: keep-alive\r\n\r\n" + body
     )  # fmt: skip
 
@@ -50,9 +51,13 @@ def _answers(model: str) -> dict[tuple[bytes, bytes], bytes]:
     }
     models = {"object": "list", "data": [{"id": model, "object": "model", "owned_by": "scale"}]}
     ok = _response(b"200 OK", json.dumps(completion).encode())
+    metrics = (
+        b"vllm:num_requests_running 0\nvllm:num_requests_waiting 0\nvllm:kv_cache_usage_perc 0\n"
+    )
     return {
         (b"GET", b"/health"): _response(b"200 OK", b'{"status":"ok"}'),
         (b"GET", b"/v1/models"): _response(b"200 OK", json.dumps(models).encode()),
+        (b"GET", b"/metrics"): _response(b"200 OK", metrics, b"text/plain; version=0.0.4"),
         (b"POST", b"/v1/chat/completions"): ok,
         (b"POST", b"/v1/completions"): ok,
     }

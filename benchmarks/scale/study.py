@@ -86,13 +86,18 @@ def machine() -> dict[str, Any]:
 
 
 def _git_commit() -> str | None:
+    """The commit, with ``+changes`` when the working tree differs from it."""
     try:
-        done = subprocess.run(
+        head = subprocess.run(
             ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, check=True
-        )
+        ).stdout.strip()
+        changes = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no"],
+            capture_output=True, text=True, check=True,
+        ).stdout.strip()  # fmt: skip
     except (OSError, subprocess.CalledProcessError):
         return None
-    return done.stdout.strip()
+    return head + ("+changes" if changes else "")
 
 
 async def study(args: argparse.Namespace, log_dir: Path) -> dict[str, Any]:

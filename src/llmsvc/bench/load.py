@@ -182,6 +182,8 @@ async def one_request(
         return _failed(started, "stream_error" if spec.stream else "connection")
     except (aiohttp.ClientError, OSError):
         return _failed(started, "connection")
+    except ValueError:  # an SSE line longer than the reader's limit
+        return _failed(started, "bad_response")
 
 
 def _failed(started: float, kind: str) -> Sample:
