@@ -63,7 +63,7 @@ async def test_stop_event_cuts_a_run_short(spawn: Spawn) -> None:
     asyncio.get_running_loop().call_later(0.5, stop.set)
     results = await asyncio.wait_for(run_load(spec, stop=stop), timeout=10)
     assert results.interrupted
-    assert 0.5 <= results.elapsed_s < 5
+    assert 0.4 <= results.elapsed_s < 5  # the stop fires 0.5 s after scheduling, not after start
     assert results.samples and all(s.ok for s in results.samples)
 
 

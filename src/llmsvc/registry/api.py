@@ -5,6 +5,7 @@ from __future__ import annotations
 import hmac
 import logging
 import time
+from dataclasses import dataclass, field
 
 import aiohttp
 from aiohttp import web
@@ -31,6 +32,17 @@ METRICS = web.AppKey("metrics", RegistryMetrics)
 PROMETHEUS = web.AppKey("prometheus", CollectorRegistry)
 SESSION = web.AppKey("session", aiohttp.ClientSession)
 STARTED = web.AppKey("started", float)
+
+
+@dataclass
+class Answers:
+    """Blocking-query answers of the current change index, by filter."""
+
+    index: int = -1
+    bodies: dict[tuple[bool | None, str | None, str | None], bytes] = field(default_factory=dict)
+
+
+ANSWERS = web.AppKey("answers", Answers)
 
 _UNAUTHORIZED = {401: "Missing or wrong bearer token (when --token is set)."}
 _BAD = {400: "Invalid body or parameters."}
@@ -93,9 +105,22 @@ async def list_services(request: web.Request) -> web.Response:
     if query.index is not None:
         await store.wait_for_change(query.index, query.wait)
         store.expire()
-    records = store.records(healthy=query.healthy, type_=query.type_, model=query.model)
-    body = ServiceList(services=records, total=len(records))
-    return model_response(body, headers={INDEX_HEADER: str(store.index)})
+    index = store.index
+    key = (query.healthy, query.type_, query.model)
+    # Every watcher woken by one change asks for the same answer: build it once per index.
+    # (Plain reads are built fresh: heartbeats move timestamps without moving the index.)
+    cache = request.app[ANSWERS]
+    if cache.index != index:
+        cache.index, cache.bodies = index, {}
+    body = cache.bodies.get(key) if query.index is not None else None
+    if body is None:
+        records = store.records(healthy=query.healthy, type_=query.type_, model=query.model)
+        body = ServiceList(services=records, total=len(records)).model_dump_json().encode()
+        if query.index is not None:
+            cache.bodies[key] = body
+    return web.Response(
+        body=body, content_type="application/json", headers={INDEX_HEADER: str(index)}
+    )
 
 
 async def register_service(request: web.Request) -> web.Response:

@@ -13,8 +13,18 @@ from prometheus_client import CollectorRegistry
 
 from llmsvc import __version__
 from llmsvc.core.app import CleanupCtx, background, every, make_app
-from llmsvc.registry.api import METRICS, PROMETHEUS, ROUTES, SESSION, SETTINGS, STARTED, STORE
-from llmsvc.registry.health import check_all
+from llmsvc.registry.api import (
+    ANSWERS,
+    METRICS,
+    PROMETHEUS,
+    ROUTES,
+    SESSION,
+    SETTINGS,
+    STARTED,
+    STORE,
+    Answers,
+)
+from llmsvc.registry.health import CONCURRENT_CHECKS, check_all
 from llmsvc.registry.metrics import RegistryMetrics
 from llmsvc.registry.persistence import StateFileError, StateWriter, load_state
 from llmsvc.registry.settings import RegistrySettings
@@ -30,7 +40,7 @@ MAX_BODY = 1024 * 1024
 
 
 async def _session_ctx(app: web.Application) -> AsyncIterator[None]:
-    connector = aiohttp.TCPConnector(limit=100)
+    connector = aiohttp.TCPConnector(limit=CONCURRENT_CHECKS)
     async with aiohttp.ClientSession(connector=connector) as session:
         app[SESSION] = session
         yield
@@ -106,6 +116,7 @@ def create_app(
     )
     app[SETTINGS] = settings
     app[STORE] = store
+    app[ANSWERS] = Answers()
     app[PROMETHEUS] = prometheus
     app[METRICS] = RegistryMetrics(prometheus)
     app[STARTED] = time.monotonic()

@@ -16,6 +16,8 @@ from llmsvc.registry.store import ServiceStore
 log = logging.getLogger("llmsvc.registry.health")
 
 DEFAULT_HEALTH_PATH = "/health"
+# Checks in flight at once; the client session's connection pool has the same size.
+CONCURRENT_CHECKS = 100
 
 
 @dataclass(frozen=True)
@@ -89,13 +91,20 @@ async def check_all(
     metrics: RegistryMetrics,
     timeout: float,
 ) -> None:
-    """Check every record concurrently."""
+    """Check every record, at most ``CONCURRENT_CHECKS`` at a time.
+
+    The timeout covers one check from the moment it has a connection, so that a
+    large registry does not mark healthy services down for waiting in line.
+    """
     store.expire()
     records = store.records()
-    if records:
-        await asyncio.gather(
-            *(
-                check_record(r, store=store, session=session, metrics=metrics, timeout=timeout)
-                for r in records
+    gate = asyncio.Semaphore(CONCURRENT_CHECKS)
+
+    async def one(record: ServiceRecord) -> None:
+        async with gate:
+            await check_record(
+                record, store=store, session=session, metrics=metrics, timeout=timeout
             )
-        )
+
+    if records:
+        await asyncio.gather(*(one(r) for r in records))

@@ -108,10 +108,10 @@ class SmoothWeightedRoundRobin(_Keyless):
     a second time the next cycle of ``sum(weights) / gcd(weights)`` picks is
     computed from the current state and then walked, one step per request,
     whatever the number of backends. A list seen once (a retry's, without the
-    backends already tried) and cycles longer than ``MAX_SCHEDULE`` take the scan.
+    backends already tried) and weighted cycles too long to simulate take the scan.
     """
 
-    MAX_SCHEDULE = 65536
+    MAX_SCHEDULE_WORK = 200_000  # steps × candidates simulated at most per change (~50 ms)
 
     def __init__(self) -> None:
         self._current: dict[str, dict[str, int]] = {}
@@ -134,10 +134,22 @@ class SmoothWeightedRoundRobin(_Keyless):
     def _schedule(self, model: str, candidates: Sequence[P]) -> _Schedule | None:
         weights = [peer.weight for peer in candidates]
         length = sum(weights) // math.gcd(*weights) if weights else 0
-        if not 0 < length <= self.MAX_SCHEDULE:
+        if len(set(weights)) == 1:
+            # Equal weights: the cycle is the list itself, from the one the scan would take
+            # next (the first with the largest current weight).
+            state = self._state(model)
+            values = [state.get(peer.name, 0) for peer in candidates]
+            start = values.index(max(values))
+            order = list(candidates[start:]) + list(candidates[:start])
+            return self._adopt(model, candidates, order)
+        # Simulating the cycle costs length × candidates steps, once per change of the list.
+        if not 0 < length * len(candidates) <= self.MAX_SCHEDULE_WORK:
             return None
         current = dict(self._state(model))
         order = [self._step(current, candidates) for _ in range(length)]
+        return self._adopt(model, candidates, order)
+
+    def _adopt(self, model: str, candidates: Sequence[P], order: list[P]) -> _Schedule:
         schedule = _Schedule(candidates, order, 0)
         self._schedules[model] = schedule
         return schedule

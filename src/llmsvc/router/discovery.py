@@ -17,6 +17,8 @@ log = logging.getLogger("llmsvc.router.discovery")
 # A registry that answers a blocking query at once with an unchanged index does
 # not block (an old registry, a proxy in between): poll it at the sync interval.
 _NON_BLOCKING_ANSWER_S = 0.05
+# The first retry after a failed query; doubled on every further failure.
+_FIRST_RETRY_S = 0.25
 
 
 class _Retained:
@@ -69,6 +71,7 @@ async def watch_registry(
     """
     index: int | None = None
     up: bool | None = None
+    retry = _FIRST_RETRY_S
     view: list[ServiceRecord] = []
     retained = _Retained(grace)
     while True:
@@ -82,9 +85,13 @@ async def watch_registry(
         except (RegistryError, ValueError) as exc:  # ValueError: an answer we cannot read
             if up is not False:
                 log.warning("registry unavailable, keeping the last view: %s", exc)
+                retry = _FIRST_RETRY_S
             up = False
             metrics.registry_up.set(0)
-            await asyncio.sleep(wait)
+            # A slow answer or a restart is often over at once: retry soon, then back off
+            # to the sync interval.
+            await asyncio.sleep(min(retry, wait))
+            retry *= 2
             continue
         now = time.monotonic()
         if up is False:
