@@ -104,11 +104,13 @@ class SmoothWeightedRoundRobin(_Keyless):
     ``a a b a c a a``; equal weights alternate strictly.
 
     That scan is linear in the number of candidates. The pool hands out the
-    same eligible-list object until eligibility changes, so once a list comes
-    a second time the next cycle of ``sum(weights) / gcd(weights)`` picks is
-    computed from the current state and then walked, one step per request,
-    whatever the number of backends. A list seen once (a retry's, without the
-    backends already tried) and weighted cycles too long to simulate take the scan.
+    same eligible-list object until eligibility changes, so the cycle of
+    ``sum(weights) / gcd(weights)`` picks is computed once per list (for equal
+    weights it is the list itself) and then walked, one step per request,
+    whatever the number of backends. A new list (eligibility changed, or a
+    retry's list without the backends already tried) gets its cycle started
+    right after the backend picked last, so turns go on across the change.
+    Weighted cycles too long to simulate take the scan.
     """
 
     MAX_SCHEDULE_WORK = 200_000  # steps × candidates simulated at most per change (~50 ms)
@@ -116,41 +118,37 @@ class SmoothWeightedRoundRobin(_Keyless):
     def __init__(self) -> None:
         self._current: dict[str, dict[str, int]] = {}
         self._schedules: dict[str, _Schedule] = {}
-        self._seen: dict[str, Sequence[Peer]] = {}  # the last list scanned, per model
+        self._last: dict[str, str] = {}  # the name picked last, per model
 
     def pick(self, model: str, candidates: Sequence[P], key: str | None = None) -> P:
         schedule = self._schedules.get(model)
         if schedule is None or schedule.candidates is not candidates:
-            schedule = (
-                self._schedule(model, candidates) if self._seen.get(model) is candidates else None
-            )
+            schedule = self._schedule(model, candidates)
         if schedule is None:
-            self._seen[model] = candidates
-            return self._step(self._state(model), candidates)
-        peer: P = schedule.order[schedule.position]
-        schedule.position = (schedule.position + 1) % len(schedule.order)
+            peer = self._step(self._state(model), candidates)
+        else:
+            peer = schedule.order[schedule.position]
+            schedule.position = (schedule.position + 1) % len(schedule.order)
+        self._last[model] = peer.name
         return peer
 
     def _schedule(self, model: str, candidates: Sequence[P]) -> _Schedule | None:
         weights = [peer.weight for peer in candidates]
-        length = sum(weights) // math.gcd(*weights) if weights else 0
+        if not weights:
+            raise ValueError("no candidates to pick from")
         if len(set(weights)) == 1:
-            # Equal weights: the cycle is the list itself, from the one the scan would take
-            # next (the first with the largest current weight).
-            state = self._state(model)
-            values = [state.get(peer.name, 0) for peer in candidates]
-            start = values.index(max(values))
-            order = list(candidates[start:]) + list(candidates[:start])
-            return self._adopt(model, candidates, order)
-        # Simulating the cycle costs length × candidates steps, once per change of the list.
-        if not 0 < length * len(candidates) <= self.MAX_SCHEDULE_WORK:
-            return None
-        current = dict(self._state(model))
-        order = [self._step(current, candidates) for _ in range(length)]
-        return self._adopt(model, candidates, order)
-
-    def _adopt(self, model: str, candidates: Sequence[P], order: list[P]) -> _Schedule:
-        schedule = _Schedule(candidates, order, 0)
+            order = list(candidates)  # equal weights: the cycle is the list itself
+        else:
+            length = sum(weights) // math.gcd(*weights)
+            # Simulating the cycle costs length × candidates steps, once per list.
+            if length * len(candidates) > self.MAX_SCHEDULE_WORK:
+                return None
+            current: dict[str, int] = {}
+            order = [self._step(current, candidates) for _ in range(length)]
+        last = self._last.get(model)
+        names = [peer.name for peer in order]
+        position = (names.index(last) + 1) % len(order) if last in names else 0
+        schedule = _Schedule(candidates, order, position)
         self._schedules[model] = schedule
         return schedule
 
@@ -181,7 +179,6 @@ class SmoothWeightedRoundRobin(_Keyless):
             for name in names:
                 current.pop(name, None)
         self._schedules.clear()
-        self._seen.clear()
 
 
 @dataclass(slots=True)
