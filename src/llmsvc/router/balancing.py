@@ -107,9 +107,10 @@ class SmoothWeightedRoundRobin(_Keyless):
     same eligible-list object until eligibility changes, so the cycle of
     ``sum(weights) / gcd(weights)`` picks is computed once per list (for equal
     weights it is the list itself) and then walked, one step per request,
-    whatever the number of backends. A new list (eligibility changed, or a
-    retry's list without the backends already tried) gets its cycle started
-    right after the backend picked last, so turns go on across the change.
+    whatever the number of backends. A new eligible list gets its cycle started
+    right after the backend picked last, so turns go on across the change; a
+    retry's list (the scheduled one without the backends tried) takes the scan
+    and leaves the turns alone, as nginx's retries do.
     Weighted cycles too long to simulate take the scan.
     """
 
@@ -119,10 +120,19 @@ class SmoothWeightedRoundRobin(_Keyless):
         self._current: dict[str, dict[str, int]] = {}
         self._schedules: dict[str, _Schedule] = {}
         self._last: dict[str, str] = {}  # the name picked last, per model
+        self._pending: dict[str, Sequence[Peer]] = {}  # the last list taken for a retry's
 
     def pick(self, model: str, candidates: Sequence[P], key: str | None = None) -> P:
         schedule = self._schedules.get(model)
-        if schedule is None or schedule.candidates is not candidates:
+        if schedule is not None and schedule.candidates is not candidates:
+            if schedule.is_retry(candidates) and self._pending.get(model) is not candidates:
+                # Most likely a retry's list (the scheduled one without the backends
+                # tried): pick by the scan and leave the turns alone. The same list
+                # coming again is the new eligible list, and gets its schedule.
+                self._pending[model] = candidates
+                return self._step(self._state(model), candidates)
+            schedule = None
+        if schedule is None:
             schedule = self._schedule(model, candidates)
         if schedule is None:
             peer = self._step(self._state(model), candidates)
@@ -148,7 +158,7 @@ class SmoothWeightedRoundRobin(_Keyless):
         last = self._last.get(model)
         names = [peer.name for peer in order]
         position = (names.index(last) + 1) % len(order) if last in names else 0
-        schedule = _Schedule(candidates, order, position)
+        schedule = _Schedule(candidates, order, position, {id(c) for c in candidates})
         self._schedules[model] = schedule
         return schedule
 
@@ -179,6 +189,7 @@ class SmoothWeightedRoundRobin(_Keyless):
             for name in names:
                 current.pop(name, None)
         self._schedules.clear()
+        self._pending.clear()
 
 
 @dataclass(slots=True)
@@ -186,6 +197,13 @@ class _Schedule:
     candidates: Sequence[Any]
     order: list[Any]
     position: int
+    members: set[int]
+
+    def is_retry(self, candidates: Sequence[Any]) -> bool:
+        """A strict subset of the scheduled list, as a retry's list is."""
+        return len(candidates) < len(self.candidates) and all(
+            id(c) in self.members for c in candidates
+        )
 
 
 class LeastConnections(_Keyless):
