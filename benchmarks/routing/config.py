@@ -7,15 +7,11 @@ turns them into wall-clock seconds (0.1: ten times faster than the model).
 from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
+from typing import get_args
 
-STRATEGIES = (
-    "round_robin",
-    "least_connections",
-    "ip_hash",
-    "session",
-    "least_load",
-    "prefix_affinity",
-)
+from llmsvc.router.settings import Strategy
+
+STRATEGIES: tuple[str, ...] = get_args(Strategy)
 WORKLOADS = ("uniform", "shared_prefix", "bursts")
 MODEL = "sim-model"
 

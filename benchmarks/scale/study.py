@@ -34,9 +34,11 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, get_args
 
 import aiohttp
+
+from llmsvc.router.settings import Strategy
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
@@ -53,14 +55,7 @@ from phases import (
 from processes import Children
 from report import render
 
-STRATEGIES = (
-    "round_robin",
-    "least_connections",
-    "ip_hash",
-    "session",
-    "least_load",
-    "prefix_affinity",
-)
+STRATEGIES: tuple[str, ...] = get_args(Strategy)
 
 
 def machine() -> dict[str, Any]:
@@ -182,17 +177,11 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     names = [s for s in args.strategies.split(",") if s]
     if "all-present" in names:
         names = [n for n in names if n != "all-present"]
-        names += [s for s in STRATEGIES if s not in names and _implemented(s)]
+        names += [s for s in STRATEGIES if s not in names]
     args.strategies = names
     if args.records < args.backends:
         parser.error("--records must be at least --backends")
     return args
-
-
-def _implemented(strategy: str) -> bool:
-    from llmsvc.router.settings import IMPLEMENTED_STRATEGIES
-
-    return strategy in IMPLEMENTED_STRATEGIES
 
 
 def main(argv: list[str]) -> int:

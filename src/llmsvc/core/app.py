@@ -113,17 +113,26 @@ def supervised(coro: Coroutine[Any, Any, Any], *, name: str) -> asyncio.Task[Any
     return task
 
 
+@contextlib.asynccontextmanager
+async def owned_task(coro: Coroutine[Any, Any, Any], *, name: str) -> AsyncIterator[None]:
+    """A supervised task for the body of the ``async with``; cancelled and awaited after."""
+    task = supervised(coro, name=name)
+    try:
+        yield
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+
+
 def background(
     name: str, factory: Callable[[web.Application], Coroutine[Any, Any, Any]]
 ) -> CleanupCtx:
     """A ``cleanup_ctx`` owning one supervised background task."""
 
     async def ctx(app: web.Application) -> AsyncIterator[None]:
-        task = supervised(factory(app), name=name)
-        yield
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
+        async with owned_task(factory(app), name=name):
+            yield
 
     return ctx
 

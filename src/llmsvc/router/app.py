@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import hmac
 import time
 from collections.abc import AsyncIterator, Callable, Coroutine
@@ -17,7 +15,7 @@ from prometheus_client import CollectorRegistry
 from prometheus_client.multiprocess import MultiProcessCollector
 
 from llmsvc import __version__
-from llmsvc.core.app import Route, background, every, make_app, supervised
+from llmsvc.core.app import Route, background, every, make_app, owned_task
 from llmsvc.core.errors import Handler, ServiceUnavailable, Unauthorized
 from llmsvc.core.jsonio import json_response, model_response
 from llmsvc.core.metrics import metrics_handler
@@ -212,12 +210,9 @@ def _upstream_ctx(state: RouterState) -> Callable[[web.Application], AsyncIterat
         async def check() -> None:
             await check_all(session, state.pool, settings.health_timeout)
 
-        task = supervised(every(settings.health_interval, check, name="health"), name="health")
-        yield
-        state.proxy = None
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
+        async with owned_task(every(settings.health_interval, check, name="health"), name="health"):
+            yield
+            state.proxy = None
         await session.close()
 
     return ctx
@@ -249,11 +244,8 @@ def _registry_ctx(
             grace=settings.registry_restart_grace,
             on_change=forget_gone,
         )
-        task = supervised(watch, name="registry-watch")
-        yield
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
+        async with owned_task(watch, name="registry-watch"):
+            yield
         await session.close()
 
     return ctx

@@ -14,7 +14,7 @@ from pydantic import ValidationError
 
 from llmsvc.core.jsonio import validation_message
 from llmsvc.core.records import ServiceRecord, ServiceRegistration
-from llmsvc.router.settings import IMPLEMENTED_STRATEGIES, RouterSettings
+from llmsvc.router.settings import RouterSettings
 
 
 class ConfigError(Exception):
@@ -73,9 +73,7 @@ def load_api_keys(settings: RouterSettings) -> tuple[bytes, ...]:
 
 
 def check_settings(settings: RouterSettings) -> None:
-    """Refuse what this version accepts in its types but cannot do yet."""
-    if settings.strategy not in IMPLEMENTED_STRATEGIES:
-        raise ConfigError(f"--strategy {settings.strategy}: not implemented yet")
+    """Refuse settings that are valid one by one but not together."""
     url = settings.registry_url
     if url is not None and not url.startswith(("http://", "https://")):
         raise ConfigError(f"--registry-url: {url!r} must start with http:// or https://")

@@ -11,7 +11,6 @@ the last value, which ``least_load`` ignores once it is older than
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
 from collections.abc import AsyncIterator, Callable
@@ -20,7 +19,7 @@ import aiohttp
 from aiohttp import web
 from prometheus_client import CollectorRegistry, Counter
 
-from llmsvc.core.app import every, supervised
+from llmsvc.core.app import every, owned_task
 from llmsvc.router.backends import Backend, BackendPool
 from llmsvc.router.loadscore import parse_load
 
@@ -95,13 +94,10 @@ def load_scrape_ctx(
         connector = aiohttp.TCPConnector(limit=SCRAPE_CONCURRENCY, keepalive_timeout=60.0)
         session = aiohttp.ClientSession(connector=connector)
         scraper = LoadScraper(pool=pool, session=session, timeout=interval, registry=registry)
-        task = supervised(
+        async with owned_task(
             every(interval, scraper.scrape_all, name="load-scrape"), name="load-scrape"
-        )
-        yield
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
+        ):
+            yield
         await session.close()
 
     return ctx

@@ -13,11 +13,6 @@ Strategy = Literal[
     "round_robin", "least_connections", "ip_hash", "session", "least_load", "prefix_affinity"
 ]
 
-# Strategies of the contract that this version runs; the others are accepted
-# by the type (so that the flag's help lists them) and refused at start.
-IMPLEMENTED_STRATEGIES: frozenset[str] = frozenset(
-    {"round_robin", "least_connections", "ip_hash", "session", "least_load", "prefix_affinity"}
-)
 
 DEFAULT_MAX_BODY_BYTES = 8 * 1024 * 1024
 
