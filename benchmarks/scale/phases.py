@@ -50,15 +50,30 @@ async def start_registry(
     name: str = "registry",
     health_interval: float = 3600,
 ) -> tuple[Child, str]:
-    """A registry whose records never expire; health checks every ``health_interval`` s."""
-    port = free_port()
-    child = await children.llmsvc(
-        name, "registry", "--port", str(port), "--heartbeat-ttl", "86400",
-        "--health-interval", str(health_interval), "--log-level", "warning",
-    )  # fmt: skip
-    url = f"http://{HOST}:{port}"
-    await wait_http(session, child, f"{url}/health")
-    return child, url
+    """A registry whose records never expire; health checks every ``health_interval`` s.
+
+    A free port can be taken by another process (a parallel test) before the
+    registry binds it; that other server may answer ``/health`` while ours exits.
+    So the registry must still run a moment after its port answered, else it is
+    started again on another port.
+    """
+    for _ in range(3):
+        port = free_port()
+        child = await children.llmsvc(
+            name, "registry", "--port", str(port), "--heartbeat-ttl", "86400",
+            "--health-interval", str(health_interval), "--log-level", "warning",
+        )  # fmt: skip
+        url = f"http://{HOST}:{port}"
+        try:
+            await wait_http(session, child, f"{url}/health")
+            await asyncio.sleep(0.5)
+        except RuntimeError:
+            if child.process.returncode is None:
+                raise  # alive but not ready: a real failure
+        if child.process.returncode is None:
+            return child, url
+        say(f"{name} lost port {port} to another process; starting it again")
+    raise RuntimeError(f"{name}: could not keep a free port three times")
 
 
 async def start_router(
