@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import os
+import socket
 import subprocess
+from pathlib import Path
 
 import pytest
 
-from procs import llmsvc_args
+from procs import HOST, free_port, llmsvc_args
+from standins.babysitting import standin_env
 
 
 def run(*args: str) -> subprocess.CompletedProcess[str]:
@@ -44,3 +48,23 @@ def test_help_lists_the_flags() -> None:
     assert result.returncode == 0
     for flag in ("--engine", "--model-name", "--restart-backoff", "--drain-timeout", "--gpus"):
         assert flag in result.stdout
+
+
+def test_api_port_taken_exits_1_before_launching_the_engine(tmp_path: Path) -> None:
+    record = tmp_path / "record"
+    with socket.socket() as taken:
+        port = free_port(pair=True)
+        taken.bind((HOST, port + 1))  # the babysitter's own API port
+        taken.listen()
+        result = subprocess.run(
+            llmsvc_args("babysitter", "--engine", "vllm", "--model", "m", "--port", str(port)),
+            capture_output=True,
+            text=True,
+            timeout=30,
+            env={**os.environ, **standin_env(record)},
+        )
+    assert result.returncode == 1
+    assert f"cannot listen on {HOST}:{port + 1}" in result.stderr
+    assert "Traceback" not in result.stderr
+    assert "supervisor" not in result.stderr, "the supervisor started although it cannot serve"
+    assert not record.exists(), "the engine was launched although the babysitter could not serve"

@@ -13,6 +13,7 @@ import asyncio
 import contextlib
 import logging
 import re
+import socket
 import ssl
 from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Iterable, Mapping
 from dataclasses import dataclass, field
@@ -171,6 +172,37 @@ def ssl_context(cert: str | None, key: str | None) -> ssl.SSLContext | None:
     return ctx
 
 
+def bind_sockets(host: str, port: int, *, reuse_port: bool = False) -> list[socket.socket]:
+    """Listening sockets for every address ``host`` resolves to (as asyncio binds them).
+
+    Binding before the app starts means a busy port is reported before any
+    background work (a babysitter's engine) has begun.
+    """
+    infos = socket.getaddrinfo(host or None, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    sockets: list[socket.socket] = []
+    seen: set[tuple[int, object]] = set()
+    try:
+        for family, kind, proto, _, address in infos:
+            if (family, address) in seen:
+                continue
+            seen.add((family, address))
+            sock = socket.socket(family, kind, proto)
+            sockets.append(sock)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            if reuse_port:
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+            if family == socket.AF_INET6:
+                sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+            sock.bind(address)
+            sock.listen(1024)
+            sock.setblocking(False)
+    except OSError:
+        for sock in sockets:
+            sock.close()
+        raise
+    return sockets
+
+
 def serve(
     app: web.Application,
     *,
@@ -182,24 +214,23 @@ def serve(
     reuse_port: bool = False,
 ) -> int:
     """Run ``app`` until SIGTERM/SIGINT, then shut down gracefully. Returns an exit code."""
+    try:
+        sockets = bind_sockets(host, port, reuse_port=reuse_port)
+    except OSError as exc:
+        log.error("%s cannot listen on %s:%d: %s", name, host, port, exc.strerror or exc)
+        return 1
     loop = new_event_loop()
     asyncio.set_event_loop(loop)
     scheme = "https" if ssl else "http"
     log.info("%s listening on %s://%s:%d", name, scheme, host, port)
-    try:
-        web.run_app(
-            app,
-            host=host,
-            port=port,
-            loop=loop,
-            ssl_context=ssl,
-            access_log=None,
-            print=None,
-            shutdown_timeout=shutdown_timeout,
-            reuse_port=reuse_port,
-            handle_signals=True,
-        )
-    except OSError as exc:
-        log.error("%s cannot listen on %s:%d: %s", name, host, port, exc.strerror or exc)
-        return 1
+    web.run_app(
+        app,
+        sock=sockets,
+        loop=loop,
+        ssl_context=ssl,
+        access_log=None,
+        print=None,
+        shutdown_timeout=shutdown_timeout,
+        handle_signals=True,
+    )
     return 0

@@ -20,14 +20,13 @@ import logging
 import os
 import shutil
 import signal
-import socket
 import sys
 import tempfile
 from collections.abc import Sequence
 
 from prometheus_client import multiprocess
 
-from llmsvc.core.app import new_event_loop
+from llmsvc.core.app import bind_sockets, new_event_loop
 
 log = logging.getLogger("llmsvc.router.workers")
 
@@ -52,17 +51,11 @@ def worker_index() -> int | None:
 def port_bindable(host: str, port: int) -> str | None:
     """None when workers can bind ``host:port`` with SO_REUSEPORT, else why not."""
     try:
-        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+        sockets = bind_sockets(host, port, reuse_port=True)
     except OSError as exc:
-        return f"cannot resolve {host}: {exc}"
-    family, kind, proto, _, address = infos[0]
-    with socket.socket(family, kind, proto) as sock:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
-        try:
-            sock.bind(address)
-        except OSError as exc:
-            return f"cannot listen on {host}:{port}: {exc.strerror or exc}"
+        return f"cannot listen on {host}:{port}: {exc.strerror or exc}"
+    for sock in sockets:
+        sock.close()
     return None
 
 
