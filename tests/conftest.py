@@ -7,6 +7,7 @@ from typing import Protocol
 
 import pytest
 
+from kubeapi import KubeAPI, start_kubeapi
 from procs import Proc, llmsvc_args
 
 
@@ -69,3 +70,11 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]):  
     outcome = yield
     rep = outcome.get_result()
     setattr(item, "rep_" + rep.when, rep)
+
+
+@pytest.fixture
+def kubeapi(spawn: Spawn, tmp_path: Path) -> Iterator[KubeAPI]:
+    """A Kubernetes API emulator process (``tests/kubeapi.py``), stopped at teardown."""
+    api = start_kubeapi(spawn, tmp_path)
+    yield api
+    api.close()

@@ -6,7 +6,7 @@ import logging
 import os
 from collections.abc import Sequence
 
-from llmsvc.babysitter.app import create_app
+from llmsvc.babysitter.app import RUNTIME, create_app
 from llmsvc.babysitter.engines import EngineConfigError, build_engine, identity
 from llmsvc.babysitter.output import own_log_handler
 from llmsvc.babysitter.registration import name_problem
@@ -46,13 +46,15 @@ def main(argv: Sequence[str]) -> int:
         )
         logging.getLogger().addHandler(handler)
     app = create_app(settings, engine_args=engine_args)
-    return serve(
+    code = serve(
         app,
         name="babysitter",
         host=settings.host,
         port=settings.port + 1,
         shutdown_timeout=5.0,
     )
+    supervisor = app[RUNTIME].supervisor
+    return 1 if code == 0 and supervisor is not None and supervisor.gave_up else code
 
 
 def _engine_given(args: Sequence[str]) -> bool:

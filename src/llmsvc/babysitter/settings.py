@@ -149,6 +149,16 @@ class BabysitterSettings(BaseServiceSettings):
     stop_timeout: float = Field(
         default=30.0, ge=0, description="Seconds between SIGTERM and SIGKILL of the engine."
     )
+    termination_log: str | None = Field(
+        default=None,
+        description="File to write '<Reason>: <detail>' to after every failed engine life "
+        "(Kubernetes shows /dev/termination-log in the pod's status).",
+    )
+    exit_on_crash_loop: bool = Field(
+        default=False,
+        description="Exit 1 instead of waiting for POST /restart when restarts stop "
+        "(crash-loop, failed), so that Kubernetes restarts the pod and shows why.",
+    )
     drain_timeout: float = Field(
         default=60.0,
         ge=0,

@@ -22,7 +22,7 @@ from typing import Any, Literal
 
 import aiohttp
 
-from llmsvc.babysitter import preflight, probes, process
+from llmsvc.babysitter import preflight, probes, process, termination
 from llmsvc.babysitter.classify import Ending, OomWatch, classify
 from llmsvc.babysitter.engines import Identity
 from llmsvc.babysitter.lifecycle import (
@@ -90,6 +90,7 @@ class Supervisor:
         self._resume = asyncio.Event()
         self._resume.set()
         self._drain_lock = asyncio.Lock()
+        self.gave_up = False  # restarts stopped with --exit-on-crash-loop: exit 1
 
     # ---- what the API reads and asks -------------------------------------------------
 
@@ -282,6 +283,8 @@ class Supervisor:
         pgid = self.proc.pid if self.proc else None
         self.last_exit, self.proc, self.models = record, None, []
         self._metrics.exited(record)
+        if record.failure:
+            termination.write(self._s.termination_log, record)
         if self._ready_at is not None and self._clock() - self._ready_at >= self._s.stable_uptime:
             self._failures = 0  # it ran long enough: backoff starts over
         self._ready_at = None
@@ -309,18 +312,27 @@ class Supervisor:
         if record.reason in PERMANENT:
             log.error("the engine cannot start (%s); waiting for POST /restart", record.reason)
             self._set_state(State.FAILED)
-            self._resume.clear()
+            self._give_up(record, "the engine cannot start")
             return
         if not self._budget.record_failure():
             log.error("engine failed more than %d times in %.0fs: crash loop; waiting for POST "
                       "/restart", self._s.max_restarts, self._s.restart_window)  # fmt: skip
             self._set_state(State.CRASH_LOOP)
-            self._resume.clear()
+            self._give_up(record, f"crash loop: {self._failures} failures in a row")
             return
         self._set_state(State.RESTARTING)
         delay = backoff_delay(self._failures, self._s.restart_backoff)
         log.info("restarting the engine in %.2fs", delay)
         await self._alarm.pause(None, delay)
+
+    def _give_up(self, record: ExitRecord, why: str) -> None:
+        """Restarts stop: wait for ``POST /restart``, or exit (``--exit-on-crash-loop``)."""
+        self._resume.clear()
+        if self._s.exit_on_crash_loop:
+            termination.write(self._s.termination_log, record, why)
+            log.error("%s; exiting (--exit-on-crash-loop)", why)
+            self.gave_up = True
+            termination.exit_babysitter()
 
     def _swap_failed(self, record: ExitRecord) -> bool:
         """The swapped-in engine failed: roll back (True) or leave it to the restart policy."""

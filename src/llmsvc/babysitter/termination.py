@@ -1,0 +1,48 @@
+"""Telling Kubernetes why: the termination message, and exiting when restarts stop.
+
+Kubernetes shows the file at a container's ``terminationMessagePath`` (normally
+``/dev/termination-log``) in the pod's status once the container ends
+(``state.terminated.message`` / ``lastState.terminated.message``), and ``kubectl
+describe pod`` prints it. With ``--termination-log`` the babysitter writes there, after
+every failed engine life, one line that starts with the reason:
+``OOMKilled: the kernel killed the engine (out of memory)``. With
+``--exit-on-crash-loop`` it exits 1 when it stops restarting (``crash-loop`` or
+``failed``), so that the kubelet restarts the container with its own back-off
+(``CrashLoopBackOff``) and the operator reads the reason from the pod.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+from pathlib import Path
+
+from llmsvc.babysitter.lifecycle import ExitRecord
+
+log = logging.getLogger("llmsvc.babysitter.termination")
+
+MAX_BYTES = 4096  # what the kubelet reads of a termination message
+
+
+def message(record: ExitRecord, note: str = "") -> str:
+    """``<Reason>: <detail>[; <note>]``, at most :data:`MAX_BYTES` bytes of UTF-8."""
+    text = f"{record.reason}: {record.detail or 'no detail'}"
+    if note:
+        text += f"; {note}"
+    return text.encode()[:MAX_BYTES].decode(errors="ignore")
+
+
+def write(path: str | None, record: ExitRecord, note: str = "") -> None:
+    """Replace the termination message with this record's (no-op without a path)."""
+    if not path:
+        return
+    try:
+        Path(path).write_text(message(record, note) + "\n")
+    except OSError as exc:
+        log.warning("cannot write the termination message to %s: %s", path, exc)
+
+
+def exit_babysitter() -> None:
+    """Shut the babysitter down gracefully, as SIGTERM does (the caller makes it exit 1)."""
+    os.kill(os.getpid(), signal.SIGTERM)

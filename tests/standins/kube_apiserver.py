@@ -1,0 +1,192 @@
+"""A Kubernetes API server for tests: kmock's ``KubernetesEmulator`` with the gaps filled.
+
+Run as a process (``python tests/standins/kube_apiserver.py --port P``) so that real
+``llmsvc operator`` and ``llmsvc registry --source kubernetes`` processes can talk to it
+through a kubeconfig. What it adds to kmock 0.8's emulator:
+
+- ``metadata.uid``, ``resourceVersion``, ``creationTimestamp`` and ``generation`` on
+  create; a new ``resourceVersion`` on every update, and ``generation`` + 1 when the
+  update touches ``spec`` (kopf's finalizer JSON-patch tests ``resourceVersion``);
+- a merge patch that names a stale ``metadata.resourceVersion`` answers 409, as the
+  real API server does;
+- the resources llmsvc uses, declared for API discovery;
+- test controls under ``/_control/``: ``POST /_control/drop-watches`` ends every open
+  watch stream (a dropped connection), ``POST /_control/gone?count=N`` makes the next N
+  watch requests answer with a ``410 Gone`` ERROR event (an expired resourceVersion).
+
+Known gaps it keeps: label and field selectors are ignored, there is no garbage
+collection by ownerReferences, no admission (schemas are not enforced), lists carry a
+placeholder ``resourceVersion``, and ``GET /api/v1/namespaces`` is not parsed (kopf asks
+for it only when it watches specific namespaces).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import datetime
+import itertools
+import signal
+import uuid
+from collections.abc import AsyncIterator
+from typing import Any
+
+import aiohttp.web
+import kmock
+from kmock._internal import enums, rendering
+
+RESOURCES: dict[str, dict[str, Any]] = {
+    "llmsvc.io/v1alpha1/inferenceservices": {
+        "kind": "InferenceService",
+        "singular": "inferenceservice",
+        "shortnames": {"llmis"},
+        "categories": {"llmsvc"},
+        "subresources": {"status", "scale"},
+    },
+    "apps/v1/deployments": {"kind": "Deployment", "subresources": {"status", "scale"}},
+    "v1/services": {"kind": "Service", "subresources": {"status"}},
+    "v1/pods": {"kind": "Pod", "subresources": {"status"}},
+    "v1/events": {"kind": "Event"},
+    "v1/secrets": {"kind": "Secret"},
+    "v1/configmaps": {"kind": "ConfigMap"},
+    "events.k8s.io/v1/events": {"kind": "Event"},
+    "discovery.k8s.io/v1/endpointslices": {"kind": "EndpointSlice"},
+}
+VERBS = {"get", "list", "watch", "create", "update", "patch", "delete"}
+
+
+class Emulator(kmock.KubernetesEmulator):  # type: ignore[misc]
+    """The emulator with metadata stamping, conflicts, and watch controls."""
+
+    def __attrs_post_init__(self) -> None:
+        super().__attrs_post_init__()
+        self._versions = itertools.count(1)
+        self._dropped = asyncio.Event()
+        self._gone = 0
+        for key, info in RESOURCES.items():
+            self.resources[key] = kmock.ResourceInfo(namespaced=True, verbs=VERBS, **info)
+        self["post /_control/drop-watches"] << self._drop_watches
+        self["post /_control/gone"] << self._make_gone
+
+    async def _drop_watches(self, request: rendering.Request) -> dict[str, Any]:
+        dropped, self._dropped = self._dropped, asyncio.Event()
+        dropped.set()
+        return {"dropped": True}
+
+    async def _make_gone(self, request: rendering.Request) -> dict[str, Any]:
+        self._gone += int(request.params.get("count", "1"))
+        return {"gone": self._gone}
+
+    async def _handle(self, request: rendering.Request) -> aiohttp.web.StreamResponse:
+        if request.resource is not None:
+            self._stamp(request)
+        return await super()._handle(request)  # type: ignore[no-any-return]
+
+    def _stamp(self, request: rendering.Request) -> None:
+        """Add what kmock leaves out to the body of a create or an update, in place."""
+        data = request.data
+        version = str(next(self._versions))
+        if request.action == enums.action.CREATE and isinstance(data, dict):
+            meta = data.setdefault("metadata", {})
+            meta.setdefault("uid", str(uuid.uuid4()))
+            meta.setdefault("generation", 1)
+            meta["creationTimestamp"] = _now()
+            meta["resourceVersion"] = version
+            if request.namespace and not meta.get("namespace"):
+                meta["namespace"] = request.namespace
+        elif request.action == enums.action.UPDATE:
+            current = self._current(request)
+            if current is None:
+                return  # kmock answers 404
+            meta = current.get("metadata", {})
+            generation = int(meta.get("generation", 1))
+            if isinstance(data, dict):
+                sent = data.get("metadata", {}).get("resourceVersion")
+                if sent is not None and sent != meta.get("resourceVersion"):
+                    raise kmock.KubernetesError(
+                        status=409, reason="Conflict", message="the object has been modified"
+                    )
+                touches_spec = request.subresource is None and "spec" in data
+                data.setdefault("metadata", {})["resourceVersion"] = version
+                if touches_spec and data["spec"] != current.get("spec"):
+                    data["metadata"]["generation"] = generation + 1
+            elif isinstance(data, list):
+                touches_spec = any(str(op.get("path", "")).startswith("/spec") for op in data)
+                data.append({"op": "add", "path": "/metadata/resourceVersion", "value": version})
+                if touches_spec and request.subresource is None:
+                    data.append(
+                        {"op": "add", "path": "/metadata/generation", "value": generation + 1}
+                    )
+
+    def _current(self, request: rendering.Request) -> dict[str, Any] | None:
+        key = (request.resource, request.namespace, request.name)
+        if key not in self.objects or self.objects[key].deleted:
+            return None
+        raw: dict[str, Any] = self.objects[key].raw
+        return raw
+
+    async def _serve_watch(self, request: rendering.Request) -> AsyncIterator[Any]:
+        if self._gone > 0:
+            self._gone -= 1
+            yield b""
+            yield {"type": "ERROR", "object": _status(410, "Expired", "too old resource version")}
+            return
+        dropped = self._dropped
+        stream = super()._serve_watch(request)
+        try:
+            while True:
+                following = asyncio.ensure_future(anext(stream))
+                drop = asyncio.ensure_future(dropped.wait())
+                done, _ = await asyncio.wait({following, drop}, return_when="FIRST_COMPLETED")
+                if following not in done:
+                    following.cancel()
+                    with contextlib.suppress(asyncio.CancelledError, StopAsyncIteration):
+                        await following
+                    return
+                drop.cancel()
+                try:
+                    item = following.result()
+                except StopAsyncIteration:
+                    return
+                yield item
+        finally:
+            await stream.aclose()
+
+
+def _now() -> str:
+    return datetime.datetime.now(tz=datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def _status(code: int, reason: str, message: str) -> dict[str, Any]:
+    return {
+        "apiVersion": "v1",
+        "kind": "Status",
+        "metadata": {},
+        "status": "Failure",
+        "code": code,
+        "reason": reason,
+        "message": message,
+    }
+
+
+async def serve(host: str, port: int) -> None:
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    async with Emulator() as emulator, kmock.Server(emulator, host=host, port=port):
+        print(f"kube-apiserver emulator listening on http://{host}:{port}", flush=True)
+        await stop.wait()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, required=True)
+    args = parser.parse_args()
+    asyncio.run(serve(args.host, args.port))
+
+
+if __name__ == "__main__":
+    main()

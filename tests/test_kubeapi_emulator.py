@@ -1,0 +1,99 @@
+"""The test Kubernetes API emulator does what the operator and registry tests rely on."""
+
+from __future__ import annotations
+
+import json
+import threading
+from typing import Any
+
+import httpx
+
+from kubeapi import APPS, DISCOVERY, ISVC, KubeAPI, collection
+from procs import wait_until
+
+DEPLOYMENTS = collection(APPS, "deployments", "ns")
+
+
+def deployment(name: str) -> dict[str, Any]:
+    return {"apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": name},
+            "spec": {"replicas": 1}}  # fmt: skip
+
+
+def test_create_stamps_metadata_and_updates_bump_versions(kubeapi: KubeAPI) -> None:
+    created = kubeapi.create(DEPLOYMENTS, deployment("d"))
+    meta = created["metadata"]
+    assert meta["uid"] and meta["creationTimestamp"].endswith("Z")
+    assert meta["generation"] == 1 and meta["namespace"] == "ns"
+
+    path = f"{DEPLOYMENTS}/d"
+    status = kubeapi.patch(path + "/status", {"status": {"readyReplicas": 1}})
+    assert int(status["metadata"]["resourceVersion"]) > int(meta["resourceVersion"])
+    assert status["metadata"]["generation"] == 1, "a status change is not a new generation"
+    spec = kubeapi.patch(path, {"spec": {"replicas": 2}})
+    assert spec["metadata"]["generation"] == 2
+    assert spec["status"] == {"readyReplicas": 1}
+
+
+def test_stale_resource_version_conflicts_and_json_patch_tests_it(kubeapi: KubeAPI) -> None:
+    created = kubeapi.create(DEPLOYMENTS, deployment("d"))
+    path = f"{DEPLOYMENTS}/d"
+    kubeapi.patch(path, {"metadata": {"labels": {"a": "b"}}})
+    stale = created["metadata"]["resourceVersion"]
+    resp = kubeapi.client.patch(
+        path, json={"metadata": {"resourceVersion": stale, "finalizers": []}},
+        headers={"Content-Type": "application/merge-patch+json"},
+    )  # fmt: skip
+    assert resp.status_code == 409
+
+    current = kubeapi.get(path)
+    assert current is not None
+    ops = [
+        {"op": "test", "path": "/metadata/resourceVersion",
+         "value": current["metadata"]["resourceVersion"]},
+        {"op": "add", "path": "/metadata/finalizers", "value": ["x"]},
+    ]  # fmt: skip
+    resp = kubeapi.client.patch(
+        path, content=json.dumps(ops), headers={"Content-Type": "application/json-patch+json"}
+    )
+    assert resp.status_code == 200, resp.text
+    assert resp.json()["metadata"]["finalizers"] == ["x"]
+
+
+def test_discovery_knows_the_inference_service_resource(kubeapi: KubeAPI) -> None:
+    resources = kubeapi.get(ISVC)
+    assert resources is not None
+    isvc = next(r for r in resources["resources"] if r["name"] == "inferenceservices")
+    assert isvc["kind"] == "InferenceService" and isvc["namespaced"] is True
+    names = {r["name"] for r in resources["resources"]}
+    assert {"inferenceservices/status", "inferenceservices/scale"} <= names
+
+
+def _watch(api: KubeAPI, path: str, lines: list[dict[str, Any]], ended: threading.Event) -> None:
+    with (
+        httpx.Client(base_url=api.url, timeout=20) as client,
+        client.stream("GET", path, params={"watch": "true"}) as resp,
+    ):
+        for line in resp.iter_lines():
+            if line.strip():
+                lines.append(json.loads(line))
+    ended.set()
+
+
+def test_watch_streams_can_be_dropped_and_expired(kubeapi: KubeAPI) -> None:
+    slices = collection(DISCOVERY, "endpointslices")
+    lines: list[dict[str, Any]] = []
+    ended = threading.Event()
+    watcher = threading.Thread(target=_watch, args=(kubeapi, slices, lines, ended), daemon=True)
+    watcher.start()
+    kubeapi.create(collection(DISCOVERY, "endpointslices", "ns"),
+                   {"metadata": {"name": "s"}, "endpoints": []})  # fmt: skip
+    wait_until(lambda: lines, what="the ADDED event")
+    assert lines[0]["type"] == "ADDED"
+    assert not ended.is_set()
+    kubeapi.drop_watches()
+    assert ended.wait(5), "the watch stream was not dropped"
+
+    kubeapi.expire_watches(1)
+    gone: list[dict[str, Any]] = []
+    _watch(kubeapi, slices, gone, threading.Event())
+    assert gone[0]["type"] == "ERROR" and gone[0]["object"]["code"] == 410
