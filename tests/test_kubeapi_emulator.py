@@ -97,3 +97,21 @@ def test_watch_streams_can_be_dropped_and_expired(kubeapi: KubeAPI) -> None:
     gone: list[dict[str, Any]] = []
     _watch(kubeapi, slices, gone, threading.Event())
     assert gone[0]["type"] == "ERROR" and gone[0]["object"]["code"] == 410
+
+
+def test_generate_name_gives_each_object_its_own_name(kubeapi: KubeAPI) -> None:
+    events = "/api/v1/namespaces/ns/events"
+    first = kubeapi.create(events, {"metadata": {"generateName": "llmsvc-"}, "reason": "A"})
+    second = kubeapi.create(events, {"metadata": {"generateName": "llmsvc-"}, "reason": "B"})
+    names = {first["metadata"]["name"], second["metadata"]["name"]}
+    assert len(names) == 2 and all(n.startswith("llmsvc-") for n in names)
+    assert len(kubeapi.list(events)) == 2
+
+
+def test_namespaces_and_crds_are_discoverable_cluster_scoped(kubeapi: KubeAPI) -> None:
+    core = kubeapi.get("/api/v1")
+    assert core is not None
+    namespaces = next(r for r in core["resources"] if r["name"] == "namespaces")
+    assert namespaces["namespaced"] is False
+    crds = kubeapi.get("/apis/apiextensions.k8s.io/v1")
+    assert crds is not None and crds["resources"][0]["name"] == "customresourcedefinitions"

@@ -9,7 +9,9 @@ through a kubeconfig. What it adds to kmock 0.8's emulator:
   update touches ``spec`` (kopf's finalizer JSON-patch tests ``resourceVersion``);
 - a merge patch that names a stale ``metadata.resourceVersion`` answers 409, as the
   real API server does;
-- the resources llmsvc uses, declared for API discovery;
+- ``metadata.name`` from ``generateName`` (kopf posts Events that way);
+- the resources llmsvc uses, declared for API discovery (kopf waits for namespaces and
+  CRDs to be discoverable before it starts watching);
 - test controls under ``/_control/``: ``POST /_control/drop-watches`` ends every open
   watch stream (a dropped connection), ``POST /_control/gone?count=N`` makes the next N
   watch requests answer with a ``410 Gone`` ERROR event (an expired resourceVersion).
@@ -52,7 +54,10 @@ RESOURCES: dict[str, dict[str, Any]] = {
     "v1/configmaps": {"kind": "ConfigMap"},
     "events.k8s.io/v1/events": {"kind": "Event"},
     "discovery.k8s.io/v1/endpointslices": {"kind": "EndpointSlice"},
+    "v1/namespaces": {"kind": "Namespace"},
+    "apiextensions.k8s.io/v1/customresourcedefinitions": {"kind": "CustomResourceDefinition"},
 }
+CLUSTER_SCOPED = {"v1/namespaces", "apiextensions.k8s.io/v1/customresourcedefinitions"}
 VERBS = {"get", "list", "watch", "create", "update", "patch", "delete"}
 
 
@@ -65,7 +70,8 @@ class Emulator(kmock.KubernetesEmulator):  # type: ignore[misc]
         self._dropped = asyncio.Event()
         self._gone = 0
         for key, info in RESOURCES.items():
-            self.resources[key] = kmock.ResourceInfo(namespaced=True, verbs=VERBS, **info)
+            namespaced = key not in CLUSTER_SCOPED
+            self.resources[key] = kmock.ResourceInfo(namespaced=namespaced, verbs=VERBS, **info)
         self["post /_control/drop-watches"] << self._drop_watches
         self["post /_control/gone"] << self._make_gone
 
@@ -89,6 +95,8 @@ class Emulator(kmock.KubernetesEmulator):  # type: ignore[misc]
         version = str(next(self._versions))
         if request.action == enums.action.CREATE and isinstance(data, dict):
             meta = data.setdefault("metadata", {})
+            if not meta.get("name") and meta.get("generateName"):
+                meta["name"] = meta["generateName"] + uuid.uuid4().hex[:5]
             meta.setdefault("uid", str(uuid.uuid4()))
             meta.setdefault("generation", 1)
             meta["creationTimestamp"] = _now()
