@@ -57,6 +57,10 @@ def test_stale_resource_version_conflicts_and_json_patch_tests_it(kubeapi: KubeA
     )
     assert resp.status_code == 200, resp.text
     assert resp.json()["metadata"]["finalizers"] == ["x"]
+    resp = kubeapi.client.patch(  # the same patch again: its resourceVersion is stale now
+        path, content=json.dumps(ops), headers={"Content-Type": "application/json-patch+json"}
+    )
+    assert resp.status_code == 422, resp.text
 
 
 def test_discovery_knows_the_inference_service_resource(kubeapi: KubeAPI) -> None:

@@ -7,8 +7,8 @@ through a kubeconfig. What it adds to kmock 0.8's emulator:
 - ``metadata.uid``, ``resourceVersion``, ``creationTimestamp`` and ``generation`` on
   create; a new ``resourceVersion`` on every update, and ``generation`` + 1 when the
   update touches ``spec`` (kopf's finalizer JSON-patch tests ``resourceVersion``);
-- a merge patch that names a stale ``metadata.resourceVersion`` answers 409, as the
-  real API server does;
+- a merge patch that names a stale ``metadata.resourceVersion`` answers 409, and a
+  JSON patch whose ``test`` operation fails answers 422, as the real API server does;
 - ``metadata.name`` from ``generateName`` (kopf posts Events that way);
 - the resources llmsvc uses, declared for API discovery (kopf waits for namespaces and
   CRDs to be discoverable before it starts watching);
@@ -35,6 +35,8 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import aiohttp.web
+import jsonpatch
+import jsonpointer
 import kmock
 from kmock._internal import enums, rendering
 
@@ -120,6 +122,13 @@ class Emulator(kmock.KubernetesEmulator):  # type: ignore[misc]
                 if touches_spec and data["spec"] != current.get("spec"):
                     data["metadata"]["generation"] = generation + 1
             elif isinstance(data, list):
+                tests = [op for op in data if op.get("op") == "test"]
+                try:
+                    jsonpatch.apply_patch(current, tests)
+                except (jsonpatch.JsonPatchException, jsonpointer.JsonPointerException):
+                    raise kmock.KubernetesError(
+                        status=422, reason="Invalid", message="the test operation failed"
+                    ) from None
                 touches_spec = any(str(op.get("path", "")).startswith("/spec") for op in data)
                 data.append({"op": "add", "path": "/metadata/resourceVersion", "value": version})
                 if touches_spec and request.subresource is None:
