@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import random
 import signal
 import socket
 import subprocess
@@ -25,8 +26,10 @@ HOST = "127.0.0.1"
 # (32768-60999 by default), one slice per pytest-xdist worker, handed out in
 # turn: a port from ``bind(0)`` could be taken meanwhile by another worker's
 # free_port or by any outgoing connection, these cannot.
+# Each process starts at a random place in its slice, so that two pytest runs at once
+# (say, two developers' sessions on one machine) rarely meet either.
 PORT_BASE, PORT_TOP, PORT_SLICES = 20000, 32000, 8
-_next_port = 0
+_next_port = random.randrange((PORT_TOP - PORT_BASE) // PORT_SLICES)
 
 
 def _port_slice() -> range:
