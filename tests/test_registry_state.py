@@ -155,13 +155,6 @@ def test_unusable_state_file_location_exits_1(tmp_path: Path) -> None:
     assert "cannot write it" in done.stderr
 
 
-def test_kubernetes_source_not_yet(tmp_path: Path) -> None:
-    done = run_registry("--source", "kubernetes")
-    assert done.returncode == 2
-    assert len(done.stderr.strip().splitlines()) == 1
-    assert "kubernetes" in done.stderr
-
-
 def test_bad_flag_value_exits_2() -> None:
     done = run_registry("--heartbeat-ttl", "-1")
     assert done.returncode == 2

@@ -24,6 +24,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "validate": ("llmsvc.local.cli:validate", "check a running stack end to end"),
     "systemd": ("llmsvc.local.systemd:main", "print a systemd unit for a component"),
     "bench": ("llmsvc.bench.cli:main", "drive an OpenAI-compatible endpoint and report latency"),
+    "operator": ("llmsvc.operator.cli:main", "run the Kubernetes operator (InferenceService CRD)"),
 }
 
 

@@ -5,6 +5,8 @@ from __future__ import annotations
 import hmac
 import logging
 import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 import aiohttp
@@ -12,17 +14,22 @@ from aiohttp import web
 from prometheus_client import CollectorRegistry
 
 from llmsvc.core.app import Query, Route
-from llmsvc.core.errors import BadRequest, NotFound, Unauthorized
+from llmsvc.core.errors import ApiError, BadRequest, NotFound, Unauthorized
 from llmsvc.core.jsonio import loads_object, model_response, read_body, read_model, validate_model
 from llmsvc.core.metrics import metrics_handler
 from llmsvc.core.records import Heartbeat, ServiceList, ServiceRecord, ServiceRegistration
 from llmsvc.core.registry_client import INDEX_HEADER
 from llmsvc.registry.health import check_record
 from llmsvc.registry.metrics import RegistryMetrics
-from llmsvc.registry.models import RegistryHealth, RegistryStats, ServiceCheck
+from llmsvc.registry.models import (
+    KubernetesHealth,
+    RegistryHealth,
+    RegistryStats,
+    ServiceCheck,
+)
 from llmsvc.registry.queries import parse_service_query
 from llmsvc.registry.settings import RegistrySettings
-from llmsvc.registry.store import ServiceStore
+from llmsvc.registry.store import ManagedElsewhere, ServiceStore
 
 log = logging.getLogger("llmsvc.registry")
 
@@ -32,6 +39,7 @@ METRICS = web.AppKey("metrics", RegistryMetrics)
 PROMETHEUS = web.AppKey("prometheus", CollectorRegistry)
 SESSION = web.AppKey("session", aiohttp.ClientSession)
 STARTED = web.AppKey("started", float)
+KUBERNETES = web.AppKey[Callable[[], KubernetesHealth]]("kubernetes")
 
 
 @dataclass
@@ -47,6 +55,7 @@ ANSWERS = web.AppKey("answers", Answers)
 _UNAUTHORIZED = {401: "Missing or wrong bearer token (when --token is set)."}
 _BAD = {400: "Invalid body or parameters."}
 _UNKNOWN = {404: "No service of that name."}
+_MANAGED = {409: "The service comes from Kubernetes (--source kubernetes): read-only over HTTP."}
 
 
 # -- helpers ---------------------------------------------------------------------
@@ -71,6 +80,21 @@ def not_found(name: str, hint: str = "") -> NotFound:
     return NotFound(f"Unknown service '{name}'{hint}", param="name", code="service_not_found")
 
 
+@contextmanager
+def http_write() -> Iterator[None]:
+    """A write to a record another source owns (Kubernetes) is a 409."""
+    try:
+        yield
+    except ManagedElsewhere as exc:
+        raise ApiError(
+            f"Service '{exc.name}' comes from the {exc.source} source and cannot be "
+            f"changed over HTTP; change the {exc.source} objects it comes from instead",
+            status=409,
+            param="name",
+            code="managed_by_source",
+        ) from None
+
+
 def known(store: ServiceStore, name: str) -> ServiceRecord:
     record = store.get(name)
     if record is None:
@@ -88,12 +112,14 @@ def uptime(request: web.Request) -> float:
 async def get_health(request: web.Request) -> web.Response:
     store = request.app[STORE]
     stats = store.stats()
+    kubernetes = request.app.get(KUBERNETES)
     body = RegistryHealth(
         source=request.app[SETTINGS].source,
         services=stats.total,
         healthy=stats.healthy,
         index=store.index,
         uptime_s=uptime(request),
+        kubernetes=kubernetes() if kubernetes is not None else None,
     )
     return model_response(body)
 
@@ -126,7 +152,8 @@ async def list_services(request: web.Request) -> web.Response:
 async def register_service(request: web.Request) -> web.Response:
     authorize(request)
     registration = await read_model(request, ServiceRegistration)
-    record, created = request.app[STORE].register(registration)
+    with http_write():
+        record, created = request.app[STORE].register(registration)
     request.app[METRICS].registrations.inc()
     log.info(
         "registered %s" if created else "re-registered %s",
@@ -154,7 +181,8 @@ async def update_service(request: web.Request) -> web.Response:
             code="name_mismatch",
         )
     registration = validate_model(ServiceRegistration, body)
-    record = request.app[STORE].update(registration)
+    with http_write():
+        record = request.app[STORE].update(registration)
     if record is None:
         raise not_found(name)
     log.info("updated %s", name, extra={"url": record.url})
@@ -164,7 +192,8 @@ async def update_service(request: web.Request) -> web.Response:
 async def deregister_service(request: web.Request) -> web.Response:
     authorize(request)
     name = request.match_info["name"]
-    record = request.app[STORE].deregister(name)
+    with http_write():
+        record = request.app[STORE].deregister(name)
     if record is None:
         raise not_found(name)
     request.app[METRICS].deregistrations.inc()
@@ -177,7 +206,8 @@ async def heartbeat(request: web.Request) -> web.Response:
     name = request.match_info["name"]
     body = await read_body(request)
     report = validate_model(Heartbeat, loads_object(body)) if body.strip() else Heartbeat()
-    record = request.app[STORE].heartbeat(name, report.status)
+    with http_write():
+        record = request.app[STORE].heartbeat(name, report.status)
     if record is None:
         raise not_found(name, "; register it again")
     request.app[METRICS].heartbeats.inc()
@@ -235,14 +265,21 @@ def _index(request: web.Request) -> dict[str, str]:
     return {INDEX_HEADER: str(request.app[STORE].index)}
 
 
+_NOT_BLANK = {"type": "string", "pattern": r"\S"}
 _SERVICE_QUERY = (
     Query("healthy", "Only healthy (true) or unhealthy (false) services.", {"type": "boolean"}),
-    Query("type", "Only services of this type (openai-api, babysitter, ...)."),
-    Query("model", "Only services whose metadata.models lists this model id."),
+    Query("type", "Only services of this type (openai-api, babysitter, ...).", _NOT_BLANK),
+    Query("model", "Only services whose metadata.models lists this model id.", _NOT_BLANK),
     Query(
-        "index", "Blocking query: wait until the change index exceeds this.", {"type": "integer"}
+        "index",
+        "Blocking query: wait until the change index exceeds this.",
+        {"type": "integer", "minimum": 0},
     ),
-    Query("wait", "Blocking query: longest wait (500ms, 30s, 1m, seconds; max 300s)."),
+    Query(
+        "wait",
+        "Blocking query: longest wait (500ms, 30s, 1m, seconds; max 300s).",
+        {"type": "string", "pattern": r"^([0-9]+(\.[0-9]*)?|\.[0-9]+)(ms|s|m)?$"},
+    ),
 )
 
 ROUTES = (
@@ -266,7 +303,8 @@ ROUTES = (
         request=ServiceRegistration,
         response=ServiceRecord,
         status=201,
-        errors={**_BAD, **_UNAUTHORIZED, 413: "Body too large."},
+        also={200: "An existing registration of that name was replaced."},
+        errors={**_BAD, **_UNAUTHORIZED, **_MANAGED, 413: "Body too large."},
     ),
     Route(
         "GET",
@@ -283,7 +321,7 @@ ROUTES = (
         "Update a service's registration",
         request=ServiceRegistration,
         response=ServiceRecord,
-        errors={**_BAD, **_UNAUTHORIZED, **_UNKNOWN, 413: "Body too large."},
+        errors={**_BAD, **_UNAUTHORIZED, **_UNKNOWN, **_MANAGED, 413: "Body too large."},
     ),
     Route(
         "DELETE",
@@ -291,7 +329,7 @@ ROUTES = (
         deregister_service,
         "Deregister a service; answers the removed record",
         response=ServiceRecord,
-        errors={**_UNAUTHORIZED, **_UNKNOWN},
+        errors={**_UNAUTHORIZED, **_UNKNOWN, **_MANAGED},
     ),
     Route(
         "GET",
@@ -311,7 +349,7 @@ ROUTES = (
         request=Heartbeat,
         request_required=False,
         response=ServiceRecord,
-        errors={**_UNAUTHORIZED, **_UNKNOWN},
+        errors={**_BAD, **_UNAUTHORIZED, **_UNKNOWN, **_MANAGED, 413: "Body too large."},
     ),
     Route("GET", "/stats", get_stats, "Counts by status, type and model", response=RegistryStats),
     Route(

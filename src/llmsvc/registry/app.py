@@ -15,6 +15,7 @@ from llmsvc import __version__
 from llmsvc.core.app import CleanupCtx, background, every, make_app
 from llmsvc.registry.api import (
     ANSWERS,
+    KUBERNETES,
     METRICS,
     PROMETHEUS,
     ROUTES,
@@ -25,7 +26,9 @@ from llmsvc.registry.api import (
     Answers,
 )
 from llmsvc.registry.health import CONCURRENT_CHECKS, check_all
+from llmsvc.registry.kubernetes import KubernetesSource, kubernetes_ctx, load_connection
 from llmsvc.registry.metrics import RegistryMetrics
+from llmsvc.registry.models import KubernetesHealth
 from llmsvc.registry.persistence import StateFileError, StateWriter, load_state
 from llmsvc.registry.settings import RegistrySettings
 from llmsvc.registry.store import ServiceStore
@@ -95,10 +98,44 @@ async def _release_watchers(app: web.Application) -> None:
 # -- the app ---------------------------------------------------------------------
 
 
+def _add_kubernetes_source(app: web.Application) -> None:
+    settings = app[SETTINGS]
+    credentials = load_connection()
+    # Neither --namespace nor --all-namespaces: the namespace kubectl would use.
+    namespaces = None if settings.all_namespaces else settings.namespace or [credentials.namespace]
+
+    running: list[KubernetesSource] = []  # filled at startup, when the session exists
+
+    def health() -> KubernetesHealth:
+        if running:
+            return running[0].health()
+        return KubernetesHealth(namespaces=namespaces, synced=False, watching=False, records=0)
+
+    app[KUBERNETES] = health
+    log.info(
+        "kubernetes source: %s at %s",
+        "all namespaces" if namespaces is None else "namespaces " + ",".join(namespaces),
+        credentials.connection.host,
+    )
+    app.cleanup_ctx.append(
+        kubernetes_ctx(
+            credentials,
+            namespaces=namespaces,
+            store=app[STORE],
+            metrics=app[METRICS],
+            on_start=running.append,
+        )
+    )
+
+
 def create_app(
     settings: RegistrySettings, *, registry: CollectorRegistry | None = None
 ) -> web.Application:
-    """The registry app. Raises ``StateFileError`` when the state file is unusable."""
+    """The registry app.
+
+    Raises ``StateFileError`` when the state file is unusable and ``KubeConfigError``
+    when ``--source kubernetes`` finds no usable credentials.
+    """
     # The index starts at the start time in milliseconds: a watcher's index from an
     # earlier run of the registry then never equals one of this run.
     store = ServiceStore(ttl=settings.heartbeat_ttl, index=int(time.time() * 1000))
@@ -112,7 +149,11 @@ def create_app(
         writer.save_now()  # fail now, not at the first change, if it cannot be written
     prometheus = registry if registry is not None else CollectorRegistry()
     app = make_app(
-        title="llmsvc registry", version=__version__, routes=ROUTES, client_max_size=MAX_BODY
+        title="llmsvc registry",
+        version=__version__,
+        routes=ROUTES,
+        client_max_size=MAX_BODY,
+        read_timeout=settings.read_timeout,
     )
     app[SETTINGS] = settings
     app[STORE] = store
@@ -123,6 +164,8 @@ def create_app(
     app.cleanup_ctx.append(_session_ctx)
     app.cleanup_ctx.append(background("health checks", _health_loop))
     app.cleanup_ctx.append(background("cleanup", _cleanup_loop))
+    if settings.source == "kubernetes":
+        _add_kubernetes_source(app)
     if writer is not None:
         app.cleanup_ctx.append(_flush_at_exit(writer))
         app.cleanup_ctx.append(background("state file", lambda _: writer.run()))

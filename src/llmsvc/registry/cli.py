@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import ssl
 from collections.abc import Sequence
 
-from llmsvc.core.app import serve
+from llmsvc.core.app import serve, ssl_context
 from llmsvc.core.logging import configure_logging
 from llmsvc.core.settings import die, parse_settings
 from llmsvc.registry.app import create_app
+from llmsvc.registry.kubernetes import KubeConfigError
 from llmsvc.registry.persistence import StateFileError
 from llmsvc.registry.settings import RegistrySettings
 
@@ -22,17 +24,20 @@ def main(argv: Sequence[str]) -> int:
         description="The service registry: engines and babysitters register and "
         "heartbeat; routers watch it with a blocking query.",
     )
-    if settings.source == "kubernetes":
-        die(PROG, "--source kubernetes is not available yet (it comes with a later release)")
     configure_logging(settings.log_level, settings.log_format)
     try:
         app = create_app(settings)
-    except StateFileError as exc:
+    except (StateFileError, KubeConfigError) as exc:
         die(PROG, str(exc), status=1)
+    try:
+        tls = ssl_context(settings.tls_cert, settings.tls_key)
+    except (OSError, ssl.SSLError) as exc:
+        die(PROG, f"--tls-cert/--tls-key: cannot load: {exc}")
     return serve(
         app,
         name="registry",
         host=settings.host,
         port=settings.port,
         shutdown_timeout=settings.shutdown_timeout,
+        ssl=tls,
     )

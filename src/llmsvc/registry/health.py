@@ -11,7 +11,7 @@ import aiohttp
 
 from llmsvc.core.records import ServiceRecord
 from llmsvc.registry.metrics import RegistryMetrics
-from llmsvc.registry.store import ServiceStore
+from llmsvc.registry.store import HTTP, ServiceStore
 
 log = logging.getLogger("llmsvc.registry.health")
 
@@ -91,13 +91,16 @@ async def check_all(
     metrics: RegistryMetrics,
     timeout: float,
 ) -> None:
-    """Check every record, at most ``CONCURRENT_CHECKS`` at a time.
+    """Check every HTTP-registered record, at most ``CONCURRENT_CHECKS`` at a time.
+
+    Records of another source are left alone: Kubernetes records take their
+    status from the endpoint's ``ready`` condition (the pod's readiness probe).
 
     The timeout covers one check from the moment it has a connection, so that a
     large registry does not mark healthy services down for waiting in line.
     """
     store.expire()
-    records = store.records()
+    records = store.records(source=HTTP)
     gate = asyncio.Semaphore(CONCURRENT_CHECKS)
 
     async def one(record: ServiceRecord) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 from prometheus_client import CollectorRegistry, Counter, Gauge
 
 from llmsvc.core.records import BABYSITTER, OPENAI_API
+from llmsvc.registry.k8s_records import SOURCE as KUBERNETES
 from llmsvc.registry.store import ServiceStore
 
 # Record types are free strings; the metric label keeps them bounded.
@@ -57,6 +58,19 @@ class RegistryMetrics:
             "The registry's change index (what blocking queries wait on).",
             registry=registry,
         )
+        self.kubernetes_records = Gauge(
+            "llmsvc_registry_kubernetes_records",
+            "Records that come from Kubernetes EndpointSlices (--source kubernetes).",
+            registry=registry,
+        )
+        self.kubernetes_watch_restarts = Counter(
+            "llmsvc_registry_kubernetes_watch_restarts",
+            "Kubernetes watches started again, by resource (endpointslices, services) and "
+            "reason (closed: the server ended the stream, as it does at the watch's timeout; "
+            "error: a request or stream failed; expired: 410 Gone, so it was listed again).",
+            ["resource", "reason"],
+            registry=registry,
+        )
         for result in ("success", "failure"):
             self.health_checks.labels(result=result)
         self.removed.labels(reason="ttl_expired")
@@ -72,3 +86,4 @@ class RegistryMetrics:
         for (type_, status), n in counts.items():
             self.services.labels(type=type_, status=status).set(n)
         self.change_index.set(store.index)
+        self.kubernetes_records.set(len(store.records(source=KUBERNETES)))

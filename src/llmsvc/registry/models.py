@@ -9,6 +9,15 @@ from pydantic import BaseModel, Field
 from llmsvc.core.records import ServiceRecord
 
 
+class KubernetesHealth(BaseModel):
+    """The Kubernetes source's state (``--source kubernetes``)."""
+
+    namespaces: list[str] | None = Field(description="Namespaces watched; null: all.")
+    synced: bool = Field(description="Every EndpointSlice and Service list has been read once.")
+    watching: bool = Field(description="No list or watch is failing right now.")
+    records: int = Field(description="Records that come from Kubernetes.")
+
+
 class RegistryHealth(BaseModel):
     """``GET /health``: the registry itself is up."""
 
@@ -18,6 +27,9 @@ class RegistryHealth(BaseModel):
     healthy: int = Field(description="Of which healthy.")
     index: int = Field(description="The change index.")
     uptime_s: float
+    kubernetes: KubernetesHealth | None = Field(
+        default=None, description="With --source kubernetes: the source's state."
+    )
 
 
 class RegistryStats(BaseModel):

@@ -27,7 +27,7 @@ from pydantic import BaseModel, Field, ValidationError
 
 from llmsvc.core.jsonio import validation_message
 from llmsvc.core.records import ServiceRecord
-from llmsvc.registry.store import ServiceStore
+from llmsvc.registry.store import HTTP, ServiceStore
 
 log = logging.getLogger("llmsvc.registry.state")
 
@@ -107,7 +107,9 @@ class StateWriter:
 
     def save_now(self) -> None:
         index = self._store.index
-        save_state(self.path, SavedState(index=index, services=self._store.records()))
+        # Only HTTP registrations: records of another source come back from it after a restart.
+        records = self._store.records(source=HTTP)
+        save_state(self.path, SavedState(index=index, services=records))
         self.saved_index = index
 
     def flush(self) -> None:

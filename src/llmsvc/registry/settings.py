@@ -7,10 +7,10 @@ from typing import Literal
 
 from pydantic import Field, SecretStr, ValidationInfo, field_validator
 
-from llmsvc.core.settings import BaseServiceSettings, CommaList
+from llmsvc.core.settings import CommaList, ServerSettings
 
 
-class RegistrySettings(BaseServiceSettings):
+class RegistrySettings(ServerSettings):
     """Settings of ``llmsvc registry``."""
 
     host: str = Field(default="127.0.0.1", description="Address to listen on.")
@@ -42,6 +42,8 @@ class RegistrySettings(BaseServiceSettings):
         description="When set, writes (POST, PUT, DELETE, heartbeat) need "
         "'Authorization: Bearer <token>'. Reads stay open.",
     )
+    tls_cert: str | None = Field(default=None, description="PEM certificate file to serve HTTPS.")
+    tls_key: str | None = Field(default=None, description="PEM private key of --tls-cert.")
     state_file: Path | None = Field(
         default=None,
         description="JSON file that keeps the registrations across restarts; "
@@ -50,11 +52,12 @@ class RegistrySettings(BaseServiceSettings):
     source: Literal["static", "kubernetes"] = Field(
         default="static",
         description="Where records come from: 'static' (HTTP registrations only) or "
-        "'kubernetes' (EndpointSlices too; not available yet).",
+        "'kubernetes' (the EndpointSlices of the operator's Services too).",
     )
     namespace: CommaList = Field(
         default_factory=list,
-        description="Kubernetes namespaces to watch with --source kubernetes (a,b,c).",
+        description="Kubernetes namespaces to watch with --source kubernetes (a,b,c); "
+        "default: the current kubeconfig context's, or the registry pod's own.",
     )
     all_namespaces: bool = Field(
         default=False, description="Watch every namespace with --source kubernetes."
@@ -70,6 +73,13 @@ class RegistrySettings(BaseServiceSettings):
     def _empty_token_is_none(cls, value: SecretStr | None) -> SecretStr | None:
         if value is not None and not value.get_secret_value():
             return None
+        return value
+
+    @field_validator("tls_key")
+    @classmethod
+    def _tls_pair(cls, value: str | None, info: ValidationInfo) -> str | None:
+        if bool(value) != bool(info.data.get("tls_cert")):
+            raise ValueError("--tls-cert and --tls-key must be given together")
         return value
 
     @field_validator("all_namespaces")

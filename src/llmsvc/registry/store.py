@@ -14,6 +14,12 @@ futures and nothing else.
 
 Records are never mutated in place: every change stores a new copy, so a
 record held across an ``await`` is a consistent snapshot.
+
+Every record has a source. ``http`` records are registered over the API and
+follow the rules above. A record of another source (``kubernetes``) belongs to
+that source alone: it is replaced as a whole set by :meth:`replace_source`,
+its status is whatever the source says (no TTL, no health checks), and the
+API's writes to its name raise :class:`ManagedElsewhere`.
 """
 
 from __future__ import annotations
@@ -29,8 +35,20 @@ from llmsvc.core.records import ServiceRecord, ServiceRegistration, Status
 
 Clock = Callable[[], float]
 
+HTTP = "http"
+"""The source of records registered over the API."""
+
 # Fields whose change alone does not move the change index.
 _UNWATCHED = frozenset({"last_heartbeat", "last_check", "consecutive_failures"})
+
+
+class ManagedElsewhere(Exception):
+    """A write over the API to a record that another source owns."""
+
+    def __init__(self, name: str, source: str) -> None:
+        super().__init__(f"service '{name}' comes from the {source} source")
+        self.name = name
+        self.source = source
 
 
 @dataclass(frozen=True)
@@ -51,6 +69,7 @@ class ServiceStore:
         self._ttl = ttl
         self._clock = clock
         self._records: dict[str, ServiceRecord] = {}
+        self._sources: dict[str, str] = {}  # name -> source, for records not from HTTP
         self._index = index
         self._changed = asyncio.Event()
         self._closed = False
@@ -67,17 +86,26 @@ class ServiceStore:
     def get(self, name: str) -> ServiceRecord | None:
         return self._records.get(name)
 
+    def source_of(self, name: str) -> str | None:
+        """The source of a record (``http``, ``kubernetes``); None when unknown."""
+        if name not in self._records:
+            return None
+        return self._sources.get(name, HTTP)
+
     def records(
         self,
         *,
         healthy: bool | None = None,
         type_: str | None = None,
         model: str | None = None,
+        source: str | None = None,
     ) -> list[ServiceRecord]:
         """The records matching every given filter, sorted by name."""
         found = []
         for name in sorted(self._records):
             rec = self._records[name]
+            if source is not None and self._sources.get(name, HTTP) != source:
+                continue
             if healthy is not None and rec.healthy != healthy:
                 continue
             if type_ is not None and rec.type != type_:
@@ -103,6 +131,7 @@ class ServiceStore:
 
     def register(self, registration: ServiceRegistration) -> tuple[ServiceRecord, bool]:
         """Add or replace a record; True when the name was new. Counts as a heartbeat."""
+        self._check_http(registration.name)
         now = self._clock()
         created = registration.name not in self._records
         record = ServiceRecord.model_validate(
@@ -121,6 +150,7 @@ class ServiceStore:
         Timestamps are kept; a changed address resets the health-check state,
         which described the old one. Counts as a heartbeat.
         """
+        self._check_http(registration.name)
         old = self._records.get(registration.name)
         if old is None:
             return None
@@ -137,6 +167,7 @@ class ServiceStore:
         return self._put(record)
 
     def deregister(self, name: str) -> ServiceRecord | None:
+        self._check_http(name)
         record = self._records.pop(name, None)
         if record is not None:
             self._bump()
@@ -147,6 +178,7 @@ class ServiceStore:
 
         A ``status`` the sender reports counts as a health check's result.
         """
+        self._check_http(name)
         old = self._records.get(name)
         if old is None:
             return None
@@ -170,7 +202,7 @@ class ServiceStore:
         newer verdict (a heartbeat's reported status), is stale and ignored.
         """
         old = self._records.get(name)
-        if old is None or old.url != url:
+        if old is None or old.url != url or name in self._sources:
             return None
         if started is not None and (
             old.registered_at > started or (old.last_check or 0.0) > started
@@ -196,7 +228,11 @@ class ServiceStore:
         if self._ttl <= 0:
             return []
         deadline = self._clock() - 2 * self._ttl
-        removed = [r for r in self._records.values() if r.last_heartbeat < deadline]
+        removed = [
+            r
+            for r in self._records.values()
+            if r.last_heartbeat < deadline and r.name not in self._sources
+        ]
         for record in removed:
             del self._records[record.name]
         if removed:
@@ -211,6 +247,37 @@ class ServiceStore:
         self._index = max(self._index, index)
         self.expire()
         self._bump()
+
+    def replace_source(self, source: str, records: Iterable[ServiceRecord]) -> bool:
+        """Make ``records`` the whole set of ``source``'s records, in one step.
+
+        Records of ``source`` not given are removed; a name that an HTTP
+        registration held is taken over (the source wins). Statuses are kept as
+        given. ``registered_at`` is kept for a name the source already had;
+        ``last_heartbeat`` is now (when the source last confirmed the record).
+        Moves the change index once, and only when something watched changed.
+        True when it did.
+        """
+        if source == HTTP:
+            raise ValueError("HTTP records are registered one by one")
+        now = self._clock()
+        new = {r.name: r for r in records}
+        changed = False
+        for name in [n for n, s in self._sources.items() if s == source and n not in new]:
+            del self._records[name], self._sources[name]
+            changed = True
+        for name, given in new.items():
+            old = self._records.get(name)
+            ours = old is not None and self._sources.get(name) == source
+            registered = old.registered_at if old is not None and ours else now
+            record = given.model_copy(update={"registered_at": registered, "last_heartbeat": now})
+            self._records[name] = record
+            self._sources[name] = source
+            if old is None or not ours or _watched(old) != _watched(record):
+                changed = True
+        if changed:
+            self._bump()
+        return changed
 
     # -- watching ------------------------------------------------------------
 
@@ -238,7 +305,14 @@ class ServiceStore:
 
     # -- internals -----------------------------------------------------------
 
+    def _check_http(self, name: str) -> None:
+        source = self._sources.get(name)
+        if source is not None:
+            raise ManagedElsewhere(name, source)
+
     def _status(self, record: ServiceRecord, now: float) -> Status:
+        if record.name in self._sources:
+            return record.status
         stale = self._ttl > 0 and now - record.last_heartbeat > self._ttl
         return "unhealthy" if stale or record.consecutive_failures > 0 else "healthy"
 

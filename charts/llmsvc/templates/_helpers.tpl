@@ -1,0 +1,170 @@
+{{/* Names, labels, images and the pod parts every llmsvc workload shares. */}}
+
+{{- define "llmsvc.name" -}}
+{{- default .Chart.Name .Values.nameOverride | trunc 63 | trimSuffix "-" }}
+{{- end }}
+
+{{/* `<release>-llmsvc`, or the release name alone when it already contains the chart name. */}}
+{{- define "llmsvc.fullname" -}}
+{{- if .Values.fullnameOverride }}
+{{- .Values.fullnameOverride | trunc 63 | trimSuffix "-" }}
+{{- else }}
+{{- $name := default .Chart.Name .Values.nameOverride }}
+{{- if contains $name .Release.Name }}
+{{- .Release.Name | trunc 63 | trimSuffix "-" }}
+{{- else }}
+{{- printf "%s-%s" .Release.Name $name | trunc 63 | trimSuffix "-" }}
+{{- end }}
+{{- end }}
+{{- end }}
+
+{{/* Name of one component's objects: `<fullname>-<component>`. Call with (list $ "router"). */}}
+{{- define "llmsvc.componentName" -}}
+{{- $root := index . 0 -}}
+{{- printf "%s-%s" (include "llmsvc.fullname" $root | trunc 50 | trimSuffix "-") (index . 1) }}
+{{- end }}
+
+{{- define "llmsvc.chart" -}}
+{{- printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" | trunc 63 | trimSuffix "-" }}
+{{- end }}
+
+{{/* Labels of everything; call with (list $ "router"). */}}
+{{- define "llmsvc.labels" -}}
+{{- $root := index . 0 -}}
+helm.sh/chart: {{ include "llmsvc.chart" $root }}
+{{ include "llmsvc.selectorLabels" . }}
+app.kubernetes.io/version: {{ $root.Chart.AppVersion | quote }}
+app.kubernetes.io/managed-by: {{ $root.Release.Service }}
+app.kubernetes.io/part-of: llmsvc
+{{- with $root.Values.commonLabels }}
+{{ toYaml . }}
+{{- end }}
+{{- end }}
+
+{{/* Selector labels of one component; call with (list $ "router"). */}}
+{{- define "llmsvc.selectorLabels" -}}
+{{- $root := index . 0 -}}
+app.kubernetes.io/name: {{ include "llmsvc.name" $root }}
+app.kubernetes.io/instance: {{ $root.Release.Name }}
+app.kubernetes.io/component: {{ index . 1 }}
+{{- end }}
+
+{{/* Tag of the llmsvc images. */}}
+{{- define "llmsvc.tag" -}}
+{{- default .Chart.AppVersion .Values.image.tag }}
+{{- end }}
+
+{{/* Image of one component; call with (list $ "router"). */}}
+{{- define "llmsvc.image" -}}
+{{- $root := index . 0 -}}
+{{- $component := index . 1 -}}
+{{- $values := index $root.Values $component -}}
+{{- $repository := default (printf "%s/%s" $root.Values.image.prefix $component) $values.image.repository }}
+{{- printf "%s:%s" $repository (default (include "llmsvc.tag" $root) $values.image.tag) }}
+{{- end }}
+
+{{/* ServiceAccount name of one component; call with (list $ "router"). */}}
+{{- define "llmsvc.serviceAccountName" -}}
+{{- $root := index . 0 -}}
+{{- $values := index $root.Values (index . 1) -}}
+{{- if $values.serviceAccount.create }}
+{{- default (include "llmsvc.componentName" .) $values.serviceAccount.name }}
+{{- else }}
+{{- default "default" $values.serviceAccount.name }}
+{{- end }}
+{{- end }}
+
+{{/* Secret holding the registry token. */}}
+{{- define "llmsvc.registryTokenSecret" -}}
+{{- default (printf "%s-token" (include "llmsvc.componentName" (list . "registry"))) .Values.registry.token.existingSecret }}
+{{- end }}
+
+{{/* Secret holding the router's API keys. */}}
+{{- define "llmsvc.apiKeysSecret" -}}
+{{- default (printf "%s-api-keys" (include "llmsvc.componentName" (list . "router"))) .Values.router.apiKeys.existingSecret }}
+{{- end }}
+
+{{/* `--all-namespaces`, or `--namespace a,b` when watchNamespaces is set. */}}
+{{- define "llmsvc.namespaceArgs" -}}
+{{- if .Values.watchNamespaces -}}
+- --namespace
+- {{ join "," .Values.watchNamespaces | quote }}
+{{- else -}}
+- --all-namespaces
+{{- end }}
+{{- end }}
+
+{{/* Pod spec parts every component shares; call with (list $ "router"). */}}
+{{- define "llmsvc.podCommon" -}}
+{{- $root := index . 0 -}}
+{{- $values := index $root.Values (index . 1) -}}
+serviceAccountName: {{ include "llmsvc.serviceAccountName" . }}
+{{- /* Service links would put LLMSVC_PORT=tcp://… into the pods of a namespace with a
+       Service named "llmsvc", and our settings read LLMSVC_* variables. */}}
+enableServiceLinks: false
+securityContext:
+  {{- toYaml $root.Values.podSecurityContext | nindent 2 }}
+{{- with $root.Values.imagePullSecrets }}
+imagePullSecrets:
+  {{- toYaml . | nindent 2 }}
+{{- end }}
+{{- with $values.priorityClassName }}
+priorityClassName: {{ . }}
+{{- end }}
+{{- with $values.nodeSelector }}
+nodeSelector:
+  {{- toYaml . | nindent 2 }}
+{{- end }}
+{{- with $values.tolerations }}
+tolerations:
+  {{- toYaml . | nindent 2 }}
+{{- end }}
+{{- with $values.affinity }}
+affinity:
+  {{- toYaml . | nindent 2 }}
+{{- end }}
+volumes:
+  - name: tmp
+    emptyDir:
+      sizeLimit: 64Mi
+{{- end }}
+
+{{/* Container parts every component shares: image, security, /tmp, probes on /health at the
+named port `http`. Call with (list $ "router"). */}}
+{{- define "llmsvc.containerCommon" -}}
+{{- $root := index . 0 -}}
+{{- $values := index $root.Values (index . 1) -}}
+image: {{ include "llmsvc.image" . }}
+imagePullPolicy: {{ $root.Values.image.pullPolicy }}
+securityContext:
+  {{- toYaml $root.Values.securityContext | nindent 2 }}
+resources:
+  {{- toYaml $values.resources | nindent 2 }}
+volumeMounts:
+  - name: tmp
+    mountPath: /tmp
+readinessProbe:
+  httpGet: {path: /health, port: http}
+  periodSeconds: 5
+  timeoutSeconds: 3
+  failureThreshold: 3
+livenessProbe:
+  httpGet: {path: /health, port: http}
+  initialDelaySeconds: 10
+  periodSeconds: 10
+  timeoutSeconds: 5
+  failureThreshold: 6
+{{- end }}
+
+{{/* Environment every component gets, then the component's extraEnv; call with (list $ "router"). */}}
+{{- define "llmsvc.envCommon" -}}
+{{- $root := index . 0 -}}
+{{- $values := index $root.Values (index . 1) -}}
+- name: LLMSVC_LOG_FORMAT
+  value: json
+- name: LLMSVC_LOG_LEVEL
+  value: {{ $values.logLevel | quote }}
+{{- with $values.extraEnv }}
+{{ toYaml . }}
+{{- end }}
+{{- end }}

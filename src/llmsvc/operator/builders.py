@@ -1,0 +1,289 @@
+"""The Kubernetes objects of one InferenceService, built by pure functions.
+
+For an InferenceService ``<name>`` the operator owns a Deployment ``<name>`` of
+babysitter pods and a headless Service ``<name>`` whose EndpointSlices the
+registry reads. Everything here returns plain JSON-ready dicts (kopf and the
+kubernetes client both take them): no I/O, deterministic, no ``None`` values.
+The layout of the pod is described in ``docs/inferenceservice.md``.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from dataclasses import dataclass
+from typing import Any
+
+from llmsvc.operator.spec import API_VERSION, KIND, InferenceServiceSpec, SpecError
+from llmsvc.operator.volumes import environment, model_uri, volume_mounts, volumes
+
+ENGINE_CONTAINER = "engine"
+HTTP_PORT = 8000
+BABYSITTER_PORT = 8001
+ISVC_LABEL = "llmsvc.io/inference-service"
+MODEL_LABEL = "llmsvc.io/model"
+MODEL_ANNOTATION = "llmsvc.io/model"
+WEIGHT_ANNOTATION = "llmsvc.io/weight"
+TERMINATION_LOG = "/dev/termination-log"
+# terminationGracePeriodSeconds = drainTimeoutSeconds + this: the babysitter's --stop-timeout
+# (30 s between SIGTERM and SIGKILL of the engine) plus 10 s for the babysitter to exit.
+STOP_MARGIN_SECONDS = 40
+STARTUP_PROBE_MARGIN_S = 30  # three startup probe periods
+# progressDeadlineSeconds = startupTimeoutSeconds + this: scheduling and the image pull.
+PROGRESS_MARGIN_SECONDS = 600
+DEFAULT_IMAGES = {
+    "vllm": "babysitter-vllm",
+    "sglang": "babysitter-sglang",
+    "llama.cpp": "babysitter-llamacpp",
+    "sim": "babysitter",
+}
+LABEL_VALUE_MAX = 63
+
+
+@dataclass(frozen=True)
+class BuildDefaults:
+    """Operator-wide defaults (``--image-prefix``, ``--image-tag``)."""
+
+    image_prefix: str = "ghcr.io/llmsvc"
+    image_tag: str = "0.1.0"
+
+
+@dataclass(frozen=True)
+class Owner:
+    """The InferenceService that owns the objects built."""
+
+    name: str
+    namespace: str
+    uid: str
+
+
+def label_value(text: str) -> str:
+    """``text`` as a valid label value: ``[A-Za-z0-9._-]``, <= 63 chars, alnum at both ends."""
+    value = re.sub(r"[^A-Za-z0-9._-]", "-", text)[:LABEL_VALUE_MAX]
+    return value.strip("._-")
+
+
+def selector_labels(owner_name: str) -> dict[str, str]:
+    """The labels that select an InferenceService's pods (Deployment and Service)."""
+    return {ISVC_LABEL: label_value(owner_name)}
+
+
+def engine_labels(owner_name: str, model_name: str) -> dict[str, str]:
+    """The labels on everything the operator creates for an InferenceService."""
+    labels = {
+        "app.kubernetes.io/name": "llmsvc",
+        "app.kubernetes.io/instance": label_value(owner_name),
+        "app.kubernetes.io/component": "engine",
+        "app.kubernetes.io/managed-by": "llmsvc",
+        MODEL_LABEL: label_value(model_name),
+        **selector_labels(owner_name),
+    }
+    return dict(sorted(labels.items()))
+
+
+def owner_reference(owner: Owner) -> dict[str, Any]:
+    return {
+        "apiVersion": API_VERSION,
+        "kind": KIND,
+        "name": owner.name,
+        "uid": owner.uid,
+        "controller": True,
+        "blockOwnerDeletion": True,
+    }
+
+
+def engine_image(spec: InferenceServiceSpec, defaults: BuildDefaults) -> str:
+    """``engine.image``, else the operator's default for the engine type."""
+    if spec.engine.image:
+        return spec.engine.image
+    name = DEFAULT_IMAGES.get(spec.engine.type)
+    if name is None:  # parse_spec rejects this already
+        raise SpecError("spec.engine.image", f"is required for engine type {spec.engine.type}")
+    return f"{defaults.image_prefix.rstrip('/')}/{name}:{defaults.image_tag}"
+
+
+def babysitter_args(spec: InferenceServiceSpec) -> list[str]:
+    """The arguments of ``llmsvc babysitter`` in the engine container."""
+    uri = model_uri(spec)
+    args = ["--engine", spec.engine.type, "--model", uri.model, "--model-name", spec.model.name]
+    args += ["--host", "0.0.0.0", "--port", str(HTTP_PORT), "--name", "$(POD_NAME)"]
+    args += ["--startup-timeout", str(spec.startup_timeout_seconds)]
+    args += ["--drain-timeout", str(spec.drain_timeout_seconds)]
+    args += ["--termination-log", TERMINATION_LOG, "--exit-on-crash-loop", "--log-format", "json"]
+    engine_args = (["--revision", uri.revision] if uri.revision else []) + spec.engine.args
+    return [*args, "--", *engine_args] if engine_args else args
+
+
+def resources(spec: InferenceServiceSpec) -> dict[str, Any]:
+    """Requests equal limits: the GPU count (a string), CPU and memory when given."""
+    limits: dict[str, str] = {}
+    res = spec.resources
+    if res.gpus > 0:
+        limits[res.gpu_resource] = str(res.gpus)
+    if res.cpu is not None:
+        limits["cpu"] = res.cpu
+    if res.memory is not None:
+        limits["memory"] = res.memory
+    limits = dict(sorted(limits.items()))
+    return {"limits": limits, "requests": dict(limits)} if limits else {}
+
+
+def probes(spec: InferenceServiceSpec) -> dict[str, Any]:
+    """Startup and readiness on the babysitter's /health, liveness on its /status."""
+    health = {"path": "/health", "port": "babysitter"}
+    # The window outlasts the babysitter's own --startup-timeout by STARTUP_PROBE_MARGIN_S,
+    # so that it records StartupTimeout (in the termination message) before the kubelet acts.
+    window = spec.startup_timeout_seconds + STARTUP_PROBE_MARGIN_S
+    startup_failures = max(1, math.ceil(window / 10))
+    return {
+        "startupProbe": {
+            "httpGet": health,
+            "periodSeconds": 10,
+            "timeoutSeconds": 5,
+            "failureThreshold": startup_failures,
+        },
+        "readinessProbe": {"httpGet": health, "periodSeconds": 5, "timeoutSeconds": 5},
+        "livenessProbe": {
+            "httpGet": {"path": "/status", "port": "babysitter"},
+            "periodSeconds": 10,
+            "timeoutSeconds": 5,
+            "failureThreshold": 6,
+        },
+    }
+
+
+def engine_container(spec: InferenceServiceSpec, defaults: BuildDefaults) -> dict[str, Any]:
+    container: dict[str, Any] = {
+        "name": ENGINE_CONTAINER,
+        "image": engine_image(spec, defaults),
+        "command": ["llmsvc", "babysitter"],
+        "args": babysitter_args(spec),
+        "env": environment(spec),
+        "ports": [
+            {"name": "http", "containerPort": HTTP_PORT, "protocol": "TCP"},
+            {"name": "babysitter", "containerPort": BABYSITTER_PORT, "protocol": "TCP"},
+        ],
+        **probes(spec),
+        "terminationMessagePath": TERMINATION_LOG,
+        "terminationMessagePolicy": "FallbackToLogsOnError",
+    }
+    if spec.engine.image_pull_policy is not None:
+        container["imagePullPolicy"] = spec.engine.image_pull_policy
+    if spec.engine.env_from:
+        container["envFrom"] = [dict(source) for source in spec.engine.env_from]
+    if res := resources(spec):
+        container["resources"] = res
+    if mounts := volume_mounts(spec):
+        container["volumeMounts"] = mounts
+    return container
+
+
+def tolerations(spec: InferenceServiceSpec) -> list[dict[str, Any]]:
+    """The user's, else (with GPUs) the usual GPU node taint ``<gpuResource>:NoSchedule``."""
+    if spec.tolerations:
+        return [dict(t) for t in spec.tolerations]
+    if spec.resources.gpus > 0:
+        key = spec.resources.gpu_resource
+        return [{"key": key, "operator": "Exists", "effect": "NoSchedule"}]
+    return []
+
+
+def pod_spec(spec: InferenceServiceSpec, defaults: BuildDefaults) -> dict[str, Any]:
+    pod: dict[str, Any] = {
+        "containers": [engine_container(spec, defaults)],
+        # Service links would put <SERVICE>_PORT variables in the engine's environment;
+        # vLLM reads VLLM_PORT, so a Service named "vllm" would break it.
+        "enableServiceLinks": False,
+        "terminationGracePeriodSeconds": spec.drain_timeout_seconds + STOP_MARGIN_SECONDS,
+    }
+    optional: dict[str, Any] = {
+        "volumes": volumes(spec),
+        "tolerations": tolerations(spec),
+        "nodeSelector": dict(sorted(spec.node_selector.items())),
+        "affinity": dict(spec.affinity) if spec.affinity else None,
+        "priorityClassName": spec.priority_class_name,
+        "serviceAccountName": spec.service_account_name,
+        "imagePullSecrets": [{"name": s.name} for s in spec.image_pull_secrets],
+    }
+    pod.update({key: value for key, value in optional.items() if value})
+    return pod
+
+
+def _metadata(
+    owner: Owner, spec: InferenceServiceSpec, annotations: dict[str, str]
+) -> dict[str, Any]:
+    meta: dict[str, Any] = {
+        "name": owner.name,
+        "namespace": owner.namespace,
+        "labels": engine_labels(owner.name, spec.model.name),
+        "ownerReferences": [owner_reference(owner)],
+    }
+    if annotations:
+        meta["annotations"] = dict(sorted(annotations.items()))
+    return meta
+
+
+def build_deployment(
+    owner: Owner, spec: InferenceServiceSpec, defaults: BuildDefaults
+) -> dict[str, Any]:
+    """The Deployment ``<name>`` of engine pods (no surge: GPUs are scarce)."""
+    template_meta = {
+        "labels": engine_labels(owner.name, spec.model.name),
+        "annotations": {MODEL_ANNOTATION: spec.model.name},
+    }
+    return _without_none(
+        {
+            "apiVersion": "apps/v1",
+            "kind": "Deployment",
+            "metadata": _metadata(owner, spec, {}),
+            "spec": {
+                "replicas": spec.replicas,
+                "selector": {"matchLabels": selector_labels(owner.name)},
+                "strategy": {
+                    "type": "RollingUpdate",
+                    "rollingUpdate": {"maxSurge": 0, "maxUnavailable": 1},
+                },
+                "progressDeadlineSeconds": spec.startup_timeout_seconds + PROGRESS_MARGIN_SECONDS,
+                "template": {"metadata": template_meta, "spec": pod_spec(spec, defaults)},
+            },
+        }
+    )
+
+
+def build_service(owner: Owner, spec: InferenceServiceSpec) -> dict[str, Any]:
+    """The headless Service ``<name>``: model name and routing weight in its annotations."""
+    annotations = {MODEL_ANNOTATION: spec.model.name, WEIGHT_ANNOTATION: str(spec.weight)}
+    return _without_none(
+        {
+            "apiVersion": "v1",
+            "kind": "Service",
+            "metadata": _metadata(owner, spec, annotations),
+            "spec": {
+                "clusterIP": "None",
+                "selector": selector_labels(owner.name),
+                "ports": [
+                    {"name": "http", "port": HTTP_PORT, "targetPort": "http", "protocol": "TCP"},
+                    {
+                        "name": "babysitter",
+                        "port": BABYSITTER_PORT,
+                        "targetPort": "babysitter",
+                        "protocol": "TCP",
+                    },
+                ],
+            },
+        }
+    )
+
+
+def _without_none(obj: dict[str, Any]) -> dict[str, Any]:
+    """``obj`` without ``None`` values in its dicts and lists (from the user's objects)."""
+    cleaned: dict[str, Any] = _drop_none(obj)
+    return cleaned
+
+
+def _drop_none(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {k: _drop_none(v) for k, v in value.items() if v is not None}
+    if isinstance(value, list):
+        return [_drop_none(v) for v in value if v is not None]
+    return value

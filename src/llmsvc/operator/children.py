@@ -1,0 +1,123 @@
+"""Create, patch or delete an InferenceService's children (Deployment, Service).
+
+:func:`patch_for` is pure: it says whether a live object already carries every
+field the builder wants and, when not, gives the JSON merge patch that makes it
+so. Lists (containers, ports, tolerations, env) are replaced whole by a merge
+patch; maps the operator owns outright (``nodeSelector``) also lose the keys the
+builder no longer sets. Fields the API server or other controllers add
+(defaults, ``deployment.kubernetes.io/revision``) are left alone, so an
+unchanged InferenceService patches nothing and starts no rollout.
+"""
+
+from __future__ import annotations
+
+import copy
+import enum
+from collections.abc import Mapping
+from typing import Any
+
+from llmsvc.operator.kube import (
+    KubeClient,
+    KubeStatusError,
+    collection_of,
+    deployment_path,
+    object_path,
+    service_path,
+)
+
+# Maps under spec whose keys belong to the operator alone.
+OWNED_MAPS: tuple[tuple[str, ...], ...] = (("spec", "template", "spec", "nodeSelector"),)
+
+_METADATA_FIELDS = ("labels", "annotations", "ownerReferences")
+
+
+class Applied(enum.Enum):
+    CREATED = "created"
+    UPDATED = "updated"
+    UNCHANGED = "unchanged"
+
+
+def covers(live: Any, desired: Any) -> bool:
+    """Whether ``live`` has every field of ``desired`` with the same value (lists: same length)."""
+    if isinstance(desired, Mapping):
+        return isinstance(live, Mapping) and all(
+            key in live and covers(live[key], value) for key, value in desired.items()
+        )
+    if isinstance(desired, list):
+        return (
+            isinstance(live, list)
+            and len(live) == len(desired)
+            and all(covers(a, b) for a, b in zip(live, desired, strict=True))
+        )
+    return bool(live == desired)
+
+
+def _dig(obj: Any, path: tuple[str, ...]) -> Any:
+    for key in path:
+        if not isinstance(obj, Mapping):
+            return None
+        obj = obj.get(key)
+    return obj
+
+
+def _stale_keys(
+    live: Mapping[str, Any], desired: Mapping[str, Any]
+) -> dict[tuple[str, ...], set[str]]:
+    stale: dict[tuple[str, ...], set[str]] = {}
+    for path in OWNED_MAPS:
+        have, want = _dig(live, path), _dig(desired, path)
+        if isinstance(have, Mapping):
+            extra = set(have) - set(want or {})
+            if extra:
+                stale[path] = extra
+    return stale
+
+
+def patch_for(live: Mapping[str, Any], desired: Mapping[str, Any]) -> dict[str, Any] | None:
+    """The merge patch turning ``live`` into what ``desired`` asks for; ``None``: nothing to do."""
+    meta = desired.get("metadata") or {}
+    body: dict[str, Any] = {
+        "metadata": {key: meta[key] for key in _METADATA_FIELDS if key in meta},
+        "spec": copy.deepcopy(desired.get("spec") or {}),
+    }
+    stale = _stale_keys(live, body)
+    if not stale and covers(live, body):
+        return None
+    for path, keys in stale.items():
+        target = body
+        for key in path:
+            target = target.setdefault(key, {})
+        for key in keys:
+            target[key] = None
+    return body
+
+
+async def apply(api: KubeClient, desired: Mapping[str, Any]) -> tuple[Applied, dict[str, Any]]:
+    """Create ``desired`` or patch the live object to it; the outcome and the live object."""
+    path = object_path(desired)
+    live = await api.get(path)
+    if live is None:
+        try:
+            return Applied.CREATED, await api.create(collection_of(path), desired)
+        except KubeStatusError as exc:
+            if exc.status != 409:  # 409: created meanwhile (a retry, a second worker)
+                raise
+        live = await api.get(path)
+        if live is None:
+            raise KubeStatusError(409, "Conflict", f"{path} exists and vanished again")
+    patch = patch_for(live, desired)
+    if patch is None:
+        return Applied.UNCHANGED, live
+    return Applied.UPDATED, await api.patch(path, patch)
+
+
+async def remove_children(api: KubeClient, namespace: str, name: str) -> list[str]:
+    """Delete the Deployment and Service named ``name``; the kinds that were there."""
+    removed = []
+    for kind, path in (
+        ("Deployment", deployment_path(namespace, name)),
+        ("Service", service_path(namespace, name)),
+    ):
+        if await api.delete(path) is not None:
+            removed.append(kind)
+    return removed

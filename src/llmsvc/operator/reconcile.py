@@ -1,0 +1,315 @@
+"""What the handlers do: bring the children to the spec, and the status to the children.
+
+:class:`Reconciler` holds what every handler needs (the API client, the image
+defaults, the metrics, the phases seen) and does the work; the kopf handlers in
+:mod:`llmsvc.operator.handlers` only pick the call. Kubernetes Events tell the
+user what it did and why: ``Created``, ``Updated``, ``InvalidSpec``,
+``Deleted``, ``Degraded``, ``Ready``, ``ApplyFailed``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime
+import logging
+from collections.abc import Mapping
+from typing import Any, cast
+
+import kopf
+from pydantic import ValidationError
+
+from llmsvc.core.app import every, supervised
+from llmsvc.operator.builders import BuildDefaults, Owner, build_deployment, build_service
+from llmsvc.operator.children import Applied, apply, remove_children
+from llmsvc.operator.kube import (
+    KubeClient,
+    KubeError,
+    KubeStatusError,
+    deployment_path,
+    isvc_path,
+    iter_owned,
+    pods_path,
+)
+from llmsvc.operator.metrics import OperatorMetrics
+from llmsvc.operator.spec import (
+    InferenceServiceSpec,
+    InferenceServiceStatus,
+    SpecError,
+    check_name,
+    parse_spec,
+)
+from llmsvc.operator.status import compute_status
+
+log = logging.getLogger("llmsvc.operator")
+
+OWNER_LABEL = "llmsvc.io/inference-service"
+
+RETRY_DELAY = 10.0
+"""Seconds before kopf retries a handler after a temporary API failure."""
+
+Body = Mapping[str, Any]
+Key = tuple[str, str]  # (namespace, name)
+
+
+def _now() -> datetime.datetime:
+    return datetime.datetime.now(datetime.UTC)
+
+
+def _meta(body: Body) -> Mapping[str, Any]:
+    meta: Mapping[str, Any] = body.get("metadata") or {}
+    return meta
+
+
+def previous_status(body: Body) -> InferenceServiceStatus | None:
+    """The status the object carries, if it parses (else start afresh)."""
+    raw = body.get("status")
+    if not isinstance(raw, Mapping) or not raw.get("phase"):
+        return None
+    try:
+        return InferenceServiceStatus.model_validate(dict(raw))
+    except ValidationError:
+        return None
+
+
+def status_body(status: InferenceServiceStatus) -> dict[str, Any]:
+    """The status as the CRD spells it (camelCase)."""
+    return status.model_dump(by_alias=True, mode="json", exclude_none=True)
+
+
+class Reconciler:
+    """Reconciles InferenceServices through ``api``; one per operator."""
+
+    def __init__(
+        self,
+        *,
+        api: KubeClient,
+        defaults: BuildDefaults,
+        metrics: OperatorMetrics,
+        debounce: float,
+        resync: float,
+    ) -> None:
+        self.api = api
+        self.defaults = defaults
+        self.metrics = metrics
+        self.debounce = debounce
+        self.resync = resync
+        self.phases: dict[Key, str] = {}
+        """The phase of every InferenceService handled since the start (gauge, resync)."""
+        self._pending: dict[Key, asyncio.Task[None]] = {}
+        self._resync: asyncio.Task[None] | None = None
+
+    # -- create / update / resume -------------------------------------------------
+
+    async def reconcile(self, handler: str, body: Body, patch: kopf.Patch) -> None:
+        """Children to the spec, then the status into ``patch``; errors become Events."""
+        self._keep_resyncing()
+        with self.metrics.reconcile(handler) as outcome:
+            meta = _meta(body)
+            try:
+                check_name(meta["name"])  # the API server's CEL rule, for servers without CEL
+                spec = parse_spec(body.get("spec") or {})
+            except SpecError as err:
+                outcome.failed()
+                await self._reject(body, patch, err)
+                return
+            try:
+                deployment = await self._apply_children(body, spec)
+                pods = await self._pods(meta["namespace"], meta["name"])
+            except KubeError as exc:
+                raise self._retry_or_give_up(body, exc) from exc
+            status = self._status(body, spec=spec, error=None, deployment=deployment, pods=pods)
+            patch.status.update(status_body(status))
+            self._announce(body, status)
+
+    async def _apply_children(self, body: Body, spec: InferenceServiceSpec) -> dict[str, Any]:
+        meta = _meta(body)
+        owner = Owner(name=meta["name"], namespace=meta["namespace"], uid=meta["uid"])
+        deployment: dict[str, Any] = {}
+        for child in (build_deployment(owner, spec, self.defaults), build_service(owner, spec)):
+            outcome, live = await apply(self.api, child)
+            kind = child["kind"]
+            if kind == "Deployment":
+                deployment = live
+            if outcome is Applied.CREATED:
+                _event(body, "Normal", reason="Created", message=f"Created {kind} {owner.name}.")
+            elif outcome is Applied.UPDATED:
+                message = f"Updated {kind} {owner.name} to the spec."
+                _event(body, "Normal", reason="Updated", message=message)
+        return deployment
+
+    async def _reject(self, body: Body, patch: kopf.Patch, err: SpecError) -> None:
+        """An invalid spec: no workload is created or changed; phase Failed names the field."""
+        meta = _meta(body)
+        children = await self._children_exist(meta["namespace"], meta["name"])
+        kept = " The running workload is left as it was." if children else ""
+        _event(body, "Warning", reason="InvalidSpec", message=f"{err}.{kept}")
+        status = self._status(body, spec=None, error=err, deployment=None, pods=[])
+        patch.status.update(status_body(status))
+        self._announce(body, status)
+
+    async def _children_exist(self, namespace: str, name: str) -> bool:
+        try:
+            return await self.api.get(deployment_path(namespace, name)) is not None
+        except KubeError:
+            return False
+
+    def _retry_or_give_up(self, body: Body, exc: KubeError) -> Exception:
+        """A retryable API failure: kopf tries again later; any other: an Event, no retry."""
+        if isinstance(exc, KubeStatusError) and not exc.retryable:
+            _event(body, "Warning", reason="ApplyFailed", message=f"The API refused a child: {exc}")
+            return kopf.PermanentError(str(exc))
+        return kopf.TemporaryError(str(exc), delay=RETRY_DELAY)
+
+    # -- delete --------------------------------------------------------------------
+
+    async def delete(self, body: Body) -> None:
+        """Delete the children (GC would too; the emulator has none); 404 counts as done."""
+        with self.metrics.reconcile("delete"):
+            meta = _meta(body)
+            key = (meta["namespace"], meta["name"])
+            self._forget(key)
+            try:
+                removed = await remove_children(self.api, *key)
+            except KubeError as exc:
+                raise kopf.TemporaryError(str(exc), delay=RETRY_DELAY) from exc
+            what = " and ".join(removed) or "nothing left"
+            _event(body, "Normal", reason="Deleted", message=f"Deleted {what} of {key[1]}.")
+
+    def _forget(self, key: Key) -> None:
+        self.phases.pop(key, None)
+        self.metrics.set_phases(self.phases)
+        task = self._pending.pop(key, None)
+        if task is not None:
+            task.cancel()
+
+    # -- status --------------------------------------------------------------------
+
+    def child_changed(self, child: Body) -> None:
+        """A pod or Deployment of an InferenceService changed: refresh its status soon."""
+        meta = _meta(child)
+        owner = (meta.get("labels") or {}).get(OWNER_LABEL)
+        if not owner or not meta.get("namespace"):
+            return
+        key = (meta["namespace"], owner)
+        if key in self._pending:  # a refresh is already due: it will see this change too
+            return
+        self._pending[key] = asyncio.create_task(self._refresh_later(key), name=f"status {key}")
+
+    def _keep_resyncing(self) -> None:
+        """Start the periodic status recomputation (once; from a handler, so it may post Events)."""
+        if self._resync is None or self._resync.done():
+            loop = every(
+                self.resync, self.refresh_all, name="status resync", first_delay=self.resync
+            )
+            self._resync = supervised(loop, name="status resync")
+
+    async def refresh_all(self) -> None:
+        """Recompute the status of every InferenceService handled so far."""
+        for key in list(self.phases):
+            try:
+                await self.refresh(*key)
+            except KubeError as exc:
+                log.warning("status of %s/%s not updated: %s", *key, exc)
+
+    async def _refresh_later(self, key: Key) -> None:
+        try:
+            await asyncio.sleep(self.debounce)
+        finally:
+            self._pending.pop(key, None)
+        try:
+            await self.refresh(*key)
+        except KubeError as exc:
+            log.warning("status of %s/%s not updated: %s", *key, exc)
+
+    async def refresh(self, namespace: str, name: str) -> None:
+        """Recompute an InferenceService's status from its Deployment and pods; patch it if new."""
+        with self.metrics.reconcile("status"):
+            body = await self.api.get(isvc_path(namespace, name))
+            if body is None:
+                self._forget((namespace, name))
+                return
+            if _meta(body).get("deletionTimestamp"):
+                return
+            try:
+                spec: InferenceServiceSpec | None = parse_spec(body.get("spec") or {})
+                error: SpecError | None = None
+            except SpecError as err:
+                spec, error = None, err
+            deployment = await self.api.get(deployment_path(namespace, name)) if spec else None
+            pods = await self._pods(namespace, name) if spec else []
+            status = self._status(body, spec=spec, error=error, deployment=deployment, pods=pods)
+            new = status_body(status)
+            if new != status_body_of(body):
+                await self.api.patch(isvc_path(namespace, name) + "/status", {"status": new})
+            self._announce(body, status)
+
+    async def _pods(self, namespace: str, name: str) -> list[dict[str, Any]]:
+        selector = f"{OWNER_LABEL}={name}"
+        items = await self.api.list(pods_path(namespace), label_selector=selector)
+        return list(iter_owned(items, OWNER_LABEL, name))
+
+    def _status(
+        self,
+        body: Body,
+        *,
+        spec: InferenceServiceSpec | None,
+        error: SpecError | None,
+        deployment: Mapping[str, Any] | None,
+        pods: list[dict[str, Any]],
+    ) -> InferenceServiceStatus:
+        meta = _meta(body)
+        return compute_status(
+            spec=spec,
+            error=error,
+            generation=int(meta.get("generation") or 0),
+            name=meta["name"],
+            deployment=deployment,
+            pods=pods,
+            previous=previous_status(body),
+            now=_now(),
+        )
+
+    def _announce(self, body: Body, status: InferenceServiceStatus) -> None:
+        """Keep the phase gauge; an Event when the phase turns Degraded or Ready."""
+        meta = _meta(body)
+        key = (meta["namespace"], meta["name"])
+        before = self.phases.get(key) or (body.get("status") or {}).get("phase")
+        self.phases[key] = status.phase
+        self.metrics.set_phases(self.phases)
+        if status.phase == before:
+            return
+        if status.phase == "Degraded":
+            _event(
+                body, "Warning", reason="Degraded", message=_condition_message(status, "Degraded")
+            )
+        elif status.phase == "Ready":
+            _event(body, "Normal", reason="Ready", message=_condition_message(status, "Ready"))
+
+    async def close(self) -> None:
+        """Cancel and await the pending status refreshes."""
+        tasks = [*self._pending.values(), *([self._resync] if self._resync else [])]
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+
+def _event(body: Body, type_: str, *, reason: str, message: str) -> None:
+    """A Kubernetes Event about the InferenceService ``body`` (posted by kopf in the background)."""
+    target = body if isinstance(body, kopf.Body) else kopf.Body(cast(kopf.RawBody, dict(body)))
+    kopf.event(target, type=type_, reason=reason, message=message)
+
+
+def status_body_of(body: Body) -> dict[str, Any]:
+    raw = body.get("status")
+    return dict(raw) if isinstance(raw, Mapping) else {}
+
+
+def _condition_message(status: InferenceServiceStatus, kind: str) -> str:
+    for condition in status.conditions:
+        if condition.type == kind and condition.message:
+            return (
+                f"{condition.reason}: {condition.message}"
+                if condition.reason
+                else condition.message
+            )
+    return f"phase {status.phase}"

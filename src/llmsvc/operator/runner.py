@@ -1,0 +1,147 @@
+"""Run kopf and the operator's HTTP endpoint in one asyncio loop.
+
+:func:`kopf_settings` maps our settings onto kopf's: standalone (no peering),
+finalizer ``llmsvc.io/finalizer``, progress and diff-base kept in annotations
+under ``llmsvc.io/``, Events posted as component ``llmsvc-operator``, watch and
+batching timings. :func:`run` binds the port first (a busy port ends the
+process before it touches the cluster), serves ``/health`` and ``/metrics``,
+then runs ``kopf.operator`` until SIGTERM/SIGINT (kopf handles the signals).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import signal
+import socket
+
+import kopf
+from aiohttp import web
+from prometheus_client import CollectorRegistry
+
+from llmsvc.operator.app import create_app
+from llmsvc.operator.builders import BuildDefaults
+from llmsvc.operator.handlers import CHILD_RESOURCES, register
+from llmsvc.operator.kube import KubeClient, KubeError, login
+from llmsvc.operator.metrics import OperatorMetrics
+from llmsvc.operator.reconcile import OWNER_LABEL, Reconciler
+from llmsvc.operator.settings import OperatorSettings
+from llmsvc.operator.spec import GROUP, PLURAL, VERSION
+
+log = logging.getLogger("llmsvc.operator")
+
+FINALIZER = "llmsvc.io/finalizer"
+ANNOTATIONS_PREFIX = "llmsvc.io"
+COMPONENT = "llmsvc-operator"
+
+
+def kopf_settings(settings: OperatorSettings) -> kopf.OperatorSettings:
+    """kopf's settings for our operator."""
+    ks = kopf.OperatorSettings()
+    ks.peering.standalone = True
+    ks.persistence.finalizer = FINALIZER
+    ks.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=ANNOTATIONS_PREFIX)
+    ks.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
+        prefix=ANNOTATIONS_PREFIX, key="last-handled-configuration"
+    )
+    ks.posting.level = logging.INFO  # kopf.info/warn calls become Events, logs do not
+    ks.posting.reporting_component = COMPONENT
+    ks.posting.reporting_instance = os.environ.get("POD_NAME") or socket.gethostname()
+    ks.posting.event_name_prefix = "llmsvc-"
+    ks.watching.server_timeout = settings.watch_timeout
+    ks.watching.client_timeout = settings.watch_timeout + 10
+    ks.watching.connect_timeout = settings.request_timeout
+    ks.batching.batch_window = settings.batch_window
+    ks.networking.request_timeout = settings.request_timeout
+    # Only the children of InferenceServices travel from the API server.
+    for group, version, plural in CHILD_RESOURCES:
+        ks.watching.label_selectors[group or version, plural] = OWNER_LABEL
+    # No watching of namespaces and CRDs (less RBAC): specific namespaces are assumed to
+    # exist, and the CRD is checked once at the start (check_api).
+    ks.scanning.disabled = True
+    return ks
+
+
+def watched(settings: OperatorSettings, fallback: str) -> list[str]:
+    """The namespaces to manage: the flags', or the credentials' own."""
+    if settings.all_namespaces:
+        return []
+    return list(settings.namespace) or [fallback]
+
+
+async def run(
+    settings: OperatorSettings, *, sockets: list[socket.socket], namespaces: list[str]
+) -> None:
+    """Serve the endpoint on ``sockets`` and run the operator until a signal stops it."""
+    prometheus = CollectorRegistry()
+    metrics = OperatorMetrics(prometheus)
+    api = KubeClient(timeout=settings.request_timeout)
+    reconciler = Reconciler(
+        api=api,
+        defaults=BuildDefaults(image_prefix=settings.image_prefix, image_tag=settings.image_tag),
+        metrics=metrics,
+        debounce=settings.status_debounce,
+        resync=settings.resync_interval,
+    )
+    registry = kopf.OperatorRegistry()
+    register(registry, reconciler)
+    ready = asyncio.Event()
+    app = create_app(
+        reconciler=reconciler,
+        ready=ready,
+        prometheus=prometheus,
+        watching=namespaces or ["*"],
+    )
+    runner = web.AppRunner(app, access_log=None, shutdown_timeout=settings.shutdown_timeout)
+    await runner.setup()
+    try:
+        await api.login(login(logger=log))
+        await check_api(api)
+        for sock in sockets:
+            await web.SockSite(runner, sock).start()
+        log.info(
+            "operator watching %s; health and metrics on port %d",
+            ", ".join(namespaces) or "all namespaces",
+            settings.port,
+        )
+        await kopf.operator(
+            registry=registry,
+            settings=kopf_settings(settings),
+            standalone=True,
+            clusterwide=settings.all_namespaces,
+            namespaces=namespaces,
+            ready_flag=ready,
+        )
+    finally:
+        _ignore_further_signals()
+        await reconciler.close()
+        await api.close()
+        await runner.cleanup()
+
+
+class StartupError(Exception):
+    """The operator cannot start; the message is one line for the terminal or pod status."""
+
+
+async def check_api(api: KubeClient) -> None:
+    """Fail at once, and say why, when the API is unreachable or the CRD is not installed."""
+    try:
+        found = await api.get(f"/apis/{GROUP}/{VERSION}")
+    except KubeError as exc:
+        raise StartupError(f"cannot reach the Kubernetes API: {exc}") from None
+    plurals = {r.get("name") for r in (found or {}).get("resources", [])}
+    if PLURAL not in plurals:
+        raise StartupError(
+            f"the InferenceService CRD ({PLURAL}.{GROUP}/{VERSION}) is not installed: "
+            "apply it first ('llmsvc operator crd | kubectl apply -f -')"
+        )
+
+
+def _ignore_further_signals() -> None:
+    """kopf's signal handlers outlive it; a second SIGTERM while we clean up is only logged."""
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
+            loop.add_signal_handler(sig, log.info, "already stopping (%s)", sig.name)

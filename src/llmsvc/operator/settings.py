@@ -1,0 +1,88 @@
+"""The operator's settings: one flag and one ``LLMSVC_*`` variable per field."""
+
+from __future__ import annotations
+
+from pydantic import Field, ValidationInfo, field_validator
+
+from llmsvc import __version__
+from llmsvc.core.settings import BaseServiceSettings, CommaList
+
+
+class OperatorSettings(BaseServiceSettings):
+    """Settings of ``llmsvc operator``."""
+
+    namespace: CommaList = Field(
+        default_factory=list,
+        description="Namespaces whose InferenceServices to manage (a,b or the flag repeated). "
+        "Neither this nor --all-namespaces: the namespace of the current credentials "
+        "(the pod's, or the kubeconfig context's, else 'default').",
+    )
+    all_namespaces: bool = Field(
+        default=False,
+        description="Manage InferenceServices in every namespace (needs cluster-wide RBAC).",
+    )
+    host: str = Field(
+        default="0.0.0.0",
+        description="Address of the health and metrics endpoint (0.0.0.0: kubelet probes "
+        "reach it on the pod IP).",
+    )
+    port: int = Field(
+        default=8090, ge=1, le=65535, description="TCP port of /health, /metrics, /openapi.json."
+    )
+    image_prefix: str = Field(
+        default="ghcr.io/llmsvc",
+        min_length=1,
+        description="Registry and owner of the default engine images "
+        "(<prefix>/babysitter-vllm:<tag>, ...), used when spec.engine.image is empty.",
+    )
+    image_tag: str = Field(
+        default=__version__, min_length=1, description="Tag of the default engine images."
+    )
+    resync_interval: float = Field(
+        default=30.0,
+        gt=0,
+        description="Seconds between two status recomputations of every InferenceService "
+        "(a safety net: changes of its pods and Deployment are seen at once).",
+    )
+    status_debounce: float = Field(
+        default=0.5,
+        ge=0,
+        description="Seconds to gather a burst of pod/Deployment changes into one status update.",
+    )
+    request_timeout: float = Field(
+        default=30.0, gt=0, description="Seconds one Kubernetes API request may take."
+    )
+    watch_timeout: float = Field(
+        default=300.0,
+        gt=0,
+        description="Seconds a watch request stays open before the API server ends it "
+        "and it is reopened.",
+    )
+    batch_window: float = Field(
+        default=0.1,
+        ge=0,
+        description="Seconds to wait for more watch events of one object before handling it.",
+    )
+    shutdown_timeout: float = Field(
+        default=5.0, gt=0, description="Seconds to let open HTTP requests finish on SIGTERM."
+    )
+
+    @field_validator("all_namespaces")
+    @classmethod
+    def _one_namespace_choice(cls, value: bool, info: ValidationInfo) -> bool:
+        if value and info.data.get("namespace"):
+            raise ValueError("give --namespace or --all-namespaces, not both")
+        return value
+
+    @field_validator("namespace")
+    @classmethod
+    def _valid_namespaces(cls, value: list[str]) -> list[str]:
+        for name in value:
+            if not _is_dns_label(name):
+                raise ValueError(f"'{name}' is not a namespace name (a DNS label)")
+        return value
+
+
+def _is_dns_label(name: str) -> bool:
+    allowed = set("abcdefghijklmnopqrstuvwxyz0123456789-")
+    return 0 < len(name) <= 63 and set(name) <= allowed and name[0] != "-" and name[-1] != "-"

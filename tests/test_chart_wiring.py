@@ -1,0 +1,119 @@
+"""The chart's three containers, run as local processes with exactly the flags and environment
+it renders (Secrets resolved), against the Kubernetes API emulator: the operator turns the
+sim sample into a Deployment and Service, an EndpointSlice for that Service (made by hand
+here: no kubelet, no EndpointSlice controller) lists a local simulated engine, and a chat
+completion goes through the router. Only the listen address, the ports and the router's
+registry URL are changed to run on 127.0.0.1.
+"""
+
+from __future__ import annotations
+
+import base64
+from collections.abc import Sequence
+from typing import Any
+
+import httpx
+import pytest
+import yaml
+
+from conftest import Spawn
+from helmchart import container, documents, of_kind, render
+from kubeapi import APPS, CORE, DISCOVERY, ISVC, KubeAPI, collection
+from procs import HOST, Proc, free_port, wait_until
+from tools import ROOT
+
+pytestmark = pytest.mark.slow
+
+NS = "llm"
+TOKEN = "chart-wiring-token"
+
+
+def localize(args: Sequence[str], replace: dict[str, str]) -> list[str]:
+    """``args`` with the value after each flag in ``replace`` swapped."""
+    out = list(args)
+    for index, arg in enumerate(out[:-1]):
+        if arg in replace:
+            out[index + 1] = replace[arg]
+    return out
+
+
+def resolved_env(docs: list[dict[str, Any]], name: str) -> dict[str, str]:
+    """The container's environment as the kubelet would give it (Secrets decoded)."""
+    secrets = {s["metadata"]["name"]: s["data"] for s in of_kind(docs, "Secret")}
+    env: dict[str, str] = {}
+    for item in container(docs, name).get("env", []):
+        source = item.get("valueFrom", {})
+        if "secretKeyRef" in source:
+            ref = source["secretKeyRef"]
+            env[item["name"]] = base64.b64decode(secrets[ref["name"]][ref["key"]]).decode()
+        elif "fieldRef" in source:
+            env[item["name"]] = f"{name}-pod"
+        else:
+            env[item["name"]] = item["value"]
+    return env
+
+
+def start(spawn: Spawn, docs: list[dict[str, Any]], name: str, port: int,
+          extra_env: dict[str, str], replace: dict[str, str]) -> Proc:  # fmt: skip
+    """Start the chart's ``name`` container as a local process on ``port`` (not waited for)."""
+    args = localize(container(docs, name)["args"], {"--host": HOST, "--port": str(port), **replace})
+    return spawn(name, *args, env={**resolved_env(docs, name), **extra_env})
+
+
+def endpoint_slice(service: dict[str, Any], port: int) -> dict[str, Any]:
+    """What the EndpointSlice controller makes of the operator's Service, for one local pod."""
+    labels = {**service["metadata"]["labels"], "kubernetes.io/service-name": "sim"}
+    return {"apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",
+            "metadata": {"name": "sim-abcde", "namespace": NS, "labels": labels},
+            "addressType": "IPv4",
+            "endpoints": [{"addresses": [HOST], "conditions": {"ready": True},
+                           "targetRef": {"kind": "Pod", "name": "sim-0", "namespace": NS}}],
+            "ports": [{"name": "http", "port": port, "protocol": "TCP"},
+                      {"name": "babysitter", "port": port + 1, "protocol": "TCP"}]}  # fmt: skip
+
+
+def test_rendered_components_serve_the_sim_sample(spawn: Spawn, kubeapi: KubeAPI) -> None:
+    docs = documents(render(values={"registry": {"token": {"value": TOKEN}}}))
+    ports = {name: free_port() for name in ("registry", "operator", "router")}
+    registry, router = (f"http://{HOST}:{ports[n]}" for n in ("registry", "router"))
+    procs = [
+        start(spawn, docs, "registry", ports["registry"], kubeapi.env, {}),
+        start(spawn, docs, "operator", ports["operator"], kubeapi.env, {}),
+        start(spawn, docs, "router", ports["router"], {}, {"--registry-url": registry}),
+    ]
+    for proc, port in zip(procs, ports.values(), strict=True):
+        proc.wait_http(f"http://{HOST}:{port}/health", timeout=30)
+
+    # The registry's write token is the chart's Secret; reads stay open.
+    record = {"name": "probe", "host": HOST, "port": 9, "metadata": {"models": ["x"]}}
+    assert httpx.post(f"{registry}/services", json=record, timeout=5).status_code == 401
+    auth = {"Authorization": f"Bearer {TOKEN}"}
+    assert httpx.post(f"{registry}/services", json=record, headers=auth, timeout=5).is_success
+    assert httpx.delete(f"{registry}/services/probe", headers=auth, timeout=5).is_success
+
+    sample = yaml.safe_load((ROOT / "manifests" / "samples" / "sim.yaml").read_text())
+    sample["metadata"]["namespace"] = NS  # the emulator does not fill it in from the path
+    kubeapi.create(collection(ISVC, "inferenceservices", NS), sample)
+    service = wait_until(
+        lambda: kubeapi.get(f"{collection(CORE, 'services', NS)}/sim"),
+        timeout=30, what="the operator's Service",
+    )  # fmt: skip
+    deployment = kubeapi.get(f"{collection(APPS, 'deployments', NS)}/sim")
+    assert deployment is not None
+    engine = deployment["spec"]["template"]["spec"]["containers"][0]
+    assert engine["image"] == "ghcr.io/llmsvc/babysitter:0.1.0"  # the chart's --image-*
+
+    port = free_port(pair=True)
+    sim = spawn("engine", "sim-engine", "--port", str(port), "--model-name", "sim-model")
+    sim.wait_http(f"http://{HOST}:{port}/v1/models")
+    kubeapi.create(collection(DISCOVERY, "endpointslices", NS), endpoint_slice(service, port))
+
+    body = {"model": "sim-model", "messages": [{"role": "user", "content": "Hello"}]}
+
+    def chat() -> httpx.Response | None:
+        reply = httpx.post(f"{router}/v1/chat/completions", json=body, timeout=10)
+        return reply if reply.status_code == 200 else None
+
+    reply = wait_until(chat, timeout=20, interval=0.2, what="a chat through the router")
+    assert reply.json()["choices"][0]["message"]["content"]
+    assert reply.headers["X-Llmsvc-Backend"] == f"{NS}.sim-0"

@@ -1,0 +1,228 @@
+"""``llmsvc registry --source kubernetes`` against the Kubernetes API emulator, end to end.
+
+A real registry process reads EndpointSlices and Services from the emulator
+(``tests/kubeapi.py``) through a kubeconfig; a real router follows it and
+routes to a simulated engine whose address is in an EndpointSlice.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+from conftest import Spawn
+from kubeapi import CORE, DISCOVERY, KubeAPI, collection, write_kubeconfig
+from procs import HOST, Proc, free_port, llmsvc_args, start_router, wait_until
+
+NS = "llm"
+MODEL = "Qwen/Qwen3-0.6B"  # a '/' a label cannot hold: the annotation carries it
+SLICES = collection(DISCOVERY, "endpointslices", NS)
+SERVICES = collection(CORE, "services", NS)
+LABELS = {
+    "app.kubernetes.io/managed-by": "llmsvc",
+    "llmsvc.io/inference-service": "qwen",
+    "llmsvc.io/model": "Qwen-Qwen3-0.6B",
+    "kubernetes.io/service-name": "qwen",
+}
+
+
+def service_obj(weight: int = 1) -> dict[str, Any]:
+    labels = {k: v for k, v in LABELS.items() if k != "kubernetes.io/service-name"}
+    annotations = {"llmsvc.io/model": MODEL, "llmsvc.io/weight": str(weight)}
+    selector = {"llmsvc.io/inference-service": "qwen"}
+    return {"apiVersion": "v1", "kind": "Service",
+            "metadata": {"name": "qwen", "labels": labels, "annotations": annotations},
+            "spec": {"clusterIP": "None", "selector": selector}}  # fmt: skip
+
+
+def endpoint(pod: str, address: str = "10.1.0.1", ready: bool = True) -> dict[str, Any]:
+    return {"addresses": [address], "conditions": {"ready": ready},
+            "targetRef": {"kind": "Pod", "name": pod, "namespace": NS}}  # fmt: skip
+
+
+def slice_obj(name: str, endpoints: list[dict[str, Any]], port: int = 8000) -> dict[str, Any]:
+    return {"apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",
+            "metadata": {"name": name, "labels": LABELS}, "addressType": "IPv4",
+            "endpoints": endpoints,
+            "ports": [{"name": "http", "port": port, "protocol": "TCP"},
+                      {"name": "babysitter", "port": port + 1, "protocol": "TCP"}]}  # fmt: skip
+
+
+def services(url: str, **params: str) -> dict[str, Any]:
+    resp = httpx.get(f"{url}/services", params=params, timeout=10)
+    resp.raise_for_status()
+    body: dict[str, Any] = resp.json()
+    return body
+
+
+def names(url: str, **params: str) -> list[str]:
+    return [s["name"] for s in services(url, **params)["services"]]
+
+
+def metric(url: str, name: str, **labels: str) -> float:
+    text = httpx.get(f"{url}/metrics", timeout=10).text
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if sample.name == name and all(sample.labels.get(k) == v for k, v in labels.items()):
+                return float(sample.value)
+    return 0.0
+
+
+def restarts(url: str, resource: str, *reasons: str) -> float:
+    name = "llmsvc_registry_kubernetes_watch_restarts_total"
+    return sum(metric(url, name, resource=resource, reason=reason) for reason in reasons)
+
+
+def k8s_registry(spawn: Spawn, api: KubeAPI, *extra: str) -> tuple[Proc, str]:
+    port = free_port()
+    proc = spawn("registry", "registry", "--port", str(port), "--source", "kubernetes",
+                 *extra, env=api.env)  # fmt: skip
+    url = f"http://{HOST}:{port}"
+    proc.wait_http(f"{url}/health")
+    wait_until(lambda: synced(url), what="the first lists")
+    return proc, url
+
+
+def synced(url: str) -> bool:
+    health = httpx.get(f"{url}/health", timeout=5).json()
+    return bool(health["kubernetes"]["synced"])
+
+
+def test_slices_become_records_and_follow_the_endpoints(spawn: Spawn, kubeapi: KubeAPI) -> None:
+    kubeapi.create(SERVICES, service_obj(weight=3))
+    kubeapi.create(
+        SLICES, slice_obj("qwen-a", [endpoint("qwen-0"), endpoint("qwen-1", "10.1.0.2")])
+    )
+    _, url = k8s_registry(spawn, kubeapi, "--all-namespaces")
+
+    wait_until(lambda: names(url) == ["llm.qwen-0", "llm.qwen-1"], what="two records")
+    record = services(url, model=MODEL)["services"][0]
+    assert (record["host"], record["port"], record["type"]) == ("10.1.0.1", 8000, "openai-api")
+    assert record["weight"] == 3 and record["status"] == "healthy"
+    assert record["metadata"]["models"] == [MODEL]
+    meta = record["metadata"]
+    assert (meta["namespace"], meta["inference_service"], meta["pod"], meta["source"]) == (
+        NS, "qwen", "qwen-0", "kubernetes")  # fmt: skip
+    health = httpx.get(f"{url}/health", timeout=5).json()
+    assert health["source"] == "kubernetes"
+    assert health["kubernetes"] == {"namespaces": None, "synced": True, "watching": True,
+                                    "records": 2}  # fmt: skip
+
+    # An HTTP registration lives beside them; a Kubernetes name is read-only over HTTP.
+    http = {"name": "laptop", "host": "127.0.0.1", "port": 9, "metadata": {"models": [MODEL]}}
+    assert httpx.post(f"{url}/services", json=http, timeout=5).status_code == 201
+    refused = httpx.delete(f"{url}/services/llm.qwen-0", timeout=5)
+    assert refused.status_code == 409 and refused.json()["error"]["code"] == "managed_by_source"
+
+    # Not ready: kept, unhealthy (the router skips it). A blocking query wakes at once.
+    index = int(httpx.get(f"{url}/services", timeout=5).headers["X-Llmsvc-Index"])
+    with httpx.Client(timeout=30) as client:
+        eps = [endpoint("qwen-0", ready=False), endpoint("qwen-1", "10.1.0.2")]
+        kubeapi.patch(f"{SLICES}/qwen-a", {"endpoints": eps})
+        woken = client.get(f"{url}/services", params={"index": index, "wait": "20s"})
+    assert woken.elapsed.total_seconds() < 5
+    assert int(woken.headers["X-Llmsvc-Index"]) > index
+    wait_until(lambda: names(url, healthy="false") == ["llm.qwen-0"], what="qwen-0 unhealthy")
+    assert names(url, healthy="true") == ["laptop", "llm.qwen-1"]
+
+    # The slice goes: its records go; the HTTP registration stays.
+    kubeapi.delete(f"{SLICES}/qwen-a")
+    wait_until(lambda: names(url) == ["laptop"], what="records removed with the slice")
+    assert metric(url, "llmsvc_registry_kubernetes_records") == 0
+
+
+def test_a_dropped_watch_resumes_and_a_410_lists_again(spawn: Spawn, kubeapi: KubeAPI) -> None:
+    kubeapi.create(SERVICES, service_obj())
+    kubeapi.create(SLICES, slice_obj("qwen-a", [endpoint("qwen-0")]))
+    _, url = k8s_registry(spawn, kubeapi, "--namespace", NS)
+    wait_until(lambda: names(url) == ["llm.qwen-0"], what="the first record")
+
+    kubeapi.drop_watches()
+    wait_until(lambda: restarts(url, "endpointslices", "closed", "error") >= 1, what="a restart")
+    kubeapi.create(SLICES, slice_obj("qwen-b", [endpoint("qwen-1", "10.1.0.2")]))
+    wait_until(lambda: names(url) == ["llm.qwen-0", "llm.qwen-1"], what="a change after resuming")
+
+    kubeapi.expire_watches(2)  # the next watch of each resource answers 410 Gone
+    kubeapi.drop_watches()
+    wait_until(lambda: restarts(url, "endpointslices", "expired") >= 1
+               and restarts(url, "services", "expired") >= 1, what="410s")  # fmt: skip
+    kubeapi.delete(f"{SLICES}/qwen-a")
+    wait_until(lambda: names(url) == ["llm.qwen-1"], what="a change after listing again")
+    health = httpx.get(f"{url}/health", timeout=5).json()["kubernetes"]
+    assert health["namespaces"] == [NS] and health["watching"]
+
+
+def test_the_registry_keeps_trying_while_the_api_is_down(
+    spawn: Spawn, kubeapi: KubeAPI, tmp_path: Path
+) -> None:
+    # A kubeconfig that points at a port where nothing listens yet.
+    port = free_port()
+    config = write_kubeconfig(tmp_path / "down", f"http://{HOST}:{port}")
+    reg_port = free_port()
+    proc = spawn("registry", "registry", "--port", str(reg_port), "--source", "kubernetes",
+                 env={"KUBECONFIG": str(config)})  # fmt: skip
+    url = f"http://{HOST}:{reg_port}"
+    health = proc.wait_http(f"{url}/health").json()
+    assert health["kubernetes"]["synced"] is False
+    assert health["kubernetes"]["namespaces"] == ["default"], "the kubeconfig context's"
+    wait_until(lambda: not httpx.get(f"{url}/health", timeout=5).json()["kubernetes"]["watching"])
+    assert names(url) == []
+    log = proc.log()
+    assert log.count("cannot list or watch") == 2, "one line per watch going down, not per retry"
+    assert "Traceback" not in log
+
+
+def test_without_credentials_it_exits_1_with_one_line(tmp_path: Path) -> None:
+    env = {
+        k: v for k, v in os.environ.items() if k not in ("KUBECONFIG", "KUBERNETES_SERVICE_HOST")
+    }
+    env["HOME"] = str(tmp_path)  # no ~/.kube/config
+    args = llmsvc_args("registry", "--port", str(free_port()), "--source", "kubernetes")
+    done = subprocess.run(args, capture_output=True, text=True, timeout=30, env=env, check=False)
+    assert done.returncode == 1
+    assert done.stderr.strip().splitlines() == [
+        "llmsvc registry: error: no Kubernetes credentials: set KUBECONFIG, create "
+        "~/.kube/config, or run in a pod with a service account"
+    ]
+    env["KUBECONFIG"] = str(tmp_path / "missing")
+    done = subprocess.run(args, capture_output=True, text=True, timeout=30, env=env, check=False)
+    assert done.returncode == 1 and len(done.stderr.strip().splitlines()) == 1
+    assert "cannot load Kubernetes credentials" in done.stderr
+    assert "Traceback" not in done.stderr
+
+
+@pytest.mark.slow
+def test_a_router_following_the_registry_routes_to_an_engine_in_a_slice(
+    spawn: Spawn, kubeapi: KubeAPI
+) -> None:
+    engine_port = free_port()
+    engine = spawn("engine", "sim-engine", "--port", str(engine_port), "--model-name", MODEL,
+                   "--time-scale", "0")  # fmt: skip
+    engine.wait_http(f"http://{HOST}:{engine_port}/health")
+    _, url = k8s_registry(spawn, kubeapi, "--all-namespaces")
+    _, router = start_router(spawn, url)
+    kubeapi.create(SERVICES, service_obj())
+    kubeapi.create(SLICES, slice_obj("qwen-a", [endpoint("qwen-0", HOST)], port=engine_port))
+
+    body = {"model": MODEL, "messages": [{"role": "user", "content": "hi"}], "max_tokens": 4}
+
+    def routed() -> httpx.Response | None:
+        resp = httpx.post(f"{router}/v1/chat/completions", json=body, timeout=10)
+        return resp if resp.status_code == 200 else None
+
+    resp = wait_until(routed, timeout=15, interval=0.2, what="a chat routed to the engine")
+    assert resp.json()["choices"][0]["message"]["content"]
+
+    kubeapi.delete(f"{SLICES}/qwen-a")
+    gone = wait_until(
+        lambda: (r := httpx.post(f"{router}/v1/chat/completions", json=body, timeout=10))
+        .status_code == 503 and r,
+        timeout=15, interval=0.2, what="the router dropping the engine",
+    )  # fmt: skip
+    assert MODEL in gone.json()["error"]["message"]
