@@ -67,6 +67,20 @@ class RouterMetrics:
             registry=registry,
             multiprocess_mode="livemin",  # --workers: 1 only when every worker routes to it
         )
+        self.backend_passive_down = Gauge(
+            "llmsvc_router_backend_passive_down",
+            "1 while passive health (max_fails within fail_timeout) keeps the backend out.",
+            ["backend"],
+            registry=registry,
+            multiprocess_mode="livemax",  # --workers: 1 when any worker keeps it out
+        )
+        self.model_healthy_backends = Gauge(
+            "llmsvc_router_model_healthy_backends",
+            "Backends eligible for routing per model listed by any backend (0: none is).",
+            ["model_name"],
+            registry=registry,
+            multiprocess_mode="livemin",
+        )
         self.registry_up = Gauge(
             "llmsvc_router_registry_up",
             "1 when the last registry query succeeded, else 0 (also 0 without a registry).",
@@ -77,6 +91,7 @@ class RouterMetrics:
         self._duration: dict[str, Histogram] = {}
         self._ttfb: dict[str, Histogram] = {}
         self._shown: set[str] = set()
+        self._models: set[str] = set()
 
     def count_request(self, model: str, backend: str, status: int, duration: float) -> None:
         key = (model, backend, status)
@@ -96,13 +111,30 @@ class RouterMetrics:
         hist.observe(seconds)
 
     def refresh(self, pool: BackendPool, now: float) -> None:
-        """Set the per-backend gauges from the pool; drop the series of gone backends."""
+        """Set the per-backend and per-model gauges from the pool; drop gone series.
+
+        A model counts while some backend lists it, healthy or not: one whose backends
+        are all unhealthy reads 0 (the "no healthy backend" alert), one that no backend
+        lists any more (deregistered, removed after 2 x TTL) has no series.
+        """
         names = set()
+        healthy_per_model: dict[str, int] = {}
         for backend in pool:
             names.add(backend.name)
+            healthy = backend.healthy(now)
             self.in_flight.labels(backend.name).set(backend.in_flight)
-            self.backend_healthy.labels(backend.name).set(1 if backend.healthy(now) else 0)
+            self.backend_healthy.labels(backend.name).set(1 if healthy else 0)
+            down = not backend.passive.available(now)
+            self.backend_passive_down.labels(backend.name).set(1 if down else 0)
+            for model in backend.models:
+                healthy_per_model[model] = healthy_per_model.get(model, 0) + healthy
         for gone in self._shown - names:
             self.in_flight.remove(gone)
             self.backend_healthy.remove(gone)
+            self.backend_passive_down.remove(gone)
         self._shown = names
+        for model, count in healthy_per_model.items():
+            self.model_healthy_backends.labels(model).set(count)
+        for gone in self._models - healthy_per_model.keys():
+            self.model_healthy_backends.remove(gone)
+        self._models = set(healthy_per_model)

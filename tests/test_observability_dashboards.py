@@ -1,0 +1,123 @@
+"""The Grafana dashboards: loadable shape, variables, units, queries that parse and read
+only metrics llmsvc (or the simulated engine, under vLLM's names) exports.
+
+That every query returns data from a running stack is tests/test_observability_prometheus.py.
+"""
+
+from __future__ import annotations
+
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from observability import (
+    catalogue,
+    dashboards,
+    metric_names,
+    panel_queries,
+    panels,
+    series_family,
+    substitute,
+)
+from tools import require_tool
+
+BOARDS = dashboards()
+DS_REF = {"type": "prometheus", "uid": "${datasource}"}
+
+
+def test_the_three_dashboards_with_stable_uids() -> None:
+    assert {name: board["uid"] for name, board in BOARDS.items()} == {
+        "overview": "llmsvc-overview",
+        "backends": "llmsvc-backends",
+        "control-plane": "llmsvc-control-plane",
+    }
+    for board in BOARDS.values():
+        assert board["title"].startswith("llmsvc / ")
+        assert board["schemaVersion"] >= 36  # Grafana 10 and 11 load it without migration
+        assert board["id"] is None  # provisioning and the sidecar assign ids
+        assert "llmsvc" in board["tags"]
+
+
+def variables(board: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    return {v["name"]: v for v in board["templating"]["list"]}
+
+
+@pytest.mark.parametrize("name", sorted(BOARDS))
+def test_datasource_and_template_variables(name: str) -> None:
+    found = variables(BOARDS[name])
+    ds = found["datasource"]
+    assert (ds["type"], ds["query"]) == ("datasource", "prometheus")
+    wanted = {"model", "backend"} if name == "backends" else {"model"}
+    assert set(found) == {"datasource"} | wanted
+    names = {m.name for m in catalogue()}
+    for var in wanted:
+        spec = found[var]
+        assert spec["type"] == "query" and spec["datasource"] == DS_REF
+        assert spec["includeAll"] and spec["multi"] and spec["allValue"] == ".*"
+        assert spec["query"]["query"] == spec["definition"]
+        metric = spec["definition"].removeprefix("label_values(").split(",")[0]
+        assert metric in names, f"{var} reads {metric}, which nothing exports"
+
+
+@pytest.mark.parametrize("name", sorted(BOARDS))
+def test_every_panel_has_a_unit_a_query_and_a_place(name: str) -> None:
+    board = BOARDS[name]
+    ids = [p["id"] for p in board["panels"]]
+    assert len(ids) == len(set(ids)), "panel ids must be unique"
+    taken: set[tuple[int, int]] = set()
+    for panel in board["panels"]:
+        pos = panel["gridPos"]
+        assert pos["x"] >= 0 and pos["x"] + pos["w"] <= 24, panel["title"]
+        cells = {(x, y) for x in range(pos["x"], pos["x"] + pos["w"])
+                 for y in range(pos["y"], pos["y"] + pos["h"])}  # fmt: skip
+        assert not cells & taken, f"{panel['title']} overlaps another panel"
+        taken |= cells
+    for panel in panels(board):
+        title = panel["title"]
+        assert panel["fieldConfig"]["defaults"].get("unit"), f"{title}: no unit"
+        assert panel.get("description"), f"{title}: no description"
+        assert panel["datasource"] == DS_REF, title
+        assert panel["targets"], f"{title}: no query"
+        for target in panel["targets"]:
+            assert target["datasource"] == DS_REF, title
+            assert target["expr"].strip() and target["legendFormat"], title
+
+
+def test_every_query_reads_only_exported_metrics() -> None:
+    exported = {m.name for m in catalogue()}
+    for board, title, expr in panel_queries():
+        names = {series_family(n) for n in metric_names(expr)}
+        assert names, f"{board}/{title}: no metric found in {expr}"
+        assert names <= exported, f"{board}/{title} reads {names - exported}"
+
+
+def test_metric_name_scan() -> None:
+    """The scanner the check above relies on finds series names and nothing else."""
+    expr = (
+        "histogram_quantile(0.95, sum by (model_name, le) (rate(vllm:time_to_first_token_seconds"
+        '_bucket{model_name=~"$model"}[5m]))) / count(max by (x) (up{job="a b"}) == 0)'
+        " or vector(0)"
+    )
+    assert metric_names(expr) == {"vllm:time_to_first_token_seconds_bucket", "up"}
+
+
+def test_every_query_parses(tmp_path: Path) -> None:
+    """promtool checks each query (variables filled in) as a recording rule's expression."""
+    promtool = require_tool("promtool")
+    rules = [
+        {
+            "record": f"dashboard:query_{i}",
+            "expr": substitute(expr, {"model": ".*", "backend": ".*"}),
+        }
+        for i, (_, _, expr) in enumerate(panel_queries())
+    ]
+    path = tmp_path / "queries.rules.yaml"
+    path.write_text(yaml.safe_dump({"groups": [{"name": "dashboards", "rules": rules}]}))
+    done = subprocess.run(
+        [promtool, "check", "rules", str(path)], capture_output=True, text=True, check=False
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert f"{len(rules)} rules found" in done.stdout
