@@ -7,13 +7,15 @@ STAMP  := $(VENV)/.installed-stamp
 TEST_WORKERS ?= 4
 PYTEST_ARGS ?=
 
-.PHONY: help venv tools run stop test lint typecheck imports check clean scale bench study
+.PHONY: help venv tools run stop test lint typecheck imports check clean scale bench study images manifests chaos soak
 
 help:
 	@echo "make run     start the demo stack (registry, router, two simulated engines)"
 	@echo "make stop    stop it"
 	@echo "make test    run the test suite"
 	@echo "make check   ruff, mypy --strict, import-linter, then the tests"
+	@echo "make images  build the container images (needs Docker; IMAGE_PREFIX, IMAGE_TAG)"
+	@echo "make manifests  regenerate the CRD copies, operator/rbac.yaml, manifests/install.yaml"
 
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -27,6 +29,24 @@ venv: $(STAMP)
 # except in CI (LLMSVC_REQUIRE_TOOLS=1), where they fail.
 tools:
 	scripts/install-tools
+
+# Container images ghcr.io/llmsvc/<name>:0.1.0 (router, registry, operator, babysitter and its
+# vLLM/SGLang/llama.cpp flavours); needs Docker. IMAGES=... builds a subset. See docs/compose.md.
+IMAGE_PREFIX ?= ghcr.io/llmsvc
+IMAGE_TAG    ?= 0.1.0
+IMAGES       ?=
+images:
+	@images/build.sh "$(IMAGE_PREFIX)" "$(IMAGE_TAG)" $(IMAGES)
+
+# Generated, checked-in files (tests fail when stale): the CRD from the operator's typed model
+# (operator/ and the chart's copy), the operator's RBAC for installs without Helm, and
+# manifests/install.yaml (the chart with default values, CRD included). See docs/kubernetes.md.
+HELM ?= $(firstword $(wildcard .tools/bin/helm) $(shell command -v helm) helm)
+manifests: $(STAMP)
+	$(BIN)/llmsvc operator crd > operator/crd.yaml.tmp && mv operator/crd.yaml.tmp operator/crd.yaml
+	cp operator/crd.yaml charts/llmsvc/crds/inferenceservices.llmsvc.io.yaml
+	$(HELM) template llmsvc charts/llmsvc --namespace llmsvc --show-only templates/operator/rbac.yaml > operator/rbac.yaml.tmp && mv operator/rbac.yaml.tmp operator/rbac.yaml
+	$(HELM) template llmsvc charts/llmsvc --namespace llmsvc --include-crds --set registry.token.existingSecret=llmsvc-registry-token > manifests/install.yaml.tmp && mv manifests/install.yaml.tmp manifests/install.yaml
 
 run: $(STAMP)
 	$(BIN)/llmsvc up
@@ -58,10 +78,21 @@ bench: $(STAMP)
 	$(BIN)/python -m pip install --quiet -e '.[bench]'
 	$(BIN)/python benchmarks/harness $(BENCH_ARGS)
 
+# Fault harness (about 5 minutes): backend death and a black hole under load, llmsvc beside
+# nginx, HAProxy, LiteLLM; writes benchmarks/chaos/results/ and the table in docs/reliability.md.
+chaos: $(STAMP)
+	$(BIN)/python benchmarks/chaos --doc docs/reliability.md $(CHAOS_ARGS)
+
 # The routing-quality study (~10 minutes): six strategies, three workloads; see docs/routing.md.
 study: $(STAMP)
 	$(BIN)/python -c 'import matplotlib' 2>/dev/null || $(BIN)/python -m pip install --quiet -e '.[bench]'
 	$(BIN)/python -m benchmarks.routing $(STUDY_ARGS)
+
+# The soak (SOAK_MINUTES, default 10): router --workers 2 under steady load, RSS and fds of
+# each worker from /proc; writes benchmarks/soak/results.json; see docs/reliability.md.
+SOAK_MINUTES ?= 10
+soak: $(STAMP)
+	$(BIN)/python benchmarks/soak/soak.py --minutes $(SOAK_MINUTES) $(SOAK_ARGS)
 
 clean:
 	rm -rf $(VENV) .tools .pytest_cache .mypy_cache .ruff_cache logs

@@ -7,6 +7,7 @@ it started when the test ends and prints the logs of a failed test's processes.
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import os
 import random
 import signal
@@ -61,6 +62,16 @@ def _is_free(port: int) -> bool:
     return True
 
 
+_PR_SET_PDEATHSIG = 1
+
+
+def _die_with_parent() -> None:
+    """In the child: SIGTERM when the test process dies, even by SIGKILL or a timeout that
+    skipped the fixtures' teardown, so that no service outlives the test run."""
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+
+
 class Proc:
     """A started ``llmsvc`` (or other) process with its log file."""
 
@@ -75,6 +86,7 @@ class Proc:
             stderr=subprocess.STDOUT,
             env=env,
             start_new_session=True,
+            preexec_fn=_die_with_parent,
         )
 
     @property

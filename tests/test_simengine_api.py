@@ -213,7 +213,7 @@ async def test_completion_stream_without_usage(client: Client) -> None:
             "/v1/completions",
             orjson.dumps({"model": "sim-model", "prompt": ["a", "b"]}),
             400,
-            "invalid_value",
+            "batch_not_supported",
         ),
         (
             "POST",

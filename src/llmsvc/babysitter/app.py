@@ -230,7 +230,12 @@ def create_app(
     ident = identity(settings)
     registry = registry if registry is not None else CollectorRegistry()
     metrics_ = BabysitterMetrics(registry, model_name=ident.label)
-    app = make_app(title="llmsvc babysitter", version=__version__, routes=ROUTES)
+    app = make_app(
+        title="llmsvc babysitter",
+        version=__version__,
+        routes=ROUTES,
+        read_timeout=settings.read_timeout,
+    )
     app[RUNTIME] = Runtime(settings, first, ident, registry, metrics_)
     app.cleanup_ctx.append(_lifecycle)
     return app

@@ -7,7 +7,7 @@ from typing import Literal
 from pydantic import Field
 
 from llmsvc.babysitter.gpus import GpuProbe
-from llmsvc.core.settings import BaseServiceSettings, CommaList
+from llmsvc.core.settings import CommaList, ServerSettings
 
 EngineName = Literal["vllm", "sglang", "llama.cpp", "infinilm", "infinilm-rust", "sim", "command"]
 
@@ -22,7 +22,7 @@ ENGINES: tuple[str, ...] = (
 )
 
 
-class BabysitterSettings(BaseServiceSettings):
+class BabysitterSettings(ServerSettings):
     """Settings of ``llmsvc babysitter``. Everything after ``--`` goes to the engine."""
 
     engine: EngineName = Field(

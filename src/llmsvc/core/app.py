@@ -24,7 +24,7 @@ from aiohttp.typedefs import Middleware
 from pydantic import BaseModel
 
 from llmsvc.core.errors import Handler, error_middleware
-from llmsvc.core.jsonio import json_response
+from llmsvc.core.jsonio import DEFAULT_READ_TIMEOUT, READ_TIMEOUT, json_response
 from llmsvc.core.openapi import build_openapi
 
 log = logging.getLogger("llmsvc.app")
@@ -57,8 +57,9 @@ class Route:
     request: type[BaseModel] | None = None
     request_required: bool = True
     response: type[BaseModel] | None = None
-    response_media: str | None = None
+    response_media: str | tuple[str, ...] | None = None  # media types of an untyped response
     status: int = 200
+    also: Mapping[int, str] = field(default_factory=dict)  # other success statuses, same body
     errors: Mapping[int, str] = field(default_factory=dict)
     query: tuple[Query, ...] = ()
 
@@ -78,8 +79,14 @@ def make_app(
     client_max_size: int = DEFAULT_MAX_BODY,
     middlewares: Iterable[Middleware] = (),
     handler_args: Mapping[str, Any] | None = None,
+    read_timeout: float = DEFAULT_READ_TIMEOUT,
 ) -> web.Application:
-    """A ``web.Application`` with the error middleware, the routes and ``/openapi.json``."""
+    """A ``web.Application`` with the error middleware, the routes and ``/openapi.json``.
+
+    ``read_timeout``: seconds a client may take to send a request's headers (an idle
+    keep-alive connection is closed after it too, see :func:`serve`) and then its body
+    (408, :func:`~llmsvc.core.jsonio.read_body`).
+    """
     app = web.Application(
         middlewares=[error_middleware, *middlewares],
         client_max_size=client_max_size,
@@ -87,6 +94,7 @@ def make_app(
         # generating and the router closes the upstream request at once.
         handler_args={"handler_cancellation": True, **(handler_args or {})},
     )
+    app[READ_TIMEOUT] = read_timeout
     table = list(routes)
     for route in table:
         app.router.add_route(route.method, route.path, route.handler)
@@ -232,5 +240,8 @@ def serve(
         print=None,
         shutdown_timeout=shutdown_timeout,
         handle_signals=True,
+        # aiohttp closes a connection that has not sent a whole request line and
+        # headers within this time (slowloris), as it closes an idle keep-alive one.
+        keepalive_timeout=app.get(READ_TIMEOUT, DEFAULT_READ_TIMEOUT),
     )
     return 0

@@ -2,17 +2,22 @@
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any, TypeVar
 
 import orjson
 from aiohttp import web
 from pydantic import BaseModel, ValidationError
 
-from llmsvc.core.errors import BadRequest, PayloadTooLarge
+from llmsvc.core.errors import ApiError, BadRequest, PayloadTooLarge
 
 M = TypeVar("M", bound=BaseModel)
 
 JSON_CONTENT = "application/json"
+
+DEFAULT_READ_TIMEOUT = 75.0
+"""Seconds a client may take to send a request's headers, and then its body (slowloris)."""
+READ_TIMEOUT = web.AppKey("llmsvc_read_timeout", float)
 
 
 def dumps(data: Any) -> bytes:
@@ -39,12 +44,29 @@ def model_response(
 
 
 async def read_body(request: web.Request) -> bytes:
-    """The whole body; 413 in the OpenAI shape when over the app's size limit."""
+    """The whole body; 413 in the OpenAI shape when over the app's size limit (at once
+    when Content-Length says so), 408 when it takes longer than the app's read timeout."""
+    limit = request.client_max_size
+    length = request.content_length
+    if limit and length is not None and length > limit:
+        raise PayloadTooLarge(
+            f"Request body too large: Content-Length {length} exceeds the limit of {limit} bytes",
+            code="body_too_large",
+        )
+    timeout = request.config_dict.get(READ_TIMEOUT, DEFAULT_READ_TIMEOUT)
     try:
-        return await request.read()
+        async with asyncio.timeout(timeout):
+            return await request.read()
     except web.HTTPRequestEntityTooLarge as exc:
         raise PayloadTooLarge(
             f"Request body too large: {exc.text}", code="body_too_large"
+        ) from None
+    except TimeoutError:
+        raise ApiError(
+            f"Request body not received within {timeout:g} s",
+            status=408,
+            code="request_timeout",
+            headers={"Connection": "close"},
         ) from None
 
 

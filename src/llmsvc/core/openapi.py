@@ -27,6 +27,16 @@ def _schema(model: type[BaseModel], components: dict[str, Any]) -> dict[str, Any
     return {"$ref": _REF.format(model=model.__name__)}
 
 
+def _untyped(media: str) -> dict[str, Any]:
+    """The schema of a response without a model: a JSON object, events of any data, text."""
+    kind = media.split(";")[0].strip()
+    if kind == "application/json":
+        return {"type": "object"}
+    if kind == "text/event-stream":
+        return {}  # each event's data: a JSON chunk, an error object, or [DONE]
+    return {"type": "string"}
+
+
 def _json_content(schema: dict[str, Any]) -> dict[str, Any]:
     return {"application/json": {"schema": schema}}
 
@@ -60,8 +70,13 @@ def _operation(route: Route, components: dict[str, Any]) -> dict[str, Any]:
     if route.response is not None:
         ok["content"] = _json_content(_schema(route.response, components))
     elif route.response_media:
-        ok["content"] = {route.response_media: {"schema": {"type": "string"}}}
+        media = route.response_media
+        ok["content"] = {
+            m: {"schema": _untyped(m)} for m in ([media] if isinstance(media, str) else media)
+        }
     responses: dict[str, Any] = {str(route.status): ok}
+    for status, text in route.also.items():
+        responses[str(status)] = {**ok, "description": text}
     error = {"content": _json_content(_schema(ErrorResponse, components))}
     for status, text in route.errors.items():
         responses[str(status)] = {"description": text, **error}

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from typing import Any, Literal
+from urllib.parse import urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
@@ -13,6 +14,9 @@ BABYSITTER = "babysitter"
 Status = Literal["healthy", "unhealthy"]
 
 _NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._:@-]{0,252}$"
+# The document's approximation of a URL with a host (the validator parses it; it also
+# takes [IPv6] literals, which the pattern leaves out rather than describe them).
+_URL_PATTERN = r"^https?://[A-Za-z0-9]"
 
 
 class ServiceRegistration(BaseModel):
@@ -23,16 +27,29 @@ class ServiceRegistration(BaseModel):
     name: str = Field(pattern=_NAME_PATTERN, description="Unique name of the service.")
     host: str = Field(min_length=1, max_length=253)
     port: int = Field(ge=1, le=65535)
-    url: str | None = Field(default=None, description="Base URL; derived from host and port.")
+    url: str | None = Field(
+        default=None,
+        description="Base URL; derived from host and port.",
+        json_schema_extra={"pattern": _URL_PATTERN},  # checked by _url_scheme, with its messages
+    )
     type: str = Field(default=OPENAI_API, min_length=1, max_length=64)
     weight: int = Field(default=1, ge=1, le=1000)
     metadata: dict[str, Any] = Field(default_factory=dict)
+
+    @field_validator("port", "weight", mode="before")
+    @classmethod
+    def _not_a_boolean(cls, value: Any) -> Any:
+        if isinstance(value, bool):  # pydantic's lax mode would take true for 1
+            raise ValueError("must be an integer, not true or false")
+        return value
 
     @field_validator("url")
     @classmethod
     def _url_scheme(cls, value: str | None) -> str | None:
         if value is not None and not value.startswith(("http://", "https://")):
             raise ValueError("url must start with http:// or https://")
+        if value is not None and not urlsplit(value).hostname:
+            raise ValueError("url must name a host after http:// or https://")
         return value.rstrip("/") if value else value
 
     @field_validator("metadata")

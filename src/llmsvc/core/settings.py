@@ -18,9 +18,11 @@ import typing
 from collections.abc import Sequence
 from typing import Annotated, Any, TypeVar, get_args, get_origin
 
-from pydantic import BeforeValidator, ValidationError
+from pydantic import BeforeValidator, Field, ValidationError
 from pydantic.fields import FieldInfo
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+from llmsvc.core.jsonio import DEFAULT_READ_TIMEOUT
 
 ENV_PREFIX = "LLMSVC_"
 
@@ -53,6 +55,18 @@ class BaseServiceSettings(BaseSettings):
 
     log_level: typing.Literal["debug", "info", "warning", "error"] = "info"
     log_format: typing.Literal["text", "json"] = "text"
+
+
+class ServerSettings(BaseServiceSettings):
+    """Settings every HTTP service has (router, registry, babysitter, simulated engine)."""
+
+    read_timeout: float = Field(
+        default=DEFAULT_READ_TIMEOUT,
+        gt=0,
+        description="Seconds a client may take to send a request's headers (then the "
+        "connection is closed; idle keep-alive connections too) and then its body "
+        "(then 408): slow clients cannot hold a server's tasks.",
+    )
 
 
 def flag_name(field: str) -> str:

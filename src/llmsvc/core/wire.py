@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import orjson
 from pydantic import BaseModel, ConfigDict, Field
@@ -106,6 +106,18 @@ def sse_event(data: dict[str, Any] | str) -> bytes:
 SSE_DONE = b"data: [DONE]\n\n"
 
 
+TokenId = Annotated[int, Field(ge=0, lt=2**31)]
+"""A token id: no vocabulary comes near 2**31 entries."""
+TokenIds = Annotated[list[TokenId], Field(min_length=1)]
+Prompts = (
+    str
+    | Annotated[list[str], Field(min_length=1)]
+    | TokenIds
+    | Annotated[list[TokenIds], Field(min_length=1)]
+)
+"""A prompt (or embedding input): text, a batch of texts, token ids, or a batch of those."""
+
+
 class _Open(BaseModel):
     model_config = ConfigDict(extra="allow")
 
@@ -124,8 +136,8 @@ class ChatCompletionRequest(_Open):
     messages: list[ChatMessage] = Field(min_length=1)
     stream: bool = False
     stream_options: StreamOptions | None = None
-    max_tokens: int | None = Field(default=None, ge=1)
-    max_completion_tokens: int | None = Field(default=None, ge=1)
+    max_tokens: int | None = Field(default=None, ge=1, lt=2**31)
+    max_completion_tokens: int | None = Field(default=None, ge=1, lt=2**31)
     n: int = Field(default=1, ge=1, le=1)
     temperature: float | None = Field(default=None, ge=0, le=2)
     user: str | None = None
@@ -133,17 +145,17 @@ class ChatCompletionRequest(_Open):
 
 class CompletionRequest(_Open):
     model: str = Field(min_length=1)
-    prompt: str | list[str] | list[int] | list[list[int]]
+    prompt: Prompts
     stream: bool = False
     stream_options: StreamOptions | None = None
-    max_tokens: int | None = Field(default=16, ge=1)
+    max_tokens: int | None = Field(default=16, ge=1, lt=2**31)
     n: int = Field(default=1, ge=1, le=1)
     user: str | None = None
 
 
 class EmbeddingRequest(_Open):
     model: str = Field(min_length=1)
-    input: str | list[str] | list[int] | list[list[int]]
+    input: Prompts
     dimensions: int | None = Field(default=None, ge=1, le=8192)
     encoding_format: Literal["float", "base64"] = "float"
     user: str | None = None

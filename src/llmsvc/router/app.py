@@ -152,7 +152,7 @@ def _routes(state: RouterState) -> list[Route]:
                     description="The body is forwarded untouched; streams pass through "
                     "chunk by chunk. The response carries X-Llmsvc-Backend.",
                     request=request_model,
-                    response_media="application/json",
+                    response_media=("application/json", "text/event-stream"),
                     errors=errors,
                 )
             )
@@ -207,13 +207,23 @@ def _upstream_ctx(state: RouterState) -> Callable[[web.Application], AsyncIterat
             drop_auth=bool(state.api_keys),
         )
 
+        # Health checks on a pool of their own (one connection per backend): aiohttp reuses
+        # idle connections oldest first, so checks on the proxy's pool would keep every idle
+        # connection of a past burst open for good (the soak saw them never close).
+        checks = aiohttp.ClientSession(
+            connector=aiohttp.TCPConnector(
+                limit=0, limit_per_host=0, keepalive_timeout=UPSTREAM_KEEPALIVE_S
+            )
+        )
+
         async def check() -> None:
-            await check_all(session, state.pool, settings.health_timeout)
+            await check_all(checks, state.pool, settings.health_timeout)
 
         async with owned_task(every(settings.health_interval, check, name="health"), name="health"):
             yield
             state.proxy = None
         await session.close()
+        await checks.close()
 
     return ctx
 
@@ -284,6 +294,7 @@ def create_app(
         routes=_routes(state),
         client_max_size=settings.max_body_bytes,
         middlewares=[api_key_middleware(api_keys)] if api_keys else [],
+        read_timeout=settings.read_timeout,
     )
     app[ROUTER] = state
     app.cleanup_ctx.append(_upstream_ctx(state))

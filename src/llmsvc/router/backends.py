@@ -59,6 +59,13 @@ class PassiveHealth:
             self.probation = False
             self.down_until = 0.0
 
+    def end_take_out(self, now: float) -> bool:
+        """End a take-out early, leaving the backend on probation; True if it was out."""
+        if now >= self.down_until:
+            return False
+        self.down_until = now
+        return True
+
     def reset(self) -> None:
         """Forget past failures: the service is known to be new (restarted, re-registered)."""
         self.failures.clear()
@@ -124,6 +131,21 @@ class Backend:
         self.source = source
         self.models = frozenset(record.models)
         self.url = record.url or record.base_url()
+
+    def record_check(self, ok: bool, now: float) -> bool:
+        """An active check's result; True when the backend's eligibility may have changed.
+
+        A pass also ends a passive take-out: the check has just shown that the backend
+        answers (a restarted engine takes traffic within one health interval, not after
+        ``--fail-timeout``). A backend that fails requests but passes checks gets one
+        request per interval, on probation: its next failure takes it out again.
+        """
+        changed = ok != self.active_ok
+        self.active_ok = ok
+        self.checked_at = now
+        if ok and self.passive.end_take_out(now):
+            changed = True
+        return changed
 
     @property
     def name(self) -> str:

@@ -7,11 +7,12 @@ import os
 import ssl
 from collections.abc import Sequence
 
-from llmsvc.core.app import serve, ssl_context
+from llmsvc.core.app import ssl_context
 from llmsvc.core.logging import configure_logging
 from llmsvc.core.settings import die, parse_settings
 from llmsvc.router.app import create_app
 from llmsvc.router.config import ConfigError
+from llmsvc.router.drain import serve_draining
 from llmsvc.router.settings import RouterSettings
 from llmsvc.router.workers import MULTIPROC_ENV, port_bindable, run_workers, worker_index
 
@@ -44,13 +45,16 @@ def main(argv: Sequence[str]) -> int:
         if problem:
             log.error("router %s", problem)
             return 1
-        return run_workers(argv, workers=settings.workers)
+        return run_workers(
+            argv, workers=settings.workers, shutdown_timeout=settings.shutdown_timeout
+        )
     name = "router" if index is None else f"router worker {index}"
-    return serve(
+    return serve_draining(
         app,
         name=name,
         host=settings.host,
         port=settings.port,
-        ssl=tls,
-        reuse_port=index is not None,
+        ssl_context=tls,
+        reuse_port=settings.reuse_port or index is not None,
+        shutdown_timeout=settings.shutdown_timeout,
     )

@@ -31,9 +31,9 @@ async def check_all(session: aiohttp.ClientSession, pool: BackendPool, timeout: 
     if not backends:
         return
     results = await asyncio.gather(*(check_backend(session, b, timeout) for b in backends))
+    now = time.monotonic()
     for backend, ok in zip(backends, results, strict=True):
         if ok != backend.active_ok:
-            pool.health_changed()
             log.log(
                 logging.INFO if ok else logging.WARNING,
                 "backend %s %s its health check",
@@ -41,5 +41,5 @@ async def check_all(session: aiohttp.ClientSession, pool: BackendPool, timeout: 
                 "passes" if ok else "fails",
                 extra={"backend": backend.name, "url": backend.url},
             )
-        backend.active_ok = ok
-        backend.checked_at = time.monotonic()
+        if backend.record_check(ok, now):
+            pool.health_changed()

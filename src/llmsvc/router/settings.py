@@ -7,7 +7,7 @@ from typing import Literal
 
 from pydantic import Field, field_validator
 
-from llmsvc.core.settings import BaseServiceSettings, CommaList
+from llmsvc.core.settings import CommaList, ServerSettings
 
 Strategy = Literal[
     "round_robin", "least_connections", "ip_hash", "session", "least_load", "prefix_affinity"
@@ -17,7 +17,7 @@ Strategy = Literal[
 DEFAULT_MAX_BODY_BYTES = 8 * 1024 * 1024
 
 
-class RouterSettings(BaseServiceSettings):
+class RouterSettings(ServerSettings):
     """Settings of ``llmsvc router``."""
 
     host: str = Field(default="127.0.0.1", description="Address to listen on.")
@@ -136,6 +136,18 @@ class RouterSettings(BaseServiceSettings):
         default=DEFAULT_MAX_BODY_BYTES,
         ge=1024,
         description="Largest request body in bytes; larger ones get 413.",
+    )
+    reuse_port: bool = Field(
+        default=False,
+        description="Listen with SO_REUSEPORT, so that a second router can take the same port "
+        "(a rolling restart: start the new one, then SIGTERM the old one).",
+    )
+    shutdown_timeout: float = Field(
+        default=25.0,
+        gt=0,
+        description="Seconds in-flight requests and streams may take to finish after "
+        "SIGTERM/SIGINT (the router stops accepting at once); then they are cut. With the "
+        "1 s drain before it, this fits Kubernetes' default 30 s termination grace period.",
     )
     workers: int = Field(
         default=1,

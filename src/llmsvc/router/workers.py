@@ -39,7 +39,7 @@ RESTART_DELAY_S = 0.5  # first delay before a dead worker is started again
 RESTART_DELAY_MAX_S = 10.0  # the delay doubles up to this while workers die young
 STABLE_AFTER_S = 10.0  # a worker that ran this long resets the delay
 PR_SET_PDEATHSIG = 1  # prctl(2) option
-STOP_GRACE_S = 15.0  # after SIGTERM, how long workers may take before SIGKILL
+STOP_GRACE_S = 5.0  # after SIGTERM, how much longer than --shutdown-timeout before SIGKILL
 
 
 def worker_index() -> int | None:
@@ -59,12 +59,14 @@ def port_bindable(host: str, port: int) -> str | None:
     return None
 
 
-def run_workers(argv: Sequence[str], *, workers: int) -> int:
+def run_workers(argv: Sequence[str], *, workers: int, shutdown_timeout: float) -> int:
     """Run ``workers`` router processes until SIGTERM/SIGINT; the exit code."""
     metrics_dir = tempfile.mkdtemp(prefix="llmsvc-router-metrics-")
     loop = new_event_loop()
     asyncio.set_event_loop(loop)
-    parent = WorkerParent(argv=argv, workers=workers, metrics_dir=metrics_dir)
+    parent = WorkerParent(
+        argv=argv, workers=workers, metrics_dir=metrics_dir, grace=shutdown_timeout + STOP_GRACE_S
+    )
     try:
         return loop.run_until_complete(parent.run())
     finally:
@@ -75,8 +77,11 @@ def run_workers(argv: Sequence[str], *, workers: int) -> int:
 class WorkerParent:
     """Starts the workers, restarts the ones that die, stops them all on a signal."""
 
-    def __init__(self, *, argv: Sequence[str], workers: int, metrics_dir: str) -> None:
+    def __init__(
+        self, *, argv: Sequence[str], workers: int, metrics_dir: str, grace: float
+    ) -> None:
         self._argv = [*argv, "--workers", "1"]  # the last flag wins
+        self._grace = grace
         self._count = workers
         self._metrics_dir = metrics_dir
         self._stopping = asyncio.Event()
@@ -93,7 +98,7 @@ class WorkerParent:
         ]
         try:
             await self._stopping.wait()
-            _, late = await asyncio.wait(tasks, timeout=STOP_GRACE_S)
+            _, late = await asyncio.wait(tasks, timeout=self._grace)
             for proc in list(self._procs.values()):
                 log.warning("router worker pid %d did not stop; killing it", proc.pid)
                 with contextlib.suppress(ProcessLookupError):

@@ -81,6 +81,7 @@ def create_app(
         version=__version__,
         routes=routes(),
         middlewares=[loading_gate],
+        read_timeout=settings.read_timeout,
     )
     engine = Engine(settings, registry=registry)
     app[ENGINE] = engine

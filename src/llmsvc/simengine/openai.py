@@ -57,7 +57,7 @@ def completion_prompt(prompt: str | list[str] | list[int] | list[list[int]]) -> 
         "The simulated engine takes one prompt per request, not a batch of "
         f"{len(prompt)}; send them as separate requests",
         param="prompt",
-        code="invalid_value",
+        code="batch_not_supported",
     )
 
 

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from pydantic import Field, field_validator
 
-from llmsvc.core.settings import BaseServiceSettings, CommaList
+from llmsvc.core.settings import CommaList, ServerSettings
 
 
-class SimEngineSettings(BaseServiceSettings):
+class SimEngineSettings(ServerSettings):
     """The simulated engine: where it listens, what it serves, how its timing behaves."""
 
     host: str = Field(default="127.0.0.1", description="Address to listen on.")
