@@ -6,6 +6,7 @@ import logging
 import os
 import ssl
 from collections.abc import Sequence
+from pathlib import Path
 
 from llmsvc.core.app import ssl_context
 from llmsvc.core.logging import configure_logging
@@ -40,6 +41,8 @@ def main(argv: Sequence[str]) -> int:
         tls = ssl_context(settings.tls_cert, settings.tls_key)
     except (OSError, ssl.SSLError) as exc:
         die(PROG, f"--tls-cert/--tls-key: cannot load: {exc}")
+    if (settings.reuse_port or settings.workers > 1) and index is None:
+        warn_unless_requests_migrate()
     if settings.workers > 1 and index is None:
         problem = port_bindable(settings.host, settings.port)
         if problem:
@@ -58,3 +61,21 @@ def main(argv: Sequence[str]) -> int:
         reuse_port=settings.reuse_port or index is not None,
         shutdown_timeout=settings.shutdown_timeout,
     )
+
+
+MIGRATE_SYSCTL = Path("/proc/sys/net/ipv4/tcp_migrate_req")
+
+
+def warn_unless_requests_migrate() -> None:
+    """Say so when a process leaving a shared port would reset connections still queued
+    on its listener (Linux hands them to the other listeners only with tcp_migrate_req)."""
+    try:
+        value = MIGRATE_SYSCTL.read_text().strip()
+    except OSError:
+        return  # not Linux, or a kernel older than 5.14: nothing to tell
+    if value == "0":
+        log.warning(
+            "net.ipv4.tcp_migrate_req is 0: when a router process sharing this port stops, "
+            "connections still queued on its listener are reset; set it to 1 for rolling "
+            "restarts that lose nothing (docs/reliability.md)"
+        )
