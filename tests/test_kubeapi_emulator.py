@@ -119,3 +119,45 @@ def test_namespaces_and_crds_are_discoverable_cluster_scoped(kubeapi: KubeAPI) -
     assert namespaces["namespaced"] is False
     crds = kubeapi.get("/apis/apiextensions.k8s.io/v1")
     assert crds is not None and crds["resources"][0]["name"] == "customresourcedefinitions"
+
+
+def test_a_watch_misses_nothing_created_while_it_starts(kubeapi: KubeAPI) -> None:
+    """Watches started while pods are created one after another see every pod from the
+    first of their snapshot on: a gap between snapshot and subscription would lose one."""
+    pods = "/api/v1/namespaces/ns/pods"
+    created: list[str] = []
+    stop = threading.Event()
+
+    def create_pods() -> None:
+        with httpx.Client(base_url=kubeapi.url, timeout=10) as client:
+            while not stop.is_set() and len(created) < 300:
+                name = f"p{len(created):04d}"
+                client.post(pods, json={"metadata": {"name": name}}).raise_for_status()
+                created.append(name)
+
+    creator = threading.Thread(target=create_pods, daemon=True)
+    creator.start()
+    try:
+        watches = [_watch_while_creating(kubeapi, pods, created) for _ in range(5)]
+    finally:
+        stop.set()
+        creator.join(10)
+    for names in watches:
+        expected = {n for n in created if n <= max(names)}
+        assert not expected - names, f"the watch lost {sorted(expected - names)}"
+
+
+def _watch_while_creating(api: KubeAPI, path: str, created: list[str]) -> set[str]:
+    """The pods one watch reports until five more were created after it started."""
+    names: set[str] = set()
+    started = len(created)
+    with (
+        httpx.Client(base_url=api.url, timeout=20) as client,
+        client.stream("GET", path, params={"watch": "true"}) as resp,
+    ):
+        for line in resp.iter_lines():
+            if line.strip():
+                names.add(json.loads(line)["object"]["metadata"]["name"])
+            if len(created) > started + 5 and set(created[: started + 5]) <= names:
+                break
+    return names
