@@ -215,10 +215,26 @@ def test_huge_headers_are_refused(services: dict[str, tuple[str, int, str]], nam
     base, _, _ = services[name]
     resp = httpx.get(base + "/health", headers={"X-Big": "y" * 100_000}, timeout=30)
     assert resp.status_code in (400, 431), resp.text[:300]
+    _assert_openai_error(resp.content, resp.status_code)
+    assert "yyyy" not in resp.text, "the error echoes the request's bytes"
     many = {f"X-H{i}": "v" for i in range(500)}
     resp = httpx.get(base + "/health", headers=many, timeout=30)
     assert resp.status_code in (400, 431), resp.text[:300]
+    _assert_openai_error(resp.content, resp.status_code)
     _still_serves(base)
+
+
+@pytest.mark.parametrize("name", SERVICES)
+def test_a_malformed_request_line_gets_the_openai_shape(
+    services: dict[str, tuple[str, int, str]], name: str
+) -> None:
+    base, _, _ = services[name]
+    with _connect(base) as sock:
+        sock.sendall(b"GET /health HTTP/1.1 garbage\r\nHost: x\r\n\r\n")
+        status, headers, body = _read_response(sock)
+    assert status == 400, body[:300]
+    assert headers.get("content-type", "").startswith("application/json"), headers
+    _assert_openai_error(body, status)
 
 
 @pytest.mark.parametrize("name", SERVICES)

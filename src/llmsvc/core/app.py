@@ -23,7 +23,7 @@ from aiohttp import web
 from aiohttp.typedefs import Middleware
 from pydantic import BaseModel
 
-from llmsvc.core.errors import Handler, error_middleware
+from llmsvc.core.errors import Handler, error_middleware, shape_protocol_errors
 from llmsvc.core.jsonio import DEFAULT_READ_TIMEOUT, READ_TIMEOUT, json_response
 from llmsvc.core.openapi import build_openapi
 
@@ -87,6 +87,7 @@ def make_app(
     keep-alive connection is closed after it too, see :func:`serve`) and then its body
     (408, :func:`~llmsvc.core.jsonio.read_body`).
     """
+    shape_protocol_errors()
     app = web.Application(
         middlewares=[error_middleware, *middlewares],
         client_max_size=client_max_size,
