@@ -10,8 +10,6 @@ through a kubeconfig. What it adds to kmock 0.8's emulator:
 - a merge patch that names a stale ``metadata.resourceVersion`` answers 409, and a
   JSON patch whose ``test`` operation fails answers 422, as the real API server does;
 - ``metadata.name`` from ``generateName`` (kopf posts Events that way);
-- a watch that misses nothing created while it starts (kmock's snapshot of existing
-  objects and its subscription to new events are two moments, with a gap between);
 - the resources llmsvc uses, declared for API discovery (kopf waits for namespaces and
   CRDs to be discoverable before it starts watching);
 - test controls under ``/_control/``: ``POST /_control/drop-watches`` ends every open
@@ -152,7 +150,7 @@ class Emulator(kmock.KubernetesEmulator):  # type: ignore[misc]
             yield {"type": "ERROR", "object": _status(410, "Expired", "too old resource version")}
             return
         dropped = self._dropped
-        stream = self._watch_without_gap(request)
+        stream = super()._serve_watch(request)
         try:
             while True:
                 following = asyncio.ensure_future(anext(stream))
@@ -171,34 +169,6 @@ class Emulator(kmock.KubernetesEmulator):  # type: ignore[misc]
                 yield item
         finally:
             await stream.aclose()
-
-    async def _watch_without_gap(self, request: rendering.Request) -> AsyncIterator[Any]:
-        """kmock's watch, but the bus is marked in the same locked moment as the snapshot
-        of existing objects is taken, so that an object created in between is not lost."""
-        yield b""
-        assert request.resource is not None
-        bus = self._buses[request.resource]
-        async with self._lock:
-            mark = await bus.mark()
-            existing = [
-                obj.raw
-                for (resource, namespace, name), obj in self.objects.items()
-                if resource == request.resource
-                and not obj.deleted
-                and _selected(request, namespace, name)
-            ]
-        for raw in existing:
-            yield {"type": "ADDED", "object": raw}
-        async for event in bus.stream(since=mark):
-            meta = event.get("object", {}).get("metadata", {})
-            if _selected(request, meta.get("namespace"), meta.get("name")):
-                yield event
-
-
-def _selected(request: rendering.Request, namespace: str | None, name: str | None) -> bool:
-    return (request.namespace is None or namespace == request.namespace) and (
-        request.name is None or name == request.name
-    )
 
 
 def _now() -> str:
