@@ -11,6 +11,8 @@ docstring for what it does and does not do like a real API server.
 from __future__ import annotations
 
 import sys
+import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -64,6 +66,36 @@ class KubeAPI:
     def delete(self, path: str) -> dict[str, Any] | None:
         resp = self.client.delete(path)
         return None if resp.status_code == 404 else self._json(resp)
+
+    def wait_handled(
+        self, path: str, done: Callable[[], Any], *, timeout: float = 30.0, what: str = ""
+    ) -> Any:
+        """Wait until ``done()`` is truthy, touching the object at ``path`` every second.
+
+        kmock's watch takes its snapshot of existing objects and subscribes to new events
+        in two moments: an object created between them, typically right after a
+        controller's /health turned 200 while its watches were still opening, is never
+        reported to that watch. A real API server has no such gap. Changing an annotation
+        makes a MODIFIED event that the watch does see; a controller that never saw the
+        object handles it then as new.
+        """
+        deadline = time.monotonic() + timeout
+        touched = time.monotonic()
+        pokes = 0
+        while time.monotonic() < deadline:
+            value = done()
+            if value:
+                return value
+            if time.monotonic() - touched >= 1.0:
+                pokes += 1
+                annotations = {"test.llmsvc.io/poke": str(pokes)}
+                self.client.patch(
+                    path, json={"metadata": {"annotations": annotations}},
+                    headers={"Content-Type": "application/merge-patch+json"},
+                )  # fmt: skip
+                touched = time.monotonic()
+            time.sleep(0.05)
+        raise AssertionError(f"timed out after {timeout}s waiting for {what or done}")
 
     def drop_watches(self) -> None:
         """End every open watch stream, as a dropped connection would."""

@@ -94,7 +94,8 @@ def test_rendered_components_serve_the_sim_sample(spawn: Spawn, kubeapi: KubeAPI
     sample = yaml.safe_load((ROOT / "manifests" / "samples" / "sim.yaml").read_text())
     sample["metadata"]["namespace"] = NS  # the emulator does not fill it in from the path
     kubeapi.create(collection(ISVC, "inferenceservices", NS), sample)
-    service = wait_until(
+    service = kubeapi.wait_handled(
+        f"{collection(ISVC, 'inferenceservices', NS)}/sim",
         lambda: kubeapi.get(f"{collection(CORE, 'services', NS)}/sim"),
         timeout=30, what="the operator's Service",
     )  # fmt: skip

@@ -114,16 +114,19 @@ class Isvc:
         return status
 
     def wait_phase(self, phase: str) -> dict[str, Any]:
-        return wait_until(
+        found: dict[str, Any] = self.api.wait_handled(
+            self.path,
             lambda: (s := self.status()).get("phase") == phase and s,
             timeout=TIMEOUT,
             what=f"phase {phase} (now {self.status()})",
         )
+        return found
 
     def deployment(self) -> dict[str, Any]:
-        found: dict[str, Any] = wait_until(
-            lambda: self.api.get(self.deployment_path), timeout=TIMEOUT, what="the Deployment"
-        )
+        found: dict[str, Any] = self.api.wait_handled(
+            self.path, lambda: self.api.get(self.deployment_path), timeout=TIMEOUT,
+            what="the Deployment",
+        )  # fmt: skip
         return found
 
     def events(self, reason: str) -> list[dict[str, Any]]:
@@ -367,7 +370,10 @@ def test_all_namespaces_and_resume_after_a_restart(spawn: Any, kubeapi: KubeAPI)
     namespace = "anywhere"
     kubeapi.create(f"{ISVC}/namespaces/{namespace}/inferenceservices", isvc_body("m", namespace))
     path = f"{APPS}/namespaces/{namespace}/deployments/m"
-    deployment = wait_until(lambda: kubeapi.get(path), timeout=TIMEOUT, what="the Deployment")
+    isvc_path = f"{ISVC}/namespaces/{namespace}/inferenceservices/m"
+    deployment = kubeapi.wait_handled(
+        isvc_path, lambda: kubeapi.get(path), timeout=TIMEOUT, what="the Deployment"
+    )
     assert engine_container(deployment)["resources"]["limits"]["nvidia.com/gpu"] == "2"
     first.stop()
 
