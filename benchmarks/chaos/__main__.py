@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import datetime
 import os
 import signal
@@ -45,6 +44,7 @@ from scenarios import (
     summarize,
 )
 from table import markdown, replace_table
+from targets import stop
 
 DEFAULT_PROXIES = "llmsvc,nginx,haproxy,litellm,production-stack"
 SCENARIOS = ("death", "blackhole")
@@ -88,19 +88,6 @@ def start_proxy(
             start_new_session=True,  # stop() ends its whole group (workers, children)
             env={**os.environ, **dict(env)},
         )
-
-
-def stop(proc: subprocess.Popen[bytes]) -> None:
-    if proc.poll() is not None:
-        return
-    with contextlib.suppress(ProcessLookupError):
-        os.killpg(proc.pid, signal.SIGTERM)
-    try:
-        proc.wait(10)
-    except subprocess.TimeoutExpired:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait(5)
 
 
 async def one(

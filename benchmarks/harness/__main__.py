@@ -20,7 +20,6 @@ import contextlib
 import math
 import os
 import shutil
-import signal
 import socket
 import statistics
 import subprocess
@@ -45,7 +44,7 @@ from loadgen import (
 )
 from measure import CpuMeter, machine
 from report import write_report
-from targets import TARGETS, Target, Unavailable, apt_install, llmsvc_command
+from targets import TARGETS, Target, Unavailable, apt_install, llmsvc_command, stop
 
 HERE = Path(__file__).resolve().parent
 HOST = "127.0.0.1"
@@ -69,19 +68,6 @@ def start(
             start_new_session=True,
             env={**os.environ, **dict(env)},
         )
-
-
-def stop(proc: subprocess.Popen[bytes] | None) -> None:
-    if proc is None or proc.poll() is not None:
-        return
-    with contextlib.suppress(ProcessLookupError):
-        os.killpg(proc.pid, signal.SIGTERM)
-    try:
-        proc.wait(10)
-    except subprocess.TimeoutExpired:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait(5)
 
 
 def wait_ready(port: int, proc: subprocess.Popen[bytes] | None, timeout: float) -> None:

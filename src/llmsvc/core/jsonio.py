@@ -55,6 +55,8 @@ async def read_body(request: web.Request) -> bytes:
         )
     timeout = request.config_dict.get(READ_TIMEOUT, DEFAULT_READ_TIMEOUT)
     try:
+        if request.content.is_eof():  # the usual case: all of it arrived, no timer needed
+            return await request.read()
         async with asyncio.timeout(timeout):
             return await request.read()
     except web.HTTPRequestEntityTooLarge as exc:
