@@ -6,6 +6,10 @@ from typing import Any
 
 from pydantic import BaseModel, Field
 
+from llmsvc.core.names import Reason
+
+_REASONS = [str(r) for r in Reason]
+
 
 class Health(BaseModel):
     status: str = Field(description="'ok' while the engine is ready.")
@@ -15,10 +19,7 @@ class Health(BaseModel):
 class LastExit(BaseModel):
     code: int | None = Field(description="Exit code; null when killed by a signal or not run.")
     signal: int | None = Field(description="Signal number that ended the engine, if any.")
-    reason: str = Field(
-        description="OOMKilled, GPUOutOfMemory, CUDAError, BadArguments, StartupTimeout, Hung, "
-        "Exited, Signaled, PreflightFailed, SpawnFailed, Requested, Swapped or Stopped."
-    )
+    reason: str = Field(description=", ".join(_REASONS[:-1]) + f" or {_REASONS[-1]}.")
     detail: str = Field(default="", description="One line: the matching stderr line, a signal.")
     at: float = Field(description="Unix time of the exit.")
     model: str | None = Field(default=None, description="The model the engine served.")

@@ -14,8 +14,9 @@ States::
     ready ──POST /model──▶ swapping ──▶ starting (the new model; rolled back on failure)
     any ──SIGTERM──▶ stopping
 
-The reasons are a small stable set: the operator copies them into an
-InferenceService's conditions. ``docs/engines.md`` documents them.
+The reasons (:class:`~llmsvc.core.names.Reason`, shared with the operator, which
+copies them into an InferenceService's conditions) are a small stable set;
+``docs/engines.md`` documents them.
 """
 
 from __future__ import annotations
@@ -28,6 +29,10 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from enum import StrEnum
 from typing import Any
+
+# Re-exported: the babysitter's modules take their whole vocabulary from here.
+from llmsvc.core.names import INTENDED as INTENDED
+from llmsvc.core.names import Reason as Reason
 
 BACKOFF_CAP = 60.0
 JITTER = 0.2  # ± fraction of the delay
@@ -47,28 +52,8 @@ class State(StrEnum):
     FAILED = "failed"
 
 
-class Reason(StrEnum):
-    """Why an engine process ended (``last_exit.reason``, the ``reason`` metric label)."""
-
-    OOM_KILLED = "OOMKilled"  # SIGKILL and the cgroup's (or the kernel's) OOM-kill count rose
-    GPU_OUT_OF_MEMORY = "GPUOutOfMemory"  # a CUDA out-of-memory error in its stderr
-    CUDA_ERROR = "CUDAError"  # another CUDA error in its stderr
-    BAD_ARGUMENTS = "BadArguments"  # exited within seconds with a usage message
-    STARTUP_TIMEOUT = "StartupTimeout"  # not ready within --startup-timeout; killed
-    HUNG = "Hung"  # failed --hung-after health checks in a row while alive; killed
-    EXITED = "Exited"  # exited on its own with a code (in last_exit.code)
-    SIGNALED = "Signaled"  # ended by a signal (in last_exit.signal)
-    PREFLIGHT_FAILED = "PreflightFailed"  # not launched: too little free (GPU) memory
-    SPAWN_FAILED = "SpawnFailed"  # could not be executed at all
-    REQUESTED = "Requested"  # POST /restart
-    SWAPPED = "Swapped"  # POST /model replaced it
-    STOPPED = "Stopped"  # the babysitter shut down
-
-
 # Ends that a restart cannot mend: the state becomes ``failed`` until POST /restart or /model.
 PERMANENT = frozenset({Reason.BAD_ARGUMENTS, Reason.SPAWN_FAILED})
-# Ends the babysitter asked for: no failure, no backoff.
-INTENDED = frozenset({Reason.REQUESTED, Reason.SWAPPED, Reason.STOPPED})
 
 
 @dataclass(frozen=True)

@@ -5,7 +5,8 @@ Kubernetes shows the file at a container's ``terminationMessagePath`` (normally
 (``state.terminated.message`` / ``lastState.terminated.message``), and ``kubectl
 describe pod`` prints it. With ``--termination-log`` the babysitter writes there, after
 every failed engine life, one line that starts with the reason:
-``OOMKilled: the kernel killed the engine (out of memory)``. With
+``OOMKilled: the kernel killed the engine (out of memory)`` (the format, shared with
+the operator that reads it back, is in :mod:`llmsvc.core.names`). With
 ``--exit-on-crash-loop`` it exits 1 when it stops restarting (``crash-loop`` or
 ``failed``), so that the kubelet restarts the container with its own back-off
 (``CrashLoopBackOff``) and the operator reads the reason from the pod.
@@ -19,18 +20,14 @@ import signal
 from pathlib import Path
 
 from llmsvc.babysitter.lifecycle import ExitRecord
+from llmsvc.core.names import termination_message
 
 log = logging.getLogger("llmsvc.babysitter.termination")
 
-MAX_BYTES = 4096  # what the kubelet reads of a termination message
-
 
 def message(record: ExitRecord, note: str = "") -> str:
-    """``<Reason>: <detail>[; <note>]``, at most :data:`MAX_BYTES` bytes of UTF-8."""
-    text = f"{record.reason}: {record.detail or 'no detail'}"
-    if note:
-        text += f"; {note}"
-    return text.encode()[:MAX_BYTES].decode(errors="ignore")
+    """This record's termination message (:func:`llmsvc.core.names.termination_message`)."""
+    return termination_message(record.reason, record.detail, note)
 
 
 def write(path: str | None, record: ExitRecord, note: str = "") -> None:

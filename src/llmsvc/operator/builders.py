@@ -14,16 +14,18 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
+from llmsvc.core.names import (
+    INFERENCE_SERVICE_LABEL,
+    MODEL_ANNOTATION,
+    MODEL_LABEL,
+    WEIGHT_ANNOTATION,
+)
 from llmsvc.operator.spec import API_VERSION, KIND, InferenceServiceSpec, SpecError
 from llmsvc.operator.volumes import environment, model_uri, volume_mounts, volumes
 
 ENGINE_CONTAINER = "engine"
 HTTP_PORT = 8000
 BABYSITTER_PORT = 8001
-ISVC_LABEL = "llmsvc.io/inference-service"
-MODEL_LABEL = "llmsvc.io/model"
-MODEL_ANNOTATION = "llmsvc.io/model"
-WEIGHT_ANNOTATION = "llmsvc.io/weight"
 TERMINATION_LOG = "/dev/termination-log"
 # terminationGracePeriodSeconds = drainTimeoutSeconds + this: the babysitter's --stop-timeout
 # (30 s between SIGTERM and SIGKILL of the engine) plus 10 s for the babysitter to exit.
@@ -65,7 +67,7 @@ def label_value(text: str) -> str:
 
 def selector_labels(owner_name: str) -> dict[str, str]:
     """The labels that select an InferenceService's pods (Deployment and Service)."""
-    return {ISVC_LABEL: label_value(owner_name)}
+    return {INFERENCE_SERVICE_LABEL: label_value(owner_name)}
 
 
 def engine_labels(owner_name: str, model_name: str) -> dict[str, str]:

@@ -8,9 +8,8 @@ naming the pod) or ``None`` for a pod that is fine or merely starting:
 * ``ImagePullBackOff``: the engine image cannot be pulled (also ErrImagePull,
   InvalidImageName, ErrImageNeverPull).
 * ``CreateContainerConfigError`` and friends: e.g. the HF token Secret is missing.
-* The babysitter's reasons (``OOMKilled``, ``GPUOutOfMemory``, ``CUDAError``,
-  ``BadArguments``, ``StartupTimeout``, ``Hung``, ``Exited``, ``Signaled``,
-  ``PreflightFailed``, ``SpawnFailed``): the babysitter writes ``<Reason>:
+* The babysitter's failure reasons (:data:`llmsvc.core.names.FAILURES`:
+  ``OOMKilled``, ``GPUOutOfMemory``, ``Hung``, ...): the babysitter writes ``<Reason>:
   <message>`` to the termination log and, with ``--exit-on-crash-loop``, exits
   when its engine keeps failing, so the container's (last) terminated state
   carries them. The kubelet's own ``OOMKilled`` counts too.
@@ -19,28 +18,15 @@ naming the pod) or ``None`` for a pod that is fine or merely starting:
 
 from __future__ import annotations
 
-import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-BABYSITTER_REASONS = (
-    "OOMKilled",
-    "GPUOutOfMemory",
-    "CUDAError",
-    "BadArguments",
-    "StartupTimeout",
-    "Hung",
-    "Exited",
-    "Signaled",
-    "PreflightFailed",
-    "SpawnFailed",
-)
+from llmsvc.core.names import Reason, parse_termination_message
+
 IMAGE_PULL_REASONS = ("ImagePullBackOff", "ErrImagePull", "InvalidImageName", "ErrImageNeverPull")
 CONFIG_REASONS = ("CreateContainerConfigError", "CreateContainerError", "RunContainerError")
 MESSAGE_MAX = 300  # characters of a termination message quoted in a condition
-
-_REASON_LINE = re.compile(r"^\s*(" + "|".join(BABYSITTER_REASONS) + r"):\s*(.*)$")
 
 
 @dataclass(frozen=True)
@@ -120,13 +106,12 @@ def _container_problem(pod: str, status: Mapping[str, Any]) -> Problem | None:
 
 def _termination_reason(terminated: Mapping[str, Any]) -> tuple[str, str] | None:
     """(reason, detail) of a terminated container state, if it names a known reason."""
-    message = str(terminated.get("message") or "")
-    for line in message.splitlines():
-        match = _REASON_LINE.match(line)
-        if match:
-            return match.group(1), _one_line(match.group(2)) or match.group(1)
-    if terminated.get("reason") == "OOMKilled":
-        return "OOMKilled", "the container went over its memory limit"
+    found = parse_termination_message(str(terminated.get("message") or ""))
+    if found is not None:
+        reason, detail = found
+        return str(reason), _one_line(detail) or str(reason)
+    if terminated.get("reason") == Reason.OOM_KILLED:  # the kubelet's word is the same
+        return str(Reason.OOM_KILLED), "the container went over its memory limit"
     return None
 
 

@@ -19,8 +19,9 @@ from typing import Any
 
 import kopf
 
+from llmsvc.core.names import INFERENCE_SERVICE_LABEL
 from llmsvc.operator.kube import login as login_from_environment
-from llmsvc.operator.reconcile import OWNER_LABEL, Reconciler
+from llmsvc.operator.reconcile import Reconciler
 from llmsvc.operator.spec import GROUP, PLURAL, VERSION
 
 CHILD_RESOURCES = (("apps", "v1", "deployments"), ("", "v1", "pods"))
@@ -29,7 +30,7 @@ CHILD_RESOURCES = (("apps", "v1", "deployments"), ("", "v1", "pods"))
 
 def register(registry: kopf.OperatorRegistry, reconciler: Reconciler) -> None:
     """Register every handler of the operator on ``registry``."""
-    owned = {OWNER_LABEL: kopf.PRESENT}
+    owned = {INFERENCE_SERVICE_LABEL: kopf.PRESENT}
 
     @kopf.on.login(id="login", registry=registry)
     async def login(

@@ -19,6 +19,7 @@ import kopf
 from pydantic import ValidationError
 
 from llmsvc.core.app import every, supervised
+from llmsvc.core.names import INFERENCE_SERVICE_LABEL
 from llmsvc.operator.builders import BuildDefaults, Owner, build_deployment, build_service
 from llmsvc.operator.children import Applied, apply, remove_children
 from llmsvc.operator.kube import (
@@ -41,8 +42,6 @@ from llmsvc.operator.spec import (
 from llmsvc.operator.status import compute_status
 
 log = logging.getLogger("llmsvc.operator")
-
-OWNER_LABEL = "llmsvc.io/inference-service"
 
 RETRY_DELAY = 10.0
 """Seconds before kopf retries a handler after a temporary API failure."""
@@ -187,7 +186,7 @@ class Reconciler:
     def child_changed(self, child: Body) -> None:
         """A pod or Deployment of an InferenceService changed: refresh its status soon."""
         meta = _meta(child)
-        owner = (meta.get("labels") or {}).get(OWNER_LABEL)
+        owner = (meta.get("labels") or {}).get(INFERENCE_SERVICE_LABEL)
         if not owner or not meta.get("namespace"):
             return
         key = (meta["namespace"], owner)
@@ -244,9 +243,9 @@ class Reconciler:
             self._announce(body, status)
 
     async def _pods(self, namespace: str, name: str) -> list[dict[str, Any]]:
-        selector = f"{OWNER_LABEL}={name}"
+        selector = f"{INFERENCE_SERVICE_LABEL}={name}"
         items = await self.api.list(pods_path(namespace), label_selector=selector)
-        return list(iter_owned(items, OWNER_LABEL, name))
+        return list(iter_owned(items, INFERENCE_SERVICE_LABEL, name))
 
     def _status(
         self,

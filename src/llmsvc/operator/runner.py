@@ -21,19 +21,18 @@ import kopf
 from aiohttp import web
 from prometheus_client import CollectorRegistry
 
+from llmsvc.core.names import ANNOTATIONS_PREFIX, FINALIZER, INFERENCE_SERVICE_LABEL
 from llmsvc.operator.app import create_app
 from llmsvc.operator.builders import BuildDefaults
 from llmsvc.operator.handlers import CHILD_RESOURCES, register
 from llmsvc.operator.kube import KubeClient, KubeError, login
 from llmsvc.operator.metrics import OperatorMetrics
-from llmsvc.operator.reconcile import OWNER_LABEL, Reconciler
+from llmsvc.operator.reconcile import Reconciler
 from llmsvc.operator.settings import OperatorSettings
 from llmsvc.operator.spec import GROUP, PLURAL, VERSION
 
 log = logging.getLogger("llmsvc.operator")
 
-FINALIZER = "llmsvc.io/finalizer"
-ANNOTATIONS_PREFIX = "llmsvc.io"
 COMPONENT = "llmsvc-operator"
 
 
@@ -57,7 +56,7 @@ def kopf_settings(settings: OperatorSettings) -> kopf.OperatorSettings:
     ks.networking.request_timeout = settings.request_timeout
     # Only the children of InferenceServices travel from the API server.
     for group, version, plural in CHILD_RESOURCES:
-        ks.watching.label_selectors[group or version, plural] = OWNER_LABEL
+        ks.watching.label_selectors[group or version, plural] = INFERENCE_SERVICE_LABEL
     # No watching of namespaces and CRDs (less RBAC): specific namespaces are assumed to
     # exist, and the CRD is checked once at the start (check_api).
     ks.scanning.disabled = True

@@ -26,7 +26,8 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Literal
 
-from llmsvc.operator.builders import ISVC_LABEL, label_value
+from llmsvc.core.names import INFERENCE_SERVICE_LABEL
+from llmsvc.operator.builders import label_value
 from llmsvc.operator.diagnosis import field, pod_problem
 from llmsvc.operator.spec import (
     Condition,
@@ -78,7 +79,7 @@ def compute_status(
         replicas=replicas,
         ready_replicas=ready,
         ready=f"{ready}/{desired}",
-        selector=f"{ISVC_LABEL}={label_value(name)}",
+        selector=f"{INFERENCE_SERVICE_LABEL}={label_value(name)}",
         observed_generation=generation,
         endpoints=endpoints(pods),
         conditions=conditions(verdict, generation, previous, now),

@@ -30,12 +30,15 @@ from typing import Annotated, Any
 from pydantic import BaseModel, BeforeValidator, ConfigDict, ValidationError
 from pydantic.alias_generators import to_camel
 
+from llmsvc.core.names import (
+    INFERENCE_SERVICE_LABEL,
+    MODEL_ANNOTATION,
+    MODEL_LABEL,
+    WEIGHT_ANNOTATION,
+)
 from llmsvc.core.records import OPENAI_API, ServiceRecord, Status
 
 SOURCE = "kubernetes"
-INFERENCE_SERVICE_LABEL = "llmsvc.io/inference-service"
-MODEL_KEY = "llmsvc.io/model"
-WEIGHT_ANNOTATION = "llmsvc.io/weight"
 SERVICE_NAME_LABEL = "kubernetes.io/service-name"
 HTTP_PORT = "http"
 BABYSITTER_PORT = "babysitter"
@@ -165,7 +168,9 @@ def _slice_records(
         return []
     models = served_models(slice_, service)
     if not models:
-        notes.append(f"{where}: no '{MODEL_KEY}' annotation or label; records serve no model")
+        notes.append(
+            f"{where}: no '{MODEL_ANNOTATION}' annotation or label; records serve no model"
+        )
     weight = service_weight(service, notes)
     common: dict[str, Any] = {
         "models": models,
@@ -252,10 +257,10 @@ def served_models(slice_: EndpointSlice, service: Service | None) -> list[str]:
     """The Service's annotation (exact), else the Service's or the slice's label."""
     if service is not None:
         meta = service.metadata
-        for value in (meta.annotations.get(MODEL_KEY), meta.labels.get(MODEL_KEY)):
+        for value in (meta.annotations.get(MODEL_ANNOTATION), meta.labels.get(MODEL_LABEL)):
             if value:
                 return [value]
-    label = slice_.metadata.labels.get(MODEL_KEY)
+    label = slice_.metadata.labels.get(MODEL_LABEL)
     return [label] if label else []
 
 

@@ -39,7 +39,8 @@ import orjson
 from prometheus_client import Counter
 from pydantic import ValidationError
 
-from llmsvc.registry.k8s_records import INFERENCE_SERVICE_LABEL, Key, is_ours
+from llmsvc.core.names import INFERENCE_SERVICE_LABEL
+from llmsvc.registry.k8s_records import Key, is_ours
 
 log = logging.getLogger("llmsvc.registry.kubernetes")
 
