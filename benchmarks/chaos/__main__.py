@@ -19,7 +19,6 @@ import asyncio
 import datetime
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -31,7 +30,9 @@ import orjson
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "harness"))  # the proxy bench's
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # the root: benchmarks.common
 
+from benchmarks.common.ports import free_port
 from measure import machine
 from proxies import PROXIES, Proxy, Unavailable
 from scenarios import (
@@ -48,12 +49,6 @@ from targets import stop
 
 DEFAULT_PROXIES = "llmsvc,nginx,haproxy,litellm,production-stack"
 SCENARIOS = ("death", "blackhole")
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind((HOST, 0))
-        return int(s.getsockname()[1])
 
 
 async def wait_both(port: int, proc: subprocess.Popen[bytes], timeout: float) -> None:

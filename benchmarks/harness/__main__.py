@@ -20,7 +20,6 @@ import contextlib
 import math
 import os
 import shutil
-import socket
 import statistics
 import subprocess
 import sys
@@ -31,7 +30,9 @@ from typing import Any
 import httpx
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # the root: benchmarks.common
 
+from benchmarks.common.ports import free_port
 from loadgen import (
     BENCH_KEY,
     CHAT_BODY,
@@ -49,12 +50,6 @@ from targets import TARGETS, Target, Unavailable, apt_install, llmsvc_command, s
 HERE = Path(__file__).resolve().parent
 HOST = "127.0.0.1"
 DEFAULT_TARGETS = "direct,nginx,llmsvc-1w,llmsvc-2w,vllm-router,litellm,production-stack"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind((HOST, 0))
-        return int(s.getsockname()[1])
 
 
 def start(

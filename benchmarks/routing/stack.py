@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
-import socket
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,6 +18,7 @@ from types import TracebackType
 
 import aiohttp
 import orjson
+from benchmarks.common.ports import free_port
 
 from .config import MODEL, EngineProfile
 
@@ -43,12 +43,6 @@ def parse_strategy(label: str) -> tuple[str, list[str]]:
         flag, _, value = option.partition("=")
         flags += [f"--{flag}", value]
     return name, flags
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind((HOST, 0))
-        return int(s.getsockname()[1])
 
 
 @dataclass(slots=True)

@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import json
-import socket
 import sys
 import time
 from pathlib import Path
 from typing import Any
 
 import aiohttp
+from benchmarks.common.ports import free_port
 from measure import (
     MODEL,
     Watchers,
@@ -35,12 +35,6 @@ def say(message: str) -> None:
 
 def mib(n: int) -> float:
     return round(n / 2**20, 1)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind((HOST, 0))
-        return int(s.getsockname()[1])
 
 
 async def start_registry(

@@ -41,6 +41,7 @@ import aiohttp
 from llmsvc.router.settings import Strategy
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # the root: benchmarks.common
 
 from measure import decision_time
 from phases import (

@@ -35,7 +35,6 @@ import json
 import os
 import platform
 import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -47,6 +46,10 @@ from typing import Any
 
 import httpx
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # the root: benchmarks.common
+
+from benchmarks.common.ports import free_port
+
 HOST = "127.0.0.1"
 MODEL = "soak-model"
 HERE = Path(__file__).resolve().parent
@@ -55,26 +58,6 @@ SHORT_FD_SLACK = 8  # health checks, the registry watch, a connection closing as
 
 
 # -- processes -------------------------------------------------------------------------
-
-
-def free_port(pair: bool = False) -> int:
-    """A free port (and the next one with ``pair``), from the kernel."""
-    for _ in range(100):
-        with socket.socket() as s:
-            s.bind((HOST, 0))
-            port = s.getsockname()[1]
-        if not pair or _free(port + 1):
-            return port
-    raise RuntimeError("no free port")
-
-
-def _free(port: int) -> bool:
-    with socket.socket() as s:
-        try:
-            s.bind((HOST, port))
-        except OSError:
-            return False
-    return True
 
 
 @dataclass
