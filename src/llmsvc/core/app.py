@@ -21,8 +21,10 @@ from typing import Any
 
 from aiohttp import web
 from aiohttp.typedefs import Middleware
+from aiohttp.web_urldispatcher import AbstractRoute
 from pydantic import BaseModel
 
+from llmsvc.core.auth import BearerAuth, bearer_middleware
 from llmsvc.core.errors import Handler, error_middleware, shape_protocol_errors
 from llmsvc.core.jsonio import DEFAULT_READ_TIMEOUT, READ_TIMEOUT, json_response
 from llmsvc.core.openapi import build_openapi
@@ -62,6 +64,8 @@ class Route:
     also: Mapping[int, str] = field(default_factory=dict)  # other success statuses, same body
     errors: Mapping[int, str] = field(default_factory=dict)
     query: tuple[Query, ...] = ()
+    protected: bool = False
+    """Needs the app's bearer credentials (``make_app(auth=...)``) when it has any."""
 
     def operation_id(self) -> str:
         words = re.sub(r"[^A-Za-z0-9]+", "_", self.path).strip("_") or "root"
@@ -80,25 +84,35 @@ def make_app(
     middlewares: Iterable[Middleware] = (),
     handler_args: Mapping[str, Any] | None = None,
     read_timeout: float = DEFAULT_READ_TIMEOUT,
+    auth: BearerAuth | None = None,
 ) -> web.Application:
     """A ``web.Application`` with the error middleware, the routes and ``/openapi.json``.
+
+    ``auth``: the credentials every route marked ``protected`` needs (a 401 without
+    them, before its handler runs); None leaves those routes open.
 
     ``read_timeout``: seconds a client may take to send a request's headers (an idle
     keep-alive connection is closed after it too, see :func:`serve`) and then its body
     (408, :func:`~llmsvc.core.jsonio.read_body`).
     """
     shape_protocol_errors()
+    table = list(routes)
+    protected: set[AbstractRoute] = set()  # filled below, as the routes are added
+    guard: list[Middleware] = []
+    if auth is not None:
+        guard.append(bearer_middleware(auth, protects=lambda r: r.match_info.route in protected))
     app = web.Application(
-        middlewares=[error_middleware, *middlewares],
+        middlewares=[error_middleware, *guard, *middlewares],
         client_max_size=client_max_size,
         # A client that disconnects cancels its handler, so an engine stops
         # generating and the router closes the upstream request at once.
         handler_args={"handler_cancellation": True, **(handler_args or {})},
     )
     app[READ_TIMEOUT] = read_timeout
-    table = list(routes)
     for route in table:
-        app.router.add_route(route.method, route.path, route.handler)
+        added = app.router.add_route(route.method, route.path, route.handler)
+        if route.protected:
+            protected.add(added)
     document = build_openapi(title, version, table)
 
     async def openapi(_: web.Request) -> web.Response:

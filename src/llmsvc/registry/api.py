@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hmac
 import logging
 import time
 from collections.abc import Callable, Iterator
@@ -14,7 +13,8 @@ from aiohttp import web
 from prometheus_client import CollectorRegistry
 
 from llmsvc.core.app import Query, Route
-from llmsvc.core.errors import ApiError, BadRequest, NotFound, Unauthorized
+from llmsvc.core.auth import BearerAuth
+from llmsvc.core.errors import ApiError, BadRequest, NotFound
 from llmsvc.core.jsonio import loads_object, model_response, read_body, read_model, validate_model
 from llmsvc.core.metrics import metrics_handler
 from llmsvc.core.records import Heartbeat, ServiceList, ServiceRecord, ServiceRegistration
@@ -61,19 +61,16 @@ _MANAGED = {409: "The service comes from Kubernetes (--source kubernetes): read-
 # -- helpers ---------------------------------------------------------------------
 
 
-def authorize(request: web.Request) -> None:
-    """Writes need ``Authorization: Bearer <token>`` when the registry has a token."""
-    token = request.app[SETTINGS].token
-    if token is None:
-        return
-    scheme, _, given = request.headers.get("Authorization", "").partition(" ")
-    expected = token.get_secret_value().encode()
-    if scheme.lower() != "bearer" or not hmac.compare_digest(given.strip().encode(), expected):
-        raise Unauthorized(
-            "Missing or invalid bearer token in the Authorization header",
-            code="invalid_token",
-            headers={"WWW-Authenticate": "Bearer"},
-        )
+def write_auth(settings: RegistrySettings) -> BearerAuth | None:
+    """Writes (the routes marked ``protected``) need ``Authorization: Bearer <token>``
+    when the registry has a token; reads stay open."""
+    if settings.token is None:
+        return None
+    return BearerAuth(
+        keys=(settings.token.get_secret_value().encode(),),
+        message="Missing or invalid bearer token in the Authorization header",
+        code="invalid_token",
+    )
 
 
 def not_found(name: str, hint: str = "") -> NotFound:
@@ -150,7 +147,6 @@ async def list_services(request: web.Request) -> web.Response:
 
 
 async def register_service(request: web.Request) -> web.Response:
-    authorize(request)
     registration = await read_model(request, ServiceRegistration)
     with http_write():
         record, created = request.app[STORE].register(registration)
@@ -170,7 +166,6 @@ async def get_service(request: web.Request) -> web.Response:
 
 
 async def update_service(request: web.Request) -> web.Response:
-    authorize(request)
     name = request.match_info["name"]
     body = loads_object(await read_body(request))
     body.setdefault("name", name)
@@ -190,7 +185,6 @@ async def update_service(request: web.Request) -> web.Response:
 
 
 async def deregister_service(request: web.Request) -> web.Response:
-    authorize(request)
     name = request.match_info["name"]
     with http_write():
         record = request.app[STORE].deregister(name)
@@ -202,7 +196,6 @@ async def deregister_service(request: web.Request) -> web.Response:
 
 
 async def heartbeat(request: web.Request) -> web.Response:
-    authorize(request)
     name = request.match_info["name"]
     body = await read_body(request)
     report = validate_model(Heartbeat, loads_object(body)) if body.strip() else Heartbeat()
@@ -305,6 +298,7 @@ ROUTES = (
         status=201,
         also={200: "An existing registration of that name was replaced."},
         errors={**_BAD, **_UNAUTHORIZED, **_MANAGED, 413: "Body too large."},
+        protected=True,
     ),
     Route(
         "GET",
@@ -322,6 +316,7 @@ ROUTES = (
         request=ServiceRegistration,
         response=ServiceRecord,
         errors={**_BAD, **_UNAUTHORIZED, **_UNKNOWN, **_MANAGED, 413: "Body too large."},
+        protected=True,
     ),
     Route(
         "DELETE",
@@ -330,6 +325,7 @@ ROUTES = (
         "Deregister a service; answers the removed record",
         response=ServiceRecord,
         errors={**_UNAUTHORIZED, **_UNKNOWN, **_MANAGED},
+        protected=True,
     ),
     Route(
         "GET",
@@ -350,6 +346,7 @@ ROUTES = (
         request_required=False,
         response=ServiceRecord,
         errors={**_BAD, **_UNAUTHORIZED, **_UNKNOWN, **_MANAGED, 413: "Body too large."},
+        protected=True,
     ),
     Route("GET", "/stats", get_stats, "Counts by status, type and model", response=RegistryStats),
     Route(

@@ -24,9 +24,10 @@ from llmsvc.registry.api import (
     STARTED,
     STORE,
     Answers,
+    write_auth,
 )
 from llmsvc.registry.health import CONCURRENT_CHECKS, check_all
-from llmsvc.registry.kubernetes import KubernetesSource, kubernetes_ctx, load_connection
+from llmsvc.registry.kubernetes import KubernetesSource, kubernetes_ctx, load_credentials
 from llmsvc.registry.metrics import RegistryMetrics
 from llmsvc.registry.models import KubernetesHealth
 from llmsvc.registry.persistence import StateFileError, StateWriter, load_state
@@ -100,7 +101,7 @@ async def _release_watchers(app: web.Application) -> None:
 
 def _add_kubernetes_source(app: web.Application) -> None:
     settings = app[SETTINGS]
-    credentials = load_connection()
+    credentials = load_credentials()
     # Neither --namespace nor --all-namespaces: the namespace kubectl would use.
     namespaces = None if settings.all_namespaces else settings.namespace or [credentials.namespace]
 
@@ -115,7 +116,7 @@ def _add_kubernetes_source(app: web.Application) -> None:
     log.info(
         "kubernetes source: %s at %s",
         "all namespaces" if namespaces is None else "namespaces " + ",".join(namespaces),
-        credentials.connection.host,
+        credentials.server,
     )
     app.cleanup_ctx.append(
         kubernetes_ctx(
@@ -154,6 +155,7 @@ def create_app(
         routes=ROUTES,
         client_max_size=MAX_BODY,
         read_timeout=settings.read_timeout,
+        auth=write_auth(settings),
     )
     app[SETTINGS] = settings
     app[STORE] = store
