@@ -34,6 +34,7 @@ from llmsvc.router.balancing import (
     LeastLoad,
     SmoothWeightedRoundRobin,
 )
+from llmsvc.router.candidates import Eligible
 from llmsvc.router.loadscore import EngineLoad, load_score
 
 SETTINGS = settings(
@@ -65,6 +66,11 @@ class Members:
 
 def _no_key(request: object, info: object) -> str | None:
     return None
+
+
+def eligible(peers: Sequence[Peer], version: int = 1) -> Eligible[Peer]:
+    """The peers as the pool hands them to a strategy: one version of the eligible list."""
+    return Eligible(peers, version=version)
 
 
 loads = st.builds(
@@ -115,7 +121,8 @@ def test_every_strategy_picks_a_candidate(peers: list[Peer], rounds: int, key: s
     for strategy in strategies:
         for i in range(rounds):
             candidates = peers[: 1 + i % len(peers)] if i % 3 else peers
-            assert strategy.pick("m", candidates, key) in candidates
+            listed = eligible(candidates, version=len(candidates))  # one list per version
+            assert strategy.pick("m", listed, key) in candidates
 
 
 @SETTINGS
@@ -125,8 +132,9 @@ def test_round_robin_gives_each_its_weight_share_of_every_cycle(
 ) -> None:
     rr = SmoothWeightedRoundRobin()
     total = sum(p.weight for p in peers)
+    listed = eligible(peers)
     for _ in range(cycles):
-        counts = Counter(rr.pick("m", peers).name for _ in range(total))
+        counts = Counter(rr.pick("m", listed).name for _ in range(total))
         assert counts == {p.name: p.weight for p in peers}
 
 
@@ -137,8 +145,9 @@ def test_round_robin_is_smooth(peers: list[Peer], picks: int) -> None:
     rr = SmoothWeightedRoundRobin()
     total = sum(p.weight for p in peers)
     counts: Counter[str] = Counter()
+    listed = eligible(peers)
     for n in range(1, picks + 1):
-        counts[rr.pick("m", peers).name] += 1
+        counts[rr.pick("m", listed).name] += 1
         for p in peers:
             ideal = n * p.weight / total
             # Smooth: within two picks of its ideal share (plain weighted round robin
@@ -150,19 +159,20 @@ def test_round_robin_is_smooth(peers: list[Peer], picks: int) -> None:
 @given(peers=peer_lists(max_size=5), other=st.lists(st.booleans(), max_size=40))
 def test_round_robin_turns_are_per_model(peers: list[Peer], other: list[bool]) -> None:
     alone, mixed = SmoothWeightedRoundRobin(), SmoothWeightedRoundRobin()
-    expected = [alone.pick("a", peers).name for _ in other]
+    listed = eligible(peers)
+    expected = [alone.pick("a", listed).name for _ in other]
     got = []
     for interleave in other:
         if interleave:
-            mixed.pick("b", peers)
-        got.append(mixed.pick("a", peers).name)
+            mixed.pick("b", listed)
+        got.append(mixed.pick("a", listed).name)
     assert got == expected
 
 
 @SETTINGS
 @given(peers=peer_lists())
 def test_least_connections_picks_a_least_loaded(peers: list[Peer]) -> None:
-    picked = LeastConnections().pick("m", peers)
+    picked = LeastConnections().pick("m", eligible(peers))
     assert picked.in_flight / picked.weight == min(p.in_flight / p.weight for p in peers)
 
 
@@ -176,7 +186,7 @@ def test_least_load_picks_the_lowest_score(peers: list[Peer], rounds: int) -> No
 
     best = min(score(p) for p in peers)
     for _ in range(rounds):
-        assert score(strategy.pick("m", peers)) == best
+        assert score(strategy.pick("m", eligible(peers))) == best
 
 
 @SETTINGS
@@ -185,18 +195,18 @@ def test_consistent_hash_moves_only_the_keys_of_a_backend_taken_out(
     peers: list[Peer], key_list: list[str]
 ) -> None:
     strategy = ConsistentHash(members=Members(peers), key_of=_no_key, virtual_nodes=32)
-    before = {k: strategy.pick("m", peers, k).name for k in key_list}
-    again = {k: strategy.pick("m", peers, k).name for k in key_list}
+    before = {k: strategy.pick("m", eligible(peers), k).name for k in key_list}
+    again = {k: strategy.pick("m", eligible(peers), k).name for k in key_list}
     assert again == before  # deterministic
     out = peers[0]
     rest = peers[1:]
-    after = {k: strategy.pick("m", rest, k).name for k in key_list}
+    after = {k: strategy.pick("m", eligible(rest, 2), k).name for k in key_list}
     for k in key_list:
         if before[k] != out.name:
             assert after[k] == before[k], k
         else:
             assert after[k] != out.name
-    back = {k: strategy.pick("m", peers, k).name for k in key_list}
+    back = {k: strategy.pick("m", eligible(peers, 3), k).name for k in key_list}
     assert back == before  # its keys come back to it
 
 
@@ -215,7 +225,7 @@ def test_bounded_load_never_exceeds_the_bound(
     for k in key_list:
         total = 1 + sum(p.in_flight for p in peers)
         weights = sum(p.weight for p in peers)
-        picked = strategy.pick("m", peers, k)
+        picked = strategy.pick("m", eligible(peers), k)
         bound = math.ceil((1 + balance) * total * picked.weight / weights)
         fits = [
             p for p in peers if p.in_flight < math.ceil((1 + balance) * total * p.weight / weights)
@@ -239,10 +249,10 @@ def test_forget_never_breaks_a_later_pick(peers: list[Peer], gone: st.DataObject
     rest = [p for p in peers if p.name not in removed]
     for strategy in strategies:
         for _ in range(5):
-            strategy.pick("m", peers, "k")
+            strategy.pick("m", eligible(peers), "k")
         strategy.forget(set(removed))
         members.peers = rest
         members.version += 1
         for i in range(5):
-            assert strategy.pick("m", rest, f"k{i}") in rest
+            assert strategy.pick("m", eligible(rest, 2), f"k{i}") in rest
         members.peers = peers

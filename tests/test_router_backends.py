@@ -5,6 +5,7 @@ from __future__ import annotations
 from llmsvc.core.records import ServiceRecord
 from llmsvc.router.backends import Backend, BackendPool, PassiveHealth
 from llmsvc.router.balancing import SmoothWeightedRoundRobin
+from llmsvc.router.candidates import Eligible
 
 
 def record(**changes: object) -> ServiceRecord:
@@ -66,7 +67,7 @@ class CountingPeer:
 
 
 def test_round_robin_walks_a_schedule_for_a_stable_list() -> None:
-    peers = [CountingPeer(f"b{i}") for i in range(1000)]
+    peers = Eligible([CountingPeer(f"b{i}") for i in range(1000)], version=1)
     rr = SmoothWeightedRoundRobin()
     CountingPeer.reads = 0
     picks = [rr.pick("m", peers).name]  # the schedule is built once for this list
@@ -80,22 +81,24 @@ def test_round_robin_walks_a_schedule_for_a_stable_list() -> None:
 
 def test_the_schedule_gives_the_same_sequence_as_the_scan() -> None:
     weights = {"a": 5, "b": 1, "c": 1}
-    peers = [CountingPeer(n, w) for n, w in weights.items()]
+    peers = Eligible([CountingPeer(n, w) for n, w in weights.items()], version=1)
     scheduled = SmoothWeightedRoundRobin()
     stable = [scheduled.pick("m", peers).name for _ in range(21)]
     assert stable == list("aabacaa") * 3
 
 
 def test_turns_go_on_across_a_new_list_and_a_retry() -> None:
-    peers = [CountingPeer(n) for n in "abc"]
+    backends = [CountingPeer(n) for n in "abc"]
     rr = SmoothWeightedRoundRobin()
+    peers = Eligible(backends, version=1)
     assert [rr.pick("m", peers).name for _ in range(2)] == ["a", "b"]
-    # The same backends in a new list object (eligibility was recomputed): no repeat.
-    assert [rr.pick("m", list(peers)).name for _ in range(3)] == ["c", "a", "b"]
-    # A retry without "b", which the last pick chose, does not move the turns.
-    current = rr.pick("m", peers)  # the schedule of this list object, after "b": "c"
+    # The same backends in a new version of the list (eligibility changed back): no repeat.
+    assert [rr.pick("m", Eligible(backends, version=2)).name for _ in range(3)] == ["c", "a", "b"]
+    peers = Eligible(backends, version=3)
+    current = rr.pick("m", peers)  # the schedule of this version, after "b": "c"
     assert current.name == "c"
-    assert rr.pick("m", [peers[0], peers[2]]).name in {"a", "c"}
+    # A retry without "b" (tried already) does not move the turns.
+    assert rr.pick("m", peers, tried=[backends[1]]).name in {"a", "c"}
     assert [rr.pick("m", peers).name for _ in range(3)] == ["a", "b", "c"]
 
 
@@ -108,6 +111,7 @@ def test_eligible_list_is_cached_until_health_changes() -> None:
     pool.set_static([rec("a"), rec("b")])
     first = pool.eligible("m", now=0)
     assert pool.eligible("m", now=1) is first
+    assert pool.eligible("m", now=1).version == first.version
     a = pool.get("a")
     assert a is not None
     a.active_ok = False
@@ -120,3 +124,28 @@ def test_eligible_list_is_cached_until_health_changes() -> None:
     assert [b.name for b in pool.eligible("m", now=3)] == ["b"]
     # The passive take-out ends by itself after fail_timeout: the cache knows when.
     assert [b.name for b in pool.eligible("m", now=12)] == ["a", "b"]
+
+
+def test_eligible_version_changes_with_the_list_only() -> None:
+    pool = BackendPool(max_fails=1, fail_timeout=10)
+    pool.set_static([rec("a"), rec("b")])
+    first = pool.eligible("m", now=0)
+    pool.health_changed()  # nothing changed for "m": its strategies keep their schedules
+    assert pool.eligible("m", now=1).version == first.version
+    pool.set_static([rec("a"), rec("b")])  # a refresh with the same records
+    assert pool.eligible("m", now=1).version == first.version
+    a = pool.get("a")
+    assert a is not None
+    a.active_ok = False
+    pool.health_changed()
+    out = pool.eligible("m", now=1)
+    assert [b.name for b in out] == ["b"] and out.version != first.version
+    a.active_ok = True
+    pool.health_changed()
+    back = pool.eligible("m", now=1)
+    assert [b.name for b in back] == ["a", "b"] and back.version not in {first.version, out.version}
+    heavier = ServiceRecord(
+        name="b", host="127.0.0.1", port=1, weight=2, metadata={"models": ["m"]}
+    )
+    pool.set_static([rec("a"), heavier])  # same backends, a new weight: a new cycle
+    assert pool.eligible("m", now=1).version != back.version

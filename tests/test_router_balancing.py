@@ -7,6 +7,8 @@ from dataclasses import dataclass
 from llmsvc.core.records import ServiceRecord
 from llmsvc.router.backends import BackendPool, PassiveHealth
 from llmsvc.router.balancing import LeastConnections, SmoothWeightedRoundRobin, make_strategy
+from llmsvc.router.candidates import Eligible
+from llmsvc.router.loadscore import EngineLoad
 from llmsvc.router.settings import RouterSettings
 
 
@@ -15,32 +17,41 @@ class Peer:
     name: str
     weight: int = 1
     in_flight: int = 0
+    load: EngineLoad | None = None
 
 
-def picks(strategy: SmoothWeightedRoundRobin | LeastConnections, peers: list[Peer], n: int) -> str:
+def eligible(*peers: Peer, version: int = 1) -> Eligible[Peer]:
+    """The peers as the pool hands them to a strategy: one version of the eligible list."""
+    return Eligible(peers, version=version)
+
+
+def picks(
+    strategy: SmoothWeightedRoundRobin | LeastConnections, peers: Eligible[Peer], n: int
+) -> str:
     return "".join(strategy.pick("m", peers).name for _ in range(n))
 
 
 def test_smooth_weighted_sequence_is_nginx_s() -> None:
     peers = [Peer("a", 5), Peer("b", 1), Peer("c", 1)]
-    assert picks(SmoothWeightedRoundRobin(), peers, 14) == "aabacaa" * 2
+    assert picks(SmoothWeightedRoundRobin(), eligible(*peers), 14) == "aabacaa" * 2
 
 
 def test_equal_weights_alternate_strictly() -> None:
-    assert picks(SmoothWeightedRoundRobin(), [Peer("a"), Peer("b")], 8) == "abababab"
-    assert picks(SmoothWeightedRoundRobin(), [Peer("a"), Peer("b"), Peer("c")], 6) == "abcabc"
+    assert picks(SmoothWeightedRoundRobin(), eligible(Peer("a"), Peer("b")), 8) == "abababab"
+    three = eligible(Peer("a"), Peer("b"), Peer("c"))
+    assert picks(SmoothWeightedRoundRobin(), three, 6) == "abcabc"
 
 
 def test_weights_are_respected_over_a_cycle() -> None:
     peers = [Peer("a", 3), Peer("b", 2)]
-    seq = picks(SmoothWeightedRoundRobin(), peers, 50)
+    seq = picks(SmoothWeightedRoundRobin(), eligible(*peers), 50)
     assert (seq.count("a"), seq.count("b")) == (30, 20)
     assert "aaa" not in seq  # smooth: never a burst longer than needed
 
 
 def test_balancing_is_per_model() -> None:
     rr = SmoothWeightedRoundRobin()
-    peers = [Peer("a"), Peer("b")]
+    peers = eligible(Peer("a"), Peer("b"))
     got = [rr.pick(model, peers).name for model in ("x", "y", "x", "y")]
     assert got == ["a", "a", "b", "b"]
 
@@ -48,29 +59,31 @@ def test_balancing_is_per_model() -> None:
 def test_a_retry_subset_goes_elsewhere_and_the_cycle_goes_on() -> None:
     rr = SmoothWeightedRoundRobin()
     a, b = Peer("a"), Peer("b")
-    assert rr.pick("m", [a, b]) is a
-    assert rr.pick("m", [a]) is a  # b excluded (e.g. tried already)
-    assert picks(rr, [a, b], 4) in ("baba", "abab")
+    both = eligible(a, b)
+    assert rr.pick("m", both) is a
+    assert rr.pick("m", both, tried=[b]) is a  # b excluded (tried already)
+    # The retry left the turns alone: b's turn is next, as if the retry never happened.
+    assert picks(rr, both, 4) == "baba"
 
 
 def test_forget_drops_state_of_gone_backends() -> None:
     rr = SmoothWeightedRoundRobin()
     a, b = Peer("a", 5), Peer("b")
-    rr.pick("m", [a, b])
+    rr.pick("m", eligible(a, b))
     rr.forget({"a"})
-    assert rr.pick("m", [Peer("a"), b]).name == "b"  # a starts from zero again
+    assert rr.pick("m", eligible(Peer("a"), b, version=2)).name == "b"  # a starts from zero again
 
 
 def test_least_connections_prefers_the_least_loaded() -> None:
     lc = LeastConnections()
     a, b, c = Peer("a", in_flight=3), Peer("b", in_flight=1), Peer("c", in_flight=2)
-    assert lc.pick("m", [a, b, c]) is b
+    assert lc.pick("m", eligible(a, b, c)) is b
     heavy = Peer("heavy", weight=4, in_flight=4)  # 1 per weight unit, less than a's 3
-    assert lc.pick("m", [a, heavy]) is heavy
+    assert lc.pick("m", eligible(a, heavy, version=2)) is heavy
 
 
 def test_least_connections_breaks_ties_in_turn() -> None:
-    assert picks(LeastConnections(), [Peer("a"), Peer("b")], 6) == "ababab"
+    assert picks(LeastConnections(), eligible(Peer("a"), Peer("b")), 6) == "ababab"
 
 
 def test_make_strategy_knows_the_names() -> None:

@@ -18,6 +18,7 @@ from aiohttp.test_utils import make_mocked_request
 from llmsvc.core.wire import parse_routing
 from llmsvc.router.affinity import ClientAddress, PromptPrefix, parse_networks, session_key
 from llmsvc.router.balancing import BoundedLoadHash, ConsistentHash, LeastLoad
+from llmsvc.router.candidates import Eligible
 from llmsvc.router.hashring import HashRing
 from llmsvc.router.loadscore import KV_WEIGHT, EngineLoad, load_score, parse_load
 
@@ -50,8 +51,14 @@ def session_ring(peers: list[Peer], vnodes: int = 100) -> tuple[ConsistentHash, 
     return ConsistentHash(members=pool, key_of=session_key, virtual_nodes=vnodes), pool
 
 
+def listed(peers: list[Peer]) -> Eligible[Peer]:
+    """The peers as the pool hands them to a strategy (here a list's length tells it apart)."""
+    return Eligible(peers, version=len(peers))
+
+
 def owners(strategy: ConsistentHash, peers: list[Peer], keys: list[str]) -> dict[str, str]:
-    return {key: strategy.pick("m", peers, key).name for key in keys}
+    eligible = listed(peers)
+    return {key: strategy.pick("m", eligible, key).name for key in keys}
 
 
 KEYS = [f"user-{i}" for i in range(4000)]
@@ -112,7 +119,7 @@ def test_unhealthy_backend_is_skipped_without_rebuilding() -> None:
 def test_no_key_falls_back_to_least_connections() -> None:
     a, b = Peer("a", in_flight=3), Peer("b", in_flight=1)
     strategy, _ = session_ring([a, b])
-    assert strategy.pick("m", [a, b], None) is b
+    assert strategy.pick("m", listed([a, b]), None) is b
 
 
 def within_bound(peers: list[Peer], balance: float) -> bool:
@@ -127,7 +134,7 @@ def test_bounded_load_holds_under_skewed_keys() -> None:
     balance = 0.25
     strategy = BoundedLoadHash(members=pool, key_of=session_key, virtual_nodes=100, balance=balance)
     rng = random.Random(7)
-    hot_owner = strategy.pick("m", peers, "system prompt everyone shares")
+    hot_owner = strategy.pick("m", listed(peers), "system prompt everyone shares")
     placed: Counter[str] = Counter()
     for step in range(2000):
         # 80% of requests share one prefix; the rest are Zipf-distributed.
@@ -135,7 +142,7 @@ def test_bounded_load_holds_under_skewed_keys() -> None:
             key = "system prompt everyone shares"
         else:
             key = f"prompt-{int(rng.paretovariate(1.2))}"
-        chosen = strategy.pick("m", peers, key)
+        chosen = strategy.pick("m", listed(peers), key)
         chosen.in_flight += 1
         placed[chosen.name] += 1
         assert within_bound(peers, balance), (step, [(p.name, p.in_flight) for p in peers])
@@ -152,7 +159,7 @@ def test_bounded_load_keeps_affinity_while_load_is_low() -> None:
         members=Pool(peers), key_of=session_key, virtual_nodes=100, balance=0.25
     )
     for key in ("alpha", "beta", "gamma"):
-        picked = {strategy.pick("m", peers, key).name for _ in range(20)}  # nothing in flight
+        picked = {strategy.pick("m", listed(peers), key).name for _ in range(20)}  # none in flight
         assert len(picked) == 1
 
 
@@ -253,10 +260,10 @@ def test_least_load_picks_the_least_loaded_and_stays_fresh_between_scrapes() -> 
     busy = Peer("busy", load=EngineLoad(waiting=4, running=8, kv_use=0.9, at=now, in_flight=0))
     idle = Peer("idle", load=EngineLoad(waiting=0, running=1, kv_use=0.1, at=now, in_flight=0))
     strategy = LeastLoad(max_age=3.0, clock=lambda: now)
-    assert strategy.pick("m", [busy, idle]) is idle
+    assert strategy.pick("m", listed([busy, idle])) is idle
     picks = []
     for _ in range(40):  # no new scrape: the router's own count keeps the choice fresh
-        chosen = strategy.pick("m", [busy, idle])
+        chosen = strategy.pick("m", listed([busy, idle]))
         chosen.in_flight += 1
         picks.append(chosen.name)
     # busy scores (12 + 4) + 4 x 0.9 = 19.6; idle 1 + 0.4 plus what it was sent since:
@@ -270,4 +277,4 @@ def test_least_load_ignores_a_stale_scrape() -> None:
     stale = Peer("stale", load=EngineLoad(waiting=9, running=9, kv_use=1.0, at=90.0, in_flight=0))
     fresh = Peer("fresh", load=EngineLoad(waiting=0, running=1, kv_use=0.0, at=now, in_flight=0))
     strategy = LeastLoad(max_age=3.0, clock=lambda: now)
-    assert strategy.pick("m", [stale, fresh]) is stale  # scored on in flight (0) alone
+    assert strategy.pick("m", listed([stale, fresh])) is stale  # scored on in flight (0) alone

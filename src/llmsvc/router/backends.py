@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from llmsvc.core.records import OPENAI_API, ServiceRecord
+from llmsvc.router.candidates import Eligible
 from llmsvc.router.loadscore import EngineLoad
 
 Source = Literal["static", "registry"]
@@ -187,10 +188,11 @@ class Backend:
 
 
 @dataclass(slots=True)
-class _Eligible:
-    version: int
-    until: float
-    backends: list[Backend]
+class _CachedEligible:
+    health_version: int  # the pool's _health_version it was computed at
+    until: float  # when a passive take-out of one of the model's backends ends
+    weights: tuple[int, ...]  # of the backends, when it was computed
+    eligible: Eligible[Backend]
 
 
 class BackendPool:
@@ -208,7 +210,8 @@ class BackendPool:
         # Eligibility is cached per model and recomputed only after a health change (or
         # when a passive take-out ends), so that a pick costs the same at 2 or 1,000 backends.
         self._health_version = 0
-        self._eligible: dict[str, _Eligible] = {}
+        self._eligible: dict[str, _CachedEligible] = {}
+        self._eligible_versions = 0  # the version of the newest eligible list, any model
 
     def __iter__(self) -> Iterator[Backend]:
         return iter(self._backends.values())
@@ -265,16 +268,20 @@ class BackendPool:
         """A backend's eligibility may have changed: recompute the eligible lists."""
         self._health_version += 1
 
-    def eligible(self, model: str, now: float) -> list[Backend]:
+    def eligible(self, model: str, now: float) -> Eligible[Backend]:
         """The backends that may take a request for ``model`` now, in a stable order.
 
-        The same list object is returned until eligibility changes: callers must not
-        modify it (strategies use its identity to reuse their schedules).
+        Its version changes when the list does (a backend joined, left or changed its
+        weight, its eligibility changed), not otherwise: strategies cache under it.
         """
         cached = self._eligible.get(model)
-        if cached is not None and cached.version == self._health_version and now < cached.until:
-            return cached.backends
-        backends = [b for b in self._by_model.get(model, ()) if b.healthy(now)]
+        if (
+            cached is not None
+            and cached.health_version == self._health_version
+            and now < cached.until
+        ):
+            return cached.eligible
+        backends = tuple(b for b in self._by_model.get(model, ()) if b.healthy(now))
         # A backend out for passive failures comes back by itself at down_until.
         until = min(
             (
@@ -284,8 +291,18 @@ class BackendPool:
             ),
             default=math.inf,
         )
-        self._eligible[model] = _Eligible(self._health_version, until, backends)
-        return backends
+        weights = tuple(b.weight for b in backends)
+        if (
+            cached is not None
+            and cached.eligible.backends == backends
+            and cached.weights == weights
+        ):
+            eligible = cached.eligible  # recomputed, unchanged: strategies keep their caches
+        else:
+            self._eligible_versions += 1
+            eligible = Eligible(backends, version=self._eligible_versions)
+        self._eligible[model] = _CachedEligible(self._health_version, until, weights, eligible)
+        return eligible
 
     def knows(self, model: str) -> bool:
         """Whether any backend, healthy or not, lists ``model`` (bounds metric labels)."""

@@ -1,12 +1,14 @@
 """Load-balancing strategies: each picks one backend among the eligible candidates.
 
 The proxy asks a strategy for the request's affinity key once (``key``, None
-for strategies that need none), then for a backend among the candidates the
-pool found eligible (healthy, serving the model, not yet tried) in a stable
-order (``pick``). State is kept per model, so the balancing of one model does
-not disturb another's. Per request, no strategy does more than one pass over
-the candidates; hash rings are built when the set of backends changes and
-read with one ``bisect`` (``hashring``).
+for strategies that need none), then for a backend (``pick``) among the ones
+the pool found eligible (healthy, serving the model: an :class:`Eligible`
+list, in a stable order and numbered) and not in ``tried``, the backends this
+request was already sent to. State is kept per model, so the balancing of one
+model does not disturb another's. Per request, no strategy does more than one
+pass over the candidates (round robin none: it walks a schedule cached under
+the eligible list's version); hash rings are built when the set of backends
+changes and read with one ``bisect`` (``hashring``).
 
 | strategy | picks |
 | --- | --- |
@@ -23,9 +25,9 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Protocol, TypeVar
+from typing import TYPE_CHECKING, Any, Protocol
 
 from llmsvc.router.affinity import (
     ClientAddress,
@@ -34,8 +36,9 @@ from llmsvc.router.affinity import (
     parse_networks,
     session_key,
 )
+from llmsvc.router.candidates import Eligible, Members, P, untried
 from llmsvc.router.hashring import HashRing, PointCache, key_hash
-from llmsvc.router.loadscore import EngineLoad, load_score, max_load_age
+from llmsvc.router.loadscore import load_score, max_load_age
 
 if TYPE_CHECKING:
     from aiohttp import web
@@ -44,43 +47,23 @@ if TYPE_CHECKING:
     from llmsvc.router.settings import RouterSettings
 
 
-class Peer(Protocol):
-    """What a strategy needs to know of a backend."""
-
-    @property
-    def name(self) -> str: ...
-
-    @property
-    def weight(self) -> int: ...
-
-    @property
-    def in_flight(self) -> int: ...
-
-    @property
-    def load(self) -> EngineLoad | None: ...
-
-
-P = TypeVar("P", bound=Peer)
-
-
-class Members(Protocol):
-    """Every backend of a model, eligible or not (the pool): what hash rings are built on."""
-
-    @property
-    def version(self) -> int:
-        """Grows whenever the set of backends may have changed."""
-        ...
-
-    def members(self, model: str) -> Sequence[Peer]: ...
-
-
 class Strategy(Protocol):
     def key(self, request: web.Request, info: RoutingInfo) -> str | None:
         """The request's affinity key, or None (also for strategies that use none)."""
         ...
 
-    def pick(self, model: str, candidates: Sequence[P], key: str | None = None) -> P:
-        """One of ``candidates`` (never empty) for a request for ``model``."""
+    def pick(
+        self,
+        model: str,
+        eligible: Eligible[P],
+        key: str | None = None,
+        *,
+        tried: Collection[P] = (),
+    ) -> P:
+        """One of ``eligible`` not in ``tried`` (some backend is) for a request for ``model``.
+
+        ``tried`` holds the backends this request was already sent to: a retry.
+        """
         ...
 
     def forget(self, names: set[str]) -> None:
@@ -103,62 +86,63 @@ class SmoothWeightedRoundRobin(_Keyless):
     subtracts the total weight from the chosen one. Weights 5, 1, 1 give
     ``a a b a c a a``; equal weights alternate strictly.
 
-    That scan is linear in the number of candidates. The pool hands out the
-    same eligible-list object until eligibility changes, so the cycle of
-    ``sum(weights) / gcd(weights)`` picks is computed once per list (for equal
-    weights it is the list itself) and then walked, one step per request,
-    whatever the number of backends. A new eligible list gets its cycle started
-    right after the backend picked last, so turns go on across the change; a
-    retry's list (the scheduled one without the backends tried) takes the scan
-    and leaves the turns alone, as nginx's retries do.
+    That scan is linear in the number of candidates. So the cycle of
+    ``sum(weights) / gcd(weights)`` picks is computed once per version of the
+    eligible list (for equal weights it is the list itself) and then walked,
+    one step per request, whatever the number of backends. A new version gets
+    its cycle started right after the backend picked last, so turns go on
+    across the change. A retry (``tried`` not empty) takes the scan over the
+    backends not tried and leaves the turns alone, as nginx's retries do.
     Weighted cycles too long to simulate take the scan.
     """
 
     MAX_SCHEDULE_WORK = 200_000  # steps × candidates simulated at most per change (~50 ms)
 
     def __init__(self) -> None:
-        self._current: dict[str, dict[str, int]] = {}
+        self._current: dict[str, dict[str, int]] = {}  # the scan's current weights, per model
         self._schedules: dict[str, _Schedule] = {}
-        self._last: dict[str, str] = {}  # the name picked last, per model
-        self._pending: dict[str, Sequence[Peer]] = {}  # the last list taken for a retry's
+        self._last: dict[str, str] = {}  # the name picked last (not by a retry), per model
 
-    def pick(self, model: str, candidates: Sequence[P], key: str | None = None) -> P:
+    def pick(
+        self,
+        model: str,
+        eligible: Eligible[P],
+        key: str | None = None,
+        *,
+        tried: Collection[P] = (),
+    ) -> P:
+        if tried:
+            return self._step(self._state(model), untried(eligible, tried))
         schedule = self._schedules.get(model)
-        if schedule is not None and schedule.candidates is not candidates:
-            if schedule.is_retry(candidates) and self._pending.get(model) is not candidates:
-                # Most likely a retry's list (the scheduled one without the backends
-                # tried): pick by the scan and leave the turns alone. The same list
-                # coming again is the new eligible list, and gets its schedule.
-                self._pending[model] = candidates
-                return self._step(self._state(model), candidates)
-            schedule = None
-        if schedule is None:
-            schedule = self._schedule(model, candidates)
-        if schedule is None:
-            peer = self._step(self._state(model), candidates)
-        else:
-            peer = schedule.order[schedule.position]
+        if schedule is None or schedule.version != eligible.version:
+            schedule = self._schedule(model, eligible)
+        if schedule.order:
+            peer: P = schedule.order[schedule.position]
             schedule.position = (schedule.position + 1) % len(schedule.order)
+        else:
+            peer = self._step(self._state(model), eligible.backends)
         self._last[model] = peer.name
         return peer
 
-    def _schedule(self, model: str, candidates: Sequence[P]) -> _Schedule | None:
+    def _schedule(self, model: str, eligible: Eligible[P]) -> _Schedule:
+        """The cycle of ``eligible``, from after the backend picked last; empty: scan."""
+        candidates = eligible.backends
         weights = [peer.weight for peer in candidates]
         if not weights:
             raise ValueError("no candidates to pick from")
+        order: list[P] = []
         if len(set(weights)) == 1:
             order = list(candidates)  # equal weights: the cycle is the list itself
         else:
             length = sum(weights) // math.gcd(*weights)
-            # Simulating the cycle costs length × candidates steps, once per list.
-            if length * len(candidates) > self.MAX_SCHEDULE_WORK:
-                return None
-            current: dict[str, int] = {}
-            order = [self._step(current, candidates) for _ in range(length)]
+            # Simulating the cycle costs length × candidates steps, once per version.
+            if length * len(candidates) <= self.MAX_SCHEDULE_WORK:
+                current: dict[str, int] = {}
+                order = [self._step(current, candidates) for _ in range(length)]
         last = self._last.get(model)
         names = [peer.name for peer in order]
         position = (names.index(last) + 1) % len(order) if last in names else 0
-        schedule = _Schedule(candidates, order, position, {id(c) for c in candidates})
+        schedule = _Schedule(eligible.version, order, position)
         self._schedules[model] = schedule
         return schedule
 
@@ -189,21 +173,15 @@ class SmoothWeightedRoundRobin(_Keyless):
             for name in names:
                 current.pop(name, None)
         self._schedules.clear()
-        self._pending.clear()
 
 
 @dataclass(slots=True)
 class _Schedule:
-    candidates: Sequence[Any]
+    """Round robin's cycle for one version of a model's eligible list (empty: scan)."""
+
+    version: int
     order: list[Any]
     position: int
-    members: set[int]
-
-    def is_retry(self, candidates: Sequence[Any]) -> bool:
-        """A strict subset of the scheduled list, as a retry's list is."""
-        return len(candidates) < len(self.candidates) and all(
-            id(c) in self.members for c in candidates
-        )
 
 
 class LeastConnections(_Keyless):
@@ -212,7 +190,18 @@ class LeastConnections(_Keyless):
     def __init__(self) -> None:
         self._turn: dict[str, int] = {}
 
-    def pick(self, model: str, candidates: Sequence[P], key: str | None = None) -> P:
+    def pick(
+        self,
+        model: str,
+        eligible: Eligible[P],
+        key: str | None = None,
+        *,
+        tried: Collection[P] = (),
+    ) -> P:
+        return self.among(model, untried(eligible, tried))
+
+    def among(self, model: str, candidates: Sequence[P]) -> P:
+        """The least loaded of ``candidates`` (the fallback of the hashing strategies)."""
         if not candidates:
             raise ValueError("no candidates to pick from")
         best_load = min(peer.in_flight / peer.weight for peer in candidates)
@@ -271,12 +260,24 @@ class ConsistentHash:
     def key(self, request: web.Request, info: RoutingInfo) -> str | None:
         return self._key_of(request, info)
 
-    def pick(self, model: str, candidates: Sequence[P], key: str | None = None) -> P:
+    def pick(
+        self,
+        model: str,
+        eligible: Eligible[P],
+        key: str | None = None,
+        *,
+        tried: Collection[P] = (),
+    ) -> P:
+        candidates = untried(eligible, tried)
         if key is None or len(candidates) == 1:
-            return self._fallback.pick(model, candidates)
+            return self._fallback.among(model, candidates)
+        found = self._owner(model, candidates, key)
+        return found if found is not None else self._fallback.among(model, candidates)
+
+    def _owner(self, model: str, candidates: Sequence[P], key: str) -> P | None:
+        """The first of ``candidates`` clockwise from ``key`` on the ring."""
         allowed = {peer.name: peer for peer in candidates}
-        found = self._rings.ring(model).find(key_hash(key), allowed.get)
-        return found if found is not None else self._fallback.pick(model, candidates)
+        return self._rings.ring(model).find(key_hash(key), allowed.get)
 
     def forget(self, names: set[str]) -> None:
         self._rings.forget(names)
@@ -298,9 +299,8 @@ class BoundedLoadHash(ConsistentHash):
         super().__init__(members=members, key_of=key_of, virtual_nodes=virtual_nodes)
         self._balance = 1.0 + balance
 
-    def pick(self, model: str, candidates: Sequence[P], key: str | None = None) -> P:
-        if key is None or len(candidates) == 1:
-            return self._fallback.pick(model, candidates)
+    def _owner(self, model: str, candidates: Sequence[P], key: str) -> P | None:
+        """The first of ``candidates`` below its bound clockwise from ``key`` on the ring."""
         allowed: dict[str, P] = {}
         total = 1  # this request
         weights = 0
@@ -316,8 +316,7 @@ class BoundedLoadHash(ConsistentHash):
                 return peer
             return None
 
-        found = self._rings.ring(model).find(key_hash(key), below_bound)
-        return found if found is not None else self._fallback.pick(model, candidates)
+        return self._rings.ring(model).find(key_hash(key), below_bound)
 
 
 class LeastLoad(_Keyless):
@@ -332,11 +331,18 @@ class LeastLoad(_Keyless):
         self._clock = clock
         self._turn: dict[str, int] = {}
 
-    def pick(self, model: str, candidates: Sequence[P], key: str | None = None) -> P:
+    def pick(
+        self,
+        model: str,
+        eligible: Eligible[P],
+        key: str | None = None,
+        *,
+        tried: Collection[P] = (),
+    ) -> P:
         horizon = self._clock() - self._max_age
         best = math.inf
         tied: list[P] = []
-        for peer in candidates:
+        for peer in untried(eligible, tried):
             load = peer.load
             if load is not None and load.at < horizon:
                 load = None

@@ -5,6 +5,8 @@ The request body is read once, parsed only for what routing needs
 error, a timeout before the upstream's headers or an upstream 5xx is retried
 on another eligible backend not yet tried; anything after the first byte went
 to the client is final. Streams are relayed chunk by chunk as they arrive.
+What each try and the request's answer count is reported to their
+``attempt.Attempt`` and ``attempt.Exchange``, which keep every store in step.
 
 Exceptions::
 
@@ -17,7 +19,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import logging
 import time
 from collections.abc import Callable
 
@@ -34,16 +35,14 @@ from llmsvc.core.errors import (
 )
 from llmsvc.core.jsonio import read_body
 from llmsvc.core.wire import RoutingInfo, parse_routing, sse_event
+from llmsvc.router.attempt import CLIENT_CLOSED, Attempt, Exchange, Failure
 from llmsvc.router.backends import Backend, BackendPool
 from llmsvc.router.balancing import Strategy
 from llmsvc.router.headers import downstream_headers, upstream_headers
-from llmsvc.router.metrics import NO_BACKEND, UNKNOWN_MODEL, RouterMetrics
+from llmsvc.router.metrics import RouterMetrics
 from llmsvc.router.settings import RouterSettings
 from llmsvc.router.stats import RouterStats
 
-log = logging.getLogger("llmsvc.router.proxy")
-
-CLIENT_CLOSED = 499  # nginx's status for a client that went away first
 _NO_GUARD = contextlib.nullcontext()
 
 
@@ -90,25 +89,21 @@ class Proxy:
         )
 
     async def handle(self, request: web.Request) -> web.StreamResponse:
-        started = self._clock()
-        label = UNKNOWN_MODEL
-        tried: list[Backend] = []
-        error: ApiError | None = None
-        try:
+        with Exchange(
+            pool=self._pool, metrics=self._metrics, stats=self._stats, clock=self._clock
+        ) as exchange:
             info = parse_routing(await read_body(request))
-            if self._pool.knows(info.model):
-                label = info.model
+            exchange.route(info.model)
             headers = upstream_headers(request, drop_auth=self._drop_auth)
             key = self._strategy.key(request, info)  # affinity key, None for most strategies
+            error: ApiError | None = None
             for _ in range(self._attempts):
-                backend = self._pick(info.model, tried, key)
+                backend = self._pick(info.model, exchange.tried, key)
                 if backend is None:
                     break
-                if tried:
-                    self._metrics.retries.labels(label).inc()
-                tried.append(backend)
                 try:
-                    return await self._attempt(request, backend, info, headers, label, started)
+                    with exchange.attempt(backend) as attempt:
+                        return await self._forward(request, attempt, exchange, info, headers)
                 except RetryableFailure as failure:
                     error = failure.error
             if error is None:
@@ -117,86 +112,55 @@ class Proxy:
                     code="no_healthy_backend",
                 )
             raise error
-        except ApiError as exc:
-            self._account(label, tried, exc.status, started, ttft=None, failed=True)
-            raise
-        except asyncio.CancelledError:
-            self._account(label, tried, CLIENT_CLOSED, started, ttft=None, failed=False)
-            raise
 
-    def _pick(self, model: str, tried: list[Backend], key: str | None = None) -> Backend | None:
-        candidates = self._pool.eligible(model, self._clock())
-        if tried:
-            candidates = [b for b in candidates if b not in tried]
-        if not candidates:
+    def _pick(self, model: str, tried: list[Backend], key: str | None) -> Backend | None:
+        """The strategy's choice among the eligible backends not tried; None if none is."""
+        eligible = self._pool.eligible(model, self._clock())
+        if not eligible.offers(tried):
             return None
-        return self._strategy.pick(model, candidates, key)
+        return self._strategy.pick(model, eligible, key, tried=tried)
 
-    def _account(
-        self,
-        label: str,
-        tried: list[Backend],
-        status: int,
-        started: float,
-        *,
-        ttft: float | None,
-        failed: bool,
-    ) -> None:
-        duration = self._clock() - started
-        backend = tried[-1].name if tried else NO_BACKEND
-        self._metrics.count_request(label, backend, status, duration)
-        if label != UNKNOWN_MODEL:
-            self._stats.record(label, error=failed, duration=duration, ttft=ttft)
-
-    async def _attempt(
+    async def _forward(
         self,
         request: web.Request,
-        backend: Backend,
+        attempt: Attempt,
+        exchange: Exchange,
         info: RoutingInfo,
         headers: CIMultiDict[str],
-        label: str,
-        started: float,
     ) -> web.StreamResponse:
-        backend.in_flight += 1
-        backend.stats.requests += 1
-        sent = self._clock()
+        backend = attempt.backend
         deadline = asyncio.get_running_loop().time() + self._first_byte
+        upstream = await self._send(request, attempt, info, headers, deadline)
         try:
-            upstream = await self._send(request, backend, info, headers, deadline)
-            try:
-                if upstream.status >= 500:
-                    raise self._failed(
-                        backend,
-                        "status_5xx",
-                        UpstreamError(
-                            f"Backend '{backend.name}' answered {upstream.status}",
-                            code="upstream_status",
-                        ),
-                    )
-                if info.stream and upstream.status < 300:
-                    # The client sees nothing before the first chunk: until then a
-                    # failure is still retried elsewhere.
-                    first = await self._first_chunk(upstream, backend, deadline)
-                    return await self._relay_stream(
-                        request, upstream, backend, label, started, first
-                    )
-                ttfb = self._clock() - started
-                return await self._relay_body(upstream, backend, label, started, ttfb)
-            finally:
-                upstream.close()
+            if upstream.status >= 500:
+                raise self._failed(
+                    attempt,
+                    Failure.STATUS_5XX,
+                    UpstreamError(
+                        f"Backend '{backend.name}' answered {upstream.status}",
+                        code="upstream_status",
+                    ),
+                )
+            if info.stream and upstream.status < 300:
+                # The client sees nothing before the first chunk: until then a
+                # failure is still retried elsewhere.
+                first = await self._first_chunk(upstream, attempt, deadline)
+                return await self._relay_stream(request, upstream, attempt, exchange, first)
+            ttfb = exchange.elapsed()
+            return await self._relay_body(upstream, attempt, exchange, ttfb)
         finally:
-            backend.in_flight -= 1
-            backend.stats.response_time_sum += self._clock() - sent
+            upstream.close()
 
     async def _send(
         self,
         request: web.Request,
-        backend: Backend,
+        attempt: Attempt,
         info: RoutingInfo,
         headers: CIMultiDict[str],
         deadline: float,
     ) -> aiohttp.ClientResponse:
         """The upstream response once its headers arrived; RetryableFailure otherwise."""
+        backend = attempt.backend
         # Without --first-byte-timeout the limit is --proxy-timeout, which the
         # session's own timeout enforces: no second timer per request.
         guard = asyncio.timeout_at(deadline) if self._guard_first_byte else _NO_GUARD
@@ -211,11 +175,11 @@ class Proxy:
                     allow_redirects=False,
                 )
         except TimeoutError:
-            raise self._first_byte_timeout(backend) from None
+            raise self._first_byte_timeout(attempt) from None
         except (aiohttp.ClientError, OSError) as exc:
             raise self._failed(
-                backend,
-                "connect",
+                attempt,
+                Failure.CONNECT,
                 UpstreamError(
                     f"Cannot reach backend '{backend.name}': {type(exc).__name__}",
                     code="upstream_unreachable",
@@ -223,131 +187,113 @@ class Proxy:
             ) from None
 
     async def _first_chunk(
-        self, upstream: aiohttp.ClientResponse, backend: Backend, deadline: float
+        self, upstream: aiohttp.ClientResponse, attempt: Attempt, deadline: float
     ) -> bytes:
         try:
             async with asyncio.timeout_at(deadline):
                 return await upstream.content.readany()
         except TimeoutError:
-            raise self._first_byte_timeout(backend) from None
+            raise self._first_byte_timeout(attempt) from None
         except (aiohttp.ClientError, OSError):
             raise self._failed(
-                backend,
-                "stream",
+                attempt,
+                Failure.STREAM,
                 UpstreamError(
-                    f"Backend '{backend.name}' failed before its first chunk",
+                    f"Backend '{attempt.backend.name}' failed before its first chunk",
                     code="upstream_stream",
                 ),
             ) from None
 
-    def _first_byte_timeout(self, backend: Backend) -> RetryableFailure:
+    def _first_byte_timeout(self, attempt: Attempt) -> RetryableFailure:
         return self._failed(
-            backend,
-            "timeout",
+            attempt,
+            Failure.TIMEOUT,
             UpstreamTimeout(
-                f"Backend '{backend.name}' sent nothing within {self._first_byte:g}s",
+                f"Backend '{attempt.backend.name}' sent nothing within {self._first_byte:g}s",
                 code="upstream_timeout",
             ),
         )
 
-    def _failed(self, backend: Backend, kind: str, error: ApiError) -> RetryableFailure:
-        self._note_failure(backend, kind)
+    @staticmethod
+    def _failed(attempt: Attempt, kind: Failure, error: ApiError) -> RetryableFailure:
+        attempt.failed(kind)
         return RetryableFailure(error)
-
-    def _note_failure(self, backend: Backend, kind: str) -> None:
-        backend.stats.errors += 1
-        self._metrics.upstream_errors.labels(backend.name, kind).inc()
-        if backend.passive.record_failure(self._clock()):
-            self._pool.health_changed()
-            log.warning(
-                "backend %s taken out for %gs after repeated failures",
-                backend.name,
-                backend.passive.fail_timeout,
-                extra={"backend": backend.name, "kind": kind},
-            )
 
     async def _relay_body(
         self,
         upstream: aiohttp.ClientResponse,
-        backend: Backend,
-        label: str,
-        started: float,
+        attempt: Attempt,
+        exchange: Exchange,
         ttfb: float,
     ) -> web.Response:
+        backend = attempt.backend
         try:
             payload = await upstream.read()
         except (TimeoutError, aiohttp.ClientError, OSError) as exc:
-            self._note_failure(backend, "body")
+            attempt.failed(Failure.BODY)
             cls = UpstreamTimeout if isinstance(exc, TimeoutError) else UpstreamError
             raise cls(
                 f"Backend '{backend.name}' failed while sending its answer",
                 code="upstream_body",
             ) from None
-        backend.passive.record_success(self._clock())
-        backend.stats.ttft_sum += ttfb
-        backend.stats.ttft_count += 1
-        self._metrics.observe_ttfb(label, ttfb)
+        attempt.succeeded()
+        attempt.first_byte(ttfb)
         response = web.Response(
             status=upstream.status,
             body=payload,
             headers=downstream_headers(upstream, backend.name),
         )
-        self._account(label, [backend], upstream.status, started, ttft=ttfb, failed=False)
+        exchange.finish(upstream.status, ttft=ttfb, failed=False)
         return response
 
     async def _relay_stream(
         self,
         request: web.Request,
         upstream: aiohttp.ClientResponse,
-        backend: Backend,
-        label: str,
-        started: float,
+        attempt: Attempt,
+        exchange: Exchange,
         first: bytes,
     ) -> web.StreamResponse:
-        ttft = self._clock() - started
-        backend.stats.ttft_sum += ttft
-        backend.stats.ttft_count += 1
-        self._metrics.observe_ttfb(label, ttft)
+        backend = attempt.backend
+        ttft = exchange.elapsed()
+        attempt.first_byte(ttft)
         response = web.StreamResponse(
             status=upstream.status, headers=downstream_headers(upstream, backend.name)
         )
         await response.prepare(request)
-        outcome = await self._pump(upstream, response, first)
-        if outcome == "client_gone":
-            self._account(label, [backend], CLIENT_CLOSED, started, ttft=ttft, failed=False)
+        try:
+            failure = await self._pump(upstream, response, first)
+        except ConnectionError:  # writing to the client: it went away
+            exchange.finish(CLIENT_CLOSED, ttft=ttft, failed=False)
             return response
-        failed = outcome != "ok"
-        if failed:
-            self._note_failure(backend, outcome)
+        if failure is None:
+            attempt.succeeded()
         else:
-            backend.passive.record_success(self._clock())
+            attempt.failed(failure)
         with contextlib.suppress(ConnectionError):
-            if failed:
-                await response.write(self._stream_error(backend, outcome))
+            if failure is not None:
+                await response.write(self._stream_error(backend, failure))
             await response.write_eof()
-        self._account(label, [backend], upstream.status, started, ttft=ttft, failed=failed)
+        exchange.finish(upstream.status, ttft=ttft, failed=failure is not None)
         return response
 
     async def _pump(
         self, upstream: aiohttp.ClientResponse, response: web.StreamResponse, chunk: bytes
-    ) -> str:
-        """Relay chunks as they arrive, starting with ``chunk``; the outcome:
-        ``ok``, ``client_gone`` or the kind of the upstream's failure."""
+    ) -> Failure | None:
+        """Relay chunks as they arrive, starting with ``chunk``; how the upstream failed, if
+        it did. A client that went away raises ``ConnectionError``."""
         content = upstream.content
         while chunk:
-            try:
-                await response.write(chunk)
-            except ConnectionError:
-                return "client_gone"
+            await response.write(chunk)
             try:
                 chunk = await self._next_chunk(content)
             except _IdleTimeout:
-                return "stream_idle"
+                return Failure.STREAM_IDLE
             except TimeoutError:
-                return "timeout"
+                return Failure.TIMEOUT
             except (aiohttp.ClientError, OSError):
-                return "stream"
-        return "ok"
+                return Failure.STREAM
+        return None
 
     async def _next_chunk(self, content: aiohttp.StreamReader) -> bytes:
         if self._idle is None:
@@ -361,11 +307,12 @@ class Proxy:
                 raise _IdleTimeout from None
             raise
 
-    def _stream_error(self, backend: Backend, kind: str) -> bytes:
-        if kind == "stream_idle":
+    def _stream_error(self, backend: Backend, kind: Failure) -> bytes:
+        """The in-band error event that ends a stream the upstream failed."""
+        if kind is Failure.STREAM_IDLE:
             message = f"Backend '{backend.name}' sent nothing for {self._idle:g}s"
             code = "stream_idle_timeout"
-        elif kind == "timeout":
+        elif kind is Failure.TIMEOUT:
             message = f"Backend '{backend.name}' exceeded the proxy timeout"
             code = "upstream_timeout"
         else:

@@ -1,0 +1,172 @@
+"""One client request's bookkeeping, in one place: its attempts at backends and its answer.
+
+The proxy opens an :class:`Exchange` per client request and enters an
+:class:`Attempt` for each backend it sends the request to; it only reports
+what happened. These two update every store that counts it:
+
+- entering an attempt (``Exchange.attempt``) and leaving it: the backend's
+  in-flight count and request count, its response time; from the second
+  attempt on, ``llmsvc_router_retries_total``;
+- ``Attempt.first_byte``: the backend's time to first byte and
+  ``llmsvc_router_time_to_first_byte_seconds``;
+- ``Attempt.failed(kind)``: the backend's errors,
+  ``llmsvc_router_upstream_errors_total{kind}`` and a passive-health failure,
+  which may take the backend out; ``Attempt.succeeded``: a passive-health
+  success (it ends a probation);
+- ``Exchange.finish``, once per request: ``llmsvc_router_requests_total``, the
+  duration histogram and the model's ``/stats``.
+
+Leaving the exchange with an ``ApiError`` finishes it with the error's status,
+leaving it cancelled (the client went away) with 499, as nginx logs it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable
+from enum import StrEnum
+from types import TracebackType
+
+from llmsvc.core.errors import ApiError
+from llmsvc.router.backends import Backend, BackendPool
+from llmsvc.router.metrics import NO_BACKEND, UNKNOWN_MODEL, RouterMetrics
+from llmsvc.router.stats import RouterStats
+
+log = logging.getLogger("llmsvc.router.proxy")
+
+CLIENT_CLOSED = 499  # nginx's status for a client that went away first
+
+
+class Failure(StrEnum):
+    """How a backend failed a request: the ``kind`` label of the upstream-errors counter."""
+
+    CONNECT = "connect"  # no connection, or it broke before the headers
+    TIMEOUT = "timeout"  # no headers or first chunk in time, or the proxy timeout mid-stream
+    STATUS_5XX = "status_5xx"  # it answered a 5xx
+    BODY = "body"  # the body of a plain answer broke off
+    STREAM = "stream"  # a stream broke off
+    STREAM_IDLE = "stream_idle"  # a stream sent nothing for --stream-idle-timeout
+
+
+class Exchange:
+    """One client request: the backends tried for it, and its answer counted once."""
+
+    def __init__(
+        self,
+        *,
+        pool: BackendPool,
+        metrics: RouterMetrics,
+        stats: RouterStats,
+        clock: Callable[[], float],
+    ) -> None:
+        self._pool = pool
+        self._metrics = metrics
+        self._stats = stats
+        self._clock = clock
+        self.started = clock()
+        self.label = UNKNOWN_MODEL  # the model_name label: the model, once some backend lists it
+        self.tried: list[Backend] = []  # in the order tried
+        self._finished = False
+
+    def route(self, model: str) -> None:
+        """The request is for ``model``: label its series with it if some backend lists it."""
+        if self._pool.knows(model):
+            self.label = model
+
+    def elapsed(self) -> float:
+        """Seconds since the request was read."""
+        return self._clock() - self.started
+
+    def attempt(self, backend: Backend) -> Attempt:
+        """The next try, at ``backend``; enter it for as long as the backend has the request."""
+        if self.tried:
+            self._metrics.retries.labels(self.label).inc()
+        self.tried.append(backend)
+        return Attempt(
+            backend, label=self.label, pool=self._pool, metrics=self._metrics, clock=self._clock
+        )
+
+    def finish(self, status: int, *, ttft: float | None, failed: bool) -> None:
+        """Count the answer the client got (the first call only)."""
+        if self._finished:
+            return
+        self._finished = True
+        duration = self.elapsed()
+        backend = self.tried[-1].name if self.tried else NO_BACKEND
+        self._metrics.count_request(self.label, backend, status, duration)
+        if self.label != UNKNOWN_MODEL:
+            self._stats.record(self.label, error=failed, duration=duration, ttft=ttft)
+
+    def __enter__(self) -> Exchange:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        if isinstance(exc, ApiError):
+            self.finish(exc.status, ttft=None, failed=True)
+        elif isinstance(exc, asyncio.CancelledError):
+            self.finish(CLIENT_CLOSED, ttft=None, failed=False)
+
+
+class Attempt:
+    """One try of one backend: in flight there from enter to exit."""
+
+    def __init__(
+        self,
+        backend: Backend,
+        *,
+        label: str,
+        pool: BackendPool,
+        metrics: RouterMetrics,
+        clock: Callable[[], float],
+    ) -> None:
+        self.backend = backend
+        self._label = label
+        self._pool = pool
+        self._metrics = metrics
+        self._clock = clock
+        self._sent = 0.0
+
+    def __enter__(self) -> Attempt:
+        self.backend.in_flight += 1
+        self.backend.stats.requests += 1
+        self._sent = self._clock()
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        self.backend.in_flight -= 1
+        self.backend.stats.response_time_sum += self._clock() - self._sent
+
+    def first_byte(self, ttft: float) -> None:
+        """The backend's answer began ``ttft`` seconds after the request was read."""
+        self.backend.stats.ttft_sum += ttft
+        self.backend.stats.ttft_count += 1
+        self._metrics.observe_ttfb(self._label, ttft)
+
+    def failed(self, kind: Failure) -> None:
+        """The backend failed the request (once per attempt)."""
+        backend = self.backend
+        backend.stats.errors += 1
+        self._metrics.upstream_errors.labels(backend.name, kind).inc()
+        if backend.passive.record_failure(self._clock()):
+            self._pool.health_changed()
+            log.warning(
+                "backend %s taken out for %gs after repeated failures",
+                backend.name,
+                backend.passive.fail_timeout,
+                extra={"backend": backend.name, "kind": kind.value},
+            )
+
+    def succeeded(self) -> None:
+        """The backend answered in full."""
+        self.backend.passive.record_success(self._clock())
