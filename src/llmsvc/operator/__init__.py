@@ -16,7 +16,8 @@ no kopf or kubernetes import, so it is tested without a cluster:
 The runtime does the I/O and calls the pure layer:
 
 ``settings``    the operator's typed settings (flags and ``LLMSVC_*`` variables).
-``kube``        the few API calls the operator makes itself.
+``paths``       the API paths of the objects the operator reads and writes itself, with
+                the one Kubernetes client shared with the registry (``llmsvc.kube``).
 ``children``    create, patch or delete the Deployment and Service.
 ``reconcile``   what the handlers do: children to the spec, status to the children.
 ``handlers``    the thin kopf handlers.

@@ -36,7 +36,7 @@ STARTED = web.AppKey("started", float)
 async def get_health(request: web.Request) -> web.Response:
     app = request.app
     reconciler = app[RECONCILER]
-    if not app[READY].is_set() or not reconciler.api.logged_in:
+    if not app[READY].is_set():
         raise ServiceUnavailable(
             "The operator is starting: not logged in to the Kubernetes API yet",
             code="not_ready",

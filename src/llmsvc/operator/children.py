@@ -16,14 +16,8 @@ import enum
 from collections.abc import Mapping
 from typing import Any
 
-from llmsvc.operator.kube import (
-    KubeClient,
-    KubeStatusError,
-    collection_of,
-    deployment_path,
-    object_path,
-    service_path,
-)
+from llmsvc.kube import KubeClient, KubeStatusError
+from llmsvc.operator.paths import collection_of, deployment_path, object_path, service_path
 
 # Maps under spec whose keys belong to the operator alone.
 OWNED_MAPS: tuple[tuple[str, ...], ...] = (("spec", "template", "spec", "nodeSelector"),)

@@ -13,9 +13,10 @@ import socket
 import sys
 from collections.abc import Sequence
 
-from llmsvc.core.app import bind_sockets, new_event_loop
 from llmsvc.core.logging import configure_logging
+from llmsvc.core.app import bind_sockets, new_event_loop
 from llmsvc.core.settings import die, parse_settings
+from llmsvc.kube import Credentials, CredentialsError, load_credentials
 from llmsvc.operator.crd import crd_yaml
 from llmsvc.operator.settings import OperatorSettings
 
@@ -23,7 +24,7 @@ PROG = "llmsvc operator"
 DESCRIPTION = (
     "The Kubernetes operator: turns InferenceServices (llmsvc.io/v1alpha1) into a "
     "Deployment of babysitter pods and a headless Service each, and keeps their status. "
-    "Uses the in-cluster service account, else the current kubeconfig. "
+    "Uses $KUBECONFIG, else ~/.kube/config, else the in-cluster service account. "
     "'llmsvc operator crd' prints the CustomResourceDefinition."
 )
 
@@ -38,27 +39,28 @@ def main(argv: Sequence[str]) -> int:
     settings = parse_settings(
         OperatorSettings, join_repeated(args, "--namespace"), prog=PROG, description=DESCRIPTION
     )
-    check_credentials()
+    credentials = load_or_die()
     try:
         sockets = bind_sockets(settings.host, settings.port)
     except OSError as exc:
         die(PROG, f"cannot listen on {settings.host}:{settings.port}: {exc.strerror or exc}", 1)
     configure_logging(settings.log_level, settings.log_format)
     _quiet_kopf_extras()
-    return _run(settings, sockets)
+    return _run(settings, sockets, credentials)
 
 
-def _run(settings: OperatorSettings, sockets: list[socket.socket]) -> int:
+def _run(settings: OperatorSettings, sockets: list[socket.socket], credentials: Credentials) -> int:
     import kopf
 
-    from llmsvc.operator.kube import current_namespace
     from llmsvc.operator.runner import StartupError, run, watched
 
-    namespaces = watched(settings, current_namespace())
+    namespaces = watched(settings, credentials.namespace)
     loop = new_event_loop()
     asyncio.set_event_loop(loop)
     try:
-        loop.run_until_complete(run(settings, sockets=sockets, namespaces=namespaces))
+        loop.run_until_complete(
+            run(settings, sockets=sockets, namespaces=namespaces, credentials=credentials)
+        )
     except StartupError as exc:
         die(PROG, str(exc), 1)
     except kopf.LoginError as exc:
@@ -96,23 +98,12 @@ def join_repeated(argv: Sequence[str], flag: str) -> list[str]:
     return [*rest, flag, ",".join(values)] if values else rest
 
 
-def check_credentials() -> None:
-    """End with one line (exit 1) when there is neither a service account nor a kubeconfig."""
-    import kopf
-
-    from llmsvc.operator.kube import login
-
+def load_or_die() -> Credentials:
+    """The credentials (kubectl's order); one line and exit 1 when there are none usable."""
     try:
-        login(logger=logging.getLogger("llmsvc.operator"))
-    except kopf.LoginError:
-        die(
-            PROG,
-            "no Kubernetes credentials: not in a pod with a service account, and no "
-            "usable kubeconfig ($KUBECONFIG or ~/.kube/config)",
-            1,
-        )
-    except Exception as exc:  # a malformed kubeconfig: yaml, key or value errors
-        die(PROG, f"unusable Kubernetes credentials: {str(exc).splitlines()[0]}", 1)
+        return load_credentials()
+    except CredentialsError as exc:
+        die(PROG, str(exc), 1)
 
 
 def _quiet_kopf_extras() -> None:

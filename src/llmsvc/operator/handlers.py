@@ -4,8 +4,9 @@ They are registered on an explicit ``kopf.OperatorRegistry`` by :func:`register`
 (nothing happens at import time), so a test or a second operator in one process
 gets its own set.
 
-- login: the in-cluster service account, else the kubeconfig (as kopf's own
-  ``login_via_client``), shared with the operator's API client;
+- login: the credentials of the operator's API client (:mod:`llmsvc.kube.credentials`:
+  kubectl's order), with the token read again: kopf logs in again after a 401, so a
+  rotated token reaches its watches too;
 - InferenceService create / update / resume: children to the spec, status;
 - InferenceService delete (finalizer ``llmsvc.io/finalizer``): children deleted;
 - events of Deployments and pods labelled ``llmsvc.io/inference-service``:
@@ -20,12 +21,28 @@ from typing import Any
 import kopf
 
 from llmsvc.core.names import INFERENCE_SERVICE_LABEL
-from llmsvc.operator.kube import login as login_from_environment
+from llmsvc.kube import Credentials
 from llmsvc.operator.reconcile import Reconciler
 from llmsvc.operator.spec import GROUP, PLURAL, VERSION
 
 CHILD_RESOURCES = (("apps", "v1", "deployments"), ("", "v1", "pods"))
 """(group, version, plural) of the children whose changes move an InferenceService's status."""
+
+
+def connection_info(credentials: Credentials) -> kopf.ConnectionInfo:
+    """kopf's form of our credentials, with the ``Authorization`` header as it is now."""
+    scheme, _, token = (credentials.authorization() or "").partition(" ")
+    return kopf.ConnectionInfo(
+        server=credentials.server,
+        ca_path=credentials.ca_file,
+        insecure=not credentials.verify,
+        scheme=scheme or None,
+        token=token or None,
+        certificate_path=credentials.cert_file,
+        private_key_path=credentials.key_file,
+        default_namespace=credentials.namespace,
+        proxy_url=credentials.proxy,
+    )
 
 
 def register(registry: kopf.OperatorRegistry, reconciler: Reconciler) -> None:
@@ -37,9 +54,8 @@ def register(registry: kopf.OperatorRegistry, reconciler: Reconciler) -> None:
         logger: logging.Logger | logging.LoggerAdapter[Any],
         **_: Any,
     ) -> kopf.ConnectionInfo:
-        info = login_from_environment(logger=logger)
-        await reconciler.api.login(info)
-        return info
+        logger.debug("logging in with the credentials from %s", reconciler.api.credentials.source)
+        return connection_info(reconciler.api.credentials)
 
     @kopf.on.cleanup(id="cleanup", registry=registry)
     async def cleanup(**_: Any) -> None:

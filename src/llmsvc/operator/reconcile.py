@@ -20,18 +20,11 @@ from pydantic import ValidationError
 
 from llmsvc.core.app import every, supervised
 from llmsvc.core.names import INFERENCE_SERVICE_LABEL
+from llmsvc.kube import KubeClient, KubeError, KubeStatusError
 from llmsvc.operator.builders import BuildDefaults, Owner, build_deployment, build_service
 from llmsvc.operator.children import Applied, apply, remove_children
-from llmsvc.operator.kube import (
-    KubeClient,
-    KubeError,
-    KubeStatusError,
-    deployment_path,
-    isvc_path,
-    iter_owned,
-    pods_path,
-)
 from llmsvc.operator.metrics import OperatorMetrics
+from llmsvc.operator.paths import deployment_path, isvc_path, iter_owned, pods_path
 from llmsvc.operator.spec import (
     InferenceServiceSpec,
     InferenceServiceStatus,
@@ -244,8 +237,8 @@ class Reconciler:
 
     async def _pods(self, namespace: str, name: str) -> list[dict[str, Any]]:
         selector = f"{INFERENCE_SERVICE_LABEL}={name}"
-        items = await self.api.list(pods_path(namespace), label_selector=selector)
-        return list(iter_owned(items, INFERENCE_SERVICE_LABEL, name))
+        listing = await self.api.list(pods_path(namespace), label_selector=selector)
+        return list(iter_owned(listing.items, INFERENCE_SERVICE_LABEL, name))
 
     def _status(
         self,

@@ -22,10 +22,10 @@ from aiohttp import web
 from prometheus_client import CollectorRegistry
 
 from llmsvc.core.names import ANNOTATIONS_PREFIX, FINALIZER, INFERENCE_SERVICE_LABEL
+from llmsvc.kube import Credentials, KubeClient, KubeError
 from llmsvc.operator.app import create_app
 from llmsvc.operator.builders import BuildDefaults
 from llmsvc.operator.handlers import CHILD_RESOURCES, register
-from llmsvc.operator.kube import KubeClient, KubeError, login
 from llmsvc.operator.metrics import OperatorMetrics
 from llmsvc.operator.reconcile import Reconciler
 from llmsvc.operator.settings import OperatorSettings
@@ -71,12 +71,19 @@ def watched(settings: OperatorSettings, fallback: str) -> list[str]:
 
 
 async def run(
-    settings: OperatorSettings, *, sockets: list[socket.socket], namespaces: list[str]
+    settings: OperatorSettings,
+    *,
+    sockets: list[socket.socket],
+    namespaces: list[str],
+    credentials: Credentials,
 ) -> None:
-    """Serve the endpoint on ``sockets`` and run the operator until a signal stops it."""
+    """Serve the endpoint on ``sockets`` and run the operator until a signal stops it.
+
+    ``credentials`` serve both the operator's own client and kopf (its login handler).
+    """
     prometheus = CollectorRegistry()
     metrics = OperatorMetrics(prometheus)
-    api = KubeClient(timeout=settings.request_timeout)
+    api = KubeClient(credentials, request_timeout=settings.request_timeout)
     reconciler = Reconciler(
         api=api,
         defaults=BuildDefaults(image_prefix=settings.image_prefix, image_tag=settings.image_tag),
@@ -96,7 +103,6 @@ async def run(
     runner = web.AppRunner(app, access_log=None, shutdown_timeout=settings.shutdown_timeout)
     await runner.setup()
     try:
-        await api.login(login(logger=log))
         await check_api(api)
         for sock in sockets:
             await web.SockSite(runner, sock).start()

@@ -9,7 +9,7 @@ from llmsvc.core.app import serve, ssl_context
 from llmsvc.core.logging import configure_logging
 from llmsvc.core.settings import die, parse_settings
 from llmsvc.registry.app import create_app
-from llmsvc.registry.kubernetes import KubeConfigError
+from llmsvc.registry.kubernetes import CredentialsError
 from llmsvc.registry.persistence import StateFileError
 from llmsvc.registry.settings import RegistrySettings
 
@@ -27,7 +27,7 @@ def main(argv: Sequence[str]) -> int:
     configure_logging(settings.log_level, settings.log_format)
     try:
         app = create_app(settings)
-    except (StateFileError, KubeConfigError) as exc:
+    except (StateFileError, CredentialsError) as exc:
         die(PROG, str(exc), status=1)
     try:
         tls = ssl_context(settings.tls_cert, settings.tls_key)

@@ -1,11 +1,9 @@
 """``--source kubernetes``: records from the EndpointSlices of the operator's Services.
 
-The only module of the registry that imports the ``kubernetes`` package, and
-only to load credentials once at startup (:func:`load_connection`: kubeconfig
-or in-cluster, as kubectl and controller-runtime find them) into a
-``kubernetes.client.Configuration``. Everything after that is plain asyncio
-over one ``aiohttp`` session (:mod:`llmsvc.registry.k8s_watch`), owned by the
-app's ``cleanup_ctx`` (:func:`kubernetes_ctx`).
+The only module of the registry that talks to Kubernetes, through the one client
+(:mod:`llmsvc.kube`): credentials in kubectl's order (:func:`load_credentials`,
+re-exported here for the app), then plain asyncio over that client's ``aiohttp``
+session, owned by the app's ``cleanup_ctx`` (:func:`kubernetes_ctx`).
 
 Per watched namespace (or once for all of them) one reflector lists and
 watches EndpointSlices and one Services, both labelled
@@ -20,17 +18,17 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
-import ssl
 from collections.abc import AsyncIterator, Callable
-from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
-import aiohttp
 from aiohttp import web
 
 from llmsvc.core.app import CleanupCtx, owned_task
+from llmsvc.core.names import INFERENCE_SERVICE_LABEL
+from llmsvc.kube import ENDPOINT_SLICES, SERVICES, Credentials, KubeClient, Reflector, WatchTiming
+from llmsvc.kube import CredentialsError as CredentialsError  # for the registry's cli
+from llmsvc.kube import load_credentials as load_credentials  # for the registry's app
+from llmsvc.kube.watch import RESTART_REASONS
 from llmsvc.registry.k8s_records import (
     SOURCE,
     EndpointSlice,
@@ -39,109 +37,11 @@ from llmsvc.registry.k8s_records import (
     parse_service,
     parse_slice,
 )
-from llmsvc.registry.k8s_watch import (
-    ENDPOINT_SLICES,
-    SERVICES,
-    Connection,
-    KubeClient,
-    Reflector,
-    WatchTiming,
-)
 from llmsvc.registry.metrics import RegistryMetrics
 from llmsvc.registry.models import KubernetesHealth
 from llmsvc.registry.store import ServiceStore
 
 log = logging.getLogger("llmsvc.registry.kubernetes")
-
-_SA_NAMESPACE = Path("/var/run/secrets/kubernetes.io/serviceaccount/namespace")
-
-
-class KubeConfigError(Exception):
-    """No usable Kubernetes credentials; the message is one line."""
-
-
-@dataclass(frozen=True)
-class Credentials:
-    connection: Connection
-    namespace: str
-    """The namespace of the kubeconfig's current context, or the pod's own in-cluster."""
-
-
-def load_connection() -> Credentials:
-    """Load credentials once, the way controller-runtime does.
-
-    ``KUBECONFIG`` when set; else in-cluster (``KUBERNETES_SERVICE_HOST`` and the
-    service account's token); else ``~/.kube/config``. Raises :class:`KubeConfigError`.
-    """
-    try:
-        from kubernetes import config as kube_config
-        from kubernetes.client import Configuration
-    except ImportError:  # pragma: no cover - a dependency of the images that need it
-        raise KubeConfigError(
-            "--source kubernetes needs the 'kubernetes' package (pip install kubernetes)"
-        ) from None
-    cfg = Configuration()
-    env = os.environ.get("KUBECONFIG", "")
-    default = Path("~/.kube/config").expanduser()
-    try:
-        if env or not os.environ.get("KUBERNETES_SERVICE_HOST"):
-            path = env or str(default)
-            if not env and not default.exists():
-                raise KubeConfigError(
-                    "no Kubernetes credentials: set KUBECONFIG, create ~/.kube/config, "
-                    "or run in a pod with a service account"
-                )
-            kube_config.load_kube_config(  # type: ignore[no-untyped-call]
-                config_file=path, client_configuration=cfg
-            )
-            _, context = kube_config.list_kube_config_contexts(  # type: ignore[no-untyped-call]
-                config_file=path
-            )
-            namespace = str((context.get("context") or {}).get("namespace") or "default")
-        else:
-            kube_config.load_incluster_config(  # type: ignore[no-untyped-call]
-                client_configuration=cfg
-            )
-            namespace = _pod_namespace()
-    except KubeConfigError:
-        raise
-    except Exception as exc:  # the loaders raise many kinds; all end the same way here
-        raise KubeConfigError(f"cannot load Kubernetes credentials: {exc}") from None
-    return Credentials(connection=_connection(cfg), namespace=namespace)
-
-
-def _pod_namespace() -> str:
-    try:
-        return _SA_NAMESPACE.read_text().strip() or "default"
-    except OSError:
-        return "default"
-
-
-def _connection(cfg: Any) -> Connection:
-    """A :class:`Connection` from a loaded ``kubernetes.client.Configuration``."""
-    host = str(cfg.host).rstrip("/")
-    context = None
-    if host.startswith("https://"):
-        context = ssl.create_default_context(cafile=cfg.ssl_ca_cert or None)
-        if cfg.cert_file:
-            context.load_cert_chain(cfg.cert_file, cfg.key_file or None)
-        if not cfg.verify_ssl:
-            context.check_hostname = False
-            context.verify_mode = ssl.CERT_NONE
-
-    def authorization() -> str | None:
-        # Runs the library's refresh hook: re-reads a rotated service-account token
-        # (in-cluster, at most once a minute) or an expired exec plugin's token.
-        value = cfg.get_api_key_with_prefix("BearerToken", alias="authorization")
-        return str(value) if value else None
-
-    return Connection(
-        host=host,
-        ssl=context,
-        server_hostname=cfg.tls_server_name or None,
-        proxy=cfg.proxy or None,
-        authorization=authorization,
-    )
 
 
 class KubernetesSource:
@@ -160,21 +60,40 @@ class KubernetesSource:
         self._namespaces = namespaces
         self._dirty = asyncio.Event()
         self._notes: set[str] = set()
+        restarts = metrics.kubernetes_watch_restarts
+        for plural in (ENDPOINT_SLICES.plural, SERVICES.plural):
+            for reason in RESTART_REASONS:  # every series from the start, at 0
+                restarts.labels(resource=plural, reason=reason)
+
+        def counted(plural: str) -> Callable[[str], None]:
+            return lambda reason: restarts.labels(resource=plural, reason=reason).inc()
+
         common: dict[str, Any] = {
             "client": client,
+            "label_selector": INFERENCE_SERVICE_LABEL,
             "on_change": self._dirty.set,
-            "restarts": metrics.kubernetes_watch_restarts,
             "timing": timing,
+            "logger": log,
         }
         scopes: list[str | None] = list(namespaces) if namespaces is not None else [None]
         self._slices = [
             Reflector[EndpointSlice](
-                resource=ENDPOINT_SLICES, namespace=ns, parse=parse_slice, **common
+                resource=ENDPOINT_SLICES,
+                namespace=ns,
+                parse=parse_slice,
+                on_restart=counted(ENDPOINT_SLICES.plural),
+                **common,
             )
             for ns in scopes
         ]
         self._services = [
-            Reflector[Service](resource=SERVICES, namespace=ns, parse=parse_service, **common)
+            Reflector[Service](
+                resource=SERVICES,
+                namespace=ns,
+                parse=parse_service,
+                on_restart=counted(SERVICES.plural),
+                **common,
+            )
             for ns in scopes
         ]
         self._reflectors: list[Reflector[Any]] = [*self._slices, *self._services]
@@ -240,18 +159,20 @@ def kubernetes_ctx(
     """
 
     async def ctx(_: web.Application) -> AsyncIterator[None]:
-        # No total timeout on the session: each request sets its own.
-        connector = aiohttp.TCPConnector(limit=0)
-        async with aiohttp.ClientSession(connector=connector) as session:
+        watch = timing or WatchTiming()
+        client = KubeClient(credentials, request_timeout=watch.request_timeout)
+        try:
             source = KubernetesSource(
-                client=KubeClient(session, credentials.connection, timing or WatchTiming()),
+                client=client,
                 store=store,
                 metrics=metrics,
                 namespaces=namespaces,
-                timing=timing or WatchTiming(),
+                timing=watch,
             )
             on_start(source)
             async with owned_task(source.run(), name="kubernetes source"):
                 yield
+        finally:
+            await client.close()
 
     return ctx

@@ -1,4 +1,4 @@
-"""List + watch (k8s_watch.Reflector) against a scripted API server in process.
+"""List + watch (llmsvc.kube.Reflector) against a scripted API server in process.
 
 The server answers LISTs from a queue of bodies and WATCHes from a queue of
 scripts (events, an HTTP status, or garbage), so each test decides exactly
@@ -15,18 +15,12 @@ from typing import Any
 
 import orjson
 import pytest
-from aiohttp import ClientSession, web
+from aiohttp import web
 from aiohttp.test_utils import TestServer
 from prometheus_client import CollectorRegistry, Counter
 
+from llmsvc.kube import ENDPOINT_SLICES, Credentials, KubeClient, Reflector, WatchTiming
 from llmsvc.registry.k8s_records import EndpointSlice, parse_slice
-from llmsvc.registry.k8s_watch import (
-    ENDPOINT_SLICES,
-    Connection,
-    KubeClient,
-    Reflector,
-    WatchTiming,
-)
 from procs import HOST
 
 PATH = "/apis/discovery.k8s.io/v1/endpointslices"
@@ -151,7 +145,7 @@ async def test_failures_back_off_log_once_and_recover(
     api: ScriptedAPI, caplog: pytest.LogCaptureFixture
 ) -> None:
     api.lists += [500, 503, 500, {"metadata": {"resourceVersion": "3"}, "items": [obj("a", "2")]}]
-    caplog.set_level(logging.INFO, logger="llmsvc.registry.kubernetes")
+    caplog.set_level(logging.INFO, logger="llmsvc.kube")
     async with running(api) as run:
         await until(lambda: run.reflector.synced)
         assert run.names() == {"a"} and not run.reflector.failing
@@ -177,28 +171,33 @@ async def test_a_garbled_stream_is_an_error_and_the_watch_resumes(api: ScriptedA
 async def running(api: ScriptedAPI) -> AsyncIterator[Running]:
     restarts = Counter("restarts", "", ["resource", "reason"], registry=CollectorRegistry())
     timing = WatchTiming(backoff=0.01, max_backoff=0.05, request_timeout=5)
-    async with ClientSession() as session:
-        url = str(api.server.make_url("")).rstrip("/")
-        conn = Connection(host=url, authorization=lambda: "Bearer t0ken")
-        holder: dict[str, Running] = {}
+    url = str(api.server.make_url("")).rstrip("/")
+    credentials = Credentials(server=url, authorization=lambda: "Bearer t0ken")
+    client = KubeClient(credentials, request_timeout=timing.request_timeout)
+    holder: dict[str, Running] = {}
 
-        def changed() -> None:
-            holder["run"].changes += 1
+    def changed() -> None:
+        holder["run"].changes += 1
 
-        reflector = Reflector[EndpointSlice](
-            client=KubeClient(session, conn, timing),
-            resource=ENDPOINT_SLICES,
-            namespace=None,
-            parse=parse_slice,
-            on_change=changed,
-            restarts=restarts,
-            timing=timing,
-        )
-        holder["run"] = Running(reflector, restarts)
-        task = asyncio.create_task(reflector.run())
-        try:
-            yield holder["run"]
-        finally:
-            task.cancel()
-            with pytest.raises(asyncio.CancelledError):
-                await task
+    def restarted(reason: str) -> None:
+        restarts.labels(resource="endpointslices", reason=reason).inc()
+
+    reflector = Reflector[EndpointSlice](
+        client=client,
+        resource=ENDPOINT_SLICES,
+        namespace=None,
+        label_selector="llmsvc.io/inference-service",
+        parse=parse_slice,
+        on_change=changed,
+        on_restart=restarted,
+        timing=timing,
+    )
+    holder["run"] = Running(reflector, restarts)
+    task = asyncio.create_task(reflector.run())
+    try:
+        yield holder["run"]
+    finally:
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        await client.close()
