@@ -12,6 +12,7 @@ import threading
 
 import httpx
 
+import metrics
 from procs import start_babysitter, start_registry, start_router, wait_until
 from standins.babysitting import Spawn, records
 
@@ -28,11 +29,7 @@ def _models(router: str) -> list[str]:
 
 
 def _running(engine: str) -> bool:
-    text = httpx.get(engine + "/metrics", timeout=5).text
-    for line in text.splitlines():
-        if line.startswith("vllm:num_requests_running{"):
-            return float(line.rsplit(" ", 1)[1]) > 0
-    return False
+    return metrics.value(metrics.scrape(engine), "vllm:num_requests_running") > 0
 
 
 def test_sigterm_drains_a_streaming_request_through_the_router(spawn: Spawn) -> None:

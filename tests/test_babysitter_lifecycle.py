@@ -10,6 +10,7 @@ from pathlib import Path
 
 import httpx
 
+import metrics
 from procs import wait_until
 from standins.babysitting import (
     Spawn,
@@ -174,11 +175,7 @@ def test_drain_deregisters_and_waits_then_restart_registers(spawn: Spawn) -> Non
         )
         t.start()
         wait_until(
-            lambda: (
-                "vllm:num_requests_running" in (m := client.get(engine + "/metrics").text)
-                and "vllm:num_requests_running{" in m
-                and not _zero_running(m)
-            ),
+            lambda: metrics.value(metrics.scrape(engine), "vllm:num_requests_running") > 0,
             timeout=5,
             what="request running",
         )
@@ -198,13 +195,6 @@ def test_drain_deregisters_and_waits_then_restart_registers(spawn: Spawn) -> Non
     assert httpx.post(api + "/restart").status_code == 202
     wait_state(api, "ready")
     wait_until(lambda: name in records(registry), timeout=5, what="registered after restart")
-
-
-def _zero_running(text: str) -> bool:
-    for line in text.splitlines():
-        if line.startswith("vllm:num_requests_running{"):
-            return float(line.rsplit(" ", 1)[1]) == 0
-    return True
 
 
 def test_log_dir_gets_engine_output(spawn: Spawn, tmp_path: Path) -> None:

@@ -8,9 +8,9 @@ import subprocess
 from pathlib import Path
 from typing import Any
 
-import httpx
 import pytest
 
+import metrics
 from conftest import ProcGroup, Spawn
 from procs import HOST, free_port, llmsvc_args, wait_until
 
@@ -213,8 +213,4 @@ def test_ctrl_c_prints_the_partial_report(spawn: Spawn, timed_engine: str) -> No
 
 def _served(url: str) -> float:
     """Requests the sim engine has finished, from its vLLM counter."""
-    total = 0.0
-    for line in httpx.get(f"{url}/metrics", timeout=2).text.splitlines():
-        if line.startswith("vllm:request_success_total"):
-            total += float(line.split()[-1])
-    return total
+    return metrics.total(metrics.scrape(url, timeout=2), "vllm:request_success_total")

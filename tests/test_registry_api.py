@@ -9,6 +9,7 @@ import pytest
 from aiohttp.test_utils import TestClient
 from prometheus_client import CollectorRegistry
 
+import metrics
 from llmsvc.registry.app import create_app
 from llmsvc.registry.settings import RegistrySettings
 
@@ -202,8 +203,7 @@ async def test_metrics(make_client: MakeClient) -> None:
     assert "llmsvc_registry_heartbeats_total 1.0" in text
     assert 'llmsvc_registry_removed_total{reason="ttl_expired"} 0.0' in text
     assert 'llmsvc_registry_health_checks_total{result="failure"} 0.0' in text
-    line = next(x for x in text.splitlines() if x.startswith("llmsvc_registry_change_index "))
-    assert float(line.split()[1]) == start + 3
+    assert metrics.value(text, "llmsvc_registry_change_index") == start + 3
 
 
 async def test_token_guards_writes_only(make_client: MakeClient) -> None:

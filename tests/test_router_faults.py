@@ -17,6 +17,7 @@ from aiohttp import web
 from aiohttp.test_utils import TestClient
 from prometheus_client import CollectorRegistry
 
+import metrics
 from llmsvc.router.app import create_app
 from llmsvc.router.settings import RouterSettings
 from procs import HOST, free_port
@@ -118,12 +119,9 @@ def make_router(aiohttp_client: Callable[..., Awaitable[Client]], tmp_path: Path
     return make
 
 
-async def metric(client: Client, line_start: str) -> float:
-    text = await (await client.get("/metrics")).text()
-    for line in text.splitlines():
-        if line.startswith(line_start):
-            return float(line.rsplit(" ", 1)[1])
-    return 0.0
+async def metric(client: Client, series: str) -> float:
+    """The value of ``series`` in the router's /metrics; fails when it is missing."""
+    return metrics.value(await (await client.get("/metrics")).text(), series)
 
 
 async def test_sse_passes_through_chunk_by_chunk(make_router: MakeRouter) -> None:

@@ -12,6 +12,7 @@ import httpx
 import orjson
 import pytest
 
+import metrics
 from conftest import ProcGroup, Spawn
 from procs import HOST, Proc, free_port, llmsvc_args, wait_until
 
@@ -81,12 +82,7 @@ def chat(url: str) -> httpx.Response:
 
 
 def requests_counted(url: str) -> float:
-    text = httpx.get(f"{url}/metrics", timeout=5.0).text
-    return sum(
-        float(line.rsplit(" ", 1)[1])
-        for line in text.splitlines()
-        if line.startswith("llmsvc_router_requests_total{")
-    )
+    return metrics.total(metrics.scrape(url), "llmsvc_router_requests_total")
 
 
 def test_workers_share_the_port_and_metrics_sum_over_them(
