@@ -1,7 +1,9 @@
 """The router: the OpenAI-compatible front door of llmsvc (``llmsvc router``).
 
-Layers, lowest first: ``settings``; ``backends`` and ``balancing`` (pure state
-and strategies); ``config`` (files read at start); ``metrics``, ``stats``;
-``discovery`` (registry watch), ``health`` (active checks), ``headers``, ``proxy``
-(forwarding, retries, streaming); ``app``; ``cli``.
+Layers, lowest first: ``settings``; the pure parts: ``loadscore``,
+``candidates``, ``backends`` (state), ``affinity``, ``hashring`` and
+``balancing`` (strategies); ``config`` (files read at start); ``metrics``,
+``stats``; ``attempt`` (one request's bookkeeping); ``discovery`` (registry
+watch), ``health`` (active checks), ``loadscrape``, ``headers``, ``proxy``
+(forwarding, retries, streaming); ``app``; ``workers`` and ``cli``.
 """

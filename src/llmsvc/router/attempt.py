@@ -25,28 +25,16 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Callable
-from enum import StrEnum
 from types import TracebackType
 
 from llmsvc.core.errors import ApiError
 from llmsvc.router.backends import Backend, BackendPool
-from llmsvc.router.metrics import NO_BACKEND, UNKNOWN_MODEL, RouterMetrics
+from llmsvc.router.metrics import NO_BACKEND, UNKNOWN_MODEL, Failure, RouterMetrics
 from llmsvc.router.stats import RouterStats
 
 log = logging.getLogger("llmsvc.router.proxy")
 
 CLIENT_CLOSED = 499  # nginx's status for a client that went away first
-
-
-class Failure(StrEnum):
-    """How a backend failed a request: the ``kind`` label of the upstream-errors counter."""
-
-    CONNECT = "connect"  # no connection, or it broke before the headers
-    TIMEOUT = "timeout"  # no headers or first chunk in time, or the proxy timeout mid-stream
-    STATUS_5XX = "status_5xx"  # it answered a 5xx
-    BODY = "body"  # the body of a plain answer broke off
-    STREAM = "stream"  # a stream broke off
-    STREAM_IDLE = "stream_idle"  # a stream sent nothing for --stream-idle-timeout
 
 
 class Exchange:

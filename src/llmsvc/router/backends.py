@@ -206,7 +206,7 @@ class BackendPool:
         self._backends: dict[str, Backend] = {}
         self._removed: set[str] = set()
         self._by_model: dict[str, list[Backend]] = {}  # model -> backends listing it, in order
-        self.version = 0  # grows on every change of the set of backends
+        self.version = 0  # grows on every refresh: the set of backends may have changed
         # Eligibility is cached per model and recomputed only after a health change (or
         # when a passive take-out ends), so that a pick costs the same at 2 or 1,000 backends.
         self._health_version = 0

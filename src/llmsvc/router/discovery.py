@@ -17,7 +17,8 @@ log = logging.getLogger("llmsvc.router.discovery")
 # A registry that answers a blocking query at once with an unchanged index does
 # not block (an old registry, a proxy in between): poll it at the sync interval.
 _NON_BLOCKING_ANSWER_S = 0.05
-# The first retry after a failed query; doubled on every further failure.
+# The first retry after a failed query; doubled on every further failure, up to the
+# sync interval.
 _FIRST_RETRY_S = 0.25
 
 
@@ -65,9 +66,10 @@ async def watch_registry(
     """Keep ``pool`` in step with the registry until cancelled.
 
     The first query returns at once; the next ones block until the registry's
-    change index moves (or ``wait`` passes). On errors the last view stays
-    and the query is retried after ``wait`` seconds; when the registry is back,
-    what it no longer lists is kept for ``grace`` seconds (:class:`_Retained`).
+    change index moves (or ``wait`` passes; less while backends are retained).
+    On errors the last view stays and the query is retried after 0.25 s, then
+    after twice as long each time, up to ``wait`` seconds; when the registry is
+    back, what it no longer lists is kept for ``grace`` seconds (:class:`_Retained`).
     """
     index: int | None = None
     up: bool | None = None

@@ -3,10 +3,15 @@
 Per-request series are counters and histograms whose labelled children are
 cached, so the hot path does no label lookups after the first request of a
 (model, backend, status). Gauges that describe backends (in flight, healthy)
-are set from the pool when ``/metrics`` is scraped, not on every request.
+are set from the pool when ``/metrics`` is scraped (with ``--workers``, also
+every second by each worker), not on every request. The label values the
+router itself defines are here: :data:`UNKNOWN_MODEL`, :data:`NO_BACKEND` and
+the kinds of :class:`Failure`.
 """
 
 from __future__ import annotations
+
+from enum import StrEnum
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
@@ -15,6 +20,17 @@ from llmsvc.router.backends import BackendPool
 
 UNKNOWN_MODEL = "_unknown"  # model_name label of requests for a model no backend lists
 NO_BACKEND = "_none"  # backend label of requests no backend took
+
+
+class Failure(StrEnum):
+    """How a backend failed a request: the ``kind`` label of the upstream-errors counter."""
+
+    CONNECT = "connect"  # no connection, or it broke before the headers
+    TIMEOUT = "timeout"  # no headers or first chunk in time, or the proxy timeout mid-stream
+    STATUS_5XX = "status_5xx"  # it answered a 5xx
+    BODY = "body"  # the body of a plain answer broke off
+    STREAM = "stream"  # a stream broke off
+    STREAM_IDLE = "stream_idle"  # a stream sent nothing for --stream-idle-timeout
 
 
 class RouterMetrics:
@@ -55,8 +71,7 @@ class RouterMetrics:
         )
         self.upstream_errors = Counter(
             "llmsvc_router_upstream_errors_total",
-            "Failures talking to a backend, by kind (connect, timeout, status_5xx, "
-            "body, stream, stream_idle).",
+            f"Failures talking to a backend, by kind ({', '.join(Failure)}).",
             ["backend", "kind"],
             registry=registry,
         )

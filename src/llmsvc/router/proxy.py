@@ -2,10 +2,11 @@
 
 The request body is read once, parsed only for what routing needs
 (``core.wire.parse_routing``) and forwarded as the original bytes. A connect
-error, a timeout before the upstream's headers or an upstream 5xx is retried
-on another eligible backend not yet tried; anything after the first byte went
-to the client is final. Streams are relayed chunk by chunk as they arrive.
-What each try and the request's answer count is reported to their
+error, a timeout before the upstream's headers (for a stream, a failure or
+timeout before its first chunk) or an upstream 5xx is retried on another
+eligible backend not yet tried; a failure after that (a plain answer's body,
+the rest of a stream) is final. Streams are relayed chunk by chunk as they
+arrive. What each try and the request's answer count is reported to their
 ``attempt.Attempt`` and ``attempt.Exchange``, which keep every store in step.
 
 Exceptions::
@@ -35,11 +36,11 @@ from llmsvc.core.errors import (
 )
 from llmsvc.core.jsonio import read_body
 from llmsvc.core.wire import RoutingInfo, parse_routing, sse_event
-from llmsvc.router.attempt import CLIENT_CLOSED, Attempt, Exchange, Failure
+from llmsvc.router.attempt import CLIENT_CLOSED, Attempt, Exchange
 from llmsvc.router.backends import Backend, BackendPool
 from llmsvc.router.balancing import Strategy
 from llmsvc.router.headers import downstream_headers, upstream_headers
-from llmsvc.router.metrics import RouterMetrics
+from llmsvc.router.metrics import Failure, RouterMetrics
 from llmsvc.router.settings import RouterSettings
 from llmsvc.router.stats import RouterStats
 

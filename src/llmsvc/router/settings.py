@@ -78,7 +78,10 @@ class RouterSettings(ServerSettings):
         default=30.0, gt=0, description="Seconds between active GET /health checks of backends."
     )
     health_timeout: float = Field(
-        default=5.0, gt=0, description="Seconds an active health check may take."
+        default=5.0,
+        gt=0,
+        description="Seconds an active health check may take; also how long a registry "
+        "query may take beyond its blocking wait.",
     )
     max_fails: int = Field(
         default=3,
@@ -96,7 +99,8 @@ class RouterSettings(ServerSettings):
     registry_sync_interval: float = Field(
         default=10.0,
         gt=0,
-        description="Seconds a blocking registry query waits; also the retry delay after errors.",
+        description="Seconds a blocking registry query waits; also the longest retry delay "
+        "after registry errors (the first is 0.25 s, doubling).",
     )
     registry_restart_grace: float = Field(
         default=30.0,
@@ -114,8 +118,8 @@ class RouterSettings(ServerSettings):
     first_byte_timeout: float | None = Field(
         default=None,
         gt=0,
-        description="Seconds until the upstream answers headers before trying another backend "
-        "(default: --proxy-timeout).",
+        description="Seconds until the upstream answers headers (and, for a stream, sends its "
+        "first chunk) before trying another backend (default: --proxy-timeout).",
     )
     stream_idle_timeout: float | None = Field(
         default=None,
