@@ -33,6 +33,7 @@ from llmsvc.router.balancing import (
     LeastConnections,
     LeastLoad,
     SmoothWeightedRoundRobin,
+    Strategy,
 )
 from llmsvc.router.candidates import Eligible
 from llmsvc.router.loadscore import EngineLoad, load_score
@@ -111,7 +112,7 @@ keys = st.text(min_size=1, max_size=40)
 @given(peers=peer_lists(), rounds=st.integers(1, 50), key=st.none() | keys)
 def test_every_strategy_picks_a_candidate(peers: list[Peer], rounds: int, key: str | None) -> None:
     members = Members(peers)
-    strategies = [
+    strategies: list[Strategy] = [
         SmoothWeightedRoundRobin(),
         LeastConnections(),
         LeastLoad(max_age=1e9, clock=lambda: 1.0),
@@ -239,7 +240,7 @@ def test_bounded_load_never_exceeds_the_bound(
 @given(peers=peer_lists(min_size=2), gone=st.data())
 def test_forget_never_breaks_a_later_pick(peers: list[Peer], gone: st.DataObject) -> None:
     members = Members(peers)
-    strategies = [
+    strategies: list[Strategy] = [
         SmoothWeightedRoundRobin(),
         LeastConnections(),
         ConsistentHash(members=members, key_of=_no_key, virtual_nodes=8),

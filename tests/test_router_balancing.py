@@ -66,6 +66,15 @@ def test_a_retry_subset_goes_elsewhere_and_the_cycle_goes_on() -> None:
     assert picks(rr, both, 4) == "baba"
 
 
+def test_a_retry_takes_an_untried_backend_and_leaves_the_turns_alone() -> None:
+    rr = SmoothWeightedRoundRobin()
+    a, b, c = Peer("a"), Peer("b"), Peer("c")
+    three = eligible(a, b, c)
+    assert rr.pick("m", three) is a  # a fails: the request is tried again without it
+    assert rr.pick("m", three, tried=[a]) is b
+    assert picks(rr, three, 4) == "bcab"  # the next requests take their turns as before
+
+
 def test_forget_drops_state_of_gone_backends() -> None:
     rr = SmoothWeightedRoundRobin()
     a, b = Peer("a", 5), Peer("b")
