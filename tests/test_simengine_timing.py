@@ -9,13 +9,14 @@ from typing import Any
 
 import aiohttp
 import pytest
-from aiohttp import web
 from aiohttp.test_utils import TestClient
 from prometheus_client import CollectorRegistry
 from prometheus_client.parser import text_string_to_metric_families
 
+from llmsvc.core.serving import bind_sockets, serving
 from llmsvc.simengine.app import create_app
 from llmsvc.simengine.settings import SimEngineSettings
+from procs import free_port
 
 Client = TestClient  # type: ignore[type-arg]
 MakeClient = Callable[..., Awaitable[Client]]
@@ -145,20 +146,18 @@ async def test_stream_disconnect_frees_the_slot(make_client: MakeClient) -> None
 
 
 async def test_non_streaming_and_queued_disconnects_free_their_place() -> None:
-    # Served like ``serve()`` does (aiohttp's test server would cancel handlers itself).
+    # Served as ``llmsvc sim-engine`` serves it (aiohttp's test server would cancel
+    # handlers itself).
     app = create_app(
         SimEngineSettings(max_num_seqs=1, decode_tokens_per_s=20), registry=CollectorRegistry()
     )
-    runner = web.AppRunner(app)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    port = runner.addresses[0][1]
-    try:
-        async with aiohttp.ClientSession(f"http://127.0.0.1:{port}") as session:
-            await _disconnect_while_queued_and_running(session)
-    finally:
-        await runner.cleanup()
+    port = free_port()
+    sockets = bind_sockets("127.0.0.1", port)
+    async with (
+        serving(app, name="sim-engine", sockets=sockets, shutdown_timeout=5),
+        aiohttp.ClientSession(f"http://127.0.0.1:{port}") as session,
+    ):
+        await _disconnect_while_queued_and_running(session)
 
 
 async def _disconnect_while_queued_and_running(session: aiohttp.ClientSession) -> None:

@@ -11,8 +11,8 @@ from llmsvc.babysitter.engines import EngineConfigError, build_engine, identity
 from llmsvc.babysitter.output import own_log_handler
 from llmsvc.babysitter.registration import name_problem
 from llmsvc.babysitter.settings import ENGINES, BabysitterSettings
-from llmsvc.core.app import serve
 from llmsvc.core.logging import configure_logging
+from llmsvc.core.serving import serve
 from llmsvc.core.settings import die, parse_settings, split_passthrough
 
 PROG = "llmsvc babysitter"
@@ -51,7 +51,7 @@ def main(argv: Sequence[str]) -> int:
         name="babysitter",
         host=settings.host,
         port=settings.port + 1,
-        shutdown_timeout=5.0,
+        shutdown_timeout=settings.shutdown_timeout,
     )
     supervisor = app[RUNTIME].supervisor
     return 1 if code == 0 and supervisor is not None and supervisor.gave_up else code

@@ -22,8 +22,8 @@ from llmsvc.bench.load import LoadSpec, Unreachable, probe, run_load
 from llmsvc.bench.report import print_report, report
 from llmsvc.bench.settings import DEFAULT_REQUESTS, BenchSettings
 from llmsvc.bench.stats import Results, Sample
-from llmsvc.core.app import new_event_loop
 from llmsvc.core.logging import configure_logging
+from llmsvc.core.serving import new_event_loop
 from llmsvc.core.settings import parse_settings
 
 PROG = "llmsvc bench"

@@ -4,7 +4,7 @@ A service builds its ``web.Application`` with :func:`make_app` from a route
 table of :class:`Route` (which also yields ``/openapi.json``), owns its
 background work through :func:`background` (a ``cleanup_ctx`` that starts a
 supervised task before ``yield`` and cancels and awaits it after), and is run
-by :func:`serve`.
+by :func:`llmsvc.core.serving.serve`.
 """
 
 from __future__ import annotations
@@ -13,8 +13,6 @@ import asyncio
 import contextlib
 import logging
 import re
-import socket
-import ssl
 from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -25,7 +23,7 @@ from aiohttp.web_urldispatcher import AbstractRoute
 from pydantic import BaseModel
 
 from llmsvc.core.auth import BearerAuth, bearer_middleware
-from llmsvc.core.errors import Handler, error_middleware, shape_protocol_errors
+from llmsvc.core.errors import Handler, error_middleware
 from llmsvc.core.jsonio import DEFAULT_READ_TIMEOUT, READ_TIMEOUT, json_response
 from llmsvc.core.openapi import build_openapi
 
@@ -92,10 +90,10 @@ def make_app(
     them, before its handler runs); None leaves those routes open.
 
     ``read_timeout``: seconds a client may take to send a request's headers (an idle
-    keep-alive connection is closed after it too, see :func:`serve`) and then its body
+    keep-alive connection is closed after it too, see
+    :func:`llmsvc.core.serving.serve`) and then its body
     (408, :func:`~llmsvc.core.jsonio.read_body`).
     """
-    shape_protocol_errors()
     table = list(routes)
     protected: set[AbstractRoute] = set()  # filled below, as the routes are added
     guard: list[Middleware] = []
@@ -175,88 +173,3 @@ async def every(
         except Exception:
             log.exception("periodic task %s failed; retrying in %.1fs", name, interval)
         await asyncio.sleep(interval)
-
-
-def new_event_loop() -> asyncio.AbstractEventLoop:
-    """uvloop when it is installed, else the standard loop."""
-    try:
-        import uvloop
-    except ImportError:  # pragma: no cover - uvloop is a dependency on Linux
-        return asyncio.new_event_loop()
-    loop: asyncio.AbstractEventLoop = uvloop.new_event_loop()
-    return loop
-
-
-def ssl_context(cert: str | None, key: str | None) -> ssl.SSLContext | None:
-    if not cert:
-        return None
-    ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-    ctx.load_cert_chain(cert, key)
-    return ctx
-
-
-def bind_sockets(host: str, port: int, *, reuse_port: bool = False) -> list[socket.socket]:
-    """Listening sockets for every address ``host`` resolves to (as asyncio binds them).
-
-    Binding before the app starts means a busy port is reported before any
-    background work (a babysitter's engine) has begun.
-    """
-    infos = socket.getaddrinfo(host or None, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
-    sockets: list[socket.socket] = []
-    seen: set[tuple[int, object]] = set()
-    try:
-        for family, kind, proto, _, address in infos:
-            if (family, address) in seen:
-                continue
-            seen.add((family, address))
-            sock = socket.socket(family, kind, proto)
-            sockets.append(sock)
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            if reuse_port:
-                sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
-            if family == socket.AF_INET6:
-                sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
-            sock.bind(address)
-            sock.listen(1024)
-            sock.setblocking(False)
-    except OSError:
-        for sock in sockets:
-            sock.close()
-        raise
-    return sockets
-
-
-def serve(
-    app: web.Application,
-    *,
-    name: str,
-    host: str,
-    port: int,
-    shutdown_timeout: float = 10.0,
-    ssl: ssl.SSLContext | None = None,
-    reuse_port: bool = False,
-) -> int:
-    """Run ``app`` until SIGTERM/SIGINT, then shut down gracefully. Returns an exit code."""
-    try:
-        sockets = bind_sockets(host, port, reuse_port=reuse_port)
-    except OSError as exc:
-        log.error("%s cannot listen on %s:%d: %s", name, host, port, exc.strerror or exc)
-        return 1
-    loop = new_event_loop()
-    asyncio.set_event_loop(loop)
-    scheme = "https" if ssl else "http"
-    log.info("%s listening on %s://%s:%d", name, scheme, host, port)
-    web.run_app(
-        app,
-        sock=sockets,
-        loop=loop,
-        ssl_context=ssl,
-        access_log=None,
-        print=None,
-        shutdown_timeout=shutdown_timeout,
-        handle_signals=True,
-        # aiohttp closes a connection that has not sent a whole request line and
-        # headers within this time (slowloris), as it closes an idle keep-alive one.
-        keepalive_timeout=app.get(READ_TIMEOUT, DEFAULT_READ_TIMEOUT),
-    )
-    return 0

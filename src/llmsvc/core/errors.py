@@ -22,7 +22,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 import orjson
-from aiohttp import web, web_protocol
+from aiohttp import web
 
 log = logging.getLogger("llmsvc.errors")
 
@@ -187,40 +187,19 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
         return error_response(500, "Internal server error", code="internal_error")
 
 
-_protocol_errors_shaped = False
+def protocol_error_response(status: int, exc: BaseException | None) -> web.Response:
+    """The answer to a request aiohttp's HTTP parser rejected (an over-long header line,
+    too many headers, a malformed request line): the OpenAI shape, naming the problem
+    without echoing the request's bytes, and the connection closed after it.
 
-
-def shape_protocol_errors() -> None:
-    """Answer requests that aiohttp's HTTP parser rejects in the OpenAI shape too.
-
-    A header line over 8190 bytes, too many headers or a malformed request line never
-    reach an app or its middleware: aiohttp answers them from
-    ``RequestHandler.handle_error`` as text that echoes part of the request. There is no
-    hook for it, so this wraps that method once per process (called by ``make_app``, not at
-    import): aiohttp still logs the error and closes the connection, and the client gets
-    ``{"error": {...}}`` with a message that names the problem without echoing the bytes.
+    Those requests never reach an app or its middleware; ``core.serving``'s request
+    handler answers them with this instead of aiohttp's plain text.
     """
-    global _protocol_errors_shaped
-    if _protocol_errors_shaped:
-        return
-    _protocol_errors_shaped = True
-    original = web_protocol.RequestHandler.handle_error
-
-    def handle_error(
-        self: web_protocol.RequestHandler,
-        request: Any,
-        status: int = 500,
-        exc: BaseException | None = None,
-        message: str | None = None,
-    ) -> web.StreamResponse:
-        original(self, request, status, exc, message)  # logs; raises if a response began
-        if status >= 500:
-            resp = error_response(status, "Internal server error", code="internal_error")
-        else:
-            what = type(exc).__name__ if exc is not None else "malformed request"
-            text = f"The request could not be read as HTTP ({what})"
-            resp = error_response(status, text, code="bad_http_request")
-        resp.force_close()
-        return resp
-
-    web_protocol.RequestHandler.handle_error = handle_error  # type: ignore[method-assign]
+    if status >= 500:
+        resp = error_response(status, "Internal server error", code="internal_error")
+    else:
+        what = type(exc).__name__ if exc is not None else "malformed request"
+        text = f"The request could not be read as HTTP ({what})"
+        resp = error_response(status, text, code="bad_http_request")
+    resp.force_close()
+    return resp

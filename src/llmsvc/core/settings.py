@@ -67,6 +67,13 @@ class ServerSettings(BaseServiceSettings):
         "connection is closed; idle keep-alive connections too) and then its body "
         "(then 408): slow clients cannot hold a server's tasks.",
     )
+    shutdown_timeout: float = Field(
+        default=5.0,
+        gt=0,
+        description="Seconds to let open requests finish on SIGTERM/SIGINT (after the "
+        "listener has closed and open connections have drained for up to 1 s); then they "
+        "are cut.",
+    )
 
 
 def flag_name(field: str) -> str:

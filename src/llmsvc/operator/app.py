@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from dataclasses import dataclass, field
 
 from aiohttp import web
 from prometheus_client import CollectorRegistry
@@ -26,17 +27,24 @@ class OperatorHealth(BaseModel):
     uptime_s: float
 
 
-READY = web.AppKey("ready", asyncio.Event)
-RECONCILER = web.AppKey("reconciler", Reconciler)
-PROMETHEUS = web.AppKey("prometheus", CollectorRegistry)
-WATCHING = web.AppKey("watching", list[str])
-STARTED = web.AppKey("started", float)
+@dataclass(frozen=True, eq=False)
+class OperatorState:
+    """Everything the endpoint's handlers read."""
+
+    reconciler: Reconciler
+    ready: asyncio.Event  # set by kopf once it has started
+    prometheus: CollectorRegistry
+    watching: list[str]  # namespaces managed; ['*'] for all of them
+    started: float = field(default_factory=time.monotonic)
+
+
+OPERATOR = web.AppKey("operator", OperatorState)
 
 
 async def get_health(request: web.Request) -> web.Response:
-    app = request.app
-    reconciler = app[RECONCILER]
-    if not app[READY].is_set():
+    state = request.app[OPERATOR]
+    reconciler = state.reconciler
+    if not state.ready.is_set():
         raise ServiceUnavailable(
             "The operator is starting: not logged in to the Kubernetes API yet",
             code="not_ready",
@@ -44,15 +52,15 @@ async def get_health(request: web.Request) -> web.Response:
     return model_response(
         OperatorHealth(
             status="ok",
-            watching=app[WATCHING],
+            watching=state.watching,
             inference_services=len(reconciler.phases),
-            uptime_s=round(time.monotonic() - app[STARTED], 3),
+            uptime_s=round(time.monotonic() - state.started, 3),
         )
     )
 
 
 async def get_metrics(request: web.Request) -> web.Response:
-    return metrics_handler(request.app[PROMETHEUS])
+    return metrics_handler(request.app[OPERATOR].prometheus)
 
 
 ROUTES = (
@@ -77,9 +85,7 @@ def create_app(
     watching: list[str],
 ) -> web.Application:
     app = make_app(title="llmsvc operator", version=__version__, routes=ROUTES)
-    app[RECONCILER] = reconciler
-    app[READY] = ready
-    app[PROMETHEUS] = prometheus
-    app[WATCHING] = watching
-    app[STARTED] = time.monotonic()
+    app[OPERATOR] = OperatorState(
+        reconciler=reconciler, ready=ready, prometheus=prometheus, watching=watching
+    )
     return app

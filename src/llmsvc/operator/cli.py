@@ -14,7 +14,7 @@ import sys
 from collections.abc import Sequence
 
 from llmsvc.core.logging import configure_logging
-from llmsvc.core.app import bind_sockets, new_event_loop
+from llmsvc.core.serving import bind_sockets, new_event_loop
 from llmsvc.core.settings import die, parse_settings
 from llmsvc.kube import Credentials, CredentialsError, load_credentials
 from llmsvc.operator.crd import crd_yaml

@@ -3,9 +3,10 @@
 :func:`kopf_settings` maps our settings onto kopf's: standalone (no peering),
 finalizer ``llmsvc.io/finalizer``, progress and diff-base kept in annotations
 under ``llmsvc.io/``, Events posted as component ``llmsvc-operator``, watch and
-batching timings. :func:`run` binds the port first (a busy port ends the
-process before it touches the cluster), serves ``/health`` and ``/metrics``,
-then runs ``kopf.operator`` until SIGTERM/SIGINT (kopf handles the signals).
+batching timings. :func:`run` is given the port already bound (a busy port ends
+the process before it touches the cluster), logs in and checks the CRD, serves
+``/health`` and ``/metrics`` (``core.serving.serving``: drained on the way out),
+and runs ``kopf.operator`` until SIGTERM/SIGINT (kopf handles the signals).
 """
 
 from __future__ import annotations
@@ -18,10 +19,10 @@ import signal
 import socket
 
 import kopf
-from aiohttp import web
 from prometheus_client import CollectorRegistry
 
 from llmsvc.core.names import ANNOTATIONS_PREFIX, FINALIZER, INFERENCE_SERVICE_LABEL
+from llmsvc.core.serving import serving
 from llmsvc.kube import Credentials, KubeClient, KubeError
 from llmsvc.operator.app import create_app
 from llmsvc.operator.builders import BuildDefaults
@@ -100,30 +101,30 @@ async def run(
         prometheus=prometheus,
         watching=namespaces or ["*"],
     )
-    runner = web.AppRunner(app, access_log=None, shutdown_timeout=settings.shutdown_timeout)
-    await runner.setup()
     try:
         await check_api(api)
-        for sock in sockets:
-            await web.SockSite(runner, sock).start()
-        log.info(
-            "operator watching %s; health and metrics on port %d",
-            ", ".join(namespaces) or "all namespaces",
-            settings.port,
-        )
-        await kopf.operator(
-            registry=registry,
-            settings=kopf_settings(settings),
-            standalone=True,
-            clusterwide=settings.all_namespaces,
-            namespaces=namespaces,
-            ready_flag=ready,
-        )
+        async with serving(
+            app, name="operator", sockets=sockets, shutdown_timeout=settings.shutdown_timeout
+        ):
+            log.info(
+                "operator watching %s; health and metrics on port %d",
+                ", ".join(namespaces) or "all namespaces",
+                settings.port,
+            )
+            try:
+                await kopf.operator(
+                    registry=registry,
+                    settings=kopf_settings(settings),
+                    standalone=True,
+                    clusterwide=settings.all_namespaces,
+                    namespaces=namespaces,
+                    ready_flag=ready,
+                )
+            finally:
+                _ignore_further_signals()  # before the endpoint drains and stops
     finally:
-        _ignore_further_signals()
         await reconciler.close()
         await api.close()
-        await runner.cleanup()
 
 
 class StartupError(Exception):

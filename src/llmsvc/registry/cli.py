@@ -5,8 +5,8 @@ from __future__ import annotations
 import ssl
 from collections.abc import Sequence
 
-from llmsvc.core.app import serve, ssl_context
 from llmsvc.core.logging import configure_logging
+from llmsvc.core.serving import serve, ssl_context
 from llmsvc.core.settings import die, parse_settings
 from llmsvc.registry.app import create_app
 from llmsvc.registry.kubernetes import CredentialsError
@@ -39,5 +39,5 @@ def main(argv: Sequence[str]) -> int:
         host=settings.host,
         port=settings.port,
         shutdown_timeout=settings.shutdown_timeout,
-        ssl=tls,
+        ssl_context=tls,
     )

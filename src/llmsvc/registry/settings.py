@@ -62,11 +62,6 @@ class RegistrySettings(ServerSettings):
     all_namespaces: bool = Field(
         default=False, description="Watch every namespace with --source kubernetes."
     )
-    shutdown_timeout: float = Field(
-        default=5.0,
-        gt=0,
-        description="Seconds to let open requests finish on SIGTERM/SIGINT.",
-    )
 
     @field_validator("token")
     @classmethod

@@ -8,12 +8,11 @@ import ssl
 from collections.abc import Sequence
 from pathlib import Path
 
-from llmsvc.core.app import ssl_context
 from llmsvc.core.logging import configure_logging
+from llmsvc.core.serving import serve, ssl_context
 from llmsvc.core.settings import die, parse_settings
 from llmsvc.router.app import create_app
 from llmsvc.router.config import ConfigError
-from llmsvc.router.drain import serve_draining
 from llmsvc.router.settings import RouterSettings
 from llmsvc.router.workers import MULTIPROC_ENV, port_bindable, run_workers, worker_index
 
@@ -52,7 +51,7 @@ def main(argv: Sequence[str]) -> int:
             argv, workers=settings.workers, shutdown_timeout=settings.shutdown_timeout
         )
     name = "router" if index is None else f"router worker {index}"
-    return serve_draining(
+    return serve(
         app,
         name=name,
         host=settings.host,

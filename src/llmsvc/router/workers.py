@@ -26,7 +26,7 @@ from collections.abc import Sequence
 
 from prometheus_client import multiprocess
 
-from llmsvc.core.app import bind_sockets, new_event_loop
+from llmsvc.core.serving import bind_sockets, new_event_loop
 
 log = logging.getLogger("llmsvc.router.workers")
 

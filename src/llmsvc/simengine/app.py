@@ -17,7 +17,7 @@ from llmsvc.core.wire import ChatCompletionRequest, CompletionRequest, Embedding
 from llmsvc.simengine import openai
 from llmsvc.simengine.engine import Engine
 from llmsvc.simengine.settings import SimEngineSettings
-from llmsvc.simengine.state import ENGINE, READINESS, REGISTRY, STARTED, Readiness
+from llmsvc.simengine.state import SIMENGINE, Readiness, SimEngineState
 
 ENGINE_HEADER = "X-Llmsvc-Engine"
 ALWAYS_SERVED = frozenset({"/health", "/metrics", "/openapi.json"})
@@ -25,20 +25,21 @@ _ERRORS = {400: "invalid request", 404: "unknown model", 500: "simulated failure
 
 
 async def health(request: web.Request) -> web.Response:
-    engine = request.app[ENGINE]
-    if not request.app[READINESS].ready():
+    state = request.app[SIMENGINE]
+    engine = state.engine
+    if not state.readiness.ready():
         raise ServiceUnavailable("Model is loading", code="loading")
     return json_response({"status": "ok", "engine_id": engine.engine_id, "models": engine.models})
 
 
 async def metrics(request: web.Request) -> web.Response:
-    return metrics_handler(request.app[REGISTRY])
+    return metrics_handler(request.app[SIMENGINE].registry)
 
 
 @web.middleware
 async def loading_gate(request: web.Request, handler: Handler) -> web.StreamResponse:
     """503 on the API until the simulated model has "loaded" (``--startup-delay``)."""
-    if request.path not in ALWAYS_SERVED and not request.app[READINESS].ready():
+    if request.path not in ALWAYS_SERVED and not request.app[SIMENGINE].readiness.ready():
         raise ServiceUnavailable("Model is loading", code="loading")
     return await handler(request)
 
@@ -84,16 +85,18 @@ def create_app(
         read_timeout=settings.read_timeout,
     )
     engine = Engine(settings, registry=registry)
-    app[ENGINE] = engine
-    app[REGISTRY] = registry
-    app[READINESS] = Readiness(startup_delay=settings.startup_delay)
-    app[STARTED] = int(time.time())
+    app[SIMENGINE] = SimEngineState(
+        engine=engine,
+        registry=registry,
+        readiness=Readiness(startup_delay=settings.startup_delay),
+        started=int(time.time()),
+    )
 
     async def engine_header(_: web.Request, response: web.StreamResponse) -> None:
         response.headers[ENGINE_HEADER] = engine.engine_id
 
     async def start_loading(app: web.Application) -> AsyncIterator[None]:
-        app[READINESS].start()
+        app[SIMENGINE].readiness.start()
         yield
 
     app.on_response_prepare.append(engine_header)

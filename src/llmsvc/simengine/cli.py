@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from llmsvc.core.app import serve
 from llmsvc.core.logging import configure_logging
+from llmsvc.core.serving import serve
 from llmsvc.core.settings import parse_settings
 from llmsvc.simengine.app import create_app
 from llmsvc.simengine.settings import SimEngineSettings
@@ -22,5 +22,9 @@ def main(argv: Sequence[str]) -> int:
     configure_logging(settings.log_level, settings.log_format)
     app = create_app(settings)
     return serve(
-        app, name="sim-engine", host=settings.host, port=settings.port, shutdown_timeout=5.0
+        app,
+        name="sim-engine",
+        host=settings.host,
+        port=settings.port,
+        shutdown_timeout=settings.shutdown_timeout,
     )

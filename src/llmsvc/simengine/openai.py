@@ -22,7 +22,7 @@ from llmsvc.core.wire import (
 from llmsvc.simengine.embeddings import embed, encode_base64, split_inputs
 from llmsvc.simengine.engine import Engine, Job
 from llmsvc.simengine.model import Prompt, count_tokens
-from llmsvc.simengine.state import ENGINE, STARTED
+from llmsvc.simengine.state import SIMENGINE
 from llmsvc.simengine.streaming import ChunkTemplates, Kind
 
 FINISH_REASON = "length"  # the simulated engine always generates max_tokens
@@ -71,8 +71,8 @@ def _usage(job: Job, completion_tokens: int) -> dict[str, int]:
 
 
 async def list_models(request: web.Request) -> web.Response:
-    engine = request.app[ENGINE]
-    created = request.app[STARTED]
+    state = request.app[SIMENGINE]
+    engine, created = state.engine, state.started
     data = [
         {
             "id": model,
@@ -89,7 +89,7 @@ async def list_models(request: web.Request) -> web.Response:
 
 async def chat_completions(request: web.Request) -> web.StreamResponse:
     req = await read_model(request, ChatCompletionRequest)
-    engine = request.app[ENGINE]
+    engine = request.app[SIMENGINE].engine
     max_tokens = req.max_completion_tokens or req.max_tokens
     job = engine.prepare(req.model, render_messages(req.messages), max_tokens, param="messages")
     return await _complete(request, job, "chat", stream=req.stream, options=req.stream_options)
@@ -97,7 +97,7 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
 
 async def completions(request: web.Request) -> web.StreamResponse:
     req = await read_model(request, CompletionRequest)
-    engine = request.app[ENGINE]
+    engine = request.app[SIMENGINE].engine
     max_tokens = req.max_tokens if "max_tokens" in req.model_fields_set else None
     job = engine.prepare(req.model, completion_prompt(req.prompt), max_tokens, param="prompt")
     return await _complete(request, job, "text", stream=req.stream, options=req.stream_options)
@@ -106,7 +106,7 @@ async def completions(request: web.Request) -> web.StreamResponse:
 async def _complete(
     request: web.Request, job: Job, kind: Kind, *, stream: bool, options: StreamOptions | None
 ) -> web.StreamResponse:
-    engine = request.app[ENGINE]
+    engine = request.app[SIMENGINE].engine
     engine.inject_fault()
     prefix = "chatcmpl-" if kind == "chat" else "cmpl-"
     request_id = prefix + uuid.uuid4().hex
@@ -180,7 +180,7 @@ async def _stream(
 
 async def embeddings(request: web.Request) -> web.Response:
     req = await read_model(request, EmbeddingRequest)
-    engine = request.app[ENGINE]
+    engine = request.app[SIMENGINE].engine
     engine.check_model(req.model)
     engine.inject_fault()
     items = split_inputs(req.input)

@@ -1,4 +1,4 @@
-"""Typed application state of the simulated engine's ``web.Application``."""
+"""The simulated engine's application state: one :class:`SimEngineState` under :data:`SIMENGINE`."""
 
 from __future__ import annotations
 
@@ -26,7 +26,14 @@ class Readiness:
         return asyncio.get_running_loop().time() >= self.ready_at
 
 
-ENGINE = web.AppKey("engine", Engine)
-READINESS = web.AppKey("readiness", Readiness)
-REGISTRY = web.AppKey("metrics_registry", CollectorRegistry)
-STARTED = web.AppKey("started", int)
+@dataclass(frozen=True, eq=False)
+class SimEngineState:
+    """Everything the simulated engine's handlers share."""
+
+    engine: Engine
+    registry: CollectorRegistry  # the engine's metrics, served on /metrics
+    readiness: Readiness
+    started: int  # Unix time the app was made: the models' ``created``
+
+
+SIMENGINE = web.AppKey("simengine", SimEngineState)
