@@ -124,11 +124,9 @@ async def get_health(request: web.Request) -> web.Response:
 async def list_services(request: web.Request) -> web.Response:
     query = parse_service_query(request.query)
     store = request.app[STORE]
-    store.expire()
     if query.index is not None:
         await store.wait_for_change(query.index, query.wait)
-        store.expire()
-    index = store.index
+    index, records = store.snapshot(healthy=query.healthy, type_=query.type_, model=query.model)
     key = (query.healthy, query.type_, query.model)
     # Every watcher woken by one change asks for the same answer: build it once per index.
     # (Plain reads are built fresh: heartbeats move timestamps without moving the index.)
@@ -137,7 +135,6 @@ async def list_services(request: web.Request) -> web.Response:
         cache.index, cache.bodies = index, {}
     body = cache.bodies.get(key) if query.index is not None else None
     if body is None:
-        records = store.records(healthy=query.healthy, type_=query.type_, model=query.model)
         body = ServiceList(services=records, total=len(records)).model_dump_json().encode()
         if query.index is not None:
             cache.bodies[key] = body
@@ -161,7 +158,6 @@ async def register_service(request: web.Request) -> web.Response:
 
 async def get_service(request: web.Request) -> web.Response:
     store = request.app[STORE]
-    store.expire()
     return model_response(known(store, request.match_info["name"]), headers=_index(request))
 
 
@@ -233,7 +229,6 @@ async def check_service(request: web.Request) -> web.Response:
 
 async def get_stats(request: web.Request) -> web.Response:
     store = request.app[STORE]
-    store.expire()
     stats = store.stats()
     body = RegistryStats(
         total=stats.total,
@@ -248,9 +243,7 @@ async def get_stats(request: web.Request) -> web.Response:
 
 
 async def get_metrics(request: web.Request) -> web.Response:
-    store = request.app[STORE]
-    store.expire()
-    request.app[METRICS].refresh(store)
+    request.app[METRICS].refresh(request.app[STORE])
     return metrics_handler(request.app[PROMETHEUS])
 
 

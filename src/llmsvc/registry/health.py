@@ -99,7 +99,6 @@ async def check_all(
     The timeout covers one check from the moment it has a connection, so that a
     large registry does not mark healthy services down for waiting in line.
     """
-    store.expire()
     records = store.records(source=HTTP)
     gate = asyncio.Semaphore(CONCURRENT_CHECKS)
 

@@ -106,9 +106,8 @@ class StateWriter:
         self.saved_index = -1
 
     def save_now(self) -> None:
-        index = self._store.index
         # Only HTTP registrations: records of another source come back from it after a restart.
-        records = self._store.records(source=HTTP)
+        index, records = self._store.snapshot(source=HTTP)
         save_state(self.path, SavedState(index=index, services=records))
         self.saved_index = index
 

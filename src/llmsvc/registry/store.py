@@ -15,6 +15,15 @@ futures and nothing else.
 Records are never mutated in place: every change stores a new copy, so a
 record held across an ``await`` is a consistent snapshot.
 
+Every read of records (:meth:`~ServiceStore.get`, :meth:`~ServiceStore.records`,
+:meth:`~ServiceStore.snapshot`, :meth:`~ServiceStore.stats`, and
+:meth:`~ServiceStore.wait_for_change` before it compares) applies the TTL
+first, so no caller has to. That costs one comparison until the oldest
+heartbeat that may go stale is older than the TTL; only then does one pass
+over the records flip the stale ones (and only those are stored anew). A
+record going stale while nobody reads moves the index at the next read or at
+the registry's periodic :meth:`~ServiceStore.sweep`, which wakes the watchers.
+
 Every record has a source. ``http`` records are registered over the API and
 follow the rules above. A record of another source (``kubernetes``) belongs to
 that source alone: it is replaced as a whole set by :meth:`replace_source`,
@@ -73,17 +82,22 @@ class ServiceStore:
         self._index = index
         self._changed = asyncio.Event()
         self._closed = False
+        # A lower bound of the heartbeats of the HTTP records that may still go stale
+        # (None: none may): until it is older than the TTL, no status can flip.
+        self._oldest_fresh: float | None = None
 
     # -- reads ---------------------------------------------------------------
 
     @property
     def index(self) -> int:
+        """The change index; reading it applies no TTL (:meth:`snapshot` reads both)."""
         return self._index
 
     def __len__(self) -> int:
         return len(self._records)
 
     def get(self, name: str) -> ServiceRecord | None:
+        self.expire()
         return self._records.get(name)
 
     def source_of(self, name: str) -> str | None:
@@ -101,6 +115,7 @@ class ServiceStore:
         source: str | None = None,
     ) -> list[ServiceRecord]:
         """The records matching every given filter, sorted by name."""
+        self.expire()
         found = []
         for name in sorted(self._records):
             rec = self._records[name]
@@ -115,7 +130,20 @@ class ServiceStore:
             found.append(rec)
         return found
 
+    def snapshot(
+        self,
+        *,
+        healthy: bool | None = None,
+        type_: str | None = None,
+        model: str | None = None,
+        source: str | None = None,
+    ) -> tuple[int, list[ServiceRecord]]:
+        """The change index and the records matching the filters, as of one moment."""
+        records = self.records(healthy=healthy, type_=type_, model=model, source=source)
+        return self._index, records
+
     def stats(self) -> Stats:
+        self.expire()
         records = self._records.values()
         healthy = sum(1 for r in records if r.healthy)
         models = Counter(m for r in records for m in dict.fromkeys(r.models))
@@ -213,14 +241,16 @@ class ServiceStore:
         return self._put(old.model_copy(update=update))
 
     def expire(self) -> list[str]:
-        """Apply the TTL to every status now; the names whose status flipped."""
-        flipped = []
+        """Apply the TTL to every status now; the names whose status flipped.
+
+        Reads call it themselves. It is one comparison while no heartbeat can be
+        stale yet, else one pass over the records (:meth:`_apply_ttl`).
+        """
         now = self._clock()
-        for name, old in list(self._records.items()):
-            if self._status(old, now) != old.status:  # cheap test first: most never flip
-                self._put(old)
-                flipped.append(name)
-        return flipped
+        oldest = self._oldest_fresh
+        if oldest is None or not self._stale(oldest, now):
+            return []
+        return self._apply_ttl(now)
 
     def sweep(self) -> list[ServiceRecord]:
         """Apply the TTL; remove and return the records silent for over 2×TTL."""
@@ -245,7 +275,7 @@ class ServiceStore:
         for record in records:
             self._records[record.name] = record.model_copy(update={"last_heartbeat": now})
         self._index = max(self._index, index)
-        self.expire()
+        self._apply_ttl(now)  # every saved status is derived again, whatever is due
         self._bump()
 
     def replace_source(self, source: str, records: Iterable[ServiceRecord]) -> bool:
@@ -286,9 +316,11 @@ class ServiceStore:
     ) -> None:
         """Return once the change index differs from ``index``, at ``timeout``, or at close.
 
-        An ``index`` ahead of ours comes from an earlier life of the registry:
-        it returns at once so that the watcher starts over from our index.
+        The TTL is applied first. An ``index`` ahead of ours comes from an earlier
+        life of the registry: it returns at once so that the watcher starts over
+        from our index.
         """
+        self.expire()
         if (stop_at_close and self._closed) or self._index != index:
             return
         event = self._changed
@@ -310,13 +342,37 @@ class ServiceStore:
         if source is not None:
             raise ManagedElsewhere(name, source)
 
+    def _stale(self, last_heartbeat: float, now: float) -> bool:
+        return self._ttl > 0 and now - last_heartbeat > self._ttl
+
     def _status(self, record: ServiceRecord, now: float) -> Status:
         if record.name in self._sources:
             return record.status
-        stale = self._ttl > 0 and now - record.last_heartbeat > self._ttl
+        stale = self._stale(record.last_heartbeat, now)
         return "unhealthy" if stale or record.consecutive_failures > 0 else "healthy"
 
+    def _apply_ttl(self, now: float) -> list[str]:
+        """One pass: store anew the records whose status flips; the names of those.
+
+        Also finds the oldest heartbeat of the HTTP records not stale yet, the next
+        moment a status can flip.
+        """
+        flipped = []
+        oldest: float | None = None
+        for name, old in list(self._records.items()):
+            if self._status(old, now) != old.status:  # cheap test first: most never flip
+                self._put(old)
+                flipped.append(name)
+            if name not in self._sources and not self._stale(old.last_heartbeat, now):
+                beat = old.last_heartbeat
+                oldest = beat if oldest is None else min(oldest, beat)
+        self._oldest_fresh = oldest
+        return flipped
+
     def _put(self, record: ServiceRecord, *, force: bool = False) -> ServiceRecord:
+        if self._ttl > 0 and record.name not in self._sources:
+            beat, oldest = record.last_heartbeat, self._oldest_fresh
+            self._oldest_fresh = beat if oldest is None else min(oldest, beat)
         status = self._status(record, self._clock())
         if status != record.status:
             record = record.model_copy(update={"status": status})
