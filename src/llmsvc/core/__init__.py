@@ -9,6 +9,7 @@ Layers, lowest first (services import from here, never from each other):
 - ``logging``   structured logging
 - ``metrics``   Prometheus helpers over an injected ``CollectorRegistry``
 - ``openapi``   the OpenAPI document built from the route table
-- ``app``       app-factory helpers, supervised background tasks, ``serve``
+- ``app``       app-factory helpers, supervised background tasks
+- ``serving``   ``serve``: bind first, run, drain gracefully on SIGTERM/SIGINT
 - ``registry_client``  the HTTP client of the registry used by router and babysitter
 """
