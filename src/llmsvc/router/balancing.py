@@ -6,8 +6,8 @@ the pool found eligible (healthy, serving the model: an :class:`Eligible`
 list, in a stable order and numbered) and not in ``tried``, the backends this
 request was already sent to. State is kept per model, so the balancing of one
 model does not disturb another's. Per request, no strategy does more than one
-pass over the candidates (round robin none: it walks a schedule cached under
-the eligible list's version); hash rings are built when the set of backends
+pass over the candidates (round robin none on a first try: it walks a
+schedule cached under the eligible list's version); hash rings are built when the set of backends
 changes and read with one ``bisect`` (``hashring``).
 
 | strategy | picks |
@@ -48,6 +48,8 @@ if TYPE_CHECKING:
 
 
 class Strategy(Protocol):
+    """What the proxy asks of a strategy; :func:`make_strategy` makes the one configured."""
+
     def key(self, request: web.Request, info: RoutingInfo) -> str | None:
         """The request's affinity key, or None (also for strategies that use none)."""
         ...
