@@ -13,9 +13,12 @@ Layers, lowest first:
 - ``preflight``     free host and GPU memory before each launch
 - ``registration``  all registry traffic: register, heartbeat, re-register, deregister
 - ``metrics``       the babysitter's Prometheus series
-- ``waiting``       interruptible pauses and the drain's wait for in-flight requests
-- ``swap``          model swap vocabulary and the wait for the old engine's GPU memory
-- ``supervisor``    owns the engine process: preflight, start, health, restart, drain, swap
+- ``waiting``       interruptible pauses and the drain (deregister, wait for in-flight requests)
+- ``swap``          a model swap's course (staged, on trial, kept or rolled back), the wait
+                    for the old engine's GPU memory
+- ``termination``   the termination message; giving up (``--exit-on-crash-loop``) as an event
+- ``life``          one engine life: preflight, spawn, wait until ready, monitor until it ends
+- ``supervisor``    the state machine over lives: restart policy, drain, swap, shutdown, snapshot
 - ``app``           the HTTP API on port + 1 and the ``cleanup_ctx`` that owns everything
 - ``cli``           ``main(argv)``
 """

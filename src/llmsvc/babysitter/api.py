@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field
 
 from llmsvc.core.names import Reason
 
@@ -55,6 +55,10 @@ class Registered(BaseModel):
 
 
 class Status(BaseModel):
+    # GET /status: a snapshot of the supervisor (Supervisor.snapshot); no docstring, which
+    # would become the schema's description in /openapi.json.
+    model_config = ConfigDict(frozen=True)
+
     state: str
     pid: int | None = Field(description="The engine's process id.")
     restarts: int

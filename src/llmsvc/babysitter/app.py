@@ -11,7 +11,7 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import AsyncIterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import aiohttp
 from aiohttp import web
@@ -26,6 +26,7 @@ from llmsvc.babysitter.registration import Registrar, babysitter_record
 from llmsvc.babysitter.settings import BabysitterSettings
 from llmsvc.babysitter.supervisor import Supervisor
 from llmsvc.babysitter.swap import Served, SwapRequest
+from llmsvc.babysitter.termination import GiveUp
 from llmsvc.core.app import Route, every, make_app, supervised
 from llmsvc.core.errors import ApiError, BadRequest, ServiceUnavailable
 from llmsvc.core.jsonio import model_response, read_model
@@ -44,6 +45,7 @@ class Runtime:
     ident: Identity
     registry: CollectorRegistry
     metrics: BabysitterMetrics
+    give_up: GiveUp = field(default_factory=GiveUp)  # the supervisor's; serve() waits on it
     supervisor: Supervisor | None = None
     registrar: Registrar | None = None
     swap_task: asyncio.Task[None] | None = None
@@ -67,35 +69,7 @@ async def health(request: web.Request) -> web.Response:
 
 
 async def status(request: web.Request) -> web.Response:
-    rt = request.app[RUNTIME]
-    sup = rt.running()
-    exit_ = sup.last_exit
-    registered = rt.registrar.registered() if rt.registrar else {}
-    registered.setdefault("engine", False)
-    registered.setdefault("babysitter", False)
-    log_file = sup.output.path
-    body = api.Status(
-        state=sup.state,
-        pid=sup.proc.pid if sup.proc else None,
-        restarts=sup.restarts,
-        uptime_s=sup.uptime(),
-        model=sup.served.model,
-        model_name=sup.ident.model_name,
-        models=sup.model_ids(),
-        engine=rt.settings.engine,
-        name=sup.ident.name,
-        url=sup.ident.advertised_url(),
-        last_exit=api.LastExit.model_validate(exit_.as_json()) if exit_ else None,
-        consecutive_failures=sup.consecutive_failures,
-        stderr_tail=list(sup.output.tail),
-        preflight=api.Preflight.model_validate(sup.preflight.as_json()) if sup.preflight else None,
-        swap=api.Swap.model_validate(sup.swap.as_json()) if sup.swap else None,
-        log_file=str(log_file) if log_file else None,
-        registered=api.Registered(**registered),
-        router=rt.settings.router,
-        registry=rt.settings.registry,
-    )
-    return model_response(body)
+    return model_response(request.app[RUNTIME].running().snapshot())
 
 
 async def models(request: web.Request) -> web.Response:
@@ -155,7 +129,7 @@ async def drain(request: web.Request) -> web.Response:
     sup = request.app[RUNTIME].running()
     if sup.stopping:
         raise ServiceUnavailable("The babysitter is shutting down", code="stopping")
-    return model_response(api.Drained.model_validate(await sup.drain()))
+    return model_response(await sup.drain())
 
 
 async def metrics(request: web.Request) -> web.Response:
@@ -258,6 +232,7 @@ async def _lifecycle(app: web.Application) -> AsyncIterator[None]:
                 registrar=rt.registrar,
                 metrics=rt.metrics,
                 output=output,
+                give_up=rt.give_up,
             )
             run = supervised(rt.supervisor.run(), name="supervisor")
             beat = supervised(

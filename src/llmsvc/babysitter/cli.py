@@ -52,9 +52,9 @@ def main(argv: Sequence[str]) -> int:
         host=settings.host,
         port=settings.port + 1,
         shutdown_timeout=settings.shutdown_timeout,
+        stop=app[RUNTIME].give_up.stop,  # the supervisor gave up: stop as on SIGTERM
     )
-    supervisor = app[RUNTIME].supervisor
-    return 1 if code == 0 and supervisor is not None and supervisor.gave_up else code
+    return app[RUNTIME].give_up.exit_code(code)
 
 
 def _engine_given(args: Sequence[str]) -> bool:

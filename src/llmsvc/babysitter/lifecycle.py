@@ -135,3 +135,42 @@ class RestartBudget:
 
     def reset(self) -> None:
         self._failures.clear()
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """What follows a failed life: ``restarting`` after ``delay`` seconds, or restarts stop
+    (``failed``, ``crash-loop``) for the reason in ``why``."""
+
+    state: State
+    delay: float = 0.0
+    why: str = ""
+
+
+class RestartPolicy:
+    """The restart policy: after each failed life, whether and when the engine starts again."""
+
+    def __init__(self, *, limit: int, window: float, backoff: float, stable_uptime: float) -> None:
+        self._budget = RestartBudget(limit=limit, window=window)
+        self._backoff = backoff
+        self._stable_uptime = stable_uptime
+        self.failures = 0  # consecutive; reset after --stable-uptime of readiness
+
+    def reset(self) -> None:
+        """``POST /restart``: a fresh budget, and the backoff starts over."""
+        self._budget.reset()
+        self.failures = 0
+
+    def ended(self, ready_for: float | None) -> None:
+        """A life ended after ``ready_for`` seconds of readiness (None: never ready)."""
+        if ready_for is not None and ready_for >= self._stable_uptime:
+            self.failures = 0  # it ran long enough: backoff starts over
+
+    def verdict(self, record: ExitRecord) -> Verdict:
+        """Count the failure ``record`` and say what follows it."""
+        self.failures += 1
+        if record.reason in PERMANENT:
+            return Verdict(State.FAILED, why="the engine cannot start")
+        if not self._budget.record_failure():
+            return Verdict(State.CRASH_LOOP, why=f"crash loop: {self.failures} failures in a row")
+        return Verdict(State.RESTARTING, delay=backoff_delay(self.failures, self._backoff))

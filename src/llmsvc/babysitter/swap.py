@@ -1,8 +1,15 @@
-"""Model swap (``POST /model``): the request, what an engine is launched with, the swap's record.
+"""Model swap (``POST /model``): the request, what an engine is launched with, the swap's course.
 
-The supervisor performs the swap (drain, stop, wait for the GPU memory,
-launch, register); this module holds its vocabulary and the wait for the old
-engine's memory to be given back (:func:`await_release`).
+A swap goes::
+
+    begun (POST /model: the record /status shows; the engine drains)
+      ──drained──▶ staged (the next life launches the new model)
+      ──launched──▶ on trial ──ready──▶ done (kept)
+                       └──failed──▶ rolled-back (the previous model is staged again)
+                                    or failed (no rollback: the restart policy decides)
+
+:class:`Swap` holds that course; the supervisor drives it (drain, stop, wait
+for the GPU memory with :func:`await_release`, launch, register).
 """
 
 from __future__ import annotations
@@ -20,6 +27,7 @@ from llmsvc.babysitter import gpus as gpu_query
 from llmsvc.babysitter import process
 from llmsvc.babysitter.engines import EngineSpec
 from llmsvc.babysitter.gpus import GpuProbe, GpuReport
+from llmsvc.babysitter.lifecycle import ExitRecord
 
 log = logging.getLogger("llmsvc.babysitter.swap")
 
@@ -88,6 +96,58 @@ class SwapRecord:
             "started_at": self.started_at,
             "finished_at": self.finished_at,
         }
+
+
+class Swap:
+    """The latest swap's course: its record, the model staged for the next life, the trial."""
+
+    def __init__(self) -> None:
+        self.record: SwapRecord | None = None
+        self._staged: Served | None = None  # launched by the next life
+        self._previous: Served | None = None  # what a failed swap rolls back to
+        self._on_trial = False  # the current life runs the new model, not yet ready
+
+    @property
+    def in_progress(self) -> bool:
+        return self.record is not None and self.record.state == "in-progress"
+
+    def begin(self, current: Served, target: Served, *, rollback: bool) -> None:
+        """``POST /model`` accepted: the record exists from now on."""
+        self.record = SwapRecord(current.model, str(target.model), rollback)
+
+    def stage(self, current: Served, target: Served) -> None:
+        """The old engine is drained: the next life launches ``target`` instead of ``current``."""
+        self._previous, self._staged = current, target
+
+    def take_staged(self) -> Served | None:
+        """What the next life launches, when a swap staged it (that life is then on trial)."""
+        staged, self._staged = self._staged, None
+        if staged is not None:
+            self._on_trial = self.in_progress
+        return staged
+
+    def passed(self) -> None:
+        """The engine became ready: a new model on trial is kept."""
+        if self._on_trial and self.record is not None:
+            self._on_trial = False
+            self.record.finish("done")
+
+    def failed(self, record: ExitRecord) -> bool:
+        """The engine's life failed: True when it was a new model on trial and the previous
+        one is staged again (rolled back); False leaves the failure to the restart policy."""
+        if not self._on_trial or self.record is None:
+            return False
+        self._on_trial = False
+        why = f"{record.reason}: {record.detail}".rstrip(": ")
+        previous, self._previous = self._previous, None
+        if not self.record.rollback or previous is None:
+            self.record.finish("failed", str(record.reason), why)
+            return False
+        log.error("model %s failed (%s); rolling back to %s", self.record.to_model, why,
+                  previous.model)  # fmt: skip
+        self.record.finish("rolled-back", str(record.reason), why)
+        self._staged = previous
+        return True
 
 
 async def await_release(

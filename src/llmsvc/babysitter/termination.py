@@ -14,15 +14,16 @@ the operator that reads it back, is in :mod:`llmsvc.core.names`). With
 
 from __future__ import annotations
 
+import asyncio
 import logging
-import os
-import signal
 from pathlib import Path
 
 from llmsvc.babysitter.lifecycle import ExitRecord
 from llmsvc.core.names import termination_message
 
 log = logging.getLogger("llmsvc.babysitter.termination")
+
+EXIT_CODE = 1  # the babysitter gave up: the kubelet restarts the container (CrashLoopBackOff)
 
 
 def message(record: ExitRecord, note: str = "") -> str:
@@ -40,6 +41,22 @@ def write(path: str | None, record: ExitRecord, note: str = "") -> None:
         log.warning("cannot write the termination message to %s: %s", path, exc)
 
 
-def exit_babysitter() -> None:
-    """Shut the babysitter down gracefully, as SIGTERM does (the caller makes it exit 1)."""
-    os.kill(os.getpid(), signal.SIGTERM)
+class GiveUp:
+    """The supervisor's word that restarts stopped for good (``--exit-on-crash-loop``).
+
+    :func:`~llmsvc.core.serving.serve` waits on :attr:`stop` beside SIGTERM and SIGINT
+    and stops the same way (drain, deregister, stop the engine); the CLI then exits
+    :data:`EXIT_CODE` (:meth:`exit_code`).
+    """
+
+    def __init__(self) -> None:
+        self.stop = asyncio.Event()  # serve() sets it on SIGTERM/SIGINT too
+        self.why: str | None = None  # set once given up
+
+    def give_up(self, why: str) -> None:
+        self.why = why
+        self.stop.set()
+
+    def exit_code(self, served: int) -> int:
+        """The process's exit status, from :func:`serve`'s: :data:`EXIT_CODE` once given up."""
+        return EXIT_CODE if served == 0 and self.why is not None else served

@@ -2,8 +2,9 @@
 
 :class:`Alarm` is how the API interrupts the supervisor (``POST /restart``,
 ``POST /model``, shutdown) with a reason; :meth:`Alarm.pause` sleeps until a
-timeout, the engine's exit or an interruption. :func:`wait_idle` waits for
-an engine's in-flight requests to end.
+timeout, the engine's exit or an interruption. :class:`Drainer` takes the
+engine out of the registry and waits (:func:`wait_idle`) for its in-flight
+requests to end.
 """
 
 from __future__ import annotations
@@ -15,10 +16,13 @@ from typing import Any, Literal
 import aiohttp
 
 from llmsvc.babysitter import probes
+from llmsvc.babysitter.engines import Identity
 from llmsvc.babysitter.lifecycle import Reason
+from llmsvc.babysitter.registration import Registrar
 
 DRAIN_GRACE = 2.0  # seconds to wait when neither gauges nor /proc/net/tcp say anything
 DRAIN_POLL = 0.1
+DRAIN_SETTLE = 0.5  # seconds for routers to hear of a deregistration before the engine stops
 
 Wake = Literal["exited", "interrupted", "timeout"]
 
@@ -83,3 +87,42 @@ async def wait_idle(
             return count
         await asyncio.sleep(min(DRAIN_POLL, left))
     return 0
+
+
+class Drainer:
+    """Drains the engine: out of the registry, then a wait for its in-flight requests."""
+
+    def __init__(
+        self,
+        *,
+        registrar: Registrar,
+        session: aiohttp.ClientSession,
+        drain_timeout: float,
+        probe_timeout: float,
+        running: Callable[[], bool],
+        clock: Callable[[], float],
+    ) -> None:
+        self._registrar = registrar
+        self._session = session
+        self._drain_timeout = drain_timeout
+        self._probe_timeout = probe_timeout
+        self._running = running
+        self._clock = clock
+
+    async def withdraw_and_wait(self, ident: Identity) -> int:
+        """Deregister the engine, then wait (``--drain-timeout``) for its in-flight requests;
+        how many are left."""
+        registered = self._registrar.registered().get("engine", False)
+        await self._registrar.withdraw_engine()
+        deadline = self._clock() + self._drain_timeout
+        if registered:  # routers hear of it within milliseconds (blocking query)
+            await asyncio.sleep(min(DRAIN_SETTLE, self._drain_timeout))
+        return await wait_idle(
+            self._session,
+            base_url=ident.engine_url(),
+            port=ident.port,
+            running=self._running,
+            deadline=deadline,
+            clock=self._clock,
+            probe_timeout=self._probe_timeout,
+        )
