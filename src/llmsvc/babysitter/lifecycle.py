@@ -13,6 +13,7 @@ States::
     ready ──POST /drain──▶ draining ──▶ drained ──POST /restart──▶ starting
     ready ──POST /model──▶ swapping ──▶ starting (the new model; rolled back on failure)
     any ──SIGTERM──▶ stopping
+    crash-loop, failed ──--exit-on-crash-loop──▶ stopping (as on SIGTERM, then exit 1)
 
 The reasons (:class:`~llmsvc.core.names.Reason`, shared with the operator, which
 copies them into an InferenceService's conditions) are a small stable set;
