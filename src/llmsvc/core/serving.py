@@ -66,7 +66,7 @@ class ShapedRequestHandler(web_protocol.RequestHandler):
 
     def handle_error(
         self,
-        request: Any,
+        request: web.BaseRequest,
         status: int = 500,
         exc: BaseException | None = None,
         message: str | None = None,
