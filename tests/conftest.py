@@ -1,45 +1,14 @@
+"""Fixtures every test module can use: ``spawn``, ``module_spawn``, ``kubeapi``."""
+
 from __future__ import annotations
 
-import os
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Protocol
 
 import pytest
 
 from kubeapi import KubeAPI, start_kubeapi
-from procs import Proc, llmsvc_args
-
-
-class Spawn(Protocol):
-    def __call__(
-        self, name: str, *args: str, env: dict[str, str] | None = None, raw: bool = False
-    ) -> Proc: ...
-
-
-class ProcGroup:
-    """Processes started by one fixture; all stopped (SIGTERM, then SIGKILL) at teardown."""
-
-    def __init__(self, log_dir: Path) -> None:
-        self.log_dir = log_dir
-        self.procs: list[Proc] = []
-
-    def __call__(
-        self, name: str, *args: str, env: dict[str, str] | None = None, raw: bool = False
-    ) -> Proc:
-        full_env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
-        argv = list(args) if raw else llmsvc_args(*args)
-        proc = Proc(name, argv, self.log_dir / f"{name}.log", full_env)
-        self.procs.append(proc)
-        return proc
-
-    def stop_all(self) -> None:
-        for proc in reversed(self.procs):
-            proc.stop()
-
-    def dump_logs(self) -> None:
-        for proc in self.procs:
-            print(f"\n----- log of {proc.name} -----\n{proc.log()[-4000:]}")
+from procs import ProcGroup, Spawn
 
 
 @pytest.fixture

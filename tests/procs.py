@@ -1,7 +1,17 @@
 """Real processes on 127.0.0.1 for tests: start ``llmsvc`` subcommands, wait, stop.
 
-Used through the ``spawn`` fixture (``conftest.py``), which stops everything
-it started when the test ends and prints the logs of a failed test's processes.
+The one set of process helpers of the tests:
+
+- :class:`Proc` is a started process with its log; :class:`ProcGroup` starts and
+  stops several; the ``spawn`` fixture (``conftest.py``) is a ``ProcGroup`` stopped when
+  the test ends, and prints the logs of a failed test's processes. Type it :class:`Spawn`.
+- :func:`wait_until` polls a condition; :func:`pid_alive`, :func:`port_busy` probe.
+- :func:`start_registry`, :func:`start_router`, :func:`start_babysitter` start a stack
+  one component at a time, with fast timing, each waited for until it answers
+  ``/health``; :func:`spawn_babysitter` starts a babysitter with any flags and does not
+  wait; :func:`records`, :func:`registry_record`, :func:`status`, :func:`wait_state`
+  read the registry and a babysitter's API.
+- :func:`standin_env` puts the stand-in engines of ``tests/standins/`` on ``PATH``.
 """
 
 from __future__ import annotations
@@ -14,8 +24,9 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any, Protocol, TypeVar
 
 import httpx
 
@@ -24,6 +35,7 @@ import httpx
 from benchmarks.common.ports import free_port as free_port
 
 HOST = "127.0.0.1"
+STANDINS = Path(__file__).resolve().parent / "standins"
 
 
 _PR_SET_PDEATHSIG = 1
@@ -116,7 +128,45 @@ def llmsvc_args(*args: str) -> list[str]:
     return [sys.executable, "-m", "llmsvc", *args]
 
 
-def wait_until(predicate, *, timeout: float = 10.0, interval: float = 0.05, what: str = ""):  # type: ignore[no-untyped-def]
+class Spawn(Protocol):
+    """Starts a process (an ``llmsvc`` subcommand unless ``raw``), stopped at teardown."""
+
+    def __call__(
+        self, name: str, *args: str, env: dict[str, str] | None = None, raw: bool = False
+    ) -> Proc: ...
+
+
+class ProcGroup:
+    """Processes started by one fixture; all stopped (SIGTERM, then SIGKILL) at teardown."""
+
+    def __init__(self, log_dir: Path) -> None:
+        self.log_dir = log_dir
+        self.procs: list[Proc] = []
+
+    def __call__(
+        self, name: str, *args: str, env: dict[str, str] | None = None, raw: bool = False
+    ) -> Proc:
+        full_env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
+        argv = list(args) if raw else llmsvc_args(*args)
+        proc = Proc(name, argv, self.log_dir / f"{name}.log", full_env)
+        self.procs.append(proc)
+        return proc
+
+    def stop_all(self) -> None:
+        for proc in reversed(self.procs):
+            proc.stop()
+
+    def dump_logs(self) -> None:
+        for proc in self.procs:
+            print(f"\n----- log of {proc.name} -----\n{proc.log()[-4000:]}")
+
+
+T = TypeVar("T")
+
+
+def wait_until(
+    predicate: Callable[[], T], *, timeout: float = 10.0, interval: float = 0.05, what: str = ""
+) -> T:
     """Poll ``predicate`` until it returns a truthy value, which is returned."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -127,11 +177,29 @@ def wait_until(predicate, *, timeout: float = 10.0, interval: float = 0.05, what
     raise AssertionError(f"timed out after {timeout}s waiting for {what or predicate}")
 
 
+def pid_alive(pid: int) -> bool:
+    """True while ``pid`` runs (a zombie counts as gone)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return stat.rsplit(")", 1)[1].split()[0] != "Z"
+
+
+def port_busy(port: int) -> bool:
+    with socket.socket() as s:
+        s.settimeout(0.3)
+        return s.connect_ex((HOST, port)) == 0
+
+
 # --- a whole stack, one component at a time -------------------------------------------------
 # Fast timing for tests: health checks and heartbeats every fraction of a second.
 
 
-def start_registry(spawn, *extra: str, name: str = "registry", port: int | None = None):  # type: ignore[no-untyped-def]
+def start_registry(
+    spawn: Spawn, *extra: str, name: str = "registry", port: int | None = None
+) -> tuple[Proc, str]:
+    """A registry on ``port`` (else a free one), answering ``/health``: (process, URL)."""
     port = port or free_port()
     proc = spawn(
         name,
@@ -151,7 +219,10 @@ def start_registry(spawn, *extra: str, name: str = "registry", port: int | None 
     return proc, url
 
 
-def start_router(spawn, registry_url: str | None, *extra: str, name: str = "router"):  # type: ignore[no-untyped-def]
+def start_router(
+    spawn: Spawn, registry_url: str | None, *extra: str, name: str = "router"
+) -> tuple[Proc, str]:
+    """A router following ``registry_url`` (if any), answering ``/health``: (process, URL)."""
     port = free_port()
     args = [
         "router",
@@ -172,62 +243,108 @@ def start_router(spawn, registry_url: str | None, *extra: str, name: str = "rout
     return proc, url
 
 
-def start_babysitter(  # type: ignore[no-untyped-def]
-    spawn,
+def babysitter_flags(*, stop_timeout: float = 2) -> list[str]:
+    """Short intervals, so that every transition of a babysitter takes a fraction of a second."""
+    return [
+        "--health-interval", "0.2",
+        "--heartbeat-interval", "0.3",
+        "--restart-backoff", "0.1",
+        "--stop-timeout", str(stop_timeout),
+    ]  # fmt: skip
+
+
+def spawn_babysitter(
+    spawn: Spawn,
+    *args: str,
+    env: dict[str, str] | None = None,
+    name: str = "babysitter",
+    stop_timeout: float = 2,
+) -> tuple[Proc, int, str]:
+    """A babysitter on a free port pair, not waited for: (process, engine port, API URL).
+
+    ``args`` are its flags (after :func:`babysitter_flags`), then ``--`` and the engine's.
+    """
+    port = free_port(pair=True)
+    ours, sep, engine = _split(args)
+    flags = babysitter_flags(stop_timeout=stop_timeout)
+    proc = spawn(name, "babysitter", "--port", str(port), *flags, *ours, *sep, *engine, env=env)
+    return proc, port, f"http://{HOST}:{port + 1}"
+
+
+def _split(args: tuple[str, ...]) -> tuple[list[str], list[str], list[str]]:
+    if "--" in args:
+        i = args.index("--")
+        return list(args[:i]), ["--"], list(args[i + 1 :])
+    return list(args), [], []
+
+
+def start_babysitter(
+    spawn: Spawn,
     registry_url: str | None,
     name: str,
     *extra: str,
     model: str = "sim-model",
     engine_args: tuple[str, ...] = ("--time-scale", "0"),
     wait: bool = True,
-):
-    port = free_port(pair=True)
-    args = [
-        "babysitter",
-        "--engine",
-        "sim",
-        "--model",
-        model,
-        "--name",
-        name,
-        "--port",
-        str(port),
-        "--health-interval",
-        "0.2",
-        "--heartbeat-interval",
-        "0.3",
-        "--restart-backoff",
-        "0.1",
-        "--stop-timeout",
-        "5",
-        *extra,
-    ]
+) -> tuple[Proc, str, str]:
+    """A babysitter of a sim engine named ``name``: (process, engine URL, API URL).
+
+    It registers with ``registry_url`` (if any); with ``wait`` its API answers ``/health``.
+    """
+    ours = ["--engine", "sim", "--model", model, "--name", name, *extra]
     if registry_url:
-        args += ["--registry", registry_url]
-    proc = spawn(name, *args, "--", "--engine-id", name, *engine_args)
-    engine_url, api_url = f"http://{HOST}:{port}", f"http://{HOST}:{port + 1}"
+        ours += ["--registry", registry_url]
+    engine = ["--engine-id", name, *engine_args]
+    proc, port, api_url = spawn_babysitter(spawn, *ours, "--", *engine, name=name, stop_timeout=5)
     if wait:
         proc.wait_http(f"{api_url}/health", timeout=30)
-    return proc, engine_url, api_url
+    return proc, f"http://{HOST}:{port}", api_url
 
 
-def registry_record(registry_url: str, name: str) -> dict | None:  # type: ignore[type-arg]
+def registry_record(registry_url: str, name: str) -> dict[str, Any] | None:
+    """The registry's record ``name``, or None when it has none."""
     resp = httpx.get(f"{registry_url}/services/{name}", timeout=5)
-    return resp.json() if resp.status_code == 200 else None
+    if resp.status_code != 200:
+        return None
+    record: dict[str, Any] = resp.json()
+    return record
 
 
-def pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    try:  # a zombie is not alive
-        return Path(f"/proc/{pid}/stat").read_text().split()[2] != "Z"
-    except OSError:
-        return False
+def records(registry_url: str) -> dict[str, dict[str, Any]]:
+    """Every record of the registry, by name."""
+    resp = httpx.get(registry_url + "/services", timeout=5)
+    resp.raise_for_status()
+    return {r["name"]: r for r in resp.json()["services"]}
 
 
-def port_busy(port: int) -> bool:
-    with socket.socket() as s:
-        s.settimeout(0.3)
-        return s.connect_ex((HOST, port)) == 0
+def status(api: str) -> dict[str, Any]:
+    """A babysitter's ``GET /status``."""
+    resp = httpx.get(api + "/status", timeout=5)
+    resp.raise_for_status()
+    data: dict[str, Any] = resp.json()
+    return data
+
+
+def wait_state(api: str, state: str, *, timeout: float = 20.0) -> dict[str, Any]:
+    """Wait until the babysitter at ``api`` reports ``state``; its status then."""
+
+    def check() -> dict[str, Any] | None:
+        try:
+            data = status(api)
+        except httpx.HTTPError:
+            return None
+        return data if data["state"] == state else None
+
+    result = wait_until(check, timeout=timeout, what=f"state {state}")
+    assert result is not None
+    return result
+
+
+def standin_env(record: Path) -> dict[str, str]:
+    """PATH and PYTHONPATH that put the stand-in engines first; argv recorded to ``record``."""
+    venv_bin = str(Path(sys.executable).parent)
+    return {
+        "PATH": os.pathsep.join([str(STANDINS), venv_bin, os.environ.get("PATH", "")]),
+        "PYTHONPATH": os.pathsep.join([str(STANDINS / "pylib"), str(STANDINS)]),
+        "LLMSVC_STANDIN_RECORD": str(record),
+    }

@@ -8,7 +8,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from standins.babysitting import Spawn, standin_env, start_babysitter, status
+from procs import Spawn, spawn_babysitter, standin_env, status
 
 CASES = [
     # engine, --model, extra flags, engine args, the model served, argv the engine got (prefix)
@@ -60,7 +60,7 @@ def test_adapter_launches_and_serves(
 ) -> None:
     record = tmp_path / "argv.jsonl"
     args = ["--engine", engine, "--model", model, *flags, *(["--", *extra] if extra else [])]
-    proc, port, api = start_babysitter(spawn, *args, env=standin_env(record))
+    proc, port, api = spawn_babysitter(spawn, *args, env=standin_env(record))
     proc.wait_http(api + "/health")
     st = status(api)
     assert st["models"] == [served]
@@ -83,7 +83,7 @@ def test_adapter_launches_and_serves(
 
 def test_command_engine_fills_in_the_port(spawn: Spawn, tmp_path: Path) -> None:
     record = tmp_path / "argv.jsonl"
-    proc, port, api = start_babysitter(
+    proc, port, api = spawn_babysitter(
         spawn, "--engine", "command", "--model", "/m/cmd-model", "--",
         "vllm", "serve", "{model}", "--port", "{port}", "--served-model-name", "{model_name}",
         env=standin_env(record),

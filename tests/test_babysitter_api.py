@@ -12,8 +12,7 @@ from prometheus_client import CollectorRegistry
 
 from llmsvc.babysitter.app import create_app
 from llmsvc.babysitter.settings import BabysitterSettings
-from procs import free_port
-from standins.babysitting import pid_alive
+from procs import free_port, pid_alive
 
 Client = Callable[..., Awaitable[TestClient[Any, Any]]]
 

@@ -9,8 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from procs import HOST, free_port, llmsvc_args
-from standins.babysitting import standin_env
+from procs import HOST, free_port, llmsvc_args, standin_env
 
 
 def run(*args: str) -> subprocess.CompletedProcess[str]:

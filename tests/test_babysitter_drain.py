@@ -13,8 +13,7 @@ import threading
 import httpx
 
 import metrics
-from procs import start_babysitter, start_registry, start_router, wait_until
-from standins.babysitting import Spawn, records
+from procs import Spawn, records, start_babysitter, start_registry, start_router, wait_until
 
 BODY = {
     "model": "slow-model",

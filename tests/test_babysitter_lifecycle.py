@@ -11,21 +11,21 @@ from pathlib import Path
 import httpx
 
 import metrics
-from procs import wait_until
-from standins.babysitting import (
+from procs import (
     Spawn,
     pid_alive,
     records,
-    start_babysitter,
+    spawn_babysitter,
     start_registry,
     status,
     wait_state,
+    wait_until,
 )
 
 
 def test_killed_engine_is_restarted_and_registered_again(spawn: Spawn) -> None:
-    registry = start_registry(spawn)
-    proc, port, api = start_babysitter(
+    _, registry = start_registry(spawn)
+    proc, port, api = spawn_babysitter(
         spawn, "--engine", "sim", "--model", "m", "--registry", registry
     )
     proc.wait_http(api + "/health")
@@ -61,7 +61,7 @@ def test_killed_engine_is_restarted_and_registered_again(spawn: Spawn) -> None:
 
 
 def test_backoff_starts_over_after_a_stable_uptime(spawn: Spawn) -> None:
-    proc, _, api = start_babysitter(
+    proc, _, api = spawn_babysitter(
         spawn, "--engine", "sim", "--model", "m", "--stable-uptime", "0.3"
     )
     proc.wait_http(api + "/health")
@@ -75,7 +75,7 @@ def test_backoff_starts_over_after_a_stable_uptime(spawn: Spawn) -> None:
 
 
 def test_sigkilled_babysitter_takes_its_engine_along(spawn: Spawn) -> None:
-    proc, _, api = start_babysitter(spawn, "--engine", "sim", "--model", "m")
+    proc, _, api = spawn_babysitter(spawn, "--engine", "sim", "--model", "m")
     proc.wait_http(api + "/health")
     engine = status(api)["pid"]
     proc.kill()
@@ -83,7 +83,7 @@ def test_sigkilled_babysitter_takes_its_engine_along(spawn: Spawn) -> None:
 
 
 def test_hung_engine_is_killed_and_restarted(spawn: Spawn) -> None:
-    proc, _, api = start_babysitter(
+    proc, _, api = spawn_babysitter(
         spawn, "--engine", "sim", "--model", "m", "--stop-timeout", "0.5"
     )
     proc.wait_http(api + "/health")
@@ -101,7 +101,7 @@ def test_hung_engine_is_killed_and_restarted(spawn: Spawn) -> None:
 
 
 def test_startup_timeout_kills_and_counts_a_failure(spawn: Spawn) -> None:
-    proc, _, api = start_babysitter(
+    proc, _, api = spawn_babysitter(
         spawn, "--engine", "sim", "--model", "m", "--startup-timeout", "1.5",
         "--max-restarts", "0", "--", "--startup-delay", "100",
     )  # fmt: skip
@@ -125,7 +125,7 @@ def test_crash_loop_stops_restarts_then_restart_resumes(spawn: Spawn, tmp_path: 
         "sim = [sys.executable, '-m', 'llmsvc', 'sim-engine', '--port', sys.argv[1]]\n"
         "os.execv(sys.executable, [*sim, '--model-name', 'crashy'])\n"
     )
-    _, _, api = start_babysitter(
+    _, _, api = spawn_babysitter(
         spawn, "--engine", "command", "--max-restarts", "2", "--", sys.executable, "-c", script,
         "{port}",
     )  # fmt: skip
@@ -144,7 +144,7 @@ def test_crash_loop_stops_restarts_then_restart_resumes(spawn: Spawn, tmp_path: 
 
 
 def test_missing_binary_is_a_spawn_failure(spawn: Spawn) -> None:
-    _, _, api = start_babysitter(
+    _, _, api = spawn_babysitter(
         spawn, "--engine", "command", "--max-restarts", "0", "--", "/nonexistent/engine"
     )
     st = wait_state(api, "failed", timeout=10)
@@ -153,8 +153,8 @@ def test_missing_binary_is_a_spawn_failure(spawn: Spawn) -> None:
 
 
 def test_drain_deregisters_and_waits_then_restart_registers(spawn: Spawn) -> None:
-    registry = start_registry(spawn)
-    proc, port, api = start_babysitter(
+    _, registry = start_registry(spawn)
+    proc, port, api = spawn_babysitter(
         spawn, "--engine", "sim", "--model", "m", "--registry", registry, "--drain-timeout", "10",
         "--", "--decode-tokens-per-s", "20",
     )  # fmt: skip
@@ -199,7 +199,7 @@ def test_drain_deregisters_and_waits_then_restart_registers(spawn: Spawn) -> Non
 
 def test_log_dir_gets_engine_output(spawn: Spawn, tmp_path: Path) -> None:
     logs = tmp_path / "logs"
-    proc, _, api = start_babysitter(
+    proc, _, api = spawn_babysitter(
         spawn, "--engine", "sim", "--model", "m", "--log-dir", str(logs), "--name", "eng:1"
     )
     proc.wait_http(api + "/health")

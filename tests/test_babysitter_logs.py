@@ -7,8 +7,7 @@ import sys
 from pathlib import Path
 
 from llmsvc.babysitter.output import RotatingFile
-from procs import wait_until
-from standins.babysitting import STANDINS, Spawn, start_babysitter, status
+from procs import STANDINS, Spawn, spawn_babysitter, status, wait_until
 
 
 def test_rotating_file_keeps_its_backups(tmp_path: Path) -> None:
@@ -30,7 +29,7 @@ def test_rotating_file_keeps_its_backups(tmp_path: Path) -> None:
 def test_engine_logs_rotate_and_stderr_tail_is_in_status(spawn: Spawn, tmp_path: Path) -> None:
     logs = tmp_path / "logs"
     engine = [sys.executable, str(STANDINS / "failing_engine.py"), "chatty", "100"]
-    _, _, api = start_babysitter(
+    _, _, api = spawn_babysitter(
         spawn, "--engine", "command", "--name", "chat:1", "--log-dir", str(logs),
         "--log-max-bytes", "4096", "--log-backups", "2", "--startup-timeout", "30", "--", *engine,
     )  # fmt: skip

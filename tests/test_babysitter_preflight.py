@@ -9,8 +9,7 @@ import httpx
 
 from llmsvc.babysitter.gpus import parse_smi
 from llmsvc.babysitter.preflight import free_host_memory
-from procs import wait_until
-from standins.babysitting import Spawn, standin_env, start_babysitter, status
+from procs import Spawn, spawn_babysitter, standin_env, status, wait_until
 
 
 def test_too_little_gpu_memory_refuses_then_launches_when_freed(
@@ -19,7 +18,7 @@ def test_too_little_gpu_memory_refuses_then_launches_when_freed(
     gpus = tmp_path / "gpus.csv"
     gpus.write_text("0, 80000, 81559\n1, 1024, 81559\n")
     env = {**standin_env(tmp_path / "record"), "LLMSVC_STANDIN_GPUS": str(gpus)}
-    proc, _, api = start_babysitter(
+    proc, _, api = spawn_babysitter(
         spawn, "--engine", "sim", "--model", "m", "--gpus", "1", "--min-free-gpu-mem", "2",
         "--gpu-probe", "nvidia-smi", "--restart-backoff", "0.2", "--max-restarts", "100",
         env=env,
@@ -52,7 +51,7 @@ def test_too_little_gpu_memory_refuses_then_launches_when_freed(
 
 
 def test_without_nvidia_smi_the_gpu_check_is_skipped_with_a_note(spawn: Spawn) -> None:
-    proc, _, api = start_babysitter(
+    proc, _, api = spawn_babysitter(
         spawn, "--engine", "sim", "--model", "m", "--min-free-gpu-mem", "1",
         "--gpu-probe", "nvidia-smi", env={"PATH": "/nonexistent"},
     )  # fmt: skip

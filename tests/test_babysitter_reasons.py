@@ -20,14 +20,22 @@ from pathlib import Path
 import httpx
 import pytest
 
-from procs import HOST, free_port, llmsvc_args
-from standins.babysitting import FAST, STANDINS, Spawn, start_babysitter, wait_state
+from procs import (
+    HOST,
+    STANDINS,
+    Spawn,
+    babysitter_flags,
+    free_port,
+    llmsvc_args,
+    spawn_babysitter,
+    wait_state,
+)
 
 ENGINE = [sys.executable, str(STANDINS / "failing_engine.py")]
 
 
 def _fails_with(spawn: Spawn, *engine: str, state: str = "crash-loop") -> dict[str, object]:
-    _, _, api = start_babysitter(
+    _, _, api = spawn_babysitter(
         spawn, "--engine", "command", "--max-restarts", "0", "--", *ENGINE, *engine
     )
     return wait_state(api, state, timeout=15)
@@ -53,7 +61,7 @@ def test_cuda_error(spawn: Spawn) -> None:
 
 
 def test_exit_code_is_exited_and_a_metric_label(spawn: Spawn) -> None:
-    _, _, api = start_babysitter(
+    _, _, api = spawn_babysitter(
         spawn, "--engine", "command", "--max-restarts", "1", "--", *ENGINE, "exit", "7"
     )
     st = wait_state(api, "crash-loop", timeout=15)
@@ -69,7 +77,7 @@ def test_exit_code_is_exited_and_a_metric_label(spawn: Spawn) -> None:
 
 def test_usage_message_is_bad_arguments_and_not_restarted(spawn: Spawn) -> None:
     # The real sim engine, given a flag it does not know: argparse's usage and exit 2.
-    _, _, api = start_babysitter(
+    _, _, api = spawn_babysitter(
         spawn, "--engine", "sim", "--model", "m", "--max-restarts", "5", "--", "--no-such-flag"
     )
     st = wait_state(api, "failed", timeout=15)
@@ -81,7 +89,7 @@ def test_usage_message_is_bad_arguments_and_not_restarted(spawn: Spawn) -> None:
 
 
 def test_preflight_refuses_without_enough_host_memory(spawn: Spawn) -> None:
-    proc, _, api = start_babysitter(
+    proc, _, api = spawn_babysitter(
         spawn, "--engine", "sim", "--model", "m", "--min-free-mem", "100000", "--max-restarts", "1"
     )
     st = wait_state(api, "crash-loop", timeout=15)
@@ -133,7 +141,8 @@ def small_cgroup() -> Iterator[Path]:
 def test_kernel_oom_kill_is_oom_killed(spawn: Spawn, small_cgroup: Path) -> None:
     port = free_port(pair=True)
     babysitter = llmsvc_args(
-        "babysitter", "--port", str(port), *FAST, "--engine", "command", "--max-restarts", "0",
+        "babysitter", "--port", str(port), *babysitter_flags(),
+        "--engine", "command", "--max-restarts", "0",
         "--", *ENGINE, "allocate",
     )  # fmt: skip
     # The babysitter joins the limited cgroup, so its engine is born there (as in a pod).

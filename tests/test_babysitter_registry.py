@@ -6,13 +6,21 @@ import signal
 
 import httpx
 
-from procs import free_port, wait_until
-from standins.babysitting import Spawn, pid_alive, records, start_babysitter, start_registry, status
+from procs import (
+    Spawn,
+    free_port,
+    pid_alive,
+    records,
+    spawn_babysitter,
+    start_registry,
+    status,
+    wait_until,
+)
 
 
 def test_registers_engine_and_itself_then_deregisters_on_sigterm(spawn: Spawn) -> None:
-    registry = start_registry(spawn)
-    proc, port, api = start_babysitter(
+    _, registry = start_registry(spawn)
+    proc, port, api = spawn_babysitter(
         spawn, "--engine", "sim", "--model", "/models/tiny-llm", "--registry", registry,
         "--router", "http://127.0.0.1:9", "--weight", "3",
     )  # fmt: skip
@@ -40,8 +48,8 @@ def test_registers_engine_and_itself_then_deregisters_on_sigterm(spawn: Spawn) -
 
 
 def test_heartbeat_404_registers_again(spawn: Spawn) -> None:
-    registry = start_registry(spawn)
-    proc, port, api = start_babysitter(
+    _, registry = start_registry(spawn)
+    proc, port, api = spawn_babysitter(
         spawn, "--engine", "sim", "--model", "m", "--registry", registry
     )
     proc.wait_http(api + "/health")
@@ -65,7 +73,7 @@ def test_heartbeat_404_registers_again(spawn: Spawn) -> None:
 def test_registry_down_at_start_then_up(spawn: Spawn) -> None:
     reg_port = free_port()
     registry = f"http://127.0.0.1:{reg_port}"
-    proc, _, api = start_babysitter(
+    proc, _, api = spawn_babysitter(
         spawn, "--engine", "sim", "--model", "m", "--registry", registry
     )
     proc.wait_http(api + "/health")  # serves although the registry is down
@@ -82,7 +90,7 @@ def test_registry_token_is_sent(spawn: Spawn) -> None:
     spawn("registry", "registry", "--port", str(reg_port), "--token", "s3cret").wait_http(
         registry + "/health"
     )
-    proc, _, api = start_babysitter(
+    proc, _, api = spawn_babysitter(
         spawn, "--engine", "sim", "--model", "m", "--registry", registry,
         env={"LLMSVC_REGISTRY_TOKEN": "s3cret"},
     )  # fmt: skip

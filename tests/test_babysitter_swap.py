@@ -11,8 +11,16 @@ from prometheus_client import CollectorRegistry
 
 from llmsvc.babysitter.app import create_app
 from llmsvc.babysitter.settings import BabysitterSettings
-from procs import free_port, start_babysitter, start_registry, start_router, wait_until
-from standins.babysitting import Spawn, records, status
+from procs import (
+    Spawn,
+    free_port,
+    records,
+    start_babysitter,
+    start_registry,
+    start_router,
+    status,
+    wait_until,
+)
 
 Client = Callable[..., Awaitable[TestClient[Any, Any]]]
 

@@ -11,8 +11,7 @@ from typing import Any
 import pytest
 
 import metrics
-from conftest import ProcGroup, Spawn
-from procs import HOST, free_port, llmsvc_args, wait_until
+from procs import HOST, ProcGroup, Spawn, free_port, llmsvc_args, wait_until
 
 MODEL = "sim-model"
 # A sim engine with known delays: 10 decode steps of 20 ms after a prefill of ~5 ms.

@@ -7,10 +7,9 @@ import asyncio
 import aiohttp
 import pytest
 
-from conftest import Spawn
 from llmsvc.bench.load import LoadSpec, Unreachable, api_base, probe, run_load
 from llmsvc.bench.stats import Sample, distribution, percentile
-from procs import HOST, free_port
+from procs import HOST, Spawn, free_port
 
 
 def start_engine(spawn: Spawn, *args: str) -> str:

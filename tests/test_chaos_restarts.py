@@ -7,14 +7,14 @@ from __future__ import annotations
 import asyncio
 import signal
 import threading
-import time
 from pathlib import Path
 
 import httpx
 
+import metrics
 from procs import registry_record, start_babysitter, start_registry, start_router
 from procs import wait_until as wait
-from test_e2e_faults import load
+from traffic import load
 
 
 def test_registry_and_babysitter_restarts_under_load(spawn, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
@@ -29,18 +29,25 @@ def test_registry_and_babysitter_restarts_under_load(spawn, tmp_path: Path) -> N
 
     results: list[int | str] = []
     loader = threading.Thread(
-        target=lambda: results.extend(
-            asyncio.run(load(router, requests=1000, concurrency=4, during=0.01))
+        target=lambda: asyncio.run(
+            load(router, requests=1000, concurrency=4, during=0.01, results=results)
         )
     )
     loader.start()
-    time.sleep(0.5)
+    wait(lambda: len(results) >= 20, what="requests flowing")
     # The registry stops gracefully (exit 0) and a new one takes its port and state file.
     reg_proc.signal(signal.SIGTERM)
     assert reg_proc.popen.wait(10) == 0
     start_registry(spawn, "--state-file", state, name="registry-2", port=port)
     assert registry_record(registry, "engine-a") is not None  # from the state file at once
-    time.sleep(0.5)
+    answered = len(results)
+    wait(
+        lambda: (
+            len(results) >= answered + 20
+            and metrics.value(metrics.scrape(router), "llmsvc_router_registry_up") == 1
+        ),
+        what="the router following the new registry, still serving",
+    )
     # A babysitter stops: deregisters, lets its requests finish, then stops its engine.
     assert loader.is_alive()  # still under load
     sitter_b.signal(signal.SIGTERM)
@@ -51,5 +58,5 @@ def test_registry_and_babysitter_restarts_under_load(spawn, tmp_path: Path) -> N
     assert failures == [], f"{len(failures)} of {len(results)} failed: {failures[:5]}"
     assert registry_record(registry, "engine-b") is None
     assert httpx.get(f"{router}/health").json()["healthy_backends"] == 1
-    metrics = httpx.get(f"{router}/metrics").text
-    assert "llmsvc_router_registry_up 1.0" in metrics
+    exposed = httpx.get(f"{router}/metrics").text
+    assert "llmsvc_router_registry_up 1.0" in exposed

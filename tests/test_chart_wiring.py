@@ -16,10 +16,9 @@ import httpx
 import pytest
 import yaml
 
-from conftest import Spawn
 from helmchart import container, documents, of_kind, render
 from kubeapi import APPS, CORE, DISCOVERY, ISVC, KubeAPI, collection
-from procs import HOST, Proc, free_port, wait_until
+from procs import HOST, Proc, Spawn, free_port, wait_until
 from tools import ROOT
 
 pytestmark = pytest.mark.slow

@@ -12,54 +12,7 @@ import httpx
 
 from procs import pid_alive, registry_record, start_babysitter, start_registry, start_router
 from procs import wait_until as wait
-
-MODEL = "sim-model"
-BODY = {"model": MODEL, "messages": [{"role": "user", "content": "hello"}], "max_tokens": 8}
-
-
-CUT = "stream cut with an in-band error event"
-
-
-def _cut_with_error_event(text: str) -> bool:
-    """A stream in flight on a dead engine ends with `data: {"error": ...}` and no [DONE]."""
-    events = [line[6:] for line in text.splitlines() if line.startswith("data: ")]
-    return bool(events) and events[-1].startswith('{"error"') and "[DONE]" not in events
-
-
-async def load(
-    router: str, *, requests: int, concurrency: int, stream_every: int = 4, during: float = 0.0
-) -> list[int | str]:
-    """Send ``requests`` chat requests, ``concurrency`` at a time; every status (or error)."""
-    results: list[int | str] = []
-    queue: asyncio.Queue[int] = asyncio.Queue()
-    for i in range(requests):
-        queue.put_nowait(i)
-
-    async def worker(client: httpx.AsyncClient) -> None:
-        while not queue.empty():
-            i = queue.get_nowait()
-            stream = stream_every and i % stream_every == 0
-            try:
-                async with client.stream(
-                    "POST", "/v1/chat/completions", json={**BODY, "stream": bool(stream)}
-                ) as resp:
-                    text = (await resp.aread()).decode()
-                ok = resp.status_code == 200 and (not stream or "[DONE]" in text)
-                ok = ok and '"error"' not in text
-                if ok:
-                    results.append(200)
-                elif stream and resp.status_code == 200 and _cut_with_error_event(text):
-                    results.append(CUT)
-                else:
-                    results.append(f"{resp.status_code}: {text[:200]}")
-            except httpx.HTTPError as exc:
-                results.append(repr(exc))
-            if during:
-                await asyncio.sleep(during)
-
-    async with httpx.AsyncClient(base_url=router, timeout=30) as client:
-        await asyncio.gather(*(worker(client) for _ in range(concurrency)))
-    return results
+from traffic import BODY, CUT, MODEL, load
 
 
 def test_engine_sigkilled_under_load(spawn) -> None:  # type: ignore[no-untyped-def]

@@ -16,9 +16,8 @@ import httpx
 import pytest
 
 import metrics
-from conftest import Spawn
 from kubeapi import CORE, DISCOVERY, KubeAPI, collection, write_kubeconfig
-from procs import HOST, Proc, free_port, llmsvc_args, start_router, wait_until
+from procs import HOST, Proc, Spawn, free_port, llmsvc_args, start_router, wait_until
 
 NS = "llm"
 MODEL = "Qwen/Qwen3-0.6B"  # a '/' a label cannot hold: the annotation carries it

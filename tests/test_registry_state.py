@@ -13,12 +13,11 @@ import httpx
 import pytest
 from prometheus_client import CollectorRegistry
 
-from conftest import Spawn
 from llmsvc.core.records import ServiceRecord
 from llmsvc.registry.app import create_app
 from llmsvc.registry.persistence import SavedState, StateFileError, load_state, save_state
 from llmsvc.registry.settings import RegistrySettings
-from procs import HOST, Proc, free_port, llmsvc_args, wait_until
+from procs import HOST, Proc, Spawn, free_port, llmsvc_args, wait_until
 
 
 def start(spawn: Spawn, state: Path, *extra: str, name: str = "registry") -> tuple[Proc, str]:

@@ -13,8 +13,7 @@ import openai
 import orjson
 import pytest
 
-from conftest import Spawn
-from procs import HOST, free_port, wait_until
+from procs import HOST, Spawn, free_port, wait_until
 
 
 def start_engine(spawn: Spawn, name: str) -> dict[str, object]:

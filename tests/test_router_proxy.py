@@ -12,10 +12,9 @@ import yaml
 from aiohttp.test_utils import TestClient
 from prometheus_client import CollectorRegistry
 
-from conftest import ProcGroup
 from llmsvc.router.app import create_app
 from llmsvc.router.settings import RouterSettings
-from procs import HOST, free_port
+from procs import HOST, ProcGroup, free_port
 
 Client = TestClient  # type: ignore[type-arg]
 MakeRouter = Callable[..., Awaitable[Client]]

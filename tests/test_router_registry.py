@@ -14,10 +14,9 @@ from aiohttp import web
 from aiohttp.test_utils import TestClient
 from prometheus_client import CollectorRegistry
 
-from conftest import Spawn
 from llmsvc.router.app import create_app
 from llmsvc.router.settings import RouterSettings
-from procs import HOST, free_port, start_registry
+from procs import HOST, Spawn, free_port, start_registry
 
 Client = TestClient  # type: ignore[type-arg]
 BODY = {"model": "m", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 2}

@@ -18,11 +18,10 @@ import orjson
 import pytest
 from prometheus_client import CollectorRegistry
 
-from conftest import ProcGroup, Spawn
 from llmsvc.core.records import ServiceRecord
 from llmsvc.router.backends import BackendPool
 from llmsvc.router.loadscrape import LoadScraper
-from procs import HOST, Proc, free_port, start_router, wait_until
+from procs import HOST, Proc, ProcGroup, Spawn, free_port, start_router, wait_until
 
 MODEL = "m"
 CLIENT = httpx.Client(timeout=10)  # one keep-alive client: the requests, not connects, count

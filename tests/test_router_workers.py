@@ -13,8 +13,7 @@ import orjson
 import pytest
 
 import metrics
-from conftest import ProcGroup, Spawn
-from procs import HOST, Proc, free_port, llmsvc_args, wait_until
+from procs import HOST, Proc, ProcGroup, Spawn, free_port, llmsvc_args, pid_alive, wait_until
 
 CHAT = {"model": "m", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 2}
 
@@ -33,14 +32,6 @@ def children(pid: int) -> set[int]:
         if int(fields[1]) == pid and fields[0] != "Z":
             found.add(int(entry.name))
     return found
-
-
-def alive(pid: int) -> bool:
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return False
-    return state[state.rindex(")") + 2] != "Z"
 
 
 @pytest.fixture(scope="module")
@@ -99,7 +90,7 @@ def test_workers_share_the_port_and_metrics_sum_over_them(
     assert "llmsvc_router_backend_healthy" in httpx.get(f"{url}/metrics").text
 
     router.kill()  # SIGKILL of the parent: no orphaned worker keeps the port
-    wait_until(lambda: not any(alive(pid) for pid in workers), timeout=15, what="workers gone")
+    wait_until(lambda: not any(pid_alive(pid) for pid in workers), timeout=15, what="workers gone")
 
 
 def test_dead_worker_restarted_and_sigterm_stops_all(spawn: Spawn, static_services: Path) -> None:
@@ -117,7 +108,7 @@ def test_dead_worker_restarted_and_sigterm_stops_all(spawn: Spawn, static_servic
 
     router.signal(signal.SIGTERM)
     assert router.popen.wait(20) == 0
-    assert not any(alive(pid) for pid in renewed)
+    assert not any(pid_alive(pid) for pid in renewed)
     assert "router workers stopped" in router.log()
 
 

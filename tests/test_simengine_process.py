@@ -8,8 +8,7 @@ import httpx
 import openai
 import pytest
 
-from conftest import Spawn
-from procs import free_port, llmsvc_args
+from procs import Spawn, free_port, llmsvc_args
 
 
 def start_engine(spawn: Spawn, name: str, *args: str) -> str:
