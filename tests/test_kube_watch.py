@@ -89,7 +89,7 @@ class Running:
         self.changes = 0
 
     def count(self, reason: str) -> float:
-        return self.restarts.labels(resource="endpointslices", reason=reason)._value.get()
+        return float(self.restarts.labels(resource="endpointslices", reason=reason)._value.get())
 
     def names(self) -> set[str]:
         return {name for _, name in self.reflector.objects}

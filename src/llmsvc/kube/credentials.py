@@ -15,8 +15,9 @@ the same cluster. Token files are read again whenever they change (kubelet
 rotates a projected service-account token, a kubeconfig's ``tokenFile`` may be
 rotated the same way): :attr:`Credentials.authorization` is called for every
 request, and :class:`TokenFile` re-reads the file when its modification time,
-size or inode moves. Tokens from a kubeconfig's exec plugin are renewed by the
-``kubernetes`` package's refresh hook when they expire.
+size or inode moves (and while it changed less than a second ago). Tokens from
+a kubeconfig's exec plugin are renewed by the ``kubernetes`` package's refresh
+hook when they expire.
 
 Kubeconfigs are parsed by the ``kubernetes`` package (the optional dependency
 ``llmsvc[kubernetes]``), imported only when one is loaded; the in-cluster case
@@ -26,6 +27,7 @@ needs nothing but files.
 from __future__ import annotations
 
 import os
+import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -69,6 +71,9 @@ class Credentials:
     """The ``Authorization`` header's value for the next request (may read a file)."""
 
 
+_SETTLE_S = 1.0
+
+
 class TokenFile:
     """A bearer token kept in a file, read again whenever the file changes (rotation)."""
 
@@ -81,7 +86,9 @@ class TokenFile:
         try:
             st = self.path.stat()  # follows kubelet's ..data symlink: a new inode on rotation
             seen = (st.st_mtime_ns, st.st_size, st.st_ino)
-            if seen != self._seen:
+            # A file changed within the last second may change again within the same
+            # timestamp tick (same size, same mtime): read it until it has settled.
+            if seen != self._seen or time.time() - st.st_mtime < _SETTLE_S:
                 self._token = self.path.read_text(encoding="utf-8").strip()
                 self._seen = seen
         except OSError:
