@@ -12,9 +12,9 @@ from aiohttp.test_utils import TestClient
 from prometheus_client import CollectorRegistry
 
 from llmsvc.core.records import ServiceRecord, ServiceRegistration
-from llmsvc.registry.api import STORE
 from llmsvc.registry.app import create_app
 from llmsvc.registry.settings import RegistrySettings
+from llmsvc.registry.state import REGISTRY
 from llmsvc.registry.store import ManagedElsewhere, ServiceStore
 
 K8S = "kubernetes"
@@ -110,7 +110,7 @@ async def client(aiohttp_client: Any, tmp_path: Path) -> TestClient[Any, Any]:
     )
     app = create_app(settings, registry=CollectorRegistry())
     result: TestClient[Any, Any] = await aiohttp_client(app)
-    app[STORE].replace_source(K8S, [k8s("ns.p0"), k8s("ns.p1", status="unhealthy")])
+    app[REGISTRY].store.replace_source(K8S, [k8s("ns.p0"), k8s("ns.p1", status="unhealthy")])
     return result
 
 

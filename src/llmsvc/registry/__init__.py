@@ -6,7 +6,8 @@ Layers, each importing only those below it::
     app          create_app: state, background tasks (health, cleanup, state writer)
     kubernetes   --source kubernetes: the reflectors, over the one client (the only
                  import of llmsvc.kube: credentials, requests, list + watch)
-    api          app state keys, handlers, auth and the route table
+    api          handlers and the route table (writes marked protected: core.auth)
+    state        RegistryState, the one app state object under the REGISTRY key
     health       one HTTP health check of a record
     persistence  the state file (atomic JSON)
     metrics      Prometheus metrics on an injected CollectorRegistry

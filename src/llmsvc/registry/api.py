@@ -1,16 +1,12 @@
-"""The registry's HTTP API: app state keys, handlers and the route table."""
+"""The registry's HTTP API: handlers and the route table (their state: :mod:`.state`)."""
 
 from __future__ import annotations
 
 import logging
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
 
-import aiohttp
 from aiohttp import web
-from prometheus_client import CollectorRegistry
 
 from llmsvc.core.app import Query, Route
 from llmsvc.core.auth import BearerAuth
@@ -20,37 +16,17 @@ from llmsvc.core.metrics import metrics_handler
 from llmsvc.core.records import Heartbeat, ServiceList, ServiceRecord, ServiceRegistration
 from llmsvc.core.registry_client import INDEX_HEADER
 from llmsvc.registry.health import check_record
-from llmsvc.registry.metrics import RegistryMetrics
 from llmsvc.registry.models import (
-    KubernetesHealth,
     RegistryHealth,
     RegistryStats,
     ServiceCheck,
 )
 from llmsvc.registry.queries import parse_service_query
 from llmsvc.registry.settings import RegistrySettings
+from llmsvc.registry.state import REGISTRY
 from llmsvc.registry.store import ManagedElsewhere, ServiceStore
 
 log = logging.getLogger("llmsvc.registry")
-
-SETTINGS = web.AppKey("settings", RegistrySettings)
-STORE = web.AppKey("store", ServiceStore)
-METRICS = web.AppKey("metrics", RegistryMetrics)
-PROMETHEUS = web.AppKey("prometheus", CollectorRegistry)
-SESSION = web.AppKey("session", aiohttp.ClientSession)
-STARTED = web.AppKey("started", float)
-KUBERNETES = web.AppKey[Callable[[], KubernetesHealth]]("kubernetes")
-
-
-@dataclass
-class Answers:
-    """Blocking-query answers of the current change index, by filter."""
-
-    index: int = -1
-    bodies: dict[tuple[bool | None, str | None, str | None], bytes] = field(default_factory=dict)
-
-
-ANSWERS = web.AppKey("answers", Answers)
 
 _UNAUTHORIZED = {401: "Missing or wrong bearer token (when --token is set)."}
 _BAD = {400: "Invalid body or parameters."}
@@ -99,23 +75,19 @@ def known(store: ServiceStore, name: str) -> ServiceRecord:
     return record
 
 
-def uptime(request: web.Request) -> float:
-    return round(time.monotonic() - request.app[STARTED], 3)
-
-
 # -- handlers --------------------------------------------------------------------
 
 
 async def get_health(request: web.Request) -> web.Response:
-    store = request.app[STORE]
-    stats = store.stats()
-    kubernetes = request.app.get(KUBERNETES)
+    state = request.app[REGISTRY]
+    stats = state.store.stats()
+    kubernetes = state.kubernetes
     body = RegistryHealth(
-        source=request.app[SETTINGS].source,
+        source=state.settings.source,
         services=stats.total,
         healthy=stats.healthy,
-        index=store.index,
-        uptime_s=uptime(request),
+        index=state.store.index,
+        uptime_s=state.uptime(),
         kubernetes=kubernetes() if kubernetes is not None else None,
     )
     return model_response(body)
@@ -123,14 +95,15 @@ async def get_health(request: web.Request) -> web.Response:
 
 async def list_services(request: web.Request) -> web.Response:
     query = parse_service_query(request.query)
-    store = request.app[STORE]
+    state = request.app[REGISTRY]
+    store = state.store
     if query.index is not None:
         await store.wait_for_change(query.index, query.wait)
     index, records = store.snapshot(healthy=query.healthy, type_=query.type_, model=query.model)
     key = (query.healthy, query.type_, query.model)
     # Every watcher woken by one change asks for the same answer: build it once per index.
     # (Plain reads are built fresh: heartbeats move timestamps without moving the index.)
-    cache = request.app[ANSWERS]
+    cache = state.answers
     if cache.index != index:
         cache.index, cache.bodies = index, {}
     body = cache.bodies.get(key) if query.index is not None else None
@@ -145,9 +118,10 @@ async def list_services(request: web.Request) -> web.Response:
 
 async def register_service(request: web.Request) -> web.Response:
     registration = await read_model(request, ServiceRegistration)
+    state = request.app[REGISTRY]
     with http_write():
-        record, created = request.app[STORE].register(registration)
-    request.app[METRICS].registrations.inc()
+        record, created = state.store.register(registration)
+    state.metrics.registrations.inc()
     log.info(
         "registered %s" if created else "re-registered %s",
         record.name,
@@ -157,7 +131,7 @@ async def register_service(request: web.Request) -> web.Response:
 
 
 async def get_service(request: web.Request) -> web.Response:
-    store = request.app[STORE]
+    store = request.app[REGISTRY].store
     return model_response(known(store, request.match_info["name"]), headers=_index(request))
 
 
@@ -173,7 +147,7 @@ async def update_service(request: web.Request) -> web.Response:
         )
     registration = validate_model(ServiceRegistration, body)
     with http_write():
-        record = request.app[STORE].update(registration)
+        record = request.app[REGISTRY].store.update(registration)
     if record is None:
         raise not_found(name)
     log.info("updated %s", name, extra={"url": record.url})
@@ -182,11 +156,12 @@ async def update_service(request: web.Request) -> web.Response:
 
 async def deregister_service(request: web.Request) -> web.Response:
     name = request.match_info["name"]
+    state = request.app[REGISTRY]
     with http_write():
-        record = request.app[STORE].deregister(name)
+        record = state.store.deregister(name)
     if record is None:
         raise not_found(name)
-    request.app[METRICS].deregistrations.inc()
+    state.metrics.deregistrations.inc()
     log.info("deregistered %s", name)
     return model_response(record, headers=_index(request))
 
@@ -195,24 +170,25 @@ async def heartbeat(request: web.Request) -> web.Response:
     name = request.match_info["name"]
     body = await read_body(request)
     report = validate_model(Heartbeat, loads_object(body)) if body.strip() else Heartbeat()
+    state = request.app[REGISTRY]
     with http_write():
-        record = request.app[STORE].heartbeat(name, report.status)
+        record = state.store.heartbeat(name, report.status)
     if record is None:
         raise not_found(name, "; register it again")
-    request.app[METRICS].heartbeats.inc()
+    state.metrics.heartbeats.inc()
     return model_response(record, headers=_index(request))
 
 
 async def check_service(request: web.Request) -> web.Response:
-    app = request.app
-    store = app[STORE]
+    state = request.app[REGISTRY]
+    store = state.store
     record = known(store, request.match_info["name"])
     result = await check_record(
         record,
         store=store,
-        session=app[SESSION],
-        metrics=app[METRICS],
-        timeout=app[SETTINGS].health_timeout,
+        session=state.checks_session(),
+        metrics=state.metrics,
+        timeout=state.settings.health_timeout,
     )
     after = store.get(record.name) or record
     body = ServiceCheck(
@@ -228,27 +204,28 @@ async def check_service(request: web.Request) -> web.Response:
 
 
 async def get_stats(request: web.Request) -> web.Response:
-    store = request.app[STORE]
-    stats = store.stats()
+    state = request.app[REGISTRY]
+    stats = state.store.stats()
     body = RegistryStats(
         total=stats.total,
         healthy=stats.healthy,
         unhealthy=stats.unhealthy,
         by_type=stats.by_type,
         by_model=stats.by_model,
-        index=store.index,
-        uptime_s=uptime(request),
+        index=state.store.index,
+        uptime_s=state.uptime(),
     )
     return model_response(body)
 
 
 async def get_metrics(request: web.Request) -> web.Response:
-    request.app[METRICS].refresh(request.app[STORE])
-    return metrics_handler(request.app[PROMETHEUS])
+    state = request.app[REGISTRY]
+    state.metrics.refresh(state.store)
+    return metrics_handler(state.prometheus)
 
 
 def _index(request: web.Request) -> dict[str, str]:
-    return {INDEX_HEADER: str(request.app[STORE].index)}
+    return {INDEX_HEADER: str(request.app[REGISTRY].store.index)}
 
 
 _NOT_BLANK = {"type": "string", "pattern": r"\S"}

@@ -13,25 +13,14 @@ from prometheus_client import CollectorRegistry
 
 from llmsvc import __version__
 from llmsvc.core.app import CleanupCtx, background, every, make_app
-from llmsvc.registry.api import (
-    ANSWERS,
-    KUBERNETES,
-    METRICS,
-    PROMETHEUS,
-    ROUTES,
-    SESSION,
-    SETTINGS,
-    STARTED,
-    STORE,
-    Answers,
-    write_auth,
-)
+from llmsvc.registry.api import ROUTES, write_auth
 from llmsvc.registry.health import CONCURRENT_CHECKS, check_all
 from llmsvc.registry.kubernetes import KubernetesSource, kubernetes_ctx, load_credentials
 from llmsvc.registry.metrics import RegistryMetrics
 from llmsvc.registry.models import KubernetesHealth
 from llmsvc.registry.persistence import StateFileError, StateWriter, load_state
 from llmsvc.registry.settings import RegistrySettings
+from llmsvc.registry.state import REGISTRY, RegistryState
 from llmsvc.registry.store import ServiceStore
 
 log = logging.getLogger("llmsvc.registry")
@@ -44,19 +33,24 @@ MAX_BODY = 1024 * 1024
 
 
 async def _session_ctx(app: web.Application) -> AsyncIterator[None]:
+    state = app[REGISTRY]
     connector = aiohttp.TCPConnector(limit=CONCURRENT_CHECKS)
     async with aiohttp.ClientSession(connector=connector) as session:
-        app[SESSION] = session
-        yield
+        state.session = session
+        try:
+            yield
+        finally:
+            state.session = None
 
 
 async def _health_loop(app: web.Application) -> None:
-    settings = app[SETTINGS]
+    state = app[REGISTRY]
+    settings = state.settings
     check = partial(
         check_all,
-        store=app[STORE],
-        session=app[SESSION],
-        metrics=app[METRICS],
+        store=state.store,
+        session=state.checks_session(),
+        metrics=state.metrics,
         timeout=settings.health_timeout,
     )
     interval = settings.health_interval
@@ -64,7 +58,8 @@ async def _health_loop(app: web.Application) -> None:
 
 
 async def _cleanup_loop(app: web.Application) -> None:
-    store, metrics = app[STORE], app[METRICS]
+    state = app[REGISTRY]
+    store, metrics = state.store, state.metrics
 
     async def sweep() -> None:
         for record in store.sweep():
@@ -75,7 +70,7 @@ async def _cleanup_loop(app: web.Application) -> None:
                 extra={"last_heartbeat": record.last_heartbeat},
             )
 
-    interval = app[SETTINGS].cleanup_interval
+    interval = state.settings.cleanup_interval
     await every(interval, sweep, name="cleanup", first_delay=interval)
 
 
@@ -93,14 +88,15 @@ def _flush_at_exit(writer: StateWriter) -> CleanupCtx:
 
 
 async def _release_watchers(app: web.Application) -> None:
-    app[STORE].close()
+    app[REGISTRY].store.close()
 
 
 # -- the app ---------------------------------------------------------------------
 
 
 def _add_kubernetes_source(app: web.Application) -> None:
-    settings = app[SETTINGS]
+    state = app[REGISTRY]
+    settings = state.settings
     credentials = load_credentials()
     # Neither --namespace nor --all-namespaces: the namespace kubectl would use.
     namespaces = None if settings.all_namespaces else settings.namespace or [credentials.namespace]
@@ -112,7 +108,7 @@ def _add_kubernetes_source(app: web.Application) -> None:
             return running[0].health()
         return KubernetesHealth(namespaces=namespaces, synced=False, watching=False, records=0)
 
-    app[KUBERNETES] = health
+    state.kubernetes = health
     log.info(
         "kubernetes source: %s at %s",
         "all namespaces" if namespaces is None else "namespaces " + ",".join(namespaces),
@@ -122,8 +118,8 @@ def _add_kubernetes_source(app: web.Application) -> None:
         kubernetes_ctx(
             credentials,
             namespaces=namespaces,
-            store=app[STORE],
-            metrics=app[METRICS],
+            store=state.store,
+            metrics=state.metrics,
             on_start=running.append,
         )
     )
@@ -157,12 +153,12 @@ def create_app(
         read_timeout=settings.read_timeout,
         auth=write_auth(settings),
     )
-    app[SETTINGS] = settings
-    app[STORE] = store
-    app[ANSWERS] = Answers()
-    app[PROMETHEUS] = prometheus
-    app[METRICS] = RegistryMetrics(prometheus)
-    app[STARTED] = time.monotonic()
+    app[REGISTRY] = RegistryState(
+        settings=settings,
+        store=store,
+        metrics=RegistryMetrics(prometheus),
+        prometheus=prometheus,
+    )
     app.cleanup_ctx.append(_session_ctx)
     app.cleanup_ctx.append(background("health checks", _health_loop))
     app.cleanup_ctx.append(background("cleanup", _cleanup_loop))
