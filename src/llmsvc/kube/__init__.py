@@ -24,6 +24,7 @@ from llmsvc.kube.credentials import (
 from llmsvc.kube.errors import Gone, KubeError, KubeStatusError
 from llmsvc.kube.watch import (
     ENDPOINT_SLICES,
+    RESTART_REASONS,
     SERVICES,
     Key,
     LabelSelector,
@@ -35,6 +36,7 @@ from llmsvc.kube.watch import (
 __all__ = [
     "ENDPOINT_SLICES",
     "MERGE_PATCH",
+    "RESTART_REASONS",
     "SERVICES",
     "SERVICE_ACCOUNT",
     "Credentials",

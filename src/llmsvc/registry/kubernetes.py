@@ -25,10 +25,17 @@ from aiohttp import web
 
 from llmsvc.core.app import CleanupCtx, owned_task
 from llmsvc.core.names import INFERENCE_SERVICE_LABEL
-from llmsvc.kube import ENDPOINT_SLICES, SERVICES, Credentials, KubeClient, Reflector, WatchTiming
+from llmsvc.kube import (
+    ENDPOINT_SLICES,
+    RESTART_REASONS,
+    SERVICES,
+    Credentials,
+    KubeClient,
+    Reflector,
+    WatchTiming,
+)
 from llmsvc.kube import CredentialsError as CredentialsError  # for the registry's cli
 from llmsvc.kube import load_credentials as load_credentials  # for the registry's app
-from llmsvc.kube.watch import RESTART_REASONS
 from llmsvc.registry.k8s_records import (
     SOURCE,
     EndpointSlice,
