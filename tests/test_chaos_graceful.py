@@ -100,7 +100,7 @@ def test_sigterm_serves_an_idle_keep_alive_connection_once_more(spawn, tmp_path:
     first.read()
     assert first.status == 200 and first.getheader("Connection") != "close"
     router.signal(signal.SIGTERM)
-    time.sleep(0.3)
+    wait(lambda: "stopping: listener closed" in router.log(), timeout=5, what="router draining")
     conn.request("GET", "/health")
     second = conn.getresponse()
     assert second.status == 200
@@ -155,16 +155,24 @@ async def _load_during_rolling_restart(
     connector = aiohttp.TCPConnector(limit=0)
     async with aiohttp.ClientSession(connector=connector, headers=HEADERS) as session:
         tasks = [asyncio.create_task(client(session, i < 3)) for i in range(10)]
-        await asyncio.sleep(1.0)
+        await _answered(results, 100)
         for i, old in enumerate(routers):
             await asyncio.to_thread(_router, spawn, f"router-{i}-new", port, static)
             started = time.monotonic()
             codes.append(await asyncio.to_thread(old.stop, 20))
             assert time.monotonic() - started < 10
-            await asyncio.sleep(0.5)
+            await _answered(results, len(results) + 50)  # the new one serves
         done.set()
         await asyncio.gather(*tasks)
     return results, codes
+
+
+async def _answered(results: list[object], count: int, timeout: float = 20.0) -> None:
+    """Wait until ``count`` requests of the load have been answered."""
+    deadline = time.monotonic() + timeout
+    while len(results) < count:
+        assert time.monotonic() < deadline, f"{len(results)} answered, not {count}"
+        await asyncio.sleep(0.01)
 
 
 def test_bad_shutdown_timeout_one_line(spawn) -> None:  # type: ignore[no-untyped-def]

@@ -36,14 +36,16 @@ def test_engine_sigkilled_under_load(spawn) -> None:  # type: ignore[no-untyped-
     watcher = threading.Thread(target=watch_registry)
     watcher.start()
 
-    def kill_soon() -> None:
-        time.sleep(0.7)
+    results: list[int | str] = []
+
+    def kill_under_load() -> None:
+        wait(lambda: len(results) >= 100, timeout=30, what="a quarter of the load answered")
         os.kill(victim, signal.SIGKILL)
 
-    killer = threading.Thread(target=kill_soon)
+    killer = threading.Thread(target=kill_under_load)
     killer.start()
     try:
-        results = asyncio.run(load(router, requests=400, concurrency=8, during=0.005))
+        asyncio.run(load(router, requests=400, concurrency=8, during=0.005, results=results))
     finally:
         killer.join()
     assert not pid_alive(victim)
