@@ -13,6 +13,7 @@ from prometheus_client import CollectorRegistry
 from llmsvc.core.app import Route, make_app
 from llmsvc.core.auth import BearerAuth, bearer_credentials
 from llmsvc.core.jsonio import json_response
+from llmsvc.registry.api import ROUTES as REGISTRY_ROUTES
 from llmsvc.registry.app import create_app as create_registry
 from llmsvc.registry.settings import RegistrySettings
 from llmsvc.router.app import create_app as create_router
@@ -104,6 +105,13 @@ async def test_make_app_guards_only_protected_routes(aiohttp_client: AiohttpClie
     # Without auth, protected routes are open.
     client = await aiohttp_client(make_app(title="t", version="0", routes=routes))
     assert (await client.post("/guarded")).status == 200
+
+
+def test_the_registry_guards_exactly_its_writes_and_documents_it() -> None:
+    for route in REGISTRY_ROUTES:
+        write = route.method != "GET"
+        assert route.protected == write, (route.method, route.path)
+        assert (401 in route.errors) == write, (route.method, route.path)
 
 
 # -- both services answer alike --------------------------------------------------
