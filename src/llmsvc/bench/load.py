@@ -3,7 +3,9 @@
 Pure asyncio with one ``aiohttp.ClientSession``: ``concurrency`` workers each
 send one request after another until the request count or the duration is
 used up, or until ``stop`` is set (then requests in flight are cancelled and
-not counted, and the results say ``interrupted``). Studies call it directly::
+not counted, and the results say ``interrupted``) or ``drain`` is (then they
+finish). The loop is :func:`llmsvc.bench.schedule.drive`, the one every
+harness uses; this module is the request. Studies call it directly::
 
     results = await run_load(LoadSpec(url="http://127.0.0.1:8080", model="m", requests=100))
     print(results.summary()["latency_s"]["p99"])
@@ -17,7 +19,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import itertools
 import random
 import time
 from collections.abc import Callable
@@ -27,6 +28,7 @@ from typing import Any, Literal
 import aiohttp
 import orjson
 
+from llmsvc.bench.schedule import Schedule, drive
 from llmsvc.bench.stats import Results, Sample
 
 # Four characters each: about one token for the simulated engine and for real tokenizers.
@@ -58,6 +60,12 @@ class LoadSpec:
     def __post_init__(self) -> None:
         if (self.requests is None) == (self.duration is None):
             raise ValueError("a LoadSpec needs exactly one of requests and duration")
+
+    @property
+    def schedule(self) -> Schedule:
+        return Schedule(
+            concurrency=self.concurrency, requests=self.requests, duration=self.duration
+        )
 
     @property
     def target(self) -> str:
@@ -109,52 +117,26 @@ async def run_load(
     session: aiohttp.ClientSession | None = None,
     on_sample: Callable[[Sample], None] | None = None,
     stop: asyncio.Event | None = None,
+    drain: asyncio.Event | None = None,
 ) -> Results:
-    """Drive the endpoint as ``spec`` says; ``on_sample`` sees each finished request."""
+    """Drive the endpoint as ``spec`` says; ``on_sample`` sees each finished request.
+
+    The loop is :func:`~llmsvc.bench.schedule.drive`'s: ``stop`` cancels the requests in
+    flight (the results say ``interrupted``), ``drain`` lets them finish.
+    """
     async with contextlib.AsyncExitStack() as stack:
         if session is None:
             connector = aiohttp.TCPConnector(limit=spec.concurrency)
             session = await stack.enter_async_context(aiohttp.ClientSession(connector=connector))
-        return await _drive(spec, session, on_sample, stop or asyncio.Event())
+        headers = spec.headers()
+        client = session
 
+        async def send(n: int) -> Sample:
+            return await one_request(client, spec, spec.body(n), headers)
 
-async def _drive(
-    spec: LoadSpec,
-    session: aiohttp.ClientSession,
-    on_sample: Callable[[Sample], None] | None,
-    stop: asyncio.Event,
-) -> Results:
-    results = Results(stream=spec.stream)
-    tickets = itertools.count()
-    started = time.monotonic()
-    deadline = started + spec.duration if spec.duration is not None else None
-    headers = spec.headers()
-
-    async def worker() -> None:
-        for n in tickets:
-            if spec.requests is not None and n >= spec.requests:
-                return
-            if deadline is not None and time.monotonic() >= deadline:
-                return
-            sample = await one_request(session, spec, spec.body(n), headers)
-            results.samples.append(sample)
-            if on_sample is not None:
-                on_sample(sample)
-
-    workers = min(spec.concurrency, spec.requests or spec.concurrency)
-    everything: asyncio.Future[Any] = asyncio.gather(*(worker() for _ in range(workers)))
-    stopped: asyncio.Future[Any] = asyncio.ensure_future(stop.wait())
-    try:
-        await asyncio.wait([everything, stopped], return_when=asyncio.FIRST_COMPLETED)
-    finally:
-        results.interrupted = not everything.done()
-        for task in (everything, stopped):
-            task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await everything
-        with contextlib.suppress(asyncio.CancelledError):
-            await stopped
-    results.elapsed_s = time.monotonic() - started
+        driven = await drive(spec.schedule, send, on_result=on_sample, stop=stop, drain=drain)
+    results = Results(stream=spec.stream, samples=driven.results)
+    results.elapsed_s, results.interrupted = driven.elapsed_s, driven.interrupted
     return results
 
 
