@@ -7,11 +7,9 @@ import sys
 from pathlib import Path
 
 import orjson
+from benchmarks.harness.loadgen import parse_wrk
 
 HARNESS = Path(__file__).resolve().parents[1] / "benchmarks" / "harness"
-sys.path.insert(0, str(HARNESS))
-
-from loadgen import parse_wrk  # noqa: E402
 
 WRK_OUTPUT = """\
 Running 5s test @ http://127.0.0.1:8080/v1/chat/completions

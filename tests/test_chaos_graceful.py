@@ -14,18 +14,18 @@ import signal
 import sys
 import threading
 import time
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 import httpx
 import orjson
+from benchmarks.chaos.scenarios import HEADERS, logged_request, stream_flags
 
+from llmsvc.bench.schedule import Schedule, drive
 from procs import HOST, Proc, free_port
 from procs import wait_until as wait
 
-BACKEND = Path(__file__).resolve().parents[1] / "benchmarks" / "chaos" / "faultbackend.py"
-sys.path.insert(0, str(BACKEND.parent))
-
-from scenarios import HEADERS, _one  # noqa: E402  (the fault harness's client)
+BACKEND = Path(__file__).resolve().parents[1] / "benchmarks" / "common" / "backend.py"
 
 STREAM = {"model": "bench-model", "messages": [{"role": "user", "content": "hi"}], "stream": True}
 MIGRATE = Path("/proc/sys/net/ipv4/tcp_migrate_req")
@@ -37,7 +37,7 @@ def _backends(spawn, tmp_path: Path, chunks: int) -> Path:  # type: ignore[no-un
         port = free_port()
         proc = spawn(
             f"b{i}", sys.executable, str(BACKEND), "--port", str(port), "--name", f"b{i}",
-            "--chunks", str(chunks), raw=True,
+            *stream_flags(chunks), raw=True,
         )  # fmt: skip
         proc.wait_http(f"http://{HOST}:{port}/health")
         records.append(
@@ -146,15 +146,21 @@ async def _load_during_rolling_restart(
     results: list[object] = []
     done = asyncio.Event()
 
-    async def client(session: aiohttp.ClientSession, stream: bool) -> None:
-        while not done.is_set():
-            results.append(await _one(session, url, stream))
-            await asyncio.sleep(0.005)
-
     codes: list[int | None] = []
     connector = aiohttp.TCPConnector(limit=0)
     async with aiohttp.ClientSession(connector=connector, headers=HEADERS) as session:
-        tasks = [asyncio.create_task(client(session, i < 3)) for i in range(10)]
+
+        async def stream(n: int) -> object:
+            return await logged_request(session, url, stream=True)
+
+        async def chat(n: int) -> object:
+            return await logged_request(session, url, stream=False)
+
+        def load(send: Callable[[int], Awaitable[object]], clients: int) -> Awaitable[object]:
+            schedule = Schedule(concurrency=clients, pause=0.005)
+            return drive(schedule, send, on_result=results.append, drain=done)
+
+        tasks = [asyncio.ensure_future(load(stream, 3)), asyncio.ensure_future(load(chat, 7))]
         await _answered(results, 100)
         for i, old in enumerate(routers):
             await asyncio.to_thread(_router, spawn, f"router-{i}-new", port, static)

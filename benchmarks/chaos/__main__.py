@@ -4,7 +4,7 @@ llmsvc, nginx, HAProxy, LiteLLM and vLLM production-stack's router, in one run.
     .venv/bin/python benchmarks/chaos                                  # everything
     .venv/bin/python benchmarks/chaos --proxies llmsvc --quick --out DIR   # the smoke run
 
-For each proxy and scenario: two fresh backends (``faultbackend.py``), a fresh
+For each proxy and scenario: two fresh stand-in backends (``benchmarks/common/backend.py``), a fresh
 proxy in front of them, steady load (``scenarios.py``), the fault to backend
 b1, and the request log turned into the table's numbers. Results go to
 ``results.json`` and ``results.md`` in ``--out``; ``--doc FILE`` also replaces
@@ -17,7 +17,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import datetime
-import os
 import signal
 import subprocess
 import sys
@@ -28,14 +27,10 @@ from typing import Any
 import aiohttp
 import orjson
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "harness"))  # the proxy bench's
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # the root: benchmarks.common
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # the root: benchmarks.*
 
-from benchmarks.common.ports import free_port
-from measure import machine
-from proxies import PROXIES, Proxy, Unavailable
-from scenarios import (
+from benchmarks.chaos.proxies import PROXIES, Proxy, Unavailable
+from benchmarks.chaos.scenarios import (
     HOST,
     Backends,
     Timing,
@@ -44,8 +39,10 @@ from scenarios import (
     run_scenario,
     summarize,
 )
-from table import markdown, replace_table
-from targets import stop
+from benchmarks.chaos.table import markdown, replace_table
+from benchmarks.common.ports import free_port
+from benchmarks.common.processes import last_line, start, stop
+from benchmarks.harness.measure import machine
 
 DEFAULT_PROXIES = "llmsvc,nginx,haproxy,litellm,production-stack"
 SCENARIOS = ("death", "blackhole")
@@ -55,14 +52,14 @@ async def wait_both(port: int, proc: subprocess.Popen[bytes], timeout: float) ->
     """Until requests through the proxy have been served by both backends."""
     seen: set[str] = set()
     deadline = time.monotonic() + timeout
-    from scenarios import HEADERS, _one  # the same client as the load
+    from benchmarks.chaos.scenarios import HEADERS, logged_request  # the load's client
 
     url = f"http://{HOST}:{port}/v1/chat/completions"
     async with aiohttp.ClientSession(headers=HEADERS, timeout=aiohttp.ClientTimeout(total=5)) as s:
         while time.monotonic() < deadline:
             if proc.poll() is not None:
                 raise Unavailable(f"exited with {proc.returncode} at start")
-            rec = await _one(s, url, stream=False)
+            rec = await logged_request(s, url, stream=False)
             if rec.outcome == "ok" and rec.backend:
                 seen.add(rec.backend)
                 if len(seen) == 2:
@@ -70,19 +67,6 @@ async def wait_both(port: int, proc: subprocess.Popen[bytes], timeout: float) ->
             else:
                 await asyncio.sleep(0.2)
     raise Unavailable(f"did not serve from both backends within {timeout:g}s")
-
-
-def start_proxy(
-    command: list[str], log: Path, env: tuple[tuple[str, str], ...]
-) -> subprocess.Popen[bytes]:
-    with log.open("ab") as out:
-        return subprocess.Popen(
-            command,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,  # stop() ends its whole group (workers, children)
-            env={**os.environ, **dict(env)},
-        )
 
 
 async def one(
@@ -97,11 +81,11 @@ async def one(
         for port in ports[1:]:
             await healthy(port)
         command = proxy.command(ports[0], ports[1:], work)
-        proc = start_proxy(command, work / "proxy.log", proxy.env)
+        proc = start(command, work / "proxy.log", proxy.env)
         try:
             await wait_both(ports[0], proc, proxy.startup_s)
         except Unavailable as exc:
-            raise Unavailable(f"{exc}: {last_line(work / 'proxy.log')}") from None
+            raise Unavailable(f"{exc}: {last_line(work / 'proxy.log', 200)}") from None
         pid = proc.pid
         run = await run_scenario(
             scenario, ports[0], backends, timing, lambda: proc_sample(pid), proxy.view_path
@@ -112,11 +96,6 @@ async def one(
         if proc is not None:
             stop(proc)
         backends.close()
-
-
-def last_line(log: Path) -> str:
-    lines = [ln.strip() for ln in log.read_text(errors="replace").splitlines() if ln.strip()]
-    return lines[-1][:200] if lines else "(empty log)"
 
 
 def loadavg() -> float:

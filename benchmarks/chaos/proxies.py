@@ -10,17 +10,13 @@ Debian packages for nginx and HAProxy, a venv under ``.bench/`` for LiteLLM.
 from __future__ import annotations
 
 import shutil
-import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import orjson
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "harness"))
-
-from loadgen import BENCH_KEY
-from targets import (
+from benchmarks.harness.loadgen import BENCH_KEY
+from benchmarks.harness.targets import (
     BENCH_DIR,
     LITELLM_CONF,
     LLMSVC,

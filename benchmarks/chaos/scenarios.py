@@ -1,12 +1,13 @@
 """The fault scenarios: steady load through a proxy, a fault to one backend, and a request log.
 
 The load is closed-loop and paced, so that its shape does not depend on how
-fast the machine is: ``chat_clients`` clients each send a non-streaming chat
-completion, wait for the answer, pause ``pause`` seconds and go again;
-``stream_clients`` clients each keep one stream (``chunks`` chunks, 50 ms
-apart) open at all times. Every request is logged: start, end, status, which
-backend served it (the backend names itself in every answer), and for a
-stream how it ended.
+fast the machine is (two runs of ``llmsvc.bench.schedule.drive``, the one load
+loop): ``chat_clients`` clients each send a non-streaming chat completion, wait
+for the answer, pause ``pause`` seconds and go again; ``stream_clients`` clients
+each keep one stream (``chunks`` chunks, 50 ms apart) open at all times. The
+backends are two stand-in backends (``benchmarks/common/backend.py``). Every
+request is logged: start, end, status, which backend served it (the backend
+names itself in every answer), and for a stream how it ended.
 
 * ``death``: SIGKILL backend b1 (its port refuses connections), start a new
   process on the same port ``down`` seconds later.
@@ -32,11 +33,14 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
+from benchmarks.harness.loadgen import BENCH_KEY, CHAT_BODY, PATH, STREAM_BODY
+from benchmarks.harness.measure import descendants
+
+from llmsvc.bench.schedule import Schedule, drive
 
 HERE = Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE.parent / "harness"))
-
-from loadgen import BENCH_KEY, CHAT_BODY, PATH, STREAM_BODY  # noqa: E402
+BACKEND = HERE.parent / "common" / "backend.py"  # the stand-in backend
+CHUNK_INTERVAL_S = 0.05
 
 HOST = "127.0.0.1"
 HEADERS = {"Content-Type": "application/json", "Authorization": f"Bearer {BENCH_KEY}"}
@@ -88,7 +92,14 @@ def _classify_stream(body: bytes) -> str:
     return "cut_silent"
 
 
-async def _one(session: aiohttp.ClientSession, url: str, stream: bool) -> Request:
+def stream_flags(chunks: int) -> list[str]:
+    """The stand-in backend's flags for streams of ``chunks`` chunks, 50 ms apart."""
+    interval = str(CHUNK_INTERVAL_S)
+    return ["--chunks", str(chunks), "--first-chunk-delay", interval, "--chunk-interval", interval]
+
+
+async def logged_request(session: aiohttp.ClientSession, url: str, stream: bool) -> Request:
+    """One chat completion (or stream) through the proxy, as the request log records it."""
     rec = Request(stream=stream, start=time.time())
     body = b""
     try:
@@ -113,20 +124,6 @@ async def _one(session: aiohttp.ClientSession, url: str, stream: bool) -> Reques
     return rec
 
 
-async def _client(
-    session: aiohttp.ClientSession,
-    url: str,
-    stream: bool,
-    pause: float,
-    run: Run,
-    stop: asyncio.Event,
-) -> None:
-    while not stop.is_set():
-        run.requests.append(await _one(session, url, stream))
-        if not stream:
-            await asyncio.sleep(pause)
-
-
 class Backends:
     """The two backend processes; b1 is the one faults are done to."""
 
@@ -138,8 +135,8 @@ class Backends:
 
     def start(self, index: int) -> subprocess.Popen[bytes]:
         cmd = [
-            sys.executable, str(HERE / "faultbackend.py"), "--port", str(self.ports[index]),
-            "--name", f"b{index}", "--chunks", str(self.chunks),
+            sys.executable, str(BACKEND), "--port", str(self.ports[index]),
+            "--name", f"b{index}", *stream_flags(self.chunks),
         ]  # fmt: skip
         with (self.work / f"b{index}.log").open("ab") as out:
             return subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT)
@@ -175,9 +172,6 @@ async def healthy(port: int, timeout: float = 10.0) -> float:
 
 def proc_sample(pid: int) -> dict[str, float]:
     """RSS (MiB) and open file descriptors of ``pid`` and its descendants."""
-    sys.path.insert(0, str(HERE.parent / "harness"))
-    from measure import descendants
-
     rss, fds = 0.0, 0
     for p in descendants(pid):
         with contextlib.suppress(OSError):
@@ -202,13 +196,19 @@ async def run_scenario(
     connector = aiohttp.TCPConnector(limit=0)
     timeout = aiohttp.ClientTimeout(total=30)
     async with aiohttp.ClientSession(connector=connector, timeout=timeout, headers=HEADERS) as s:
-        clients = [
-            asyncio.create_task(_client(s, url, False, timing.pause, run, stop))
-            for _ in range(timing.chat_clients)
-        ] + [
-            asyncio.create_task(_client(s, url, True, timing.pause, run, stop))
-            for _ in range(timing.stream_clients)
-        ]
+
+        async def chat(n: int) -> Request:
+            return await logged_request(s, url, stream=False)
+
+        async def stream(n: int) -> Request:
+            return await logged_request(s, url, stream=True)
+
+        log = run.requests.append
+        load = asyncio.gather(
+            drive(Schedule(concurrency=timing.chat_clients, pause=timing.pause), chat,
+                  on_result=log, drain=stop),
+            drive(Schedule(concurrency=timing.stream_clients), stream, on_result=log, drain=stop),
+        )  # fmt: skip
         sampler = asyncio.create_task(_sampler(sample, run, stop)) if sample else None
         viewer = (
             asyncio.create_task(_viewer(s, f"http://{HOST}:{proxy_port}{view_path}", run, stop))
@@ -227,7 +227,7 @@ async def run_scenario(
         run.ready = await healthy(backends.ports[1])
         await asyncio.sleep(timing.observe)
         stop.set()
-        await asyncio.gather(*clients)
+        await load
         for task in (sampler, viewer):
             if task:
                 await task

@@ -4,7 +4,7 @@
     .venv/bin/python benchmarks/harness --smoke --out DIR  # direct + llmsvc, about 1 s each
 
 For each target, in one run and against the same two fixed-answer backends
-(``backend.py``): a warm-up, then ``--duration`` seconds of non-streaming chat
+(``benchmarks/common/backend.py``): a warm-up, then ``--duration`` seconds of non-streaming chat
 completions at concurrency 16 (requests/s, CPU ms per request from the
 target's own ``/proc`` accounting), ``--duration`` seconds at concurrency 1
 (p50/p99 latency, added over direct), and sequential streams (time to first
@@ -29,11 +29,11 @@ from typing import Any
 
 import httpx
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # the root: benchmarks.common
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # the root: benchmarks.*
 
 from benchmarks.common.ports import free_port
-from loadgen import (
+from benchmarks.common.processes import last_line, start, stop
+from benchmarks.harness.loadgen import (
     BENCH_KEY,
     CHAT_BODY,
     PATH,
@@ -43,26 +43,20 @@ from loadgen import (
     run_streams,
     run_wrk,
 )
-from measure import CpuMeter, machine
-from report import write_report
-from targets import TARGETS, Target, Unavailable, apt_install, llmsvc_command, stop
+from benchmarks.harness.measure import CpuMeter, machine
+from benchmarks.harness.report import write_report
+from benchmarks.harness.targets import (
+    TARGETS,
+    Target,
+    Unavailable,
+    apt_install,
+    llmsvc_command,
+)
 
 HERE = Path(__file__).resolve().parent
+BACKEND = HERE.parent / "common" / "backend.py"
 HOST = "127.0.0.1"
 DEFAULT_TARGETS = "direct,nginx,llmsvc-1w,llmsvc-2w,vllm-router,litellm,production-stack"
-
-
-def start(
-    cmd: list[str], log: Path, env: tuple[tuple[str, str], ...] = ()
-) -> subprocess.Popen[bytes]:
-    with log.open("ab") as out:
-        return subprocess.Popen(
-            cmd,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-            env={**os.environ, **dict(env)},
-        )
 
 
 def wait_ready(port: int, proc: subprocess.Popen[bytes] | None, timeout: float) -> None:
@@ -89,12 +83,6 @@ def wait_ready(port: int, proc: subprocess.Popen[bytes] | None, timeout: float) 
     raise Unavailable(f"not answering 200 within {timeout:g}s (last: {last or 'no answer'})")
 
 
-def last_line(log: Path) -> str:
-    """The last line of a log that says something (a crashed target's reason)."""
-    lines = [ln.strip() for ln in log.read_text(errors="replace").splitlines() if ln.strip()]
-    return lines[-1][:300] if lines else "(empty log)"
-
-
 class Bench:
     def __init__(self, args: argparse.Namespace, work: Path) -> None:
         self.args = args
@@ -114,7 +102,7 @@ class Bench:
 
     def start_backends(self) -> None:
         for i, port in enumerate(self.backends):
-            cmd = [sys.executable, str(HERE / "backend.py"), "--port", str(port)]
+            cmd = [sys.executable, str(BACKEND), "--port", str(port)]
             self.procs.append(start([*cmd, "--name", f"b{i}"], self.work / f"backend{i}.log"))
         for port in self.backends:
             wait_ready(port, None, 10.0)

@@ -1,10 +1,11 @@
-"""Load generators: ``wrk`` when it is installed, a small asyncio client otherwise.
+"""Load generators: ``wrk`` when it is installed, ``llmsvc bench``'s ``run_load`` otherwise.
 
 ``wrk`` (C, one thread) leaves the CPU to the proxy under test and is what the
-published numbers use. The asyncio client is the fallback (and what the smoke
-test uses, so that it needs nothing installed); it also measures streams: the
-time to the first chunk and, when the backend's first chunk still carries its
-``sent_ns`` stamp, how long the proxy held that chunk.
+published numbers use. ``run_load`` is the fallback (and what the smoke test
+uses, so that it needs nothing installed); streams are measured on the same
+load loop (``llmsvc.bench.schedule.drive``): the time to the first chunk and,
+when the backend's first chunk still carries its ``sent_ns`` stamp, how long the
+proxy held that chunk.
 """
 
 from __future__ import annotations
@@ -18,7 +19,12 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import aiohttp
 import orjson
+
+from llmsvc.bench.load import LoadSpec, run_load
+from llmsvc.bench.schedule import Schedule, drive
+from llmsvc.bench.stats import percentile
 
 HERE = Path(__file__).resolve().parent
 WRK_SCRIPT = HERE / "post.lua"
@@ -37,6 +43,7 @@ STREAM_BODY = orjson.dumps({**orjson.loads(CHAT_BODY), "stream": True})
 PATH = "/v1/chat/completions"
 # Sent with every request (post.lua too): LiteLLM's proxy refuses to start without a key.
 BENCH_KEY = "sk-llmsvc-bench-0123456789abcdef0123456789abcdef"
+HEADERS = {"Content-Type": "application/json", "Authorization": f"Bearer {BENCH_KEY}"}
 _SENT_NS = re.compile(rb'"sent_ns":\s*(\d+)')
 
 
@@ -120,101 +127,64 @@ def parse_wrk(text: str) -> LoadResult:
     )
 
 
-# --- asyncio client --------------------------------------------------------------------------
+# --- llmsvc bench's load loop ------------------------------------------------------------
 
 
-def _request_bytes(host: str, port: int, body: bytes) -> bytes:
-    return (
-        f"POST {PATH} HTTP/1.1\r\nHost: {host}:{port}\r\nContent-Type: application/json\r\n"
-        f"Authorization: Bearer {BENCH_KEY}\r\nContent-Length: {len(body)}\r\n\r\n"
-    ).encode() + body
-
-
-async def _read_response(reader: asyncio.StreamReader) -> tuple[int, list[tuple[float, bytes]]]:
-    """Status and the body's pieces with their arrival times (perf_counter)."""
-    head = await reader.readuntil(b"\r\n\r\n")
-    status = int(head.split(b" ", 2)[1])
-    lower = head.lower()
-    pieces: list[tuple[float, bytes]] = []
-    match = re.search(rb"\r\ncontent-length:\s*(\d+)", lower)
-    if match:
-        pieces.append((time.perf_counter(), await reader.readexactly(int(match.group(1)))))
-    elif b"transfer-encoding: chunked" in lower:
-        while True:
-            size = int((await reader.readuntil(b"\r\n")).split(b";")[0], 16)
-            data = await reader.readexactly(size + 2)
-            if size == 0:
-                break
-            pieces.append((time.perf_counter(), data[:-2]))
-    else:  # until the connection closes
-        pieces.append((time.perf_counter(), await reader.read()))
-    return status, pieces
-
-
-async def _worker(url: tuple[str, int], raw: bytes, deadline: float, out: list[float]) -> int:
-    host, port = url
-    errors = 0
-    reader, writer = await asyncio.open_connection(host, port)
-    try:
-        while time.perf_counter() < deadline:
-            sent = time.perf_counter()
-            writer.write(raw)
-            status, _ = await _read_response(reader)
-            if 200 <= status < 300:
-                out.append((time.perf_counter() - sent) * 1000.0)
-            else:
-                errors += 1
-    finally:
-        writer.close()
-    return errors
-
-
-async def _closed_loop(host: str, port: int, connections: int, seconds: float) -> LoadResult:
-    raw = _request_bytes(host, port, CHAT_BODY)
-    latencies: list[float] = []
-    started = time.perf_counter()
-    deadline = started + seconds
-    errors = await asyncio.gather(
-        *(_worker((host, port), raw, deadline, latencies) for _ in range(connections))
-    )
-    elapsed = time.perf_counter() - started
-    ordered = sorted(latencies) or [float("nan")]
+def run_python(host: str, port: int, *, connections: int, seconds: float) -> LoadResult:
+    """``run_load`` (``llmsvc bench``'s loop and client): ``connections`` in flight."""
+    spec = LoadSpec(
+        url=f"http://{host}:{port}", model="bench-model", concurrency=connections,
+        duration=seconds, max_tokens=16, api_key=BENCH_KEY,
+    )  # fmt: skip
+    results = asyncio.run(run_load(spec))
+    ordered = sorted(s.latency_s * 1000.0 for s in results.ok) or [float("nan")]
     return LoadResult(
-        requests=len(latencies),
-        errors=sum(errors),
-        seconds=elapsed,
-        p50_ms=ordered[len(ordered) // 2],
-        p99_ms=ordered[min(len(ordered) - 1, int(len(ordered) * 0.99))],
+        requests=len(results.ok),
+        errors=len(results.samples) - len(results.ok),
+        seconds=results.elapsed_s,
+        p50_ms=percentile(ordered, 50),
+        p99_ms=percentile(ordered, 99),
         tool="python",
     )
 
 
-def run_python(host: str, port: int, *, connections: int, seconds: float) -> LoadResult:
-    return asyncio.run(_closed_loop(host, port, connections, seconds))
+async def _stream_once(session: aiohttp.ClientSession, url: str) -> tuple[float, float | None]:
+    """One stream: ms to its first piece, and how long the proxy held that piece (or None)."""
+    sent = time.perf_counter()
+    async with session.post(url, data=STREAM_BODY, headers=HEADERS) as resp:
+        if resp.status != 200:
+            await resp.read()
+            raise aiohttp.ClientResponseError(resp.request_info, (), status=resp.status)
+        first = await resp.content.readany()
+        received_ns, first_at = time.time_ns(), time.perf_counter()
+        await resp.read()
+    stamp = _SENT_NS.search(first)
+    hold = (received_ns - int(stamp.group(1))) / 1e6 if stamp else None
+    return (first_at - sent) * 1000.0, hold
 
 
 async def _streams(host: str, port: int, count: int) -> StreamResult:
     result = StreamResult()
-    raw = _request_bytes(host, port, STREAM_BODY)
-    reader, writer = await asyncio.open_connection(host, port)
-    try:
-        for _ in range(count):
-            sent = time.perf_counter()
-            writer.write(raw)
-            status, pieces = await _read_response(reader)
-            if status != 200 or not pieces:
-                result.errors += 1
-                continue
-            first_at, first = pieces[0]
-            received_ns = time.time_ns() - int((time.perf_counter() - first_at) * 1e9)
-            result.ttft_ms.append((first_at - sent) * 1000.0)
-            stamp = _SENT_NS.search(first)
-            if stamp:
-                result.hold_ms.append((received_ns - int(stamp.group(1))) / 1e6)
-    finally:
-        writer.close()
+    url = f"http://{host}:{port}{PATH}"
+    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=1)) as session:
+
+        async def send(n: int) -> tuple[float, float | None] | None:
+            try:
+                return await _stream_once(session, url)
+            except (aiohttp.ClientError, TimeoutError):
+                return None
+
+        driven = await drive(Schedule(concurrency=1, requests=count), send)
+    for measured in driven.results:
+        if measured is None:
+            result.errors += 1
+            continue
+        result.ttft_ms.append(measured[0])
+        if measured[1] is not None:
+            result.hold_ms.append(measured[1])
     return result
 
 
 def run_streams(host: str, port: int, *, count: int) -> StreamResult:
+    """``count`` streams one after another (``llmsvc.bench.schedule.drive``, one client)."""
     return asyncio.run(_streams(host, port, count))

@@ -12,7 +12,6 @@ from __future__ import annotations
 import contextlib
 import os
 import shutil
-import signal
 import subprocess
 import sys
 from collections.abc import Callable, Sequence
@@ -20,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import orjson
-from loadgen import BENCH_KEY
+from benchmarks.harness.loadgen import BENCH_KEY
 
 ROOT = Path(__file__).resolve().parents[2]
 BENCH_DIR = ROOT / ".bench"
@@ -273,17 +272,3 @@ TARGETS: dict[str, Target] = {
         ),
     )
 }
-
-
-def stop(proc: subprocess.Popen[bytes] | None) -> None:
-    """SIGTERM the process's whole group, then SIGKILL after 10 s."""
-    if proc is None or proc.poll() is not None:
-        return
-    with contextlib.suppress(ProcessLookupError):
-        os.killpg(proc.pid, signal.SIGTERM)
-    try:
-        proc.wait(10)
-    except subprocess.TimeoutExpired:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait(5)

@@ -15,6 +15,7 @@ from pathlib import Path
 import aiohttp
 
 HERE = Path(__file__).resolve().parent
+BACKEND = HERE.parent / "common" / "backend.py"  # the stand-in backend, on many ports
 
 
 @dataclass
@@ -78,8 +79,8 @@ class Children:
     async def listener(self, count: int) -> tuple[Child, list[int]]:
         """The many-port backend process and its ports."""
         child = await self.start(
-            "listener", sys.executable, str(HERE / "listener.py"), "--count", str(count),
-            stdout_pipe=True,
+            "listener", sys.executable, str(BACKEND), "--count", str(count),
+            "--model", "scale-model", stdout_pipe=True,
         )  # fmt: skip
         assert child.process.stdout is not None
         try:

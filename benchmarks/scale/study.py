@@ -14,7 +14,7 @@ Measures, on this machine:
    with 50 watchers blocked on ``?type=openai-api``, then on the whole list;
 5. a health round: a registry checking all 10,000 records every few seconds.
 
-The backends are one process listening on 1,000 ports (``listener.py``);
+The backends are one process listening on 1,000 ports (``benchmarks/common/backend.py``);
 every record points at one of its ports, so every health check should pass.
 
     python benchmarks/scale/study.py --out benchmarks/scale/results.json    # make scale
