@@ -1,15 +1,16 @@
 """Client traffic for end-to-end fault tests: chat requests through a router, every outcome.
 
-:func:`load` sends chat requests (every fourth streamed) a few at a time and records how
-each ended: ``200``, :data:`CUT` for a stream that a dead engine cut with an in-band
-error event, or the status and body (or the exception) of a failure.
+:func:`load` sends chat requests (every fourth streamed) a few at a time, on ``llmsvc
+bench``'s load loop (:func:`llmsvc.bench.schedule.drive`), and records how each ended:
+``200``, :data:`CUT` for a stream that a dead engine cut with an in-band error event, or
+the status and body (or the exception) of a failure.
 """
 
 from __future__ import annotations
 
-import asyncio
-
 import httpx
+
+from llmsvc.bench.schedule import Schedule, drive
 
 MODEL = "sim-model"
 BODY = {"model": MODEL, "messages": [{"role": "user", "content": "hello"}], "max_tokens": 8}
@@ -38,20 +39,13 @@ async def load(
     thread can wait for the first of them; the list is returned.
     """
     results = [] if results is None else results
-    queue: asyncio.Queue[int] = asyncio.Queue()
-    for i in range(requests):
-        queue.put_nowait(i)
-
-    async def worker(client: httpx.AsyncClient) -> None:
-        while not queue.empty():
-            i = queue.get_nowait()
-            stream = bool(stream_every) and i % stream_every == 0
-            results.append(await _one(client, stream=stream))
-            if during:
-                await asyncio.sleep(during)
-
     async with httpx.AsyncClient(base_url=router, timeout=30) as client:
-        await asyncio.gather(*(worker(client) for _ in range(concurrency)))
+
+        async def send(n: int) -> int | str:
+            return await _one(client, stream=bool(stream_every) and n % stream_every == 0)
+
+        schedule = Schedule(concurrency=concurrency, requests=requests, pause=during)
+        await drive(schedule, send, on_result=results.append)
     return results
 
 
