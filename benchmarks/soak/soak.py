@@ -2,10 +2,11 @@
 
 Starts a registry, two babysitters of the simulated engine (each registers its
 engine), and a router with ``--workers 2`` reading the registry; then runs
-``llmsvc bench`` against the router at a steady concurrency (streaming and
-non-streaming requests, alternating per bench run) for the whole duration. Every
-``--sample-interval`` seconds it reads the RSS (``VmRSS``) and the number of
-open file descriptors of each router worker from ``/proc``.
+``llmsvc bench``'s ``run_load`` against the router at a steady concurrency
+(streaming and non-streaming requests, alternating per ``--chunk`` seconds) for
+the whole duration. Every ``--sample-interval`` seconds it reads the RSS
+(``VmRSS``) and the number of open file descriptors of each router worker from
+``/proc``.
 
 It asserts (exit status 1 and the reason when one fails):
 
@@ -31,6 +32,7 @@ a short table.
 from __future__ import annotations
 
 import argparse
+import asyncio
 import json
 import os
 import platform
@@ -45,6 +47,10 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import uvloop
+
+from llmsvc.bench.load import LoadSpec, run_load
+from llmsvc.bench.report import report
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # the root: benchmarks.common
 
@@ -178,51 +184,26 @@ def fd_count(pid: int) -> int:
 # -- load ------------------------------------------------------------------------------
 
 
-@dataclass
-class Load:
-    """``llmsvc bench`` runs back to back until ``until``, alternating streaming."""
-
-    url: str
-    concurrency: int
-    until: float
-    chunk_s: float
-    runs: list[dict[str, Any]] = field(default_factory=list)
-    current: subprocess.Popen[bytes] | None = None
-    stream: bool = False
-
-    def poll(self) -> bool:
-        """Collect a finished run and start the next; False once the load is over."""
-        if self.current is not None:
-            if self.current.poll() is None:
-                return True
-            out, _ = self.current.communicate()
-            self.runs.append(_bench_result(out, self.current.returncode))
-            self.current = None
-        left = self.until - time.monotonic()
-        if left < 1.0:
-            return False
-        seconds = f"{min(self.chunk_s, left):.1f}"
-        self.current = subprocess.Popen(
-            [
-                sys.executable, "-m", "llmsvc", "bench", "--url", self.url, "--model", MODEL,
-                "--concurrency", str(self.concurrency), "--duration", seconds,
-                "--prompt-tokens", "64", "--max-tokens", "32", "--json",
-                "--stream" if self.stream else "--no-stream",
-            ],
-            stdout=subprocess.PIPE,
+async def bench_runs(
+    url: str, concurrency: int, until: float, chunk_s: float
+) -> list[dict[str, Any]]:
+    """``llmsvc bench``'s ``run_load`` back to back until ``until``, alternating streaming."""
+    runs: list[dict[str, Any]] = []
+    stream = False
+    while (left := until - time.monotonic()) >= 1.0:
+        spec = LoadSpec(
+            url=url, model=MODEL, concurrency=concurrency, duration=round(min(chunk_s, left), 1),
+            prompt_tokens=64, max_tokens=32, stream=stream,
         )  # fmt: skip
-        self.stream = not self.stream
-        return True
+        runs.append(_bench_result(report(spec, await run_load(spec))))
+        stream = not stream
+    return runs
 
 
-def _bench_result(out: bytes, code: int) -> dict[str, Any]:
-    try:
-        data = json.loads(out)
-    except ValueError:
-        return {"exit": code, "ok": 0, "failed": 1, "errors": {"bench-output": 1}}
+def _bench_result(data: dict[str, Any]) -> dict[str, Any]:
     counts = data["requests"]
     return {
-        "exit": code,
+        "exit": 130 if data["interrupted"] else 0,  # what `llmsvc bench` would exit with
         "stream": data["run"]["stream"],
         "ok": counts["ok"],
         "failed": counts["failed"],
@@ -230,6 +211,24 @@ def _bench_result(out: bytes, code: int) -> dict[str, Any]:
         "requests_per_s": data["requests_per_s"],
         "latency_p50_s": (data.get("latency_s") or {}).get("p50"),
     }
+
+
+async def load_and_sample(
+    router: str, args: argparse.Namespace, workers: list[int], started: float, duration: float
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """The load for ``duration`` seconds, and a sample of the workers every interval."""
+    load = asyncio.ensure_future(
+        bench_runs(router, args.concurrency, started + duration, args.chunk)
+    )
+    samples: list[dict[str, Any]] = []
+    next_sample = started
+    while not load.done():
+        if time.monotonic() >= next_sample:
+            samples.append(sample(workers, started))
+            next_sample += args.sample_interval
+        await asyncio.wait([load], timeout=0.1)
+    samples.append(sample(workers, started))
+    return load.result(), samples
 
 
 # -- the soak --------------------------------------------------------------------------
@@ -321,15 +320,7 @@ def soak(args: argparse.Namespace) -> dict[str, Any]:
             warm_up(router, wait=not args.short)
             fds_before = {str(pid): fd_count(pid) for pid in workers}
             started = time.monotonic()
-            load = Load(router, args.concurrency, started + duration, chunk_s=args.chunk)
-            samples: list[dict[str, Any]] = []
-            next_sample = started
-            while load.poll():
-                if time.monotonic() >= next_sample:
-                    samples.append(sample(workers, started))
-                    next_sample += args.sample_interval
-                time.sleep(0.1)
-            samples.append(sample(workers, started))
+            runs, samples = uvloop.run(load_and_sample(router, args, workers, started, duration))
             settle = 5.0 if args.short else args.settle
             fds_after = settle_fds(workers, fds_before, settle, fd_allowance(args))
             result: dict[str, Any] = {
@@ -342,7 +333,7 @@ def soak(args: argparse.Namespace) -> dict[str, Any]:
                 "fds_before": fds_before,
                 "fds_after": fds_after,
                 "rss": rss_stats(samples, duration * args.warmup),
-                "load": load.runs,
+                "load": runs,
                 "samples": samples,
             }
         finally:
