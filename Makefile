@@ -61,8 +61,9 @@ lint: $(STAMP)
 	$(BIN)/ruff check src tests benchmarks
 	$(BIN)/ruff format --check src tests benchmarks
 
+# mypy --strict over src/ and tests/ (the files of [tool.mypy] in pyproject.toml)
 typecheck: $(STAMP)
-	$(BIN)/mypy src
+	$(BIN)/mypy
 
 imports: $(STAMP)
 	$(BIN)/lint-imports

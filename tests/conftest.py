@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Generator, Iterator
 from pathlib import Path
 
+import pluggy
 import pytest
 
 from kubeapi import KubeAPI, start_kubeapi
@@ -12,7 +13,7 @@ from procs import ProcGroup, Spawn
 
 
 @pytest.fixture
-def spawn(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[Spawn]:
+def spawn(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[ProcGroup]:
     """Start real processes (``llmsvc`` subcommands unless ``raw``); all stopped at teardown."""
     group = ProcGroup(tmp_path)
     yield group
@@ -35,7 +36,10 @@ def module_spawn(
 
 
 @pytest.hookimpl(tryfirst=True, hookwrapper=True)
-def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]):  # type: ignore[no-untyped-def]
+def pytest_runtest_makereport(
+    item: pytest.Item, call: pytest.CallInfo[None]
+) -> Generator[None, pluggy.Result[pytest.TestReport], None]:
+    """Keep each phase's report on the item (``rep_call``), for the fixtures' teardown."""
     outcome = yield
     rep = outcome.get_result()
     setattr(item, "rep_" + rep.when, rep)

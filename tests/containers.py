@@ -91,8 +91,8 @@ def dockerfile(path: Path) -> list[Stage]:
         elif keyword == "FROM":
             parts = args.split()
             base = re.sub(r"\$\{(\w+)\}", lambda m: global_args.get(m.group(1), ""), parts[0])
-            name = parts[2] if len(parts) == 3 and parts[1].upper() == "AS" else None
-            stages.append(Stage(base=base, name=name))
+            alias = parts[2] if len(parts) == 3 and parts[1].upper() == "AS" else None
+            stages.append(Stage(base=base, name=alias))
         elif stages:
             stages[-1].instructions.append(Instruction(keyword, args))
     return stages

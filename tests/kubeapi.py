@@ -109,10 +109,11 @@ class KubeAPI:
         self.client.close()
 
     @staticmethod
-    def _json(resp: httpx.Response) -> Any:
+    def _json(resp: httpx.Response) -> dict[str, Any]:
         if resp.status_code >= 400:
             raise AssertionError(f"{resp.request.method} {resp.request.url}: {resp.text[:500]}")
-        return resp.json()
+        body: dict[str, Any] = resp.json()
+        return body
 
 
 def write_kubeconfig(path: Path, url: str, namespace: str = "default") -> Path:

@@ -22,7 +22,7 @@ import yaml
 from prometheus_client import CollectorRegistry
 from prometheus_client.metrics import MetricWrapperBase
 
-from procs import HOST, Proc, free_port
+from procs import HOST, Proc, Spawn, free_port
 
 ROOT = Path(__file__).resolve().parent.parent
 DASHBOARDS = ROOT / "charts" / "llmsvc" / "dashboards"
@@ -60,6 +60,7 @@ def _registries() -> dict[str, CollectorRegistry]:
     out = {name: CollectorRegistry() for name in ("router", "registry", "babysitter")}
     RouterMetrics(out["router"])
     pool = BackendPool(max_fails=1, fail_timeout=1)
+    # No session: the scraper only registers its metrics here and never scrapes.
     LoadScraper(pool=pool, session=None, timeout=1, registry=out["router"])  # type: ignore[arg-type]
     RegistryMetrics(out["registry"])
     BabysitterMetrics(out["babysitter"], model_name="m")
@@ -85,7 +86,7 @@ def catalogue() -> list[MetricInfo]:
     infos = []
     for component, registry in _registries().items():
         for collector in list(registry._collector_to_names):
-            for family in collector.collect():  # type: ignore[attr-defined]
+            for family in collector.collect():
                 name = family.name + ("_total" if family.type == "counter" else "")
                 labels = _labels(collector, family.samples)
                 infos.append(MetricInfo(component, name, family.type, labels, family.documentation))
@@ -259,7 +260,7 @@ class Prometheus:
         return [a for a in alerts if a["state"] == "firing"]
 
 
-def start_prometheus(spawn, tmp: Path, binary: str, config: str) -> Prometheus:  # type: ignore[no-untyped-def]
+def start_prometheus(spawn: Spawn, tmp: Path, binary: str, config: str) -> Prometheus:
     (tmp / "prometheus.yml").write_text(config)
     port = free_port()
     proc = spawn(

@@ -26,7 +26,7 @@ import sys
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, Protocol, TypeVar
+from typing import Any, Literal, Protocol, TypeVar
 
 import httpx
 
@@ -165,7 +165,11 @@ T = TypeVar("T")
 
 
 def wait_until(
-    predicate: Callable[[], T], *, timeout: float = 10.0, interval: float = 0.05, what: str = ""
+    predicate: Callable[[], T | Literal[False] | None],
+    *,
+    timeout: float = 10.0,
+    interval: float = 0.05,
+    what: str = "",
 ) -> T:
     """Poll ``predicate`` until it returns a truthy value, which is returned."""
     deadline = time.monotonic() + timeout
@@ -335,9 +339,7 @@ def wait_state(api: str, state: str, *, timeout: float = 20.0) -> dict[str, Any]
             return None
         return data if data["state"] == state else None
 
-    result = wait_until(check, timeout=timeout, what=f"state {state}")
-    assert result is not None
-    return result
+    return wait_until(check, timeout=timeout, what=f"state {state}")
 
 
 def standin_env(record: Path) -> dict[str, str]:

@@ -12,12 +12,12 @@ from pathlib import Path
 import httpx
 
 import metrics
-from procs import registry_record, start_babysitter, start_registry, start_router
+from procs import Spawn, registry_record, start_babysitter, start_registry, start_router
 from procs import wait_until as wait
 from traffic import load
 
 
-def test_registry_and_babysitter_restarts_under_load(spawn, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+def test_registry_and_babysitter_restarts_under_load(spawn: Spawn, tmp_path: Path) -> None:
     state = str(tmp_path / "registry.json")
     reg_proc, registry = start_registry(spawn, "--state-file", state)
     port = int(registry.rsplit(":", 1)[1])

@@ -38,7 +38,8 @@ def test_the_chart_ships_the_generated_crd() -> None:
 @pytest.fixture(scope="module")
 def crd_schema() -> dict[str, Any]:
     (version,) = build_crd()["spec"]["versions"]
-    return strict(version["schema"]["openAPIV3Schema"])
+    schema: dict[str, Any] = strict(version["schema"]["openAPIV3Schema"])
+    return schema
 
 
 def strict(node: Any) -> Any:

@@ -159,7 +159,8 @@ def test_services_and_policies_select_their_pods(all_docs: list[dict[str, Any]])
     pods = {component(d): d["spec"]["template"] for d in of_kind(all_docs, "Deployment")}
 
     def selects(selector: Mapping[str, str], name: str) -> bool:
-        return selector.items() <= pods[name]["metadata"]["labels"].items()
+        labels: dict[str, str] = pods[name]["metadata"]["labels"]
+        return selector.items() <= labels.items()
 
     for service in of_kind(all_docs, "Service"):
         name = component(service)

@@ -167,7 +167,7 @@ def test_prometheus_and_grafana_read_the_shared_files(config: dict[str, Any]) ->
     )
 
 
-def test_a_broken_compose_file_is_refused(tmp_path) -> None:  # type: ignore[no-untyped-def]
+def test_a_broken_compose_file_is_refused(tmp_path: Path) -> None:
     """``config`` is a real check: a dependency on a missing service fails it."""
     text = (ROOT / "docker-compose.yml").read_text()
     broken = text.replace("prometheus:\n        condition", "nope:\n        condition")

@@ -16,13 +16,14 @@ import os
 import re
 import subprocess
 import sys
+from functools import partial
 from typing import Any
 
 import httpx
 import pytest
 
 from containers import compose_config
-from procs import HOST, free_port, wait_until
+from procs import HOST, Proc, Spawn, free_port, wait_until
 from tools import ROOT
 
 pytestmark = pytest.mark.slow
@@ -72,6 +73,10 @@ def localize(args: list[str], services: dict[str, Any], ports: dict[str, int]) -
     ]
 
 
+def _healthy_or_exited(service: dict[str, Any], env: dict[str, str], proc: Proc) -> bool:
+    return healthy(service, env) or not proc.alive()
+
+
 def healthy(service: dict[str, Any], env: dict[str, str]) -> bool:
     test = service["healthcheck"]["test"]
     assert test[0] == "CMD"
@@ -80,7 +85,7 @@ def healthy(service: dict[str, Any], env: dict[str, str]) -> bool:
     return proc.returncode == 0
 
 
-def test_compose_commands_make_a_working_stack(spawn) -> None:  # type: ignore[no-untyped-def]
+def test_compose_commands_make_a_working_stack(spawn: Spawn) -> None:
     services = {
         name: service
         for name, service in compose_config()["services"].items()
@@ -103,7 +108,7 @@ def test_compose_commands_make_a_working_stack(spawn) -> None:  # type: ignore[n
             started[name] = (spawn(name, *localize(command, services, ports), env=env), env)
         for name, (proc, env) in started.items():
             wait_until(
-                lambda s=services[name], e=env, p=proc: healthy(s, e) or not p.alive(),
+                partial(_healthy_or_exited, services[name], env, proc),
                 timeout=40,
                 interval=0.2,
                 what=f"{name}'s compose health check",

@@ -11,11 +11,12 @@ import re
 import shutil
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
 from containers import DOCKERFILES, FLAVOURS, args_file
-from procs import HOST, free_port, start_registry
+from procs import HOST, Spawn, free_port, start_registry
 from tools import ROOT
 
 ALL = ["router", "registry", "operator", "babysitter", *FLAVOURS]
@@ -90,7 +91,7 @@ def ours(stderr: str) -> list[str]:
     return [line for line in stderr.splitlines() if not line.startswith(("make: ", "make["))]
 
 
-def test_make_images_without_docker_says_so_in_one_line(tmp_path) -> None:  # type: ignore[no-untyped-def]
+def test_make_images_without_docker_says_so_in_one_line(tmp_path: Path) -> None:
     # A PATH with what images/build.sh needs, and no docker command.
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir()
@@ -106,7 +107,7 @@ def test_make_images_without_docker_says_so_in_one_line(tmp_path) -> None:  # ty
     ]
 
 
-def test_make_images_with_an_unreachable_daemon_fails_in_one_line(tmp_path) -> None:  # type: ignore[no-untyped-def]
+def test_make_images_with_an_unreachable_daemon_fails_in_one_line(tmp_path: Path) -> None:
     if shutil.which("docker") is None:
         pytest.skip("no docker command: the case above covers this machine")
     proc = make_images({"DOCKER_HOST": f"unix://{tmp_path}/no-such.sock"})
@@ -130,7 +131,7 @@ def healthcheck(*args: str, port: str | None = None) -> subprocess.CompletedProc
     )
 
 
-def test_healthcheck_script(spawn, tmp_path) -> None:  # type: ignore[no-untyped-def]
+def test_healthcheck_script(spawn: Spawn, tmp_path: Path) -> None:
     _, url = start_registry(spawn)
     port = url.rsplit(":", 1)[1]
     assert healthcheck(port).returncode == 0  # the default port

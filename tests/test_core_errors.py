@@ -47,14 +47,16 @@ def app() -> web.Application:
 
 @pytest.fixture
 async def client(aiohttp_client: Any) -> TestClient[web.Request, web.Application]:
-    return await aiohttp_client(app())  # type: ignore[no-any-return]
+    client: TestClient[web.Request, web.Application] = await aiohttp_client(app())
+    return client
 
 
 def assert_shape(body: dict[str, Any]) -> dict[str, Any]:
     assert set(body) == {"error"}
     assert set(body["error"]) == {"message", "type", "param", "code"}
     assert isinstance(body["error"]["message"], str) and body["error"]["message"]
-    return body["error"]  # type: ignore[no-any-return]
+    error: dict[str, Any] = body["error"]
+    return error
 
 
 @pytest.mark.parametrize(

@@ -7,20 +7,19 @@ OpenAI error shape, and every process keeps serving afterwards.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from typing import Any
 
 import httpx
 import pytest
 
-from procs import HOST, free_port, start_babysitter, start_registry, start_router
+from procs import HOST, ProcGroup, free_port, start_babysitter, start_registry, start_router
 
 TOKEN = "registry-secret"
 KEY = "router-key"
 
 
 @pytest.fixture(scope="module")
-def stack(module_spawn) -> Iterator[dict[str, str]]:  # type: ignore[no-untyped-def]
+def stack(module_spawn: ProcGroup) -> dict[str, str]:
     _, registry = start_registry(module_spawn, "--token", TOKEN)
     _, engine, sitter = start_babysitter(
         module_spawn, registry, "engine-a", "--registry-token", TOKEN

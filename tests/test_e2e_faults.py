@@ -7,15 +7,16 @@ import os
 import signal
 import threading
 import time
+from functools import partial
 
 import httpx
 
-from procs import pid_alive, registry_record, start_babysitter, start_registry, start_router
+from procs import Spawn, pid_alive, registry_record, start_babysitter, start_registry, start_router
 from procs import wait_until as wait
 from traffic import BODY, CUT, MODEL, load
 
 
-def test_engine_sigkilled_under_load(spawn) -> None:  # type: ignore[no-untyped-def]
+def test_engine_sigkilled_under_load(spawn: Spawn) -> None:
     _, registry = start_registry(spawn)
     engine_args = ("--time-scale", "0.05")  # ~0.01 s per request: real concurrency
     _, _, api_a = start_babysitter(spawn, registry, "engine-a", engine_args=engine_args)
@@ -71,12 +72,13 @@ def test_engine_sigkilled_under_load(spawn) -> None:  # type: ignore[no-untyped-
     stop.set()
     watcher.join()
     assert "unhealthy" in seen, f"registry never showed engine-a unhealthy: {set(seen)}"
-    assert registry_record(registry, "engine-a")["status"] == "healthy"
+    record = registry_record(registry, "engine-a")
+    assert record is not None and record["status"] == "healthy"
     # And the router sends traffic to it again.
     wait(lambda: httpx.get(f"{router}/health").json()["healthy_backends"] == 2, timeout=10)
 
 
-def test_registry_killed_and_restarted(spawn) -> None:  # type: ignore[no-untyped-def]
+def test_registry_killed_and_restarted(spawn: Spawn) -> None:
     reg_proc, registry = start_registry(spawn)
     port = registry.rsplit(":", 1)[1]
     # Heartbeats every 2 s: the restarted registry stays empty that long.
@@ -101,7 +103,7 @@ def test_registry_killed_and_restarted(spawn) -> None:  # type: ignore[no-untype
     results = asyncio.run(load(router, requests=150, concurrency=2, during=0.02))
     assert results == [200] * 150
     for name in ("engine-a", "engine-b", "engine-a-babysitter", "engine-b-babysitter"):
-        wait(lambda n=name: registry_record(registry, n), timeout=15, what=f"{name} re-registered")
+        wait(partial(registry_record, registry, name), timeout=15, what=f"{name} re-registered")
     models = httpx.get(f"{registry}/services", params={"model": MODEL}).json()
     assert models["total"] == 2
     assert asyncio.run(load(router, requests=20, concurrency=4)) == [200] * 20

@@ -11,7 +11,15 @@ import itertools
 import httpx
 import orjson
 
-from procs import HOST, free_port, registry_record, start_babysitter, start_registry, start_router
+from procs import (
+    HOST,
+    Spawn,
+    free_port,
+    registry_record,
+    start_babysitter,
+    start_registry,
+    start_router,
+)
 from procs import wait_until as wait
 
 MODEL = "sim-model"
@@ -45,7 +53,7 @@ def healthy_backends(router_url: str) -> int:
     return int(httpx.get(f"{router_url}/health", timeout=5).json()["healthy_backends"])
 
 
-def test_round_robin_pattern_and_deregistration(spawn) -> None:  # type: ignore[no-untyped-def]
+def test_round_robin_pattern_and_deregistration(spawn: Spawn) -> None:
     _, registry = start_registry(spawn)
     _, _, _ = start_babysitter(spawn, registry, "engine-a")
     sitter_b, _, _ = start_babysitter(spawn, registry, "engine-b")
@@ -66,7 +74,7 @@ def test_round_robin_pattern_and_deregistration(spawn) -> None:  # type: ignore[
     assert {chat(router, stream)[0] for stream in (False, True) * 3} == {"engine-a"}
 
 
-def test_manual_registration_and_deregistration(spawn) -> None:  # type: ignore[no-untyped-def]
+def test_manual_registration_and_deregistration(spawn: Spawn) -> None:
     """The seeds' "mock service": registered by hand, routed to, deregistered, gone."""
     _, registry = start_registry(spawn)
     start_babysitter(spawn, registry, "engine-a")

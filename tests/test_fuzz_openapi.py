@@ -36,9 +36,13 @@ import schemathesis
 from hypothesis import HealthCheck, Phase, given, seed, settings
 from hypothesis import strategies as st
 from hypothesis.errors import Unsatisfiable
+from schemathesis.core.result import Err
 from schemathesis.specs.openapi import checks as openapi_checks
 
-from procs import HOST, free_port, start_babysitter, start_registry, start_router
+from procs import HOST, ProcGroup, Spawn, free_port, start_babysitter, start_registry, start_router
+
+Case = schemathesis.Case[Any]
+Operation = schemathesis.APIOperation[Any, Any, Any, Any]
 
 EXAMPLES = int(os.environ.get("FUZZ_EXAMPLES", "6"))
 SEED = os.environ.get("FUZZ_SEED")
@@ -59,7 +63,7 @@ SEMANTIC_400 = {
 }
 
 
-def no_server_fault(ctx: Any, response: schemathesis.Response, case: schemathesis.Case) -> None:
+def no_server_fault(ctx: Any, response: schemathesis.Response, case: Case) -> None:
     """Never a 500; any other 5xx only where documented, and in the OpenAI error shape."""
     status = response.status_code
     if status < 500:
@@ -70,7 +74,7 @@ def no_server_fault(ctx: Any, response: schemathesis.Response, case: schemathesi
     assert error["message"] and error["type"], response.text
 
 
-def valid_data_accepted(ctx: Any, response: schemathesis.Response, case: schemathesis.Case) -> None:
+def valid_data_accepted(ctx: Any, response: schemathesis.Response, case: Case) -> None:
     """schemathesis' positive data acceptance, less the documented semantic 400s."""
     if response.status_code == 400:
         try:
@@ -94,7 +98,7 @@ CHECKS = [
 
 
 @pytest.fixture(scope="module", params=["registry", "router", "engine", "babysitter"])
-def service(module_spawn, request: pytest.FixtureRequest) -> Iterator[tuple[str, str]]:  # type: ignore[no-untyped-def]
+def service(module_spawn: ProcGroup, request: pytest.FixtureRequest) -> Iterator[tuple[str, str]]:
     """(name, base URL) of one service, with what it needs running beside it."""
     name = request.param
     if name == "engine":
@@ -119,7 +123,7 @@ def service(module_spawn, request: pytest.FixtureRequest) -> Iterator[tuple[str,
     yield name, router
 
 
-def _served_model(case: schemathesis.Case, use_served: bool) -> schemathesis.Case:
+def _served_model(case: Case, use_served: bool) -> Case:
     if use_served and isinstance(case.body, dict) and "model" in case.body:
         case.body = {**case.body, "model": MODEL}
     return case
@@ -128,7 +132,7 @@ def _served_model(case: schemathesis.Case, use_served: bool) -> schemathesis.Cas
 _DURATION = re.compile(r"([0-9]+(?:\.[0-9]*)?|\.[0-9]+)(ms|s|m)?")
 
 
-def _short_wait(case: schemathesis.Case) -> schemathesis.Case:
+def _short_wait(case: Case) -> Case:
     """A blocking query waits as long as it is asked to (up to 300 s): ask for 1 s at most."""
     wait = (case.query or {}).get("wait")
     match = _DURATION.fullmatch(wait) if isinstance(wait, str) else None
@@ -140,8 +144,8 @@ def _short_wait(case: schemathesis.Case) -> schemathesis.Case:
 
 
 def _cases(
-    operation: schemathesis.APIOperation, mode: schemathesis.GenerationMode, service: str
-) -> st.SearchStrategy[schemathesis.Case]:
+    operation: Operation, mode: schemathesis.GenerationMode, service: str
+) -> st.SearchStrategy[Case]:
     cases = operation.as_strategy(generation_mode=mode)
     if service in ("router", "engine") and mode is schemathesis.GenerationMode.POSITIVE:
         return st.tuples(cases, st.booleans()).map(lambda pair: _served_model(*pair))
@@ -156,6 +160,8 @@ def _fuzz(base: str, service: str, mode: schemathesis.GenerationMode) -> list[st
     failures = []
     headers = {"Authorization": f"Bearer {TOKEN}"}
     for result in schema.get_all_operations():
+        if isinstance(result, Err):
+            raise AssertionError(f"{service}: an operation of its OpenAPI: {result.err()}")
         operation = result.ok()
 
         @given(case=_cases(operation, mode, service))
@@ -167,7 +173,7 @@ def _fuzz(base: str, service: str, mode: schemathesis.GenerationMode) -> list[st
             database=None,
             phases=[Phase.explicit, Phase.generate],
         )
-        def run(case: schemathesis.Case) -> None:
+        def run(case: Case) -> None:
             case.call_and_validate(headers=headers, checks=CHECKS, timeout=REQUEST_TIMEOUT_S)
 
         if SEED is not None:
@@ -191,7 +197,7 @@ def test_api_survives_fuzzing(service: tuple[str, str], mode: schemathesis.Gener
     assert httpx.get(base + path, timeout=10).status_code == 200
 
 
-def test_fuzz_finding_a_url_without_a_host_is_a_400(spawn) -> None:  # type: ignore[no-untyped-def]
+def test_fuzz_finding_a_url_without_a_host_is_a_400(spawn: Spawn) -> None:
     """Found by the fuzzer: ``"url": "http://"`` passed validation and then failed in the
     store (a 500). Also ``true`` for a port or a weight (taken as 1 before)."""
     _, registry = start_registry(spawn)

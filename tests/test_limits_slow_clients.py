@@ -25,7 +25,16 @@ from pathlib import Path
 import httpx
 import pytest
 
-from procs import HOST, free_port, start_babysitter, start_registry, start_router, wait_until
+from procs import (
+    HOST,
+    ProcGroup,
+    Spawn,
+    free_port,
+    start_babysitter,
+    start_registry,
+    start_router,
+    wait_until,
+)
 
 READ_TIMEOUT = 1.0
 # The longest a bad client keeps trying before the test calls the server stuck.
@@ -33,7 +42,7 @@ GIVE_UP_S = 20.0
 
 
 @pytest.fixture(scope="module")
-def services(module_spawn) -> dict[str, tuple[str, int, str]]:  # type: ignore[no-untyped-def]
+def services(module_spawn: ProcGroup) -> dict[str, tuple[str, int, str]]:
     """name -> (base url, pid, a POST path that reads a JSON body)."""
     timeout = ("--read-timeout", str(READ_TIMEOUT))
     reg, registry = start_registry(module_spawn, *timeout)
@@ -247,7 +256,7 @@ def test_truncated_json_is_a_400(services: dict[str, tuple[str, int, str]], name
     _still_serves(base)
 
 
-def test_the_read_timeout_is_a_flag_with_a_clear_error(spawn, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+def test_the_read_timeout_is_a_flag_with_a_clear_error(spawn: Spawn, tmp_path: Path) -> None:
     proc = spawn("bad-timeout", "registry", "--port", str(free_port()), "--read-timeout", "0")
     assert proc.popen.wait(30) == 2
     log = proc.log()

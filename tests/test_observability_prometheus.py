@@ -38,7 +38,17 @@ from observability import (
     start_prometheus,
     substitute,
 )
-from procs import HOST, Proc, free_port, start_babysitter, start_registry, start_router, wait_until
+from procs import (
+    HOST,
+    Proc,
+    ProcGroup,
+    Spawn,
+    free_port,
+    start_babysitter,
+    start_registry,
+    start_router,
+    wait_until,
+)
 from tools import require_tool
 
 pytestmark = pytest.mark.slow
@@ -66,7 +76,7 @@ def chat(router: str, model: str, *, stream: bool = False) -> int:
         return resp.status_code
 
 
-def start_operator(spawn, tmp: Path) -> tuple[Proc, str, KubeAPI]:  # type: ignore[no-untyped-def]
+def start_operator(spawn: Spawn, tmp: Path) -> tuple[Proc, str, KubeAPI]:
     """The operator against the emulator, watching namespace ``obs``; not waited for."""
     api = start_kubeapi(spawn, tmp)
     port = free_port()
@@ -107,7 +117,7 @@ def reconcile_isvc(kube: KubeAPI, operator: str) -> None:
     wait_until(reconciled, timeout=20, interval=2, what="the operator's create handler")
 
 
-def start_stack(spawn, tmp: Path, prometheus: str) -> tuple[dict[str, Any], Prometheus]:  # type: ignore[no-untyped-def]
+def start_stack(spawn: Spawn, tmp: Path, prometheus: str) -> tuple[dict[str, Any], Prometheus]:
     """Everything started at once (each waits for what it needs), then waited for."""
     _, registry = start_registry(spawn)
     sitters = {
@@ -202,7 +212,7 @@ def firing(prom: Prometheus) -> set[tuple[str, str]]:
     return {(a["labels"]["alertname"], a["labels"].get("model_name", "")) for a in prom.firing()}
 
 
-def test_dashboards_show_data_and_alerts_fire(spawn, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+def test_dashboards_show_data_and_alerts_fire(spawn: ProcGroup, tmp_path: Path) -> None:
     stack, prom = start_stack(spawn, tmp_path, require_tool("prometheus"))
     router = stack["router"]
 

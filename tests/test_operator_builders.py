@@ -135,6 +135,7 @@ def build(case: str) -> tuple[InferenceServiceSpec, dict[str, Any], dict[str, An
 
 
 def container(deployment: dict[str, Any]) -> dict[str, Any]:
+    only: dict[str, Any]
     (only,) = deployment["spec"]["template"]["spec"]["containers"]
     return only
 

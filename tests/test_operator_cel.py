@@ -14,6 +14,7 @@ from typing import Any
 import celpy
 import pytest
 import yaml
+from celpy.adapter import json_to_cel
 
 from llmsvc.operator.crd import build_crd
 from llmsvc.operator.spec import SpecError, check_name, parse_spec
@@ -45,7 +46,7 @@ def violations(obj: dict[str, Any]) -> list[str]:
             node = node.get(key) if isinstance(node, dict) else None
         if node is None:
             continue
-        result = env.program(env.compile(rule)).evaluate({"self": celpy.json_to_cel(node)})
+        result = env.program(env.compile(rule)).evaluate({"self": json_to_cel(node)})
         # an evaluation error (a CELEvalError value) rejects the object too, as in the API server
         if not (isinstance(result, celpy.celtypes.BoolType) and bool(result)):
             broken.append(rule)

@@ -33,6 +33,7 @@ REGENERATE = "regenerate it: .venv/bin/llmsvc operator crd > <file> (see this te
 
 
 def version() -> dict[str, Any]:
+    only: dict[str, Any]
     (only,) = build_crd()["spec"]["versions"]
     return only
 

@@ -50,7 +50,8 @@ def with_(path: str, value: Any, base: dict[str, Any] | None = None) -> dict[str
 
 def spec_schema() -> dict[str, Any]:
     schema = build_crd()["spec"]["versions"][0]["schema"]["openAPIV3Schema"]
-    return _jsonschema(schema["properties"]["spec"])
+    spec: dict[str, Any] = _jsonschema(schema["properties"]["spec"])
+    return spec
 
 
 def _jsonschema(node: Any) -> Any:
@@ -160,7 +161,7 @@ def test_field_rules_name_the_field(spec: dict[str, Any], field: str, words: str
 
 def test_spec_that_is_not_an_object_is_rejected() -> None:
     with pytest.raises(SpecError, match=r"^spec: must be an object"):
-        parse_spec(["not", "a", "mapping"])  # type: ignore[arg-type]
+        parse_spec(["not", "a", "mapping"])  # type: ignore[arg-type]  # the wrong type on purpose
 
 
 # Cross-field rules: (spec, field in the error, words, JSON path of the CRD node, CEL rule text)
@@ -293,7 +294,7 @@ def test_models_are_immutable_and_dump_with_aliases() -> None:
     assert dumped["modelCache"] == {"emptyDir": {"sizeLimit": "1Gi"}}
     assert parse_spec(dumped) == spec
     with pytest.raises(ValueError, match="frozen"):
-        spec.replicas = 3  # type: ignore[misc]
+        spec.replicas = 3  # type: ignore[misc]  # assigning a frozen field on purpose
 
 
 def _samples() -> list[dict[str, Any]]:

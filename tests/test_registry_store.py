@@ -19,6 +19,12 @@ class FakeClock:
         return self.now
 
 
+def present(record: ServiceRecord | None) -> ServiceRecord:
+    """``record``, which must be there."""
+    assert record is not None
+    return record
+
+
 def reg(name: str = "a", **extra: object) -> ServiceRegistration:
     return ServiceRegistration.model_validate({"name": name, "host": "h", "port": 80, **extra})
 
@@ -47,12 +53,12 @@ def test_ttl_marks_unhealthy_then_removes() -> None:
     store.heartbeat("b")
     index = store.index
     assert store.expire() == ["a"]
-    assert store.get("a").status == "unhealthy"  # type: ignore[union-attr]
+    assert present(store.get("a")).status == "unhealthy"
     assert store.index == index + 1
     assert store.sweep() == []  # 11 s < 2×TTL
     # A heartbeat makes a stale record healthy again (its checks were fine).
     store.heartbeat("a")
-    assert store.get("a").status == "healthy"  # type: ignore[union-attr]
+    assert present(store.get("a")).status == "healthy"
     clock.now += 21
     store.heartbeat("b")
     removed = store.sweep()
@@ -68,7 +74,7 @@ def test_ttl_zero_disables_expiry() -> None:
     clock.now += 1e6
     assert store.expire() == []
     assert store.sweep() == []
-    assert store.get("a").status == "healthy"  # type: ignore[union-attr]
+    assert present(store.get("a")).status == "healthy"
 
 
 def test_checks_and_ttl_combine() -> None:
@@ -84,7 +90,7 @@ def test_checks_and_ttl_combine() -> None:
     assert store.index == index + 1
     # A second failure changes only the counter: no new index.
     store.record_check("a", False, url=record.url)
-    assert store.get("a").consecutive_failures == 2  # type: ignore[union-attr]
+    assert present(store.get("a")).consecutive_failures == 2
     assert store.index == index + 1
     ok = store.record_check("a", True, url=record.url)
     assert ok is not None
@@ -93,14 +99,14 @@ def test_checks_and_ttl_combine() -> None:
     # A good check does not cure a missing heartbeat.
     clock.now += 11
     store.record_check("a", True, url=record.url)
-    assert store.get("a").status == "unhealthy"  # type: ignore[union-attr]
+    assert present(store.get("a")).status == "unhealthy"
 
 
 def test_check_result_for_a_moved_or_gone_record_is_dropped() -> None:
     store = ServiceStore(ttl=10, clock=FakeClock())
     store.register(reg())
     assert store.record_check("a", False, url="http://elsewhere:1") is None
-    assert store.get("a").consecutive_failures == 0  # type: ignore[union-attr]
+    assert present(store.get("a")).consecutive_failures == 0
     assert store.record_check("ghost", False, url=None) is None
 
 
@@ -217,7 +223,7 @@ def test_stale_record_reads_unhealthy_after_expire(ttl: float) -> None:
     clock.now += 100
     store.expire()
     expected = "unhealthy" if ttl else "healthy"
-    assert store.get("a").status == expected  # type: ignore[union-attr]
+    assert present(store.get("a")).status == expected
 
 
 def test_a_check_older_than_a_new_registration_or_verdict_is_ignored() -> None:
@@ -229,7 +235,7 @@ def test_a_check_older_than_a_new_registration_or_verdict_is_ignored() -> None:
     store.register(reg())  # ... the restarted service registers anew ...
     clock.now += 1
     assert store.record_check("a", False, url=record.url, started=started) is None
-    assert store.get("a").status == "healthy"  # ... and the stale failure is ignored
+    assert present(store.get("a")).status == "healthy"  # ... and the stale failure is ignored
     started = clock.now
     clock.now += 1
     store.heartbeat("a", "healthy")  # a newer verdict from the sender wins too
@@ -244,7 +250,7 @@ def test_heartbeat_reports_count_as_checks() -> None:
     store = ServiceStore(ttl=10, clock=FakeClock())
     store.register(reg())
     index = store.index
-    assert store.heartbeat("a", "unhealthy").status == "unhealthy"
+    assert present(store.heartbeat("a", "unhealthy")).status == "unhealthy"
     assert store.index == index + 1  # a status flip wakes the watchers
-    assert store.heartbeat("a").status == "unhealthy"  # a plain heartbeat changes nothing
-    assert store.heartbeat("a", "healthy").status == "healthy"
+    assert present(store.heartbeat("a")).status == "unhealthy"  # a plain heartbeat: no change
+    assert present(store.heartbeat("a", "healthy")).status == "healthy"

@@ -13,7 +13,7 @@ from typing import Any
 
 import orjson
 import pytest
-from aiohttp import web
+from aiohttp import ClientTimeout, web
 from aiohttp.test_utils import TestClient
 from prometheus_client import CollectorRegistry
 
@@ -22,7 +22,7 @@ from llmsvc.router.app import create_app
 from llmsvc.router.settings import RouterSettings
 from procs import HOST, free_port
 
-Client = TestClient  # type: ignore[type-arg]
+Client = TestClient[web.Request, web.Application]
 CHAT = "/v1/chat/completions"
 BODY = {"model": "m", "messages": [{"role": "user", "content": "hi"}]}
 STREAM = {**BODY, "stream": True}
@@ -152,7 +152,7 @@ async def test_client_disconnect_cancels_the_upstream(make_router: MakeRouter) -
         b.cancelled.clear()
         b.mode = "slow"  # non-streaming: the client gives up while waiting
         with pytest.raises(TimeoutError):
-            await client.post(CHAT, json=BODY, timeout=0.3)
+            await client.post(CHAT, json=BODY, timeout=ClientTimeout(total=0.3))
         await asyncio.wait_for(b.cancelled.wait(), 5)
 
 
@@ -323,7 +323,7 @@ async def test_least_connections_avoids_the_busy_backend(make_router: MakeRouter
         assert await asyncio.wait_for(stream.content.readany(), 5)
         assert await metric(client, 'llmsvc_router_in_flight{backend="busy"}') == 1
         for _ in range(3):
-            resp = await client.post(CHAT, json=BODY, timeout=5)
+            resp = await client.post(CHAT, json=BODY, timeout=ClientTimeout(total=5))
             assert resp.headers["X-Llmsvc-Backend"] == "idle"
         busy.go.set()
         assert (await stream.read()).endswith(b"data: [DONE]\n\n")

@@ -9,6 +9,7 @@ from typing import Any
 import orjson
 import pytest
 import yaml
+from aiohttp import web
 from aiohttp.test_utils import TestClient
 from prometheus_client import CollectorRegistry
 
@@ -16,7 +17,7 @@ from llmsvc.router.app import create_app
 from llmsvc.router.settings import RouterSettings
 from procs import HOST, ProcGroup, free_port
 
-Client = TestClient  # type: ignore[type-arg]
+Client = TestClient[web.Request, web.Application]
 MakeRouter = Callable[..., Awaitable[Client]]
 CHAT = "/v1/chat/completions"
 

@@ -18,7 +18,7 @@ from llmsvc.router.app import create_app
 from llmsvc.router.settings import RouterSettings
 from procs import HOST, Spawn, free_port, start_registry
 
-Client = TestClient  # type: ignore[type-arg]
+Client = TestClient[web.Request, web.Application]
 BODY = {"model": "m", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 2}
 
 
@@ -105,7 +105,10 @@ async def test_unreadable_registry_answers_keep_the_last_view(
 ) -> None:
     """A registry (here a stand-in) that starts answering garbage: the view stays."""
     record = {"name": "e1", "host": HOST, "port": 1, "metadata": {"models": ["m"]}}
-    answer = {"body": orjson.dumps({"services": [record], "total": 1}), "index": "1"}
+    answer: dict[str, Any] = {
+        "body": orjson.dumps({"services": [record], "total": 1}),
+        "index": "1",
+    }
 
     async def services(_: web.Request) -> web.Response:
         await asyncio.sleep(0.05)  # answers "at once" but not instantly

@@ -11,7 +11,7 @@ from pathlib import Path
 import httpx
 import orjson
 
-from procs import HOST, free_port
+from procs import HOST, Spawn, free_port
 
 ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
@@ -67,7 +67,7 @@ def test_sessions_grow_turn_by_turn_and_end() -> None:
     assert len({m[0]["content"] for m in bodies.values()}) <= 2  # few system prompts, shared
 
 
-def test_token_counts_match_the_simulated_engine(spawn) -> None:  # type: ignore[no-untyped-def]
+def test_token_counts_match_the_simulated_engine(spawn: Spawn) -> None:
     port = free_port()
     engine = spawn("engine", "sim-engine", "--port", str(port), "--time-scale", "0")
     engine.wait_http(f"http://{HOST}:{port}/health")

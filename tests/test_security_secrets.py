@@ -16,7 +16,7 @@ from pathlib import Path
 
 import httpx
 
-from procs import start_babysitter, start_registry, start_router, wait_until
+from procs import Spawn, start_babysitter, start_registry, start_router, wait_until
 
 CHAT = "/v1/chat/completions"
 
@@ -25,7 +25,7 @@ def _body(model: str = "sim-model") -> dict[str, object]:
     return {"model": model, "messages": [{"role": "user", "content": "hi"}], "max_tokens": 4}
 
 
-def test_no_secret_reaches_any_log(spawn, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+def test_no_secret_reaches_any_log(spawn: Spawn, tmp_path: Path) -> None:
     token = f"REGTOKEN{secrets.token_hex(12)}"
     key = f"APIKEY{secrets.token_hex(12)}"
     other_key = f"APIKEYTWO{secrets.token_hex(12)}"

@@ -18,7 +18,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from procs import HOST, free_port, start_babysitter, wait_until
+from procs import HOST, Proc, Spawn, free_port, start_babysitter, wait_until
 
 pytestmark = pytest.mark.skipif(shutil.which("openssl") is None, reason="needs the openssl CLI")
 
@@ -42,7 +42,7 @@ def _client(crt: Path) -> httpx.Client:
     return httpx.Client(verify=ssl.create_default_context(cafile=str(crt)), timeout=30)
 
 
-def _wait_https(proc, url: str, crt: Path) -> None:  # type: ignore[no-untyped-def]
+def _wait_https(proc: Proc, url: str, crt: Path) -> None:
     def up() -> bool:
         assert proc.alive(), proc.log()[-2000:]
         try:
@@ -54,7 +54,7 @@ def _wait_https(proc, url: str, crt: Path) -> None:  # type: ignore[no-untyped-d
     wait_until(up, timeout=20, what=url)
 
 
-def test_router_and_registry_serve_https(spawn, cert: tuple[Path, Path]) -> None:  # type: ignore[no-untyped-def]
+def test_router_and_registry_serve_https(spawn: Spawn, cert: tuple[Path, Path]) -> None:
     crt, key = cert
     tls = ("--tls-cert", str(crt), "--tls-key", str(key))
     trust = {"SSL_CERT_FILE": str(crt)}
@@ -102,17 +102,20 @@ def test_router_and_registry_serve_https(spawn, cert: tuple[Path, Path]) -> None
             httpx.get(f"http://{HOST}:{port}/health", timeout=10)
 
 
-def _with_env(spawn, env: dict[str, str]):  # type: ignore[no-untyped-def]
-    def start(name: str, *args: str, **kwargs):  # type: ignore[no-untyped-def]
-        return spawn(name, *args, env={**env, **kwargs.pop("env", {})}, **kwargs)
+def _with_env(spawn: Spawn, env: dict[str, str]) -> Spawn:
+    """``spawn`` with ``env`` added to every process's environment."""
 
+    def start(name: str, *args: str, env: dict[str, str] | None = None, raw: bool = False) -> Proc:
+        return spawn(name, *args, env={**extra, **(env or {})}, raw=raw)
+
+    extra = env
     return start
 
 
 @pytest.mark.parametrize("command", ["router", "registry"])
 def test_bad_tls_options_end_with_one_line(
-    spawn, cert: tuple[Path, Path], tmp_path: Path, command: str
-) -> None:  # type: ignore[no-untyped-def]
+    spawn: Spawn, cert: tuple[Path, Path], tmp_path: Path, command: str
+) -> None:
     crt, key = cert
     missing = tmp_path / "missing.pem"
     cases = [

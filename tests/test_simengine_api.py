@@ -10,6 +10,7 @@ from typing import Any
 
 import orjson
 import pytest
+from aiohttp import web
 from aiohttp.test_utils import TestClient
 from prometheus_client import CollectorRegistry
 from prometheus_client.parser import text_string_to_metric_families
@@ -17,7 +18,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from llmsvc.simengine.app import create_app
 from llmsvc.simengine.settings import SimEngineSettings
 
-Client = TestClient  # type: ignore[type-arg]
+Client = TestClient[web.Request, web.Application]
 MakeClient = Callable[..., Awaitable[Client]]
 
 CHAT = "/v1/chat/completions"

@@ -9,6 +9,7 @@ from typing import Any
 
 import aiohttp
 import pytest
+from aiohttp import web
 from aiohttp.test_utils import TestClient
 from prometheus_client import CollectorRegistry
 from prometheus_client.parser import text_string_to_metric_families
@@ -18,7 +19,7 @@ from llmsvc.simengine.app import create_app
 from llmsvc.simengine.settings import SimEngineSettings
 from procs import free_port
 
-Client = TestClient  # type: ignore[type-arg]
+Client = TestClient[web.Request, web.Application]
 MakeClient = Callable[..., Awaitable[Client]]
 LABELS = {"model_name": "sim-model", "engine": "0"}
 

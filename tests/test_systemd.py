@@ -20,9 +20,15 @@ def run(*args: str) -> subprocess.CompletedProcess[str]:
     )
 
 
+class _CaseKept(configparser.ConfigParser):
+    """A parser that keeps the case of keys (systemd's are case-sensitive)."""
+
+    def optionxform(self, optionstr: str) -> str:
+        return optionstr
+
+
 def sections(text: str) -> configparser.ConfigParser:
-    parser = configparser.ConfigParser(strict=True, interpolation=None, comment_prefixes=("#",))
-    parser.optionxform = str  # type: ignore[assignment,method-assign]
+    parser = _CaseKept(strict=True, interpolation=None, comment_prefixes=("#",))
     parser.read_string(text)
     return parser
 

@@ -31,7 +31,7 @@ import datetime
 import itertools
 import signal
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator
 from typing import Any
 
 import aiohttp.web
@@ -63,7 +63,7 @@ CLUSTER_SCOPED = {"v1/namespaces", "apiextensions.k8s.io/v1/customresourcedefini
 VERBS = {"get", "list", "watch", "create", "update", "patch", "delete"}
 
 
-class Emulator(kmock.KubernetesEmulator):  # type: ignore[misc]
+class Emulator(kmock.KubernetesEmulator):
     """The emulator with metadata stamping, conflicts, and watch controls."""
 
     def __attrs_post_init__(self) -> None:
@@ -89,7 +89,7 @@ class Emulator(kmock.KubernetesEmulator):  # type: ignore[misc]
     async def _handle(self, request: rendering.Request) -> aiohttp.web.StreamResponse:
         if request.resource is not None:
             self._stamp(request)
-        return await super()._handle(request)  # type: ignore[no-any-return]
+        return await super()._handle(request)
 
     def _stamp(self, request: rendering.Request) -> None:
         """Add what kmock leaves out to the body of a create or an update, in place."""
@@ -137,6 +137,8 @@ class Emulator(kmock.KubernetesEmulator):  # type: ignore[misc]
                     )
 
     def _current(self, request: rendering.Request) -> dict[str, Any] | None:
+        if request.resource is None or request.name is None:
+            return None
         key = (request.resource, request.namespace, request.name)
         if key not in self.objects or self.objects[key].deleted:
             return None
@@ -168,7 +170,8 @@ class Emulator(kmock.KubernetesEmulator):  # type: ignore[misc]
                     return
                 yield item
         finally:
-            await stream.aclose()
+            if isinstance(stream, AsyncGenerator):  # kmock's is one: close it now, not at GC
+                await stream.aclose()
 
 
 def _now() -> str:
