@@ -79,3 +79,28 @@ async def test_pause_spaces_a_clients_requests() -> None:
 def test_requests_and_duration_together_are_refused() -> None:
     with pytest.raises(ValueError, match="not both"):
         Schedule(requests=1, duration=1.0)
+
+
+async def test_arrivals_send_at_their_instants_whatever_the_answers_do() -> None:
+    sent: list[float] = []
+    stop = asyncio.Event()
+
+    async def send(n: int) -> int:
+        sent.append(time.monotonic())
+        await asyncio.sleep(0.2 if n == 0 else 0.01)  # a slow first answer holds nobody up
+        return n
+
+    started = time.monotonic()
+    driven = await drive(Schedule(arrivals=[0.0, 0.05, 0.1]), send)
+    assert driven.results == [1, 2, 0]
+    offsets = [t - started for t in sent]
+    assert offsets[1] >= 0.05 and offsets[2] >= 0.1
+    assert offsets[2] < 0.2  # sent before the first answer came
+
+    async def stuck(n: int) -> int:
+        stop.set()
+        await asyncio.sleep(10)
+        return n
+
+    stopped = await drive(Schedule(arrivals=[0.0, 0.0]), stuck, stop=stop)
+    assert stopped.results == [] and stopped.interrupted

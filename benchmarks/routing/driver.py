@@ -4,17 +4,19 @@ Each simulated client has its own source address on the loopback network
 (127.0.0.2, 127.0.0.3, ...), so ``ip_hash`` sees many clients, as in front of
 real users. :func:`open_loop` sends at planned instants whatever the answers
 do (Poisson or bursts); :func:`closed_loop` keeps a fixed number of requests
-in flight (only to measure capacity).
+in flight (only to measure capacity). Both run on ``llmsvc bench``'s load loop
+(:func:`llmsvc.bench.schedule.drive`); the request is this module's.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 from dataclasses import dataclass
 
 import aiohttp
 import orjson
+
+from llmsvc.bench.schedule import Schedule, drive
 
 from .workloads import Request, Workload
 
@@ -122,9 +124,13 @@ async def open_loop(
     """
     loop = asyncio.get_running_loop()
     samples: list[Sample] = []
-    tasks: set[asyncio.Task[None]] = set()
+    stop = asyncio.Event()
 
-    async def one(request: Request, sample: Sample) -> None:
+    async def one(n: int) -> None:
+        request = workload.next()
+        sample = Sample(sent=times[n], prompt_tokens=request.prompt_tokens)
+        sample.lateness = loop.time() - t0 - times[n]
+        samples.append(sample)
         try:
             reply = await send(clients, url, request, sample)
         except asyncio.CancelledError:
@@ -133,22 +139,11 @@ async def open_loop(
         workload.done(request, reply)
 
     t0 = loop.time()
-    for at in times:
-        delay = t0 + at - loop.time()
-        if delay > 0:
-            await asyncio.sleep(delay)
-        request = workload.next()
-        sample = Sample(sent=at, prompt_tokens=request.prompt_tokens)
-        sample.lateness = loop.time() - t0 - at
-        samples.append(sample)
-        tasks.add(asyncio.create_task(one(request, sample)))
-    if tasks:
-        _, pending = await asyncio.wait(tasks, timeout=drain_s)
-        for task in pending:
-            task.cancel()
-        for task in pending:
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+    drained = loop.call_at(t0 + (times[-1] if times else 0.0) + drain_s, stop.set)
+    try:
+        await drive(Schedule(arrivals=times), one, stop=stop)
+    finally:
+        drained.cancel()
     return samples
 
 
@@ -165,19 +160,16 @@ async def closed_loop(
     loop = asyncio.get_running_loop()
     start = loop.time() + warmup_s
     stop = start + duration_s
-    completed = errors = 0
 
-    async def worker() -> None:
-        nonlocal completed, errors
-        while loop.time() < stop:
-            request = workload.next()
-            sample = Sample(sent=0.0, prompt_tokens=request.prompt_tokens)
-            reply = await send(clients, url, request, sample)
-            workload.done(request, reply)
-            if not sample.ok:
-                errors += 1
-            elif start <= loop.time() <= stop:
-                completed += 1
+    async def one(n: int) -> tuple[bool, float]:
+        request = workload.next()
+        sample = Sample(sent=0.0, prompt_tokens=request.prompt_tokens)
+        reply = await send(clients, url, request, sample)
+        workload.done(request, reply)
+        return sample.ok, loop.time()
 
-    await asyncio.gather(*(worker() for _ in range(concurrency)))
+    schedule = Schedule(concurrency=concurrency, duration=warmup_s + duration_s)
+    driven = await drive(schedule, one)
+    errors = sum(not ok for ok, _ in driven.results)
+    completed = sum(ok and start <= at <= stop for ok, at in driven.results)
     return completed / duration_s, errors

@@ -4,7 +4,9 @@
 tickets ``n = 0, 1, 2, ...`` from ``concurrency`` clients at once (a closed
 loop: a client sends its next request when the last one is answered, after
 ``pause`` seconds), until ``requests`` tickets are used up, ``duration``
-seconds have passed, or an event says so. What ``send`` returns is collected
+seconds have passed, or an event says so. With ``arrivals`` it is an open
+loop instead: request ``n`` is sent ``arrivals[n]`` seconds after the start,
+whatever the answers do (Poisson arrivals, bursts). What ``send`` returns is collected
 in the order the requests finish. :func:`llmsvc.bench.load.run_load` is this
 loop with ``llmsvc bench``'s request; the harnesses pass their own ``send``
 when they need to record more of each answer (which backend served it, how a
@@ -23,7 +25,7 @@ import asyncio
 import contextlib
 import itertools
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Generic, TypeVar
 
@@ -41,10 +43,14 @@ class Schedule:
     """Seconds to keep starting requests; those in flight at the end finish."""
     pause: float = 0.0
     """Seconds a client waits after an answer before its next request."""
+    arrivals: Sequence[float] | None = None
+    """Open loop: seconds from the start at which each request is sent (no concurrency cap)."""
 
     def __post_init__(self) -> None:
         if self.requests is not None and self.duration is not None:
             raise ValueError("a Schedule takes requests or duration, not both")
+        if self.arrivals is not None and (self.requests, self.duration) != (None, None):
+            raise ValueError("a Schedule with arrivals takes neither requests nor duration")
 
 
 @dataclass(slots=True)
@@ -82,18 +88,47 @@ async def drive(
         for n in tickets:
             if not more(n):
                 return
-            result = await send(n)
-            driven.results.append(result)
-            if on_result is not None:
-                on_result(result)
+            await one(n)
             if schedule.pause:
                 await asyncio.sleep(schedule.pause)
 
-    clients = min(schedule.concurrency, schedule.requests or schedule.concurrency)
-    everything: asyncio.Future[Any] = asyncio.gather(*(client() for _ in range(clients)))
+    async def one(n: int) -> None:
+        result = await send(n)
+        driven.results.append(result)
+        if on_result is not None:
+            on_result(result)
+
+    everything: asyncio.Future[Any]
+    if schedule.arrivals is not None:
+        everything = asyncio.ensure_future(_open_loop(schedule.arrivals, one, draining))
+    else:
+        clients = min(schedule.concurrency, schedule.requests or schedule.concurrency)
+        everything = asyncio.gather(*(client() for _ in range(clients)))
     driven.interrupted = await _until_done_or(everything, stop or asyncio.Event())
     driven.elapsed_s = time.monotonic() - started
     return driven
+
+
+async def _open_loop(
+    arrivals: Sequence[float], one: Callable[[int], Awaitable[None]], drain: asyncio.Event
+) -> None:
+    """Start ``one(n)`` at ``arrivals[n]`` seconds from now; then wait for all of them."""
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    requests: list[asyncio.Task[None]] = []
+    try:
+        for n, at in enumerate(arrivals):
+            delay = started + at - loop.time()
+            if delay > 0:
+                await asyncio.sleep(delay)
+            if drain.is_set():
+                break
+            requests.append(asyncio.ensure_future(one(n)))
+        await asyncio.gather(*requests)
+    finally:
+        for request in requests:
+            request.cancel()
+        await asyncio.gather(*requests, return_exceptions=True)
 
 
 async def _until_done_or(everything: asyncio.Future[Any], stop: asyncio.Event) -> bool:
