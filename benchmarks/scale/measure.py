@@ -13,6 +13,7 @@ from typing import Any
 
 import aiohttp
 
+from llmsvc.bench.schedule import Schedule, drive
 from llmsvc.bench.stats import distribution
 from llmsvc.core.records import OPENAI_API, ServiceRecord
 from llmsvc.router.backends import BackendPool
@@ -118,20 +119,17 @@ def decision_time(strategy_name: str, backends: int, iterations: int) -> dict[st
 async def register_all(
     session: aiohttp.ClientSession, registry: str, records: Sequence[dict[str, Any]], workers: int
 ) -> float:
-    """POST every record (``workers`` at a time); the seconds it took."""
-    queue = list(reversed(records))
-    started = time.monotonic()
+    """POST every record (``workers`` at a time, on the load loop); the seconds it took."""
 
-    async def worker() -> None:
-        while queue:
-            record = queue.pop()
-            async with session.post(f"{registry}/services", json=record) as resp:
-                if resp.status not in (200, 201):
-                    raise RuntimeError(f"registering {record['name']}: {resp.status}")
-                await resp.read()
+    async def register(n: int) -> None:
+        record = records[n]
+        async with session.post(f"{registry}/services", json=record) as resp:
+            if resp.status not in (200, 201):
+                raise RuntimeError(f"registering {record['name']}: {resp.status}")
+            await resp.read()
 
-    await asyncio.gather(*(worker() for _ in range(workers)))
-    return time.monotonic() - started
+    driven = await drive(Schedule(concurrency=workers, requests=len(records)), register)
+    return driven.elapsed_s
 
 
 async def list_cost(
