@@ -19,10 +19,10 @@ from pathlib import Path
 
 import httpx
 import orjson
-from benchmarks.chaos.scenarios import HEADERS, logged_request, stream_flags
+from benchmarks.chaos.scenarios import HEADERS, Request, logged_request, stream_flags
 
 from llmsvc.bench.schedule import Schedule, drive
-from procs import HOST, Proc, free_port
+from procs import HOST, Proc, Spawn, free_port
 from procs import wait_until as wait
 
 BACKEND = Path(__file__).resolve().parents[1] / "benchmarks" / "common" / "backend.py"
@@ -31,7 +31,7 @@ STREAM = {"model": "bench-model", "messages": [{"role": "user", "content": "hi"}
 MIGRATE = Path("/proc/sys/net/ipv4/tcp_migrate_req")
 
 
-def _backends(spawn, tmp_path: Path, chunks: int) -> Path:  # type: ignore[no-untyped-def]
+def _backends(spawn: Spawn, tmp_path: Path, chunks: int) -> Path:
     records = []
     for i in range(2):
         port = free_port()
@@ -48,7 +48,7 @@ def _backends(spawn, tmp_path: Path, chunks: int) -> Path:  # type: ignore[no-un
     return static
 
 
-def _router(spawn, name: str, port: int, static: Path) -> Proc:  # type: ignore[no-untyped-def]
+def _router(spawn: Spawn, name: str, port: int, static: Path) -> Proc:
     proc: Proc = spawn(
         name, "router", "--port", str(port), "--static-services", str(static), "--reuse-port",
         "--log-level", "info",
@@ -57,7 +57,7 @@ def _router(spawn, name: str, port: int, static: Path) -> Proc:  # type: ignore[
     return proc
 
 
-def test_sigterm_finishes_open_streams_and_stops_accepting(spawn, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+def test_sigterm_finishes_open_streams_and_stops_accepting(spawn: Spawn, tmp_path: Path) -> None:
     static = _backends(spawn, tmp_path, chunks=60)  # streams of 3 s
     port = free_port()
     router = _router(spawn, "router", port, static)
@@ -88,7 +88,9 @@ def test_sigterm_finishes_open_streams_and_stops_accepting(spawn, tmp_path: Path
     assert router.popen.wait(10) == 0
 
 
-def test_sigterm_serves_an_idle_keep_alive_connection_once_more(spawn, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+def test_sigterm_serves_an_idle_keep_alive_connection_once_more(
+    spawn: Spawn, tmp_path: Path
+) -> None:
     # Closing it at once would lose a request the client sends on it just then; the
     # router answers it, with Connection: close, so the client moves on without a loss.
     static = _backends(spawn, tmp_path, chunks=10)
@@ -119,7 +121,7 @@ def _refused(port: int) -> bool:
     return False
 
 
-def test_rolling_restart_of_two_routers_loses_no_request(spawn, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+def test_rolling_restart_of_two_routers_loses_no_request(spawn: Spawn, tmp_path: Path) -> None:
     static = _backends(spawn, tmp_path, chunks=10)  # streams of 0.5 s
     port = free_port()
     routers = [_router(spawn, f"router-{i}", port, static) for i in range(2)]
@@ -135,28 +137,28 @@ def test_rolling_restart_of_two_routers_loses_no_request(spawn, tmp_path: Path) 
 
 
 async def _load_during_rolling_restart(
-    spawn,
+    spawn: Spawn,
     port: int,
     static: Path,
-    routers: list[Proc],  # type: ignore[no-untyped-def]
-) -> tuple[list[object], list[int | None]]:
+    routers: list[Proc],
+) -> tuple[list[Request], list[int | None]]:
     import aiohttp
 
     url = f"http://{HOST}:{port}/v1/chat/completions"
-    results: list[object] = []
+    results: list[Request] = []
     done = asyncio.Event()
 
     codes: list[int | None] = []
     connector = aiohttp.TCPConnector(limit=0)
     async with aiohttp.ClientSession(connector=connector, headers=HEADERS) as session:
 
-        async def stream(n: int) -> object:
+        async def stream(n: int) -> Request:
             return await logged_request(session, url, stream=True)
 
-        async def chat(n: int) -> object:
+        async def chat(n: int) -> Request:
             return await logged_request(session, url, stream=False)
 
-        def load(send: Callable[[int], Awaitable[object]], clients: int) -> Awaitable[object]:
+        def load(send: Callable[[int], Awaitable[Request]], clients: int) -> Awaitable[object]:
             schedule = Schedule(concurrency=clients, pause=0.005)
             return drive(schedule, send, on_result=results.append, drain=done)
 
@@ -173,7 +175,7 @@ async def _load_during_rolling_restart(
     return results, codes
 
 
-async def _answered(results: list[object], count: int, timeout: float = 20.0) -> None:
+async def _answered(results: list[Request], count: int, timeout: float = 20.0) -> None:
     """Wait until ``count`` requests of the load have been answered."""
     deadline = time.monotonic() + timeout
     while len(results) < count:
@@ -181,7 +183,7 @@ async def _answered(results: list[object], count: int, timeout: float = 20.0) ->
         await asyncio.sleep(0.01)
 
 
-def test_bad_shutdown_timeout_one_line(spawn) -> None:  # type: ignore[no-untyped-def]
+def test_bad_shutdown_timeout_one_line(spawn: Spawn) -> None:
     proc = spawn("router", "router", "--port", str(free_port()), "--shutdown-timeout", "-1")
     assert proc.popen.wait(20) == 2
     assert "shutdown-timeout" in proc.log()
