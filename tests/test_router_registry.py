@@ -14,6 +14,7 @@ from aiohttp import web
 from aiohttp.test_utils import TestClient
 from prometheus_client import CollectorRegistry
 
+import metrics
 from llmsvc.router.app import create_app
 from llmsvc.router.settings import RouterSettings
 from procs import HOST, Spawn, free_port, start_registry
@@ -58,11 +59,11 @@ async def test_registry_watch(
         services = (await (await client.get("/services")).json())["services"]
         return sorted(s["name"] for s in services if s["eligible"])
 
-    async def registry_up() -> str:
+    async def registry_up() -> float:
         text = await (await client.get("/metrics")).text()
-        return next(x for x in text.splitlines() if x.startswith("llmsvc_router_registry_up"))
+        return metrics.value(text, "llmsvc_router_registry_up")
 
-    await eventually(registry_up, "llmsvc_router_registry_up 1.0", 5)
+    await eventually(registry_up, 1.0, 5)
     assert await names() == ["st"]
     async with httpx.AsyncClient(base_url=registry) as reg:
         assert (await reg.post("/services", json=record)).status_code == 201
@@ -90,7 +91,7 @@ async def test_registry_watch(
 
     # The registry dies: the last view stays, no error reaches clients.
     reg_proc.kill()
-    await eventually(registry_up, "llmsvc_router_registry_up 0.0", 5)
+    await eventually(registry_up, 0.0, 5)
     assert await names() == ["e1", "st"]
     served = set()
     for _ in range(4):
@@ -131,19 +132,19 @@ async def test_unreadable_registry_answers_keep_the_last_view(
         )
         client = await aiohttp_client(create_app(settings, registry=CollectorRegistry()))
 
-        async def view() -> tuple[int, str]:
+        async def view() -> tuple[int, float]:
             text = await (await client.get("/metrics")).text()
-            up = next(x for x in text.splitlines() if x.startswith("llmsvc_router_registry_up"))
+            up = metrics.value(text, "llmsvc_router_registry_up")
             return (await (await client.get("/health")).json())["backends"], up
 
-        await eventually(view, (1, "llmsvc_router_registry_up 1.0"), 5)
+        await eventually(view, (1, 1.0), 5)
         answer["body"] = b'{"services": [{"name": "no host"}]}'
         answer["index"] = "2"
-        await eventually(view, (1, "llmsvc_router_registry_up 0.0"), 5)
+        await eventually(view, (1, 0.0), 5)
         answer["body"] = b'{"services": [1, 2'
         await asyncio.sleep(0.3)
-        assert await view() == (1, "llmsvc_router_registry_up 0.0")
+        assert await view() == (1, 0.0)
         answer["body"], answer["index"] = orjson.dumps({"services": [], "total": 0}), "3"
-        await eventually(view, (0, "llmsvc_router_registry_up 1.0"), 5)
+        await eventually(view, (0, 1.0), 5)
     finally:
         await runner.cleanup()
