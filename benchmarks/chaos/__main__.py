@@ -42,7 +42,7 @@ from benchmarks.chaos.scenarios import (
 from benchmarks.chaos.table import markdown, replace_table
 from benchmarks.common.ports import free_port
 from benchmarks.common.processes import last_line, start, stop
-from benchmarks.harness.measure import machine
+from benchmarks.common.procfs import machine
 
 DEFAULT_PROXIES = "llmsvc,nginx,haproxy,litellm,production-stack"
 SCENARIOS = ("death", "blackhole")

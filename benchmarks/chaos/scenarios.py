@@ -33,8 +33,8 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
+from benchmarks.common.procfs import descendants, fd_count, rss_mib
 from benchmarks.harness.loadgen import BENCH_KEY, CHAT_BODY, PATH, STREAM_BODY
-from benchmarks.harness.measure import descendants
 
 from llmsvc.bench.schedule import Schedule, drive
 
@@ -174,11 +174,9 @@ def proc_sample(pid: int) -> dict[str, float]:
     """RSS (MiB) and open file descriptors of ``pid`` and its descendants."""
     rss, fds = 0.0, 0
     for p in descendants(pid):
-        with contextlib.suppress(OSError):
-            for line in Path(f"/proc/{p}/status").read_text().splitlines():
-                if line.startswith("VmRSS:"):
-                    rss += int(line.split()[1]) / 1024
-            fds += len(os.listdir(f"/proc/{p}/fd"))
+        with contextlib.suppress(OSError, RuntimeError):  # gone, or a zombie
+            rss += rss_mib(p)
+            fds += fd_count(p)
     return {"t": time.time(), "rss_mib": round(rss, 1), "fds": fds}
 
 

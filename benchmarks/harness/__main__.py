@@ -33,6 +33,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # the root: benchm
 
 from benchmarks.common.ports import free_port
 from benchmarks.common.processes import last_line, start, stop
+from benchmarks.common.procfs import CpuMeter, machine
 from benchmarks.harness.loadgen import (
     BENCH_KEY,
     CHAT_BODY,
@@ -43,7 +44,6 @@ from benchmarks.harness.loadgen import (
     run_streams,
     run_wrk,
 )
-from benchmarks.harness.measure import CpuMeter, machine
 from benchmarks.harness.report import write_report
 from benchmarks.harness.targets import (
     TARGETS,

@@ -11,51 +11,25 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
-import platform
 import random
 import statistics
-import subprocess
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
+
+from benchmarks.common.procfs import cpu_seconds, machine
 
 from .config import StudyConfig
 from .driver import Clients, Sample, closed_loop, open_loop
 from .report import Result, summarize, targets
 from .scrape import EngineCounters, scrape
-from .stack import Stack, StartFailed, StrategyUnavailable, cpu_seconds, machine_cpu
+from .stack import Stack, StartFailed, StrategyUnavailable, machine_cpu
 from .workloads import arrival_times, make_workload
 
 log = logging.getLogger("routing-study")
 
 MAX_LOW_LOAD_RATIO = 1.2
 """Median measured/model TTFT at low load above which the machine, not the model, is timed."""
-
-
-def machine() -> Result:
-    """What the numbers were measured on."""
-    model = ""
-    try:
-        out = subprocess.run(["lscpu"], capture_output=True, text=True, check=False).stdout
-        names = [ln.split(":", 1)[1].strip() for ln in out.splitlines() if "Model name" in ln]
-        model = names[0] if names else ""
-    except OSError:
-        pass
-    mem_kb = 0
-    try:
-        for line in Path("/proc/meminfo").read_text().splitlines():
-            if line.startswith("MemTotal:"):
-                mem_kb = int(line.split()[1])
-    except OSError:
-        pass
-    return {
-        "nproc": os.cpu_count(),
-        "cpu_model": model,
-        "memory_gib": round(mem_kb / 2**20, 1),
-        "python": platform.python_version(),
-        "platform": platform.platform(),
-    }
 
 
 async def measure_capacity(cfg: StudyConfig, workload_name: str, log_dir: Path) -> Result:
@@ -137,7 +111,7 @@ async def _probe(stack: Stack, at: float, t0: float) -> Probe:
     await asyncio.sleep(max(0.0, t0 + at - time.monotonic()))
     counters = await scrape(stack.engine_urls)
     busy, total = machine_cpu()
-    return Probe(counters, cpu_seconds(stack.pids) + time.process_time(), busy, total)
+    return Probe(counters, sum(cpu_seconds(stack.pids).values()) + time.process_time(), busy, total)
 
 
 def cpu_shares(first: Probe, last: Probe) -> Result:

@@ -55,6 +55,7 @@ from llmsvc.bench.report import report
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # the root: benchmarks.common
 
 from benchmarks.common.ports import free_port
+from benchmarks.common.procfs import fd_count, rss_mib
 
 HOST = "127.0.0.1"
 MODEL = "soak-model"
@@ -170,17 +171,6 @@ def worker_pids(parent: int) -> list[int]:
     return sorted(pids)
 
 
-def rss_mb(pid: int) -> float:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) / 1024
-    raise RuntimeError(f"no VmRSS for {pid}")
-
-
-def fd_count(pid: int) -> int:
-    return len(os.listdir(f"/proc/{pid}/fd"))
-
-
 # -- load ------------------------------------------------------------------------------
 
 
@@ -237,7 +227,7 @@ async def load_and_sample(
 def sample(workers: list[int], started: float) -> dict[str, Any]:
     return {
         "t": round(time.monotonic() - started, 2),
-        "rss_mb": {str(pid): round(rss_mb(pid), 2) for pid in workers},
+        "rss_mb": {str(pid): round(rss_mib(pid), 2) for pid in workers},
         "fds": {str(pid): fd_count(pid) for pid in workers},
     }
 

@@ -1,4 +1,5 @@
-"""CPU accounting from ``/proc`` and a description of the machine.
+"""What the harnesses read from ``/proc``: CPU, memory and descriptors of a process tree,
+and a description of the machine.
 
 The CPU a proxy spends is read from the kernel's own accounting: ``utime +
 stime`` of ``/proc/<pid>/stat`` for the proxy's process and every descendant
@@ -51,6 +52,19 @@ def cpu_seconds(pids: list[int]) -> dict[int, float]:
     return result
 
 
+def rss_mib(pid: int) -> float:
+    """Resident memory of ``pid`` (``VmRSS`` of ``/proc/<pid>/status``), MiB."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    raise RuntimeError(f"no VmRSS for {pid}")
+
+
+def fd_count(pid: int) -> int:
+    """Open file descriptors of ``pid``."""
+    return len(os.listdir(f"/proc/{pid}/fd"))
+
+
 class CpuMeter:
     """CPU spent by a process tree between :meth:`start` and :meth:`stop`."""
 
@@ -69,7 +83,7 @@ class CpuMeter:
 
 
 def machine() -> dict[str, object]:
-    """nproc, CPU model, memory, kernel, Python: printed with every result."""
+    """nproc, CPU model, memory, kernel, platform, Python: printed with every result."""
     model = ""
     try:
         lscpu = subprocess.run(["lscpu"], capture_output=True, text=True, timeout=10).stdout
@@ -87,5 +101,6 @@ def machine() -> dict[str, object]:
         "cpu_model": model,
         "memory_gib": round(mem_kb / 1024 / 1024, 1),
         "kernel": platform.release(),
+        "platform": platform.platform(),
         "python": platform.python_version(),
     }
