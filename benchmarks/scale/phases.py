@@ -11,7 +11,7 @@ from typing import Any
 
 import aiohttp
 from benchmarks.common.ports import free_port
-from measure import (
+from benchmarks.scale.measure import (
     MODEL,
     Watchers,
     backend_records,
@@ -20,7 +20,7 @@ from measure import (
     propagation,
     register_all,
 )
-from processes import Child, Children, wait_http
+from benchmarks.scale.processes import Child, Children, wait_http
 
 from llmsvc.bench.load import LoadSpec, run_load
 

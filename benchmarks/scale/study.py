@@ -40,11 +40,10 @@ import aiohttp
 
 from llmsvc.router.settings import Strategy
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # the root: benchmarks.common
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # the root: benchmarks.*
 
-from measure import decision_time
-from phases import (
+from benchmarks.scale.measure import decision_time
+from benchmarks.scale.phases import (
     baseline_phase,
     health_phase,
     mib,
@@ -53,8 +52,8 @@ from phases import (
     router_phase,
     say,
 )
-from processes import Children
-from report import render
+from benchmarks.scale.processes import Children
+from benchmarks.scale.report import render
 
 STRATEGIES: tuple[str, ...] = get_args(Strategy)
 
