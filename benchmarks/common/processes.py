@@ -2,14 +2,19 @@
 
 A proxy under test may start workers or children of its own; its own process
 group lets :func:`stop` end all of them, and lets the harness count their CPU.
+:func:`start`/:func:`stop` are for the synchronous harnesses (``subprocess``),
+:func:`spawn` and :class:`Child` for the asyncio ones (the routing and scale
+studies).
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import os
 import signal
 import subprocess
+from dataclasses import dataclass, field
 from pathlib import Path
 
 
@@ -45,3 +50,51 @@ def last_line(log: Path, limit: int = 300) -> str:
     """The last line of a log that says something (a crashed process's reason)."""
     lines = [ln.strip() for ln in log.read_text(errors="replace").splitlines() if ln.strip()]
     return lines[-1][:limit] if lines else "(empty log)"
+
+
+@dataclass
+class Child:
+    """A process started by :func:`spawn`, with its log."""
+
+    name: str
+    process: asyncio.subprocess.Process
+    log_path: Path
+    ports: list[int] = field(default_factory=list)  # the ports it listens on, when it says
+
+    @property
+    def pid(self) -> int:
+        return self.process.pid
+
+    def log_tail(self, chars: int = 2000) -> str:
+        try:
+            return self.log_path.read_text(errors="replace")[-chars:]
+        except OSError:
+            return ""
+
+    async def stop(self, grace: float = 10.0) -> None:
+        """SIGTERM, then SIGKILL after ``grace`` seconds."""
+        if self.process.returncode is None:
+            with contextlib.suppress(ProcessLookupError):
+                self.process.send_signal(signal.SIGTERM)
+            try:
+                await asyncio.wait_for(self.process.wait(), grace)
+            except TimeoutError:
+                with contextlib.suppress(ProcessLookupError):
+                    self.process.kill()
+                await self.process.wait()
+
+
+async def spawn(name: str, *argv: str, log_dir: Path, stdout_pipe: bool = False) -> Child:
+    """Start ``argv`` in its own session, output to ``log_dir/<name>.log`` (stdout piped
+    to the caller instead with ``stdout_pipe``)."""
+    log_path = log_dir / f"{name}.log"
+    with open(log_path, "wb") as log:  # noqa: ASYNC230 - a local file, opened once per child
+        process = await asyncio.create_subprocess_exec(
+            *argv,
+            stdin=asyncio.subprocess.DEVNULL,
+            stdout=asyncio.subprocess.PIPE if stdout_pipe else log,
+            stderr=log,
+            start_new_session=True,
+            env={**os.environ, "PYTHONUNBUFFERED": "1"},
+        )
+    return Child(name, process, log_path)

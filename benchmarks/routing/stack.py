@@ -19,6 +19,7 @@ from types import TracebackType
 import aiohttp
 import orjson
 from benchmarks.common.ports import free_port
+from benchmarks.common.processes import Child, spawn
 
 from .config import MODEL, EngineProfile
 
@@ -45,58 +46,19 @@ def parse_strategy(label: str) -> tuple[str, list[str]]:
     return name, flags
 
 
-@dataclass(slots=True)
-class Process:
-    name: str
-    proc: asyncio.subprocess.Process
-    log: Path
-
-    def tail(self, chars: int = 2000) -> str:
-        try:
-            return self.log.read_text(errors="replace")[-chars:]
-        except OSError:
-            return ""
-
-
-async def start_process(name: str, args: list[str], log_dir: Path) -> Process:
-    log = log_dir / f"{name}.log"
-    with log.open("wb") as out:
-        proc = await asyncio.create_subprocess_exec(
-            sys.executable,
-            "-m",
-            "llmsvc",
-            *args,
-            stdin=asyncio.subprocess.DEVNULL,
-            stdout=out,
-            stderr=asyncio.subprocess.STDOUT,
-            start_new_session=True,
-            env={**os.environ, "PYTHONUNBUFFERED": "1"},
-        )
-    return Process(name=name, proc=proc, log=log)
-
-
-async def stop_process(process: Process) -> None:
-    proc = process.proc
-    if proc.returncode is None:
-        with contextlib.suppress(ProcessLookupError):
-            proc.terminate()
-        try:
-            await asyncio.wait_for(proc.wait(), STOP_TIMEOUT_S)
-        except TimeoutError:
-            with contextlib.suppress(ProcessLookupError):
-                proc.kill()
-            await proc.wait()
+async def _llmsvc(name: str, args: list[str], log_dir: Path) -> Child:
+    return await spawn(name, sys.executable, "-m", "llmsvc", *args, log_dir=log_dir)
 
 
 async def wait_healthy(
-    http: aiohttp.ClientSession, process: Process, url: str, *, backends: int | None = None
+    http: aiohttp.ClientSession, process: Child, url: str, *, backends: int | None = None
 ) -> None:
     """Poll ``url`` until 200 (and, for the router, ``backends`` healthy backends)."""
     loop = asyncio.get_running_loop()
     deadline = loop.time() + START_TIMEOUT_S
     while loop.time() < deadline:
-        if process.proc.returncode is not None:
-            raise StartFailed(f"{process.name} exited:\n{process.tail()}")
+        if process.process.returncode is not None:
+            raise StartFailed(f"{process.name} exited:\n{process.log_tail()}")
         with contextlib.suppress(aiohttp.ClientError, TimeoutError):
             async with http.get(url) as resp:
                 if resp.status == 200:
@@ -117,11 +79,11 @@ class Stack:
     log_dir: Path
     engine_urls: list[str] = field(default_factory=list)
     router_url: str = ""
-    processes: list[Process] = field(default_factory=list)
+    processes: list[Child] = field(default_factory=list)
 
     @property
     def pids(self) -> list[int]:
-        return [p.proc.pid for p in self.processes]
+        return [p.pid for p in self.processes]
 
     async def __aenter__(self) -> Stack:
         self.log_dir.mkdir(parents=True, exist_ok=True)
@@ -144,7 +106,7 @@ class Stack:
         for i, port in enumerate(ports):
             args = ["sim-engine", "--port", str(port), "--model-name", MODEL]
             args += ["--engine-id", f"engine-{i}", "--log-level", "warning", *self.profile.flags()]
-            self.processes.append(await start_process(f"engine-{i}", args, self.log_dir))
+            self.processes.append(await _llmsvc(f"engine-{i}", args, self.log_dir))
         self.engine_urls = [f"http://{HOST}:{port}" for port in ports]
         await asyncio.gather(
             *(
@@ -166,18 +128,18 @@ class Stack:
         args = ["router", "--port", str(port), "--strategy", name, *options]
         args += ["--static-services", str(services_file), "--log-level", "warning"]
         args += self.profile.router_flags(name)
-        router = await start_process("router", args, self.log_dir)
+        router = await _llmsvc("router", args, self.log_dir)
         self.processes.append(router)
         self.router_url = f"http://{HOST}:{port}"
         try:
             await wait_healthy(http, router, f"{self.router_url}/health", backends=self.engines)
         except StartFailed as exc:
-            if "not implemented" in router.tail():
-                raise StrategyUnavailable(router.tail(300).strip()) from exc
+            if "not implemented" in router.log_tail():
+                raise StrategyUnavailable(router.log_tail(300).strip()) from exc
             raise
 
     async def stop(self) -> None:
-        await asyncio.gather(*(stop_process(p) for p in reversed(self.processes)))
+        await asyncio.gather(*(p.stop(STOP_TIMEOUT_S) for p in reversed(self.processes)))
 
 
 def machine_cpu() -> tuple[float, float]:

@@ -11,6 +11,8 @@ from typing import Any
 
 import aiohttp
 from benchmarks.common.ports import free_port
+from benchmarks.common.processes import Child
+from benchmarks.common.procfs import rss_mib
 from benchmarks.scale.measure import (
     MODEL,
     Watchers,
@@ -20,7 +22,7 @@ from benchmarks.scale.measure import (
     propagation,
     register_all,
 )
-from benchmarks.scale.processes import Child, Children, wait_http
+from benchmarks.scale.processes import Children, wait_http
 
 from llmsvc.bench.load import LoadSpec, run_load
 
@@ -35,6 +37,11 @@ def say(message: str) -> None:
 
 def mib(n: int) -> float:
     return round(n / 2**20, 1)
+
+
+def rss(child: Child) -> float:
+    """The child's resident memory in MiB (one decimal)."""
+    return round(rss_mib(child.pid), 1)
 
 
 async def start_registry(
@@ -104,12 +111,12 @@ async def registry_phase(
 ) -> tuple[Child, str, dict[str, Any]]:
     """The registry and its records: registration time, memory, the cost of one list."""
     registry, url = await start_registry(children, session)
-    result: dict[str, Any] = {"rss_empty_mib": mib(registry.rss_bytes())}
+    result: dict[str, Any] = {"rss_empty_mib": rss(registry)}
     records = backend_records(ports, args.backends)
     records += other_records(ports, args.records - args.backends)
     seconds = await register_all(session, url, records, workers=16)
     result |= {"records": len(records), "registration_s": round(seconds, 2)}
-    result["rss_records_mib"] = mib(registry.rss_bytes())
+    result["rss_records_mib"] = rss(registry)
     result["list_all_s"] = await list_cost(session, url, "", 5)
     result["list_openai_api_s"] = await list_cost(session, url, "type=openai-api", 5)
     return registry, url, result
@@ -137,7 +144,7 @@ async def propagation_phase(
         async with session.get(f"{registry_url}/health") as resp:
             await watchers.start(int((await resp.json())["index"]))
         entry: dict[str, Any] = {"watchers": watchers.count, "watch": label}
-        entry["registry_rss_mib"] = mib(registry.rss_bytes())
+        entry["registry_rss_mib"] = rss(registry)
         try:
             entry |= await propagation(
                 session, registry_url, router_url, probe_port, args.rounds,
@@ -146,7 +153,7 @@ async def propagation_phase(
         finally:
             await watchers.stop()
         entry |= {"answers": watchers.answers, "mib_read": mib(watchers.bytes_read)}
-        entry["registry_rss_after_mib"] = mib(registry.rss_bytes())
+        entry["registry_rss_after_mib"] = rss(registry)
         results.append(entry)
     return results
 
@@ -172,9 +179,9 @@ async def router_phase(
     except RuntimeError as exc:
         return {"strategy": strategy, "skipped": str(exc).splitlines()[-1][:300]}, None, ""
     entry: dict[str, Any] = {"strategy": strategy, "ready_s": round(ready_s, 2)}
-    entry["rss_mib"] = mib(router.rss_bytes())
+    entry["rss_mib"] = rss(router)
     entry["load"] = await load(url, args)
-    entry["rss_after_load_mib"] = mib(router.rss_bytes())
+    entry["rss_after_load_mib"] = rss(router)
     return entry, router, url
 
 
@@ -189,10 +196,10 @@ async def baseline_phase(
         children, session, "router-one", "--static-services", str(static), backends=1
     )
     through_one = await load(url, args)
-    rss = mib(router.rss_bytes())
+    memory = rss(router)
     await children.stop(router)
     return {
-        "router_one_backend": through_one | {"rss_mib": rss},
+        "router_one_backend": through_one | {"rss_mib": memory},
         "direct": await load(f"http://{HOST}:{port}", args),
     }
 

@@ -5,51 +5,15 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-import os
-import signal
 import sys
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import aiohttp
+from benchmarks.common.processes import Child, spawn
 
 HERE = Path(__file__).resolve().parent
 BACKEND = HERE.parent / "common" / "backend.py"  # the stand-in backend, on many ports
-
-
-@dataclass
-class Child:
-    name: str
-    process: asyncio.subprocess.Process
-    log_path: Path
-    ports: list[int] = field(default_factory=list)  # the listener's
-
-    @property
-    def pid(self) -> int:
-        return self.process.pid
-
-    def rss_bytes(self) -> int:
-        """Resident set size from ``/proc/<pid>/status`` (VmRSS, in kB there)."""
-        for line in Path(f"/proc/{self.pid}/status").read_text().splitlines():
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) * 1024
-        raise RuntimeError(f"{self.name}: no VmRSS for pid {self.pid}")
-
-    def log_tail(self, chars: int = 2000) -> str:
-        return self.log_path.read_text(errors="replace")[-chars:]
-
-    async def stop(self, grace: float = 10.0) -> None:
-        """SIGTERM, then SIGKILL after ``grace`` seconds."""
-        if self.process.returncode is None:
-            with contextlib.suppress(ProcessLookupError):
-                self.process.send_signal(signal.SIGTERM)
-            try:
-                await asyncio.wait_for(self.process.wait(), grace)
-            except TimeoutError:
-                with contextlib.suppress(ProcessLookupError):
-                    self.process.kill()
-                await self.process.wait()
 
 
 class Children:
@@ -61,15 +25,7 @@ class Children:
         log_dir.mkdir(parents=True, exist_ok=True)
 
     async def start(self, name: str, *argv: str, stdout_pipe: bool = False) -> Child:
-        log_path = self.log_dir / f"{name}.log"
-        with open(log_path, "wb") as log:  # noqa: ASYNC230 - a local file, opened once per child
-            process = await asyncio.create_subprocess_exec(
-                *argv,
-                stdout=asyncio.subprocess.PIPE if stdout_pipe else log,
-                stderr=log,
-                env={**os.environ, "PYTHONUNBUFFERED": "1"},
-            )
-        child = Child(name, process, log_path)
+        child = await spawn(name, *argv, log_dir=self.log_dir, stdout_pipe=stdout_pipe)
         self.children.append(child)
         return child
 

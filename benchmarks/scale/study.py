@@ -46,10 +46,10 @@ from benchmarks.scale.measure import decision_time
 from benchmarks.scale.phases import (
     baseline_phase,
     health_phase,
-    mib,
     propagation_phase,
     registry_phase,
     router_phase,
+    rss,
     say,
 )
 from benchmarks.scale.processes import Children
@@ -129,7 +129,7 @@ async def _processes(
     registry, registry_url, results["registry"] = await registry_phase(
         args, children, session, ports
     )
-    results["listener_rss_mib"] = mib(listener.rss_bytes())
+    results["listener_rss_mib"] = rss(listener)
     results["routers"] = []
     for strategy in args.strategies:
         entry, router, url = await router_phase(args, children, session, registry_url, strategy)
@@ -142,7 +142,7 @@ async def _processes(
             )
             results["propagation_router"] = strategy
         await children.stop(router)
-    results["registry"]["rss_end_mib"] = mib(registry.rss_bytes())
+    results["registry"]["rss_end_mib"] = rss(registry)
     results["baseline"] = await baseline_phase(args, children, session, ports[0])
     await children.stop(registry)
     if args.health_round:
