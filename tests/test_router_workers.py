@@ -11,27 +11,12 @@ from pathlib import Path
 import httpx
 import orjson
 import pytest
+from benchmarks.common.procfs import children
 
 import metrics
 from procs import HOST, Proc, ProcGroup, Spawn, free_port, llmsvc_args, pid_alive, wait_until
 
 CHAT = {"model": "m", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 2}
-
-
-def children(pid: int) -> set[int]:
-    """Live child processes of ``pid`` (zombies excluded)."""
-    found = set()
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            stat = (entry / "stat").read_text()
-        except OSError:
-            continue
-        fields = stat[stat.rindex(")") + 2 :].split()
-        if int(fields[1]) == pid and fields[0] != "Z":
-            found.add(int(entry.name))
-    return found
 
 
 @pytest.fixture(scope="module")

@@ -42,6 +42,17 @@ def descendants(root: int) -> list[int]:
     return found
 
 
+def children(parent: int) -> set[int]:
+    """Live child processes of ``parent`` (zombies excluded): a router's workers."""
+    found = set()
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            fields = _stat(int(entry.name))
+            if fields and int(fields[1]) == parent and fields[0] != "Z":
+                found.add(int(entry.name))
+    return found
+
+
 def cpu_seconds(pids: list[int]) -> dict[int, float]:
     """utime + stime of each pid that still exists, in seconds."""
     result = {}

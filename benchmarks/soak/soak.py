@@ -55,7 +55,7 @@ from llmsvc.bench.report import report
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # the root: benchmarks.common
 
 from benchmarks.common.ports import free_port
-from benchmarks.common.procfs import fd_count, rss_mib
+from benchmarks.common.procfs import children, fd_count, rss_mib
 
 HOST = "127.0.0.1"
 MODEL = "soak-model"
@@ -157,18 +157,7 @@ def warm_up(router: str, *, wait: bool) -> None:
 
 def worker_pids(parent: int) -> list[int]:
     """The live child processes of the router's parent (its workers)."""
-    pids = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            stat = (entry / "stat").read_text()
-        except OSError:
-            continue
-        fields = stat.rsplit(")", 1)[1].split()
-        if int(fields[1]) == parent and fields[0] != "Z":
-            pids.append(int(entry.name))
-    return sorted(pids)
+    return sorted(children(parent))
 
 
 # -- load ------------------------------------------------------------------------------
