@@ -14,6 +14,7 @@ import time
 
 import orjson
 
+import metrics
 from procs import HOST, Spawn, start_registry, wait_until
 
 
@@ -32,7 +33,10 @@ def test_sigterm_answers_a_held_blocking_query_and_open_connections(spawn: Spawn
     assert first.status == 200 and index, first.headers
     held = http.client.HTTPConnection(HOST, port, timeout=20)
     held.request("GET", f"/services?index={index}&wait=15s")  # nothing changes: it waits
-    time.sleep(0.3)  # the query has reached its handler and is waiting
+    wait_until(  # the query has reached its handler and is waiting
+        lambda: metrics.value(metrics.scrape(url), "llmsvc_registry_blocking_queries") == 1,
+        what="the blocking query waiting",
+    )
     started = time.monotonic()
     proc.signal(signal.SIGTERM)
     wait_until(lambda: "listener closed" in proc.log(), timeout=10, what="the listener closed")

@@ -13,6 +13,7 @@ import httpx
 import pytest
 from prometheus_client import CollectorRegistry
 
+import metrics
 from llmsvc.core.records import ServiceRecord
 from llmsvc.registry.app import create_app
 from llmsvc.registry.persistence import SavedState, StateFileError, load_state, save_state
@@ -182,7 +183,10 @@ def test_sigterm_answers_open_watchers_and_exits(spawn: Spawn, tmp_path: Path) -
         )
     )
     watcher.start()
-    time.sleep(0.3)
+    wait_until(
+        lambda: metrics.value(metrics.scrape(url), "llmsvc_registry_blocking_queries") == 1,
+        what="the blocking query waiting",
+    )
     started = time.monotonic()
     assert proc.stop() == 0
     watcher.join(10)

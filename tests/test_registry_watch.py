@@ -11,6 +11,7 @@ import pytest
 from aiohttp.test_utils import TestClient
 from prometheus_client import CollectorRegistry
 
+import metrics
 from llmsvc.core.registry_client import RegistryClient
 from llmsvc.registry.app import create_app
 from llmsvc.registry.queries import MAX_WAIT, parse_duration
@@ -27,6 +28,18 @@ async def client(aiohttp_client: Any) -> TestClient[Any, Any]:
     return result
 
 
+async def parked(client: TestClient[Any, Any], count: int, timeout: float = 5.0) -> None:
+    """Wait until ``count`` blocking queries wait in the registry (its own gauge says so)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        text = await (await client.get("/metrics")).text()
+        now = metrics.value(text, "llmsvc_registry_blocking_queries")
+        if now == count:
+            return
+        assert time.monotonic() < deadline, f"{now} blocking queries waiting, not {count}"
+        await asyncio.sleep(0.01)
+
+
 async def current_index(client: TestClient[Any, Any]) -> int:
     resp = await client.get("/services")
     return int(resp.headers["X-Llmsvc-Index"])
@@ -36,7 +49,7 @@ async def test_returns_early_on_change(client: TestClient[Any, Any]) -> None:
     index = await current_index(client)
     started = time.monotonic()
     watch = asyncio.create_task(client.get(f"/services?index={index}&wait=10s"))
-    await asyncio.sleep(0.2)
+    await parked(client, 1)
     assert not watch.done()
     await client.post("/services", json=SERVICE)
     resp = await asyncio.wait_for(watch, 5)
@@ -62,7 +75,7 @@ async def test_heartbeat_does_not_wake_watchers(client: TestClient[Any, Any]) ->
     await client.post("/services", json=SERVICE)
     index = await current_index(client)
     watch = asyncio.create_task(client.get(f"/services?index={index}&wait=0.5"))
-    await asyncio.sleep(0.1)
+    await parked(client, 1)
     await client.post("/services/engine-a/heartbeat")
     await asyncio.sleep(0.1)
     assert not watch.done()
@@ -93,7 +106,7 @@ async def test_index_never_repeats_across_restarts(aiohttp_client: Any) -> None:
 async def test_filters_apply_to_the_answer(client: TestClient[Any, Any]) -> None:
     index = await current_index(client)
     watch = asyncio.create_task(client.get(f"/services?index={index}&wait=10&type=babysitter"))
-    await asyncio.sleep(0.1)
+    await parked(client, 1)
     await client.post("/services", json=SERVICE)
     resp = await asyncio.wait_for(watch, 5)
     assert (await resp.json()) == {"services": [], "total": 0}
@@ -104,7 +117,7 @@ async def test_many_concurrent_watchers(client: TestClient[Any, Any]) -> None:
     watches = [
         asyncio.create_task(client.get(f"/services?index={index}&wait=20s")) for _ in range(50)
     ]
-    await asyncio.sleep(0.3)
+    await parked(client, 50)
     assert not any(w.done() for w in watches)
     await client.post("/services", json=SERVICE)
     answers = await asyncio.wait_for(asyncio.gather(*watches), 5)
@@ -116,7 +129,7 @@ async def test_registry_client_round_trip(client: TestClient[Any, Any]) -> None:
     records, index = await registry.services()
     assert records == []
     watch = asyncio.create_task(registry.services(index=index, wait=10, model="m"))
-    await asyncio.sleep(0.1)
+    await parked(client, 1)
     await client.post("/services", json={**SERVICE, "metadata": {"models": ["m"]}})
     records, new_index = await asyncio.wait_for(watch, 5)
     assert [r.name for r in records] == ["engine-a"]

@@ -98,7 +98,8 @@ async def list_services(request: web.Request) -> web.Response:
     state = request.app[REGISTRY]
     store = state.store
     if query.index is not None:
-        await store.wait_for_change(query.index, query.wait)
+        with state.metrics.blocking_queries.track_inprogress():
+            await store.wait_for_change(query.index, query.wait)
     index, records = store.snapshot(healthy=query.healthy, type_=query.type_, model=query.model)
     key = (query.healthy, query.type_, query.model)
     # Every watcher woken by one change asks for the same answer: build it once per index.

@@ -58,6 +58,12 @@ class RegistryMetrics:
             "The registry's change index (what blocking queries wait on).",
             registry=registry,
         )
+        self.blocking_queries = Gauge(
+            "llmsvc_registry_blocking_queries",
+            "Blocking queries (GET /services?index=N) waiting for the next change: "
+            "about one per router and watcher.",
+            registry=registry,
+        )
         self.kubernetes_records = Gauge(
             "llmsvc_registry_kubernetes_records",
             "Records that come from Kubernetes EndpointSlices (--source kubernetes).",
