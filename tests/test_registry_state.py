@@ -64,11 +64,14 @@ def test_save_is_atomic_and_loads_back(tmp_path: Path) -> None:
     )
     save_state(path, SavedState(index=3, services=[record]))
     save_state(path, SavedState(index=4, services=[record]))
-    assert sorted(p.name for p in path.parent.iterdir()) == ["state.json"]
+    assert sorted(p.name for p in path.parent.iterdir()) == ["state.json", "state.json.prev"]
     loaded = load_state(path)
     assert loaded is not None
     assert loaded.index == 4
     assert loaded.services == [record]
+    previous = load_state(path.parent / "state.json.prev")  # the generation before
+    assert previous is not None
+    assert previous.index == 3
     assert load_state(tmp_path / "missing.json") is None
 
 
@@ -192,3 +195,43 @@ def test_sigterm_answers_open_watchers_and_exits(spawn: Spawn, tmp_path: Path) -
     watcher.join(10)
     assert time.monotonic() - started < 3
     assert [r.status_code for r in answers] == [200]
+
+
+def test_corrupt_state_file_recovers_the_previous_generation(spawn: Spawn, tmp_path: Path) -> None:
+    state = tmp_path / "state.json"
+    proc, url = start(spawn, state)
+    svc = {"name": "engine-a", "host": "127.0.0.1", "port": 8000, "metadata": {"models": ["m"]}}
+    httpx.post(f"{url}/services", json=svc)
+    wait_until(lambda: saved_names(state) == ["engine-a"], timeout=5, what="engine-a saved")
+    httpx.post(f"{url}/services", json={**svc, "name": "engine-b", "port": 8002})
+    wait_until(lambda: "engine-b" in saved_names(state), timeout=5, what="engine-b saved")
+    proc.kill()
+    assert saved_names(tmp_path / "state.json.prev") == ["engine-a"]
+    half = state.read_bytes()[:40]  # a write cut short
+    state.write_bytes(half)
+
+    proc2, url2 = start(spawn, state, name="registry-2")
+    names = [s["name"] for s in httpx.get(f"{url2}/services").json()["services"]]
+    assert names == ["engine-a"]
+    warning = next(line for line in proc2.log().splitlines() if "corrupt state file" in line)
+    assert "not valid JSON" in warning
+    assert "state.json.prev" in warning
+    assert "1 records" in warning
+    assert "changes after it are lost" in warning
+    (aside,) = tmp_path.glob("state.json.corrupt-*")
+    assert aside.name in warning
+    assert aside.read_bytes() == half  # kept for a person to look at
+    wait_until(lambda: saved_names(state) == ["engine-a"], timeout=5, what="state rewritten")
+
+
+def test_corrupt_state_file_and_previous_generation_exit_1(tmp_path: Path) -> None:
+    state = tmp_path / "state.json"
+    state.write_text('{"version": 1, "services": [')
+    (tmp_path / "state.json.prev").write_text("{not json")
+    done = run_registry("--state-file", str(state))
+    assert done.returncode == 1
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1, done.stderr
+    assert str(state) in lines[0]
+    assert "state.json.prev" in lines[0]
+    assert state.read_text() == '{"version": 1, "services": ['  # left alone for a person

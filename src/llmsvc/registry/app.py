@@ -18,7 +18,7 @@ from llmsvc.registry.health import CONCURRENT_CHECKS, check_all
 from llmsvc.registry.kubernetes import KubernetesSource, kubernetes_ctx, load_credentials
 from llmsvc.registry.metrics import RegistryMetrics
 from llmsvc.registry.models import KubernetesHealth
-from llmsvc.registry.persistence import StateFileError, StateWriter, load_state
+from llmsvc.registry.persistence import StateFileError, StateWriter, load_or_recover
 from llmsvc.registry.settings import RegistrySettings
 from llmsvc.registry.state import REGISTRY, RegistryState
 from llmsvc.registry.store import ServiceStore
@@ -138,7 +138,7 @@ def create_app(
     store = ServiceStore(ttl=settings.heartbeat_ttl, index=int(time.time() * 1000))
     writer = None
     if settings.state_file is not None:
-        saved = load_state(settings.state_file)
+        saved = load_or_recover(settings.state_file)
         if saved is not None:
             store.restore(saved.services, index=saved.index)
             log.info("restored %d services from %s", len(store), settings.state_file)

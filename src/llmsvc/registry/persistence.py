@@ -7,6 +7,13 @@ Format (``version`` 1)::
 A write goes to a temporary file in the same directory, is flushed and
 fsynced, then ``os.replace``-d over the old file (and the directory fsynced),
 so a reader or a crash sees the old state or the new one, never half of one.
+Before the new file replaces it, the old one becomes the previous generation,
+``<name>.prev`` (a hard link renamed over the last one, so the state file itself
+is never missing): a state file damaged anyway (a disk, a person, a copy cut
+short) is then recovered from it at start by :func:`load_or_recover`, which
+keeps the damaged file aside as ``<name>.corrupt-<UTC time>`` and logs what
+was lost. When the previous generation is unusable too, the registry refuses to
+start (exit 1, one line) rather than start empty and forget every engine.
 The file is a few KB: it is written synchronously on the event loop, which
 takes well under a millisecond and needs no thread. Bursts of changes are
 coalesced by :class:`StateWriter`, one task woken by the change index.
@@ -18,7 +25,9 @@ import asyncio
 import contextlib
 import logging
 import os
+import shutil
 import tempfile
+import time
 from pathlib import Path
 from typing import Literal
 
@@ -36,6 +45,10 @@ class StateFileError(Exception):
     """The state file cannot be read or written; the message is one line naming it."""
 
 
+class CorruptStateFile(StateFileError):
+    """The state file was read but holds no valid state (empty, not JSON, invalid)."""
+
+
 class SavedState(BaseModel):
     version: Literal[1] = 1
     index: int = Field(default=0, ge=0)
@@ -51,16 +64,60 @@ def load_state(path: Path) -> SavedState | None:
     except OSError as exc:
         raise StateFileError(f"state file {path}: cannot read it: {exc.strerror}") from None
     if not raw.strip():
-        raise StateFileError(f"state file {path}: it is empty (expected a JSON object)")
+        raise CorruptStateFile(f"state file {path}: it is empty (expected a JSON object)")
     try:
         data = orjson.loads(raw)
     except orjson.JSONDecodeError as exc:
-        raise StateFileError(f"state file {path}: not valid JSON: {exc}") from None
+        raise CorruptStateFile(f"state file {path}: not valid JSON: {exc}") from None
     try:
         return SavedState.model_validate(data)
     except ValidationError as exc:
         message, _ = validation_message(exc)
-        raise StateFileError(f"state file {path}: {message}") from None
+        raise CorruptStateFile(f"state file {path}: {message}") from None
+
+
+def previous_generation(path: Path) -> Path:
+    """Where the state file's previous generation is kept: ``<name>.prev`` beside it."""
+    return path.with_name(path.name + ".prev")
+
+
+def load_or_recover(path: Path) -> SavedState | None:
+    """:func:`load_state`, or the previous generation when the state file is corrupt.
+
+    The corrupt file is renamed ``<name>.corrupt-<UTC time>`` (the next write would
+    replace it) and a warning names what was loaded and that later changes are lost.
+    :class:`StateFileError` when the file cannot be read, or it is corrupt and its
+    previous generation is missing or corrupt too (the corrupt file is left alone).
+    """
+    try:
+        return load_state(path)
+    except CorruptStateFile as exc:
+        problem = exc
+    prev = previous_generation(path)
+    try:
+        saved = load_state(prev)
+    except StateFileError as exc:
+        raise StateFileError(f"{problem}; its previous generation is unusable too: {exc}") from None
+    if saved is None:
+        raise StateFileError(f"{problem}; there is no previous generation ({prev})") from None
+    stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
+    aside = path.with_name(f"{path.name}.corrupt-{stamp}")
+    try:
+        written = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(prev.stat().st_mtime))
+        os.replace(path, aside)
+    except OSError as exc:
+        raise StateFileError(f"{problem}; cannot keep it aside: {exc.strerror}") from None
+    log.warning(
+        "corrupt %s; loaded %s written at %s: index %d, %d records; changes after it are lost; "
+        "the corrupt file is kept as %s",
+        problem,
+        prev.name,
+        written,
+        saved.index,
+        len(saved.services),
+        aside.name,
+    )
+    return saved
 
 
 def save_state(path: Path, state: SavedState) -> None:
@@ -76,12 +133,32 @@ def save_state(path: Path, state: SavedState) -> None:
             out.write(state.model_dump_json(indent=1).encode())
             out.flush()
             os.fsync(out.fileno())
+        _keep_previous(path)
         os.replace(tmp, path)
     except OSError as exc:
         with contextlib.suppress(OSError):
             os.unlink(tmp)
         raise StateFileError(f"state file {path}: cannot write it: {exc.strerror}") from None
     _fsync_dir(directory)
+
+
+def _keep_previous(path: Path) -> None:
+    """Make the current state file the previous generation; it stays in place itself.
+
+    A hard link under a temporary name is renamed over the last ``.prev``; where
+    links are not supported, a copy is. Nothing to do before the first write.
+    """
+    if not path.exists():
+        return
+    prev = previous_generation(path)
+    tmp = prev.with_name(f".{prev.name}.{os.getpid()}.tmp")
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(tmp)
+    try:
+        os.link(path, tmp)
+    except OSError:
+        shutil.copyfile(path, tmp)
+    os.replace(tmp, prev)
 
 
 def _fsync_dir(directory: Path) -> None:
