@@ -363,3 +363,19 @@ async def test_openapi_lists_the_endpoints(client: Client) -> None:
     assert {"/v1/chat/completions", "/v1/completions", "/v1/embeddings", "/v1/models"} <= set(
         doc["paths"]
     )
+
+
+@pytest.mark.parametrize("path", [CHAT, "/v1/completions"])
+async def test_stream_null_is_not_streaming(client: Client, path: str) -> None:
+    """OpenAI accepts ``"stream": null`` and reads it as false."""
+    prompt = {"messages": MESSAGES} if path == CHAT else {"prompt": "x"}
+    body = {"model": "sim-model", **prompt, "max_tokens": 2, "stream": None}
+    resp = await client.post(path, json=body)
+    assert resp.status == 200, await resp.text()
+    assert resp.headers["Content-Type"].startswith("application/json")
+
+
+async def test_a_huge_unknown_model_is_not_echoed_whole(client: Client) -> None:
+    resp = await client.post(CHAT, json={"model": "x" * (1024 * 1024), "messages": MESSAGES})
+    assert resp.status == 404
+    assert len((await resp.json())["error"]["message"]) < 400

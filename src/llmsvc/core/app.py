@@ -103,8 +103,13 @@ def make_app(
         middlewares=[error_middleware, *guard, *middlewares],
         client_max_size=client_max_size,
         # A client that disconnects cancels its handler, so an engine stops
-        # generating and the router closes the upstream request at once.
-        handler_args={"handler_cancellation": True, **(handler_args or {})},
+        # generating and the router closes the upstream request at once. Bodies
+        # are decoded by ``jsonio.read_body`` alone (``core.encoding``), with a bound.
+        handler_args={
+            "handler_cancellation": True,
+            "auto_decompress": False,
+            **(handler_args or {}),
+        },
     )
     app[READ_TIMEOUT] = read_timeout
     for route in table:

@@ -7,6 +7,7 @@ Exception tree::
     ├── Unauthorized         401 authentication_error
     ├── NotFound             404 not_found_error
     ├── PayloadTooLarge      413 invalid_request_error
+    ├── UnsupportedMedia     415 invalid_request_error
     ├── UpstreamError        502 upstream_error
     ├── UpstreamTimeout      504 upstream_error
     └── ServiceUnavailable   503 service_unavailable_error
@@ -106,6 +107,10 @@ class PayloadTooLarge(ApiError):
     status = 413
 
 
+class UnsupportedMedia(ApiError):
+    status = 415
+
+
 class UpstreamError(ApiError):
     status = 502
 
@@ -116,6 +121,15 @@ class UpstreamTimeout(ApiError):
 
 class ServiceUnavailable(ApiError):
     status = 503
+
+
+ECHO_LIMIT = 256
+"""Characters of a client's value (a model id) an error message repeats."""
+
+
+def echoed(value: str, limit: int = ECHO_LIMIT) -> str:
+    """``value`` as an error message may repeat it: whole when short, else its start and "…"."""
+    return value if len(value) <= limit else value[:limit] + "…"
 
 
 def error_type(status: int) -> str:

@@ -9,6 +9,7 @@ import orjson
 from aiohttp import web
 from pydantic import BaseModel, ValidationError
 
+from llmsvc.core.encoding import coding_of, decode_body
 from llmsvc.core.errors import ApiError, BadRequest, PayloadTooLarge
 
 M = TypeVar("M", bound=BaseModel)
@@ -44,8 +45,16 @@ def model_response(
 
 
 async def read_body(request: web.Request) -> bytes:
-    """The whole body; 413 in the OpenAI shape when over the app's size limit (at once
+    """The whole body, decoded from its ``Content-Encoding`` (``core.encoding``: 415 for
+    one it cannot decode, before the body is read; 400 for a body that does not decode);
+    413 in the OpenAI shape when over the app's size limit, sent or decoded (at once
     when Content-Length says so), 408 when it takes longer than the app's read timeout."""
+    coding = coding_of(request.headers.getall("Content-Encoding", ()))
+    return decode_body(await _read_raw(request), coding, limit=request.client_max_size)
+
+
+async def _read_raw(request: web.Request) -> bytes:
+    """The body's bytes as sent (aiohttp's decompression is off, see ``make_app``)."""
     limit = request.client_max_size
     length = request.content_length
     if limit and length is not None and length > limit:

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from typing import Annotated, Any, Literal
 
 import orjson
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
 
 from llmsvc.core.errors import BadRequest
 from llmsvc.core.jsonio import loads_object
@@ -118,6 +118,14 @@ Prompts = (
 """A prompt (or embedding input): text, a batch of texts, token ids, or a batch of those."""
 
 
+def _null_is_false(value: Any) -> Any:
+    return False if value is None else value
+
+
+Stream = Annotated[bool, BeforeValidator(_null_is_false)]
+"""``stream``: OpenAI reads ``null`` as false, and so do we (:func:`parse_routing` too)."""
+
+
 class _Open(BaseModel):
     model_config = ConfigDict(extra="allow")
 
@@ -134,7 +142,7 @@ class StreamOptions(_Open):
 class ChatCompletionRequest(_Open):
     model: str = Field(min_length=1)
     messages: list[ChatMessage] = Field(min_length=1)
-    stream: bool = False
+    stream: Stream = False
     stream_options: StreamOptions | None = None
     max_tokens: int | None = Field(default=None, ge=1, lt=2**31)
     max_completion_tokens: int | None = Field(default=None, ge=1, lt=2**31)
@@ -146,7 +154,7 @@ class ChatCompletionRequest(_Open):
 class CompletionRequest(_Open):
     model: str = Field(min_length=1)
     prompt: Prompts
-    stream: bool = False
+    stream: Stream = False
     stream_options: StreamOptions | None = None
     max_tokens: int | None = Field(default=16, ge=1, lt=2**31)
     n: int = Field(default=1, ge=1, le=1)

@@ -9,15 +9,25 @@ what happened. These two update every store that counts it:
   attempt on, ``llmsvc_router_retries_total``;
 - ``Attempt.first_byte``: the backend's time to first byte and
   ``llmsvc_router_time_to_first_byte_seconds``;
-- ``Attempt.failed(kind)``: the backend's errors,
-  ``llmsvc_router_upstream_errors_total{kind}`` and a passive-health failure,
-  which may take the backend out; ``Attempt.succeeded``: a passive-health
-  success (it ends a probation);
+- ``Attempt.failed(kind, status=)``: the backend's errors and
+  ``llmsvc_router_upstream_errors_total{kind}`` at once; its passive-health
+  failure (which may take the backend out) once the exchange knows it was the
+  backend's fault: when another attempt answers, or the exchange ends.
+  ``Attempt.succeeded``: a passive-health success (it ends a probation);
 - ``Exchange.finish``, once per request: ``llmsvc_router_requests_total``, the
   duration histogram and the model's ``/stats``.
 
 Leaving the exchange with an ``ApiError`` finishes it with the error's status,
 leaving it cancelled (the client went away) with 499, as nginx logs it.
+
+The poison rule, stated once (``Exchange._failed``): when a request fails the
+same way (the same :class:`Failure` kind, for a 5xx the same status) on two
+different backends, the fault is the request's, not theirs: the exchange is
+``poisoned`` (the proxy tries no further backend) and neither failure counts
+against its backend's passive health, so a request that breaks every engine
+ejects none of them. Connect errors are exempt: the request never reached the
+backend, so they say nothing about it. A backend failing a request another
+backend answers still counts, as before.
 """
 
 from __future__ import annotations
@@ -25,6 +35,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Callable
+from dataclasses import dataclass
 from types import TracebackType
 
 from llmsvc.core.errors import ApiError
@@ -35,6 +46,25 @@ from llmsvc.router.stats import RouterStats
 log = logging.getLogger("llmsvc.router.proxy")
 
 CLIENT_CLOSED = 499  # nginx's status for a client that went away first
+
+
+@dataclass(frozen=True, slots=True)
+class _Failed:
+    """A failure not yet counted against its backend's passive health."""
+
+    backend: Backend
+    kind: Failure
+    status: int | None  # the upstream's status, for a 5xx
+    at: float
+
+    def same_as(self, other: _Failed) -> bool:
+        """The same failure of the same request on another backend."""
+        return (
+            self.kind is other.kind
+            and self.status == other.status
+            and self.backend is not other.backend
+            and self.kind is not Failure.CONNECT
+        )
 
 
 class Exchange:
@@ -55,6 +85,8 @@ class Exchange:
         self.started = clock()
         self.label = UNKNOWN_MODEL  # the model_name label: the model, once some backend lists it
         self.tried: list[Backend] = []  # in the order tried
+        self.poisoned = False  # it failed the same way on two backends: try no more
+        self._pending: list[_Failed] = []
         self._finished = False
 
     def route(self, model: str) -> None:
@@ -71,9 +103,39 @@ class Exchange:
         if self.tried:
             self._metrics.retries.labels(self.label).inc()
         self.tried.append(backend)
-        return Attempt(
-            backend, label=self.label, pool=self._pool, metrics=self._metrics, clock=self._clock
+        return Attempt(backend, exchange=self, label=self.label, metrics=self._metrics)
+
+    def _failed(self, failure: _Failed) -> None:
+        """An attempt failed: held until :meth:`_count_failures`, unless the same failure on
+        an earlier backend makes the request poison (then neither is counted)."""
+        twins = [f for f in self._pending if f.same_as(failure)]
+        if not twins:
+            self._pending.append(failure)
+            return
+        self.poisoned = True
+        self._pending = [f for f in self._pending if f not in twins]
+        names = ", ".join(f.backend.name for f in [*twins, failure])
+        log.info(
+            "request failed the same way on backends %s (%s): counted against none",
+            names,
+            failure.status or failure.kind.value,
+            extra={"kind": failure.kind.value},
         )
+
+    def _count_failures(self) -> None:
+        """Count the held failures against their backends (some other attempt answered, or
+        the exchange is over); a backend may be taken out."""
+        pending, self._pending = self._pending, []
+        for failure in pending:
+            backend = failure.backend
+            if backend.passive.record_failure(failure.at):
+                self._pool.health_changed()
+                log.warning(
+                    "backend %s taken out for %gs after repeated failures",
+                    backend.name,
+                    backend.passive.fail_timeout,
+                    extra={"backend": backend.name, "kind": failure.kind.value},
+                )
 
     def finish(self, status: int, *, ttft: float | None, failed: bool) -> None:
         """Count the answer the client got (the first call only)."""
@@ -95,6 +157,7 @@ class Exchange:
         exc: BaseException | None,
         traceback: TracebackType | None,
     ) -> None:
+        self._count_failures()
         if isinstance(exc, ApiError):
             self.finish(exc.status, ttft=None, failed=True)
         elif isinstance(exc, asyncio.CancelledError):
@@ -105,19 +168,13 @@ class Attempt:
     """One try of one backend: in flight there from enter to exit."""
 
     def __init__(
-        self,
-        backend: Backend,
-        *,
-        label: str,
-        pool: BackendPool,
-        metrics: RouterMetrics,
-        clock: Callable[[], float],
+        self, backend: Backend, *, exchange: Exchange, label: str, metrics: RouterMetrics
     ) -> None:
         self.backend = backend
+        self._exchange = exchange
         self._label = label
-        self._pool = pool
         self._metrics = metrics
-        self._clock = clock
+        self._clock = exchange._clock
         self._sent = 0.0
 
     def __enter__(self) -> Attempt:
@@ -140,20 +197,14 @@ class Attempt:
         self.backend.stats.ttft_sum += ttft
         self.backend.stats.ttft_count += 1
         self._metrics.observe_ttfb(self._label, ttft)
+        self._exchange._count_failures()  # an answer: earlier failures were the backends'
 
-    def failed(self, kind: Failure) -> None:
-        """The backend failed the request (once per attempt)."""
+    def failed(self, kind: Failure, *, status: int | None = None) -> None:
+        """The backend failed the request (once per attempt); ``status``: its 5xx."""
         backend = self.backend
         backend.stats.errors += 1
         self._metrics.upstream_errors.labels(backend.name, kind).inc()
-        if backend.passive.record_failure(self._clock()):
-            self._pool.health_changed()
-            log.warning(
-                "backend %s taken out for %gs after repeated failures",
-                backend.name,
-                backend.passive.fail_timeout,
-                extra={"backend": backend.name, "kind": kind.value},
-            )
+        self._exchange._failed(_Failed(backend, kind, status, self._clock()))
 
     def succeeded(self) -> None:
         """The backend answered in full."""

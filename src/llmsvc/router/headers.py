@@ -1,10 +1,17 @@
-"""Which headers cross the router: end-to-end ones pass, hop-by-hop ones stop (RFC 9110 §7.6.1)."""
+"""Which headers cross the router: end-to-end ones pass, hop-by-hop ones stop (RFC 9110 §7.6.1).
+
+``Content-Encoding`` and ``Content-Length`` stop too: the body forwarded is the one
+``jsonio.read_body`` decoded, and its length is set anew. A request whose headers
+together exceed ``--max-header-bytes`` is refused (431) before anything is sent.
+"""
 
 from __future__ import annotations
 
 import aiohttp
 from aiohttp import web
 from multidict import CIMultiDict
+
+from llmsvc.core.errors import ApiError
 
 BACKEND_HEADER = "X-Llmsvc-Backend"
 
@@ -26,6 +33,7 @@ _HOP_BY_HOP = frozenset(
 _DROP_REQUEST = _HOP_BY_HOP | {
     "host",
     "content-length",
+    "content-encoding",
     "expect",
     "x-forwarded-for",
     "x-forwarded-proto",
@@ -38,6 +46,18 @@ def _connection_tokens(value: str | None) -> frozenset[str]:
     if not value:
         return frozenset()
     return frozenset(t.strip().lower() for t in value.split(",") if t.strip())
+
+
+def check_header_size(request: web.Request, limit: int) -> None:
+    """431 in the OpenAI shape when the request's header lines exceed ``limit`` bytes in all
+    (names, values and each line's ``": "`` and CRLF, as nginx counts them)."""
+    size = sum(len(name) + len(value) + 4 for name, value in request.raw_headers)
+    if size > limit:
+        raise ApiError(
+            f"Request headers too large: {size} bytes exceed the limit of {limit} bytes",
+            status=431,
+            code="headers_too_large",
+        )
 
 
 def upstream_headers(request: web.Request, *, drop_auth: bool) -> CIMultiDict[str]:

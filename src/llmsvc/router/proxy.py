@@ -1,13 +1,19 @@
 """Forwarding of inference requests: backend choice, retries, streaming.
 
 The request body is read once, parsed only for what routing needs
-(``core.wire.parse_routing``) and forwarded as the original bytes. A connect
-error, a timeout before the upstream's headers (for a stream, a failure or
-timeout before its first chunk) or an upstream 5xx is retried on another
-eligible backend not yet tried; a failure after that (a plain answer's body,
-the rest of a stream) is final. Streams are relayed chunk by chunk as they
-arrive. What each try and the request's answer count is reported to their
-``attempt.Attempt`` and ``attempt.Exchange``, which keep every store in step.
+(``core.wire.parse_routing``) and forwarded as read (decoded from its
+``Content-Encoding``, see below). A connect error, a timeout before the
+upstream's headers (for a stream, a failure or timeout before its first
+chunk) or an upstream 5xx is retried on another
+eligible backend not yet tried, unless the request has failed the same way on
+two backends (``Exchange.poisoned``: a poison request, answered with the last
+error and counted against no backend); a failure after that (a plain answer's
+body, the rest of a stream) is final. Before any of it, headers over
+``--max-header-bytes`` get 431 and the body is decoded from its
+``Content-Encoding`` (``core.encoding``), which is not forwarded. Streams are
+relayed chunk by chunk as they arrive. What each try and the request's answer
+count is reported to their ``attempt.Attempt`` and ``attempt.Exchange``, which
+keep every store in step.
 
 Exceptions::
 
@@ -32,6 +38,7 @@ from llmsvc.core.errors import (
     ServiceUnavailable,
     UpstreamError,
     UpstreamTimeout,
+    echoed,
     error_body,
 )
 from llmsvc.core.jsonio import read_body
@@ -39,7 +46,7 @@ from llmsvc.core.wire import RoutingInfo, parse_routing, sse_event
 from llmsvc.router.attempt import CLIENT_CLOSED, Attempt, Exchange
 from llmsvc.router.backends import Backend, BackendPool
 from llmsvc.router.balancing import Strategy
-from llmsvc.router.headers import downstream_headers, upstream_headers
+from llmsvc.router.headers import check_header_size, downstream_headers, upstream_headers
 from llmsvc.router.metrics import Failure, RouterMetrics
 from llmsvc.router.settings import RouterSettings
 from llmsvc.router.stats import RouterStats
@@ -82,6 +89,7 @@ class Proxy:
         self._drop_auth = drop_auth
         self._clock = clock
         self._attempts = settings.retries + 1
+        self._max_header_bytes = settings.max_header_bytes
         self._first_byte = settings.first_byte_limit()
         self._guard_first_byte = settings.first_byte_timeout is not None
         self._idle = settings.stream_idle_timeout
@@ -93,12 +101,15 @@ class Proxy:
         with Exchange(
             pool=self._pool, metrics=self._metrics, stats=self._stats, clock=self._clock
         ) as exchange:
+            check_header_size(request, self._max_header_bytes)
             info = parse_routing(await read_body(request))
             exchange.route(info.model)
             headers = upstream_headers(request, drop_auth=self._drop_auth)
             key = self._strategy.key(request, info)  # affinity key, None for most strategies
             error: ApiError | None = None
             for _ in range(self._attempts):
+                if exchange.poisoned:
+                    break  # it failed the same way twice: the request's fault, not a backend's
                 backend = self._pick(info.model, exchange.tried, key)
                 if backend is None:
                     break
@@ -109,7 +120,7 @@ class Proxy:
                     error = failure.error
             if error is None:
                 error = ServiceUnavailable(
-                    f"No healthy services available for model '{info.model}'",
+                    f"No healthy services available for model '{echoed(info.model)}'",
                     code="no_healthy_backend",
                 )
             raise error
@@ -137,7 +148,8 @@ class Proxy:
                 raise self._failed(
                     attempt,
                     Failure.STATUS_5XX,
-                    UpstreamError(
+                    status=upstream.status,
+                    error=UpstreamError(
                         f"Backend '{backend.name}' answered {upstream.status}",
                         code="upstream_status",
                     ),
@@ -216,8 +228,10 @@ class Proxy:
         )
 
     @staticmethod
-    def _failed(attempt: Attempt, kind: Failure, error: ApiError) -> RetryableFailure:
-        attempt.failed(kind)
+    def _failed(
+        attempt: Attempt, kind: Failure, error: ApiError, *, status: int | None = None
+    ) -> RetryableFailure:
+        attempt.failed(kind, status=status)
         return RetryableFailure(error)
 
     async def _relay_body(

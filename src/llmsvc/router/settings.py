@@ -139,7 +139,14 @@ class RouterSettings(ServerSettings):
     max_body_bytes: int = Field(
         default=DEFAULT_MAX_BODY_BYTES,
         ge=1024,
-        description="Largest request body in bytes; larger ones get 413.",
+        description="Largest request body in bytes, as sent and once decoded from its "
+        "Content-Encoding (gzip, deflate); larger ones get 413.",
+    )
+    max_header_bytes: int = Field(
+        default=32 * 1024,
+        ge=1024,
+        description="Largest total size in bytes of a request's header lines (nginx's "
+        "default is 32 KiB); larger ones get 431 before anything is forwarded.",
     )
     reuse_port: bool = Field(
         default=False,

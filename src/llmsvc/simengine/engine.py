@@ -19,7 +19,7 @@ from dataclasses import dataclass
 
 from prometheus_client import CollectorRegistry
 
-from llmsvc.core.errors import ApiError, BadRequest, NotFound
+from llmsvc.core.errors import ApiError, BadRequest, NotFound, echoed
 from llmsvc.simengine.metrics import ModelMetrics, create_metrics
 from llmsvc.simengine.model import (
     KvBudget,
@@ -81,7 +81,9 @@ class Engine:
     def check_model(self, model: str) -> None:
         if model not in self.models:
             raise NotFound(
-                f"The model '{model}' does not exist.", param="model", code="model_not_found"
+                f"The model '{echoed(model)}' does not exist.",
+                param="model",
+                code="model_not_found",
             )
 
     def prepare(self, model: str, prompt: Prompt, max_tokens: int | None, *, param: str) -> Job:

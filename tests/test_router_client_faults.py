@@ -1,0 +1,221 @@
+"""Client faults are not backend faults: what a client sends wrong is answered by the
+router (415, 400, 413, 431, a short 503) before any backend sees it, and a request that
+fails the same way on two backends (a poison request) ejects none of them."""
+
+from __future__ import annotations
+
+import contextlib
+import gzip
+import logging
+import zlib
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import orjson
+import pytest
+from aiohttp import web
+from aiohttp.test_utils import TestClient
+from prometheus_client import CollectorRegistry
+
+from llmsvc.router.app import create_app
+from llmsvc.router.settings import RouterSettings
+from procs import HOST, free_port
+
+Client = TestClient[web.Request, web.Application]
+MakeRouter = Callable[..., Awaitable[Client]]
+CHAT = "/v1/chat/completions"
+BODY = {"model": "m", "messages": [{"role": "user", "content": "hi"}]}
+POISON = {"model": "m", "messages": [{"role": "user", "content": "poison"}]}
+JSON = {"Content-Type": "application/json"}
+
+
+@dataclass
+class Engine:
+    """A stand-in engine: answers 500 to any body that says ``poison``, 200 otherwise."""
+
+    name: str
+    fail_all: bool = False  # 500 to every request, poison or not
+    port: int = 0
+    seen_headers: list[dict[str, str]] = field(default_factory=list)
+    seen_bodies: list[bytes] = field(default_factory=list)
+
+    def record(self) -> dict[str, Any]:
+        return {"name": self.name, "host": HOST, "port": self.port, "metadata": {"models": ["m"]}}
+
+    async def health(self, _: web.Request) -> web.Response:
+        return web.json_response({})
+
+    async def chat(self, request: web.Request) -> web.Response:
+        self.seen_headers.append(dict(request.headers))
+        body = await request.read()
+        self.seen_bodies.append(body)
+        if self.fail_all or b"poison" in body:
+            return web.json_response({"error": "boom"}, status=500)
+        return web.json_response({"served_by": self.name})
+
+
+@contextlib.asynccontextmanager
+async def running(*engines: Engine) -> AsyncIterator[None]:
+    runners = []
+    for engine in engines:
+        app = web.Application()
+        app.router.add_get("/health", engine.health)
+        app.router.add_post(CHAT, engine.chat)
+        runner = web.AppRunner(app, access_log=None)
+        await runner.setup()
+        engine.port = free_port()
+        await web.TCPSite(runner, HOST, engine.port).start()
+        runners.append(runner)
+    try:
+        yield
+    finally:
+        for runner in runners:
+            await runner.cleanup()
+
+
+@pytest.fixture
+def make_router(aiohttp_client: Callable[..., Awaitable[Client]], tmp_path: Path) -> MakeRouter:
+    async def make(engines: list[Engine], **options: Any) -> Client:
+        path = tmp_path / "services.json"
+        path.write_bytes(orjson.dumps([e.record() for e in engines]))
+        options.setdefault("health_interval", 60)
+        settings = RouterSettings(static_services=str(path), **options)
+        return await aiohttp_client(create_app(settings, registry=CollectorRegistry()))
+
+    return make
+
+
+async def error_of(resp: Any) -> dict[str, Any]:
+    body = await resp.json()
+    assert set(body) == {"error"} and isinstance(body["error"]["message"], str)
+    error: dict[str, Any] = body["error"]
+    return error
+
+
+async def view(client: Client) -> dict[str, dict[str, Any]]:
+    """``GET /services`` by backend name."""
+    services = (await (await client.get("/services")).json())["services"]
+    return {s["name"]: s for s in services}
+
+
+@pytest.mark.parametrize(
+    ("encoding", "encode"),
+    [("gzip", gzip.compress), ("deflate", zlib.compress), ("identity", lambda b: b)],
+)
+async def test_encoded_body_is_decoded_and_forwarded_without_the_header(
+    make_router: MakeRouter, encoding: str, encode: Callable[[bytes], bytes]
+) -> None:
+    engine = Engine("a")
+    async with running(engine):
+        client = await make_router([engine])
+        raw = orjson.dumps(BODY)
+        headers = {**JSON, "Content-Encoding": encoding}
+        resp = await client.post(CHAT, data=encode(raw), headers=headers)
+        assert resp.status == 200, await resp.text()
+        assert engine.seen_bodies == [raw]
+        assert all(k.lower() != "content-encoding" for k in engine.seen_headers[0])
+        assert engine.seen_headers[0]["Content-Length"] == str(len(raw))
+
+
+@pytest.mark.parametrize("encoding", ["br", "zstd", "gzip, gzip", "x-unknown"])
+async def test_unsupported_encoding_is_415_before_any_backend(
+    make_router: MakeRouter, encoding: str
+) -> None:
+    engine = Engine("a")
+    async with running(engine):
+        client = await make_router([engine])
+        headers = {**JSON, "Content-Encoding": encoding}
+        resp = await client.post(CHAT, data=gzip.compress(orjson.dumps(BODY)), headers=headers)
+        assert resp.status == 415
+        assert (await error_of(resp))["code"] == "unsupported_media_type"
+        assert engine.seen_bodies == []
+
+
+async def test_body_that_does_not_decode_is_400_without_a_traceback(
+    make_router: MakeRouter, caplog: pytest.LogCaptureFixture
+) -> None:
+    engine = Engine("a")
+    async with running(engine):
+        client = await make_router([engine])
+        headers = {**JSON, "Content-Encoding": "gzip"}
+        with caplog.at_level(logging.DEBUG):
+            resp = await client.post(CHAT, data=orjson.dumps(BODY), headers=headers)
+        assert resp.status == 400
+        assert (await error_of(resp))["code"] == "invalid_encoding"
+        assert engine.seen_bodies == []
+        assert not [r for r in caplog.records if r.exc_info or "Traceback" in r.getMessage()]
+
+
+async def test_decoded_body_over_the_limit_is_413(make_router: MakeRouter) -> None:
+    engine = Engine("a")
+    async with running(engine):
+        client = await make_router([engine], max_body_bytes=64 * 1024)
+        padded = {**BODY, "pad": "x" * (1024 * 1024)}  # 1 MiB decoded, about 1 KiB sent
+        bomb = gzip.compress(orjson.dumps(padded))
+        assert len(bomb) < 64 * 1024
+        headers = {**JSON, "Content-Encoding": "gzip"}
+        resp = await client.post(CHAT, data=bomb, headers=headers)
+        assert resp.status == 413
+        assert (await error_of(resp))["code"] == "body_too_large"
+        assert engine.seen_bodies == []
+
+
+async def test_poison_requests_leave_the_fleet_healthy(make_router: MakeRouter) -> None:
+    engines = [Engine("a"), Engine("b"), Engine("c")]
+    async with running(*engines):
+        client = await make_router(engines, max_fails=1, retries=2)
+        for _ in range(3):
+            resp = await client.post(CHAT, json=POISON)
+            assert resp.status == 502
+        # Two backends answered each poison request the same way: no third was tried.
+        assert sum(len(e.seen_bodies) for e in engines) == 6
+        services = await view(client)
+        assert all(s["eligible"] for s in services.values()), services
+        assert all(s["passive"]["recent_failures"] == 0 for s in services.values()), services
+        served = set()
+        for _ in range(6):
+            resp = await client.post(CHAT, json=BODY)
+            assert resp.status == 200
+            served.add((await resp.json())["served_by"])
+        assert served == {"a", "b", "c"}
+
+
+async def test_a_backend_failing_alone_still_counts(make_router: MakeRouter) -> None:
+    bad, good = Engine("bad", fail_all=True), Engine("good")
+    async with running(bad, good):
+        client = await make_router([bad, good], max_fails=1, retries=1)
+        for _ in range(4):
+            resp = await client.post(CHAT, json=BODY)
+            assert resp.status == 200
+        services = await view(client)
+        assert not services["bad"]["eligible"] and services["good"]["eligible"]
+
+
+async def test_a_huge_model_is_not_echoed_whole(make_router: MakeRouter) -> None:
+    engine = Engine("a")
+    async with running(engine):
+        client = await make_router([engine])
+        resp = await client.post(CHAT, json={**BODY, "model": "x" * (1024 * 1024)})
+        assert resp.status == 503
+        message = (await error_of(resp))["message"]
+        assert len(message) < 400
+        assert message.startswith("No healthy services available for model 'xxx")
+        resp = await client.post(CHAT, json={**BODY, "model": "nope"})
+        message = (await error_of(resp))["message"]
+        assert message == "No healthy services available for model 'nope'"
+
+
+async def test_headers_over_the_total_limit_are_431(make_router: MakeRouter) -> None:
+    engine = Engine("a")
+    async with running(engine):
+        client = await make_router([engine])
+        headers = {**JSON, **{f"X-Pad-{i}": "v" * 8000 for i in range(120)}}
+        resp = await client.post(CHAT, json=BODY, headers=headers)
+        assert resp.status == 431
+        assert (await error_of(resp))["code"] == "headers_too_large"
+        assert engine.seen_bodies == []
+        small = {**JSON, **{f"X-Pad-{i}": "v" * 1000 for i in range(20)}}
+        resp = await client.post(CHAT, json=BODY, headers=small)
+        assert resp.status == 200
