@@ -4,6 +4,7 @@ fails the same way on two backends (a poison request) ejects none of them."""
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import gzip
 import logging
@@ -33,7 +34,8 @@ JSON = {"Content-Type": "application/json"}
 
 @dataclass
 class Engine:
-    """A stand-in engine: answers 500 to any body that says ``poison``, 200 otherwise."""
+    """A stand-in engine: answers 500 to any body that says ``poison``, nothing for 5 s to
+    one that says ``hang``, 200 otherwise."""
 
     name: str
     fail_all: bool = False  # 500 to every request, poison or not
@@ -51,6 +53,8 @@ class Engine:
         self.seen_headers.append(dict(request.headers))
         body = await request.read()
         self.seen_bodies.append(body)
+        if b"hang" in body:  # a request no engine answers in time
+            await asyncio.sleep(5)
         if self.fail_all or b"poison" in body:
             return web.json_response({"error": "boom"}, status=500)
         return web.json_response({"served_by": self.name})
@@ -219,3 +223,44 @@ async def test_headers_over_the_total_limit_are_431(make_router: MakeRouter) -> 
         small = {**JSON, **{f"X-Pad-{i}": "v" * 1000 for i in range(20)}}
         resp = await client.post(CHAT, json=BODY, headers=small)
         assert resp.status == 200
+
+
+async def test_connect_errors_always_count_and_are_retried(make_router: MakeRouter) -> None:
+    """Two dead backends refuse the same request: the request cannot be the cause."""
+    good = Engine("good")
+    dead = [Engine("dead-1", port=free_port()), Engine("dead-2", port=free_port())]
+    async with running(good):
+        client = await make_router([*dead, good], max_fails=1, retries=2)
+        for _ in range(3):
+            resp = await client.post(CHAT, json=BODY)
+            assert resp.status == 200
+            assert (await resp.json())["served_by"] == "good"
+        services = await view(client)
+        assert not services["dead-1"]["eligible"] and not services["dead-2"]["eligible"]
+
+
+async def test_a_poison_stream_leaves_the_fleet_healthy(make_router: MakeRouter) -> None:
+    engines = [Engine("a"), Engine("b")]
+    async with running(*engines):
+        client = await make_router(engines, max_fails=1, retries=1)
+        for _ in range(3):
+            resp = await client.post(CHAT, json={**POISON, "stream": True})
+            assert resp.status == 502
+        services = await view(client)
+        assert all(s["eligible"] for s in services.values()), services
+        resp = await client.post(CHAT, json=BODY)
+        assert resp.status == 200
+
+
+async def test_a_request_that_times_out_everywhere_leaves_the_fleet_healthy(
+    make_router: MakeRouter,
+) -> None:
+    engines = [Engine("a"), Engine("b"), Engine("c")]
+    hang = {"model": "m", "messages": [{"role": "user", "content": "hang"}]}
+    async with running(*engines):
+        client = await make_router(engines, max_fails=1, retries=2, first_byte_timeout=0.3)
+        resp = await client.post(CHAT, json=hang)
+        assert resp.status == 504
+        assert sum(len(e.seen_bodies) for e in engines) == 2  # no third backend tried
+        services = await view(client)
+        assert all(s["eligible"] for s in services.values()), services
