@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gzip
 from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -222,3 +223,20 @@ async def test_health_stats_services_and_metrics(make_router: MakeRouter) -> Non
         assert line in text, line
     openapi = await (await client.get("/openapi.json")).json()
     assert "/v1/chat/completions" in openapi["paths"]
+
+
+async def test_gzip_bodies_reach_real_engines_decoded(make_router: MakeRouter) -> None:
+    """Three gzip requests are served and leave both engines of ``m`` in rotation (before,
+    the engine got the header with a decoded body, answered 500, and both were ejected)."""
+    client = await make_router()
+    headers = {"Content-Type": "application/json", "Content-Encoding": "gzip"}
+    served = set()
+    for _ in range(4):
+        resp = await client.post(
+            CHAT, data=gzip.compress(orjson.dumps(chat_body())), headers=headers
+        )
+        assert resp.status == 200, await resp.text()
+        served.add(resp.headers["X-Llmsvc-Backend"])
+    assert served == {"e1", "e2"}
+    status, _, body = await send(client, {**chat_body(), "stream": None})  # OpenAI: false
+    assert status == 200 and body["object"] == "chat.completion"
