@@ -2,10 +2,20 @@
 
 from __future__ import annotations
 
+import re
 from typing import Any, Literal
-from urllib.parse import urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from llmsvc.core.addresses import (
+    HOSTNAME_PATTERN,
+    MAX_HOST_LENGTH,
+    ORIGIN_PATTERN,
+    check_host,
+    check_origin_url,
+    host_origin,
+    origin_of,
+)
 
 # Record types with a meaning; any other string is kept but never routed to.
 OPENAI_API = "openai-api"
@@ -14,9 +24,13 @@ BABYSITTER = "babysitter"
 Status = Literal["healthy", "unhealthy"]
 
 _NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._:@-]{0,252}$"
-# The document's approximation of a URL with a host (the validator parses it; it also
-# takes [IPv6] literals, which the pattern leaves out rather than describe them).
-_URL_PATTERN = r"^https?://[A-Za-z0-9]"
+# The document's approximation of an origin URL and of a host (the validators parse them;
+# they also take IP literals, IPv6 in brackets, which the patterns leave out rather than
+# describe them).
+_URL_PATTERN = ORIGIN_PATTERN
+_HOST_PATTERN = HOSTNAME_PATTERN
+# What metadata.health_path may be: a plain path on the record's origin.
+_HEALTH_PATH = re.compile(r"/?(?!/)[A-Za-z0-9._~!$&'()*+,;=:@%/-]*")
 
 
 class ServiceRegistration(BaseModel):
@@ -25,11 +39,17 @@ class ServiceRegistration(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     name: str = Field(pattern=_NAME_PATTERN, description="Unique name of the service.")
-    host: str = Field(min_length=1, max_length=253)
-    port: int = Field(ge=1, le=65535)
+    host: str = Field(
+        min_length=1,
+        max_length=MAX_HOST_LENGTH,
+        description="Hostname (RFC 1123) or IP address the engine listens on.",
+        json_schema_extra={"pattern": _HOST_PATTERN},  # checked by _host, with its messages
+    )
+    port: int = Field(ge=1, le=65535, description="TCP port (an integer, not a string).")
     url: str | None = Field(
         default=None,
-        description="Base URL; derived from host and port.",
+        description="The engine's origin, scheme://host:port (no credentials, path, query "
+        "or fragment); derived from host and port when absent.",
         json_schema_extra={"pattern": _URL_PATTERN},  # checked by _url_scheme, with its messages
     )
     type: str = Field(default=OPENAI_API, min_length=1, max_length=64)
@@ -43,14 +63,22 @@ class ServiceRegistration(BaseModel):
             raise ValueError("must be an integer, not true or false")
         return value
 
+    @field_validator("port", mode="before")
+    @classmethod
+    def _not_a_string(cls, value: Any) -> Any:
+        if isinstance(value, str):  # pydantic's lax mode would take "80" for 80
+            raise ValueError(f"must be an integer, not the string {value[:20]!r}")
+        return value
+
+    @field_validator("host")
+    @classmethod
+    def _host(cls, value: str) -> str:
+        return check_host(value)
+
     @field_validator("url")
     @classmethod
     def _url_scheme(cls, value: str | None) -> str | None:
-        if value is not None and not value.startswith(("http://", "https://")):
-            raise ValueError("url must start with http:// or https://")
-        if value is not None and not urlsplit(value).hostname:
-            raise ValueError("url must name a host after http:// or https://")
-        return value.rstrip("/") if value else value
+        return check_origin_url(value) if value is not None else None
 
     @field_validator("metadata")
     @classmethod
@@ -60,10 +88,21 @@ class ServiceRegistration(BaseModel):
             not isinstance(models, list) or not all(isinstance(m, str) for m in models)
         ):
             raise ValueError("metadata.models must be a list of strings")
+        health_path = value.get("health_path")
+        if health_path is not None and (
+            not isinstance(health_path, str) or not _HEALTH_PATH.fullmatch(health_path)
+        ):
+            raise ValueError(
+                "metadata.health_path must be a path such as /health (no query or fragment)"
+            )
         return value
 
     def base_url(self) -> str:
-        return self.url or f"http://{_bracket(self.host)}:{self.port}"
+        return self.url or host_origin(self.host, self.port)
+
+    def origin(self) -> str:
+        """``scheme://host:port`` of the engine: what every upstream URL starts with."""
+        return origin_of(self.url) if self.url else host_origin(self.host, self.port)
 
 
 class ServiceRecord(ServiceRegistration):
@@ -71,12 +110,19 @@ class ServiceRecord(ServiceRegistration):
 
     model_config = ConfigDict(extra="ignore")
 
-    url: str | None = None
+    url: str | None = None  # stored before origins were checked: reduced to the origin
     status: Status = "healthy"
     registered_at: float = 0.0
     last_heartbeat: float = 0.0
     last_check: float | None = None
     consecutive_failures: int = 0
+
+    @field_validator("url")
+    @classmethod
+    def _url_scheme(cls, value: str | None) -> str | None:
+        # A record saved by an older registry (a state file) may hold a path or
+        # credentials: it keeps its origin only, so it never steers a request elsewhere.
+        return origin_of(value) if value else value
 
     @model_validator(mode="after")
     def _derive_url(self) -> ServiceRecord:
@@ -110,7 +156,3 @@ class Heartbeat(BaseModel):
 class ServiceList(BaseModel):
     services: list[ServiceRecord]
     total: int
-
-
-def _bracket(host: str) -> str:
-    return f"[{host}]" if ":" in host and not host.startswith("[") else host

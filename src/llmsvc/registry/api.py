@@ -16,6 +16,7 @@ from llmsvc.core.metrics import metrics_handler
 from llmsvc.core.records import Heartbeat, ServiceList, ServiceRecord, ServiceRegistration
 from llmsvc.core.registry_client import INDEX_HEADER
 from llmsvc.registry.health import check_record
+from llmsvc.registry.limits import check_metadata_size, check_room_for
 from llmsvc.registry.models import (
     RegistryHealth,
     RegistryStats,
@@ -32,6 +33,11 @@ _UNAUTHORIZED = {401: "Missing or wrong bearer token (when --token is set)."}
 _BAD = {400: "Invalid body or parameters."}
 _UNKNOWN = {404: "No service of that name."}
 _MANAGED = {409: "The service comes from Kubernetes (--source kubernetes): read-only over HTTP."}
+_TOO_LARGE = {413: "Body too large, or metadata over --max-metadata-bytes."}
+_TOO_MANY = {
+    429: "Over --max-records (a new name), or over --max-registrations-per-second "
+    "from this client (see Retry-After)."
+}
 
 
 # -- helpers ---------------------------------------------------------------------
@@ -118,8 +124,11 @@ async def list_services(request: web.Request) -> web.Response:
 
 
 async def register_service(request: web.Request) -> web.Response:
-    registration = await read_model(request, ServiceRegistration)
     state = request.app[REGISTRY]
+    state.registrations.admit(request.remote or "unknown")
+    registration = await read_model(request, ServiceRegistration)
+    check_metadata_size(registration.metadata, state.settings.max_metadata_bytes)
+    check_room_for(state.store, registration.name, state.settings.max_records)
     with http_write():
         record, created = state.store.register(registration)
     state.metrics.registrations.inc()
@@ -147,8 +156,10 @@ async def update_service(request: web.Request) -> web.Response:
             code="name_mismatch",
         )
     registration = validate_model(ServiceRegistration, body)
+    state = request.app[REGISTRY]
+    check_metadata_size(registration.metadata, state.settings.max_metadata_bytes)
     with http_write():
-        record = request.app[REGISTRY].store.update(registration)
+        record = state.store.update(registration)
     if record is None:
         raise not_found(name)
     log.info("updated %s", name, extra={"url": record.url})
@@ -268,7 +279,7 @@ ROUTES = (
         response=ServiceRecord,
         status=201,
         also={200: "An existing registration of that name was replaced."},
-        errors={**_BAD, **_UNAUTHORIZED, **_MANAGED, 413: "Body too large."},
+        errors={**_BAD, **_UNAUTHORIZED, **_MANAGED, **_TOO_LARGE, **_TOO_MANY},
         protected=True,
     ),
     Route(
@@ -286,7 +297,7 @@ ROUTES = (
         "Update a service's registration",
         request=ServiceRegistration,
         response=ServiceRecord,
-        errors={**_BAD, **_UNAUTHORIZED, **_UNKNOWN, **_MANAGED, 413: "Body too large."},
+        errors={**_BAD, **_UNAUTHORIZED, **_UNKNOWN, **_MANAGED, **_TOO_LARGE},
         protected=True,
     ),
     Route(

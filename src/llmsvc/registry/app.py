@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import math
 import time
 from collections.abc import AsyncIterator
 from functools import partial
@@ -16,6 +17,7 @@ from llmsvc.core.app import CleanupCtx, background, every, make_app
 from llmsvc.registry.api import ROUTES, write_auth
 from llmsvc.registry.health import CONCURRENT_CHECKS, check_all
 from llmsvc.registry.kubernetes import KubernetesSource, kubernetes_ctx, load_credentials
+from llmsvc.registry.limits import RegistrationLimiter
 from llmsvc.registry.metrics import RegistryMetrics
 from llmsvc.registry.models import KubernetesHealth
 from llmsvc.registry.persistence import StateFileError, StateWriter, load_or_recover
@@ -158,6 +160,10 @@ def create_app(
         store=store,
         metrics=RegistryMetrics(prometheus),
         prometheus=prometheus,
+        registrations=RegistrationLimiter(
+            rate=settings.max_registrations_per_second,
+            burst=math.ceil(2 * settings.max_registrations_per_second),
+        ),
     )
     app.cleanup_ctx.append(_session_ctx)
     app.cleanup_ctx.append(background("health checks", _health_loop))

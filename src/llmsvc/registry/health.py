@@ -37,7 +37,7 @@ def health_url(record: ServiceRecord) -> str:
         path = DEFAULT_HEALTH_PATH
     if not path.startswith("/"):
         path = "/" + path
-    return f"{record.url or record.base_url()}{path}"
+    return f"{record.origin()}{path}"
 
 
 async def probe(session: aiohttp.ClientSession, url: str, timeout: float) -> CheckResult:

@@ -42,6 +42,25 @@ class RegistrySettings(ServerSettings):
         description="When set, writes (POST, PUT, DELETE, heartbeat) need "
         "'Authorization: Bearer <token>'. Reads stay open.",
     )
+    max_metadata_bytes: int = Field(
+        default=16 * 1024,
+        ge=2,
+        description="Largest serialized 'metadata' of one record, in bytes; a larger one "
+        "is refused with 413 'metadata too large'.",
+    )
+    max_records: int = Field(
+        default=10_000,
+        ge=1,
+        description="Most records the registry holds; registering a new name past it is "
+        "a 429 (existing names still re-register, update and heartbeat).",
+    )
+    max_registrations_per_second: float = Field(
+        default=20.0,
+        ge=0,
+        description="Registrations (POST /services) a second per client address, with a "
+        "burst of twice that; past it a 429 with Retry-After. Heartbeats are not counted. "
+        "0 disables the limit.",
+    )
     tls_cert: str | None = Field(default=None, description="PEM certificate file to serve HTTPS.")
     tls_key: str | None = Field(default=None, description="PEM private key of --tls-cert.")
     state_file: Path | None = Field(

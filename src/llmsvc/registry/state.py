@@ -16,6 +16,7 @@ from aiohttp import web
 from prometheus_client import CollectorRegistry
 
 from llmsvc.core.errors import ServiceUnavailable
+from llmsvc.registry.limits import RegistrationLimiter
 from llmsvc.registry.metrics import RegistryMetrics
 from llmsvc.registry.models import KubernetesHealth
 from llmsvc.registry.settings import RegistrySettings
@@ -45,6 +46,10 @@ class RegistryState:
     started: float = field(default_factory=time.monotonic)
     """``time.monotonic()`` when the app was built: the start of ``uptime_s``."""
     answers: Answers = field(default_factory=Answers)
+    registrations: RegistrationLimiter = field(
+        default_factory=lambda: RegistrationLimiter(rate=0, burst=1)
+    )
+    """The per-client registration rate (``--max-registrations-per-second``)."""
     kubernetes: Callable[[], KubernetesHealth] | None = None
     """The Kubernetes source's health with ``--source kubernetes``; None otherwise."""
     session: aiohttp.ClientSession | None = None

@@ -131,7 +131,8 @@ class Backend:
         self.record = record
         self.source = source
         self.models = frozenset(record.models)
-        self.url = record.url or record.base_url()
+        # Only the origin: every upstream URL is this plus the client's path (issue 11).
+        self.url = record.origin()
 
     def record_check(self, ok: bool, now: float) -> bool:
         """An active check's result; True when the backend's eligibility may have changed.
@@ -238,7 +239,7 @@ class BackendPool:
         backends: dict[str, Backend] = {}
         for name, (record, source) in merged.items():
             backend = self._backends.get(name)
-            if backend is not None and backend.url == (record.url or record.base_url()):
+            if backend is not None and backend.url == record.origin():
                 backend.refresh(record, source)
             else:
                 backend = Backend(record=record, source=source, passive=self._new_passive())
