@@ -31,10 +31,11 @@ from llmsvc.router.backends import BackendPool
 from llmsvc.router.balancing import Strategy, make_strategy
 from llmsvc.router.config import check_settings, load_api_keys, load_static_services
 from llmsvc.router.discovery import watch_registry
-from llmsvc.router.health import check_all
+from llmsvc.router.health import check_loop
 from llmsvc.router.loadscrape import load_scrape_ctx
 from llmsvc.router.metrics import RouterMetrics
 from llmsvc.router.proxy import Proxy
+from llmsvc.router.readiness import REGISTRY, STATIC, Readiness
 from llmsvc.router.settings import RouterSettings
 from llmsvc.router.stats import RouterStats
 
@@ -60,9 +61,13 @@ class RouterState:
     registry: CollectorRegistry
     api_keys: tuple[bytes, ...]
     scrape: CollectorRegistry  # what /metrics renders: ``registry``, or all workers' sum
+    readiness: Readiness
     proxy: Proxy | None = field(default=None)
 
     async def inference(self, request: web.Request) -> web.StreamResponse:
+        if not self.readiness.ready:
+            # Starting: hold the request until the backends are known, not a 503 now.
+            await self.readiness.wait(self.settings.proxy_connect_timeout)
         proxy = self.proxy
         if proxy is None:
             raise ServiceUnavailable("The router is starting or stopping")
@@ -75,12 +80,15 @@ class RouterState:
     async def health(self, _: web.Request) -> web.Response:
         now = time.monotonic()
         healthy = sum(1 for b in self.pool if b.healthy(now))
-        body = {
+        body: dict[str, Any] = {
             "status": "ok",
             "backends": len(self.pool),
             "healthy_backends": healthy,
             "models": len(self.pool.healthy_models(now)),
         }
+        if not self.readiness.ready:  # not ready: no first sync or static check yet
+            body |= {"status": "starting", "waiting_for": self.readiness.waiting_for()}
+            return json_response(body, status=503)
         return json_response(body)
 
     async def stats_view(self, _: web.Request) -> web.Response:
@@ -203,10 +211,14 @@ def _upstream_ctx(state: RouterState) -> Callable[[web.Application], AsyncIterat
             )
         )
 
-        async def check() -> None:
-            await check_all(checks, state.pool, settings.health_timeout)
-
-        async with owned_task(every(settings.health_interval, check, name="health"), name="health"):
+        health = check_loop(
+            checks,
+            state.pool,
+            interval=settings.health_interval,
+            timeout=settings.health_timeout,
+            after_round=lambda: state.readiness.done(STATIC),
+        )
+        async with owned_task(health, name="health"):
             yield
             state.proxy = None
         await session.close()
@@ -230,8 +242,9 @@ def _registry_ctx(
             timeout=settings.health_timeout,
         )
 
-        def forget_gone() -> None:
+        def synced() -> None:
             state.strategy.forget(state.pool.removed_names())
+            state.readiness.done(REGISTRY)
 
         watch = watch_registry(
             client,
@@ -239,7 +252,7 @@ def _registry_ctx(
             state.metrics,
             wait=settings.registry_sync_interval,
             grace=settings.registry_restart_grace,
-            on_change=forget_gone,
+            on_change=synced,
         )
         async with owned_task(watch, name="registry-watch"):
             yield
@@ -265,6 +278,8 @@ def create_app(
     if settings.static_services:
         pool.set_static(load_static_services(settings.static_services))
     registry = registry if registry is not None else CollectorRegistry()
+    waits_for = [REGISTRY] if settings.registry_url else []
+    waits_for += [STATIC] if settings.static_services else []
     state = RouterState(
         settings=settings,
         pool=pool,
@@ -274,6 +289,7 @@ def create_app(
         registry=registry,
         api_keys=api_keys,
         scrape=_scrape_registry(metrics_dir) if metrics_dir else registry,
+        readiness=Readiness(waits_for, timeout=settings.ready_timeout),
     )
     app = make_app(
         title="llmsvc router",
@@ -284,6 +300,7 @@ def create_app(
         read_timeout=settings.read_timeout,
     )
     app[ROUTER] = state
+    app.cleanup_ctx.append(background("readiness", lambda _: state.readiness.expire()))
     app.cleanup_ctx.append(_upstream_ctx(state))
     if settings.registry_url:
         app.cleanup_ctx.append(_registry_ctx(state, settings.registry_url))

@@ -1,16 +1,28 @@
-"""Active health checks: ``GET {url}/health`` of every backend, concurrently."""
+"""Active health checks: ``GET {url}/health`` of every backend, concurrently.
+
+:func:`check_loop` checks every backend every ``--health-interval`` seconds, and a
+static backend that has not passed a check yet (down when the router started) sooner:
+after 0.5 s, then twice as long each time up to :data:`STATIC_RETRY_MAX_S` (or the
+interval, if shorter), until its first pass. So an engine started after its router
+takes traffic within about 2 s, not after the next full check (30 s by default).
+"""
 
 from __future__ import annotations
 
 import asyncio
 import logging
 import time
+from collections.abc import Callable, Coroutine, Sequence
+from typing import Any
 
 import aiohttp
 
 from llmsvc.router.backends import Backend, BackendPool
 
 log = logging.getLogger("llmsvc.router.health")
+
+STATIC_RETRY_FIRST_S = 0.5  # the first re-check of a static backend that never passed
+STATIC_RETRY_MAX_S = 2.0  # the re-checks' delay doubles up to this (or the interval)
 
 
 async def check_backend(session: aiohttp.ClientSession, backend: Backend, timeout: float) -> bool:
@@ -27,7 +39,13 @@ async def check_backend(session: aiohttp.ClientSession, backend: Backend, timeou
 
 async def check_all(session: aiohttp.ClientSession, pool: BackendPool, timeout: float) -> None:
     """Check every backend once; a failure takes it out at once, a success brings it back."""
-    backends = list(pool)
+    await check_backends(session, pool, list(pool), timeout)
+
+
+async def check_backends(
+    session: aiohttp.ClientSession, pool: BackendPool, backends: Sequence[Backend], timeout: float
+) -> None:
+    """Check ``backends`` (of ``pool``) once, concurrently."""
     if not backends:
         return
     results = await asyncio.gather(*(check_backend(session, b, timeout) for b in backends))
@@ -43,3 +61,50 @@ async def check_all(session: aiohttp.ClientSession, pool: BackendPool, timeout: 
             )
         if backend.record_check(ok, now):
             pool.health_changed()
+
+
+async def check_loop(
+    session: aiohttp.ClientSession,
+    pool: BackendPool,
+    *,
+    interval: float,
+    timeout: float,
+    after_round: Callable[[], None],
+) -> None:
+    """Check every backend every ``interval`` seconds until cancelled, and the static
+    backends that never passed a check sooner (the module says how); a failed round
+    is logged and the loop goes on. ``after_round`` is called after each full round
+    (the first makes a starting router ready)."""
+    passed: set[str] = set()  # static backends that passed a check once
+    retry = STATIC_RETRY_FIRST_S
+    retry_max = min(interval, STATIC_RETRY_MAX_S)
+    next_full = time.monotonic()
+    while True:
+        if time.monotonic() >= next_full:
+            await _guarded(check_all(session, pool, timeout))
+            next_full = time.monotonic() + interval
+            after_round()
+        else:
+            await _guarded(check_backends(session, pool, _unproven(pool, passed), timeout))
+        passed.update(b.name for b in pool if b.source == "static" and _passed(b))
+        delay = next_full - time.monotonic()
+        if _unproven(pool, passed):
+            delay, retry = min(delay, retry), min(retry * 2, retry_max)
+        await asyncio.sleep(max(0.0, delay))
+
+
+def _passed(backend: Backend) -> bool:
+    return backend.checked_at is not None and backend.active_ok
+
+
+def _unproven(pool: BackendPool, passed: set[str]) -> list[Backend]:
+    return [b for b in pool if b.source == "static" and b.name not in passed]
+
+
+async def _guarded(check: Coroutine[Any, Any, None]) -> None:
+    try:
+        await check
+    except asyncio.CancelledError:
+        raise
+    except Exception:
+        log.exception("health checks failed; retrying at the next round")

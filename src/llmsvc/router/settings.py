@@ -109,6 +109,14 @@ class RouterSettings(ServerSettings):
         "it no longer lists stay in the view (a restarted registry is empty until engines "
         "re-register).",
     )
+    ready_timeout: float = Field(
+        default=5.0,
+        gt=0,
+        description="Seconds a starting router waits for its first registry sync and its "
+        "first check of the static services; meanwhile GET /health answers 503 and routed "
+        "requests are held. After it the router serves what it knows (the static services "
+        "alone while the registry is unreachable).",
+    )
     proxy_timeout: float = Field(
         default=300.0, gt=0, description="Seconds one upstream request may take in total."
     )
