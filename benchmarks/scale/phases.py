@@ -51,7 +51,8 @@ async def start_registry(
     name: str = "registry",
     health_interval: float = 3600,
 ) -> tuple[Child, str]:
-    """A registry whose records never expire; health checks every ``health_interval`` s.
+    """A registry whose records never expire and that caps neither records nor the
+    registration rate; health checks every ``health_interval`` s.
 
     A free port can be taken by another process (a parallel test) before the
     registry binds it; that other server may answer ``/health`` while ours exits.
@@ -63,6 +64,9 @@ async def start_registry(
         child = await children.llmsvc(
             name, "registry", "--port", str(port), "--heartbeat-ttl", "86400",
             "--health-interval", str(health_interval), "--log-level", "warning",
+            # The study registers every record from one client as fast as it can: the
+            # registry's capacity is measured, not its caps (docs/registry.md).
+            "--max-records", "10000000", "--max-registrations-per-second", "0",
         )  # fmt: skip
         url = f"http://{HOST}:{port}"
         try:
