@@ -88,3 +88,31 @@ def test_a_static_service_with_a_path_stops_the_router(tmp_path: Path) -> None:
     static.write_bytes(orjson.dumps([{**record, "url": f"http://{HOST}:1/"}]))
     (loaded,) = load_static_services(str(static))
     assert loaded.url == f"http://{HOST}:1" == loaded.origin()
+
+
+async def test_an_absolute_form_request_goes_to_the_origin(
+    aiohttp_server: Callable[..., Awaitable[TestServer]],
+    aiohttp_client: Callable[..., Awaitable[Client]],
+    tmp_path: Path,
+) -> None:
+    """``POST http://elsewhere/v1/... HTTP/1.1``: only the path and query are forwarded."""
+    seen: list[str] = []
+    backend = await recording_backend(aiohttp_server, seen)
+    static = tmp_path / "static.json"
+    record = {"name": "x", "host": HOST, "port": backend.port, "metadata": {"models": ["pwn"]}}
+    static.write_bytes(orjson.dumps([record]))
+    settings = RouterSettings(static_services=str(static), health_interval=60)
+    client = await aiohttp_client(create_app(settings, registry=CollectorRegistry()))
+    body = orjson.dumps(BODY)
+    target = "http://evil.example:9/v1/chat/completions?a=%20b"
+    reader, writer = await asyncio.open_connection(HOST, client.port)
+    writer.write(
+        f"POST {target} HTTP/1.1\r\nHost: evil.example\r\nContent-Type: application/json\r\n"
+        f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n".encode()
+        + body
+    )
+    await writer.drain()
+    answer = await reader.read()
+    writer.close()
+    assert answer.startswith(b"HTTP/1.1 200"), answer[:300]
+    assert [p for p in seen if "chat" in p] == ["/v1/chat/completions?a=%20b"], seen

@@ -181,7 +181,9 @@ class Proxy:
             async with guard:
                 return await self._session.request(
                     request.method,
-                    backend.url + request.raw_path,
+                    # The backend's origin and the client's path and query, as sent (an
+                    # absolute-form target's scheme and host are the client's, not ours).
+                    backend.url + request.rel_url.raw_path_qs,
                     data=info.body,
                     headers=headers,
                     timeout=self._timeout,
