@@ -22,6 +22,8 @@ log = logging.getLogger("llmsvc.router.readiness")
 REGISTRY = "registry"
 STATIC = "static services"
 
+_TIMER_SLACK_S = 0.001  # how early the loop may wake a timed wait
+
 
 class Readiness:
     """The parts a starting router waits for; ready when all are done or time is up."""
@@ -54,13 +56,7 @@ class Readiness:
     async def expire(self) -> None:
         """Sleep until ``timeout`` after start, then be ready with whatever is known."""
         await asyncio.sleep(max(0.0, self._deadline - time.monotonic()))
-        if not self.ready:
-            log.warning(
-                "not ready after %.1fs (still waiting for %s): serving what is known",
-                self.timeout,
-                ", ".join(self._waiting),
-            )
-            self._ready.set()
+        self._give_up()
 
     async def wait(self, limit: float) -> bool:
         """Wait until ready, at most ``limit`` seconds; whether it is ready."""
@@ -70,4 +66,15 @@ class Readiness:
         if left > 0:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._ready.wait(), left)
+        if time.monotonic() >= self._deadline - _TIMER_SLACK_S:
+            self._give_up()  # the timeout has passed, whichever of the two woke first
         return self.ready
+
+    def _give_up(self) -> None:
+        if not self.ready:
+            log.warning(
+                "not ready after %.1fs (still waiting for %s): serving what is known",
+                self.timeout,
+                ", ".join(self._waiting),
+            )
+            self._ready.set()
