@@ -158,6 +158,8 @@ async def test_filters(make_client: MakeClient) -> None:
         ("healthy=yes", "healthy"),
         ("index=-1", "index"),
         ("index=abc", "index"),
+        ("index=9223372036854775808", "index"),  # past a signed 64-bit integer
+        ("index=100000000000000000000", "index"),
         ("index=1&wait=forever", "wait"),
         ("index=1&wait=-5s", "wait"),
         ("index=1&wait=10h", "wait"),
@@ -168,6 +170,15 @@ async def test_filters(make_client: MakeClient) -> None:
 async def test_bad_query_params(make_client: MakeClient, query: str, param: str) -> None:
     client = await make_client()
     await assert_error(await client.get("/services?" + query), 400, param)
+
+
+async def test_largest_index_is_accepted_and_documented(make_client: MakeClient) -> None:
+    client = await make_client()
+    resp = await client.get("/services?index=9223372036854775807&wait=10s")  # ahead: at once
+    assert resp.status == 200
+    spec = await (await client.get("/openapi.json")).json()
+    params = {p["name"]: p for p in spec["paths"]["/services"]["get"]["parameters"]}
+    assert params["index"]["schema"]["maximum"] == 2**63 - 1
 
 
 async def test_stats(make_client: MakeClient) -> None:

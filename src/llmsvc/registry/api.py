@@ -22,7 +22,7 @@ from llmsvc.registry.models import (
     RegistryStats,
     ServiceCheck,
 )
-from llmsvc.registry.queries import parse_service_query
+from llmsvc.registry.queries import MAX_INDEX, parse_service_query
 from llmsvc.registry.settings import RegistrySettings
 from llmsvc.registry.state import REGISTRY
 from llmsvc.registry.store import ManagedElsewhere, ServiceStore
@@ -248,7 +248,7 @@ _SERVICE_QUERY = (
     Query(
         "index",
         "Blocking query: wait until the change index exceeds this.",
-        {"type": "integer", "minimum": 0},
+        {"type": "integer", "minimum": 0, "maximum": MAX_INDEX},
     ),
     Query(
         "wait",

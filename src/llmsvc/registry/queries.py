@@ -16,6 +16,8 @@ DEFAULT_WAIT = 30.0
 
 _DURATION = re.compile(r"([0-9]+(?:\.[0-9]*)?|\.[0-9]+)(ms|s|m)?")
 _INDEX = re.compile(r"[0-9]{1,19}")
+MAX_INDEX = 2**63 - 1
+"""The largest change index a query may name (a signed 64-bit integer, as JSON tools keep)."""
 _UNIT = {"ms": 0.001, "s": 1.0, "m": 60.0, None: 1.0}
 _BOOLS = {"true": True, "1": True, "false": False, "0": False}
 
@@ -60,8 +62,8 @@ def parse_service_query(query: Mapping[str, str]) -> ServiceQuery:
     index: int | None = None
     if "index" in query:
         text = query["index"].strip()
-        if _INDEX.fullmatch(text) is None:
-            raise _bad("index", "Query parameter 'index' must be a non-negative integer")
+        if _INDEX.fullmatch(text) is None or int(text) > MAX_INDEX:
+            raise _bad("index", f"Query parameter 'index' must be an integer from 0 to {MAX_INDEX}")
         index = int(text)
     wait = DEFAULT_WAIT
     if "wait" in query:
