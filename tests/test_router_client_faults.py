@@ -4,91 +4,36 @@ fails the same way on two backends (a poison request) ejects none of them."""
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
+import functools
 import gzip
 import logging
 import zlib
-from collections.abc import AsyncIterator, Awaitable, Callable
-from dataclasses import dataclass, field
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
 import orjson
 import pytest
-from aiohttp import web
-from aiohttp.test_utils import TestClient
-from prometheus_client import CollectorRegistry
 
-from llmsvc.router.app import create_app
-from llmsvc.router.settings import RouterSettings
-from procs import HOST, free_port
+from procs import free_port
+from routerbackends import (
+    BODY,
+    CHAT,
+    HANG,
+    POISON,
+    Backend,
+    Client,
+    MakeRouter,
+    running,
+    static_router,
+)
 
-Client = TestClient[web.Request, web.Application]
-MakeRouter = Callable[..., Awaitable[Client]]
-CHAT = "/v1/chat/completions"
-BODY = {"model": "m", "messages": [{"role": "user", "content": "hi"}]}
-POISON = {"model": "m", "messages": [{"role": "user", "content": "poison"}]}
 JSON = {"Content-Type": "application/json"}
-
-
-@dataclass
-class Engine:
-    """A stand-in engine: answers 500 to any body that says ``poison``, nothing for 5 s to
-    one that says ``hang``, 200 otherwise."""
-
-    name: str
-    fail_all: bool = False  # 500 to every request, poison or not
-    port: int = 0
-    seen_headers: list[dict[str, str]] = field(default_factory=list)
-    seen_bodies: list[bytes] = field(default_factory=list)
-
-    def record(self) -> dict[str, Any]:
-        return {"name": self.name, "host": HOST, "port": self.port, "metadata": {"models": ["m"]}}
-
-    async def health(self, _: web.Request) -> web.Response:
-        return web.json_response({})
-
-    async def chat(self, request: web.Request) -> web.Response:
-        self.seen_headers.append(dict(request.headers))
-        body = await request.read()
-        self.seen_bodies.append(body)
-        if b"hang" in body:  # a request no engine answers in time
-            await asyncio.sleep(5)
-        if self.fail_all or b"poison" in body:
-            return web.json_response({"error": "boom"}, status=500)
-        return web.json_response({"served_by": self.name})
-
-
-@contextlib.asynccontextmanager
-async def running(*engines: Engine) -> AsyncIterator[None]:
-    runners = []
-    for engine in engines:
-        app = web.Application()
-        app.router.add_get("/health", engine.health)
-        app.router.add_post(CHAT, engine.chat)
-        runner = web.AppRunner(app, access_log=None)
-        await runner.setup()
-        engine.port = free_port()
-        await web.TCPSite(runner, HOST, engine.port).start()
-        runners.append(runner)
-    try:
-        yield
-    finally:
-        for runner in runners:
-            await runner.cleanup()
 
 
 @pytest.fixture
 def make_router(aiohttp_client: Callable[..., Awaitable[Client]], tmp_path: Path) -> MakeRouter:
-    async def make(engines: list[Engine], **options: Any) -> Client:
-        path = tmp_path / "services.json"
-        path.write_bytes(orjson.dumps([e.record() for e in engines]))
-        options.setdefault("health_interval", 60)
-        settings = RouterSettings(static_services=str(path), **options)
-        return await aiohttp_client(create_app(settings, registry=CollectorRegistry()))
-
-    return make
+    return functools.partial(static_router, aiohttp_client, tmp_path)
 
 
 async def error_of(resp: Any) -> dict[str, Any]:
@@ -111,7 +56,7 @@ async def view(client: Client) -> dict[str, dict[str, Any]]:
 async def test_encoded_body_is_decoded_and_forwarded_without_the_header(
     make_router: MakeRouter, encoding: str, encode: Callable[[bytes], bytes]
 ) -> None:
-    engine = Engine("a")
+    engine = Backend("a")
     async with running(engine):
         client = await make_router([engine])
         raw = orjson.dumps(BODY)
@@ -127,7 +72,7 @@ async def test_encoded_body_is_decoded_and_forwarded_without_the_header(
 async def test_unsupported_encoding_is_415_before_any_backend(
     make_router: MakeRouter, encoding: str
 ) -> None:
-    engine = Engine("a")
+    engine = Backend("a")
     async with running(engine):
         client = await make_router([engine])
         headers = {**JSON, "Content-Encoding": encoding}
@@ -140,7 +85,7 @@ async def test_unsupported_encoding_is_415_before_any_backend(
 async def test_body_that_does_not_decode_is_400_without_a_traceback(
     make_router: MakeRouter, caplog: pytest.LogCaptureFixture
 ) -> None:
-    engine = Engine("a")
+    engine = Backend("a")
     async with running(engine):
         client = await make_router([engine])
         headers = {**JSON, "Content-Encoding": "gzip"}
@@ -153,7 +98,7 @@ async def test_body_that_does_not_decode_is_400_without_a_traceback(
 
 
 async def test_decoded_body_over_the_limit_is_413(make_router: MakeRouter) -> None:
-    engine = Engine("a")
+    engine = Backend("a")
     async with running(engine):
         client = await make_router([engine], max_body_bytes=64 * 1024)
         padded = {**BODY, "pad": "x" * (1024 * 1024)}  # 1 MiB decoded, about 1 KiB sent
@@ -167,7 +112,7 @@ async def test_decoded_body_over_the_limit_is_413(make_router: MakeRouter) -> No
 
 
 async def test_poison_requests_leave_the_fleet_healthy(make_router: MakeRouter) -> None:
-    engines = [Engine("a"), Engine("b"), Engine("c")]
+    engines = [Backend("a"), Backend("b"), Backend("c")]
     async with running(*engines):
         client = await make_router(engines, max_fails=1, retries=2)
         for _ in range(3):
@@ -187,7 +132,7 @@ async def test_poison_requests_leave_the_fleet_healthy(make_router: MakeRouter) 
 
 
 async def test_a_backend_failing_alone_still_counts(make_router: MakeRouter) -> None:
-    bad, good = Engine("bad", fail_all=True), Engine("good")
+    bad, good = Backend("bad", mode="fail"), Backend("good")
     async with running(bad, good):
         client = await make_router([bad, good], max_fails=1, retries=1)
         for _ in range(4):
@@ -198,7 +143,7 @@ async def test_a_backend_failing_alone_still_counts(make_router: MakeRouter) -> 
 
 
 async def test_a_huge_model_is_not_echoed_whole(make_router: MakeRouter) -> None:
-    engine = Engine("a")
+    engine = Backend("a")
     async with running(engine):
         client = await make_router([engine])
         resp = await client.post(CHAT, json={**BODY, "model": "x" * (1024 * 1024)})
@@ -212,7 +157,7 @@ async def test_a_huge_model_is_not_echoed_whole(make_router: MakeRouter) -> None
 
 
 async def test_headers_over_the_total_limit_are_431(make_router: MakeRouter) -> None:
-    engine = Engine("a")
+    engine = Backend("a")
     async with running(engine):
         client = await make_router([engine])
         headers = {**JSON, **{f"X-Pad-{i}": "v" * 8000 for i in range(120)}}
@@ -227,8 +172,8 @@ async def test_headers_over_the_total_limit_are_431(make_router: MakeRouter) -> 
 
 async def test_connect_errors_always_count_and_are_retried(make_router: MakeRouter) -> None:
     """Two dead backends refuse the same request: the request cannot be the cause."""
-    good = Engine("good")
-    dead = [Engine("dead-1", port=free_port()), Engine("dead-2", port=free_port())]
+    good = Backend("good")
+    dead = [Backend("dead-1", port=free_port()), Backend("dead-2", port=free_port())]
     async with running(good):
         client = await make_router([*dead, good], max_fails=1, retries=2)
         for _ in range(3):
@@ -240,7 +185,7 @@ async def test_connect_errors_always_count_and_are_retried(make_router: MakeRout
 
 
 async def test_a_poison_stream_leaves_the_fleet_healthy(make_router: MakeRouter) -> None:
-    engines = [Engine("a"), Engine("b")]
+    engines = [Backend("a"), Backend("b")]
     async with running(*engines):
         client = await make_router(engines, max_fails=1, retries=1)
         for _ in range(3):
@@ -255,11 +200,10 @@ async def test_a_poison_stream_leaves_the_fleet_healthy(make_router: MakeRouter)
 async def test_a_request_that_times_out_everywhere_leaves_the_fleet_healthy(
     make_router: MakeRouter,
 ) -> None:
-    engines = [Engine("a"), Engine("b"), Engine("c")]
-    hang = {"model": "m", "messages": [{"role": "user", "content": "hang"}]}
+    engines = [Backend("a"), Backend("b"), Backend("c")]
     async with running(*engines):
         client = await make_router(engines, max_fails=1, retries=2, first_byte_timeout=0.3)
-        resp = await client.post(CHAT, json=hang)
+        resp = await client.post(CHAT, json=HANG)
         assert resp.status == 504
         assert sum(len(e.seen_bodies) for e in engines) == 2  # no third backend tried
         services = await view(client)

@@ -4,119 +4,26 @@ misbehaviour each test controls: slow streams, disconnects, 5xx, stalls, dead po
 from __future__ import annotations
 
 import asyncio
-import contextlib
+import functools
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
-from dataclasses import dataclass, field
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
 import orjson
 import pytest
-from aiohttp import ClientTimeout, web
-from aiohttp.test_utils import TestClient
-from prometheus_client import CollectorRegistry
+from aiohttp import ClientTimeout
 
 import metrics
-from llmsvc.router.app import create_app
-from llmsvc.router.settings import RouterSettings
-from procs import HOST, free_port
+from procs import HOST
+from routerbackends import BODY, CHAT, Backend, Client, MakeRouter, running, static_router
 
-Client = TestClient[web.Request, web.Application]
-CHAT = "/v1/chat/completions"
-BODY = {"model": "m", "messages": [{"role": "user", "content": "hi"}]}
 STREAM = {**BODY, "stream": True}
-
-
-@dataclass
-class Backend:
-    """A stand-in engine; ``mode`` says how it answers the next requests."""
-
-    name: str
-    mode: str = "ok"
-    healthy: bool = True
-    hits: int = 0
-    seen_headers: list[dict[str, str]] = field(default_factory=list)
-    seen_bodies: list[bytes] = field(default_factory=list)
-    seen_peers: set[object] = field(default_factory=set)
-    go: asyncio.Event = field(default_factory=asyncio.Event)
-    cancelled: asyncio.Event = field(default_factory=asyncio.Event)
-    port: int = 0
-
-    def record(self) -> dict[str, Any]:
-        return {"name": self.name, "host": HOST, "port": self.port, "metadata": {"models": ["m"]}}
-
-    async def health(self, _: web.Request) -> web.Response:
-        return web.json_response({}, status=200 if self.healthy else 503)
-
-    async def chat(self, request: web.Request) -> web.StreamResponse:
-        self.hits += 1
-        self.seen_headers.append(dict(request.headers))
-        self.seen_bodies.append(await request.read())
-        assert request.transport is not None
-        self.seen_peers.add(request.transport.get_extra_info("peername"))
-        try:
-            return await self._answer(request)
-        except asyncio.CancelledError:
-            self.cancelled.set()
-            raise
-
-    async def _answer(self, request: web.Request) -> web.StreamResponse:
-        if self.mode == "fail":
-            return web.json_response({"error": "boom"}, status=500)
-        if self.mode == "slow":  # no headers for a long time
-            await asyncio.sleep(30)
-        if self.mode == "ok":
-            headers = {"X-Upstream": self.name, "Keep-Alive": "timeout=5"}
-            return web.json_response({"served_by": self.name}, headers=headers)
-        resp = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
-        await resp.prepare(request)
-        await resp.write(b'data: {"n": 1}\n\n')
-        if self.mode == "stream":  # the rest only once the test says so
-            await self.go.wait()
-            await resp.write(b'data: {"n": 2}\n\n')
-            await resp.write(b"data: [DONE]\n\n")
-            return resp
-        if self.mode == "stall":
-            await asyncio.sleep(30)
-        if self.mode == "die":  # the connection drops mid-stream
-            assert request.transport is not None
-            request.transport.abort()
-        return resp
-
-
-@contextlib.asynccontextmanager
-async def running(*backends: Backend) -> AsyncIterator[None]:
-    runners = []
-    for backend in backends:
-        app = web.Application()
-        app.router.add_get("/health", backend.health)
-        app.router.add_post(CHAT, backend.chat)
-        runner = web.AppRunner(app, handler_cancellation=True, access_log=None)
-        await runner.setup()
-        backend.port = free_port()
-        await web.TCPSite(runner, HOST, backend.port).start()
-        runners.append(runner)
-    try:
-        yield
-    finally:
-        for runner in runners:
-            await runner.cleanup()
-
-
-MakeRouter = Callable[..., Awaitable[Client]]
 
 
 @pytest.fixture
 def make_router(aiohttp_client: Callable[..., Awaitable[Client]], tmp_path: Path) -> MakeRouter:
-    async def make(records: list[dict[str, Any]], **options: Any) -> Client:
-        path = tmp_path / "services.json"
-        path.write_bytes(orjson.dumps(records))
-        options.setdefault("health_interval", 60)
-        settings = RouterSettings(static_services=str(path), **options)
-        return await aiohttp_client(create_app(settings, registry=CollectorRegistry()))
-
-    return make
+    return functools.partial(static_router, aiohttp_client, tmp_path)
 
 
 async def metric(client: Client, series: str) -> float:
@@ -127,7 +34,7 @@ async def metric(client: Client, series: str) -> float:
 async def test_sse_passes_through_chunk_by_chunk(make_router: MakeRouter) -> None:
     b = Backend("b", mode="stream")
     async with running(b):
-        client = await make_router([b.record()])
+        client = await make_router([b])
         resp = await client.post(CHAT, json=STREAM)
         assert resp.status == 200 and resp.headers["X-Llmsvc-Backend"] == "b"
         first = await asyncio.wait_for(resp.content.readany(), 5)
@@ -141,7 +48,7 @@ async def test_sse_passes_through_chunk_by_chunk(make_router: MakeRouter) -> Non
 async def test_client_disconnect_cancels_the_upstream(make_router: MakeRouter) -> None:
     b = Backend("b", mode="stall")
     async with running(b):
-        client = await make_router([b.record()])
+        client = await make_router([b])
         resp = await client.post(CHAT, json=STREAM)
         assert await asyncio.wait_for(resp.content.readany(), 5)
         resp.close()
@@ -160,7 +67,7 @@ async def test_retry_after_connect_error(make_router: MakeRouter) -> None:
     gone, good = Backend("gone"), Backend("good")
     async with running(good):
         async with running(gone):
-            client = await make_router([gone.record(), good.record()], max_fails=0)
+            client = await make_router([gone, good], max_fails=0)
             await wait_for(lambda: checked(client, "gone"), True)  # passed its first check
         for _ in range(4):  # "gone" stopped listening after its check: connect errors
             resp = await client.post(CHAT, json=BODY)
@@ -179,7 +86,7 @@ async def checked(client: Client, name: str) -> bool:
 async def test_retry_after_5xx_and_502_when_all_fail(make_router: MakeRouter) -> None:
     bad, good = Backend("bad", mode="fail"), Backend("good")
     async with running(bad, good):
-        client = await make_router([bad.record(), good.record()], max_fails=0)
+        client = await make_router([bad, good], max_fails=0)
         for _ in range(2):
             resp = await client.post(CHAT, json=BODY)
             assert resp.status == 200 and (await resp.json()) == {"served_by": "good"}
@@ -193,7 +100,7 @@ async def test_retry_after_5xx_and_502_when_all_fail(make_router: MakeRouter) ->
 async def test_retries_are_bounded(make_router: MakeRouter) -> None:
     backends = [Backend(f"b{i}", mode="fail") for i in range(4)]
     async with running(*backends):
-        client = await make_router([b.record() for b in backends], retries=1, max_fails=0)
+        client = await make_router(backends, retries=1, max_fails=0)
         assert (await client.post(CHAT, json=BODY)).status == 502
         assert sum(b.hits for b in backends) == 2
 
@@ -201,9 +108,7 @@ async def test_retries_are_bounded(make_router: MakeRouter) -> None:
 async def test_passive_max_fails_takes_a_backend_out(make_router: MakeRouter) -> None:
     bad, good = Backend("bad", mode="fail"), Backend("good")
     async with running(bad, good):
-        client = await make_router(
-            [bad.record(), good.record()], retries=0, max_fails=2, fail_timeout=30
-        )
+        client = await make_router([bad, good], retries=0, max_fails=2, fail_timeout=30)
         statuses = [(await client.post(CHAT, json=BODY)).status for _ in range(8)]
         assert statuses == [502, 200, 502, 200, 200, 200, 200, 200]
         assert bad.hits == 2
@@ -215,7 +120,7 @@ async def test_passive_max_fails_takes_a_backend_out(make_router: MakeRouter) ->
 async def test_active_health_checks(make_router: MakeRouter) -> None:
     a, b = Backend("a"), Backend("b")
     async with running(a, b):
-        client = await make_router([a.record(), b.record()], health_interval=0.1)
+        client = await make_router([a, b], health_interval=0.1)
 
         async def healthy() -> int:
             return int((await (await client.get("/health")).json())["healthy_backends"])
@@ -239,12 +144,12 @@ async def wait_for(probe: Callable[[], Awaitable[Any]], expected: Any, timeout: 
 async def test_first_byte_timeout_retries_then_504(make_router: MakeRouter) -> None:
     slow, good = Backend("slow", mode="slow"), Backend("good")
     async with running(slow, good):
-        client = await make_router([slow.record(), good.record()], first_byte_timeout=0.3)
+        client = await make_router([slow, good], first_byte_timeout=0.3)
         started = time.monotonic()
         resp = await client.post(CHAT, json=BODY)
         assert resp.status == 200 and resp.headers["X-Llmsvc-Backend"] == "good"
         assert time.monotonic() - started < 3
-        client2 = await make_router([slow.record()], first_byte_timeout=0.3)
+        client2 = await make_router([slow], first_byte_timeout=0.3)
         resp = await client2.post(CHAT, json=STREAM)
         assert resp.status == 504
         assert (await resp.json())["error"]["code"] == "upstream_timeout"
@@ -253,7 +158,7 @@ async def test_first_byte_timeout_retries_then_504(make_router: MakeRouter) -> N
 async def test_stream_idle_timeout_ends_with_in_band_error(make_router: MakeRouter) -> None:
     b = Backend("b", mode="stall")
     async with running(b):
-        client = await make_router([b.record()], stream_idle_timeout=0.3)
+        client = await make_router([b], stream_idle_timeout=0.3)
         resp = await client.post(CHAT, json=STREAM)
         assert resp.status == 200
         text = (await asyncio.wait_for(resp.read(), 5)).decode()
@@ -267,7 +172,7 @@ async def test_stream_idle_timeout_ends_with_in_band_error(make_router: MakeRout
 async def test_upstream_dying_mid_stream_ends_with_in_band_error(make_router: MakeRouter) -> None:
     b = Backend("b", mode="die")
     async with running(b):
-        client = await make_router([b.record()])
+        client = await make_router([b])
         resp = await client.post(CHAT, json=STREAM)
         text = (await asyncio.wait_for(resp.read(), 5)).decode()
         assert text.startswith('data: {"n": 1}\n\n')
@@ -279,7 +184,7 @@ async def test_upstream_dying_mid_stream_ends_with_in_band_error(make_router: Ma
 async def test_headers_and_body_are_forwarded(make_router: MakeRouter) -> None:
     b = Backend("b")
     async with running(b):
-        client = await make_router([b.record()], api_keys=["secret"])
+        client = await make_router([b], api_keys=["secret"])
         raw = b'{"model":  "m", "messages": [],   "extra": {"kept": true}}'
         headers = {
             "Authorization": "Bearer secret",
@@ -305,7 +210,7 @@ async def test_headers_and_body_are_forwarded(make_router: MakeRouter) -> None:
 async def test_no_backend_left_after_all_taken_out_is_503(make_router: MakeRouter) -> None:
     bad = Backend("bad", mode="fail")
     async with running(bad):
-        client = await make_router([bad.record()], max_fails=1, retries=0)
+        client = await make_router([bad], max_fails=1, retries=0)
         assert (await client.post(CHAT, json=BODY)).status == 502
         resp = await client.post(CHAT, json=BODY)
         assert resp.status == 503
@@ -317,7 +222,7 @@ async def test_no_backend_left_after_all_taken_out_is_503(make_router: MakeRoute
 async def test_least_connections_avoids_the_busy_backend(make_router: MakeRouter) -> None:
     busy, idle = Backend("busy", mode="stream"), Backend("idle")
     async with running(busy, idle):
-        client = await make_router([busy.record(), idle.record()], strategy="least_connections")
+        client = await make_router([busy, idle], strategy="least_connections")
         stream = await client.post(CHAT, json=STREAM)  # a tie: the first in turn
         assert stream.headers["X-Llmsvc-Backend"] == "busy"
         assert await asyncio.wait_for(stream.content.readany(), 5)
@@ -334,7 +239,7 @@ async def test_least_connections_avoids_the_busy_backend(make_router: MakeRouter
 async def test_upstream_connections_are_reused(make_router: MakeRouter) -> None:
     b = Backend("b")
     async with running(b):
-        client = await make_router([b.record()])
+        client = await make_router([b])
         await wait_for(lambda: checked(client, "b"), True)  # its connection is back in the pool
         for body in (BODY, STREAM, BODY, BODY, {**BODY, "model": "nope"}, BODY):
             await (await client.post(CHAT, json=body)).read()
