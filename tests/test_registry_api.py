@@ -2,47 +2,20 @@
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
+import functools
 from typing import Any
 
 import pytest
-from aiohttp.test_utils import TestClient
-from prometheus_client import CollectorRegistry
 
 import metrics
-from llmsvc.registry.app import create_app
-from llmsvc.registry.settings import RegistrySettings
+from registryapp import MakeClient, assert_error, registry_client, service
 
-MakeClient = Callable[..., Awaitable[TestClient[Any, Any]]]
 AUTH = {"Authorization": "Bearer s3cret"}
 
 
 @pytest.fixture
 def make_client(aiohttp_client: Any) -> MakeClient:
-    async def _make(**overrides: Any) -> TestClient[Any, Any]:
-        settings = RegistrySettings(health_interval=60, cleanup_interval=60, **overrides)
-        client: TestClient[Any, Any] = await aiohttp_client(
-            create_app(settings, registry=CollectorRegistry())
-        )
-        return client
-
-    return _make
-
-
-def service(name: str = "engine-a", **extra: Any) -> dict[str, Any]:
-    return {"name": name, "host": "127.0.0.1", "port": 8000, **extra}
-
-
-async def assert_error(resp: Any, status: int, param: str | None = None) -> dict[str, Any]:
-    assert resp.status == status, await resp.text()
-    body = await resp.json()
-    error = body["error"]
-    assert set(error) == {"message", "type", "param", "code"}
-    assert error["message"]
-    if param is not None:
-        assert error["param"] == param
-    assert "Traceback" not in error["message"]
-    return dict(error)
+    return functools.partial(registry_client, aiohttp_client)
 
 
 async def test_health_reports_counts(make_client: MakeClient) -> None:

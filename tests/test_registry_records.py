@@ -6,44 +6,19 @@ a registry full of records or a client registering too fast a 429.
 
 from __future__ import annotations
 
+import functools
 import logging
-from collections.abc import Awaitable, Callable
 from typing import Any
 
 import pytest
-from aiohttp.test_utils import TestClient
-from prometheus_client import CollectorRegistry
 
 from llmsvc.core.records import ServiceRecord, ServiceRegistration
-from llmsvc.registry.app import create_app
-from llmsvc.registry.settings import RegistrySettings
-
-MakeClient = Callable[..., Awaitable[TestClient[Any, Any]]]
+from registryapp import MakeClient, assert_error, registry_client, service
 
 
 @pytest.fixture
 def make_client(aiohttp_client: Any) -> MakeClient:
-    async def _make(**overrides: Any) -> TestClient[Any, Any]:
-        settings = RegistrySettings(health_interval=60, cleanup_interval=60, **overrides)
-        client: TestClient[Any, Any] = await aiohttp_client(
-            create_app(settings, registry=CollectorRegistry())
-        )
-        return client
-
-    return _make
-
-
-def service(name: str = "engine-a", **extra: Any) -> dict[str, Any]:
-    return {"name": name, "host": "127.0.0.1", "port": 8000, **extra}
-
-
-async def error_of(resp: Any, status: int, param: str | None = None) -> dict[str, Any]:
-    assert resp.status == status, await resp.text()
-    error: dict[str, Any] = (await resp.json())["error"]
-    assert set(error) == {"message", "type", "param", "code"} and error["message"]
-    if param is not None:
-        assert error["param"] == param, error
-    return error
+    return functools.partial(registry_client, aiohttp_client)
 
 
 @pytest.mark.parametrize(
@@ -64,7 +39,7 @@ async def error_of(resp: Any, status: int, param: str | None = None) -> dict[str
 async def test_a_url_is_only_an_origin(make_client: MakeClient, url: str) -> None:
     client = await make_client()
     resp = await client.post("/services", json=service(url=url, metadata={"models": ["pwn"]}))
-    error = await error_of(resp, 400, "url")
+    error = await assert_error(resp, 400, "url")
     assert "password" not in error["message"]
     assert (await (await client.get("/services")).json())["total"] == 0
 
@@ -107,7 +82,7 @@ async def test_a_host_is_a_hostname_or_an_ip(
     client = await make_client()
     with caplog.at_level(logging.DEBUG):
         resp = await client.post("/services", json=service(host=host))
-        error = await error_of(resp, 400, "host")
+        error = await assert_error(resp, 400, "host")
     assert "\r" not in error["message"] and "\n" not in error["message"]
     assert not [r for r in caplog.records if "forged" in r.getMessage()], "a forged log line"
     assert (await (await client.get("/services")).json())["total"] == 0
@@ -126,21 +101,21 @@ async def test_hostnames_and_ip_literals_register(make_client: MakeClient, host:
 async def test_a_port_is_a_strict_integer(make_client: MakeClient, port: Any) -> None:
     client = await make_client()
     resp = await client.post("/services", json=service(port=port))
-    await error_of(resp, 400, "port")
+    await assert_error(resp, 400, "port")
 
 
 async def test_an_oversized_metadata_is_a_413(make_client: MakeClient) -> None:
     client = await make_client()
     big = {"models": ["m"], "blob": "x" * 1_000_000}
     resp = await client.post("/services", json=service(metadata=big))
-    error = await error_of(resp, 413, "metadata")
+    error = await assert_error(resp, 413, "metadata")
     assert "metadata too large" in error["message"]
     assert (await (await client.get("/services")).json())["total"] == 0
     # The same through an update of an existing record, and under a smaller cap.
     client = await make_client(max_metadata_bytes=100)
     assert (await client.post("/services", json=service(metadata={"models": ["m"]}))).status == 201
     resp = await client.put("/services/engine-a", json=service(metadata={"x": "y" * 100}))
-    await error_of(resp, 413, "metadata")
+    await assert_error(resp, 413, "metadata")
 
 
 async def test_the_records_cap_refuses_new_names_only(make_client: MakeClient) -> None:
@@ -148,7 +123,7 @@ async def test_the_records_cap_refuses_new_names_only(make_client: MakeClient) -
     for name in ("a", "b"):
         assert (await client.post("/services", json=service(name))).status == 201
     resp = await client.post("/services", json=service("c"))
-    error = await error_of(resp, 429)
+    error = await assert_error(resp, 429)
     assert "2" in error["message"] and "records" in error["message"]
     # Re-registering, updating and heartbeating an existing name still work.
     assert (await client.post("/services", json=service("a", port=9000))).status == 200
@@ -165,7 +140,7 @@ async def test_a_registration_burst_is_a_429_with_retry_after(make_client: MakeC
         resp = await client.post("/services", json=service(f"s{i}"))
         statuses.append(resp.status)
         if resp.status == 429:
-            error = await error_of(resp, 429)
+            error = await assert_error(resp, 429)
             assert "registrations" in error["message"]
             assert float(resp.headers["Retry-After"]) >= 1
             break
@@ -204,6 +179,6 @@ async def test_a_health_path_is_only_a_path(make_client: MakeClient) -> None:
     client = await make_client()
     for bad in ("/drain?x=", "/status#f", "//elsewhere/x", "/a b", 7):
         resp = await client.post("/services", json=service(metadata={"health_path": bad}))
-        await error_of(resp, 400, "metadata")
+        await assert_error(resp, 400, "metadata")
     resp = await client.post("/services", json=service(metadata={"health_path": "/status"}))
     assert resp.status == 201
