@@ -120,7 +120,7 @@ class Registrar:
             log.error("registry rejected %s: %s", record.name, exc)
             return
         self._registered.add(record.name)
-        log.info("registered %s (%s) at %s", record.name, record.type, record.base_url())
+        log.info("registered %s (%s) at %s", record.name, record.type, record.origin())
 
     async def _deregister(self, name: str) -> None:
         was = name in self._registered

@@ -97,9 +97,6 @@ class ServiceRegistration(BaseModel):
             )
         return value
 
-    def base_url(self) -> str:
-        return self.url or host_origin(self.host, self.port)
-
     def origin(self) -> str:
         """``scheme://host:port`` of the engine: what every upstream URL starts with."""
         return origin_of(self.url) if self.url else host_origin(self.host, self.port)
@@ -127,7 +124,7 @@ class ServiceRecord(ServiceRegistration):
     @model_validator(mode="after")
     def _derive_url(self) -> ServiceRecord:
         if not self.url:
-            self.url = self.base_url()
+            self.url = self.origin()
         return self
 
     @property
