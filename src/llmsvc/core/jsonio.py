@@ -101,7 +101,7 @@ def validation_message(exc: ValidationError) -> tuple[str, str | None]:
     """The first validation error as (message, param)."""
     err = exc.errors(include_url=False)[0]
     param = ".".join(str(p) for p in err["loc"]) or None
-    msg = err["msg"]
+    msg = str(err["msg"]).removeprefix("Value error, ")  # our validators' own words
     return (f"Invalid '{param}': {msg}" if param else msg), param
 
 
