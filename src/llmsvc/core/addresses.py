@@ -18,6 +18,8 @@ import ipaddress
 import re
 from urllib.parse import SplitResult, urlsplit
 
+from llmsvc.core.errors import echoed
+
 # An RFC 1123 hostname: dot-separated labels of letters, digits and inner hyphens,
 # at most 63 characters each and 253 in all (the field's maxLength).
 _LABEL = r"[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
@@ -113,4 +115,4 @@ def _is_ip(text: str) -> bool:
 
 
 def _short(text: str) -> str:
-    return repr(text if len(text) <= 80 else text[:80] + "...")
+    return repr(echoed(text, 80))

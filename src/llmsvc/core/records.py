@@ -16,6 +16,7 @@ from llmsvc.core.addresses import (
     host_origin,
     origin_of,
 )
+from llmsvc.core.errors import echoed
 
 # Record types with a meaning; any other string is kept but never routed to.
 OPENAI_API = "openai-api"
@@ -67,7 +68,7 @@ class ServiceRegistration(BaseModel):
     @classmethod
     def _not_a_string(cls, value: Any) -> Any:
         if isinstance(value, str):  # pydantic's lax mode would take "80" for 80
-            raise ValueError(f"must be an integer, not the string {value[:20]!r}")
+            raise ValueError(f"must be an integer, not the string {echoed(value, 20)!r}")
         return value
 
     @field_validator("host")
