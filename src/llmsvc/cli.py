@@ -23,6 +23,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "status": ("llmsvc.local.cli:status", "show the local stack's processes and health"),
     "validate": ("llmsvc.local.cli:validate", "check a running stack end to end"),
     "systemd": ("llmsvc.local.systemd:main", "print a systemd unit for a component"),
+    "tokens": ("llmsvc.local.tokens:main", "make and keep a stack's tokens (0600 files)"),
     "bench": ("llmsvc.bench.cli:main", "drive an OpenAI-compatible endpoint and report latency"),
     "operator": ("llmsvc.operator.cli:main", "run the Kubernetes operator (InferenceService CRD)"),
 }
