@@ -138,6 +138,16 @@ class ServiceRecord(ServiceRegistration):
         return self.status == "healthy"
 
 
+class RegisteredService(ServiceRecord):
+    """The answer to ``POST /services``: the record and the name's lease.
+
+    Heartbeats, updates and deletes of the name present the lease in
+    ``X-Llmsvc-Lease``; reads never show it.
+    """
+
+    lease: str
+
+
 class Heartbeat(BaseModel):
     """Optional body of ``POST /services/{name}/heartbeat``: the sender's own health verdict.
 
