@@ -1,7 +1,14 @@
-"""The router's ``web.Application``: routes, API keys, upstream session, background loops."""
+"""The router's ``web.Application``: routes, API keys, upstream session, background loops.
+
+Two credentials guard two surfaces: API keys (``--api-keys``) the routed paths
+(``/v1/*``), the admin token (``--admin-token``) the operational views that show
+every backend's address (``/stats``, ``/services``, ``/metrics``). Neither opens
+the other's paths; ``/health`` and ``/openapi.json`` stay open.
+"""
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import AsyncIterator, Callable, Coroutine
 from dataclasses import dataclass, field
@@ -38,6 +45,8 @@ from llmsvc.router.proxy import Proxy
 from llmsvc.router.readiness import REGISTRY, STATIC, Readiness
 from llmsvc.router.settings import RouterSettings
 from llmsvc.router.stats import RouterStats
+
+log = logging.getLogger("llmsvc.router")
 
 # Upstream connection pool: enough for thousands of concurrent streams, with
 # idle connections kept for reuse between requests.
@@ -122,6 +131,49 @@ def api_key_middleware(keys: tuple[bytes, ...]) -> Middleware:
     return bearer_middleware(auth, protects=_protected)
 
 
+def admin_auth(settings: RouterSettings) -> BearerAuth | None:
+    """What ``/stats``, ``/services`` and ``/metrics`` need: the admin token, if set."""
+    if settings.admin_token is None:
+        return None
+    return BearerAuth(
+        keys=(settings.admin_token.get_secret_value().encode(),),
+        message="Missing or invalid admin token: send 'Authorization: Bearer <--admin-token>'",
+        code="invalid_token",
+    )
+
+
+def _admin_routes(state: RouterState) -> list[Route]:
+    """The views of every backend's address: the admin token's (when set)."""
+    admin = {401: "Missing or invalid admin token (when --admin-token is set)"}
+    return [
+        Route(
+            "GET",
+            "/stats",
+            state.stats_view,
+            "Per backend and per model statistics",
+            errors=admin,
+            protected=True,
+        ),
+        Route(
+            "GET",
+            "/services",
+            state.services,
+            "The router's view of its backends",
+            errors=admin,
+            protected=True,
+        ),
+        Route(
+            "GET",
+            "/metrics",
+            state.prometheus,
+            "Prometheus metrics",
+            response_media="text/plain",
+            errors=admin,
+            protected=True,
+        ),
+    ]
+
+
 def _routes(state: RouterState) -> list[Route]:
     errors = {
         400: "Malformed JSON, or missing/invalid 'model'",
@@ -162,19 +214,8 @@ def _routes(state: RouterState) -> list[Route]:
                 errors={401: "Missing or invalid API key"},
             )
         )
-    table += [
-        Route("GET", "/health", state.health, "Router health and healthy backend count"),
-        Route("GET", "/stats", state.stats_view, "Per backend and per model statistics"),
-        Route("GET", "/services", state.services, "The router's view of its backends"),
-        Route(
-            "GET",
-            "/metrics",
-            state.prometheus,
-            "Prometheus metrics",
-            response_media="text/plain",
-        ),
-    ]
-    return table
+    table.append(Route("GET", "/health", state.health, "Router health and healthy backend count"))
+    return table + _admin_routes(state)
 
 
 def _upstream_ctx(state: RouterState) -> Callable[[web.Application], AsyncIterator[None]]:
@@ -238,7 +279,7 @@ def _registry_ctx(
         client = RegistryClient(
             base_url=registry_url,
             session=session,
-            token=settings.registry_token,
+            token=token.get_secret_value() if (token := settings.registry_token) else None,
             timeout=settings.health_timeout,
         )
 
@@ -298,7 +339,14 @@ def create_app(
         client_max_size=settings.max_body_bytes,
         middlewares=[api_key_middleware(api_keys)] if api_keys else [],
         read_timeout=settings.read_timeout,
+        auth=admin_auth(settings),
     )
+    if api_keys and settings.admin_token is None and metrics_dir is None:  # once, not per worker
+        log.warning(
+            "/stats, /services and /metrics need no token (no --admin-token): anyone who "
+            "can reach port %d sees every backend's address",
+            settings.port,
+        )
     app[ROUTER] = state
     app.cleanup_ctx.append(background("readiness", lambda _: state.readiness.expire()))
     app.cleanup_ctx.append(_upstream_ctx(state))

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import ipaddress
+from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, field_validator
+from pydantic import Field, SecretStr, field_validator, model_validator
 
+from llmsvc.core.secrets import from_flag_or_file
 from llmsvc.core.settings import CommaList, ServerSettings
 
 Strategy = Literal[
@@ -26,8 +28,23 @@ class RouterSettings(ServerSettings):
         default=None,
         description="Base URL of the registry to watch; without it only static services route.",
     )
-    registry_token: str | None = Field(
-        default=None, description="Bearer token for a registry started with --token."
+    registry_token: SecretStr | None = Field(
+        default=None,
+        description="The registry's write token, sent as 'Authorization: Bearer' to a "
+        "registry started with --token (its reads need it too).",
+    )
+    registry_token_file: Path | None = Field(
+        default=None,
+        description="File holding --registry-token (a mounted Secret, compose's tokens).",
+    )
+    admin_token: SecretStr | None = Field(
+        default=None,
+        description="Token GET /stats, /services and /metrics need as 'Authorization: "
+        "Bearer <token>' (they show every backend's address); default none: they are open. "
+        "API keys do not open them, and it is not an API key.",
+    )
+    admin_token_file: Path | None = Field(
+        default=None, description="File holding --admin-token (one line)."
     )
     static_services: str | None = Field(
         default=None,
@@ -185,6 +202,17 @@ class RouterSettings(ServerSettings):
             except ValueError:
                 raise ValueError(f"{value!r} is not an IP address or CIDR range") from None
         return values
+
+    @model_validator(mode="after")
+    def _tokens_from_files(self) -> RouterSettings:
+        """Each token from its flag or its file (``--x-file``), never both."""
+        self.registry_token = from_flag_or_file(
+            self.registry_token, self.registry_token_file, flag="--registry-token"
+        )
+        self.admin_token = from_flag_or_file(
+            self.admin_token, self.admin_token_file, flag="--admin-token"
+        )
+        return self
 
     def first_byte_limit(self) -> float:
         return self.first_byte_timeout or self.proxy_timeout
