@@ -17,15 +17,19 @@ from containers import DOCKERFILES, args_file, compose, compose_config, dockerfi
 from tools import ROOT
 
 LLMSVC_SERVICES = {"registry", "router", "babysitter-1", "babysitter-2"}
-DEFAULT_SERVICES = LLMSVC_SERVICES | {"prometheus", "grafana"}
-# service -> the services it must wait for (healthy)
+ONE_SHOT = {
+    "tokens"
+}  # run once, must exit 0 (compose's tokens, see test_containers_compose_tokens)
+DEFAULT_SERVICES = LLMSVC_SERVICES | ONE_SHOT | {"prometheus", "grafana"}
+# service -> the services it must wait for (healthy; the one-shot ones: completed)
 START_ORDER = {
-    "registry": set(),
-    "router": {"registry"},
-    "babysitter-1": {"registry", "router"},
-    "babysitter-2": {"registry", "router"},
-    "babysitter-vllm": {"registry", "router"},
-    "prometheus": {"router"},
+    "tokens": set(),
+    "registry": {"tokens"},
+    "router": {"tokens", "registry"},
+    "babysitter-1": {"tokens", "registry", "router"},
+    "babysitter-2": {"tokens", "registry", "router"},
+    "babysitter-vllm": {"tokens", "registry", "router"},
+    "prometheus": {"tokens", "router"},
     "grafana": {"prometheus"},
 }
 PUBLISHED = {  # service -> (variable, default host port, container port)
@@ -66,6 +70,9 @@ def test_gpu_profile_adds_a_vllm_babysitter_on_a_gpu(gpu_config: dict[str, Any])
 
 def test_every_service_has_a_healthcheck(gpu_config: dict[str, Any]) -> None:
     for name, service in gpu_config["services"].items():
+        if name in ONE_SHOT:  # exits once done: nothing to check
+            assert service["healthcheck"] == {"disable": True} and service["restart"] == "no"
+            continue
         test = service.get("healthcheck", {}).get("test")
         assert test and test[0] == "CMD", f"{name}: {test}"
 
@@ -74,14 +81,15 @@ def test_start_order_waits_for_health(gpu_config: dict[str, Any]) -> None:
     for name, service in gpu_config["services"].items():
         depends = service.get("depends_on", {})
         assert set(depends) == START_ORDER[name], name
-        for dependency in depends.values():
-            assert dependency["condition"] == "service_healthy", name
+        for on, dependency in depends.items():
+            wanted = "service_completed_successfully" if on in ONE_SHOT else "service_healthy"
+            assert dependency["condition"] == wanted, (name, on)
 
 
 def test_llmsvc_services_match_their_images(gpu_config: dict[str, Any]) -> None:
     """Image name, entrypoint and health check as in the Dockerfile the service builds."""
     for name, service in gpu_config["services"].items():
-        if "build" not in service:
+        if "build" not in service or name in ONE_SHOT:
             continue
         component = service["entrypoint"][1]
         image = name if name in ("registry", "router") else service["image"].split("/")[-1]

@@ -7,6 +7,10 @@ on 127.0.0.1 (``LLMSVC_HOST``/``LLMSVC_PORT``, as the images set ``LLMSVC_HOST``
 ``http://<service>:<port>`` / ``--advertise-host <service>`` point there. Services start
 in the compose file's ``depends_on`` order, each once its compose health check, run
 with the repository's ``images/healthcheck.py``, passes.
+
+First the one-shot ``tokens`` service's ``llmsvc tokens`` line makes the tokens in a
+local directory standing in for the ``tokens`` volume (its ``chown``/``install`` lines
+are about container users, checked in ``test_containers_compose_tokens``).
 """
 
 from __future__ import annotations
@@ -14,22 +18,25 @@ from __future__ import annotations
 import graphlib
 import os
 import re
+import shlex
 import subprocess
 import sys
 from functools import partial
+from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
 
 from containers import compose_config
-from procs import HOST, Proc, Spawn, free_port, wait_until
+from procs import HOST, Proc, Spawn, free_port, llmsvc_args, wait_until
 from tools import ROOT
 
 pytestmark = pytest.mark.slow
 
 # The port each component listens on in its container (the settings' defaults).
 CONTAINER_PORT = {"registry": 8081, "router": 8080, "babysitter": 8000}
+TOKENS_VOLUME = "/run/llmsvc/tokens"  # where compose mounts the tokens volume
 IN_IMAGE = {
     "/opt/llmsvc/bin/python": sys.executable,
     "/opt/llmsvc/healthcheck.py": str(ROOT / "images" / "healthcheck.py"),
@@ -57,8 +64,20 @@ def local_ports(services: dict[str, Any]) -> dict[str, int]:
     }
 
 
-def localize(args: list[str], services: dict[str, Any], ports: dict[str, int]) -> list[str]:
-    """Service hostnames and container ports -> 127.0.0.1 and the local ports."""
+def make_tokens(tokens_service: dict[str, Any], directory: Path) -> None:
+    """Run the ``tokens`` service's ``llmsvc tokens`` line with ``directory`` as the volume."""
+    [script] = tokens_service["command"]
+    [line] = [line for line in script.splitlines() if line.startswith("llmsvc ")]
+    args = [directory.as_posix() if a == TOKENS_VOLUME else a for a in shlex.split(line)[1:]]
+    assert args == ["tokens", "--dir", directory.as_posix()], line
+    subprocess.run(llmsvc_args(*args), check=True, capture_output=True, timeout=60)
+
+
+def localize(
+    args: list[str], services: dict[str, Any], ports: dict[str, int], tokens: Path
+) -> list[str]:
+    """Service hostnames and container ports -> 127.0.0.1 and the local ports; the tokens
+    volume -> the local tokens directory."""
 
     def url(match: re.Match[str]) -> str:
         name, port = match.group(1), int(match.group(2))
@@ -67,6 +86,8 @@ def localize(args: list[str], services: dict[str, Any], ports: dict[str, int]) -
 
     names = "|".join(re.escape(name) for name in services)
     out = [re.sub(rf"http://({names}):(\d+)", url, arg) for arg in args]
+    out = [tokens.as_posix() + a.removeprefix(TOKENS_VOLUME) if a.startswith(TOKENS_VOLUME + "/")
+           else a for a in out]  # fmt: skip
     return [
         HOST if i > 0 and out[i - 1] == "--advertise-host" and arg in services else arg
         for i, arg in enumerate(out)
@@ -85,10 +106,13 @@ def healthy(service: dict[str, Any], env: dict[str, str]) -> bool:
     return proc.returncode == 0
 
 
-def test_compose_commands_make_a_working_stack(spawn: Spawn) -> None:
+def test_compose_commands_make_a_working_stack(spawn: Spawn, tmp_path: Path) -> None:
+    config = compose_config()["services"]
+    tokens = tmp_path / "tokens"
+    make_tokens(config["tokens"], tokens)
     services = {
         name: service
-        for name, service in compose_config()["services"].items()
+        for name, service in config.items()
         if (service.get("entrypoint") or [""])[0] == "llmsvc"
     }
     assert set(services) == {"registry", "router", "babysitter-1", "babysitter-2"}
@@ -105,7 +129,8 @@ def test_compose_commands_make_a_working_stack(spawn: Spawn) -> None:
                 "LLMSVC_HOST": HOST,
                 "LLMSVC_PORT": str(ports[name]),
             }
-            started[name] = (spawn(name, *localize(command, services, ports), env=env), env)
+            args = localize(command, services, ports, tokens)
+            started[name] = (spawn(name, *args, env=env), env)
         for name, (proc, env) in started.items():
             wait_until(
                 partial(_healthy_or_exited, services[name], env, proc),
@@ -141,5 +166,12 @@ def test_compose_commands_make_a_working_stack(spawn: Spawn) -> None:
     # Both babysitters registered their engines under their service names; round robin uses both.
     assert engines == {"babysitter-1", "babysitter-2"}
     registry = f"http://{HOST}:{ports['registry']}"
-    names = {s["name"] for s in httpx.get(f"{registry}/services", timeout=5).json()["services"]}
+    write = {"Authorization": f"Bearer {(tokens / 'registry-token').read_text().strip()}"}
+    answer = httpx.get(f"{registry}/services", headers=write, timeout=5).json()
+    names = {s["name"] for s in answer["services"]}
     assert {"babysitter-1", "babysitter-2"} <= names
+    # The router's admin views need the router's admin token from the tokens volume.
+    admin = {"Authorization": f"Bearer {(tokens / 'router-admin-token').read_text().strip()}"}
+    for path in ("/stats", "/services", "/metrics"):
+        assert httpx.get(f"{router}{path}", timeout=5).status_code == 401, path
+        assert httpx.get(f"{router}{path}", headers=admin, timeout=5).status_code == 200, path
