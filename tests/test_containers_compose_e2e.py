@@ -79,6 +79,12 @@ def test_compose_up_serves_chat_metrics_and_dashboards(stack: dict[str, str]) ->
         assert reply.status_code == 200, reply.text
         engines.add(reply.json()["system_fingerprint"])
     assert engines == {"babysitter-1", "babysitter-2"}
+    # The router's admin views need the admin token (only Prometheus has it: its targets
+    # are all up below); the registry refuses anonymous reads.
+    for path in ("/stats", "/services", "/metrics"):
+        assert httpx.get(f"{router}{path}", timeout=10).status_code == 401, path
+    registry = f"http://127.0.0.1:{stack['LLMSVC_REGISTRY_PORT']}"
+    assert httpx.get(f"{registry}/services", timeout=10).status_code == 401
 
     prometheus = f"http://127.0.0.1:{stack['LLMSVC_PROMETHEUS_PORT']}"
 
