@@ -28,7 +28,8 @@ class _CaseKept(configparser.ConfigParser):
 
 
 def sections(text: str) -> configparser.ConfigParser:
-    parser = _CaseKept(strict=True, interpolation=None, comment_prefixes=("#",))
+    # strict=False: LoadCredential= may repeat (checked line by line where it matters)
+    parser = _CaseKept(strict=False, interpolation=None, comment_prefixes=("#",))
     parser.read_string(text)
     return parser
 
@@ -42,7 +43,7 @@ def test_babysitter_unit_passes_component_flags_through() -> None:
     result = run(
         "babysitter", "--memory-max", "8G", "--memory-high", "6G", "--cpu-quota", "200%",
         "--engine", "vllm", "--model", "/models/Qwen3-8B", "--user", "llm",
-        "--registry", "http://10.0.0.1:8081", "--", "--max-model-len", "8192",
+        "--registry", "http://10.0.0.1:8081", "--no-tokens", "--", "--max-model-len", "8192",
         "--chat-template", '{% if x %}"$HOME" a\\b',
     )  # fmt: skip
     assert result.returncode == 0, result.stderr
@@ -67,6 +68,61 @@ def test_babysitter_unit_passes_component_flags_through() -> None:
         "--registry", "http://10.0.0.1:8081", "--", "--max-model-len", "8192",
         "--chat-template", '{% if x %}"$HOME" a\\b',
     ]  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("component", "loaded"),
+    [
+        (
+            "registry",
+            {"--token-file": "registry-token", "--admin-token-file": "registry-admin-token"},
+        ),
+        (
+            "router",
+            {"--registry-token-file": "registry-token", "--admin-token-file": "router-admin-token"},
+        ),
+        ("babysitter", {"--registry-token-file": "registry-token"}),
+    ],
+)
+def test_units_load_the_tokens_as_credentials(component: str, loaded: dict[str, str]) -> None:
+    result = run(component, "--user", "llm", "--port", "9")
+    assert result.returncode == 0, result.stderr
+    words = exec_words(result.stdout)
+    after = words[words.index(component) + 1 :]
+    assert {after[i]: after[i + 1] for i in range(0, 2 * len(loaded), 2)} == {
+        flag: f"%d/{name}" for flag, name in loaded.items()
+    }
+    assert after[2 * len(loaded) :] == ["--port", "9"]
+    creds = [
+        line.removeprefix("LoadCredential=")
+        for line in result.stdout.splitlines()
+        if line.startswith("LoadCredential=")
+    ]
+    assert creds == [f"{name}:/etc/llmsvc/tokens/{name}" for name in loaded.values()]
+    other = run(component, "--tokens-dir", "/srv/tok%ens/", "--port", "9").stdout
+    assert f"LoadCredential={next(iter(loaded.values()))}:/srv/tok%%ens/" in other
+    assert "LoadCredential" not in run(component, "--no-tokens").stdout
+
+
+@pytest.mark.parametrize(
+    ("component", "flags", "left"),
+    [
+        ("registry", ["--allow-anonymous-writes"], ["--admin-token-file"]),
+        ("registry", ["--token=t"], ["--admin-token-file"]),
+        ("registry", ["--admin-token-file", "/x"], ["--token-file"]),
+        ("router", ["--registry-token", "t"], ["--admin-token-file"]),
+        ("babysitter", ["--registry-token-file", "/x"], []),
+    ],
+)
+def test_a_token_the_flags_give_is_not_loaded(
+    component: str, flags: list[str], left: list[str]
+) -> None:
+    result = run(component, *flags)
+    assert result.returncode == 0, result.stderr
+    words = exec_words(result.stdout)
+    ours = words[words.index(component) + 1 : len(words) - len(flags)]
+    assert ours[::2] == left
+    assert result.stdout.count("LoadCredential=") == len(left)
 
 
 @pytest.mark.parametrize("component", ["registry", "router", "babysitter"])
@@ -107,6 +163,8 @@ def test_quote_and_defaults() -> None:
         (["router", "--working-directory", "rel/dir"], "absolute"),
         (["router", "--user", "bad user"], "--user"),
         (["router", "--port", "1\n2"], "line breaks"),
+        (["router", "--tokens-dir", "etc/tokens"], "absolute"),
+        (["router", "--tokens-dir", "/etc/my tokens"], "--tokens-dir"),
     ],
 )
 def test_bad_input_is_one_line_and_exit_2(

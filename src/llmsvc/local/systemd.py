@@ -9,6 +9,13 @@ component on failure, stops it with SIGTERM to the main process only (a babysitt
 then drains and stops its engine itself; ``KillMode=mixed`` SIGKILLs what is left
 after ``TimeoutStopSec``) and caps memory and CPU for the component and everything
 it starts. ``unit_file`` is a pure function; ``docs/bare-metal.md`` shows its use.
+
+Tokens come in as systemd credentials: ``LoadCredential=registry-token:<tokens
+dir>/registry-token`` and ``--token-file %d/registry-token`` (``%d`` is the unit's
+private credentials directory), so the tokens directory (``llmsvc tokens --dir
+/etc/llmsvc/tokens``) stays readable by root alone, whatever ``User=`` the
+component runs as. A token the component flags already give (``--token``,
+``--allow-anonymous-writes`` …) is not loaded; ``--no-tokens`` loads none.
 """
 
 from __future__ import annotations
@@ -34,6 +41,42 @@ _SIZE = re.compile(r"^(\d+(\.\d+)?[KMGT]?|\d+(\.\d+)?%|infinity)$")
 _PERCENT = re.compile(r"^\d+(\.\d+)?%$")
 _NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_.-]*$")
 
+DEFAULT_TOKENS_DIR = "/etc/llmsvc/tokens"
+
+
+@dataclass(frozen=True)
+class Credential:
+    """A token file a component reads: its flag, its file, the flags that also give it."""
+
+    flag: str
+    file: str
+    given_by: tuple[str, ...]
+
+
+_WRITE_TOKEN = Credential(
+    "--registry-token-file", "registry-token", ("--registry-token", "--registry-token-file")
+)
+CREDENTIALS: dict[str, tuple[Credential, ...]] = {
+    "registry": (
+        Credential(
+            "--token-file",
+            "registry-token",
+            ("--token", "--token-file", "--allow-anonymous-writes"),
+        ),
+        Credential(
+            "--admin-token-file", "registry-admin-token", ("--admin-token", "--admin-token-file")
+        ),
+    ),
+    "router": (
+        _WRITE_TOKEN,
+        Credential(
+            "--admin-token-file", "router-admin-token", ("--admin-token", "--admin-token-file")
+        ),
+    ),
+    "babysitter": (_WRITE_TOKEN,),
+}
+"""The tokens each component is given by default (files of ``llmsvc tokens``)."""
+
 
 @dataclass(frozen=True)
 class UnitOptions:
@@ -49,6 +92,18 @@ class UnitOptions:
     working_directory: str | None = None
     environment_file: str | None = None
     description: str | None = None
+    tokens_dir: str | None = None
+    """Where LoadCredential= reads the tokens; None: none (the command's default is
+    :data:`DEFAULT_TOKENS_DIR`)."""
+
+
+def credentials(component: str, args: Sequence[str], tokens_dir: str | None) -> list[Credential]:
+    """The component's token files that its own flags (before ``--``) do not already give."""
+    if tokens_dir is None:
+        return []
+    own = list(args[: list(args).index("--")] if "--" in args else args)
+    given = {a.split("=", 1)[0] for a in own if a.startswith("--")}
+    return [c for c in CREDENTIALS[component] if not given.intersection(c.given_by)]
 
 
 def unit_file(
@@ -56,9 +111,19 @@ def unit_file(
 ) -> str:
     """The text of a unit running ``command component args``."""
     stop = options.timeout_stop_sec or DEFAULT_STOP_TIMEOUT[component]
-    exec_start = " ".join(quote(a) for a in [*command, component, *args])
+    creds = credentials(component, args, options.tokens_dir)
+    exec_start = " ".join(
+        [quote(a) for a in [*command, component]]
+        + [f"{c.flag} %d/{c.file}" for c in creds]  # %d: the credentials directory
+        + [quote(a) for a in args]
+    )
+    loads = [
+        f"LoadCredential={c.file}:{str(options.tokens_dir).replace('%', '%%')}/{c.file}"
+        for c in creds
+    ]
     service = [
         "Type=exec",
+        *loads,
         f"ExecStart={exec_start}",
         "Restart=on-failure",
         f"RestartSec={_number(options.restart_sec)}",
@@ -140,6 +205,18 @@ def _parser() -> argparse.ArgumentParser:
     add("--working-directory", help="WorkingDirectory= (absolute)")
     add("--environment-file", help="EnvironmentFile= with LLMSVC_* settings (e.g. tokens)")
     add("--description", help="Description= of the unit")
+    add(
+        "--tokens-dir",
+        default=DEFAULT_TOKENS_DIR,
+        help="LoadCredential= the component's tokens "
+        "from this directory (made by `llmsvc tokens --dir DIR`) [default: %(default)s]",
+    )
+    add(
+        "--no-tokens",
+        action="store_true",
+        help="load no token (they come from the component "
+        "flags or the --environment-file, or the registry takes anonymous writes)",
+    )
     add("--exec", dest="command", help="the llmsvc command (default: the one beside Python)")
     return parser
 
@@ -182,9 +259,12 @@ def _options(known: argparse.Namespace) -> UnitOptions:
     for flag, value in (
         ("--working-directory", known.working_directory),
         ("--environment-file", known.environment_file),
+        ("--tokens-dir", known.tokens_dir),
     ):
         if value is not None and not value.startswith("/"):
             _die(f"{flag}: must be an absolute path (got '{value}')")
+    if re.search(r"[\s:]", known.tokens_dir):
+        _die(f"--tokens-dir: '{known.tokens_dir}' cannot hold spaces or ':' (LoadCredential=)")
     if known.restart_sec < 0 or (
         known.timeout_stop_sec is not None and known.timeout_stop_sec <= 0
     ):
@@ -200,6 +280,7 @@ def _options(known: argparse.Namespace) -> UnitOptions:
         working_directory=known.working_directory,
         environment_file=known.environment_file,
         description=known.description,
+        tokens_dir=None if known.no_tokens else known.tokens_dir.rstrip("/") or "/",
     )
 
 
