@@ -21,21 +21,27 @@ from typing import Any
 import kubernetes_validate
 import pytest
 import yaml
+from pydantic import ValidationError
 
 from llmsvc.operator.builders import (
     BuildDefaults,
     Owner,
+    TokenSecret,
     build_deployment,
     build_service,
     engine_labels,
     label_value,
     selector_labels,
 )
+from llmsvc.operator.runner import build_defaults
+from llmsvc.operator.settings import OperatorSettings
 from llmsvc.operator.spec import InferenceServiceSpec, parse_spec
 
 GOLDEN = Path(__file__).resolve().parent / "golden" / "operator"
 OWNER = Owner(name="qwen3-32b", namespace="llm", uid="6f1c2a40-0000-4000-8000-000000000001")
-DEFAULTS = BuildDefaults()
+# As the chart starts the operator: its registry-token Secret, key `token`.
+TOKEN = TokenSecret(name="llmsvc-registry-token", key="token")
+DEFAULTS = BuildDefaults(registry_token=TOKEN)
 LABEL_VALUE = re.compile(r"^(([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9])?$")
 
 CASES: dict[str, dict[str, Any]] = {
@@ -355,3 +361,51 @@ def test_builders_are_deterministic_and_do_not_share_state() -> None:
     again = build_deployment(OWNER, spec, DEFAULTS)
     assert "changed" not in again["spec"]["template"]["spec"]["affinity"]["nodeAffinity"]
     assert build("vllm-amd-options")[1] == again
+
+
+def registry_token_env(deployment: dict[str, Any]) -> list[dict[str, Any]]:
+    [container] = deployment["spec"]["template"]["spec"]["containers"]
+    return [e for e in container["env"] if e["name"] == "LLMSVC_REGISTRY_TOKEN"]
+
+
+def test_engine_pods_get_the_registry_token_from_the_secret() -> None:
+    """With it the babysitter's /drain, /restart and /model need the token (issue 11)."""
+    _, deployment, _ = build("sim")
+    ref = {"name": "llmsvc-registry-token", "key": "token", "optional": False}
+    assert registry_token_env(deployment) == [
+        {"name": "LLMSVC_REGISTRY_TOKEN", "valueFrom": {"secretKeyRef": ref}}
+    ]
+    spec = parse_spec(CASES["sim"])
+    without = build_deployment(OWNER, spec, BuildDefaults())
+    assert registry_token_env(without) == []
+
+
+def test_registry_token_only_where_the_secret_is() -> None:
+    """A pod can read Secrets of its own namespace only: none where the Secret is not."""
+    spec = parse_spec(CASES["sim"])
+    here = TokenSecret(name="t", key="k", namespaces=frozenset({"llm"}))
+    elsewhere = TokenSecret(name="t", key="k", namespaces=frozenset({"other"}))
+    assert registry_token_env(build_deployment(OWNER, spec, BuildDefaults(registry_token=here)))
+    away = build_deployment(OWNER, spec, BuildDefaults(registry_token=elsewhere))
+    assert registry_token_env(away) == []
+
+
+def test_the_users_registry_token_env_wins() -> None:
+    mine = {"secretKeyRef": {"name": "mine", "key": "t"}}
+    env = [{"name": "LLMSVC_REGISTRY_TOKEN", "valueFrom": mine}]
+    case = {**CASES["sim"], "engine": {"type": "sim", "env": env}}
+    [found] = registry_token_env(build_deployment(OWNER, parse_spec(case), DEFAULTS))
+    assert found["valueFrom"] == mine
+
+
+def test_operator_flags_name_the_token_secret() -> None:
+    settings = OperatorSettings(
+        registry_token_secret="s",
+        registry_token_secret_key="token",
+        registry_token_secret_namespaces=["a", "b"],
+    )
+    wanted = TokenSecret(name="s", key="token", namespaces=frozenset({"a", "b"}))
+    assert build_defaults(settings).registry_token == wanted
+    assert build_defaults(OperatorSettings()).registry_token is None
+    with pytest.raises(ValidationError, match="not a namespace name"):
+        OperatorSettings(registry_token_secret_namespaces=["Not_A_Namespace"])

@@ -40,14 +40,34 @@ DEFAULT_IMAGES = {
     "sim": "babysitter",
 }
 LABEL_VALUE_MAX = 63
+# The babysitter's --registry-token: with it, its control endpoints need that token.
+REGISTRY_TOKEN_ENV = "LLMSVC_REGISTRY_TOKEN"
+
+
+@dataclass(frozen=True)
+class TokenSecret:
+    """Where engine pods find the registry's write token (``--registry-token-secret``)."""
+
+    name: str
+    key: str = "registry-token"
+    namespaces: frozenset[str] = frozenset()
+    """Namespaces that hold the Secret; empty: every one."""
+
+    def env(self, namespace: str) -> list[dict[str, Any]]:
+        """``LLMSVC_REGISTRY_TOKEN`` from the Secret, for a pod in ``namespace`` (if it has it)."""
+        if self.namespaces and namespace not in self.namespaces:
+            return []
+        ref = {"name": self.name, "key": self.key, "optional": False}
+        return [{"name": REGISTRY_TOKEN_ENV, "valueFrom": {"secretKeyRef": ref}}]
 
 
 @dataclass(frozen=True)
 class BuildDefaults:
-    """Operator-wide defaults (``--image-prefix``, ``--image-tag``)."""
+    """Operator-wide defaults (``--image-prefix``, ``--image-tag``, ``--registry-token-secret``)."""
 
     image_prefix: str = "ghcr.io/llmsvc"
     image_tag: str = "0.1.0"
+    registry_token: TokenSecret | None = None
 
 
 @dataclass(frozen=True)
@@ -154,13 +174,17 @@ def probes(spec: InferenceServiceSpec) -> dict[str, Any]:
     }
 
 
-def engine_container(spec: InferenceServiceSpec, defaults: BuildDefaults) -> dict[str, Any]:
+def engine_container(
+    spec: InferenceServiceSpec, defaults: BuildDefaults, namespace: str
+) -> dict[str, Any]:
+    token = defaults.registry_token.env(namespace) if defaults.registry_token else []
+    theirs = {env.name for env in spec.engine.env}
     container: dict[str, Any] = {
         "name": ENGINE_CONTAINER,
         "image": engine_image(spec, defaults),
         "command": ["llmsvc", "babysitter"],
         "args": babysitter_args(spec),
-        "env": environment(spec),
+        "env": [e for e in token if e["name"] not in theirs] + environment(spec),
         "ports": [
             {"name": "http", "containerPort": HTTP_PORT, "protocol": "TCP"},
             {"name": "babysitter", "containerPort": BABYSITTER_PORT, "protocol": "TCP"},
@@ -190,9 +214,9 @@ def tolerations(spec: InferenceServiceSpec) -> list[dict[str, Any]]:
     return []
 
 
-def pod_spec(spec: InferenceServiceSpec, defaults: BuildDefaults) -> dict[str, Any]:
+def pod_spec(spec: InferenceServiceSpec, defaults: BuildDefaults, namespace: str) -> dict[str, Any]:
     pod: dict[str, Any] = {
-        "containers": [engine_container(spec, defaults)],
+        "containers": [engine_container(spec, defaults, namespace)],
         # Service links would put <SERVICE>_PORT variables in the engine's environment;
         # vLLM reads VLLM_PORT, so a Service named "vllm" would break it.
         "enableServiceLinks": False,
@@ -246,7 +270,10 @@ def build_deployment(
                     "rollingUpdate": {"maxSurge": 0, "maxUnavailable": 1},
                 },
                 "progressDeadlineSeconds": spec.startup_timeout_seconds + PROGRESS_MARGIN_SECONDS,
-                "template": {"metadata": template_meta, "spec": pod_spec(spec, defaults)},
+                "template": {
+                    "metadata": template_meta,
+                    "spec": pod_spec(spec, defaults, owner.namespace),
+                },
             },
         }
     )

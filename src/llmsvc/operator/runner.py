@@ -25,7 +25,7 @@ from llmsvc.core.names import ANNOTATIONS_PREFIX, FINALIZER, INFERENCE_SERVICE_L
 from llmsvc.core.serving import serving
 from llmsvc.kube import Credentials, KubeClient, KubeError
 from llmsvc.operator.app import create_app
-from llmsvc.operator.builders import BuildDefaults
+from llmsvc.operator.builders import BuildDefaults, TokenSecret
 from llmsvc.operator.handlers import CHILD_RESOURCES, register
 from llmsvc.operator.metrics import OperatorMetrics
 from llmsvc.operator.reconcile import Reconciler
@@ -64,6 +64,20 @@ def kopf_settings(settings: OperatorSettings) -> kopf.OperatorSettings:
     return ks
 
 
+def build_defaults(settings: OperatorSettings) -> BuildDefaults:
+    """What every InferenceService's objects get from the operator's flags."""
+    token = None
+    if settings.registry_token_secret:
+        token = TokenSecret(
+            name=settings.registry_token_secret,
+            key=settings.registry_token_secret_key,
+            namespaces=frozenset(settings.registry_token_secret_namespaces),
+        )
+    return BuildDefaults(
+        image_prefix=settings.image_prefix, image_tag=settings.image_tag, registry_token=token
+    )
+
+
 def watched(settings: OperatorSettings, fallback: str) -> list[str]:
     """The namespaces to manage: the flags', or the credentials' own."""
     if settings.all_namespaces:
@@ -87,7 +101,7 @@ async def run(
     api = KubeClient(credentials, request_timeout=settings.request_timeout)
     reconciler = Reconciler(
         api=api,
-        defaults=BuildDefaults(image_prefix=settings.image_prefix, image_tag=settings.image_tag),
+        defaults=build_defaults(settings),
         metrics=metrics,
         debounce=settings.status_debounce,
         resync=settings.resync_interval,

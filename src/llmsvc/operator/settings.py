@@ -66,6 +66,22 @@ class OperatorSettings(BaseServiceSettings):
     shutdown_timeout: float = Field(
         default=5.0, gt=0, description="Seconds to let open HTTP requests finish on SIGTERM."
     )
+    registry_token_secret: str | None = Field(
+        default=None,
+        description="Secret holding the registry's write token, in the namespaces of the "
+        "InferenceServices: their engine pods get it as LLMSVC_REGISTRY_TOKEN, so that the "
+        "babysitter's /drain, /restart and /model need it (default none: they are open).",
+    )
+    registry_token_secret_key: str = Field(
+        default="registry-token",
+        min_length=1,
+        description="Key of the token in --registry-token-secret.",
+    )
+    registry_token_secret_namespaces: CommaList = Field(
+        default_factory=list,
+        description="Namespaces that hold --registry-token-secret (a,b); engine pods elsewhere "
+        "get no token (default: every namespace does).",
+    )
 
     @field_validator("all_namespaces")
     @classmethod
@@ -74,7 +90,7 @@ class OperatorSettings(BaseServiceSettings):
             raise ValueError("give --namespace or --all-namespaces, not both")
         return value
 
-    @field_validator("namespace")
+    @field_validator("namespace", "registry_token_secret_namespaces")
     @classmethod
     def _valid_namespaces(cls, value: list[str]) -> list[str]:
         for name in value:
