@@ -2,8 +2,9 @@
 whose misbehaviour each test controls, and a router in front of them from a static file.
 
 A :class:`Backend`'s ``mode`` says how it answers every request (``ok``, ``fail``: 500,
-``slow``: no headers for 30 s, ``stream``: one chunk then the rest once ``go`` is set,
-``stall``, ``die``: the connection drops mid-stream). Whatever the mode, a body whose
+``slow``: no headers for ``slow_s`` (30) s, ``stream``: one chunk then the rest once ``go`` is set,
+``stall``, ``die``: the connection drops mid-stream; ``hung``: like a SIGSTOPped engine,
+nothing answers, not even ``/health``). Whatever the mode, a body whose
 content is the string ``"poison"`` gets a 500 (a request that fails wherever it goes) and
 one whose content is ``"hang"`` gets nothing for 5 s.
 """
@@ -41,6 +42,7 @@ class Backend:
     name: str
     mode: str = "ok"
     healthy: bool = True
+    slow_s: float = 30.0
     hits: int = 0
     seen_headers: list[dict[str, str]] = field(default_factory=list)
     seen_bodies: list[bytes] = field(default_factory=list)
@@ -53,6 +55,8 @@ class Backend:
         return {"name": self.name, "host": HOST, "port": self.port, "metadata": {"models": ["m"]}}
 
     async def health(self, _: web.Request) -> web.Response:
+        if self.mode == "hung":
+            await asyncio.sleep(3600)
         return web.json_response({}, status=200 if self.healthy else 503)
 
     async def chat(self, request: web.Request) -> web.StreamResponse:
@@ -69,12 +73,14 @@ class Backend:
             raise
 
     async def _answer(self, request: web.Request, body: bytes) -> web.StreamResponse:
+        if self.mode == "hung":
+            await asyncio.sleep(3600)
         if b'"hang"' in body:  # a request no engine answers in time
             await asyncio.sleep(5)
         if self.mode == "fail" or b'"poison"' in body:
             return web.json_response({"error": "boom"}, status=500)
         if self.mode == "slow":  # no headers for a long time
-            await asyncio.sleep(30)
+            await asyncio.sleep(self.slow_s)
         if self.mode == "ok":
             headers = {"X-Upstream": self.name, "Keep-Alive": "timeout=5"}
             return web.json_response({"served_by": self.name}, headers=headers)

@@ -122,7 +122,7 @@ def test_static_backend_down_at_start_is_routed_to_within_seconds(
         str(router_port),
         "--static-services",
         str(static),
-    )  # fmt: skip  (the default --health-interval: 30 s)
+    )  # fmt: skip  (the default --health-interval: 5 s, longer than the 3 s below)
     router.wait_http(f"{url}/health")
     assert httpx.post(f"{url}/v1/chat/completions", json=CHAT).status_code != 200
 

@@ -38,6 +38,7 @@ from llmsvc.router.backends import BackendPool
 from llmsvc.router.balancing import Strategy, make_strategy
 from llmsvc.router.config import check_settings, load_api_keys, load_static_services
 from llmsvc.router.discovery import watch_registry
+from llmsvc.router.ejection import Ejector
 from llmsvc.router.health import check_loop
 from llmsvc.router.loadscrape import load_scrape_ctx
 from llmsvc.router.metrics import RouterMetrics
@@ -45,6 +46,7 @@ from llmsvc.router.proxy import Proxy
 from llmsvc.router.readiness import REGISTRY, STATIC, Readiness
 from llmsvc.router.settings import RouterSettings
 from llmsvc.router.stats import RouterStats
+from llmsvc.router.suspicion import Suspicion
 
 log = logging.getLogger("llmsvc.router")
 
@@ -233,6 +235,23 @@ def _upstream_ctx(state: RouterState) -> Callable[[web.Application], AsyncIterat
             auto_decompress=False,
             skip_auto_headers=("User-Agent", "Accept", "Accept-Encoding", "Content-Type"),
         )
+        # Health checks and suspicion probes on a pool of their own (one connection per
+        # backend): aiohttp reuses idle connections oldest first, so checks on the proxy's
+        # pool would keep every idle connection of a past burst open for good (the soak
+        # saw them never close).
+        checks = aiohttp.ClientSession(
+            connector=aiohttp.TCPConnector(
+                limit=0, limit_per_host=0, keepalive_timeout=UPSTREAM_KEEPALIVE_S
+            )
+        )
+        ejector = Ejector(pool=state.pool, metrics=state.metrics)
+        suspicion = Suspicion(
+            session=checks,
+            ejector=ejector,
+            metrics=state.metrics,
+            after=settings.suspect_after,
+            timeout=settings.health_timeout,
+        )
         state.proxy = Proxy(
             settings=settings,
             pool=state.pool,
@@ -240,28 +259,21 @@ def _upstream_ctx(state: RouterState) -> Callable[[web.Application], AsyncIterat
             session=session,
             metrics=state.metrics,
             stats=state.stats,
+            suspicion=suspicion,
             drop_auth=bool(state.api_keys),
         )
-
-        # Health checks on a pool of their own (one connection per backend): aiohttp reuses
-        # idle connections oldest first, so checks on the proxy's pool would keep every idle
-        # connection of a past burst open for good (the soak saw them never close).
-        checks = aiohttp.ClientSession(
-            connector=aiohttp.TCPConnector(
-                limit=0, limit_per_host=0, keepalive_timeout=UPSTREAM_KEEPALIVE_S
-            )
-        )
-
         health = check_loop(
             checks,
             state.pool,
             interval=settings.health_interval,
             timeout=settings.health_timeout,
+            ejector=ejector,
             after_round=lambda: state.readiness.done(STATIC),
         )
         async with owned_task(health, name="health"):
             yield
             state.proxy = None
+        await suspicion.close()
         await session.close()
         await checks.close()
 
@@ -280,7 +292,7 @@ def _registry_ctx(
             base_url=registry_url,
             session=session,
             token=token.get_secret_value() if (token := settings.registry_token) else None,
-            timeout=settings.health_timeout,
+            timeout=settings.registry_timeout,
         )
 
         def synced() -> None:

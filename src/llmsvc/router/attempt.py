@@ -7,12 +7,17 @@ what happened. These two update every store that counts it:
 - entering an attempt (``Exchange.attempt``) and leaving it: the backend's
   in-flight count and request count, its response time; from the second
   attempt on, ``llmsvc_router_retries_total``;
+- ``Attempt.waiting(deadline)``: the wait for the backend's first byte, which
+  ends at ``deadline`` or when the backend is ejected as hung (``Attempt.rescue``:
+  the attempt is then ``rescued``); ``Attempt.arrived``: the first byte came (the
+  backend's first-byte history, ``latency``), ``Attempt.heard``: some byte came;
 - ``Attempt.first_byte``: the backend's time to first byte and
   ``llmsvc_router_time_to_first_byte_seconds``;
 - ``Attempt.failed(kind, status=)``: the backend's errors and
   ``llmsvc_router_upstream_errors_total{kind}`` at once; its passive-health
   failure (which may take the backend out) once the exchange knows it was the
-  backend's fault: when another attempt answers, or the exchange ends.
+  backend's fault: when another attempt answers, or the exchange ends (a
+  ``Failure.EJECTED`` attempt never: the ejection was counted already).
   ``Attempt.succeeded``: a passive-health success (it ends a probation);
 - ``Exchange.finish``, once per request: ``llmsvc_router_requests_total``, the
   duration histogram and the model's ``/stats``.
@@ -37,6 +42,7 @@ import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 from types import TracebackType
+from typing import Self
 
 from llmsvc.core.errors import ApiError
 from llmsvc.router.backends import Backend, BackendPool
@@ -176,6 +182,8 @@ class Attempt:
         self._metrics = metrics
         self._clock = exchange._clock
         self._sent = 0.0
+        self._timeout: asyncio.Timeout | None = None  # while waiting for the first byte
+        self.rescued = False  # the backend was ejected while this attempt waited
 
     def __enter__(self) -> Attempt:
         self.backend.in_flight += 1
@@ -191,6 +199,29 @@ class Attempt:
     ) -> None:
         self.backend.in_flight -= 1
         self.backend.stats.response_time_sum += self._clock() - self._sent
+        self.backend.waiting.discard(self)
+
+    def waiting(self, deadline: float) -> _FirstByteWait:
+        """``async with``: wait for the first byte until ``deadline`` (loop time) or a
+        rescue, whichever comes first; either raises ``TimeoutError`` out of it."""
+        return _FirstByteWait(self, deadline)
+
+    def rescue(self) -> None:
+        """The backend was ejected: stop waiting now (``Backend.rescue_waiting``)."""
+        if self._timeout is not None and not self.rescued:
+            self.rescued = True
+            self._timeout.reschedule(asyncio.get_running_loop().time())
+
+    def heard(self) -> None:
+        """A byte of the answer came from the backend (it is not hung)."""
+        self.backend.last_seen = self._clock()
+
+    def arrived(self, *, stream: bool) -> None:
+        """The first byte of a good answer came: the backend's first-byte history."""
+        now = self._clock()
+        self.backend.last_seen = now
+        window = self.backend.ttfb_stream if stream else self.backend.ttfb_plain
+        window.add(now - self._sent)
 
     def first_byte(self, ttft: float) -> None:
         """The backend's answer began ``ttft`` seconds after the request was read."""
@@ -204,8 +235,38 @@ class Attempt:
         backend = self.backend
         backend.stats.errors += 1
         self._metrics.upstream_errors.labels(backend.name, kind).inc()
-        self._exchange._failed(_Failed(backend, kind, status, self._clock()))
+        if kind is not Failure.EJECTED:  # an ejection is counted by itself
+            self._exchange._failed(_Failed(backend, kind, status, self._clock()))
 
     def succeeded(self) -> None:
         """The backend answered in full."""
         self.backend.passive.record_success(self._clock())
+
+
+class _FirstByteWait:
+    """``Attempt.waiting``: an ``asyncio.timeout_at`` the attempt's rescue brings forward."""
+
+    __slots__ = ("_attempt", "_deadline", "_timeout")
+
+    def __init__(self, attempt: Attempt, deadline: float) -> None:
+        self._attempt = attempt
+        self._deadline = deadline
+        self._timeout = asyncio.timeout_at(deadline)
+
+    async def __aenter__(self) -> Self:
+        await self._timeout.__aenter__()
+        attempt = self._attempt
+        attempt._timeout = self._timeout
+        attempt.backend.waiting.add(attempt)
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        attempt = self._attempt
+        attempt.backend.waiting.discard(attempt)
+        attempt._timeout = None
+        await self._timeout.__aexit__(exc_type, exc, traceback)

@@ -2,7 +2,8 @@
 
 A :class:`Backend` is one ``openai-api`` service as the router sees it: its
 record, where the record came from, the registry's and the router's own view
-of its health, its nginx-style passive failure state and its counters. The
+of its health, its nginx-style passive failure state, its recent first-byte times
+(``latency``), the requests waiting for its first byte and its counters. The
 :class:`BackendPool` merges the static records with the registry's view and
 keeps each backend's state across refreshes for as long as it stays.
 """
@@ -13,10 +14,11 @@ import math
 from collections import deque
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any, Literal, Protocol
 
 from llmsvc.core.records import OPENAI_API, ServiceRecord
 from llmsvc.router.candidates import Eligible
+from llmsvc.router.latency import LatencyWindow
 from llmsvc.router.loadscore import EngineLoad
 
 Source = Literal["static", "registry"]
@@ -84,6 +86,14 @@ class PassiveHealth:
         return sum(1 for t in self.failures if t > horizon)
 
 
+class Waiter(Protocol):
+    """A request waiting for a backend's first byte, which an ejection may send elsewhere."""
+
+    def rescue(self) -> None:
+        """Stop waiting at once (the caller retries the request on another backend)."""
+        ...
+
+
 @dataclass(slots=True)
 class BackendStats:
     requests: int = 0
@@ -116,6 +126,12 @@ class Backend:
     stats: BackendStats = field(default_factory=BackendStats)
     models: frozenset[str] = frozenset()
     url: str = ""
+    ttfb_stream: LatencyWindow = field(default_factory=LatencyWindow)  # to the first chunk
+    ttfb_plain: LatencyWindow = field(default_factory=LatencyWindow)  # to the headers
+    last_seen: float = -math.inf  # when a byte of any answer last came from it
+    waiting: set[Waiter] = field(default_factory=set)  # requests before their first byte
+    probing: bool = False  # a suspicion probe is in flight
+    probed_at: float = -math.inf  # when the last suspicion probe started
 
     def __post_init__(self) -> None:
         self.refresh(self.record, self.source)
@@ -128,6 +144,8 @@ class Backend:
             # Registered anew or healthy again (a restarted engine): the failures that took
             # it out belong to the process that died, so it takes traffic at once.
             self.passive.reset()
+            self.ttfb_stream.clear()
+            self.ttfb_plain.clear()
         self.record = record
         self.source = source
         self.models = frozenset(record.models)
@@ -148,6 +166,13 @@ class Backend:
         if ok and self.passive.end_take_out(now):
             changed = True
         return changed
+
+    def rescue_waiting(self) -> int:
+        """Send every request waiting for this backend's first byte elsewhere; how many."""
+        waiting = list(self.waiting)
+        for waiter in waiting:
+            waiter.rescue()
+        return len(waiting)
 
     @property
     def name(self) -> str:

@@ -1,10 +1,12 @@
 """Active health checks: ``GET {url}/health`` of every backend, concurrently.
 
-:func:`check_loop` checks every backend every ``--health-interval`` seconds, and a
-static backend that has not passed a check yet (down when the router started) sooner:
-after 0.5 s, then twice as long each time up to :data:`STATIC_RETRY_MAX_S` (or the
-interval, if shorter), until its first pass. So an engine started after its router
-takes traffic within about 2 s, not after the next full check (30 s by default).
+:func:`check_loop` checks every backend every ``--health-interval`` seconds, and sooner
+a static backend that has not passed a check yet (down when the router started) and a
+backend whose last check failed (ejected, e.g. hung): after 0.5 s, then twice as long
+each time up to :data:`STATIC_RETRY_MAX_S` (or the interval, if shorter), until it
+passes. So an engine started after its router, or one that comes back from a hang,
+takes traffic within about 2 s, not after the next full check. A failed check ejects
+the backend through ``ejection.Ejector.hung`` (its waiting requests go elsewhere).
 """
 
 from __future__ import annotations
@@ -18,6 +20,8 @@ from typing import Any
 import aiohttp
 
 from llmsvc.router.backends import Backend, BackendPool
+from llmsvc.router.ejection import Ejector
+from llmsvc.router.metrics import Ejection
 
 log = logging.getLogger("llmsvc.router.health")
 
@@ -37,13 +41,19 @@ async def check_backend(session: aiohttp.ClientSession, backend: Backend, timeou
         return False
 
 
-async def check_all(session: aiohttp.ClientSession, pool: BackendPool, timeout: float) -> None:
+async def check_all(
+    session: aiohttp.ClientSession, pool: BackendPool, timeout: float, ejector: Ejector
+) -> None:
     """Check every backend once; a failure takes it out at once, a success brings it back."""
-    await check_backends(session, pool, list(pool), timeout)
+    await check_backends(session, pool, list(pool), timeout, ejector)
 
 
 async def check_backends(
-    session: aiohttp.ClientSession, pool: BackendPool, backends: Sequence[Backend], timeout: float
+    session: aiohttp.ClientSession,
+    pool: BackendPool,
+    backends: Sequence[Backend],
+    timeout: float,
+    ejector: Ejector,
 ) -> None:
     """Check ``backends`` (of ``pool``) once, concurrently."""
     if not backends:
@@ -59,7 +69,9 @@ async def check_backends(
                 "passes" if ok else "fails",
                 extra={"backend": backend.name, "url": backend.url},
             )
-        if backend.record_check(ok, now):
+        if not ok:
+            ejector.hung(backend, Ejection.HEALTH_CHECK)
+        elif backend.record_check(ok, now):
             pool.health_changed()
 
 
@@ -69,10 +81,12 @@ async def check_loop(
     *,
     interval: float,
     timeout: float,
+    ejector: Ejector,
     after_round: Callable[[], None],
 ) -> None:
-    """Check every backend every ``interval`` seconds until cancelled, and the static
-    backends that never passed a check sooner (the module says how); a failed round
+    """Check every backend every ``interval`` seconds until cancelled, and sooner the
+    static backends that never passed a check and the backends whose last check
+    failed (the module says how); a failed round
     is logged and the loop goes on. ``after_round`` is called after each full round
     (the first makes a starting router ready)."""
     passed: set[str] = set()  # static backends that passed a check once
@@ -81,11 +95,12 @@ async def check_loop(
     next_full = time.monotonic()
     while True:
         if time.monotonic() >= next_full:
-            await _guarded(check_all(session, pool, timeout))
+            await _guarded(check_all(session, pool, timeout, ejector))
             next_full = time.monotonic() + interval
             after_round()
         else:
-            await _guarded(check_backends(session, pool, _unproven(pool, passed), timeout))
+            unproven = _unproven(pool, passed)
+            await _guarded(check_backends(session, pool, unproven, timeout, ejector))
         passed.update(b.name for b in pool if b.source == "static" and _passed(b))
         delay = next_full - time.monotonic()
         if _unproven(pool, passed):
@@ -98,7 +113,14 @@ def _passed(backend: Backend) -> bool:
 
 
 def _unproven(pool: BackendPool, passed: set[str]) -> list[Backend]:
-    return [b for b in pool if b.source == "static" and b.name not in passed]
+    """Backends to check again before the next full round: static ones that never
+    passed, and any whose last check failed."""
+    return [
+        b
+        for b in pool
+        if (b.source == "static" and b.name not in passed)
+        or (b.checked_at is not None and not b.active_ok)
+    ]
 
 
 async def _guarded(check: Coroutine[Any, Any, None]) -> None:

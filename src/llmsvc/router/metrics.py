@@ -5,8 +5,8 @@ cached, so the hot path does no label lookups after the first request of a
 (model, backend, status). Gauges that describe backends (in flight, healthy)
 are set from the pool when ``/metrics`` is scraped (with ``--workers``, also
 every second by each worker), not on every request. The label values the
-router itself defines are here: :data:`UNKNOWN_MODEL`, :data:`NO_BACKEND` and
-the kinds of :class:`Failure`.
+router itself defines are here: :data:`UNKNOWN_MODEL`, :data:`NO_BACKEND`, the
+kinds of :class:`Failure` and the reasons of :class:`Ejection`.
 """
 
 from __future__ import annotations
@@ -31,6 +31,16 @@ class Failure(StrEnum):
     BODY = "body"  # the body of a plain answer broke off
     STREAM = "stream"  # a stream broke off
     STREAM_IDLE = "stream_idle"  # a stream sent nothing for --stream-idle-timeout
+    EJECTED = "ejected"  # it was ejected (hung) while the request waited for its first byte
+
+
+class Ejection(StrEnum):
+    """Why a backend was taken out: the ``reason`` label of the ejections counter."""
+
+    SUSPECT_PROBE = "suspect_probe"  # a request waited, and its /health did not answer
+    HEALTH_CHECK = "health_check"  # its periodic active check failed
+    CONSECUTIVE_FAILURES = "consecutive_failures"  # outlier: failures in a row
+    LATENCY = "latency"  # outlier: first bytes far slower than its peers'
 
 
 class RouterMetrics:
@@ -73,6 +83,18 @@ class RouterMetrics:
             "llmsvc_router_upstream_errors_total",
             f"Failures talking to a backend, by kind ({', '.join(Failure)}).",
             ["backend", "kind"],
+            registry=registry,
+        )
+        self.ejections = Counter(
+            "llmsvc_router_ejections_total",
+            f"Backends taken out, by reason ({', '.join(Ejection)}).",
+            ["backend", "reason"],
+            registry=registry,
+        )
+        self.suspect_probes = Counter(
+            "llmsvc_router_suspect_probes_total",
+            "Health probes of a backend a request waited on (--suspect-after), by result.",
+            ["backend", "result"],
             registry=registry,
         )
         self.backend_healthy = Gauge(

@@ -4,7 +4,9 @@ The request body is read once, parsed only for what routing needs
 (``core.wire.parse_routing``) and forwarded as read (decoded from its
 ``Content-Encoding``, see below). A connect error, a timeout before the
 upstream's headers (for a stream, a failure or timeout before its first
-chunk) or an upstream 5xx is retried on another
+chunk; the limit is ``latency.FirstByteLimits``'), the backend's ejection as
+hung while the request waits for its first byte (``suspicion``, ``ejection``)
+or an upstream 5xx is retried on another
 eligible backend not yet tried, unless the request has failed the same way on
 two backends (``Exchange.poisoned``: a poison request, answered with the last
 error and counted against no backend); a failure after that (a plain answer's
@@ -47,11 +49,11 @@ from llmsvc.router.attempt import CLIENT_CLOSED, Attempt, Exchange
 from llmsvc.router.backends import Backend, BackendPool
 from llmsvc.router.balancing import Strategy
 from llmsvc.router.headers import check_header_size, downstream_headers, upstream_headers
+from llmsvc.router.latency import FirstByteLimits
 from llmsvc.router.metrics import Failure, RouterMetrics
 from llmsvc.router.settings import RouterSettings
 from llmsvc.router.stats import RouterStats
-
-_NO_GUARD = contextlib.nullcontext()
+from llmsvc.router.suspicion import Suspicion
 
 
 class RetryableFailure(Exception):
@@ -78,10 +80,12 @@ class Proxy:
         session: aiohttp.ClientSession,
         metrics: RouterMetrics,
         stats: RouterStats,
+        suspicion: Suspicion,
         drop_auth: bool,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self._pool = pool
+        self._suspicion = suspicion
         self._strategy = strategy
         self._session = session
         self._metrics = metrics
@@ -90,8 +94,12 @@ class Proxy:
         self._clock = clock
         self._attempts = settings.retries + 1
         self._max_header_bytes = settings.max_header_bytes
-        self._first_byte = settings.first_byte_limit()
-        self._guard_first_byte = settings.first_byte_timeout is not None
+        self._limits = FirstByteLimits(
+            fixed=settings.first_byte_timeout,
+            stream_floor=settings.stream_first_byte_floor,
+            plain_floor=settings.plain_first_byte_floor,
+            cap=settings.proxy_timeout,
+        )
         self._idle = settings.stream_idle_timeout
         self._timeout = aiohttp.ClientTimeout(
             total=settings.proxy_timeout, connect=settings.proxy_connect_timeout
@@ -140,29 +148,69 @@ class Proxy:
         info: RoutingInfo,
         headers: CIMultiDict[str],
     ) -> web.StreamResponse:
-        backend = attempt.backend
-        deadline = asyncio.get_running_loop().time() + self._first_byte
-        upstream = await self._send(request, attempt, info, headers, deadline)
+        upstream, first = await self._first_byte(request, attempt, info, headers)
         try:
-            if upstream.status >= 500:
-                raise self._failed(
-                    attempt,
-                    Failure.STATUS_5XX,
-                    status=upstream.status,
-                    error=UpstreamError(
-                        f"Backend '{backend.name}' answered {upstream.status}",
-                        code="upstream_status",
-                    ),
-                )
             if info.stream and upstream.status < 300:
-                # The client sees nothing before the first chunk: until then a
-                # failure is still retried elsewhere.
-                first = await self._first_chunk(upstream, attempt, deadline)
                 return await self._relay_stream(request, upstream, attempt, exchange, first)
             ttfb = exchange.elapsed()
             return await self._relay_body(upstream, attempt, exchange, ttfb)
         finally:
             upstream.close()
+
+    async def _first_byte(
+        self,
+        request: web.Request,
+        attempt: Attempt,
+        info: RoutingInfo,
+        headers: CIMultiDict[str],
+    ) -> tuple[aiohttp.ClientResponse, bytes]:
+        """The upstream's answer once its first byte came (for a good stream: its first
+        chunk, returned beside it): the client sees nothing before, so until then any
+        failure, timeout or ejection is a RetryableFailure."""
+        backend = attempt.backend
+        window = backend.ttfb_stream if info.stream else backend.ttfb_plain
+        limit = self._limits.limit(window, stream=info.stream)
+        deadline = asyncio.get_running_loop().time() + limit
+        watch = self._suspicion.watch(backend)
+        try:
+            async with attempt.waiting(deadline):
+                upstream = await self._send(request, attempt, info, headers)
+                try:
+                    first = await self._first_of(upstream, attempt, stream=info.stream)
+                except BaseException:
+                    upstream.close()
+                    raise
+            return upstream, first
+        except TimeoutError:
+            raise self._first_byte_timeout(attempt, limit) from None
+        finally:
+            if watch is not None:
+                watch.cancel()
+
+    async def _first_of(
+        self, upstream: aiohttp.ClientResponse, attempt: Attempt, *, stream: bool
+    ) -> bytes:
+        """The first chunk of a good stream (b"" otherwise); a 5xx is a RetryableFailure."""
+        if upstream.status >= 500:
+            attempt.heard()
+            raise self._failed(
+                attempt,
+                Failure.STATUS_5XX,
+                status=upstream.status,
+                error=UpstreamError(
+                    f"Backend '{attempt.backend.name}' answered {upstream.status}",
+                    code="upstream_status",
+                ),
+            )
+        if upstream.status >= 300:
+            attempt.heard()
+            return b""
+        if not stream:
+            attempt.arrived(stream=False)
+            return b""
+        first = await self._first_chunk(upstream, attempt)
+        attempt.arrived(stream=True)
+        return first
 
     async def _send(
         self,
@@ -170,27 +218,21 @@ class Proxy:
         attempt: Attempt,
         info: RoutingInfo,
         headers: CIMultiDict[str],
-        deadline: float,
     ) -> aiohttp.ClientResponse:
-        """The upstream response once its headers arrived; RetryableFailure otherwise."""
+        """The upstream response once its headers arrived; RetryableFailure for a connect
+        error (the caller's ``attempt.waiting`` raises TimeoutError at its limit)."""
         backend = attempt.backend
-        # Without --first-byte-timeout the limit is --proxy-timeout, which the
-        # session's own timeout enforces: no second timer per request.
-        guard = asyncio.timeout_at(deadline) if self._guard_first_byte else _NO_GUARD
         try:
-            async with guard:
-                return await self._session.request(
-                    request.method,
-                    # The backend's origin and the client's path and query, as sent (an
-                    # absolute-form target's scheme and host are the client's, not ours).
-                    backend.url + request.rel_url.raw_path_qs,
-                    data=info.body,
-                    headers=headers,
-                    timeout=self._timeout,
-                    allow_redirects=False,
-                )
-        except TimeoutError:
-            raise self._first_byte_timeout(attempt) from None
+            return await self._session.request(
+                request.method,
+                # The backend's origin and the client's path and query, as sent (an
+                # absolute-form target's scheme and host are the client's, not ours).
+                backend.url + request.rel_url.raw_path_qs,
+                data=info.body,
+                headers=headers,
+                timeout=self._timeout,
+                allow_redirects=False,
+            )
         except (aiohttp.ClientError, OSError) as exc:
             raise self._failed(
                 attempt,
@@ -201,14 +243,9 @@ class Proxy:
                 ),
             ) from None
 
-    async def _first_chunk(
-        self, upstream: aiohttp.ClientResponse, attempt: Attempt, deadline: float
-    ) -> bytes:
+    async def _first_chunk(self, upstream: aiohttp.ClientResponse, attempt: Attempt) -> bytes:
         try:
-            async with asyncio.timeout_at(deadline):
-                return await upstream.content.readany()
-        except TimeoutError:
-            raise self._first_byte_timeout(attempt) from None
+            return await upstream.content.readany()
         except (aiohttp.ClientError, OSError):
             raise self._failed(
                 attempt,
@@ -219,13 +256,22 @@ class Proxy:
                 ),
             ) from None
 
-    def _first_byte_timeout(self, attempt: Attempt) -> RetryableFailure:
+    def _first_byte_timeout(self, attempt: Attempt, limit: float) -> RetryableFailure:
+        name = attempt.backend.name
+        if attempt.rescued:
+            return self._failed(
+                attempt,
+                Failure.EJECTED,
+                UpstreamError(
+                    f"Backend '{name}' was ejected (its health check failed) before it answered",
+                    code="upstream_ejected",
+                ),
+            )
         return self._failed(
             attempt,
             Failure.TIMEOUT,
             UpstreamTimeout(
-                f"Backend '{attempt.backend.name}' sent nothing within {self._first_byte:g}s",
-                code="upstream_timeout",
+                f"Backend '{name}' sent nothing within {limit:g}s", code="upstream_timeout"
             ),
         )
 
@@ -246,6 +292,7 @@ class Proxy:
         backend = attempt.backend
         try:
             payload = await upstream.read()
+            attempt.heard()
         except (TimeoutError, aiohttp.ClientError, OSError) as exc:
             attempt.failed(Failure.BODY)
             cls = UpstreamTimeout if isinstance(exc, TimeoutError) else UpstreamError
@@ -279,7 +326,7 @@ class Proxy:
         )
         await response.prepare(request)
         try:
-            failure = await self._pump(upstream, response, first)
+            failure = await self._pump(upstream, response, first, backend)
         except ConnectionError:  # writing to the client: it went away
             exchange.finish(CLIENT_CLOSED, ttft=ttft, failed=False)
             return response
@@ -295,15 +342,22 @@ class Proxy:
         return response
 
     async def _pump(
-        self, upstream: aiohttp.ClientResponse, response: web.StreamResponse, chunk: bytes
+        self,
+        upstream: aiohttp.ClientResponse,
+        response: web.StreamResponse,
+        chunk: bytes,
+        backend: Backend,
     ) -> Failure | None:
         """Relay chunks as they arrive, starting with ``chunk``; how the upstream failed, if
-        it did. A client that went away raises ``ConnectionError``."""
+        it did. A client that went away raises ``ConnectionError``. Each chunk tells that
+        the backend is alive (``Backend.last_seen``: no suspicion probe while it streams)."""
         content = upstream.content
+        clock = self._clock
         while chunk:
             await response.write(chunk)
             try:
                 chunk = await self._next_chunk(content)
+                backend.last_seen = clock()
             except _IdleTimeout:
                 return Failure.STREAM_IDLE
             except TimeoutError:

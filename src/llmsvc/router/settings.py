@@ -92,13 +92,27 @@ class RouterSettings(ServerSettings):
         "more points give shares closer to the weights and cost memory and rebuild time.",
     )
     health_interval: float = Field(
-        default=30.0, gt=0, description="Seconds between active GET /health checks of backends."
-    )
-    health_timeout: float = Field(
         default=5.0,
         gt=0,
-        description="Seconds an active health check may take; also how long a registry "
-        "query may take beyond its blocking wait.",
+        description="Seconds between active GET /health checks of every backend (one whose "
+        "last check failed: every 2 s until it passes). Re-admits a recovered backend within "
+        "this; hung backends that requests wait on are found sooner, by --suspect-after.",
+    )
+    health_timeout: float = Field(
+        default=1.0,
+        gt=0,
+        description="Seconds an active check or a suspicion probe may take: an engine "
+        "answers /health in milliseconds, busy or not, unless it is hung.",
+    )
+    suspect_after: float = Field(
+        default=1.0,
+        ge=0,
+        description="Seconds a request waits for a backend's first byte, while that backend "
+        "sends nothing to anyone, before the router probes its /health at once (a failed "
+        "probe ejects it and retries its waiting requests elsewhere); 0 disables.",
+    )
+    registry_timeout: float = Field(
+        default=5.0, gt=0, description="Seconds a registry query may take beyond its wait."
     )
     max_fails: int = Field(
         default=3,
@@ -144,7 +158,20 @@ class RouterSettings(ServerSettings):
         default=None,
         gt=0,
         description="Seconds until the upstream answers headers (and, for a stream, sends its "
-        "first chunk) before trying another backend (default: --proxy-timeout).",
+        "first chunk) before trying another backend (default: derived per backend, 4 x its "
+        "recent p99, at least the floors below, at most --proxy-timeout).",
+    )
+    stream_first_byte_floor: float = Field(
+        default=30.0,
+        gt=0,
+        description="Without --first-byte-timeout: the least seconds a stream waits for its "
+        "first chunk (a long prompt's prefill behind a queue).",
+    )
+    plain_first_byte_floor: float = Field(
+        default=180.0,
+        gt=0,
+        description="Without --first-byte-timeout: the least seconds a non-streaming request "
+        "waits for its answer (4k tokens at 23 tokens/s).",
     )
     stream_idle_timeout: float | None = Field(
         default=None,
@@ -213,6 +240,3 @@ class RouterSettings(ServerSettings):
             self.admin_token, self.admin_token_file, flag="--admin-token"
         )
         return self
-
-    def first_byte_limit(self) -> float:
-        return self.first_byte_timeout or self.proxy_timeout
