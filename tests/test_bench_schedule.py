@@ -104,3 +104,19 @@ async def test_arrivals_send_at_their_instants_whatever_the_answers_do() -> None
 
     stopped = await drive(Schedule(arrivals=[0.0, 0.0]), stuck, stop=stop)
     assert stopped.results == [] and stopped.interrupted
+
+
+async def test_a_drained_open_loop_sends_no_more_and_finishes_what_is_in_flight() -> None:
+    """The fault harness's hung case: arrivals far past the run's end, drained when it is over."""
+    drain = asyncio.Event()
+
+    async def send(n: int) -> int:
+        if n == 2:
+            drain.set()
+        await asyncio.sleep(0.05)  # still in flight when the drain comes
+        return n
+
+    started = time.monotonic()
+    drained = await drive(Schedule(arrivals=[i * 0.01 for i in range(1000)]), send, drain=drain)
+    assert sorted(drained.results) == [0, 1, 2] and not drained.interrupted
+    assert time.monotonic() - started < 1.0

@@ -209,7 +209,7 @@ async def run_scenario(
         )  # fmt: skip
         sampler = asyncio.create_task(_sampler(sample, run, stop)) if sample else None
         viewer = (
-            asyncio.create_task(_viewer(s, f"http://{HOST}:{proxy_port}{view_path}", run, stop))
+            asyncio.create_task(watch_view(s, f"http://{HOST}:{proxy_port}{view_path}", run, stop))
             if view_path
             else None
         )
@@ -232,7 +232,9 @@ async def run_scenario(
     return run
 
 
-async def _viewer(session: aiohttp.ClientSession, url: str, run: Run, stop: asyncio.Event) -> None:
+async def watch_view(
+    session: aiohttp.ClientSession, url: str, run: Run, stop: asyncio.Event
+) -> None:
     """The proxy's own view of b1 (llmsvc's ``/services``), every 0.1 s."""
     while not stop.is_set():
         with contextlib.suppress(aiohttp.ClientError, TimeoutError, ValueError):
@@ -256,7 +258,7 @@ def summarize(run: Run) -> dict[str, Any]:
     cut = [r for r in streams if r.outcome in ("cut_error", "cut_silent")]
     during = [r for r in run.requests if run.event <= r.start < run.recovered]
     slow = _slow_threshold([r for r in run.requests if r.end < run.event])
-    hit = [r for r in during if r.outcome != "ok" or _first_byte(r) > slow]
+    hit = [r for r in during if r.outcome != "ok" or first_byte_s(r) > slow]
     back = [r.start for r in run.requests if r.start >= run.ready and r.backend == "b1"]
     before = [s for s in run.samples if s["t"] < run.event]
     fault = [s for s in run.samples if run.event <= s["t"] < run.ready + 1.0]
@@ -290,14 +292,14 @@ def summarize(run: Run) -> dict[str, Any]:
     }
 
 
-def _first_byte(r: Request) -> float:
+def first_byte_s(r: Request) -> float:
     return (r.first or r.end) - r.start
 
 
 def _slow_threshold(before: list[Request]) -> float:
     """Slower than this met the fault: :data:`SLOW_S`, or twice the slowest first byte
     before the fault when the proxy itself is that slow (LiteLLM on a busy machine)."""
-    return max(SLOW_S, 2 * max((_first_byte(r) for r in before), default=0.0))
+    return max(SLOW_S, 2 * max((first_byte_s(r) for r in before), default=0.0))
 
 
 def _round(value: float | None) -> float | None:
