@@ -201,10 +201,22 @@ def port_busy(port: int) -> bool:
 
 
 def start_registry(
-    spawn: Spawn, *extra: str, name: str = "registry", port: int | None = None
+    spawn: Spawn,
+    *extra: str,
+    name: str = "registry",
+    port: int | None = None,
+    token: str | None = None,
 ) -> tuple[Proc, str]:
-    """A registry on ``port`` (else a free one), answering ``/health``: (process, URL)."""
+    """A registry on ``port`` (else a free one), answering ``/health``: (process, URL).
+
+    With ``token`` as its write token; without one (and no ``--token*`` in ``extra``)
+    it runs with ``--allow-anonymous-writes``.
+    """
     port = port or free_port()
+    if token is not None:
+        extra = ("--token", token, *extra)
+    elif not any(a.startswith("--token") for a in extra):
+        extra = ("--allow-anonymous-writes", *extra)
     proc = spawn(
         name,
         "registry",

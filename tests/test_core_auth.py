@@ -107,11 +107,12 @@ async def test_make_app_guards_only_protected_routes(aiohttp_client: AiohttpClie
     assert (await client.post("/guarded")).status == 200
 
 
-def test_the_registry_guards_exactly_its_writes_and_documents_it() -> None:
+def test_the_registry_guards_all_but_its_health_and_metrics_and_documents_it() -> None:
     for route in REGISTRY_ROUTES:
-        write = route.method != "GET"
-        assert route.protected == write, (route.method, route.path)
-        assert (401 in route.errors) == write, (route.method, route.path)
+        # Reads show where every engine is: with a token they need it too.
+        guarded = route.path not in ("/health", "/metrics")
+        assert route.protected == guarded, (route.method, route.path)
+        assert (401 in route.errors) == guarded, (route.method, route.path)
 
 
 # -- both services answer alike --------------------------------------------------
@@ -142,14 +143,18 @@ async def test_registry_token(aiohttp_client: AiohttpClient) -> None:
             "code": "invalid_token",
         }
     }
+    lease: dict[str, str] = {}  # the name's lease, from its first registration
     for header in ("Bearer k1", "bearer k1", "BEARER k1"):
-        resp = await client.post("/services", json=record, headers={"Authorization": header})
+        headers = {"Authorization": header, **lease}
+        resp = await client.post("/services", json=record, headers=headers)
         assert resp.status in (200, 201), header
-        resp = await client.post("/services/a/heartbeat", headers={"Authorization": header})
+        lease = {"X-Llmsvc-Lease": (await resp.json())["lease"]}
+        resp = await client.post("/services/a/heartbeat", headers={**headers, **lease})
         assert resp.status == 200, header
     for method, path in (("PUT", "/services/a"), ("DELETE", "/services/a")):
         assert await _refusals(client, method, path, json=record) == bodies
-    assert (await client.get("/services/a")).status == 200  # reads stay open
+    assert await _refusals(client, "GET", "/services/a") == bodies  # reads need it too
+    assert (await client.get("/services/a", headers={"Authorization": "Bearer k1"})).status == 200
 
 
 async def test_router_api_keys(aiohttp_client: AiohttpClient) -> None:

@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 
 import metrics
-from registryapp import MakeClient, assert_error, registry_client, service
+from registryapp import MakeClient, assert_error, held, registry_client, service
 
 AUTH = {"Authorization": "Bearer s3cret"}
 
@@ -42,8 +42,9 @@ async def test_register_new_then_replace(make_client: MakeClient) -> None:
     assert record["last_check"] is None
     index = int(resp.headers["X-Llmsvc-Index"])
 
-    resp = await client.post("/services", json=service(port=9000))
+    resp = await client.post("/services", json=service(port=9000), headers=held(record))
     assert resp.status == 200
+    assert (await resp.json())["lease"] == record["lease"]
     assert int(resp.headers["X-Llmsvc-Index"]) == index + 1
     assert (await resp.json())["url"] == "http://127.0.0.1:9000"
     listed = await (await client.get("/services")).json()
@@ -63,7 +64,7 @@ async def test_update(make_client: MakeClient) -> None:
     client = await make_client()
     first = await (await client.post("/services", json=service())).json()
     body = {"host": "10.0.0.2", "port": 8001, "weight": 5, "metadata": {"models": ["m2"]}}
-    resp = await client.put("/services/engine-a", json=body)
+    resp = await client.put("/services/engine-a", json=body, headers=held(first))
     assert resp.status == 200
     record = await resp.json()
     assert record["url"] == "http://10.0.0.2:8001"
@@ -72,26 +73,26 @@ async def test_update(make_client: MakeClient) -> None:
     assert (await (await client.get("/services/engine-a")).json())["weight"] == 5
 
     await assert_error(await client.put("/services/ghost", json=service("ghost")), 404)
-    mismatch = await client.put("/services/engine-a", json=service("other"))
+    mismatch = await client.put("/services/engine-a", json=service("other"), headers=held(first))
     error = await assert_error(mismatch, 400, "name")
     assert error["code"] == "name_mismatch"
 
 
 async def test_deregister_returns_record(make_client: MakeClient) -> None:
     client = await make_client()
-    await client.post("/services", json=service())
-    resp = await client.delete("/services/engine-a")
+    first = await (await client.post("/services", json=service())).json()
+    resp = await client.delete("/services/engine-a", headers=held(first))
     assert resp.status == 200
     assert (await resp.json())["name"] == "engine-a"
     await assert_error(await client.get("/services/engine-a"), 404)
-    await assert_error(await client.delete("/services/engine-a"), 404)
+    await assert_error(await client.delete("/services/engine-a", headers=held(first)), 404)
 
 
 async def test_heartbeat_known_and_unknown(make_client: MakeClient) -> None:
     client = await make_client()
     first = await (await client.post("/services", json=service())).json()
     index = int((await client.get("/services")).headers["X-Llmsvc-Index"])
-    resp = await client.post("/services/engine-a/heartbeat")
+    resp = await client.post("/services/engine-a/heartbeat", headers=held(first))
     assert resp.status == 200
     record = await resp.json()
     assert record["last_heartbeat"] >= first["last_heartbeat"]
@@ -173,10 +174,10 @@ async def test_stats(make_client: MakeClient) -> None:
 async def test_metrics(make_client: MakeClient) -> None:
     client = await make_client()
     start = int((await client.get("/services")).headers["X-Llmsvc-Index"])
-    await client.post("/services", json=service("a"))
-    await client.post("/services", json=service("b", type="custom"))
-    await client.post("/services/a/heartbeat")
-    await client.delete("/services/b")
+    a = await (await client.post("/services", json=service("a"))).json()
+    b = await (await client.post("/services", json=service("b", type="custom"))).json()
+    assert (await client.post("/services/a/heartbeat", headers=held(a))).status == 200
+    assert (await client.delete("/services/b", headers=held(b))).status == 200
     resp = await client.get("/metrics")
     assert resp.status == 200
     text = await resp.text()
@@ -190,25 +191,29 @@ async def test_metrics(make_client: MakeClient) -> None:
     assert metrics.value(text, "llmsvc_registry_change_index") == start + 3
 
 
-async def test_token_guards_writes_only(make_client: MakeClient) -> None:
+async def test_token_guards_writes_and_reads(make_client: MakeClient) -> None:
     client = await make_client(token="s3cret")
     for headers in ({}, {"Authorization": "Bearer wrong"}, {"Authorization": "s3cret"}):
         resp = await client.post("/services", json=service(), headers=headers)
         error = await assert_error(resp, 401)
         assert error["type"] == "authentication_error"
         assert resp.headers["WWW-Authenticate"] == "Bearer"
-    assert (await client.post("/services", json=service(), headers=AUTH)).status == 201
+    resp = await client.post("/services", json=service(), headers=AUTH)
+    assert resp.status == 201
+    mine = held(await resp.json(), **AUTH)
     await assert_error(await client.put("/services/engine-a", json=service()), 401)
     await assert_error(await client.post("/services/engine-a/heartbeat"), 401)
     await assert_error(await client.delete("/services/engine-a"), 401)
-    # Reads stay open.
-    assert (await client.get("/services")).status == 200
-    assert (await client.get("/services/engine-a")).status == 200
-    assert (await client.get("/stats")).status == 200
-    resp = await client.put("/services/engine-a", json=service(weight=2), headers=AUTH)
+    # Reads need the token too (records say where every engine is); /health and /metrics not.
+    for path in ("/services", "/services/engine-a", "/stats", "/services/engine-a/health"):
+        await assert_error(await client.get(path), 401)
+        assert (await client.get(path, headers=AUTH)).status == 200
+    for path in ("/health", "/metrics", "/openapi.json"):
+        assert (await client.get(path)).status == 200
+    resp = await client.put("/services/engine-a", json=service(weight=2), headers=mine)
     assert resp.status == 200
-    assert (await client.post("/services/engine-a/heartbeat", headers=AUTH)).status == 200
-    assert (await client.delete("/services/engine-a", headers=AUTH)).status == 200
+    assert (await client.post("/services/engine-a/heartbeat", headers=mine)).status == 200
+    assert (await client.delete("/services/engine-a", headers=mine)).status == 200
 
 
 @pytest.mark.parametrize(
@@ -245,9 +250,10 @@ async def test_invalid_registration(
 
 async def test_invalid_update_body(make_client: MakeClient) -> None:
     client = await make_client()
-    await client.post("/services", json=service())
-    await assert_error(await client.put("/services/engine-a", data=b"nope"), 400)
-    await assert_error(await client.put("/services/engine-a", json={"port": 1}), 400, "host")
+    mine = held(await (await client.post("/services", json=service())).json())
+    await assert_error(await client.put("/services/engine-a", data=b"nope", headers=mine), 400)
+    resp = await client.put("/services/engine-a", json={"port": 1}, headers=mine)
+    await assert_error(resp, 400, "host")
 
 
 async def test_unknown_path_wrong_method_and_big_body(make_client: MakeClient) -> None:
@@ -276,3 +282,22 @@ async def test_openapi_documents_every_route(make_client: MakeClient) -> None:
     assert "ServiceRegistration" in doc["components"]["schemas"]
     queries = {p["name"] for p in paths["/services"]["get"]["parameters"]}
     assert queries == {"healthy", "type", "model", "index", "wait"}
+    # The lease: answered by a registration, sent as a header by the holder's writes.
+    registered = paths["/services"]["post"]["responses"]["201"]["content"]["application/json"]
+    assert registered["schema"]["$ref"].endswith("/RegisteredService")
+    assert "lease" in doc["components"]["schemas"]["RegisteredService"]["required"]
+    assert "409" in paths["/services"]["post"]["responses"]
+    writes = [
+        paths["/services"]["post"],
+        paths["/services/{name}"]["put"],
+        paths["/services/{name}"]["delete"],
+        paths["/services/{name}/heartbeat"]["post"],
+    ]
+    for op in writes:
+        assert {"name": "X-Llmsvc-Lease", "in": "header"}.items() <= op["parameters"][-1].items()
+    for op in writes[1:]:
+        assert "409" in op["responses"]
+    for path, item in paths.items():
+        for method, op in item.items():
+            guarded = path not in ("/health", "/metrics")
+            assert ("401" in op["responses"]) == guarded, (method, path)

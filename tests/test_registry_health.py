@@ -49,7 +49,13 @@ MakeClient = Callable[..., Awaitable[TestClient[Any, Any]]]
 @pytest.fixture
 def make_client(aiohttp_client: Any) -> MakeClient:
     async def _make(**overrides: Any) -> TestClient[Any, Any]:
-        values = {"health_interval": 60, "cleanup_interval": 60, "health_timeout": 1, **overrides}
+        values = {
+            "health_interval": 60,
+            "cleanup_interval": 60,
+            "health_timeout": 1,
+            "allow_anonymous_writes": True,
+            **overrides,
+        }
         app = create_app(RegistrySettings(**values), registry=CollectorRegistry())
         client: TestClient[Any, Any] = await aiohttp_client(app)
         return client
@@ -156,11 +162,12 @@ async def test_ttl_unhealthy_then_removed(
     _, server = backend
     client = await make_client(heartbeat_ttl=0.4, cleanup_interval=0.1)
     await client.post("/services", json=registration(server, "silent"))
-    await client.post("/services", json=registration(server, "chatty", port=server.port))
+    resp = await client.post("/services", json=registration(server, "chatty", port=server.port))
+    lease = {"X-Llmsvc-Lease": (await resp.json())["lease"]}
 
     async def beat() -> None:
         while True:
-            await client.post("/services/chatty/heartbeat")
+            assert (await client.post("/services/chatty/heartbeat", headers=lease)).status == 200
             await asyncio.sleep(0.1)
 
     beater = asyncio.create_task(beat())

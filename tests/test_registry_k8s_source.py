@@ -76,7 +76,7 @@ def restarts(url: str, resource: str, *reasons: str) -> float:
 def k8s_registry(spawn: Spawn, api: KubeAPI, *extra: str) -> tuple[Proc, str]:
     port = free_port()
     proc = spawn("registry", "registry", "--port", str(port), "--source", "kubernetes",
-                 *extra, env=api.env)  # fmt: skip
+                 "--allow-anonymous-writes", *extra, env=api.env)  # fmt: skip
     url = f"http://{HOST}:{port}"
     proc.wait_http(f"{url}/health")
     wait_until(lambda: synced(url), what="the first lists")
@@ -162,7 +162,7 @@ def test_the_registry_keeps_trying_while_the_api_is_down(
     config = write_kubeconfig(tmp_path / "down", f"http://{HOST}:{port}")
     reg_port = free_port()
     proc = spawn("registry", "registry", "--port", str(reg_port), "--source", "kubernetes",
-                 env={"KUBECONFIG": str(config)})  # fmt: skip
+                 "--allow-anonymous-writes", env={"KUBECONFIG": str(config)})  # fmt: skip
     url = f"http://{HOST}:{reg_port}"
     health = proc.wait_http(f"{url}/health").json()
     assert health["kubernetes"]["synced"] is False
@@ -179,7 +179,9 @@ def test_without_credentials_it_exits_1_with_one_line(tmp_path: Path) -> None:
         k: v for k, v in os.environ.items() if k not in ("KUBECONFIG", "KUBERNETES_SERVICE_HOST")
     }
     env["HOME"] = str(tmp_path)  # no ~/.kube/config
-    args = llmsvc_args("registry", "--port", str(free_port()), "--source", "kubernetes")
+    args = llmsvc_args(
+        "registry", "--port", str(free_port()), "--source", "kubernetes", "--token", "t0k3n"
+    )
     done = subprocess.run(args, capture_output=True, text=True, timeout=30, env=env, check=False)
     assert done.returncode == 1
     assert done.stderr.strip().splitlines() == [

@@ -106,7 +106,10 @@ def test_kubernetes_takes_over_a_name_held_by_http() -> None:
 @pytest.fixture
 async def client(aiohttp_client: Any, tmp_path: Path) -> TestClient[Any, Any]:
     settings = RegistrySettings(
-        health_interval=60, cleanup_interval=60, state_file=tmp_path / "state.json"
+        health_interval=60,
+        cleanup_interval=60,
+        state_file=tmp_path / "state.json",
+        allow_anonymous_writes=True,
     )
     app = create_app(settings, registry=CollectorRegistry())
     result: TestClient[Any, Any] = await aiohttp_client(app)

@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 
 from llmsvc.core.records import ServiceRecord, ServiceRegistration
-from registryapp import MakeClient, assert_error, registry_client, service
+from registryapp import MakeClient, assert_error, held, registry_client, service
 
 
 @pytest.fixture
@@ -114,32 +114,44 @@ async def test_an_oversized_metadata_is_a_413(make_client: MakeClient) -> None:
     assert (await (await client.get("/services")).json())["total"] == 0
     # The same through an update of an existing record, and under a smaller cap.
     client = await make_client(max_metadata_bytes=100)
-    assert (await client.post("/services", json=service(metadata={"models": ["m"]}))).status == 201
-    resp = await client.put("/services/engine-a", json=service(metadata={"x": "y" * 100}))
+    resp = await client.post("/services", json=service(metadata={"models": ["m"]}))
+    assert resp.status == 201
+    mine = held(await resp.json())
+    resp = await client.put(
+        "/services/engine-a", json=service(metadata={"x": "y" * 100}), headers=mine
+    )
     await assert_error(resp, 413, "metadata")
 
 
 async def test_the_records_cap_refuses_new_names_only(make_client: MakeClient) -> None:
     client = await make_client(max_records=2)
+    mine: dict[str, dict[str, str]] = {}
     for name in ("a", "b"):
-        assert (await client.post("/services", json=service(name))).status == 201
+        resp = await client.post("/services", json=service(name))
+        assert resp.status == 201
+        mine[name] = held(await resp.json())
     resp = await client.post("/services", json=service("c"))
     error = await assert_error(resp, 429)
     assert "2" in error["message"] and "records" in error["message"]
     # Re-registering, updating and heartbeating an existing name still work.
-    assert (await client.post("/services", json=service("a", port=9000))).status == 200
-    assert (await client.put("/services/b", json=service("b", port=9001))).status == 200
-    assert (await client.post("/services/a/heartbeat")).status == 200
-    assert (await client.delete("/services/b")).status == 200
+    resp = await client.post("/services", json=service("a", port=9000), headers=mine["a"])
+    assert resp.status == 200
+    resp = await client.put("/services/b", json=service("b", port=9001), headers=mine["b"])
+    assert resp.status == 200
+    assert (await client.post("/services/a/heartbeat", headers=mine["a"])).status == 200
+    assert (await client.delete("/services/b", headers=mine["b"])).status == 200
     assert (await client.post("/services", json=service("c"))).status == 201
 
 
 async def test_a_registration_burst_is_a_429_with_retry_after(make_client: MakeClient) -> None:
     client = await make_client(max_registrations_per_second=5)
     statuses = []
+    first: dict[str, str] = {}
     for i in range(40):
         resp = await client.post("/services", json=service(f"s{i}"))
         statuses.append(resp.status)
+        if i == 0:
+            first = held(await resp.json())
         if resp.status == 429:
             error = await assert_error(resp, 429)
             assert "registrations" in error["message"]
@@ -149,7 +161,7 @@ async def test_a_registration_burst_is_a_429_with_retry_after(make_client: MakeC
     assert 5 <= statuses.count(201) <= 12, statuses
     # Heartbeats are not registrations: they are never limited.
     for _ in range(20):
-        assert (await client.post("/services/s0/heartbeat")).status == 200
+        assert (await client.post("/services/s0/heartbeat", headers=first)).status == 200
 
 
 async def test_a_normal_registration_still_works(make_client: MakeClient) -> None:

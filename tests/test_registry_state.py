@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
+import logging
 import subprocess
 import threading
 import time
@@ -20,6 +22,8 @@ from llmsvc.registry.persistence import SavedState, StateFileError, load_state, 
 from llmsvc.registry.settings import RegistrySettings
 from procs import HOST, Proc, Spawn, free_port, llmsvc_args, wait_until
 
+LEASE = "X-Llmsvc-Lease"
+
 
 def start(spawn: Spawn, state: Path, *extra: str, name: str = "registry") -> tuple[Proc, str]:
     port = free_port()
@@ -32,6 +36,7 @@ def start(spawn: Spawn, state: Path, *extra: str, name: str = "registry") -> tup
         str(state),
         "--health-interval",
         "60",
+        "--allow-anonymous-writes",
         *extra,
     )
     url = f"http://{HOST}:{port}"
@@ -49,7 +54,7 @@ def saved_names(path: Path) -> list[str]:
 def run_registry(*args: str) -> subprocess.CompletedProcess[str]:
     port = str(free_port())
     return subprocess.run(
-        llmsvc_args("registry", "--port", port, *args),
+        llmsvc_args("registry", "--port", port, "--allow-anonymous-writes", *args),
         capture_output=True,
         text=True,
         timeout=30,
@@ -107,8 +112,8 @@ def test_survives_sigterm_and_sigkill(spawn: Spawn, tmp_path: Path) -> None:
     proc, url = start(spawn, state)
     svc = {"name": "engine-a", "host": "127.0.0.1", "port": 8000, "metadata": {"models": ["m"]}}
     first = httpx.post(f"{url}/services", json=svc).json()
-    httpx.post(f"{url}/services", json={**svc, "name": "engine-b", "port": 8002})
-    httpx.delete(f"{url}/services/engine-b")
+    b = httpx.post(f"{url}/services", json={**svc, "name": "engine-b", "port": 8002}).json()
+    assert httpx.delete(f"{url}/services/engine-b", headers={LEASE: b["lease"]}).status_code == 200
     httpx.post(f"{url}/services", json={**svc, "name": "sitter", "type": "babysitter"})
     index = int(httpx.get(f"{url}/services").headers["X-Llmsvc-Index"])
     stopped_at = time.time()
@@ -167,7 +172,9 @@ def test_bad_flag_value_exits_2() -> None:
 
 async def test_shutdown_flushes_pending_changes(aiohttp_client: Any, tmp_path: Path) -> None:
     state = tmp_path / "state.json"
-    settings = RegistrySettings(state_file=state, health_interval=60, cleanup_interval=60)
+    settings = RegistrySettings(
+        state_file=state, health_interval=60, cleanup_interval=60, allow_anonymous_writes=True
+    )
     client = await aiohttp_client(create_app(settings, registry=CollectorRegistry()))
     assert saved_names(state) == []  # written at start: the location is known to work
     resp = await client.post("/services", json={"name": "a", "host": "h", "port": 1})
@@ -235,3 +242,54 @@ def test_corrupt_state_file_and_previous_generation_exit_1(tmp_path: Path) -> No
     assert str(state) in lines[0]
     assert "state.json.prev" in lines[0]
     assert state.read_text() == '{"version": 1, "services": ['  # left alone for a person
+
+
+def test_leases_survive_a_restart_as_digests_only(spawn: Spawn, tmp_path: Path) -> None:
+    state = tmp_path / "state.json"
+    proc, url = start(spawn, state)
+    svc = {"name": "engine-a", "host": "127.0.0.1", "port": 8000}
+    mine = httpx.post(f"{url}/services", json=svc).json()
+    httpx.post(f"{url}/services", json={**svc, "name": "engine-b"})  # a .prev generation
+    assert proc.stop() == 0
+    digest = hashlib.sha256(mine["lease"].encode()).hexdigest()
+    for path in (state, state.with_name("state.json.prev")):
+        assert mine["lease"] not in path.read_text()  # never the lease itself
+    assert json.loads(state.read_text())["leases"]["engine-a"] == digest
+
+    _, url2 = start(spawn, state, name="registry-2")
+    impostor = httpx.post(f"{url2}/services", json={**svc, "port": 6666})
+    assert impostor.status_code == 409 and impostor.json()["error"]["code"] == "name_taken"
+    beat = httpx.post(f"{url2}/services/engine-a/heartbeat")
+    assert beat.status_code == 409 and beat.json()["error"]["code"] == "lease_mismatch"
+    lease = {LEASE: mine["lease"]}
+    assert httpx.post(f"{url2}/services/engine-a/heartbeat", headers=lease).status_code == 200
+    again = httpx.post(f"{url2}/services", json=svc, headers=lease)
+    assert again.status_code == 200 and again.json()["lease"] == mine["lease"]
+
+
+async def test_a_state_file_from_before_leases_loads_and_its_names_can_be_claimed(
+    aiohttp_client: Any, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    state = tmp_path / "state.json"
+    record = {"name": "old", "host": "127.0.0.1", "port": 8000, "registered_at": 1.0}
+    state.write_text(json.dumps({"version": 1, "index": 7, "services": [record]}))
+    settings = RegistrySettings(
+        state_file=state, health_interval=60, cleanup_interval=60, allow_anonymous_writes=True
+    )
+    client = await aiohttp_client(create_app(settings, registry=CollectorRegistry()))
+    assert (await client.get("/services/old")).status == 200
+    # No lease: heartbeats are refused (the sender registers again), a registration takes it.
+    assert (await client.post("/services/old/heartbeat")).status == 409
+    with caplog.at_level(logging.INFO, logger="llmsvc.registry"):
+        resp = await client.post("/services", json={"name": "old", "host": "h", "port": 1})
+    assert resp.status == 201
+    assert "old taken over: its record had no lease" in caplog.text
+    lease = {LEASE: (await resp.json())["lease"]}
+    assert (await client.post("/services/old/heartbeat", headers=lease)).status == 200
+
+
+def test_a_state_file_with_a_lease_in_clear_is_refused(tmp_path: Path) -> None:
+    state = tmp_path / "state.json"
+    state.write_text(json.dumps({"version": 1, "leases": {"a": "not-a-digest"}}))
+    with pytest.raises(StateFileError, match="leases"):
+        load_state(state)

@@ -22,7 +22,9 @@ SERVICE = {"name": "engine-a", "host": "127.0.0.1", "port": 8000}
 
 @pytest.fixture
 async def client(aiohttp_client: Any) -> TestClient[Any, Any]:
-    settings = RegistrySettings(health_interval=60, cleanup_interval=60)
+    settings = RegistrySettings(
+        health_interval=60, cleanup_interval=60, allow_anonymous_writes=True
+    )
     app = create_app(settings, registry=CollectorRegistry())
     result: TestClient[Any, Any] = await aiohttp_client(app)
     return result
@@ -72,11 +74,12 @@ async def test_times_out_at_wait_with_current_records(client: TestClient[Any, An
 
 
 async def test_heartbeat_does_not_wake_watchers(client: TestClient[Any, Any]) -> None:
-    await client.post("/services", json=SERVICE)
+    lease = (await (await client.post("/services", json=SERVICE)).json())["lease"]
     index = await current_index(client)
     watch = asyncio.create_task(client.get(f"/services?index={index}&wait=0.5"))
     await parked(client, 1)
-    await client.post("/services/engine-a/heartbeat")
+    resp = await client.post("/services/engine-a/heartbeat", headers={"X-Llmsvc-Lease": lease})
+    assert resp.status == 200
     await asyncio.sleep(0.1)
     assert not watch.done()
     await asyncio.wait_for(watch, 5)
@@ -93,7 +96,9 @@ async def test_stale_or_future_index_answers_at_once(client: TestClient[Any, Any
 
 
 async def test_index_never_repeats_across_restarts(aiohttp_client: Any) -> None:
-    settings = RegistrySettings(health_interval=60, cleanup_interval=60)
+    settings = RegistrySettings(
+        health_interval=60, cleanup_interval=60, allow_anonymous_writes=True
+    )
     first = await aiohttp_client(create_app(settings, registry=CollectorRegistry()))
     await first.post("/services", json=SERVICE)
     old = await current_index(first)
@@ -130,13 +135,14 @@ async def test_registry_client_round_trip(client: TestClient[Any, Any]) -> None:
     assert records == []
     watch = asyncio.create_task(registry.services(index=index, wait=10, model="m"))
     await parked(client, 1)
-    await client.post("/services", json={**SERVICE, "metadata": {"models": ["m"]}})
+    resp = await client.post("/services", json={**SERVICE, "metadata": {"models": ["m"]}})
+    lease = (await resp.json())["lease"]
     records, new_index = await asyncio.wait_for(watch, 5)
     assert [r.name for r in records] == ["engine-a"]
     assert new_index > index
-    assert await registry.heartbeat("engine-a") is True
-    await registry.deregister("engine-a")
-    assert await registry.heartbeat("engine-a") is False
+    assert await registry.heartbeat("engine-a", lease=lease) is True
+    await registry.deregister("engine-a", lease=lease)
+    assert await registry.heartbeat("engine-a", lease=lease) is False
 
 
 @pytest.mark.parametrize(

@@ -15,7 +15,7 @@ import logging
 import re
 from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 from aiohttp import web
 from aiohttp.typedefs import Middleware
@@ -38,11 +38,12 @@ _PATH_PARAM = re.compile(r"{([^}:]+)(?::[^}]*)?}")
 
 @dataclass(frozen=True)
 class Query:
-    """A documented query parameter."""
+    """A documented query parameter (or, with ``location="header"``, a request header)."""
 
     name: str
     description: str = ""
     schema: Mapping[str, Any] = field(default_factory=lambda: {"type": "string"})
+    location: Literal["query", "header"] = "query"
 
 
 @dataclass(frozen=True)
@@ -87,7 +88,9 @@ def make_app(
     """A ``web.Application`` with the error middleware, the routes and ``/openapi.json``.
 
     ``auth``: the credentials every route marked ``protected`` needs (a 401 without
-    them, before its handler runs); None leaves those routes open.
+    them, before its handler runs); None leaves those routes open. With it, every
+    request carries the caller's :class:`~llmsvc.core.auth.Access`
+    (:func:`~llmsvc.core.auth.access_of`).
 
     ``read_timeout``: seconds a client may take to send a request's headers (an idle
     keep-alive connection is closed after it too, see

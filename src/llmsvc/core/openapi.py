@@ -52,7 +52,7 @@ def _operation(route: Route, components: dict[str, Any]) -> dict[str, Any]:
     params += [
         {
             "name": q.name,
-            "in": "query",
+            "in": q.location,
             "required": False,
             "schema": q.schema,
             "description": q.description,

@@ -17,6 +17,7 @@ import orjson
 from llmsvc.core.records import ServiceRecord, ServiceRegistration, Status
 
 INDEX_HEADER = "X-Llmsvc-Index"
+LEASE_HEADER = "X-Llmsvc-Lease"
 
 
 class RegistryError(Exception):

@@ -1,4 +1,9 @@
-"""The registry's HTTP API: handlers and the route table (their state: :mod:`.state`)."""
+"""The registry's HTTP API: handlers and the route table (their state: :mod:`.state`).
+
+With a write token every route but ``/health``, ``/metrics`` (counts, no
+addresses) and ``/openapi.json`` needs it or the admin token (:func:`registry_auth`);
+the writes of a name also need its lease or the admin token (:mod:`.leases`).
+"""
 
 from __future__ import annotations
 
@@ -13,8 +18,14 @@ from llmsvc.core.auth import BearerAuth
 from llmsvc.core.errors import ApiError, BadRequest, NotFound
 from llmsvc.core.jsonio import loads_object, model_response, read_body, read_model, validate_model
 from llmsvc.core.metrics import metrics_handler
-from llmsvc.core.records import Heartbeat, ServiceList, ServiceRecord, ServiceRegistration
-from llmsvc.core.registry_client import INDEX_HEADER
+from llmsvc.core.records import (
+    Heartbeat,
+    RegisteredService,
+    ServiceList,
+    ServiceRecord,
+    ServiceRegistration,
+)
+from llmsvc.core.registry_client import INDEX_HEADER, LEASE_HEADER
 from llmsvc.registry.health import check_record
 from llmsvc.registry.limits import check_metadata_size, check_room_for
 from llmsvc.registry.models import (
@@ -22,6 +33,7 @@ from llmsvc.registry.models import (
     RegistryStats,
     ServiceCheck,
 )
+from llmsvc.registry.ownership import claim_name, log_claim, require_holder
 from llmsvc.registry.queries import MAX_INDEX, parse_service_query
 from llmsvc.registry.settings import RegistrySettings
 from llmsvc.registry.state import REGISTRY
@@ -29,10 +41,19 @@ from llmsvc.registry.store import ManagedElsewhere, ServiceStore
 
 log = logging.getLogger("llmsvc.registry")
 
-_UNAUTHORIZED = {401: "Missing or wrong bearer token (when --token is set)."}
+_UNAUTHORIZED = {401: "Missing or wrong bearer token: the write or admin token (with --token)."}
+_NOT_HOLDER = {
+    409: "lease_mismatch: another registration holds the name (send its lease in "
+    "X-Llmsvc-Lease, or use the admin token); managed_by_source: the service comes "
+    "from Kubernetes (--source kubernetes) and is read-only over HTTP."
+}
+_TAKEN = {
+    409: "name_taken: another registration holds the name and heartbeats (send its "
+    "lease in X-Llmsvc-Lease, use the admin token, or wait until its heartbeat "
+    "expires); managed_by_source: the service comes from Kubernetes."
+}
 _BAD = {400: "Invalid body or parameters."}
 _UNKNOWN = {404: "No service of that name."}
-_MANAGED = {409: "The service comes from Kubernetes (--source kubernetes): read-only over HTTP."}
 _TOO_LARGE = {413: "Body too large, or metadata over --max-metadata-bytes."}
 _TOO_MANY = {
     429: "Over --max-records (a new name), or over --max-registrations-per-second "
@@ -43,13 +64,18 @@ _TOO_MANY = {
 # -- helpers ---------------------------------------------------------------------
 
 
-def write_auth(settings: RegistrySettings) -> BearerAuth | None:
-    """Writes (the routes marked ``protected``) need ``Authorization: Bearer <token>``
-    when the registry has a token; reads stay open."""
-    if settings.token is None:
+def registry_auth(settings: RegistrySettings) -> BearerAuth | None:
+    """The routes marked ``protected`` need the write or the admin token as
+    ``Authorization: Bearer``; with ``--allow-anonymous-writes`` they are open, and an
+    admin token still marks the admin (who may override a lease)."""
+    keys = (settings.token,) if settings.token is not None else ()
+    admin = (settings.admin_token,) if settings.admin_token is not None else ()
+    if not keys and not admin:
         return None
     return BearerAuth(
-        keys=(settings.token.get_secret_value().encode(),),
+        keys=tuple(k.get_secret_value().encode() for k in keys),
+        admin_keys=tuple(k.get_secret_value().encode() for k in admin),
+        open=settings.allow_anonymous_writes,
         message="Missing or invalid bearer token in the Authorization header",
         code="invalid_token",
     )
@@ -130,14 +156,19 @@ async def register_service(request: web.Request) -> web.Response:
     check_metadata_size(registration.metadata, state.settings.max_metadata_bytes)
     check_room_for(state.store, registration.name, state.settings.max_records)
     with http_write():
+        granted = claim_name(request, registration.name)
         record, created = state.store.register(registration)
+    assert granted is not None  # the store refuses other sources' names
+    state.leases.grant(record.name, granted.lease)
     state.metrics.registrations.inc()
+    log_claim(record.name, granted)
     log.info(
         "registered %s" if created else "re-registered %s",
         record.name,
         extra={"url": record.url, "type": record.type},
     )
-    return model_response(record, status=201 if created else 200, headers=_index(request))
+    body = RegisteredService.model_validate({**record.model_dump(), "lease": granted.lease})
+    return model_response(body, status=granted.claim.status, headers=_index(request))
 
 
 async def get_service(request: web.Request) -> web.Response:
@@ -147,6 +178,7 @@ async def get_service(request: web.Request) -> web.Response:
 
 async def update_service(request: web.Request) -> web.Response:
     name = request.match_info["name"]
+    require_holder(request, name)
     body = loads_object(await read_body(request))
     body.setdefault("name", name)
     if body["name"] != name:
@@ -168,11 +200,13 @@ async def update_service(request: web.Request) -> web.Response:
 
 async def deregister_service(request: web.Request) -> web.Response:
     name = request.match_info["name"]
+    require_holder(request, name)
     state = request.app[REGISTRY]
     with http_write():
         record = state.store.deregister(name)
     if record is None:
         raise not_found(name)
+    state.leases.drop(name)
     state.metrics.deregistrations.inc()
     log.info("deregistered %s", name)
     return model_response(record, headers=_index(request))
@@ -180,6 +214,7 @@ async def deregister_service(request: web.Request) -> web.Response:
 
 async def heartbeat(request: web.Request) -> web.Response:
     name = request.match_info["name"]
+    require_holder(request, name)
     body = await read_body(request)
     report = validate_model(Heartbeat, loads_object(body)) if body.strip() else Heartbeat()
     state = request.app[REGISTRY]
@@ -257,6 +292,18 @@ _SERVICE_QUERY = (
     ),
 )
 
+_CLAIM = Query(
+    LEASE_HEADER,
+    "The lease this sender holds (or held) for the name: it keeps the name (200). For an "
+    "unknown name a well-formed one (16-128 of A-Z a-z 0-9 _ -) becomes its lease.",
+    location="header",
+)
+_LEASE = Query(
+    LEASE_HEADER,
+    "The name's lease, from its registration's answer (or use the admin token).",
+    location="header",
+)
+
 ROUTES = (
     Route("GET", "/health", get_health, "The registry's own health", response=RegistryHealth),
     Route(
@@ -267,19 +314,24 @@ ROUTES = (
         description="The change index is in the X-Llmsvc-Index header. With ?index=N it "
         "answers as soon as the index differs from N, or after ?wait.",
         response=ServiceList,
-        errors=_BAD,
+        errors={**_BAD, **_UNAUTHORIZED},
         query=_SERVICE_QUERY,
+        protected=True,
     ),
     Route(
         "POST",
         "/services",
         register_service,
-        "Register a service (201 new, 200 replaced)",
+        "Register a service (201 newly held, 200 replaced by its holder or the admin)",
+        description="The answer carries the name's lease; its heartbeats, updates and "
+        "deletes send it in X-Llmsvc-Lease. A name held by another registration is a 409 "
+        "until its heartbeat expires (past --heartbeat-ttl), unless the admin token is sent.",
         request=ServiceRegistration,
-        response=ServiceRecord,
+        response=RegisteredService,
         status=201,
-        also={200: "An existing registration of that name was replaced."},
-        errors={**_BAD, **_UNAUTHORIZED, **_MANAGED, **_TOO_LARGE, **_TOO_MANY},
+        also={200: "The holder (its lease) or the admin token replaced the registration."},
+        errors={**_BAD, **_UNAUTHORIZED, **_TAKEN, **_TOO_LARGE, **_TOO_MANY},
+        query=(_CLAIM,),
         protected=True,
     ),
     Route(
@@ -288,25 +340,28 @@ ROUTES = (
         get_service,
         "One service",
         response=ServiceRecord,
-        errors=_UNKNOWN,
+        errors={**_UNAUTHORIZED, **_UNKNOWN},
+        protected=True,
     ),
     Route(
         "PUT",
         "/services/{name}",
         update_service,
-        "Update a service's registration",
+        "Update a service's registration (its lease or the admin token)",
         request=ServiceRegistration,
         response=ServiceRecord,
-        errors={**_BAD, **_UNAUTHORIZED, **_UNKNOWN, **_MANAGED, **_TOO_LARGE},
+        errors={**_BAD, **_UNAUTHORIZED, **_UNKNOWN, **_NOT_HOLDER, **_TOO_LARGE},
+        query=(_LEASE,),
         protected=True,
     ),
     Route(
         "DELETE",
         "/services/{name}",
         deregister_service,
-        "Deregister a service; answers the removed record",
+        "Deregister a service (its lease or the admin token); answers the removed record",
         response=ServiceRecord,
-        errors={**_UNAUTHORIZED, **_UNKNOWN, **_MANAGED},
+        errors={**_UNAUTHORIZED, **_UNKNOWN, **_NOT_HOLDER},
+        query=(_LEASE,),
         protected=True,
     ),
     Route(
@@ -314,23 +369,35 @@ ROUTES = (
         "/services/{name}/health",
         check_service,
         "Check a service now",
+        description="Makes the registry connect to the service: it needs the write or "
+        "admin token whenever the registry has one.",
         response=ServiceCheck,
-        errors=_UNKNOWN,
+        errors={**_UNAUTHORIZED, **_UNKNOWN},
+        protected=True,
     ),
     Route(
         "POST",
         "/services/{name}/heartbeat",
         heartbeat,
-        "Refresh a service's heartbeat (404: register again)",
+        "Refresh a service's heartbeat (its lease; 404: register again)",
         description='An optional body {"status": "healthy"|"unhealthy"} reports the '
         "sender's own verdict, counted as a health check's result.",
         request=Heartbeat,
         request_required=False,
         response=ServiceRecord,
-        errors={**_BAD, **_UNAUTHORIZED, **_UNKNOWN, **_MANAGED, 413: "Body too large."},
+        errors={**_BAD, **_UNAUTHORIZED, **_UNKNOWN, **_NOT_HOLDER, 413: "Body too large."},
+        query=(_LEASE,),
         protected=True,
     ),
-    Route("GET", "/stats", get_stats, "Counts by status, type and model", response=RegistryStats),
+    Route(
+        "GET",
+        "/stats",
+        get_stats,
+        "Counts by status, type and model",
+        response=RegistryStats,
+        errors=_UNAUTHORIZED,
+        protected=True,
+    ),
     Route(
         "GET",
         "/metrics",

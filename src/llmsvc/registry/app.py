@@ -14,9 +14,10 @@ from prometheus_client import CollectorRegistry
 
 from llmsvc import __version__
 from llmsvc.core.app import CleanupCtx, background, every, make_app
-from llmsvc.registry.api import ROUTES, write_auth
+from llmsvc.registry.api import ROUTES, registry_auth
 from llmsvc.registry.health import CONCURRENT_CHECKS, check_all
 from llmsvc.registry.kubernetes import KubernetesSource, kubernetes_ctx, load_credentials
+from llmsvc.registry.leases import LeaseBook
 from llmsvc.registry.limits import RegistrationLimiter
 from llmsvc.registry.metrics import RegistryMetrics
 from llmsvc.registry.models import KubernetesHealth
@@ -65,6 +66,7 @@ async def _cleanup_loop(app: web.Application) -> None:
 
     async def sweep() -> None:
         for record in store.sweep():
+            state.leases.drop(record.name)
             metrics.removed.labels(reason="ttl_expired").inc()
             log.warning(
                 "removed %s: no heartbeat for over 2x the TTL",
@@ -138,14 +140,22 @@ def create_app(
     # The index starts at the start time in milliseconds: a watcher's index from an
     # earlier run of the registry then never equals one of this run.
     store = ServiceStore(ttl=settings.heartbeat_ttl, index=int(time.time() * 1000))
+    leases = LeaseBook()
     writer = None
     if settings.state_file is not None:
         saved = load_or_recover(settings.state_file)
         if saved is not None:
             store.restore(saved.services, index=saved.index)
+            leases = LeaseBook(saved.leases)
             log.info("restored %d services from %s", len(store), settings.state_file)
-        writer = StateWriter(store, settings.state_file)
+        writer = StateWriter(store, settings.state_file, leases=leases)
         writer.save_now()  # fail now, not at the first change, if it cannot be written
+    if settings.allow_anonymous_writes:
+        log.warning(
+            "registry writes need no token (--allow-anonymous-writes): anyone who can "
+            "reach port %d can register, replace and remove services",
+            settings.port,
+        )
     prometheus = registry if registry is not None else CollectorRegistry()
     app = make_app(
         title="llmsvc registry",
@@ -153,13 +163,14 @@ def create_app(
         routes=ROUTES,
         client_max_size=MAX_BODY,
         read_timeout=settings.read_timeout,
-        auth=write_auth(settings),
+        auth=registry_auth(settings),
     )
     app[REGISTRY] = RegistryState(
         settings=settings,
         store=store,
         metrics=RegistryMetrics(prometheus),
         prometheus=prometheus,
+        leases=leases,
         registrations=RegistrationLimiter(
             rate=settings.max_registrations_per_second,
             burst=math.ceil(2 * settings.max_registrations_per_second),

@@ -2,7 +2,12 @@
 
 Format (``version`` 1)::
 
-    {"version": 1, "index": 42, "services": [<ServiceRecord>, ...]}
+    {"version": 1, "index": 42, "services": [<ServiceRecord>, ...],
+     "leases": {"<name>": "<sha256 hex of its lease>", ...}}
+
+``leases`` holds digests only, never a lease (:mod:`.leases`); a file written
+before leases existed has none, and its records may be taken by the next
+registration of their name.
 
 A write goes to a temporary file in the same directory, is flushed and
 fsynced, then ``os.replace``-d over the old file (and the directory fsynced),
@@ -32,10 +37,11 @@ from pathlib import Path
 from typing import Literal
 
 import orjson
-from pydantic import BaseModel, Field, ValidationError
+from pydantic import BaseModel, Field, ValidationError, field_validator
 
 from llmsvc.core.jsonio import validation_message
 from llmsvc.core.records import ServiceRecord
+from llmsvc.registry.leases import DIGEST, LeaseBook
 from llmsvc.registry.store import HTTP, ServiceStore
 
 log = logging.getLogger("llmsvc.registry.state")
@@ -53,6 +59,17 @@ class SavedState(BaseModel):
     version: Literal[1] = 1
     index: int = Field(default=0, ge=0)
     services: list[ServiceRecord] = Field(default_factory=list)
+    leases: dict[str, str] = Field(
+        default_factory=dict, description="Name -> SHA-256 hex of its lease."
+    )
+
+    @field_validator("leases")
+    @classmethod
+    def _digests_only(cls, value: dict[str, str]) -> dict[str, str]:
+        for name, known in value.items():
+            if not DIGEST.fullmatch(known):
+                raise ValueError(f"leases[{name!r}] is not a SHA-256 hex digest")
+        return value
 
 
 def load_state(path: Path) -> SavedState | None:
@@ -174,9 +191,16 @@ class StateWriter:
     """Keeps the state file in step with the store, one write per burst of changes."""
 
     def __init__(
-        self, store: ServiceStore, path: Path, *, debounce: float = 0.05, retry: float = 1.0
+        self,
+        store: ServiceStore,
+        path: Path,
+        *,
+        leases: LeaseBook | None = None,
+        debounce: float = 0.05,
+        retry: float = 1.0,
     ) -> None:
         self._store = store
+        self._leases = leases if leases is not None else LeaseBook()
         self.path = path
         self._debounce = debounce
         self._retry = retry
@@ -184,8 +208,10 @@ class StateWriter:
 
     def save_now(self) -> None:
         # Only HTTP registrations: records of another source come back from it after a restart.
+        # A lease changes only with a registration, which moves the index too.
         index, records = self._store.snapshot(source=HTTP)
-        save_state(self.path, SavedState(index=index, services=records))
+        leases = self._leases.digests(r.name for r in records)
+        save_state(self.path, SavedState(index=index, services=records, leases=leases))
         self.saved_index = index
 
     def flush(self) -> None:

@@ -5,9 +5,16 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, SecretStr, ValidationInfo, field_validator
+from pydantic import Field, SecretStr, ValidationInfo, field_validator, model_validator
 
+from llmsvc.core.secrets import from_flag_or_file
 from llmsvc.core.settings import CommaList, ServerSettings
+
+NO_WRITE_TOKEN = (
+    "no write token: give --token or --token-file (LLMSVC_TOKEN), "
+    "or --allow-anonymous-writes to let anyone write"
+)
+"""Why a registry with neither a write token nor the opt-out does not start."""
 
 
 class RegistrySettings(ServerSettings):
@@ -39,8 +46,27 @@ class RegistrySettings(ServerSettings):
     )
     token: SecretStr | None = Field(
         default=None,
-        description="When set, writes (POST, PUT, DELETE, heartbeat) need "
-        "'Authorization: Bearer <token>'. Reads stay open.",
+        description="The write token: writes (POST, PUT, DELETE, heartbeat) and reads "
+        "(GET /services, /services/{name}, /stats, a check on demand) need "
+        "'Authorization: Bearer <token>'; /health and /metrics stay open. Required "
+        "unless --allow-anonymous-writes.",
+    )
+    token_file: Path | None = Field(
+        default=None,
+        description="File holding --token (one line: a mounted Secret, compose's tokens).",
+    )
+    admin_token: SecretStr | None = Field(
+        default=None,
+        description="The admin token: accepted wherever --token is, and may also "
+        "override a name's lease (take a name another registration holds).",
+    )
+    admin_token_file: Path | None = Field(
+        default=None, description="File holding --admin-token (one line)."
+    )
+    allow_anonymous_writes: bool = Field(
+        default=False,
+        description="Run without --token: anyone who can reach the port may read, "
+        "register, replace and remove services (leases still apply). Warned at start.",
     )
     max_metadata_bytes: int = Field(
         default=16 * 1024,
@@ -82,13 +108,6 @@ class RegistrySettings(ServerSettings):
         default=False, description="Watch every namespace with --source kubernetes."
     )
 
-    @field_validator("token")
-    @classmethod
-    def _empty_token_is_none(cls, value: SecretStr | None) -> SecretStr | None:
-        if value is not None and not value.get_secret_value():
-            return None
-        return value
-
     @field_validator("tls_key")
     @classmethod
     def _tls_pair(cls, value: str | None, info: ValidationInfo) -> str | None:
@@ -102,3 +121,19 @@ class RegistrySettings(ServerSettings):
         if value and info.data.get("namespace"):
             raise ValueError("give --namespace or --all-namespaces, not both")
         return value
+
+    @model_validator(mode="after")
+    def _tokens(self) -> RegistrySettings:
+        """Each token from its flag or its file; a write token, or the explicit opt-out."""
+        self.token = from_flag_or_file(self.token, self.token_file, flag="--token")
+        self.admin_token = from_flag_or_file(
+            self.admin_token, self.admin_token_file, flag="--admin-token"
+        )
+        if self.token is None and not self.allow_anonymous_writes:
+            raise ValueError(NO_WRITE_TOKEN)
+        if self.token is not None and self.allow_anonymous_writes:
+            raise ValueError("give --token or --allow-anonymous-writes, not both")
+        admin, write = self.admin_token, self.token
+        if admin is not None and write is not None and admin == write:
+            raise ValueError("--admin-token must differ from --token")
+        return self

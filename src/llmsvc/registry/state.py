@@ -16,6 +16,7 @@ from aiohttp import web
 from prometheus_client import CollectorRegistry
 
 from llmsvc.core.errors import ServiceUnavailable
+from llmsvc.registry.leases import LeaseBook
 from llmsvc.registry.limits import RegistrationLimiter
 from llmsvc.registry.metrics import RegistryMetrics
 from llmsvc.registry.models import KubernetesHealth
@@ -45,6 +46,8 @@ class RegistryState:
     """What ``/metrics`` renders (``metrics`` lives in it)."""
     started: float = field(default_factory=time.monotonic)
     """``time.monotonic()`` when the app was built: the start of ``uptime_s``."""
+    leases: LeaseBook = field(default_factory=LeaseBook)
+    """Who holds each name (the state file keeps it too)."""
     answers: Answers = field(default_factory=Answers)
     registrations: RegistrationLimiter = field(
         default_factory=lambda: RegistrationLimiter(rate=0, burst=1)
