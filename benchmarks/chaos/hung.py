@@ -43,6 +43,7 @@ from llmsvc.bench.stats import percentile
 
 TARGET_FAILED_PCT = 0.5  # issue 11's target: at most this share of requests failed ...
 TARGET_EJECT_S = 2.0  # ... and the hung backend out of rotation within this many seconds
+VIEW_EVERY_S = 0.05  # how often the proxy's own view is read (the resolution of its eject time)
 
 
 @dataclass(frozen=True)
@@ -72,6 +73,7 @@ async def run_hung(
     run = Run()
     drain, stopped = asyncio.Event(), asyncio.Event()
     url = f"http://{HOST}:{proxy_port}{PATH}"
+    view_url = f"http://{HOST}:{proxy_port}{view_path}"
     # Arrivals for longer than the run can last; the drain ends them when the run is over.
     horizon = timing.warm + timing.down + timing.observe + 30.0
     # aiohttp rounds a timeout above its ceil threshold up to a whole second of loop time.
@@ -93,9 +95,7 @@ async def run_hung(
                   on_result=log, drain=drain),
         )  # fmt: skip
         viewer = (
-            asyncio.create_task(
-                watch_view(s, f"http://{HOST}:{proxy_port}{view_path}", run, stopped)
-            )
+            asyncio.create_task(watch_view(s, view_url, run, stopped, every=VIEW_EVERY_S))
             if view_path
             else None
         )

@@ -233,16 +233,16 @@ async def run_scenario(
 
 
 async def watch_view(
-    session: aiohttp.ClientSession, url: str, run: Run, stop: asyncio.Event
+    session: aiohttp.ClientSession, url: str, run: Run, stop: asyncio.Event, every: float = 0.1
 ) -> None:
-    """The proxy's own view of b1 (llmsvc's ``/services``), every 0.1 s."""
+    """The proxy's own view of b1 (llmsvc's ``/services``), every ``every`` seconds."""
     while not stop.is_set():
         with contextlib.suppress(aiohttp.ClientError, TimeoutError, ValueError):
             async with session.get(url) as resp:
                 views = (await resp.json())["services"]
             eligible = any(v["name"] == "b1" and v["eligible"] for v in views)
             run.view.append((time.time(), eligible))
-        await asyncio.sleep(0.1)
+        await asyncio.sleep(every)
 
 
 async def _sampler(sample: Callable[[], dict[str, float]], run: Run, stop: asyncio.Event) -> None:
