@@ -224,13 +224,15 @@ async def _until_status(
     return None
 
 
-async def _change(session: aiohttp.ClientSession, method: str, url: str, **kw: Any) -> int:
-    """One write to the registry; the change index it answers with."""
+async def _change(
+    session: aiohttp.ClientSession, method: str, url: str, **kw: Any
+) -> tuple[int, dict[str, Any]]:
+    """One write to the registry; the change index and the JSON body it answers with."""
     async with session.request(method, url, **kw) as resp:
-        await resp.read()
+        body = await resp.json()
         if resp.status >= 400:
             raise RuntimeError(f"{method} {url}: {resp.status}")
-        return int(resp.headers.get("X-Llmsvc-Index", "0"))
+        return int(resp.headers.get("X-Llmsvc-Index", "0")), body
 
 
 async def propagation(
@@ -254,13 +256,14 @@ async def propagation(
         name, model = f"probe-{i}", f"probe-model-{i}"
         record = {"name": name, "host": "127.0.0.1", "port": port, "metadata": {"models": [model]}}
         started = time.monotonic()
-        index = await _change(session, "POST", f"{registry}/services", json=record)
+        index, registered = await _change(session, "POST", f"{registry}/services", json=record)
         seen = await _until_status(session, router, model, 200, timeout)
         added.append(None if seen is None else time.monotonic() - started)
         if settle is not None:
             await settle(index)
         started = time.monotonic()
-        index = await _change(session, "DELETE", f"{registry}/services/{name}")
+        lease = {"X-Llmsvc-Lease": registered["lease"]}  # the name's holder removes it
+        index, _ = await _change(session, "DELETE", f"{registry}/services/{name}", headers=lease)
         gone = await _until_status(session, router, model, 503, timeout)
         removed.append(None if gone is None else time.monotonic() - started)
         if settle is not None:

@@ -67,6 +67,7 @@ async def start_registry(
             # The study registers every record from one client as fast as it can: the
             # registry's capacity is measured, not its caps (docs/registry.md).
             "--max-records", "10000000", "--max-registrations-per-second", "0",
+            "--allow-anonymous-writes",  # one trusted client on 127.0.0.1
         )  # fmt: skip
         url = f"http://{HOST}:{port}"
         try:

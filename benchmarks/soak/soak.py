@@ -116,7 +116,10 @@ def start_stack(stack: Stack) -> tuple[str, int]:
     """Registry, two babysitters, a router with two workers; (router URL, router parent pid)."""
     reg_port = free_port()
     registry = f"http://{HOST}:{reg_port}"
-    stack.start("registry", "registry", "--port", str(reg_port), "--health-interval", "5")
+    stack.start(
+        "registry", "registry", "--port", str(reg_port), "--health-interval", "5",
+        "--allow-anonymous-writes",  # the soak's own processes on 127.0.0.1
+    )  # fmt: skip
     wait_http(registry + "/health")
     for i in range(2):
         port = free_port(pair=True)
