@@ -56,6 +56,17 @@ def test_sglang_uses_python3_from_path() -> None:
     assert spec.env == {"CUDA_VISIBLE_DEVICES": "3"}
 
 
+def test_only_sglang_health_checks_get_more_than_the_default_second() -> None:
+    # SGLang's /health runs a one-token generation and answers after 1-2 s when live.
+    floors = {
+        engine: build_engine(settings(engine=engine, model="/m/x"), []).health_timeout_floor
+        for engine in ("vllm", "sglang", "llama.cpp", "infinilm", "sim")
+    }
+    assert floors == {"vllm": 0.0, "sglang": 3.0, "llama.cpp": 0.0, "infinilm": 0.0, "sim": 0.0}
+    defaults = settings(engine="sim", model="m")
+    assert (defaults.health_interval, defaults.health_timeout, defaults.hung_after) == (1, 1, 3)
+
+
 def test_llama_cpp_offloads_only_with_gpus() -> None:
     plain = build_engine(settings(engine="llama.cpp", model="/m/Qwen3-F16.gguf"), [])
     assert plain.argv == (

@@ -95,7 +95,9 @@ def test_no_secret_reaches_any_log(spawn: Spawn, tmp_path: Path) -> None:
     assert httpx.delete(registry + "/services/extra", headers=auth).status_code == 200
     # The babysitter heartbeats with the token meanwhile; a restart makes it register again.
     sitter_api = sitter_proc.args[sitter_proc.args.index("--port") + 1]
-    restart = httpx.post(f"http://127.0.0.1:{int(sitter_api) + 1}/restart", timeout=30)
+    restart = httpx.post(
+        f"http://127.0.0.1:{int(sitter_api) + 1}/restart", headers=auth, timeout=30
+    )
     assert restart.status_code == 202
     wait_until(routed, timeout=30, what="the engine back after its restart")
 

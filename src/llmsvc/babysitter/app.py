@@ -28,6 +28,7 @@ from llmsvc.babysitter.supervisor import Supervisor
 from llmsvc.babysitter.swap import Served, SwapRequest
 from llmsvc.babysitter.termination import GiveUp
 from llmsvc.core.app import Route, every, make_app, supervised
+from llmsvc.core.auth import BearerAuth
 from llmsvc.core.errors import ApiError, BadRequest, ServiceUnavailable
 from llmsvc.core.jsonio import model_response, read_model
 from llmsvc.core.metrics import metrics_handler
@@ -161,6 +162,8 @@ ROUTES = (
         "Restart the engine now (also out of 'crash-loop' and 'failed')",
         response=api.RestartAccepted,
         status=202,
+        errors={401: "no or a wrong registry token (when the babysitter has one)"},
+        protected=True,
     ),
     Route(
         "POST",
@@ -175,9 +178,11 @@ ROUTES = (
         status=202,
         errors={
             400: "invalid body",
+            401: "no or a wrong registry token (when the babysitter has one)",
             409: "a swap is already in progress",
             503: "the babysitter is shutting down",
         },
+        protected=True,
     ),
     Route(
         "POST",
@@ -185,6 +190,8 @@ ROUTES = (
         drain,
         "Deregister the engine and wait for in-flight requests",
         response=api.Drained,
+        errors={401: "no or a wrong registry token (when the babysitter has one)"},
+        protected=True,
     ),
     Route("GET", "/metrics", metrics, "Prometheus metrics", response_media="text/plain"),
 )
@@ -209,10 +216,30 @@ def create_app(
         version=__version__,
         routes=ROUTES,
         read_timeout=settings.read_timeout,
+        auth=control_auth(settings),
     )
     app[RUNTIME] = Runtime(settings, first, ident, registry, metrics_)
     app.cleanup_ctx.append(_lifecycle)
     return app
+
+
+CONTROL_PATHS = tuple(f"{r.method} {r.path}" for r in ROUTES if r.protected)
+
+
+def control_auth(settings: BabysitterSettings) -> BearerAuth | None:
+    """What the control endpoints (``POST /drain``, ``/restart``, ``/model``) need: the
+    registry token; None (open, with a WARNING) when the babysitter has none."""
+    token = settings.registry_token
+    if token is None:
+        log.warning("the control endpoints %s need no token (no --registry-token): anyone "
+                    "who can reach port %d can drain, restart and swap the engine",
+                    ", ".join(CONTROL_PATHS), settings.port + 1)  # fmt: skip
+        return None
+    return BearerAuth(
+        keys=(token.get_secret_value().encode(),),
+        message="Missing or invalid bearer token: the babysitter's control endpoints need "
+        "its registry token in the Authorization header",
+    )
 
 
 async def _lifecycle(app: web.Application) -> AsyncIterator[None]:
@@ -262,10 +289,9 @@ async def _stop(rt: Runtime, sup: Supervisor, run: asyncio.Task[None]) -> None:
 
 
 def _registrar(s: BabysitterSettings, ident: Identity, session: aiohttp.ClientSession) -> Registrar:
+    token = s.registry_token.get_secret_value() if s.registry_token else None
     client = (
-        RegistryClient(base_url=s.registry, session=session, token=s.registry_token)
-        if s.registry
-        else None
+        RegistryClient(base_url=s.registry, session=session, token=token) if s.registry else None
     )
     record = babysitter_record(
         engine_name=ident.name,

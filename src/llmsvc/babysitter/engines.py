@@ -20,6 +20,12 @@ MODELS_PATHS = ("/v1/models", "/models")
 # A GGUF file is named for its model; so is an InfiniLM-Rust service config.
 STRIPPED_SUFFIXES = (".gguf", ".toml")
 
+# The least time an engine's health check may take. SGLang's /health runs a one-token
+# generation by default (SGLANG_ENABLE_HEALTH_ENDPOINT_GENERATION) and looks for the
+# scheduler's output once a second, so a live SGLang answers after 1-2 s; every other
+# engine's /health is answered by its HTTP server alone (see docs/babysitter.md).
+HEALTH_TIMEOUT_FLOOR: dict[str, float] = {"sglang": 3.0}
+
 # The engine's visible-devices variables, per engine, when --visible-devices-env is not given.
 # InfiniLM runs on several vendors: MetaX reads HPCC_VISIBLE_DEVICES, NVIDIA CUDA_VISIBLE_DEVICES;
 # each ignores the other's variable, so both are set.
@@ -46,6 +52,8 @@ class EngineSpec:
     env: dict[str, str] = field(default_factory=dict)
     health_path: str = HEALTH_PATH
     models_paths: tuple[str, ...] = MODELS_PATHS
+    health_timeout_floor: float = 0.0
+    """Seconds a health check gets at least, whatever ``--health-timeout`` says."""
 
 
 @dataclass(frozen=True)
@@ -109,7 +117,10 @@ def build_engine(
         if not settings.model:
             raise EngineConfigError(f"--model is required for --engine {settings.engine}")
         argv = _ADAPTERS[settings.engine](settings, ident, python) + extra
-    return EngineSpec(argv=tuple(argv), env=visible_devices_env(settings))
+    floor = HEALTH_TIMEOUT_FLOOR.get(settings.engine, 0.0)
+    return EngineSpec(
+        argv=tuple(argv), env=visible_devices_env(settings), health_timeout_floor=floor
+    )
 
 
 def visible_devices_env(settings: BabysitterSettings) -> dict[str, str]:

@@ -35,6 +35,9 @@ log = logging.getLogger("llmsvc.babysitter.supervisor")  # a life logs as the su
 
 Outcome = Reason | Literal["ready", "exited"]
 
+HUNG_STOP_TIMEOUT = 2.0
+"""Seconds a hung engine gets between SIGTERM (with SIGCONT) and SIGKILL."""
+
 
 @dataclass
 class Engine:
@@ -131,7 +134,7 @@ class EngineRunner:
             ended = await self._monitor(waiter, served, ident) if started == "ready" else started
             returncode = proc.returncode
             if returncode is None:
-                returncode = await process.stop(proc, timeout=self._s.stop_timeout)
+                returncode = await self._stop(proc, hung=ended is Reason.HUNG)
             else:
                 await process.stop(proc, timeout=0)  # reap leftovers of its group
             await drain_pumps(pumps)
@@ -147,6 +150,14 @@ class EngineRunner:
             if proc.returncode is None:  # cancelled: never leave an engine behind
                 with contextlib.suppress(ProcessLookupError, PermissionError):
                     os.killpg(proc.pid, signal.SIGKILL)
+
+    async def _stop(self, proc: asyncio.subprocess.Process, *, hung: bool) -> int:
+        """Stop the engine: ``--stop-timeout`` for a graceful stop, at most
+        :data:`HUNG_STOP_TIMEOUT` for a hung engine (it finishes no request anyway)."""
+        if not hung:
+            return await process.stop(proc, timeout=self._s.stop_timeout)
+        timeout = min(self._s.stop_timeout, HUNG_STOP_TIMEOUT)
+        return await process.stop(proc, timeout=timeout, resume=True)
 
     async def _startup(
         self, engine: Engine, waiter: asyncio.Future[int], served: Served, ident: Identity
@@ -174,13 +185,19 @@ class EngineRunner:
     ) -> Reason | Literal["exited"]:
         failures = 0
         url = ident.engine_url() + served.spec.health_path
+        interval = self._s.health_interval
+        pause = interval
         while True:
-            wake = await self._alarm.pause(waiter, self._s.health_interval)
+            wake = await self._alarm.pause(waiter, pause)
             if wake == "exited":
                 return "exited"
             if wake == "interrupted":
                 return self._alarm.reason
-            ok = await probes.healthy(self._session, url, timeout=self._probe_timeout)
+            began = self._clock()
+            ok = await probes.healthy(self._session, url, timeout=self._health_timeout(served))
+            # Checks start every interval: a check that timed out is followed by the next
+            # at once, so that --hung-after failures take about that many intervals.
+            pause = max(0.0, interval - (self._clock() - began))
             if not self._hooks.health_checked(ok):
                 continue  # draining, drained, swapping: only the process's exit matters
             failures = 0 if ok else failures + 1
@@ -188,11 +205,15 @@ class EngineRunner:
                 log.error("engine failed %d health checks in a row; killing it", failures)
                 return Reason.HUNG
 
+    def _health_timeout(self, served: Served) -> float:
+        return max(self._probe_timeout, served.spec.health_timeout_floor)
+
     async def _probe_ready(self, served: Served, ident: Identity) -> list[dict[str, Any]] | None:
         """The engine's model cards once it is ready; None while it is not."""
         base = ident.engine_url()
         spec, timeout = served.spec, self._probe_timeout
-        if not await probes.healthy(self._session, base + spec.health_path, timeout=timeout):
+        health = base + spec.health_path
+        if not await probes.healthy(self._session, health, timeout=self._health_timeout(served)):
             return None
         cards = await probes.models(self._session, base, spec.models_paths, timeout=timeout)
         if cards is None:

@@ -71,10 +71,16 @@ def _signal_group(proc: asyncio.subprocess.Process, sig: signal.Signals) -> None
         os.killpg(proc.pid, sig)
 
 
-async def stop(proc: asyncio.subprocess.Process, *, timeout: float) -> int:
-    """SIGTERM the engine's process group, wait ``timeout`` s, then SIGKILL it. The returncode."""
+async def stop(proc: asyncio.subprocess.Process, *, timeout: float, resume: bool = False) -> int:
+    """SIGTERM the engine's process group, wait ``timeout`` s, then SIGKILL it. The returncode.
+
+    ``resume``: also SIGCONT the group, so that a stopped engine (SIGSTOP, a debugger's
+    freeze) gets its SIGTERM rather than sitting it out until the SIGKILL.
+    """
     if proc.returncode is None:
         _signal_group(proc, signal.SIGTERM)
+        if resume:
+            _signal_group(proc, signal.SIGCONT)
         try:
             await asyncio.wait_for(proc.wait(), timeout)
         except TimeoutError:

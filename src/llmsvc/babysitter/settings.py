@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, SecretStr, model_validator
 
 from llmsvc.babysitter.gpus import GpuProbe
+from llmsvc.core.secrets import from_flag_or_file
 from llmsvc.core.settings import CommaList, ServerSettings
 
 EngineName = Literal["vllm", "sglang", "llama.cpp", "infinilm", "infinilm-rust", "sim", "command"]
@@ -58,8 +60,14 @@ class BabysitterSettings(ServerSettings):
     registry: str | None = Field(
         default=None, description="Registry base URL; without it nothing is registered."
     )
-    registry_token: str | None = Field(
-        default=None, description="Bearer token for registry writes (registry --token)."
+    registry_token: SecretStr | None = Field(
+        default=None,
+        description="The registry's write token (registry --token), sent to the registry; "
+        "POST /drain, /restart and /model then need it too as 'Authorization: Bearer'.",
+    )
+    registry_token_file: Path | None = Field(
+        default=None,
+        description="File holding --registry-token (a mounted Secret, compose's tokens).",
     )
     router: str | None = Field(
         default=None, description="Router base URL; informational, shown in /status."
@@ -104,7 +112,8 @@ class BabysitterSettings(ServerSettings):
         default=3,
         ge=1,
         description="Failed health checks in a row of a live engine that mean it hangs "
-        "(killed, reason Hung).",
+        "(killed, reason Hung): with the defaults a hung engine is killed 3-4 s after it "
+        "stops answering.",
     )
     min_free_mem: float = Field(
         default=0.0,
@@ -141,7 +150,16 @@ class BabysitterSettings(ServerSettings):
         default=5, ge=0, description="Rotated copies kept of each log under --log-dir."
     )
     health_interval: float = Field(
-        default=5.0, gt=0, description="Seconds between health checks of the engine."
+        default=1.0,
+        gt=0,
+        description="Seconds from the start of one health check of the engine to the next "
+        "(a check that takes longer is followed by the next at once).",
+    )
+    health_timeout: float = Field(
+        default=1.0,
+        gt=0,
+        description="Seconds one probe of the engine (/health, its models, its metrics) may "
+        "take; a slower health check counts as failed.",
     )
     heartbeat_interval: float = Field(
         default=10.0, gt=0, description="Seconds between registry heartbeats."
@@ -165,3 +183,11 @@ class BabysitterSettings(ServerSettings):
         description="Seconds a drain (POST /drain, POST /model, SIGTERM) waits for "
         "in-flight requests.",
     )
+
+    @model_validator(mode="after")
+    def _token_from_file(self) -> BabysitterSettings:
+        """The registry token from its flag or its file (``--registry-token-file``)."""
+        self.registry_token = from_flag_or_file(
+            self.registry_token, self.registry_token_file, flag="--registry-token"
+        )
+        return self

@@ -62,7 +62,7 @@ class Supervisor:
         self._output = output
         self._give_up = give_up
         self._clock = clock
-        probe_timeout = max(1.0, min(5.0, settings.health_interval))
+        probe_timeout = settings.health_timeout
         self._alarm = Alarm()
         self._runner = EngineRunner(
             settings=settings,
