@@ -14,22 +14,34 @@ import re
 import subprocess
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
+from unittest import mock
 
 import jsonschema
 import yaml
 from kubernetes_validate.utils import schema_contents
 from referencing import Registry, Resource
 
+from llmsvc.core.settings import BaseServiceSettings, parse_settings
 from tools import ROOT, require_tool
+
+S = TypeVar("S", bound=BaseServiceSettings)
 
 CHART = ROOT / "charts" / "llmsvc"
 ALL_FEATURES = ROOT / "tests" / "chart-values" / "all-features.yaml"
 RELEASE, NAMESPACE = "llmsvc", "llmsvc"
 
-# manifests/install.yaml: default values and the CRD; the registry's write token comes from a
-# Secret the user creates (a chart-generated random token would be published in the file).
-INSTALL_ARGS = ("--include-crds", "--set", "registry.token.existingSecret=llmsvc-registry-token")
+# manifests/install.yaml: default values and the CRD; the tokens come from Secrets the user
+# creates (chart-generated random tokens would be published in the file).
+INSTALL_ARGS = (
+    "--include-crds",
+    "--set",
+    "registry.token.existingSecret=llmsvc-registry-token",
+    "--set",
+    "registry.adminToken.existingSecret=llmsvc-registry-admin-token",
+    "--set",
+    "router.adminToken.existingSecret=llmsvc-router-admin-token",
+)
 RBAC_ARGS = ("--show-only", "templates/operator/rbac.yaml")
 
 
@@ -126,3 +138,28 @@ def _validator(version: str, kind: str, api_version: str) -> jsonschema.Draft202
         _definitions(directory, version) @ Registry()
     )
     return jsonschema.Draft202012Validator(schema, registry=registry)
+
+
+def component_args(docs: Sequence[dict[str, Any]], name: str) -> list[str]:
+    """The flags the chart gives ``llmsvc <name>`` (its container runs ``llmsvc <name> ...``)."""
+    item = container(docs, name)
+    assert item["command"] == ["llmsvc"]
+    assert item["args"][0] == name
+    return [str(arg) for arg in item["args"][1:]]
+
+
+def pod_env(docs: Sequence[dict[str, Any]], name: str) -> dict[str, str]:
+    """The container's LLMSVC_* variables as the pod would have them; one from a Secret
+    reads ``<secret>/<key>`` (the registry refuses to start without its token)."""
+    env: dict[str, str] = {}
+    for item in container(docs, name).get("env", []):
+        ref = item.get("valueFrom", {}).get("secretKeyRef")
+        if item["name"].startswith("LLMSVC_") and (ref or "value" in item):
+            env[item["name"]] = f"{ref['name']}/{ref['key']}" if ref else str(item["value"])
+    return env
+
+
+def component_settings(cls: type[S], docs: Sequence[dict[str, Any]], name: str) -> S:
+    """``llmsvc <name>``'s settings from the chart's flags and the pod's environment."""
+    with mock.patch.dict(os.environ, pod_env(docs, name)):
+        return parse_settings(cls, component_args(docs, name), prog=f"llmsvc {name}")

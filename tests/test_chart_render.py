@@ -18,6 +18,7 @@ from helmchart import (
     CHART,
     HelmError,
     component,
+    component_settings,
     container,
     documents,
     helm,
@@ -25,7 +26,7 @@ from helmchart import (
     render,
     validate_strict,
 )
-from llmsvc.core.settings import BaseServiceSettings, env_name, parse_settings
+from llmsvc.core.settings import BaseServiceSettings, env_name
 from llmsvc.operator.settings import OperatorSettings
 from llmsvc.registry.settings import RegistrySettings
 from llmsvc.router.settings import RouterSettings
@@ -70,7 +71,9 @@ def test_default_render_has_the_three_components(default_docs: list[dict[str, An
         "Deployment/llmsvc-registry",
         "Deployment/llmsvc-router",
         "PodDisruptionBudget/llmsvc-router",
+        "Secret/llmsvc-registry-admin-token",
         "Secret/llmsvc-registry-token",
+        "Secret/llmsvc-router-admin-token",
         "Service/llmsvc-operator",
         "Service/llmsvc-registry",
         "Service/llmsvc-router",
@@ -84,7 +87,7 @@ def test_all_features_render_has_every_optional_object(all_docs: list[dict[str, 
     kinds = {d["kind"] for d in all_docs}
     assert {"HorizontalPodAutoscaler", "Ingress", "NetworkPolicy", "PodDisruptionBudget"} <= kinds
     assert {"ServiceMonitor", "PrometheusRule", "ConfigMap"} <= kinds
-    # A user's existingSecret replaces the chart's token Secret; the API keys Secret is ours.
+    # A user's existingSecret replaces the chart's token Secrets; the API keys Secret is ours.
     secrets = [s["metadata"]["name"] for s in of_kind(all_docs, "Secret")]
     assert secrets == ["llmsvc-router-api-keys"]
     (router,) = [d for d in of_kind(all_docs, "Deployment") if component(d) == "router"]
@@ -124,7 +127,9 @@ def test_prometheus_operator_objects_have_their_shape(all_docs: list[dict[str, A
         spec = monitor["spec"]
         assert set(spec) == {"selector", "namespaceSelector", "endpoints"}
         for endpoint in spec["endpoints"]:
-            assert set(endpoint) == {"port", "path", "interval", "scrapeTimeout"}
+            # The router's /metrics needs its admin token (tests/test_chart_tokens.py).
+            sends = {"authorization"} if component(monitor) == "router" else set()
+            assert set(endpoint) == {"port", "path", "interval", "scrapeTimeout"} | sends
             assert endpoint["path"] == "/metrics"
     engines = next(m for m in monitors if component(m) == "engine")
     assert engines["spec"]["namespaceSelector"] == {"any": True}
@@ -221,13 +226,6 @@ def test_api_keys_without_keys_is_a_clear_error() -> None:
         render(values={"router": {"apiKeys": {"enabled": True}}})
 
 
-def _args(docs: list[dict[str, Any]], name: str) -> list[str]:
-    item = container(docs, name)
-    assert item["command"] == ["llmsvc"]
-    assert item["args"][0] == name
-    return [str(arg) for arg in item["args"][1:]]
-
-
 @pytest.mark.parametrize("which", ["default_docs", "all_docs"])
 @pytest.mark.parametrize("name", ["router", "registry", "operator"])
 def test_components_get_flags_and_env_their_settings_accept(
@@ -236,7 +234,7 @@ def test_components_get_flags_and_env_their_settings_accept(
     docs: list[dict[str, Any]] = request.getfixturevalue(which)
     settings_cls = SETTINGS[name]
     try:
-        settings = parse_settings(settings_cls, _args(docs, name), prog=f"llmsvc {name}")
+        settings = component_settings(settings_cls, docs, name)
     except SystemExit as exc:  # parse_settings printed the one-line reason
         pytest.fail(f"llmsvc {name} rejects the chart's flags (exit {exc.code})")
     assert settings.model_dump()["host"] == "0.0.0.0"
@@ -247,23 +245,25 @@ def test_components_get_flags_and_env_their_settings_accept(
 
 
 def test_default_wiring(default_docs: list[dict[str, Any]]) -> None:
-    router = parse_settings(RouterSettings, _args(default_docs, "router"), prog="r")
+    router = component_settings(RouterSettings, default_docs, "router")
     assert router.registry_url == "http://llmsvc-registry.llmsvc.svc:8081"
     assert (router.strategy, router.workers, router.port) == ("round_robin", 1, 8080)
-    registry = parse_settings(RegistrySettings, _args(default_docs, "registry"), prog="g")
+    registry = component_settings(RegistrySettings, default_docs, "registry")
     assert (registry.source, registry.all_namespaces, registry.port) == ("kubernetes", True, 8081)
-    operator = parse_settings(OperatorSettings, _args(default_docs, "operator"), prog="o")
+    operator = component_settings(OperatorSettings, default_docs, "operator")
     assert operator.all_namespaces and operator.port == 8090
     assert (operator.image_prefix, operator.image_tag) == ("ghcr.io/llmsvc", "0.1.0")
     assert container(default_docs, "router")["image"] == "ghcr.io/llmsvc/router:0.1.0"
     token = _env(default_docs, "registry")["LLMSVC_TOKEN"]["valueFrom"]["secretKeyRef"]
     assert token == {"name": "llmsvc-registry-token", "key": "token"}
-    (secret,) = of_kind(default_docs, "Secret")
+    (secret,) = [
+        s for s in of_kind(default_docs, "Secret") if s["metadata"]["name"] == token["name"]
+    ]
     assert len(secret["data"]["token"]) > 40  # a random token, base64
 
 
 def test_all_features_wiring(all_docs: list[dict[str, Any]]) -> None:
-    router = parse_settings(RouterSettings, _args(all_docs, "router"), prog="r")
+    router = component_settings(RouterSettings, all_docs, "router")
     assert (router.strategy, router.workers, router.retries) == ("least_load", 4, 3)
     keys = _env(all_docs, "router")["LLMSVC_API_KEYS"]["valueFrom"]["secretKeyRef"]
     assert keys == {"name": "llmsvc-router-api-keys", "key": "api-keys"}
@@ -271,7 +271,7 @@ def test_all_features_wiring(all_docs: list[dict[str, Any]]) -> None:
     assert secret["data"]["api-keys"] == "a2V5LW9uZSxrZXktdHdv"  # "key-one,key-two"
     token = _env(all_docs, "registry")["LLMSVC_TOKEN"]["valueFrom"]["secretKeyRef"]
     assert token == {"name": "my-registry-token", "key": "token"}
-    operator = parse_settings(OperatorSettings, _args(all_docs, "operator"), prog="o")
+    operator = component_settings(OperatorSettings, all_docs, "operator")
     assert (operator.image_prefix, operator.image_tag) == ("registry.example.com/llmsvc", "0.1.0")
     assert operator.resync_interval == 15
     assert container(all_docs, "router")["image"] == "ghcr.io/llmsvc/router:0.1.0-test"
@@ -285,7 +285,7 @@ def test_all_features_wiring(all_docs: list[dict[str, Any]]) -> None:
 def test_watched_namespaces_reach_operator_and_registry() -> None:
     docs = documents(render(values={"watchNamespaces": ["team-a", "team-b"]}))
     for name, cls in (("operator", OperatorSettings), ("registry", RegistrySettings)):
-        settings = parse_settings(cls, _args(docs, name), prog=name)
+        settings = component_settings(cls, docs, name)
         values = settings.model_dump()
         assert (values["namespace"], values["all_namespaces"]) == (["team-a", "team-b"], False)
 

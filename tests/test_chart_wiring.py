@@ -72,7 +72,11 @@ def endpoint_slice(service: dict[str, Any], port: int) -> dict[str, Any]:
 
 
 def test_rendered_components_serve_the_sim_sample(spawn: Spawn, kubeapi: KubeAPI) -> None:
-    docs = documents(render(values={"registry": {"token": {"value": TOKEN}}}))
+    # Every namespace is watched: the engine pods' namespace gets the write token the way
+    # docs/kubernetes.md says (its Secret there, and the operator told so).
+    extra = ["--registry-token-secret-namespaces", f"llmsvc,{NS}"]
+    values = {"registry": {"token": {"value": TOKEN}}, "operator": {"extraArgs": extra}}
+    docs = documents(render(values=values))
     ports = {name: free_port() for name in ("registry", "operator", "router")}
     registry, router = (f"http://{HOST}:{ports[n]}" for n in ("registry", "router"))
     procs = [
@@ -83,12 +87,19 @@ def test_rendered_components_serve_the_sim_sample(spawn: Spawn, kubeapi: KubeAPI
     for proc, port in zip(procs, ports.values(), strict=True):
         proc.wait_http(f"http://{HOST}:{port}/health", timeout=30)
 
-    # The registry's write token is the chart's Secret; reads stay open.
+    # The registry's write token is the chart's Secret (reads need it too); a delete sends
+    # the registration's lease.
     record = {"name": "probe", "host": HOST, "port": 9, "metadata": {"models": ["x"]}}
     assert httpx.post(f"{registry}/services", json=record, timeout=5).status_code == 401
     auth = {"Authorization": f"Bearer {TOKEN}"}
-    assert httpx.post(f"{registry}/services", json=record, headers=auth, timeout=5).is_success
-    assert httpx.delete(f"{registry}/services/probe", headers=auth, timeout=5).is_success
+    created = httpx.post(f"{registry}/services", json=record, headers=auth, timeout=5)
+    assert created.is_success
+    lease = {**auth, "X-Llmsvc-Lease": created.json()["lease"]}
+    assert httpx.delete(f"{registry}/services/probe", headers=lease, timeout=5).is_success
+    # The router's admin views need the router's admin token, from its Secret.
+    admin = {"Authorization": f"Bearer {resolved_env(docs, 'router')['LLMSVC_ADMIN_TOKEN']}"}
+    assert httpx.get(f"{router}/stats", timeout=5).status_code == 401
+    assert httpx.get(f"{router}/stats", headers=admin, timeout=5).status_code == 200
 
     sample = yaml.safe_load((ROOT / "manifests" / "samples" / "sim.yaml").read_text())
     sample["metadata"]["namespace"] = NS  # the emulator does not fill it in from the path
@@ -102,6 +113,9 @@ def test_rendered_components_serve_the_sim_sample(spawn: Spawn, kubeapi: KubeAPI
     assert deployment is not None
     engine = deployment["spec"]["template"]["spec"]["containers"][0]
     assert engine["image"] == "ghcr.io/llmsvc/babysitter:0.1.0"  # the chart's --image-*
+    [token] = [e for e in engine["env"] if e["name"] == "LLMSVC_REGISTRY_TOKEN"]
+    ref = {"name": "llmsvc-registry-token", "key": "token", "optional": False}
+    assert token["valueFrom"]["secretKeyRef"] == ref  # the babysitter's control endpoints
 
     port = free_port(pair=True)
     sim = spawn("engine", "sim-engine", "--port", str(port), "--model-name", "sim-model")

@@ -74,9 +74,38 @@ app.kubernetes.io/component: {{ index . 1 }}
 {{- end }}
 {{- end }}
 
-{{/* Secret holding the registry token. */}}
+{{/* Secret holding the registry's write token. */}}
 {{- define "llmsvc.registryTokenSecret" -}}
-{{- default (printf "%s-token" (include "llmsvc.componentName" (list . "registry"))) .Values.registry.token.existingSecret }}
+{{- include "llmsvc.tokenSecret" (list . "registry" "token") }}
+{{- end }}
+
+{{/* Secret holding a token; call with (list $ "registry" "token"), (list $ "registry"
+"adminToken") or (list $ "router" "adminToken"): the user's existingSecret, else
+`<component>-token` / `<component>-admin-token`. */}}
+{{- define "llmsvc.tokenSecret" -}}
+{{- $root := index . 0 -}}
+{{- $component := index . 1 -}}
+{{- $which := index . 2 -}}
+{{- $token := index (index $root.Values $component) $which -}}
+{{- $suffix := ternary "token" "admin-token" (eq $which "token") -}}
+{{- default (printf "%s-%s" (include "llmsvc.componentName" (list $root $component)) $suffix) $token.existingSecret }}
+{{- end }}
+
+{{/* An env var from a token's Secret; call with (list $ "LLMSVC_TOKEN" "registry" "token"). */}}
+{{- define "llmsvc.tokenEnv" -}}
+{{- $root := index . 0 -}}
+{{- $token := index (index $root.Values (index . 2)) (index . 3) -}}
+- name: {{ index . 1 }}
+  valueFrom:
+    secretKeyRef:
+      name: {{ include "llmsvc.tokenSecret" (list $root (index . 2) (index . 3)) }}
+      key: {{ $token.key }}
+{{- end }}
+
+{{/* Whether the router and the engine pods have the registry's write token: the chart's
+registry with a token, or another registry whose token is in registry.token.existingSecret. */}}
+{{- define "llmsvc.hasRegistryToken" -}}
+{{- if and .Values.registry.token.enabled (or .Values.registry.enabled .Values.registry.token.existingSecret) }}true{{ end }}
 {{- end }}
 
 {{/* Secret holding the router's API keys. */}}
