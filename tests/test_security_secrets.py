@@ -16,6 +16,7 @@ from pathlib import Path
 
 import httpx
 
+from llmsvc.core.registry_client import LEASE_HEADER
 from procs import Spawn, start_babysitter, start_registry, start_router, wait_until
 
 CHAT = "/v1/chat/completions"
@@ -85,14 +86,17 @@ def test_no_secret_reaches_any_log(spawn: Spawn, tmp_path: Path) -> None:
     # Good and bad writes to the registry.
     record = {"name": "extra", "host": "127.0.0.1", "port": 9, "type": "other"}
     auth = {"Authorization": f"Bearer {token}"}
-    assert httpx.post(registry + "/services", json=record, headers=auth).status_code == 201
+    created = httpx.post(registry + "/services", json=record, headers=auth)
+    assert created.status_code == 201
     wrong = {"Authorization": f"Bearer {wrong_token}"}
     assert httpx.post(registry + "/services", json=record, headers=wrong).status_code == 401
     assert httpx.delete(registry + "/services/extra", headers=wrong).status_code == 401
     assert httpx.post(registry + "/services", json=record).status_code == 401
     basic = {"Authorization": f"Basic {token}"}
     assert httpx.post(registry + "/services", json=record, headers=basic).status_code == 401
-    assert httpx.delete(registry + "/services/extra", headers=auth).status_code == 200
+    lease = created.json()["lease"]  # deleting the name needs its lease
+    owned = {**auth, LEASE_HEADER: lease}
+    assert httpx.delete(registry + "/services/extra", headers=owned).status_code == 200
     # The babysitter heartbeats with the token meanwhile; a restart makes it register again.
     sitter_api = sitter_proc.args[sitter_proc.args.index("--port") + 1]
     restart = httpx.post(
@@ -110,6 +114,6 @@ def test_no_secret_reaches_any_log(spawn: Spawn, tmp_path: Path) -> None:
     assert "registered secret-engine" in registry_proc.log()
     assert "listening" in router_proc.log()
     assert list((tmp_path / "engine-logs").rglob("*.log")), files
-    for secret in (token, key, other_key, wrong_key, wrong_token):
+    for secret in (token, key, other_key, wrong_key, wrong_token, lease):
         leaks = [str(p) for p, text in logs.items() if secret in text]
         assert not leaks, f"{secret[:8]}… found in {leaks}"
