@@ -5,6 +5,8 @@ target verdict and its table, from request logs made up here (no proxy or backen
 from __future__ import annotations
 
 import itertools
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +28,7 @@ from benchmarks.chaos.table import (
     replace_table,
 )
 
+HARNESS = Path(__file__).resolve().parents[1] / "benchmarks" / "chaos"
 FAULT = 100.0  # wall-clock second of the SIGSTOP in the made-up logs
 TIMING = HungTiming()
 
@@ -148,3 +151,18 @@ def test_a_before_run_of_the_same_commit_is_not_shown_twice() -> None:
     rows = [ln for ln in hung_markdown(run, run).splitlines() if ln.startswith("| llmsvc")]
     assert rows == [rows[0]] and rows[0].startswith("| llmsvc (commit abc1234) |")
     assert "The before row" not in hung_markdown(run, run)
+
+
+def test_a_proxy_the_case_does_not_run_leaves_its_table_alone(tmp_path: Path) -> None:
+    """``--proxies litellm --scenarios hung`` runs nothing, so it writes nothing (an empty table
+    would replace the measured one in --doc)."""
+    doc = tmp_path / "reliability.md"
+    doc.write_text(f"{HUNG_START}\nmeasured\n{HUNG_END}\n")
+    run = subprocess.run(
+        [sys.executable, str(HARNESS), "--proxies", "litellm", "--scenarios", "hung",
+         "--out", str(tmp_path / "out"), "--doc", str(doc)],
+        capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert run.returncode == 0, run.stderr
+    assert run.stderr.strip() == "chaos: hung runs only llmsvc, nginx, haproxy: skipped"
+    assert not (tmp_path / "out").exists() and "measured" in doc.read_text()

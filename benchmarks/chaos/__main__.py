@@ -221,13 +221,20 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--proxies", default=DEFAULT_PROXIES, help="comma list of " + ", ".join(PROXIES)
     )
-    parser.add_argument("--scenarios", default=",".join(SCENARIOS))
+    parser.add_argument(
+        "--scenarios",
+        default=",".join(SCENARIOS),
+        help="comma list of death, blackhole (the faults table, tuned proxies) and hung "
+        "(the default-settings table, open loop)",
+    )
     parser.add_argument(
         "--quick", action="store_true", help="short timeline (the make test smoke run)"
     )
     parser.add_argument("--out", type=Path, default=Path("benchmarks/chaos/results"))
     parser.add_argument("--work", type=Path, default=Path(".bench/chaos"))
-    parser.add_argument("--doc", type=Path, help="markdown file whose chaos table to replace")
+    parser.add_argument(
+        "--doc", type=Path, help="markdown file whose tables (of the cases run) to replace"
+    )
     parser.add_argument("--ports", help="proxy,backend,backend ports (default: free ones)")
     parser.add_argument(
         "--hung-before",
@@ -270,6 +277,10 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGTERM, signal.default_int_handler)
     for case in CASES:
         if not set(args.scenarios) & set(case.scenarios):
+            continue
+        if not set(args.proxies) & set(case.proxies):
+            known = ", ".join(case.proxies)
+            print(f"chaos: {'/'.join(case.scenarios)} runs only {known}: skipped", file=sys.stderr)
             continue
         try:
             results = asyncio.run(run_case(case, args))
