@@ -66,14 +66,16 @@ async def test_registry_watch(
     await eventually(registry_up, 1.0, 5)
     assert await names() == ["st"]
     async with httpx.AsyncClient(base_url=registry) as reg:
-        assert (await reg.post("/services", json=record)).status_code == 201
+        first = await reg.post("/services", json=record)
+        assert first.status_code == 201
         sitter = {"name": "e1-babysitter", "host": HOST, "port": port, "type": "babysitter"}
         assert (await reg.post("/services", json=sitter)).status_code == 201
         assert await eventually(names, ["e1", "st"], 3) < 2
         resp = await client.post("/v1/chat/completions", json=BODY)
         assert resp.status == 200
 
-        assert (await reg.delete("/services/e1")).status_code == 200
+        lease = {"X-Llmsvc-Lease": first.json()["lease"]}  # the holder removes its record
+        assert (await reg.delete("/services/e1", headers=lease)).status_code == 200
         assert await eventually(names, ["st"], 3) < 2
 
         # A record the registry finds unhealthy is kept out of routing.

@@ -75,13 +75,16 @@ def test_router_and_registry_serve_https(spawn: Spawn, cert: tuple[Path, Path]) 
         registry,
         "--registry-sync-interval",
         "0.5",
+        "--registry-token",
+        "t0k",
         *tls,
         env=trust,
     )
     _wait_https(rtr, router + "/health", crt)
 
     with _client(crt) as client:
-        assert client.get(registry + "/services/tls-engine").status_code == 200
+        token = {"Authorization": "Bearer t0k"}
+        assert client.get(registry + "/services/tls-engine", headers=token).status_code == 200
 
         def routed() -> bool:
             return bool(client.get(router + "/v1/models").json()["data"])
@@ -123,8 +126,9 @@ def test_bad_tls_options_end_with_one_line(
         (("--tls-cert", str(missing), "--tls-key", str(key)), "--tls-cert"),
         (("--tls-cert", str(key), "--tls-key", str(crt)), "--tls-cert"),
     ]
+    anonymous = ("--allow-anonymous-writes",) if command == "registry" else ()
     for i, (args, words) in enumerate(cases):
-        proc = spawn(f"{command}-{i}", command, "--port", str(free_port()), *args)
+        proc = spawn(f"{command}-{i}", command, "--port", str(free_port()), *anonymous, *args)
         assert proc.popen.wait(30) == 2, proc.log()
         log = proc.log().strip()
         assert words in log and "Traceback" not in log, log

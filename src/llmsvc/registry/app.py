@@ -150,12 +150,6 @@ def create_app(
             log.info("restored %d services from %s", len(store), settings.state_file)
         writer = StateWriter(store, settings.state_file, leases=leases)
         writer.save_now()  # fail now, not at the first change, if it cannot be written
-    if settings.allow_anonymous_writes:
-        log.warning(
-            "registry writes need no token (--allow-anonymous-writes): anyone who can "
-            "reach port %d can register, replace and remove services",
-            settings.port,
-        )
     prometheus = registry if registry is not None else CollectorRegistry()
     app = make_app(
         title="llmsvc registry",

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import ssl
 from collections.abc import Sequence
 
@@ -14,6 +15,8 @@ from llmsvc.registry.persistence import StateFileError
 from llmsvc.registry.settings import RegistrySettings
 
 PROG = "llmsvc registry"
+
+log = logging.getLogger("llmsvc.registry")
 
 
 def main(argv: Sequence[str]) -> int:
@@ -33,6 +36,12 @@ def main(argv: Sequence[str]) -> int:
         tls = ssl_context(settings.tls_cert, settings.tls_key)
     except (OSError, ssl.SSLError) as exc:
         die(PROG, f"--tls-cert/--tls-key: cannot load: {exc}")
+    if settings.allow_anonymous_writes:
+        log.warning(
+            "registry writes need no token (--allow-anonymous-writes): anyone who can "
+            "reach port %d can register, replace and remove services",
+            settings.port,
+        )
     return serve(
         app,
         name="registry",
