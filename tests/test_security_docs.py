@@ -1,4 +1,5 @@
-"""docs/security.md's table of attacks names only tests that exist.
+"""docs/security.md's tables hold to the code: the attacks name tests that exist, and
+what each component exposes matches its route table.
 
 Each row of "Attacks and the tests that hold them" names the issue's item, the attack,
 the defence and the tests that hold it, each a link whose text is
@@ -12,10 +13,17 @@ from __future__ import annotations
 
 import ast
 import re
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+
+from llmsvc.babysitter.app import ROUTES as BABYSITTER_ROUTES
+from llmsvc.core.app import Route
+from llmsvc.operator.app import ROUTES as OPERATOR_ROUTES
+from llmsvc.registry.api import ROUTES as REGISTRY_ROUTES
+from routerbackends import Backend, Client, running, static_router
 
 ROOT = Path(__file__).resolve().parent.parent
 DOC = ROOT / "docs" / "security.md"
@@ -66,6 +74,73 @@ def table_rows(text: str) -> list[Row]:
             )
         )
     return rows
+
+
+def exposure() -> dict[str, tuple[str, str]]:
+    """ "What each component exposes": component (its first word) → (open, guarded) cells."""
+    lines = DOC.read_text().splitlines()
+    start = lines.index("### What each component exposes")
+    table: dict[str, tuple[str, str]] = {}
+    for line in lines[start + 1 :]:
+        if line.startswith("#"):
+            break
+        cells = [c.strip() for c in line.strip().strip("|").split(" | ")]
+        if line.startswith("|") and len(cells) == 3 and not set(cells[0]) <= set("- "):
+            table[cells[0].split(",")[0].split(" ")[0]] = (cells[1], cells[2])
+    return table
+
+
+def _misplaced(component: str, guarded: dict[str, bool]) -> list[str]:
+    """Paths the table puts in the wrong cell of ``component``'s row (or in none)."""
+    open_cell, guarded_cell = exposure()[component]
+    wrong = []
+    for path, needs in guarded.items():
+        if f"{path}`" not in (guarded_cell if needs else open_cell):
+            wrong.append(f"{component}: {path} ({'guarded' if needs else 'open'})")
+    return wrong
+
+
+def _protected(routes: Iterable[Route]) -> dict[str, bool]:
+    """Each route's path → whether its table marks it protected (any method)."""
+    guarded: dict[str, bool] = {}
+    for route in routes:
+        guarded[route.path] = guarded.get(route.path, False) or route.protected
+    return guarded
+
+
+def test_the_exposure_table_matches_the_route_tables() -> None:
+    registry = _protected(REGISTRY_ROUTES)
+    assert registry.pop("/health") is False and registry.pop("/metrics") is False
+    assert not _misplaced("registry", {"/health": False, "/metrics": False})
+    assert not _misplaced("registry", registry)
+    assert not _misplaced("babysitter", _protected(BABYSITTER_ROUTES))
+    assert not _misplaced("operator", _protected(OPERATOR_ROUTES))
+
+
+async def test_the_exposure_table_matches_what_the_router_refuses(
+    aiohttp_client: Callable[..., Awaitable[Client]], tmp_path: Path
+) -> None:
+    """Every path of the router's /openapi.json, asked without credentials by a router
+    with API keys and an admin token: a 401 is a guarded path, anything else an open one."""
+    backend = Backend("e1")
+    async with running(backend):
+        client = await static_router(
+            aiohttp_client, tmp_path, [backend], api_keys=["k" * 20], admin_token="a" * 20
+        )
+        document = await (await client.get("/openapi.json")).json()
+        guarded: dict[str, bool] = {"/openapi.json": False}
+        for path, operations in document["paths"].items():
+            for method in operations:
+                resp = await client.request(method.upper(), path, json={})
+                needs = resp.status == 401
+                name = (
+                    "/v1/*"
+                    if path.startswith("/v1/") or f"/v1{path}" in document["paths"]
+                    else path
+                )
+                assert guarded.setdefault(name, needs) == needs, (method, path)
+    assert guarded["/v1/*"] and guarded["/stats"] and not guarded["/health"]
+    assert not _misplaced("router", guarded)
 
 
 def named_tests(path: Path) -> set[str]:
