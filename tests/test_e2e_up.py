@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import stat
 import subprocess
 import sys
 from pathlib import Path
@@ -73,6 +74,73 @@ def test_up_status_validate_down_with_a_file(tmp_path: Path) -> None:
     assert not list((tmp_path / "logs").glob("*.pid"))
     stopped = llmsvc("status", "-f", str(cfg), cwd=tmp_path)
     assert stopped.returncode == 1
+
+
+ONE_ENGINE = """
+logs_dir: {logs}
+startup_timeout: 60
+registry: {{port: {registry}}}
+router: {{port: {router}}}
+babysitters:
+  - {{name: sim-a, engine: sim, model: tiny, port: {a}, engine_args: [--time-scale, "0.01"]}}
+"""
+
+
+def token_files(logs: Path) -> dict[str, str]:
+    """The stack's tokens by file name, after checking the modes: a 0700 dir of 0600 files."""
+    directory = logs / "tokens"
+    assert stat.S_IMODE(directory.stat().st_mode) == 0o700
+    names = ("registry-token", "registry-admin-token", "router-admin-token")
+    assert sorted(p.name for p in directory.iterdir()) == sorted(names)
+    for name in names:
+        assert stat.S_IMODE((directory / name).stat().st_mode) == 0o600, name
+    return {name: (directory / name).read_text().strip() for name in names}
+
+
+def assert_refused(resp: httpx.Response) -> None:
+    assert resp.status_code == 401, resp.text
+    assert resp.json()["error"]["code"] == "invalid_token"
+    assert resp.headers["www-authenticate"].startswith("Bearer")
+
+
+def test_up_is_authenticated_by_default(tmp_path: Path) -> None:
+    ports = {"registry": free_port(), "router": free_port(), "a": free_port(pair=True)}
+    cfg = tmp_path / "llmsvc.yaml"
+    logs = tmp_path / "logs"
+    cfg.write_text(ONE_ENGINE.format(logs=logs, **ports))
+    registry, router = f"http://{HOST}:{ports['registry']}", f"http://{HOST}:{ports['router']}"
+    probe = {"name": "intruder", "host": HOST, "port": 9, "type": "openai-api"}
+    chat = {"model": "tiny", "messages": [{"role": "user", "content": "Hi"}], "max_tokens": 3}
+    try:
+        up = llmsvc("up", "-f", str(cfg), cwd=tmp_path)
+        assert up.returncode == 0, up.stdout + up.stderr
+        assert_refused(httpx.post(f"{registry}/services", json=probe))
+        assert_refused(httpx.get(f"{registry}/services"))
+        assert_refused(httpx.get(f"{router}/stats"))
+        tokens = token_files(logs)
+        assert not any(t in up.stdout + up.stderr for t in tokens.values())
+        listed = httpx.get(
+            f"{registry}/services",
+            params={"type": "openai-api"},
+            headers={"Authorization": f"Bearer {tokens['registry-token']}"},
+        )
+        assert [s["name"] for s in listed.json()["services"]] == ["sim-a"]
+        stats = httpx.get(
+            f"{router}/stats", headers={"Authorization": f"Bearer {tokens['router-admin-token']}"}
+        )
+        assert stats.status_code == 200, stats.text
+        assert httpx.post(f"{router}/v1/chat/completions", json=chat, timeout=30).status_code == 200
+        assert llmsvc("down", "-f", str(cfg), cwd=tmp_path).returncode == 0
+        again = llmsvc("up", "-f", str(cfg), cwd=tmp_path)
+        assert again.returncode == 0, again.stdout + again.stderr
+        assert token_files(logs) == tokens  # a restart keeps the tokens
+        assert httpx.post(f"{router}/v1/chat/completions", json=chat, timeout=30).status_code == 200
+        check = llmsvc("validate", "-f", str(cfg), cwd=tmp_path)
+        assert check.returncode == 0, check.stdout + check.stderr
+        assert "refuses" in check.stdout  # it checked that anonymous requests are refused
+    finally:
+        down = llmsvc("down", "-f", str(cfg), cwd=tmp_path)
+    assert down.returncode == 0, down.stdout
 
 
 DEMO_PORTS = (8080, 8081, 8100, 8101, 8200, 8201)

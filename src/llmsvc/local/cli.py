@@ -1,17 +1,21 @@
-"""``llmsvc up | down | status | validate``."""
+"""``llmsvc up | down | status | validate``: flags, the stack file, and the tokens they read."""
 
 from __future__ import annotations
 
 import argparse
 import os
+import shlex
 import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+from pydantic import SecretStr
 from rich.console import Console
 
 from llmsvc.local import stack
 from llmsvc.local.config import ConfigError, StackConfig, demo_config, load
+from llmsvc.local.stack import write_token_from_dir
+from llmsvc.local.tokens import TokensError, read_tokens
 from llmsvc.local.validate import Validator
 
 DESCRIPTIONS = {
@@ -37,12 +41,12 @@ def _parser(command: str) -> argparse.ArgumentParser:
         default=_env("FILE"),
         help="stack file (YAML, see docs/local-stack.md) [env LLMSVC_FILE]",
     )
-    if command != "validate":
-        parser.add_argument(
-            "--logs-dir",
-            default=_env("LOGS_DIR"),
-            help="PID files and logs (default: the file's logs_dir, 'logs') [env LLMSVC_LOGS_DIR]",
-        )
+    parser.add_argument(
+        "--logs-dir",
+        default=_env("LOGS_DIR"),
+        help="PID files, logs and tokens/ (default: the file's logs_dir, 'logs') "
+        "[env LLMSVC_LOGS_DIR]",
+    )
     if command == "down":
         parser.add_argument(
             "--timeout",
@@ -67,7 +71,14 @@ def _parser(command: str) -> argparse.ArgumentParser:
         parser.add_argument(
             "--registry-token",
             default=_env("REGISTRY_TOKEN"),
-            help="registry write token [env LLMSVC_REGISTRY_TOKEN]",
+            help="registry write token (default: the file's, else <logs dir>/tokens/"
+            "registry-token) [env LLMSVC_REGISTRY_TOKEN]",
+        )
+        parser.add_argument(
+            "--router-admin-token",
+            default=_env("ROUTER_ADMIN_TOKEN"),
+            help="router admin token (default: <logs dir>/tokens/router-admin-token) "
+            "[env LLMSVC_ROUTER_ADMIN_TOKEN]",
         )
         parser.add_argument("--timeout", type=float, default=60.0, help="per request, seconds")
     return parser
@@ -114,15 +125,25 @@ def _main(command: str, argv: Sequence[str]) -> int:
         return stack.down(Path(config.logs_dir), timeout=timeout, console=console)
     if command == "status":
         return stack.status(config, console)
+    try:
+        tokens = read_tokens(config.tokens_dir)
+    except TokensError as exc:
+        print(f"llmsvc {command}: error: {exc}", file=sys.stderr)
+        return 2
     validator = Validator(
         router_url=(args.router_url or config.router_url).rstrip("/"),
         registry_url=(args.registry_url or (config.registry_url if config.uses_registry else None)),
         api_key=args.api_key or (config.router.api_keys[0] if config.router.api_keys else None),
-        registry_token=args.registry_token or config.registry.token,
+        registry_token=args.registry_token or config.registry.token or _secret(tokens.registry),
+        router_admin_token=args.router_admin_token or _secret(tokens.router_admin),
         timeout=args.timeout,
         console=console,
     )
     return validator.run()
+
+
+def _secret(value: SecretStr | None) -> str | None:
+    return value.get_secret_value() if value is not None else None
 
 
 def _print_try(config: StackConfig, console: Console) -> None:
@@ -139,3 +160,10 @@ def _print_try(config: StackConfig, console: Console) -> None:
         "  llmsvc status · llmsvc validate · llmsvc down",
         markup=False,
     )
+    if config.registry.enabled and write_token_from_dir(config):
+        show = f"llmsvc tokens --dir {shlex.quote(str(config.tokens_dir))} --show registry"
+        console.print(
+            f'  curl -H "Authorization: Bearer $({show})" {config.registry_url}/services\n'
+            f"Tokens (0600 files, never printed): {config.tokens_dir}/",
+            markup=False,
+        )

@@ -49,8 +49,23 @@ class _Remote(_Section):
 
 class RegistrySection(_Remote):
     port: int = Field(default=8081, ge=1, le=65535)
-    token: str | None = None
+    token: str | None = Field(
+        default=None,
+        description="The write token, given by environment; default: the one `llmsvc up` "
+        "makes in <logs_dir>/tokens/registry-token.",
+    )
+    allow_anonymous_writes: bool = Field(
+        default=False,
+        description="Run the registry with --allow-anonymous-writes (no write token): anyone "
+        "who can reach it may register, replace and remove services.",
+    )
     state_file: str | None = None
+
+    @model_validator(mode="after")
+    def _one_way_to_write(self) -> RegistrySection:
+        if self.token and self.allow_anonymous_writes:
+            raise ValueError("give a token or allow_anonymous_writes: true, not both")
+        return self
 
 
 class RouterSection(_Remote):
@@ -118,6 +133,11 @@ class StackConfig(BaseModel):
     @property
     def uses_router(self) -> bool:
         return self.router.enabled or self.router.url is not None
+
+    @property
+    def tokens_dir(self) -> Path:
+        """Where ``llmsvc up`` keeps the stack's tokens (``llmsvc tokens --dir``)."""
+        return Path(self.logs_dir) / "tokens"
 
 
 def _url_of(section: _Remote, port: int) -> str:

@@ -1,4 +1,13 @@
-"""``llmsvc up``, ``down`` and ``status`` over a :class:`StackConfig`."""
+"""``llmsvc up``, ``down`` and ``status`` over a :class:`StackConfig`.
+
+Authenticated by default: ``up`` makes (or keeps) the stack's tokens in
+``<logs_dir>/tokens/`` (:mod:`llmsvc.local.tokens`) and hands every component
+the files, never the tokens: the registry ``--token-file`` and
+``--admin-token-file``, the router ``--registry-token-file`` and
+``--admin-token-file``, each babysitter ``--registry-token-file``. A file's
+``registry.token`` wins for the write token (given by environment, as before);
+``registry.allow_anonymous_writes: true`` is the explicit opt-out.
+"""
 
 from __future__ import annotations
 
@@ -12,6 +21,14 @@ from rich.table import Table
 
 from llmsvc.local import processes
 from llmsvc.local.config import BabysitterSection, StackConfig
+from llmsvc.local.tokens import (
+    REGISTRY,
+    REGISTRY_ADMIN,
+    ROUTER_ADMIN,
+    TokensError,
+    ensure_tokens,
+    file_name,
+)
 
 
 @dataclass(frozen=True)
@@ -30,6 +47,46 @@ class Component:
 
 def _connect(host: str) -> str:
     return "127.0.0.1" if host in ("0.0.0.0", "") else host
+
+
+def _token_file(cfg: StackConfig, name: str) -> str:
+    return str((cfg.tokens_dir / file_name(name)).absolute())
+
+
+def write_token_from_dir(cfg: StackConfig) -> bool:
+    """Whether the registry's write token is the tokens directory's (no file token, no opt-out)."""
+    reg = cfg.registry
+    return cfg.uses_registry and not reg.token and not reg.allow_anonymous_writes
+
+
+def token_names(cfg: StackConfig) -> list[str]:
+    """The tokens this host's stack makes: those of the components it runs."""
+    names = []
+    if cfg.registry.enabled:
+        names += [REGISTRY] if write_token_from_dir(cfg) else []
+        names.append(REGISTRY_ADMIN)
+    if cfg.router.enabled:
+        names.append(ROUTER_ADMIN)
+    return names
+
+
+def _sends_write_token(cfg: StackConfig) -> tuple[list[str], dict[str, str]]:
+    """The flags and environment of a router or babysitter for the registry's write token."""
+    if cfg.registry.token:
+        return [], {"LLMSVC_REGISTRY_TOKEN": cfg.registry.token}
+    if write_token_from_dir(cfg):
+        return ["--registry-token-file", _token_file(cfg, REGISTRY)], {}
+    return [], {}
+
+
+def _registry_auth(cfg: StackConfig) -> tuple[list[str], dict[str, str]]:
+    """The registry's token flags and environment."""
+    args = ["--admin-token-file", _token_file(cfg, REGISTRY_ADMIN)]
+    if cfg.registry.allow_anonymous_writes:
+        return ["--allow-anonymous-writes", *args], {}
+    if cfg.registry.token:
+        return args, {"LLMSVC_TOKEN": cfg.registry.token}
+    return ["--token-file", _token_file(cfg, REGISTRY), *args], {}
 
 
 def _babysitter(cfg: StackConfig, sitter: BabysitterSection) -> Component:
@@ -54,14 +111,14 @@ def _babysitter(cfg: StackConfig, sitter: BabysitterSection) -> Component:
         args += ["--name", sitter.name]
     if sitter.gpus:
         args += ["--gpus", ",".join(map(str, sitter.gpus))]
+    token_args, env = _sends_write_token(cfg)
     if cfg.uses_registry:
-        args += ["--registry", cfg.registry_url]
+        args += ["--registry", cfg.registry_url, *token_args]
     if cfg.uses_router:
         args += ["--router", cfg.router_url]
     args += sitter.args
     if sitter.engine_args:
         args += ["--", *sitter.engine_args]
-    env = {"LLMSVC_REGISTRY_TOKEN": cfg.registry.token} if cfg.registry.token else {}
     return Component(
         label=sitter.label,
         title=f"babysitter {sitter.name or sitter.port} ({sitter.engine})",
@@ -82,7 +139,8 @@ def components(cfg: StackConfig) -> list[Component]:
         args = ["registry", "--host", reg.host, "--port", str(reg.port)]
         if reg.state_file:
             args += ["--state-file", reg.state_file]
-        env = {"LLMSVC_TOKEN": reg.token} if reg.token else {}
+        auth_args, env = _registry_auth(cfg)
+        args += auth_args
         out.append(
             Component(
                 "registry",
@@ -97,9 +155,12 @@ def components(cfg: StackConfig) -> list[Component]:
         )
     if rtr.enabled:
         args = ["router", "--host", rtr.host, "--port", str(rtr.port), "--strategy", rtr.strategy]
-        if cfg.uses_registry:
-            args += ["--registry-url", cfg.registry_url]
+        args += ["--admin-token-file", _token_file(cfg, ROUTER_ADMIN)]
         env = {"LLMSVC_API_KEYS": ",".join(rtr.api_keys)} if rtr.api_keys else {}
+        if cfg.uses_registry:
+            token_args, token_env = _sends_write_token(cfg)
+            args += ["--registry-url", cfg.registry_url, *token_args]
+            env |= token_env
         out.append(
             Component(
                 "router",
@@ -119,6 +180,10 @@ def components(cfg: StackConfig) -> list[Component]:
 def up(cfg: StackConfig, console: Console) -> int:
     """Start what is not running yet, in order, each after the one before is ready."""
     logs = Path(cfg.logs_dir)
+    problem = prepare_tokens(cfg)
+    if problem:
+        console.print(f"[red]✗[/] tokens: {escape(problem)}")
+        return 1
     for comp in components(cfg):
         pid = processes.read_pid(logs, comp.label)
         if pid is not None:
@@ -143,6 +208,24 @@ def up(cfg: StackConfig, console: Console) -> int:
             f"[green]✓[/] {comp.title} ready in {took:.1f}s (pid {proc.pid}, log {log_path})"
         )
     return 0
+
+
+def prepare_tokens(cfg: StackConfig) -> str | None:
+    """Make the missing tokens of the stack; why it cannot start, or None."""
+    names = token_names(cfg)
+    if not names and not write_token_from_dir(cfg):
+        return None
+    try:
+        tokens = ensure_tokens(cfg.tokens_dir, names)
+    except TokensError as exc:
+        return str(exc)
+    if write_token_from_dir(cfg) and tokens.registry is None:
+        return (
+            f"the registry at {cfg.registry_url} runs on another host: copy its write token "
+            f"into {_token_file(cfg, REGISTRY)} (mode 0600), or set registry.token "
+            "(or registry.allow_anonymous_writes: true if it takes anonymous writes)"
+        )
+    return None
 
 
 def down(logs_dir: Path, *, timeout: float, console: Console) -> int:

@@ -3,6 +3,11 @@
 Each check prints one line (✓ or ✗ with the reason); the exit status is the
 number of failed checks capped at 1. Nothing it does disturbs the stack: the
 registration check uses a record of a type the router never routes to.
+
+"Authenticated by default" is checked too: with a registry write token, an
+anonymous registry write and read must be refused (401); with a router admin
+token, an anonymous ``GET /stats`` must be refused and the token must open it.
+Without those tokens the stack is open by choice, and a "!" line says so.
 """
 
 from __future__ import annotations
@@ -19,6 +24,8 @@ import orjson
 from rich.console import Console
 from rich.markup import escape
 
+from llmsvc.core.registry_client import LEASE_HEADER
+
 PROBE_TYPE = "llmsvc-validate"
 
 
@@ -32,6 +39,7 @@ class Validator:
     registry_url: str | None
     api_key: str | None = None
     registry_token: str | None = None
+    router_admin_token: str | None = None
     timeout: float = 60.0
     console: Console = field(default_factory=Console)
     failures: int = 0
@@ -46,6 +54,15 @@ class Validator:
             extra = f" [dim]({escape(detail)})[/]" if detail else ""
             self.console.print(f"[green]✓[/] {escape(title)}{extra}")
 
+    def note(self, text: str) -> None:
+        """A line that is not a failure: something the stack does by choice."""
+        self.console.print(f"[yellow]![/] {escape(text)}")
+
+    def _registry(self, *, authenticated: bool = True) -> httpx.Client:
+        token = self.registry_token if authenticated else None
+        headers = {"Authorization": f"Bearer {token}"} if token else {}
+        return httpx.Client(base_url=str(self.registry_url), headers=headers, timeout=10)
+
     def _router(self) -> httpx.Client:
         headers = {"Authorization": f"Bearer {self.api_key}"} if self.api_key else {}
         return httpx.Client(base_url=self.router_url, headers=headers, timeout=self.timeout)
@@ -55,7 +72,9 @@ class Validator:
             self.check("registry healthy", lambda: _ok(httpx.get(f"{self.registry_url}/health")))
             self.check("registry lists engines", self._engines)
             self.check("registration round trip", self._registration)
+            self.check_registry_auth()
         self.check("router healthy", lambda: _ok(httpx.get(f"{self.router_url}/health")))
+        self.check_router_auth()
         models: list[str] = []
         self.check("router lists models", lambda: self._models(models))
         for model in models:
@@ -67,8 +86,45 @@ class Validator:
         self.check("missing model answers 400", self._missing_model)
         return 1 if self.failures else 0
 
+    def check_registry_auth(self) -> None:
+        if not self.registry_token:
+            self.note("no registry write token given: not checking that anonymous writes fail")
+            return
+        self.check("registry refuses an anonymous write", self._anonymous_write)
+        self.check("registry refuses an anonymous read", self._anonymous_read)
+
+    def _anonymous_read(self) -> str:
+        with self._registry(authenticated=False) as anonymous:
+            return _refused(anonymous.get("/services"))
+
+    def _anonymous_write(self) -> str:
+        name = f"validate-intruder-{uuid.uuid4().hex[:8]}"
+        record = {"name": name, "host": "127.0.0.1", "port": 9, "type": PROBE_TYPE}
+        with self._registry(authenticated=False) as anonymous:
+            resp = anonymous.post("/services", json=record)
+        if resp.status_code in (200, 201):  # it got in: take the probe out again
+            with self._registry() as client:
+                lease = resp.json().get("lease")
+                client.delete(f"/services/{name}", headers={LEASE_HEADER: lease} if lease else {})
+        return _refused(resp)
+
+    def check_router_auth(self) -> None:
+        if not self.router_admin_token:
+            self.note("no router admin token given: not checking that /stats needs one")
+            return
+        self.check(
+            "router refuses /stats without the admin token",
+            lambda: _refused(httpx.get(f"{self.router_url}/stats", timeout=self.timeout)),
+        )
+        headers = {"Authorization": f"Bearer {self.router_admin_token}"}
+        self.check(
+            "router admin token opens /stats",
+            lambda: _ok(httpx.get(f"{self.router_url}/stats", headers=headers)),
+        )
+
     def _engines(self) -> str:
-        resp = httpx.get(f"{self.registry_url}/services", params={"type": "openai-api"})
+        with self._registry() as client:
+            resp = client.get("/services", params={"type": "openai-api"})
         services = _ok_json(resp)["services"]
         healthy = [s["name"] for s in services if s.get("status") == "healthy"]
         if not healthy:
@@ -77,12 +133,13 @@ class Validator:
 
     def _registration(self) -> str:
         name = f"validate-probe-{uuid.uuid4().hex[:8]}"
-        headers = {"Authorization": f"Bearer {self.registry_token}"} if self.registry_token else {}
         record = {"name": name, "host": "127.0.0.1", "port": 9, "type": PROBE_TYPE}
-        with httpx.Client(base_url=str(self.registry_url), headers=headers, timeout=10) as c:
-            _ok(c.post("/services", json=record), 201)
+        with self._registry() as c:
+            created = c.post("/services", json=record)
+            _ok(created, 201)
+            lease = created.json().get("lease")
             _ok(c.get(f"/services/{name}"))
-            _ok(c.delete(f"/services/{name}"))
+            _ok(c.delete(f"/services/{name}", headers={LEASE_HEADER: lease} if lease else {}))
             if c.get(f"/services/{name}").status_code != 404:
                 raise CheckFailed("a deregistered record is still listed")
         return "register, read, deregister"
@@ -167,10 +224,10 @@ class Validator:
         return " → ".join(backends)
 
     def _backend_count(self, model: str) -> int:
-        resp = httpx.get(
-            f"{self.registry_url}/services",
-            params={"type": "openai-api", "model": model, "healthy": "true"},
-        )
+        with self._registry() as client:
+            resp = client.get(
+                "/services", params={"type": "openai-api", "model": model, "healthy": "true"}
+            )
         return int(_ok_json(resp)["total"])
 
     def _unknown_model(self) -> str:
@@ -202,6 +259,14 @@ def _ok(resp: httpx.Response, status: int = 200) -> None:
 def _ok_json(resp: httpx.Response) -> Any:
     _ok(resp)
     return resp.json()
+
+
+def _refused(resp: httpx.Response) -> str:
+    """Check a 401 in the OpenAI shape with ``WWW-Authenticate: Bearer``."""
+    _error_shape(resp, 401)
+    if not resp.headers.get("www-authenticate", "").startswith("Bearer"):
+        raise CheckFailed("a 401 without 'WWW-Authenticate: Bearer'")
+    return "401"
 
 
 def _error_shape(resp: httpx.Response, status: int, message: str | None = None) -> None:
