@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import json
 import signal
+from pathlib import Path
 
 import httpx
 
+from llmsvc.babysitter.output import safe_name
+from llmsvc.core.registry_client import LEASE_HEADER
 from procs import (
     Spawn,
     free_port,
@@ -47,16 +51,20 @@ def test_registers_engine_and_itself_then_deregisters_on_sigterm(spawn: Spawn) -
     wait_until(lambda: not pid_alive(engine_pid), timeout=5, what="engine gone")
 
 
-def test_heartbeat_404_registers_again(spawn: Spawn) -> None:
+def test_heartbeat_404_registers_again(spawn: Spawn, tmp_path: Path) -> None:
     _, registry = start_registry(spawn)
     proc, port, api = spawn_babysitter(
-        spawn, "--engine", "sim", "--model", "m", "--registry", registry
-    )
+        spawn, "--engine", "sim", "--model", "m", "--registry", registry,
+        "--log-dir", str(tmp_path),
+    )  # fmt: skip
     proc.wait_http(api + "/health")
     name = f"m@127.0.0.1:{port}"
     before = wait_until(lambda: records(registry).get(name), what="engine record")
-    for each in (name, f"{name}-babysitter"):
-        assert httpx.delete(f"{registry}/services/{each}").status_code == 200
+    wait_until(lambda: status(api)["registered"]["babysitter"], what="both registered")
+    leases = json.loads((tmp_path / f"{safe_name(name)}.leases.json").read_text())
+    for each in (name, f"{name}-babysitter"):  # deleted by someone holding the leases
+        held = {LEASE_HEADER: leases[each]}
+        assert httpx.delete(f"{registry}/services/{each}", headers=held).status_code == 200
 
     def registered_again() -> bool:
         now = records(registry)
@@ -78,22 +86,22 @@ def test_registry_down_at_start_then_up(spawn: Spawn) -> None:
     )
     proc.wait_http(api + "/health")  # serves although the registry is down
     assert status(api)["registered"] == {"engine": False, "babysitter": False}
-    reg = spawn("registry", "registry", "--port", str(reg_port))
-    reg.wait_http(registry + "/health")
+    start_registry(spawn, port=reg_port)
     wait_until(lambda: len(records(registry)) == 2, timeout=5, what="registered after outage")
     assert proc.log().count("registry unreachable") == 1
 
 
 def test_registry_token_is_sent(spawn: Spawn) -> None:
-    reg_port = free_port()
-    registry = f"http://127.0.0.1:{reg_port}"
-    spawn("registry", "registry", "--port", str(reg_port), "--token", "s3cret").wait_http(
-        registry + "/health"
-    )
+    _, registry = start_registry(spawn, "--token", "s3cret")
     proc, _, api = spawn_babysitter(
         spawn, "--engine", "sim", "--model", "m", "--registry", registry,
         env={"LLMSVC_REGISTRY_TOKEN": "s3cret"},
     )  # fmt: skip
     proc.wait_http(api + "/health")
-    wait_until(lambda: len(records(registry)) == 2, timeout=5, what="both registered")
+
+    def listed() -> int:  # the registry's reads need the token too
+        auth = {"Authorization": "Bearer s3cret"}
+        return len(httpx.get(registry + "/services", headers=auth, timeout=5).json()["services"])
+
+    wait_until(lambda: listed() == 2, timeout=5, what="both registered")
     assert "s3cret" not in proc.log()

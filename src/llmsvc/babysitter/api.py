@@ -54,6 +54,18 @@ class Registered(BaseModel):
     babysitter: bool
 
 
+_RECORD_STATE = (
+    "registered; unregistered (not yet, or withdrawn); conflict (another registration "
+    "holds the name: retried every heartbeat interval); rejected (the registry refused "
+    "the record); unreachable (the registry does not answer); off (no --registry)."
+)
+
+
+class Registration(BaseModel):
+    engine: str = Field(description="The engine's record: " + _RECORD_STATE)
+    babysitter: str = Field(description="The babysitter's own record: " + _RECORD_STATE)
+
+
 class Status(BaseModel):
     # GET /status: a snapshot of the supervisor (Supervisor.snapshot); no docstring, which
     # would become the schema's description in /openapi.json.
@@ -76,6 +88,7 @@ class Status(BaseModel):
     swap: Swap | None = Field(description="The latest model swap (POST /model).")
     log_file: str | None = Field(description="The engine's log file (--log-dir).")
     registered: Registered
+    registration: Registration = Field(description="Where each record stands in the registry.")
     router: str | None
     registry: str | None
 

@@ -12,6 +12,7 @@ import contextlib
 import logging
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import aiohttp
 from aiohttp import web
@@ -20,8 +21,9 @@ from prometheus_client import CollectorRegistry
 from llmsvc import __version__
 from llmsvc.babysitter import api
 from llmsvc.babysitter.engines import EngineConfigError, Identity, build_engine, identity
+from llmsvc.babysitter.leases import LeaseFile
 from llmsvc.babysitter.metrics import BabysitterMetrics
-from llmsvc.babysitter.output import EngineOutput
+from llmsvc.babysitter.output import EngineOutput, safe_name
 from llmsvc.babysitter.registration import Registrar, babysitter_record
 from llmsvc.babysitter.settings import BabysitterSettings
 from llmsvc.babysitter.supervisor import Supervisor
@@ -299,4 +301,5 @@ def _registrar(s: BabysitterSettings, ident: Identity, session: aiohttp.ClientSe
         port=ident.port + 1,
         metadata={"engine": s.engine, "model_name": ident.model_name},
     )
-    return Registrar(client=client, babysitter=record)
+    leases = Path(s.log_dir) / f"{safe_name(ident.name)}.leases.json" if s.log_dir else None
+    return Registrar(client=client, babysitter=record, leases=LeaseFile(leases))

@@ -7,19 +7,32 @@ died stays listed as ``unhealthy`` (routers drop it at once) until it is ready
 again; an unreachable registry is logged once per outage and every
 record is registered again when it answers. Without ``--registry`` it does
 nothing and reports nothing registered.
+
+Every name is held with a lease (the registry's answer to a registration): the
+registrar presents it on every heartbeat, re-registration and delete, and keeps
+it in the :class:`~llmsvc.babysitter.leases.LeaseFile`, so that a babysitter
+restarted on the same host and port, or a registry that forgot its records,
+gives it back the same name at once. A name another registration holds (409
+``name_taken``) or took over (a heartbeat's 409 ``lease_mismatch``: the admin
+token overrode the lease, which is then forgotten) is a *conflict*: logged once
+per episode, and registered again every heartbeat interval, which succeeds once
+the other holder's heartbeat expires (the registry's ``--heartbeat-ttl``); it
+never fights a holder that still heartbeats.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import ValidationError
 
+from llmsvc.babysitter.leases import LeaseFile
 from llmsvc.core.records import BABYSITTER, OPENAI_API, ServiceRegistration, Status
 from llmsvc.core.registry_client import (
     RegistryClient,
+    RegistryConflict,
     RegistryError,
     RegistryRejected,
     RegistryUnavailable,
@@ -27,14 +40,25 @@ from llmsvc.core.registry_client import (
 
 log = logging.getLogger("llmsvc.babysitter.registration")
 
+RecordState = Literal["off", "unregistered", "registered", "conflict", "rejected", "unreachable"]
+"""Where one record stands with the registry (``/status``'s ``registration``)."""
+
 
 class Registrar:
-    def __init__(self, *, client: RegistryClient | None, babysitter: ServiceRegistration) -> None:
+    def __init__(
+        self,
+        *,
+        client: RegistryClient | None,
+        babysitter: ServiceRegistration,
+        leases: LeaseFile | None = None,
+    ) -> None:
         self._client = client
         self._babysitter = babysitter
         self._engine: ServiceRegistration | None = None
         self._engine_status: Status = "healthy"
-        self._registered: set[str] = set()
+        self._state: dict[str, RecordState] = {}  # by record name; absent: unregistered
+        self._lease_file = leases if leases is not None else LeaseFile(None)
+        self._leases = self._lease_file.load() if client is not None else {}
         self._lock = asyncio.Lock()
         self._outage = False
         self._closed = False
@@ -44,8 +68,19 @@ class Registrar:
         return self._client.base_url if self._client else None
 
     def registered(self) -> dict[str, bool]:
-        engine = self._engine is not None and self._engine.name in self._registered
-        return {"engine": engine, "babysitter": self._babysitter.name in self._registered}
+        states = self.registration()
+        return {which: state == "registered" for which, state in states.items()}
+
+    def registration(self) -> dict[str, RecordState]:
+        """Each record's standing: ``{"engine": ..., "babysitter": ...}``."""
+        engine = self._state_of(self._engine.name) if self._engine is not None else None
+        return {
+            "engine": engine or ("off" if self._client is None else "unregistered"),
+            "babysitter": self._state_of(self._babysitter.name),
+        }
+
+    def _state_of(self, name: str) -> RecordState:
+        return "off" if self._client is None else self._state.get(name, "unregistered")
 
     async def publish_engine(self, registration: ServiceRegistration) -> None:
         """The engine is ready: register it now (and keep it registered)."""
@@ -54,7 +89,8 @@ class Registrar:
                 return
             self._engine = registration
             self._engine_status = "healthy"
-            self._registered.discard(registration.name)
+            if self._state.get(registration.name) != "conflict":
+                self._state.pop(registration.name, None)
             await self._sync()
 
     async def engine_down(self) -> None:
@@ -93,7 +129,9 @@ class Registrar:
             for record in self._wanted():
                 await self._refresh(self._client, record)
         except RegistryUnavailable as exc:
-            self._registered.clear()  # register everything again when it is back
+            for record in self._wanted():  # register everything again when it is back
+                if self._state.get(record.name) == "registered":
+                    self._state[record.name] = "unreachable"
             if not self._outage:
                 self._outage = True
                 log.warning("registry unreachable; serving on and retrying: %s", exc)
@@ -107,32 +145,63 @@ class Registrar:
         # (a fresh registration starts healthy) but waits for publish_engine.
         down = record.type == OPENAI_API and self._engine_status == "unhealthy"
         status: Status | None = self._engine_status if record.type == OPENAI_API else None
+        name, lease = record.name, self._leases.get(record.name)
         try:
-            if record.name in self._registered:
-                if await client.heartbeat(record.name, status):
+            if self._state.get(name) == "registered":
+                if await client.heartbeat(name, status, lease=lease):
                     return
-                log.info("registry forgot %s; registering it again", record.name)
-                self._registered.discard(record.name)
+                log.info("registry forgot %s; registering it again", name)
+                self._state[name] = "unregistered"
             if down:
                 return
-            await client.register(record)
-        except RegistryRejected as exc:
-            log.error("registry rejected %s: %s", record.name, exc)
+            answer = await client.register(record, lease=lease)
+        except RegistryConflict as exc:
+            self._conflict(name, exc)
             return
-        self._registered.add(record.name)
-        log.info("registered %s (%s) at %s", record.name, record.type, record.origin())
+        except RegistryRejected as exc:
+            log.error("registry rejected %s: %s", name, exc)
+            self._state[name] = "rejected"
+            return
+        was = self._state.get(name)
+        self._state[name] = "registered"
+        self._keep_lease(name, answer.lease)
+        log.info("registered %s (%s) at %s", name, record.type, record.origin())
+        if was == "conflict":
+            log.info("%s is ours again", name)
+
+    def _conflict(self, name: str, exc: RegistryConflict) -> None:
+        """409: another registration holds ``name``; try again next round (one ERROR)."""
+        if exc.code == "lease_mismatch":
+            log.error("another registration took over %s (its lease was overridden): %s; "
+                      "registering it again every heartbeat interval", name, exc)  # fmt: skip
+            self._forget_lease(name)
+        elif self._state.get(name) != "conflict":
+            log.error("cannot register %s: %s; trying again every heartbeat interval until "
+                      "the name is free", name, exc)  # fmt: skip
+        self._state[name] = "conflict"
+
+    def _keep_lease(self, name: str, lease: str) -> None:
+        if self._leases.get(name) != lease:
+            self._leases[name] = lease
+            self._lease_file.save(self._leases)
+
+    def _forget_lease(self, name: str) -> None:
+        if self._leases.pop(name, None) is not None:
+            self._lease_file.save(self._leases)
 
     async def _deregister(self, name: str) -> None:
-        was = name in self._registered
-        self._registered.discard(name)
-        if self._client is None:
-            return
+        state = self._state.pop(name, None)
+        if self._client is None or state == "conflict":
+            return  # a name another registration holds is not ours to remove
         try:
-            await self._client.deregister(name)
+            await self._client.deregister(name, lease=self._leases.get(name))
+        except RegistryConflict as exc:
+            log.warning("did not deregister %s: another registration holds it: %s", name, exc)
+            return
         except RegistryError as exc:
             log.warning("could not deregister %s: %s", name, exc)
             return
-        if was:
+        if state == "registered":
             log.info("deregistered %s", name)
 
 

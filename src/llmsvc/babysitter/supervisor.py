@@ -143,6 +143,7 @@ class Supervisor:
             swap=api.Swap.model_validate(swap.as_json()) if swap else None,
             log_file=str(log_file) if log_file else None,
             registered=api.Registered(**registered),
+            registration=api.Registration(**self._registrar.registration()),
             router=self._s.router,
             registry=self._s.registry,
         )

@@ -1,10 +1,16 @@
 """The registry's HTTP API as the router and the babysitter use it.
 
+Writes carry the name's lease (:data:`LEASE_HEADER`) when the caller has one:
+``register`` returns it (:class:`~llmsvc.core.records.RegisteredService`), and
+heartbeats, updates and deletes of that name present it.
+
 Exceptions::
 
-    RegistryError           anything that went wrong talking to the registry
-    ├── RegistryUnavailable connect error, timeout or a 5xx: try again later
-    └── RegistryRejected    a 4xx other than the 404 of a heartbeat: fix the request
+    RegistryError               anything that went wrong talking to the registry
+    ├── RegistryUnavailable     connect error, timeout or a 5xx: try again later
+    └── RegistryRejected        a 4xx other than the 404 of a heartbeat: fix the request
+        └── RegistryConflict    a 409: the name is held by another registration
+                                (``code`` ``name_taken`` or ``lease_mismatch``)
 """
 
 from __future__ import annotations
@@ -14,7 +20,7 @@ from typing import Any
 import aiohttp
 import orjson
 
-from llmsvc.core.records import ServiceRecord, ServiceRegistration, Status
+from llmsvc.core.records import RegisteredService, ServiceRecord, ServiceRegistration, Status
 
 INDEX_HEADER = "X-Llmsvc-Index"
 LEASE_HEADER = "X-Llmsvc-Lease"
@@ -29,9 +35,24 @@ class RegistryUnavailable(RegistryError):
 
 
 class RegistryRejected(RegistryError):
-    def __init__(self, status: int, message: str) -> None:
+    def __init__(self, status: int, message: str, code: str | None = None) -> None:
         super().__init__(f"registry answered {status}: {message}")
         self.status = status
+        self.code = code  # the answer's error.code, when it had one
+
+
+class RegistryConflict(RegistryRejected):
+    """409: another registration holds the name (``name_taken``), or the lease sent is not
+    the name's (``lease_mismatch``); ``managed_by_source`` for a Kubernetes record."""
+
+
+def _error(payload: Any) -> tuple[str, str | None]:
+    """``error.message`` and ``error.code`` of an OpenAI-shaped error body."""
+    error = payload.get("error") if isinstance(payload, dict) else None
+    if not isinstance(error, dict):
+        return "", None
+    code = error.get("code")
+    return str(error.get("message") or ""), code if isinstance(code, str) else None
 
 
 class RegistryClient:
@@ -57,9 +78,12 @@ class RegistryClient:
         params: dict[str, str] | None = None,
         timeout: float | None = None,
         allow_404: bool = False,
+        lease: str | None = None,
     ) -> tuple[int, Any, dict[str, str]]:
         data = orjson.dumps(body) if body is not None else None
         headers = dict(self._headers)
+        if lease:
+            headers[LEASE_HEADER] = lease
         if data is not None:
             headers["Content-Type"] = "application/json"
         try:
@@ -87,29 +111,42 @@ class RegistryClient:
         if status == 404 and allow_404:
             return status, payload, resp_headers
         if status >= 400:
-            message = (payload or {}).get("error", {}).get("message", "") if payload else ""
-            raise RegistryRejected(status, message)
+            message, code = _error(payload)
+            kind = RegistryConflict if status == 409 else RegistryRejected
+            raise kind(status, message, code)
         return status, payload, resp_headers
 
-    async def register(self, registration: ServiceRegistration) -> ServiceRecord:
-        _, payload, _ = await self._request(
-            "POST", "/services", body=registration.model_dump(exclude_none=True)
-        )
-        return ServiceRecord.model_validate(payload)
+    async def register(
+        self, registration: ServiceRegistration, lease: str | None = None
+    ) -> RegisteredService:
+        """Register (or replace) a record; the answer carries the name's lease.
 
-    async def heartbeat(self, name: str, status: Status | None = None) -> bool:
+        ``lease``: the one this sender holds (or held) for the name, so that it keeps
+        the name; raises :class:`RegistryConflict` (``name_taken``) when another holds it.
+        """
+        _, payload, _ = await self._request(
+            "POST", "/services", body=registration.model_dump(exclude_none=True), lease=lease
+        )
+        return RegisteredService.model_validate(payload)
+
+    async def heartbeat(
+        self, name: str, status: Status | None = None, lease: str | None = None
+    ) -> bool:
         """Refresh ``name``; False when the registry does not know it (re-register).
 
-        ``status`` reports the sender's own verdict on the service's health.
+        ``status`` reports the sender's own verdict on the service's health; a
+        ``lease`` that is not the name's raises :class:`RegistryConflict`
+        (``lease_mismatch``).
         """
         body = {"status": status} if status else None
         code, _, _ = await self._request(
-            "POST", f"/services/{name}/heartbeat", body=body, allow_404=True
+            "POST", f"/services/{name}/heartbeat", body=body, allow_404=True, lease=lease
         )
         return code != 404
 
-    async def deregister(self, name: str) -> None:
-        await self._request("DELETE", f"/services/{name}", allow_404=True)
+    async def deregister(self, name: str, lease: str | None = None) -> None:
+        """Remove ``name``; an unknown name is no error."""
+        await self._request("DELETE", f"/services/{name}", allow_404=True, lease=lease)
 
     async def services(
         self,
