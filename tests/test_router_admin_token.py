@@ -6,6 +6,7 @@ Issue 11, item 6: with ``--api-keys`` set, those three stayed open to anyone.
 
 from __future__ import annotations
 
+import logging
 import subprocess
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -111,12 +112,19 @@ async def test_no_open_answer_shows_a_backend(make_client: MakeClient) -> None:
             assert "401" in responses, path
 
 
-async def test_without_admin_token_the_views_stay_open(make_client: MakeClient) -> None:
+async def test_without_admin_token_the_views_stay_open(
+    make_client: MakeClient, caplog: pytest.LogCaptureFixture
+) -> None:
+    """As before, but a router with API keys says at start that they are open."""
     backend = Backend("e1")
     async with running(backend):
-        client = await make_client(backend, api_keys=[API_KEY])
+        with caplog.at_level(logging.WARNING, logger="llmsvc.router"):
+            client = await make_client(backend, api_keys=[API_KEY])
         for path in ADMIN_PATHS:
             assert (await client.get(path)).status == 200, path
+    [warning] = [r for r in caplog.records if "no --admin-token" in r.getMessage()]
+    assert warning.levelno == logging.WARNING
+    assert "/stats, /services and /metrics need no token" in warning.getMessage()
 
 
 def test_tokens_from_files_and_never_shown(tmp_path: Path) -> None:
