@@ -56,4 +56,4 @@ def test_the_defaults() -> None:
     assert fields["plain_first_byte_floor"].default == 180.0
     assert fields["health_interval"].default == 5.0
     assert fields["health_timeout"].default == 1.0
-    assert fields["suspect_after"].default == 1.0
+    assert fields["suspect_after"].default == 0.5

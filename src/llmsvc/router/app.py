@@ -23,7 +23,7 @@ from prometheus_client.multiprocess import MultiProcessCollector
 from llmsvc import __version__
 from llmsvc.core.app import Route, background, every, make_app, owned_task
 from llmsvc.core.auth import BearerAuth, bearer_middleware
-from llmsvc.core.errors import Handler, ServiceUnavailable
+from llmsvc.core.errors import ServiceUnavailable
 from llmsvc.core.jsonio import json_response, model_response
 from llmsvc.core.metrics import metrics_handler
 from llmsvc.core.registry_client import RegistryClient
@@ -38,10 +38,11 @@ from llmsvc.router.backends import BackendPool
 from llmsvc.router.balancing import Strategy, make_strategy
 from llmsvc.router.config import check_settings, load_api_keys, load_static_services
 from llmsvc.router.discovery import watch_registry
-from llmsvc.router.ejection import Ejector
+from llmsvc.router.ejection import LATENCY_ROUND_S, Ejector
 from llmsvc.router.health import check_loop
 from llmsvc.router.loadscrape import load_scrape_ctx
 from llmsvc.router.metrics import RouterMetrics
+from llmsvc.router.outliers import OutlierRules
 from llmsvc.router.proxy import Proxy
 from llmsvc.router.readiness import REGISTRY, STATIC, Readiness
 from llmsvc.router.settings import RouterSettings
@@ -147,14 +148,32 @@ def admin_auth(settings: RouterSettings) -> BearerAuth | None:
 def _admin_routes(state: RouterState) -> list[Route]:
     """The views of every backend's address: the admin token's (when set)."""
     admin = {401: "Missing or invalid admin token (when --admin-token is set)"}
-    views: list[tuple[str, Handler, str, str | None]] = [
-        ("/stats", state.stats_view, "Per backend and per model statistics", None),
-        ("/services", state.services, "The router's view of its backends", None),
-        ("/metrics", state.prometheus, "Prometheus metrics", "text/plain"),
-    ]
     return [
-        Route("GET", path, handler, summary, response_media=media, errors=admin, protected=True)
-        for path, handler, summary, media in views
+        Route(
+            "GET",
+            "/stats",
+            state.stats_view,
+            "Per backend and per model statistics",
+            errors=admin,
+            protected=True,
+        ),
+        Route(
+            "GET",
+            "/services",
+            state.services,
+            "The router's view of its backends",
+            errors=admin,
+            protected=True,
+        ),
+        Route(
+            "GET",
+            "/metrics",
+            state.prometheus,
+            "Prometheus metrics",
+            response_media="text/plain",
+            errors=admin,
+            protected=True,
+        ),
     ]
 
 
@@ -226,7 +245,7 @@ def _upstream_ctx(state: RouterState) -> Callable[[web.Application], AsyncIterat
                 limit=0, limit_per_host=0, keepalive_timeout=UPSTREAM_KEEPALIVE_S
             )
         )
-        ejector = Ejector(pool=state.pool, metrics=state.metrics)
+        ejector = Ejector(pool=state.pool, metrics=state.metrics, rules=_outlier_rules(settings))
         suspicion = Suspicion(
             session=checks,
             ejector=ejector,
@@ -242,6 +261,7 @@ def _upstream_ctx(state: RouterState) -> Callable[[web.Application], AsyncIterat
             metrics=state.metrics,
             stats=state.stats,
             suspicion=suspicion,
+            ejector=ejector,
             drop_auth=bool(state.api_keys),
         )
         health = check_loop(
@@ -252,7 +272,8 @@ def _upstream_ctx(state: RouterState) -> Callable[[web.Application], AsyncIterat
             ejector=ejector,
             after_round=lambda: state.readiness.done(STATIC),
         )
-        async with owned_task(health, name="health"):
+        outliers = every(LATENCY_ROUND_S, _async(ejector.latency_round), name="outliers")
+        async with owned_task(health, name="health"), owned_task(outliers, name="outliers"):
             yield
             state.proxy = None
         await suspicion.close()
@@ -260,6 +281,22 @@ def _upstream_ctx(state: RouterState) -> Callable[[web.Application], AsyncIterat
         await checks.close()
 
     return ctx
+
+
+def _outlier_rules(settings: RouterSettings) -> OutlierRules:
+    return OutlierRules(
+        consecutive_failures=settings.outlier_consecutive_failures,
+        latency_factor=settings.outlier_latency_factor,
+        ejection_time=settings.outlier_ejection_time,
+        max_ejection_percent=settings.outlier_max_ejection_percent,
+    )
+
+
+def _async(fn: Callable[[], None]) -> Callable[[], Coroutine[Any, Any, None]]:
+    async def call() -> None:
+        fn()
+
+    return call
 
 
 def _registry_ctx(

@@ -15,10 +15,11 @@ what happened. These two update every store that counts it:
   ``llmsvc_router_time_to_first_byte_seconds``;
 - ``Attempt.failed(kind, status=)``: the backend's errors and
   ``llmsvc_router_upstream_errors_total{kind}`` at once; its passive-health
-  failure (which may take the backend out) once the exchange knows it was the
-  backend's fault: when another attempt answers, or the exchange ends (a
+  and outlier failure (either may take the backend out) once the exchange knows it
+  was the backend's fault: when another attempt answers, or the exchange ends (a
   ``Failure.EJECTED`` attempt never: the ejection was counted already).
-  ``Attempt.succeeded``: a passive-health success (it ends a probation);
+  ``Attempt.succeeded``: a passive-health success (it ends a probation) and the end
+  of the backend's failures in a row;
 - ``Exchange.finish``, once per request: ``llmsvc_router_requests_total``, the
   duration histogram and the model's ``/stats``.
 
@@ -46,6 +47,7 @@ from typing import Self
 
 from llmsvc.core.errors import ApiError
 from llmsvc.router.backends import Backend, BackendPool
+from llmsvc.router.ejection import Ejector
 from llmsvc.router.metrics import NO_BACKEND, UNKNOWN_MODEL, Failure, RouterMetrics
 from llmsvc.router.stats import RouterStats
 
@@ -82,9 +84,11 @@ class Exchange:
         pool: BackendPool,
         metrics: RouterMetrics,
         stats: RouterStats,
+        ejector: Ejector,
         clock: Callable[[], float],
     ) -> None:
         self._pool = pool
+        self._ejector = ejector
         self._metrics = metrics
         self._stats = stats
         self._clock = clock
@@ -134,6 +138,7 @@ class Exchange:
         pending, self._pending = self._pending, []
         for failure in pending:
             backend = failure.backend
+            self._ejector.failed(backend, failure.kind, failure.at)
             if backend.passive.record_failure(failure.at):
                 self._pool.health_changed()
                 log.warning(
@@ -241,6 +246,7 @@ class Attempt:
     def succeeded(self) -> None:
         """The backend answered in full."""
         self.backend.passive.record_success(self._clock())
+        self.backend.outlier.consecutive = 0
 
 
 class _FirstByteWait:

@@ -2,8 +2,9 @@
 
 A :class:`Backend` is one ``openai-api`` service as the router sees it: its
 record, where the record came from, the registry's and the router's own view
-of its health, its nginx-style passive failure state, its recent first-byte times
-(``latency``), the requests waiting for its first byte and its counters. The
+of its health, its nginx-style passive failure state, its outlier state
+(``outliers``), its recent first-byte times (``latency``), the requests waiting for
+its first byte and its counters. The
 :class:`BackendPool` merges the static records with the registry's view and
 keeps each backend's state across refreshes for as long as it stays.
 """
@@ -20,6 +21,7 @@ from llmsvc.core.records import OPENAI_API, ServiceRecord
 from llmsvc.router.candidates import Eligible
 from llmsvc.router.latency import LatencyWindow
 from llmsvc.router.loadscore import EngineLoad
+from llmsvc.router.outliers import OutlierState
 
 Source = Literal["static", "registry"]
 
@@ -126,6 +128,7 @@ class Backend:
     stats: BackendStats = field(default_factory=BackendStats)
     models: frozenset[str] = frozenset()
     url: str = ""
+    outlier: OutlierState = field(default_factory=OutlierState)
     ttfb_stream: LatencyWindow = field(default_factory=LatencyWindow)  # to the first chunk
     ttfb_plain: LatencyWindow = field(default_factory=LatencyWindow)  # to the headers
     last_seen: float = -math.inf  # when a byte of any answer last came from it
@@ -144,6 +147,7 @@ class Backend:
             # Registered anew or healthy again (a restarted engine): the failures that took
             # it out belong to the process that died, so it takes traffic at once.
             self.passive.reset()
+            self.outlier.reset()
             self.ttfb_stream.clear()
             self.ttfb_plain.clear()
         self.record = record
@@ -161,6 +165,10 @@ class Backend:
         request per interval, on probation: its next failure takes it out again.
         """
         changed = ok != self.active_ok
+        if ok and not self.active_ok:
+            # Back from a failed check (restarted, or no longer hung): a new life, so
+            # what made it an outlier before belongs to the old one.
+            self.outlier.reset()
         self.active_ok = ok
         self.checked_at = now
         if ok and self.passive.end_take_out(now):
@@ -187,8 +195,17 @@ class Backend:
         return self.source == "static" or self.record.healthy
 
     def healthy(self, now: float) -> bool:
-        """Healthy by the registry, the router's active check and passive state."""
-        return self.registry_healthy and self.active_ok and self.passive.available(now)
+        """Healthy by the registry, the router's active check, passive and outlier state."""
+        return (
+            self.registry_healthy
+            and self.active_ok
+            and self.passive.available(now)
+            and self.outlier.available(now)
+        )
+
+    def out_until(self) -> float:
+        """When a passive take-out or outlier ejection ends (it comes back by itself)."""
+        return max(self.passive.down_until, self.outlier.ejected_until)
 
     def view(self, now: float) -> dict[str, Any]:
         """The backend as ``GET /services`` shows it."""
@@ -207,10 +224,26 @@ class Backend:
                 "recent_failures": self.passive.recent_failures(now),
                 "down_for_s": round(max(0.0, self.passive.down_until - now), 3),
             },
+            "outlier": {
+                "available": self.outlier.available(now),
+                "ejected_for_s": round(max(0.0, self.outlier.ejected_until - now), 3),
+                "ejections": self.outlier.times,
+                "reason": self.outlier.reason,
+                "consecutive_failures": self.outlier.consecutive,
+            },
+            "first_byte": {
+                "waiting": len(self.waiting),
+                "stream_p99_s": _rounded(self.ttfb_stream.p99()),
+                "plain_p99_s": _rounded(self.ttfb_plain.p99()),
+            },
             "in_flight": self.in_flight,
             "load": None if self.load is None else self.load.view(now),
             "record": self.record.model_dump(mode="json"),
         }
+
+
+def _rounded(seconds: float | None) -> float | None:
+    return None if seconds is None else round(seconds, 6)
 
 
 @dataclass(slots=True)
@@ -308,13 +341,9 @@ class BackendPool:
         ):
             return cached.eligible
         backends = tuple(b for b in self._by_model.get(model, ()) if b.healthy(now))
-        # A backend out for passive failures comes back by itself at down_until.
+        # A backend out for passive failures or as an outlier comes back by itself.
         until = min(
-            (
-                b.passive.down_until
-                for b in self._by_model.get(model, ())
-                if b.passive.down_until > now
-            ),
+            (t for b in self._by_model.get(model, ()) if (t := b.out_until()) > now),
             default=math.inf,
         )
         weights = tuple(b.weight for b in backends)
@@ -329,6 +358,10 @@ class BackendPool:
             eligible = Eligible(backends, version=self._eligible_versions)
         self._eligible[model] = _CachedEligible(self._health_version, until, weights, eligible)
         return eligible
+
+    def models(self) -> list[str]:
+        """Every model some backend lists, healthy or not."""
+        return list(self._by_model)
 
     def knows(self, model: str) -> bool:
         """Whether any backend, healthy or not, lists ``model`` (bounds metric labels)."""

@@ -48,6 +48,7 @@ from llmsvc.core.wire import RoutingInfo, parse_routing, sse_event
 from llmsvc.router.attempt import CLIENT_CLOSED, Attempt, Exchange
 from llmsvc.router.backends import Backend, BackendPool
 from llmsvc.router.balancing import Strategy
+from llmsvc.router.ejection import Ejector
 from llmsvc.router.headers import check_header_size, downstream_headers, upstream_headers
 from llmsvc.router.latency import FirstByteLimits
 from llmsvc.router.metrics import Failure, RouterMetrics
@@ -81,11 +82,13 @@ class Proxy:
         metrics: RouterMetrics,
         stats: RouterStats,
         suspicion: Suspicion,
+        ejector: Ejector,
         drop_auth: bool,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self._pool = pool
         self._suspicion = suspicion
+        self._ejector = ejector
         self._strategy = strategy
         self._session = session
         self._metrics = metrics
@@ -107,7 +110,11 @@ class Proxy:
 
     async def handle(self, request: web.Request) -> web.StreamResponse:
         with Exchange(
-            pool=self._pool, metrics=self._metrics, stats=self._stats, clock=self._clock
+            pool=self._pool,
+            metrics=self._metrics,
+            stats=self._stats,
+            ejector=self._ejector,
+            clock=self._clock,
         ) as exchange:
             check_header_size(request, self._max_header_bytes)
             info = parse_routing(await read_body(request))

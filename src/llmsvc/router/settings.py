@@ -105,7 +105,7 @@ class RouterSettings(ServerSettings):
         "answers /health in milliseconds, busy or not, unless it is hung.",
     )
     suspect_after: float = Field(
-        default=1.0,
+        default=0.5,
         ge=0,
         description="Seconds a request waits for a backend's first byte, while that backend "
         "sends nothing to anyone, before the router probes its /health at once (a failed "
@@ -173,6 +173,33 @@ class RouterSettings(ServerSettings):
         description="Without --first-byte-timeout: the least seconds a non-streaming request "
         "waits for its answer (4k tokens at 23 tokens/s).",
     )
+    outlier_consecutive_failures: int = Field(
+        default=5,
+        ge=0,
+        description="Failures in a row (timeouts, 5xx, broken answers; not connect errors, "
+        "nor a poison request's) that eject a backend as an outlier, even while it passes "
+        "its health checks (Envoy's consecutive_gateway_failure); 0 disables.",
+    )
+    outlier_latency_factor: float = Field(
+        default=5.0,
+        ge=0,
+        description="A backend whose first-byte EWMA is above this many times its peers' "
+        "median for the same model (and 0.5 s above it, 20 samples each) is ejected as an "
+        "outlier; 0 disables.",
+    )
+    outlier_ejection_time: float = Field(
+        default=30.0,
+        gt=0,
+        description="Seconds of an outlier's first ejection; the n-th in a row lasts n times "
+        "as long, at most 10 times.",
+    )
+    outlier_max_ejection_percent: int = Field(
+        default=50,
+        ge=0,
+        le=100,
+        description="At most this share of a model's backends is ejected as outliers at once "
+        "(and never its last healthy one).",
+    )
     stream_idle_timeout: float | None = Field(
         default=None,
         gt=0,
@@ -219,6 +246,13 @@ class RouterSettings(ServerSettings):
         description="Router processes sharing the port (SO_REUSEPORT); a parent process "
         "restarts a worker that dies. /stats and /services are per worker, /metrics the sum.",
     )
+
+    @field_validator("outlier_latency_factor")
+    @classmethod
+    def _factor(cls, value: float) -> float:
+        if 0 < value <= 1:
+            raise ValueError("must be 0 (off) or more than 1")
+        return value
 
     @field_validator("trusted_proxies")
     @classmethod

@@ -1,4 +1,4 @@
-"""Suspicion probes: a request that waits finds a hung backend within about two seconds.
+"""Suspicion probes: a request that waits finds a hung backend in about 1.5 seconds.
 
 Every attempt arms a timer (:meth:`Suspicion.watch`) that the proxy cancels at the
 attempt's first byte. When it fires (``--suspect-after`` seconds without a first
