@@ -94,10 +94,12 @@ def test_manual_registration_and_deregistration(spawn: Spawn) -> None:
     )
     mock.wait_http(f"http://{HOST}:{port}/health")
     record = {"name": "mock", "host": HOST, "port": port, "metadata": {"models": [MODEL]}}
-    assert httpx.post(f"{registry}/services", json=record).status_code == 201
+    registered = httpx.post(f"{registry}/services", json=record)
+    assert registered.status_code == 201
     wait(lambda: healthy_backends(router) == 2, what="router sees the mock")
     assert {chat(router, False)[0] for _ in range(4)} == {"engine-a", "mock"}
 
-    assert httpx.delete(f"{registry}/services/mock").status_code == 200
+    lease = {"X-Llmsvc-Lease": registered.json()["lease"]}  # the holder removes its record
+    assert httpx.delete(f"{registry}/services/mock", headers=lease).status_code == 200
     wait(lambda: healthy_backends(router) == 1, timeout=3, what="router drops the mock")
     assert {chat(router, s)[0] for s in (False, True) * 3} == {"engine-a"}

@@ -178,7 +178,6 @@ async def get_service(request: web.Request) -> web.Response:
 
 async def update_service(request: web.Request) -> web.Response:
     name = request.match_info["name"]
-    require_holder(request, name)
     body = loads_object(await read_body(request))
     body.setdefault("name", name)
     if body["name"] != name:
@@ -190,6 +189,7 @@ async def update_service(request: web.Request) -> web.Response:
     registration = validate_model(ServiceRegistration, body)
     state = request.app[REGISTRY]
     check_metadata_size(registration.metadata, state.settings.max_metadata_bytes)
+    require_holder(request, name)  # after the body's last await: checked as it is written
     with http_write():
         record = state.store.update(registration)
     if record is None:
@@ -214,10 +214,10 @@ async def deregister_service(request: web.Request) -> web.Response:
 
 async def heartbeat(request: web.Request) -> web.Response:
     name = request.match_info["name"]
-    require_holder(request, name)
     body = await read_body(request)
     report = validate_model(Heartbeat, loads_object(body)) if body.strip() else Heartbeat()
     state = request.app[REGISTRY]
+    require_holder(request, name)  # after the body's last await: checked as it is written
     with http_write():
         record = state.store.heartbeat(name, report.status)
     if record is None:
