@@ -25,7 +25,7 @@ from llmsvc.core.records import (
     ServiceRecord,
     ServiceRegistration,
 )
-from llmsvc.core.registry_client import INDEX_HEADER, LEASE_HEADER
+from llmsvc.core.registry_client import INDEX_HEADER
 from llmsvc.registry.health import check_record
 from llmsvc.registry.limits import check_metadata_size, check_room_for
 from llmsvc.registry.models import (
@@ -33,7 +33,15 @@ from llmsvc.registry.models import (
     RegistryStats,
     ServiceCheck,
 )
-from llmsvc.registry.ownership import claim_name, log_claim, require_holder
+from llmsvc.registry.ownership import (
+    CLAIM,
+    LEASE,
+    NOT_HOLDER,
+    TAKEN,
+    claim_name,
+    log_claim,
+    require_holder,
+)
 from llmsvc.registry.queries import MAX_INDEX, parse_service_query
 from llmsvc.registry.settings import RegistrySettings
 from llmsvc.registry.state import REGISTRY
@@ -42,16 +50,6 @@ from llmsvc.registry.store import ManagedElsewhere, ServiceStore
 log = logging.getLogger("llmsvc.registry")
 
 _UNAUTHORIZED = {401: "Missing or wrong bearer token: the write or admin token (with --token)."}
-_NOT_HOLDER = {
-    409: "lease_mismatch: another registration holds the name (send its lease in "
-    "X-Llmsvc-Lease, or use the admin token); managed_by_source: the service comes "
-    "from Kubernetes (--source kubernetes) and is read-only over HTTP."
-}
-_TAKEN = {
-    409: "name_taken: another registration holds the name and heartbeats (send its "
-    "lease in X-Llmsvc-Lease, use the admin token, or wait until its heartbeat "
-    "expires); managed_by_source: the service comes from Kubernetes."
-}
 _BAD = {400: "Invalid body or parameters."}
 _UNKNOWN = {404: "No service of that name."}
 _TOO_LARGE = {413: "Body too large, or metadata over --max-metadata-bytes."}
@@ -292,18 +290,6 @@ _SERVICE_QUERY = (
     ),
 )
 
-_CLAIM = Query(
-    LEASE_HEADER,
-    "The lease this sender holds (or held) for the name: it keeps the name (200). For an "
-    "unknown name a well-formed one (16-128 of A-Z a-z 0-9 _ -) becomes its lease.",
-    location="header",
-)
-_LEASE = Query(
-    LEASE_HEADER,
-    "The name's lease, from its registration's answer (or use the admin token).",
-    location="header",
-)
-
 ROUTES = (
     Route("GET", "/health", get_health, "The registry's own health", response=RegistryHealth),
     Route(
@@ -330,8 +316,8 @@ ROUTES = (
         response=RegisteredService,
         status=201,
         also={200: "The holder (its lease) or the admin token replaced the registration."},
-        errors={**_BAD, **_UNAUTHORIZED, **_TAKEN, **_TOO_LARGE, **_TOO_MANY},
-        query=(_CLAIM,),
+        errors={**_BAD, **_UNAUTHORIZED, **TAKEN, **_TOO_LARGE, **_TOO_MANY},
+        query=(CLAIM,),
         protected=True,
     ),
     Route(
@@ -350,8 +336,8 @@ ROUTES = (
         "Update a service's registration (its lease or the admin token)",
         request=ServiceRegistration,
         response=ServiceRecord,
-        errors={**_BAD, **_UNAUTHORIZED, **_UNKNOWN, **_NOT_HOLDER, **_TOO_LARGE},
-        query=(_LEASE,),
+        errors={**_BAD, **_UNAUTHORIZED, **_UNKNOWN, **NOT_HOLDER, **_TOO_LARGE},
+        query=(LEASE,),
         protected=True,
     ),
     Route(
@@ -360,8 +346,8 @@ ROUTES = (
         deregister_service,
         "Deregister a service (its lease or the admin token); answers the removed record",
         response=ServiceRecord,
-        errors={**_UNAUTHORIZED, **_UNKNOWN, **_NOT_HOLDER},
-        query=(_LEASE,),
+        errors={**_UNAUTHORIZED, **_UNKNOWN, **NOT_HOLDER},
+        query=(LEASE,),
         protected=True,
     ),
     Route(
@@ -385,8 +371,8 @@ ROUTES = (
         request=Heartbeat,
         request_required=False,
         response=ServiceRecord,
-        errors={**_BAD, **_UNAUTHORIZED, **_UNKNOWN, **_NOT_HOLDER, 413: "Body too large."},
-        query=(_LEASE,),
+        errors={**_BAD, **_UNAUTHORIZED, **_UNKNOWN, **NOT_HOLDER, 413: "Body too large."},
+        query=(LEASE,),
         protected=True,
     ),
     Route(

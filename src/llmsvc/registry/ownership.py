@@ -11,6 +11,7 @@ import logging
 
 from aiohttp import web
 
+from llmsvc.core.app import Query
 from llmsvc.core.auth import Access, access_of
 from llmsvc.core.errors import ApiError
 from llmsvc.core.registry_client import LEASE_HEADER
@@ -19,6 +20,29 @@ from llmsvc.registry.state import REGISTRY
 from llmsvc.registry.store import HTTP
 
 log = logging.getLogger("llmsvc.registry")
+
+# How the route table documents leases (/openapi.json).
+NOT_HOLDER = {
+    409: "lease_mismatch: another registration holds the name (send its lease in "
+    "X-Llmsvc-Lease, or use the admin token); managed_by_source: the service comes "
+    "from Kubernetes (--source kubernetes) and is read-only over HTTP."
+}
+TAKEN = {
+    409: "name_taken: another registration holds the name and heartbeats (send its "
+    "lease in X-Llmsvc-Lease, use the admin token, or wait until its heartbeat "
+    "expires); managed_by_source: the service comes from Kubernetes."
+}
+CLAIM = Query(
+    LEASE_HEADER,
+    "The lease this sender holds (or held) for the name: it keeps the name (200). For an "
+    "unknown name a well-formed one (16-128 of A-Z a-z 0-9 _ -) becomes its lease.",
+    location="header",
+)
+LEASE = Query(
+    LEASE_HEADER,
+    "The name's lease, from its registration's answer (or use the admin token).",
+    location="header",
+)
 
 
 def require_holder(request: web.Request, name: str) -> None:
