@@ -20,9 +20,12 @@ from pathlib import Path
 import pytest
 
 from llmsvc.babysitter.app import ROUTES as BABYSITTER_ROUTES
+from llmsvc.babysitter.settings import BabysitterSettings
 from llmsvc.core.app import Route
 from llmsvc.operator.app import ROUTES as OPERATOR_ROUTES
 from llmsvc.registry.api import ROUTES as REGISTRY_ROUTES
+from llmsvc.registry.settings import RegistrySettings
+from llmsvc.router.settings import RouterSettings
 from routerbackends import Backend, Client, running, static_router
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -141,6 +144,24 @@ async def test_the_exposure_table_matches_what_the_router_refuses(
                 assert guarded.setdefault(name, needs) == needs, (method, path)
     assert guarded["/v1/*"] and guarded["/stats"] and not guarded["/health"]
     assert not _misplaced("router", guarded)
+
+
+def test_every_flag_the_credentials_table_names_exists() -> None:
+    """Each ``--flag`` and ``LLMSVC_*`` variable of the tokens table is a setting of the
+    registry, the router or the babysitter."""
+    text = DOC.read_text()
+    section = text[text.index("## Credentials") : text.index("**Where the tokens live.**")]
+    fields = {
+        name
+        for cls in (RegistrySettings, RouterSettings, BabysitterSettings)
+        for name in cls.model_fields
+    }
+    flags = set(re.findall(r"`(--[a-z-]+)`", section))
+    variables = set(re.findall(r"`LLMSVC_([A-Z_]+)`", section))
+    assert len(flags) >= 8 and len(variables) >= 3, (flags, variables)
+    unknown = {f for f in flags if f[2:].replace("-", "_") not in fields}
+    unknown |= {f"LLMSVC_{v}" for v in variables if v.lower() not in fields}
+    assert not unknown
 
 
 def named_tests(path: Path) -> set[str]:
