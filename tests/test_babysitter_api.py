@@ -32,6 +32,7 @@ async def test_api_while_the_engine_loads(aiohttp_client: Client) -> None:
     assert status["state"] == "starting"
     assert (status["model"], status["model_name"], status["engine"]) == ("/m/slow", "slow", "sim")
     assert status["registered"] == {"engine": False, "babysitter": False}
+    assert status["registration"] == {"engine": "off", "babysitter": "off"}  # no --registry
     assert status["last_exit"] is None and status["restarts"] == 0
     pid = status["pid"]
 

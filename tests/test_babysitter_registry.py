@@ -86,6 +86,7 @@ def test_registry_down_at_start_then_up(spawn: Spawn) -> None:
     )
     proc.wait_http(api + "/health")  # serves although the registry is down
     assert status(api)["registered"] == {"engine": False, "babysitter": False}
+    assert status(api)["registration"]["babysitter"] == "unreachable"
     start_registry(spawn, port=reg_port)
     wait_until(lambda: len(records(registry)) == 2, timeout=5, what="registered after outage")
     assert proc.log().count("registry unreachable") == 1

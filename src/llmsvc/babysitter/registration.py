@@ -130,8 +130,7 @@ class Registrar:
                 await self._refresh(self._client, record)
         except RegistryUnavailable as exc:
             for record in self._wanted():  # register everything again when it is back
-                if self._state.get(record.name) == "registered":
-                    self._state[record.name] = "unreachable"
+                self._state[record.name] = "unreachable"
             if not self._outage:
                 self._outage = True
                 log.warning("registry unreachable; serving on and retrying: %s", exc)
