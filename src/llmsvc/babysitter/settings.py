@@ -112,7 +112,7 @@ class BabysitterSettings(ServerSettings):
         default=3,
         ge=1,
         description="Failed health checks in a row of a live engine that mean it hangs "
-        "(killed, reason Hung): with the defaults a hung engine is killed 3-4 s after it "
+        "(killed, reason Hung): with the defaults a hung engine is killed about 4 s after it "
         "stops answering.",
     )
     min_free_mem: float = Field(
