@@ -113,3 +113,27 @@ async def test_without_first_byte_timeout_the_floor_applies(make_router: MakeRou
         await ready(alone)
         status, _, body = await ask(alone, BODY)
         assert status == 504 and b"sent nothing within 0.5s" in body
+
+
+async def test_a_stream_stalled_on_a_hung_backend_ends_at_its_ejection(
+    make_router: MakeRouter,
+) -> None:
+    """A stream that sent its first chunk, then its backend hung: when a waiting request's
+    probe ejects the backend, the stream ends with the in-band error event at once, not
+    at --proxy-timeout."""
+    b = Backend("b", mode="stream")
+    async with running(b):
+        client = await make_router([b])
+        await ready(client)
+        stream = await client.post(CHAT, json=STREAM)
+        assert await asyncio.wait_for(stream.content.readany(), 5) == b'data: {"n": 1}\n\n'
+        b.mode = "hung"  # the stream stalls, /health stops answering
+        start = time.monotonic()
+        status, _, _ = await ask(client, BODY)  # waits, probes, is rescued: nowhere to go
+        assert status in (502, 503)
+        rest = await asyncio.wait_for(stream.content.read(), 5)
+        assert time.monotonic() - start < 3.5
+        assert b'"code":"upstream_ejected"' in rest and b"[DONE]" not in rest
+        text = await (await client.get("/metrics")).text()
+        series = 'llmsvc_router_upstream_errors_total{backend="b",kind="ejected"}'
+        assert metrics.value(text, series) == 2  # the waiting request and the stream

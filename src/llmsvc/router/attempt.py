@@ -11,6 +11,9 @@ what happened. These two update every store that counts it:
   ends at ``deadline`` or when the backend is ejected as hung (``Attempt.rescue``:
   the attempt is then ``rescued``); ``Attempt.arrived``: the first byte came (the
   backend's first-byte history, ``latency``), ``Attempt.heard``: some byte came;
+  ``Attempt.relaying(close)``: a stream flows to the client, ``Attempt.chunk`` for
+  each chunk; an ejection cuts it (``close``) if it sent nothing for
+  :data:`STALLED_S`, and the proxy ends it with the in-band error event;
 - ``Attempt.first_byte``: the backend's time to first byte and
   ``llmsvc_router_time_to_first_byte_seconds``;
 - ``Attempt.failed(kind, status=)``: the backend's errors and
@@ -39,8 +42,9 @@ backend answers still counts, as before.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from types import TracebackType
 from typing import Self
@@ -54,6 +58,7 @@ from llmsvc.router.stats import RouterStats
 log = logging.getLogger("llmsvc.router.proxy")
 
 CLIENT_CLOSED = 499  # nginx's status for a client that went away first
+STALLED_S = 1.0  # a stream this long silent on a backend ejected as hung is cut
 
 
 @dataclass(frozen=True, slots=True)
@@ -188,7 +193,9 @@ class Attempt:
         self._clock = exchange._clock
         self._sent = 0.0
         self._timeout: asyncio.Timeout | None = None  # while waiting for the first byte
-        self.rescued = False  # the backend was ejected while this attempt waited
+        self._cut: Callable[[], None] | None = None  # while a stream is relayed
+        self._last_chunk = 0.0
+        self.rescued = False  # the backend was ejected while this attempt waited (or stalled)
 
     def __enter__(self) -> Attempt:
         self.backend.in_flight += 1
@@ -205,6 +212,7 @@ class Attempt:
         self.backend.in_flight -= 1
         self.backend.stats.response_time_sum += self._clock() - self._sent
         self.backend.waiting.discard(self)
+        self.backend.streams.discard(self)
 
     def waiting(self, deadline: float) -> _FirstByteWait:
         """``async with``: wait for the first byte until ``deadline`` (loop time) or a
@@ -212,10 +220,32 @@ class Attempt:
         return _FirstByteWait(self, deadline)
 
     def rescue(self) -> None:
-        """The backend was ejected: stop waiting now (``Backend.rescue_waiting``)."""
-        if self._timeout is not None and not self.rescued:
+        """The backend was ejected (``Backend.rescue_waiting``): stop waiting for the first
+        byte now; cut a relayed stream that has sent nothing for :data:`STALLED_S`."""
+        if self.rescued:
+            return
+        if self._timeout is not None:
             self.rescued = True
             self._timeout.reschedule(asyncio.get_running_loop().time())
+        elif self._cut is not None and self._clock() - self._last_chunk >= STALLED_S:
+            self.rescued = True
+            self._cut()
+
+    @contextlib.contextmanager
+    def relaying(self, cut: Callable[[], None]) -> Iterator[None]:
+        """While a stream is relayed; ``cut`` closes its upstream (an ejection's)."""
+        self._cut = cut
+        self._last_chunk = self._clock()
+        self.backend.streams.add(self)
+        try:
+            yield
+        finally:
+            self.backend.streams.discard(self)
+            self._cut = None
+
+    def chunk(self) -> None:
+        """A chunk of the stream came."""
+        self._last_chunk = self.backend.last_seen = self._clock()
 
     def heard(self) -> None:
         """A byte of the answer came from the backend (it is not hung)."""

@@ -89,10 +89,11 @@ class PassiveHealth:
 
 
 class Waiter(Protocol):
-    """A request waiting for a backend's first byte, which an ejection may send elsewhere."""
+    """A request on a backend that an ejection acts on: one waiting for the first byte goes
+    elsewhere, a stream that has stalled there is cut."""
 
     def rescue(self) -> None:
-        """Stop waiting at once (the caller retries the request on another backend)."""
+        """The backend was ejected as hung: stop waiting on it (if stalled)."""
         ...
 
 
@@ -133,6 +134,7 @@ class Backend:
     ttfb_plain: LatencyWindow = field(default_factory=LatencyWindow)  # to the headers
     last_seen: float = -math.inf  # when a byte of any answer last came from it
     waiting: set[Waiter] = field(default_factory=set)  # requests before their first byte
+    streams: set[Waiter] = field(default_factory=set)  # streams relaying from it
     probing: bool = False  # a suspicion probe is in flight
     probed_at: float = -math.inf  # when the last suspicion probe started
 
@@ -176,9 +178,10 @@ class Backend:
         return changed
 
     def rescue_waiting(self) -> int:
-        """Send every request waiting for this backend's first byte elsewhere; how many."""
+        """Send every request waiting for this backend's first byte elsewhere, and cut its
+        stalled streams; how many were waiting."""
         waiting = list(self.waiting)
-        for waiter in waiting:
+        for waiter in [*waiting, *self.streams]:
             waiter.rescue()
         return len(waiting)
 

@@ -333,7 +333,8 @@ class Proxy:
         )
         await response.prepare(request)
         try:
-            failure = await self._pump(upstream, response, first, backend)
+            with attempt.relaying(upstream.close):
+                failure = await self._pump(upstream, response, first, attempt)
         except ConnectionError:  # writing to the client: it went away
             exchange.finish(CLIENT_CLOSED, ttft=ttft, failed=False)
             return response
@@ -353,25 +354,24 @@ class Proxy:
         upstream: aiohttp.ClientResponse,
         response: web.StreamResponse,
         chunk: bytes,
-        backend: Backend,
+        attempt: Attempt,
     ) -> Failure | None:
         """Relay chunks as they arrive, starting with ``chunk``; how the upstream failed, if
         it did. A client that went away raises ``ConnectionError``. Each chunk tells that
-        the backend is alive (``Backend.last_seen``: no suspicion probe while it streams)."""
+        the backend is alive (``Attempt.chunk``: no suspicion probe while it streams)."""
         content = upstream.content
-        clock = self._clock
         while chunk:
             await response.write(chunk)
             try:
                 chunk = await self._next_chunk(content)
-                backend.last_seen = clock()
+                attempt.chunk()
             except _IdleTimeout:
                 return Failure.STREAM_IDLE
             except TimeoutError:
                 return Failure.TIMEOUT
             except (aiohttp.ClientError, OSError):
-                return Failure.STREAM
-        return None
+                return Failure.EJECTED if attempt.rescued else Failure.STREAM
+        return Failure.EJECTED if attempt.rescued else None
 
     async def _next_chunk(self, content: aiohttp.StreamReader) -> bytes:
         if self._idle is None:
@@ -393,6 +393,9 @@ class Proxy:
         elif kind is Failure.TIMEOUT:
             message = f"Backend '{backend.name}' exceeded the proxy timeout"
             code = "upstream_timeout"
+        elif kind is Failure.EJECTED:
+            message = f"Backend '{backend.name}' stalled and was ejected (its health check failed)"
+            code = "upstream_ejected"
         else:
             message = f"Backend '{backend.name}' failed in the middle of the stream"
             code = "upstream_stream"
