@@ -23,7 +23,7 @@ from prometheus_client.multiprocess import MultiProcessCollector
 from llmsvc import __version__
 from llmsvc.core.app import Route, background, every, make_app, owned_task
 from llmsvc.core.auth import BearerAuth, bearer_middleware
-from llmsvc.core.errors import ServiceUnavailable
+from llmsvc.core.errors import Handler, ServiceUnavailable
 from llmsvc.core.jsonio import json_response, model_response
 from llmsvc.core.metrics import metrics_handler
 from llmsvc.core.registry_client import RegistryClient
@@ -148,32 +148,14 @@ def admin_auth(settings: RouterSettings) -> BearerAuth | None:
 def _admin_routes(state: RouterState) -> list[Route]:
     """The views of every backend's address: the admin token's (when set)."""
     admin = {401: "Missing or invalid admin token (when --admin-token is set)"}
+    views: list[tuple[str, Handler, str, str | None]] = [
+        ("/stats", state.stats_view, "Per backend and per model statistics", None),
+        ("/services", state.services, "The router's view of its backends", None),
+        ("/metrics", state.prometheus, "Prometheus metrics", "text/plain"),
+    ]
     return [
-        Route(
-            "GET",
-            "/stats",
-            state.stats_view,
-            "Per backend and per model statistics",
-            errors=admin,
-            protected=True,
-        ),
-        Route(
-            "GET",
-            "/services",
-            state.services,
-            "The router's view of its backends",
-            errors=admin,
-            protected=True,
-        ),
-        Route(
-            "GET",
-            "/metrics",
-            state.prometheus,
-            "Prometheus metrics",
-            response_media="text/plain",
-            errors=admin,
-            protected=True,
-        ),
+        Route("GET", path, handler, summary, response_media=media, errors=admin, protected=True)
+        for path, handler, summary, media in views
     ]
 
 
