@@ -32,10 +32,23 @@ def run(*args: str) -> subprocess.CompletedProcess[str]:
         (["--engine", "sim", "--model", "m", "--visible-devices-env", "A-B"], "--visible-devices"),
         (["--engine", "sim", "--model", "m", "--no-such-flag"], "unrecognized"),
         (["--engine", "sim", "--model", "m", "--health-timeout", "0"], "--health-timeout"),
-        (["--engine", "sim", "--model", "m", "--registry-token-file", "/nonexistent/t"],
-         "--registry-token-file /nonexistent/t"),
-        (["--engine", "sim", "--model", "m", "--registry-token", "t",
-          "--registry-token-file", "/etc/hostname"], "not both"),
+        (
+            ["--engine", "sim", "--model", "m", "--registry-token-file", "/nonexistent/t"],
+            "--registry-token-file /nonexistent/t",
+        ),
+        (
+            [
+                "--engine",
+                "sim",
+                "--model",
+                "m",
+                "--registry-token",
+                "t",
+                "--registry-token-file",
+                "/etc/hostname",
+            ],
+            "not both",
+        ),
     ],
 )
 def test_bad_flags_one_line_exit_2(args: list[str], says: str) -> None:
