@@ -70,7 +70,7 @@ def test_swap_through_the_router_then_a_failed_swap_rolls_back(spawn: Spawn) -> 
     assert "unrecognized arguments" in st["swap"]["detail"]
     assert (st["model"], st["models"]) == ("model-b", ["model-b"])
     wait_until(lambda: _chat(router, "model-b") == 200, timeout=5, what="model-b back")
-    assert _chat(router, "model-c") == 503
+    assert _chat(router, "model-c") == 404  # never served, no babysitter names it: unknown
     metrics = httpx.get(api + "/metrics").text
     assert 'llmsvc_babysitter_engine_up{model_name="model-b"} 1.0' in metrics
     assert 'llmsvc_babysitter_engine_up{model_name="model-a"} 0.0' in metrics

@@ -48,7 +48,7 @@ CASES: list[tuple[str, str, str, dict[str, Any], int]] = [
     ("router", "POST", CHAT, {"json": {"model": ["a"], "messages": []}}, 400),
     ("router", "POST", CHAT, {"json": {"model": "sim-model", "stream": "yes"}}, 400),
     ("router", "POST", CHAT, {"json": {"model": "sim-model", "pad": "x" * 5000}}, 413),
-    ("router", "POST", CHAT, {"json": {"model": "nope", "messages": []}}, 503),
+    ("router", "POST", CHAT, {"json": {"model": "nope", "messages": []}}, 404),
     ("router", "POST", "/v1/embeddings", {"content": b""}, 400),
     ("router", "GET", "/v1/nothing-here", {}, 404),
     ("router", "GET", CHAT, {}, 405),
@@ -156,7 +156,9 @@ def test_bad_input_gets_a_clear_error(
 
 def test_unknown_model_message_is_the_contracts(stack: dict[str, str]) -> None:
     resp = httpx.post(stack["router"] + CHAT, json={"model": "nope", "messages": []})
-    assert resp.json()["error"]["message"] == "No healthy services available for model 'nope'"
+    error = resp.json()["error"]
+    assert error["message"] == "The model `nope` does not exist or you do not have access to it."
+    assert (resp.status_code, error["code"]) == (404, "model_not_found")
 
 
 def test_slow_client_does_not_block_others(stack: dict[str, str]) -> None:

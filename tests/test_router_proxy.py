@@ -118,13 +118,34 @@ async def test_every_inference_path_with_and_without_v1(make_router: MakeRouter)
         assert (status, body["object"]) == (200, "list")
 
 
-async def test_unknown_model_is_503_with_the_contract_message(make_router: MakeRouter) -> None:
+async def test_unknown_model_is_404_model_not_found_in_openais_words(
+    make_router: MakeRouter,
+) -> None:
     client = await make_router()
     status, backend, body = await send(client, chat_body("nope"))
+    assert (status, backend) == (404, "")
+    error = assert_error_shape(body)
+    assert error["message"] == "The model `nope` does not exist or you do not have access to it."
+    assert (error["type"], error["code"], error["param"]) == (
+        "invalid_request_error",
+        "model_not_found",
+        None,
+    )
+
+
+async def test_known_model_with_nothing_healthy_is_503_with_the_contract_message(
+    make_router: MakeRouter, engines: list[dict[str, Any]]
+) -> None:
+    """A model whose only backend fails its active check is known: 503, and listed."""
+    dead = {"name": "dead", "host": HOST, "port": free_port(), "metadata": {"models": ["gone"]}}
+    client = await make_router([*engines, dead])
+    status, backend, body = await send(client, chat_body("gone"))
     assert (status, backend) == (503, "")
     error = assert_error_shape(body)
-    assert error["message"] == "No healthy services available for model 'nope'"
+    assert error["message"] == "No healthy services available for model 'gone'"
     assert error["type"] == "service_unavailable_error"
+    models = (await (await client.get("/v1/models")).json())["data"]
+    assert sorted(card["id"] for card in models) == ["gone", "m", "m2", "other"]
 
 
 async def test_models_is_the_union_each_id_once(make_router: MakeRouter) -> None:
@@ -212,7 +233,7 @@ async def test_health_stats_services_and_metrics(make_router: MakeRouter) -> Non
     text = await (await client.get("/metrics")).text()
     for line in (
         'llmsvc_router_requests_total{backend="e1",model_name="m",status="200"} 2.0',
-        'llmsvc_router_requests_total{backend="_none",model_name="_unknown",status="503"} 1.0',
+        'llmsvc_router_requests_total{backend="_none",model_name="_unknown",status="404"} 1.0',
         'llmsvc_router_requests_total{backend="_none",model_name="_unknown",status="400"} 1.0',
         'llmsvc_router_request_duration_seconds_count{model_name="m"} 4.0',
         'llmsvc_router_time_to_first_byte_seconds_count{model_name="m"} 4.0',

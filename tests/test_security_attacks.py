@@ -69,8 +69,8 @@ def test_a_record_cannot_aim_the_router_at_a_babysitter_or_the_registry(spawn: S
 
     # A chat request for the attack's model reaches nothing: no record serves it.
     resp = httpx.post(router + CHAT, json=_chat("pwn"), timeout=10)
-    assert resp.status_code == 503, resp.text
-    assert resp.json()["error"]["code"] == "no_healthy_backend"
+    assert resp.status_code == 404, resp.text
+    assert resp.json()["error"]["code"] == "model_not_found"
     models = httpx.get(router + "/v1/models", timeout=10).json()["data"]
     assert [m["id"] for m in models] == ["sim-model"]
     # The real model is still served by the engine alone, whose babysitter was not drained.

@@ -96,7 +96,7 @@ def test_no_secret_reaches_any_log(spawn: Spawn, tmp_path: Path) -> None:
     bad_body = httpx.post(router + CHAT, content=b"{oops", headers=good, timeout=30)
     assert bad_body.status_code == 400
     nothing = httpx.post(router + CHAT, json=_body("no-such-model"), headers=good, timeout=30)
-    assert nothing.status_code == 503
+    assert nothing.status_code == 404  # model_not_found
     for resp in (bad_body, nothing):
         assert key not in resp.text
 

@@ -6,6 +6,7 @@ Exception tree::
     ├── BadRequest           400 invalid_request_error
     ├── Unauthorized         401 authentication_error
     ├── NotFound             404 not_found_error
+    │   └── ModelNotFound    404 invalid_request_error, code model_not_found (OpenAI's)
     ├── PayloadTooLarge      413 invalid_request_error
     ├── UnsupportedMedia     415 invalid_request_error
     ├── UpstreamError        502 upstream_error
@@ -101,6 +102,17 @@ class Unauthorized(ApiError):
 
 class NotFound(ApiError):
     status = 404
+
+
+class ModelNotFound(NotFound):
+    """A model nothing serves or names, in OpenAI's words: a client must not retry it."""
+
+    def __init__(self, model: str) -> None:
+        super().__init__(
+            f"The model `{echoed(model)}` does not exist or you do not have access to it.",
+            type="invalid_request_error",
+            code="model_not_found",
+        )
 
 
 class PayloadTooLarge(ApiError):

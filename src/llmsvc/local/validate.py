@@ -82,7 +82,7 @@ class Validator:
             self.check(f"[{model}] streamed chat completion", partial(self._stream, model))
             self.check(f"[{model}] completion", partial(self._completion, model))
             self.check(f"[{model}] load spread", partial(self._spread, model))
-        self.check("unknown model answers 503", self._unknown_model)
+        self.check("unknown model answers 404", self._unknown_model)
         self.check("missing model answers 400", self._missing_model)
         return 1 if self.failures else 0
 
@@ -237,8 +237,8 @@ class Validator:
                 "/v1/chat/completions",
                 json={"model": model, "messages": [{"role": "user", "content": ""}]},
             )
-        expected = f"No healthy services available for model '{model}'"
-        _error_shape(resp, 503, expected)
+        expected = f"The model `{model}` does not exist or you do not have access to it."
+        _error_shape(resp, 404, expected)
         return "OpenAI error shape"
 
     def _missing_model(self) -> str:

@@ -86,7 +86,7 @@ class RouterState:
         return await proxy.handle(request)
 
     async def models(self, _: web.Request) -> web.Response:
-        ids = self.pool.healthy_models(time.monotonic())
+        ids = self.pool.known_models()  # every known model, as the contract says
         return model_response(ModelList(data=[ModelCard(id=i) for i in ids]))
 
     async def health(self, _: web.Request) -> web.Response:

@@ -17,7 +17,7 @@ from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol
 
-from llmsvc.core.records import OPENAI_API, ServiceRecord
+from llmsvc.core.records import BABYSITTER, OPENAI_API, ServiceRecord
 from llmsvc.router.candidates import Eligible
 from llmsvc.router.latency import LatencyWindow
 from llmsvc.router.loadscore import EngineLoad
@@ -265,6 +265,7 @@ class BackendPool:
         self._fail_timeout = fail_timeout
         self._static: dict[str, ServiceRecord] = {}
         self._registry: dict[str, ServiceRecord] = {}
+        self._named: frozenset[str] = frozenset()  # models babysitters name (maybe not up yet)
         self._backends: dict[str, Backend] = {}
         self._removed: set[str] = set()
         self._by_model: dict[str, list[Backend]] = {}  # model -> backends listing it, in order
@@ -289,7 +290,16 @@ class BackendPool:
         self._rebuild()
 
     def set_registry(self, records: Iterable[ServiceRecord]) -> None:
+        """The registry's records, of every type and state: ``openai-api`` ones are the
+        backends; a babysitter's ``metadata.model_name`` makes its model known (it may be
+        loading, its engine not yet registered)."""
+        records = list(records)
         self._registry = {r.name: r for r in records if r.type == OPENAI_API}
+        self._named = frozenset(
+            name
+            for r in records
+            if r.type == BABYSITTER and isinstance(name := r.metadata.get("model_name"), str)
+        )
         self._rebuild()
 
     def _rebuild(self) -> None:
@@ -367,8 +377,16 @@ class BackendPool:
         return list(self._by_model)
 
     def knows(self, model: str) -> bool:
-        """Whether any backend, healthy or not, lists ``model`` (bounds metric labels)."""
-        return model in self._by_model
+        """Whether ``model`` is known: some backend lists it, in any state (healthy,
+        unhealthy, taken out, ejected; static or registry), or a babysitter names it.
+        An unknown model is a 404, a known one with nothing healthy a 503; the known
+        models also bound the ``model_name`` metric label."""
+        return model in self._by_model or model in self._named
+
+    def known_models(self) -> list[str]:
+        """Every known model (:meth:`knows`), each once, in a stable order: what
+        ``GET /v1/models`` lists."""
+        return sorted(self._by_model.keys() | self._named)
 
     def healthy_models(self, now: float) -> list[str]:
         """Models of the healthy backends, each once, in a stable order."""

@@ -7,7 +7,7 @@ import logging
 import time
 from collections.abc import Callable
 
-from llmsvc.core.records import OPENAI_API, ServiceRecord
+from llmsvc.core.records import ServiceRecord
 from llmsvc.core.registry_client import RegistryClient, RegistryError
 from llmsvc.router.backends import BackendPool
 from llmsvc.router.metrics import RouterMetrics
@@ -81,8 +81,9 @@ async def watch_registry(
         remaining = retained.remaining(started)
         blocking = wait if remaining is None else max(0.05, min(wait, remaining))
         try:
+            # Every type: babysitter records name models that are known though not up.
             records, new_index = await client.services(
-                type_=OPENAI_API, index=index, wait=blocking if index is not None else None
+                index=index, wait=blocking if index is not None else None
             )
         except (RegistryError, ValueError) as exc:  # ValueError: an answer we cannot read
             if up is not False:

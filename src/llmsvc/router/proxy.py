@@ -37,6 +37,7 @@ from multidict import CIMultiDict
 
 from llmsvc.core.errors import (
     ApiError,
+    ModelNotFound,
     ServiceUnavailable,
     UpstreamError,
     UpstreamTimeout,
@@ -119,6 +120,8 @@ class Proxy:
             check_header_size(request, self._max_header_bytes)
             info = parse_routing(await read_body(request))
             exchange.route(info.model)
+            if not self._pool.knows(info.model):
+                raise ModelNotFound(info.model)  # 404: never served here, not worth a retry
             headers = upstream_headers(request, drop_auth=self._drop_auth)
             key = self._strategy.key(request, info)  # affinity key, None for most strategies
             error: ApiError | None = None

@@ -1,0 +1,103 @@
+"""Unknown models against known ones with a real registry: 404 ``model_not_found`` only for
+a model no record lists in any state and no babysitter names; 503 for a known one that has
+nothing healthy (an unhealthy record, a babysitter whose engine is not up yet)."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import httpx
+from aiohttp import web
+from aiohttp.test_utils import TestClient
+from prometheus_client import CollectorRegistry
+
+import metrics
+from llmsvc.router.app import create_app
+from llmsvc.router.settings import RouterSettings
+from procs import HOST, Spawn, free_port, start_registry
+
+Client = TestClient[web.Request, web.Application]
+CHAT = "/v1/chat/completions"
+
+
+def body(model: str) -> dict[str, Any]:
+    return {"model": model, "messages": [{"role": "user", "content": "hi"}], "max_tokens": 2}
+
+
+async def registry_statuses(registry: str) -> dict[str, str]:
+    async with httpx.AsyncClient(base_url=registry) as reg:
+        services = (await reg.get("/services")).json()["services"]
+    return {s["name"]: s["status"] for s in services}
+
+
+async def wait_for(probe: Callable[[], Awaitable[bool]], what: str, timeout: float = 10) -> None:
+    deadline = time.monotonic() + timeout
+    while not await probe():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        await asyncio.sleep(0.05)
+
+
+async def test_unknown_is_404_known_but_down_is_503(
+    spawn: Spawn, aiohttp_client: Callable[..., Awaitable[Client]]
+) -> None:
+    _, registry = start_registry(spawn)
+    port = free_port()
+    engine = spawn(
+        "e1", "sim-engine", "--port", str(port), "--model-name", "up", "--time-scale", "0"
+    )  # fmt: skip
+    engine.wait_http(f"http://{HOST}:{port}/health")
+    async with httpx.AsyncClient(base_url=registry) as reg:
+        records = [
+            {"name": "e1", "host": HOST, "port": port, "metadata": {"models": ["up"]}},
+            # Nothing listens there: the registry's health check marks it unhealthy.
+            {"name": "dead", "host": HOST, "port": free_port(), "metadata": {"models": ["down"]}},
+            # A babysitter whose engine is still loading (its engine has no record yet).
+            {
+                "name": "e2-babysitter",
+                "host": HOST,
+                "port": free_port(),
+                "type": "babysitter",
+                "metadata": {"engine": "vllm", "model_name": "loading"},
+            },
+        ]
+        for record in records:
+            assert (await reg.post("/services", json=record)).status_code == 201
+
+    async def dead_is_unhealthy() -> bool:
+        return (await registry_statuses(registry)).get("dead") == "unhealthy"
+
+    await wait_for(dead_is_unhealthy, "the registry to mark 'dead' unhealthy")
+    settings = RouterSettings(registry_url=registry, health_interval=60)
+    client = await aiohttp_client(create_app(settings, registry=CollectorRegistry()))
+
+    async def listed() -> bool:
+        data = (await (await client.get("/v1/models")).json())["data"]
+        return [m["id"] for m in data] == ["down", "loading", "up"]
+
+    await wait_for(listed, "/v1/models to list every known model")
+    assert (await client.post(CHAT, json=body("up"))).status == 200
+    for model in ("down", "loading"):
+        resp = await client.post(CHAT, json=body(model))
+        assert resp.status == 503, model
+        error = (await resp.json())["error"]
+        assert error["message"] == f"No healthy services available for model '{model}'"
+        assert error["type"] == "service_unavailable_error"
+    resp = await client.post(CHAT, json=body("nope"))
+    assert resp.status == 404
+    assert "X-Llmsvc-Backend" not in resp.headers
+    assert await resp.json() == {
+        "error": {
+            "message": "The model `nope` does not exist or you do not have access to it.",
+            "type": "invalid_request_error",
+            "param": None,
+            "code": "model_not_found",
+        }
+    }
+    text = await (await client.get("/metrics")).text()
+    series = 'llmsvc_router_requests_total{backend="_none",model_name="%s",status="%d"}'
+    assert metrics.value(text, series % ("_unknown", 404)) == 1
+    assert metrics.value(text, series % ("down", 503)) == 1
+    assert metrics.value(text, series % ("loading", 503)) == 1
