@@ -15,6 +15,7 @@ from llmsvc.simengine.model import (
     VOCABULARY,
     KvBudget,
     PrefixCache,
+    StepPlan,
     block_hashes,
     cached_tokens,
     count_tokens,
@@ -22,7 +23,9 @@ from llmsvc.simengine.model import (
     describe_prompt,
     jitter_factor,
     output_tokens,
+    plan_step,
     prefill_seconds,
+    step_seconds,
 )
 
 
@@ -116,6 +119,36 @@ def test_rates() -> None:
     assert decode_seconds(tokens_per_s=40, slowdown=0.04, running=1) == pytest.approx(0.025)
     assert decode_seconds(tokens_per_s=40, slowdown=0.04, running=11) == pytest.approx(1.4 / 40)
     assert decode_seconds(tokens_per_s=40, slowdown=0.04, running=0) == pytest.approx(0.025)
+
+
+def test_plan_step_decodes_first_then_chunks_prefills_in_order() -> None:
+    plan = plan_step(decode_seqs=3, prefill_left=[500, 300, 40], max_batched_tokens=512)
+    assert plan == StepPlan(decode_seqs=3, chunks=(500, 9, 0))
+    assert plan.prefill_tokens == 509
+    roomy = plan_step(decode_seqs=0, prefill_left=[500, 0, 12], max_batched_tokens=2048)
+    assert roomy.chunks == (500, 0, 12)
+    full = plan_step(decode_seqs=4, prefill_left=[10], max_batched_tokens=4)
+    assert full.chunks == (0,)
+
+
+def test_step_seconds_adds_the_prefill_to_the_decode() -> None:
+    rates = {"prefill_tokens_per_s": 4000.0, "decode_tokens_per_s": 40.0, "slowdown": 0.04}
+    decode_only = StepPlan(decode_seqs=11, chunks=())
+    assert step_seconds(decode_only, **rates) == pytest.approx(1.4 / 40)
+    prefill_only = StepPlan(decode_seqs=0, chunks=(2000,))
+    assert step_seconds(prefill_only, **rates) == pytest.approx(0.5)
+    mixed = StepPlan(decode_seqs=1, chunks=(1000, 1000))
+    assert step_seconds(mixed, **rates) == pytest.approx(0.025 + 0.5)
+
+
+def test_a_sequence_alone_takes_as_long_as_in_the_independent_model() -> None:
+    rates = {"prefill_tokens_per_s": 4000.0, "decode_tokens_per_s": 40.0, "slowdown": 0.04}
+    left, elapsed = 5000, 0.0
+    while left:
+        plan = plan_step(decode_seqs=0, prefill_left=[left], max_batched_tokens=2048)
+        elapsed += step_seconds(plan, **rates)
+        left -= plan.chunks[0]
+    assert elapsed == pytest.approx(prefill_seconds(5000, 4000))
 
 
 def test_jitter_factor_is_bounded_and_seeded() -> None:

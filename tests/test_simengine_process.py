@@ -102,6 +102,8 @@ def test_client_disconnect_frees_the_slot_in_the_real_server(spawn: Spawn) -> No
         ["--fail-rate", "2"],
         ["--model-name", ""],
         ["--no-such-flag"],
+        ["--scheduler", "fifo"],
+        ["--max-num-seqs", "64", "--max-batched-tokens", "32"],
     ],
 )
 def test_bad_flags_exit_2_with_one_line(args: list[str]) -> None:

@@ -176,3 +176,56 @@ async def _disconnect_while_queued_and_running(session: aiohttp.ClientSession) -
     for task in (queued, running):
         with pytest.raises(asyncio.CancelledError):
             await task
+
+
+async def token_gaps(client: Client, body: dict[str, Any], gaps: list[float]) -> None:
+    """Stream ``body`` and append the seconds between consecutive token chunks to ``gaps``."""
+    async with client.post("/v1/completions", json={**body, "stream": True}) as resp:
+        assert resp.status == 200
+        last = 0.0
+        async for line in resp.content:
+            if line.startswith(b"data: {"):
+                now = time.perf_counter()
+                if last:
+                    gaps.append(now - last)
+                last = now
+
+
+BATCHED = {"decode_tokens_per_s": 100, "prefill_tokens_per_s": 4000, "max_batched_tokens": 512}
+LONG_PROMPT = "z" * 16000  # 4000 tokens: 1 s of prefill, in chunks of 508 (128 ms each)
+
+
+async def test_a_long_prefill_slows_the_others_decode(make_client: MakeClient) -> None:
+    client = await make_client(**BATCHED)
+    gaps: list[float] = []
+    decoding = asyncio.create_task(
+        token_gaps(client, {"model": "sim-model", "prompt": "hi", "max_tokens": 100}, gaps)
+    )
+    await wait_metric(client, "vllm:num_requests_running", lambda v: v == 1)
+    await asyncio.sleep(0.1)
+    await ttft(client, LONG_PROMPT)  # shares every step with the decoding stream
+    during = len(gaps)
+    await ttft(client, LONG_PROMPT)  # a prefix-cache hit: a short step, nothing slows
+    await decoding
+    assert max(gaps[:during]) > 0.1  # a decode step waited for a 508-token chunk
+    assert sorted(gaps[during:])[len(gaps[during:]) // 2] < 0.05
+
+
+async def test_a_long_prefill_delays_a_later_short_request(make_client: MakeClient) -> None:
+    client = await make_client(**BATCHED, prefix_cache_tokens=0)
+    long = asyncio.create_task(ttft(client, LONG_PROMPT))
+    await wait_metric(client, "vllm:num_requests_running", lambda v: v == 1)
+    short = await ttft(client, "x" * 40)  # waits for the step budget the long prefill holds
+    assert short > 0.5
+    assert await long < 2.0
+
+
+async def test_independent_scheduler_keeps_each_sequence_on_its_own_clock(
+    make_client: MakeClient,
+) -> None:
+    client = await make_client(**BATCHED, prefix_cache_tokens=0, scheduler="independent")
+    long = asyncio.create_task(ttft(client, LONG_PROMPT))
+    await wait_metric(client, "vllm:num_requests_running", lambda v: v == 1)
+    short = await ttft(client, "x" * 40)
+    assert short < 0.3
+    assert await long > 0.9

@@ -9,7 +9,7 @@ from aiohttp import web
 from prometheus_client import CollectorRegistry
 
 from llmsvc import __version__
-from llmsvc.core.app import Route, make_app
+from llmsvc.core.app import Route, background, make_app
 from llmsvc.core.errors import Handler, ServiceUnavailable
 from llmsvc.core.jsonio import json_response
 from llmsvc.core.metrics import metrics_handler
@@ -101,4 +101,5 @@ def create_app(
 
     app.on_response_prepare.append(engine_header)
     app.cleanup_ctx.append(start_loading)
+    app.cleanup_ctx.append(background("sim-engine-steps", lambda _: engine.run_steps()))
     return app

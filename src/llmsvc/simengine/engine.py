@@ -1,12 +1,23 @@
 """One request's life in the simulated engine: queue, prefill, decode, metrics.
 
 :meth:`Engine.generate` is an async generator of output tokens: it waits for a
-running slot (:mod:`.scheduler`), sleeps the prefill time of the prompt's
-uncached tokens, yields the first token, then sleeps one decode step per
-further token, each step's length evaluated with the number of sequences
-running at that moment. Every duration is multiplied by ``--time-scale`` and a
-jitter factor. Cancelling the consumer (a client that went away) frees the
-slot and the KV reservation at once.
+running slot (:mod:`.scheduler`), then its prompt's uncached tokens are
+prefilled and its output decoded in one of two ways (``--scheduler``):
+
+- ``batched`` (the default): :meth:`Engine.run_steps`, one background loop per
+  engine, runs one step (a forward pass) at a time over every running
+  sequence, as vLLM and llama.cpp do: each decoding sequence gets one token,
+  prefilling ones get chunks of the rest of ``--max-batched-tokens``, and the
+  step lasts :func:`~.model.step_seconds` of what it processed, so one
+  request's prefill delays every other request's tokens.
+- ``independent``: each sequence sleeps its own prefill time, then one decode
+  step per token evaluated with the number of sequences running then.
+
+With ``--time-scale 0`` every duration is 0 and both answer at once (the
+independent path, without the loop's hop). Every duration is multiplied by
+``--time-scale`` and a jitter factor. Cancelling the consumer (a client that
+went away) frees the slot and the KV reservation at once, and takes the
+sequence out of the next step.
 """
 
 from __future__ import annotations
@@ -15,7 +26,8 @@ import asyncio
 import random
 import time
 from collections.abc import AsyncGenerator
-from dataclasses import dataclass
+from contextlib import aclosing
+from dataclasses import dataclass, field
 
 from prometheus_client import CollectorRegistry
 
@@ -31,7 +43,9 @@ from llmsvc.simengine.model import (
     describe_prompt,
     jitter_factor,
     output_tokens,
+    plan_step,
     prefill_seconds,
+    step_seconds,
 )
 from llmsvc.simengine.scheduler import Scheduler, Ticket
 from llmsvc.simengine.settings import SimEngineSettings
@@ -53,9 +67,29 @@ class _Progress:
     arrival: float
     admitted: float = 0.0
     first_token: float = 0.0
+    last_token: float = 0.0
     prompt_tokens: int = 0
     produced: int = 0
     finished_reason: str = "abort"
+
+
+@dataclass(eq=False, slots=True)
+class _Sequence:
+    """A running sequence as the step loop sees it."""
+
+    prefill_left: int  # uncached prompt tokens not yet prefilled
+    max_tokens: int
+    blocks: list[int]  # the prompt's block hashes, cached once prefilled
+    emitted: int = 0  # tokens produced so far
+    wake: asyncio.Event = field(default_factory=asyncio.Event)
+
+    @property
+    def prefilled(self) -> bool:
+        return self.emitted > 0
+
+    @property
+    def done(self) -> bool:
+        return self.emitted >= self.max_tokens
 
 
 class Engine:
@@ -75,6 +109,8 @@ class Engine:
         )
         self._jitter_rng = random.Random(f"{settings.seed}:jitter")
         self._fault_rng = random.Random(f"{settings.seed}:faults")
+        self._batch: list[_Sequence] = []  # running sequences, in arrival order
+        self._batch_changed = asyncio.Event()
 
     # -- validation ------------------------------------------------------------
 
@@ -124,6 +160,9 @@ class Engine:
         """Sleep the prefill time of ``tokens`` (embeddings: prefill without decode)."""
         await self._sleep(prefill_seconds(tokens, self.settings.prefill_tokens_per_s))
 
+    def _batched(self) -> bool:
+        return self.settings.scheduler == "batched" and self.settings.time_scale > 0
+
     async def generate(self, job: Job) -> AsyncGenerator[str, None]:
         """Yield the job's output tokens at the simulated pace."""
         clock = time.perf_counter
@@ -133,38 +172,116 @@ class Engine:
         try:
             async with self.scheduler.slot(ticket):
                 progress.admitted = clock()
-                await self._prefill(job, metrics, progress)
-                s = self.settings
-                last = progress.first_token = clock()
-                for i, token in enumerate(output_tokens(s.seed, job.prompt.digest, job.max_tokens)):
-                    if i:
-                        await self._sleep(
-                            decode_seconds(
-                                tokens_per_s=s.decode_tokens_per_s,
-                                slowdown=s.decode_slowdown,
-                                running=self.scheduler.running,
-                            )
-                        )
+                cached = self._look_up_prefix(job, metrics)
+                tokens = output_tokens(self.settings.seed, job.prompt.digest, job.max_tokens)
+                paced = self._stepped if self._batched() else self._independent
+                async with aclosing(paced(job, job.prompt.tokens - cached)) as indices:
+                    async for index in indices:
                         now = clock()
-                        metrics.inter_token.observe(now - last)
-                        last = now
-                    progress.produced += 1
-                    yield token
+                        if index == 0:
+                            progress.first_token = now
+                            metrics.prompt_tokens.inc(job.prompt.tokens)
+                            progress.prompt_tokens = job.prompt.tokens
+                        else:
+                            metrics.inter_token.observe(now - progress.last_token)
+                        progress.last_token = now
+                        progress.produced += 1
+                        yield tokens[index]
                 progress.finished_reason = "length"
         finally:
             self._record(metrics, progress, clock())
 
-    async def _prefill(self, job: Job, metrics: ModelMetrics, progress: _Progress) -> None:
-        s = self.settings
+    def _look_up_prefix(self, job: Job, metrics: ModelMetrics) -> int:
+        """Cached prompt tokens of ``job`` (counted in the prefix-cache metrics)."""
         tokens = job.prompt.tokens
         hit_blocks = self.prefix_cache.match(job.prompt.blocks)
-        cached = cached_tokens(hit_blocks, block_size=s.block_size, prompt_tokens=tokens)
+        cached = cached_tokens(
+            hit_blocks, block_size=self.settings.block_size, prompt_tokens=tokens
+        )
         metrics.prefix_queries.inc(tokens)
         metrics.prefix_hits.inc(cached)
-        await self._sleep(prefill_seconds(tokens - cached, s.prefill_tokens_per_s))
+        return cached
+
+    async def _independent(self, job: Job, uncached: int) -> AsyncGenerator[int, None]:
+        """Token indices on the sequence's own clock: its prefill, then its decode steps."""
+        s = self.settings
+        await self._sleep(prefill_seconds(uncached, s.prefill_tokens_per_s))
         self.prefix_cache.insert(job.prompt.blocks)
-        metrics.prompt_tokens.inc(tokens)
-        progress.prompt_tokens = tokens
+        for index in range(job.max_tokens):
+            if index:
+                await self._sleep(
+                    decode_seconds(
+                        tokens_per_s=s.decode_tokens_per_s,
+                        slowdown=s.decode_slowdown,
+                        running=self.scheduler.running,
+                    )
+                )
+            yield index
+
+    async def _stepped(self, job: Job, uncached: int) -> AsyncGenerator[int, None]:
+        """Token indices as :meth:`run_steps` produces them for this sequence."""
+        seq = _Sequence(prefill_left=uncached, max_tokens=job.max_tokens, blocks=job.prompt.blocks)
+        self._batch.append(seq)
+        self._batch_changed.set()
+        try:
+            index = 0
+            while index < job.max_tokens:
+                if index >= seq.emitted:
+                    seq.wake.clear()
+                    await seq.wake.wait()
+                    continue
+                yield index
+                index += 1
+        finally:
+            if seq in self._batch:
+                self._batch.remove(seq)
+
+    async def run_steps(self) -> None:
+        """The batched scheduler's loop: one step over every running sequence, forever."""
+        s = self.settings
+        while True:
+            if not self._batch:
+                self._batch_changed.clear()
+                await self._batch_changed.wait()
+                continue
+            decoding = [seq for seq in self._batch if seq.prefilled]
+            prefilling = [seq for seq in self._batch if not seq.prefilled]
+            plan = plan_step(
+                decode_seqs=len(decoding),
+                prefill_left=[seq.prefill_left for seq in prefilling],
+                max_batched_tokens=s.max_batched_tokens,
+            )
+            await self._sleep(
+                step_seconds(
+                    plan,
+                    prefill_tokens_per_s=s.prefill_tokens_per_s,
+                    decode_tokens_per_s=s.decode_tokens_per_s,
+                    slowdown=s.decode_slowdown,
+                )
+            )
+            await asyncio.sleep(0)  # a zero-length step still lets the consumers run
+            self._finish_step(decoding, prefilling, plan.chunks)
+
+    def _finish_step(
+        self, decoding: list[_Sequence], prefilling: list[_Sequence], chunks: tuple[int, ...]
+    ) -> None:
+        """Credit a finished step: a token per decoding sequence, chunks to the prefilling."""
+        alive = set(self._batch)  # those cancelled during the step get nothing
+        for seq in decoding:
+            if seq in alive:
+                seq.emitted += 1
+        for seq, chunk in zip(prefilling, chunks, strict=True):
+            if seq not in alive:
+                continue
+            seq.prefill_left -= chunk
+            if seq.prefill_left == 0:
+                self.prefix_cache.insert(seq.blocks)
+                seq.emitted = 1  # the pass over a prompt's last chunk samples its first token
+        for seq in (*decoding, *prefilling):
+            if seq.emitted and seq in alive:
+                seq.wake.set()
+                if seq.done:
+                    self._batch.remove(seq)
 
     def _record(self, metrics: ModelMetrics, progress: _Progress, end: float) -> None:
         if progress.produced:

@@ -133,6 +133,59 @@ def decode_seconds(*, tokens_per_s: float, slowdown: float, running: int) -> flo
     return (1.0 + slowdown * max(0, running - 1)) / tokens_per_s
 
 
+@dataclass(frozen=True, slots=True)
+class StepPlan:
+    """What one forward pass of the batched scheduler processes.
+
+    ``decode_seqs`` sequences decode one token each; ``chunks[i]`` prompt
+    tokens of the ``i``-th prefilling sequence (in arrival order) are
+    prefilled, possibly 0 when the step's budget ran out before it.
+    """
+
+    decode_seqs: int
+    chunks: tuple[int, ...]
+
+    @property
+    def prefill_tokens(self) -> int:
+        return sum(self.chunks)
+
+
+def plan_step(
+    *, decode_seqs: int, prefill_left: Sequence[int], max_batched_tokens: int
+) -> StepPlan:
+    """One step's tokens, as vLLM's chunked prefill: decodes first, then prefill chunks.
+
+    The step processes at most ``max_batched_tokens`` tokens: one per decoding
+    sequence, then the rest of the budget goes to the prefilling sequences in
+    arrival order, each taking ``min(its uncached tokens left, budget left)``.
+    """
+    budget = max(0, max_batched_tokens - decode_seqs)
+    chunks: list[int] = []
+    for left in prefill_left:
+        take = min(left, budget)
+        chunks.append(take)
+        budget -= take
+    return StepPlan(decode_seqs=decode_seqs, chunks=tuple(chunks))
+
+
+def step_seconds(
+    plan: StepPlan, *, prefill_tokens_per_s: float, decode_tokens_per_s: float, slowdown: float
+) -> float:
+    """Duration of one step: its decode part plus its prefill part.
+
+    ``decode_seconds(running=decode_seqs)`` (0 without decodes) plus
+    ``prefill_tokens / prefill_tokens_per_s``, so a sequence alone prefills and
+    decodes exactly as in the independent model, and tokens of one request
+    lengthen the step every other running request waits on.
+    """
+    decode = 0.0
+    if plan.decode_seqs:
+        decode = decode_seconds(
+            tokens_per_s=decode_tokens_per_s, slowdown=slowdown, running=plan.decode_seqs
+        )
+    return decode + plan.prefill_tokens / prefill_tokens_per_s
+
+
 def jitter_factor(rng: random.Random, jitter: float) -> float:
     """A duration multiplier uniform in ``[1 - jitter, 1 + jitter]``."""
     if jitter <= 0:

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from pydantic import Field, field_validator
+from typing import Literal, Self
+
+from pydantic import Field, field_validator, model_validator
 
 from llmsvc.core.settings import CommaList, ServerSettings
 
@@ -44,6 +46,18 @@ class SimEngineSettings(ServerSettings):
         ge=0,
         description="Per-sequence decode time grows by this fraction per other running sequence.",
     )
+    scheduler: Literal["batched", "independent"] = Field(
+        default="batched",
+        description="batched: one step at a time over every running sequence, sharing "
+        "--max-batched-tokens (as vLLM and llama.cpp); independent: each sequence on its own "
+        "clock (the model before issue 12).",
+    )
+    max_batched_tokens: int = Field(
+        default=2048,
+        ge=1,
+        description="Tokens one batched step processes at most (vLLM's max_num_batched_tokens): "
+        "one per decoding sequence, the rest prefill chunks.",
+    )
     jitter: float = Field(
         default=0.0, ge=0, le=1, description="Random +/- fraction applied to every duration."
     )
@@ -77,6 +91,15 @@ class SimEngineSettings(ServerSettings):
         if not value:
             raise ValueError("at least one model name is required")
         return value
+
+    @model_validator(mode="after")
+    def _budget_holds_every_decode(self) -> Self:
+        if self.scheduler == "batched" and self.max_batched_tokens < self.max_num_seqs:
+            raise ValueError(
+                f"--max-batched-tokens ({self.max_batched_tokens}) must be at least "
+                f"--max-num-seqs ({self.max_num_seqs}): every running sequence decodes each step"
+            )
+        return self
 
     def resolved_engine_id(self) -> str:
         return self.engine_id or f"sim-{self.host}-{self.port}"
