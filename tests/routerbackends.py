@@ -3,7 +3,8 @@ whose misbehaviour each test controls, and a router in front of them from a stat
 
 A :class:`Backend`'s ``mode`` says how it answers every request (``ok``, ``fail``: 500,
 ``slow``: no headers for ``slow_s`` (30) s, ``stream``: one chunk then the rest once ``go`` is set,
-``stall``, ``die``: the connection drops mid-stream; ``hung``: like a SIGSTOPped engine,
+``stall``, ``die``: the connection drops mid-stream; ``linger``: one chunk and ``[DONE]``,
+then the stream's end ``linger_s`` (0.3) s later; ``hung``: like a SIGSTOPped engine,
 nothing answers, not even ``/health``). Whatever the mode, a body whose
 content is the string ``"poison"`` gets a 500 (a request that fails wherever it goes) and
 one whose content is ``"hang"`` gets nothing for 5 s.
@@ -43,6 +44,7 @@ class Backend:
     mode: str = "ok"
     healthy: bool = True
     slow_s: float = 30.0
+    linger_s: float = 0.3
     hits: int = 0
     seen_headers: list[dict[str, str]] = field(default_factory=list)
     seen_bodies: list[bytes] = field(default_factory=list)
@@ -92,6 +94,9 @@ class Backend:
             await resp.write(b'data: {"n": 2}\n\n')
             await resp.write(b"data: [DONE]\n\n")
             return resp
+        if self.mode == "linger":  # [DONE], then the chunked terminator a while later
+            await resp.write(b"data: [DONE]\n\n")
+            await asyncio.sleep(self.linger_s)
         if self.mode == "stall":
             await asyncio.sleep(30)
         if self.mode == "die":  # the connection drops mid-stream

@@ -22,7 +22,9 @@ what happened. These two update every store that counts it:
   was the backend's fault: when another attempt answers, or the exchange ends (a
   ``Failure.EJECTED`` attempt never: the ejection was counted already).
   ``Attempt.succeeded``: a passive-health success (it ends a probation) and the end
-  of the backend's failures in a row;
+  of the backend's failures in a row; ``Attempt.delivered``: the client has the whole
+  answer (a stream's ``[DONE]`` went out): a success, and the request counted with the
+  upstream's status at once, so that a client closing right after is no 499;
 - ``Exchange.finish``, once per request: ``llmsvc_router_requests_total``, the
   duration histogram and the model's ``/stats``.
 
@@ -196,6 +198,7 @@ class Attempt:
         self._cut: Callable[[], None] | None = None  # while a stream is relayed
         self._last_chunk = 0.0
         self.rescued = False  # the backend was ejected while this attempt waited (or stalled)
+        self.complete = False  # the client has the whole answer (``delivered``)
 
     def __enter__(self) -> Attempt:
         self.backend.in_flight += 1
@@ -272,6 +275,13 @@ class Attempt:
         self._metrics.upstream_errors.labels(backend.name, kind).inc()
         if kind is not Failure.EJECTED:  # an ejection is counted by itself
             self._exchange._failed(_Failed(backend, kind, status, self._clock()))
+
+    def delivered(self, status: int, ttft: float) -> None:
+        """The whole answer (a stream's ``[DONE]``) has gone to the client: the request is
+        complete whatever the client does next; counted now, with ``status``."""
+        self.complete = True
+        self.succeeded()
+        self._exchange.finish(status, ttft=ttft, failed=False)
 
     def succeeded(self) -> None:
         """The backend answered in full."""

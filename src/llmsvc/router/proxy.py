@@ -13,9 +13,12 @@ error and counted against no backend); a failure after that (a plain answer's
 body, the rest of a stream) is final. Before any of it, headers over
 ``--max-header-bytes`` get 431 and the body is decoded from its
 ``Content-Encoding`` (``core.encoding``), which is not forwarded. Streams are
-relayed chunk by chunk as they arrive. What each try and the request's answer
-count is reported to their ``attempt.Attempt`` and ``attempt.Exchange``, which
-keep every store in step.
+relayed chunk by chunk as they arrive; once ``data: [DONE]`` has gone to the
+client the request is complete (``Attempt.delivered``): a client that closes
+then (as guidellm does) is not a 499, and the upstream's end is still read, for
+at most ``streams.DRAIN_S``, so that its connection is kept for the next request.
+What each try and the request's answer count is reported to their
+``attempt.Attempt`` and ``attempt.Exchange``, which keep every store in step.
 
 Exceptions::
 
@@ -55,6 +58,7 @@ from llmsvc.router.latency import FirstByteLimits
 from llmsvc.router.metrics import Failure, RouterMetrics
 from llmsvc.router.settings import RouterSettings
 from llmsvc.router.stats import RouterStats
+from llmsvc.router.streams import drain, ends_stream
 from llmsvc.router.suspicion import Suspicion
 
 
@@ -165,6 +169,8 @@ class Proxy:
             ttfb = exchange.elapsed()
             return await self._relay_body(upstream, attempt, exchange, ttfb)
         finally:
+            if attempt.complete:  # even when the client's close cancelled the relay
+                await drain(upstream)
             upstream.close()
 
     async def _first_byte(
@@ -337,12 +343,14 @@ class Proxy:
         await response.prepare(request)
         try:
             with attempt.relaying(upstream.close):
-                failure = await self._pump(upstream, response, first, attempt)
-        except ConnectionError:  # writing to the client: it went away
+                failure = await self._pump(upstream, response, first, attempt, ttft)
+        except ConnectionError:  # writing to the client: it went away (counted if complete)
             exchange.finish(CLIENT_CLOSED, ttft=ttft, failed=False)
             return response
+        if attempt.complete:
+            failure = None  # the client has the whole stream: what follows [DONE] is moot
         if failure is None:
-            attempt.succeeded()
+            attempt.delivered(upstream.status, ttft)  # the upstream's last chunk has gone
         else:
             attempt.failed(failure)
         with contextlib.suppress(ConnectionError):
@@ -358,13 +366,19 @@ class Proxy:
         response: web.StreamResponse,
         chunk: bytes,
         attempt: Attempt,
+        ttft: float,
     ) -> Failure | None:
         """Relay chunks as they arrive, starting with ``chunk``; how the upstream failed, if
         it did. A client that went away raises ``ConnectionError``. Each chunk tells that
-        the backend is alive (``Attempt.chunk``: no suspicion probe while it streams)."""
+        the backend is alive (``Attempt.chunk``: no suspicion probe while it streams);
+        the chunk that ends with ``[DONE]`` completes the request (``Attempt.delivered``)."""
         content = upstream.content
+        tail = b""
         while chunk:
             await response.write(chunk)
+            tail = (tail + chunk)[-64:]
+            if not attempt.complete and ends_stream(tail):
+                attempt.delivered(upstream.status, ttft)
             try:
                 chunk = await self._next_chunk(content)
                 attempt.chunk()
