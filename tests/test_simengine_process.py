@@ -104,6 +104,7 @@ def test_client_disconnect_frees_the_slot_in_the_real_server(spawn: Spawn) -> No
         ["--no-such-flag"],
         ["--scheduler", "fifo"],
         ["--max-num-seqs", "64", "--max-batched-tokens", "32"],
+        ["--profile", "no-such-profile"],
     ],
 )
 def test_bad_flags_exit_2_with_one_line(args: list[str]) -> None:

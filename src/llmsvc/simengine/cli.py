@@ -18,6 +18,10 @@ DESCRIPTION = (
 
 
 def main(argv: Sequence[str]) -> int:
+    if list(argv[:1]) == ["fit"]:
+        from llmsvc.simengine import fit
+
+        return fit.main(argv[1:])
     settings = parse_settings(SimEngineSettings, argv, prog=PROG, description=DESCRIPTION)
     configure_logging(settings.log_level, settings.log_format)
     app = create_app(settings)

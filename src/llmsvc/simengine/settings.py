@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-from typing import Literal, Self
+from typing import Annotated, Any, Literal, Self
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import Field, TypeAdapter, ValidationError, field_validator, model_validator
 
 from llmsvc.core.settings import CommaList, ServerSettings
+from llmsvc.simengine.profiles import load_profile
 
 
 class SimEngineSettings(ServerSettings):
@@ -22,6 +23,11 @@ class SimEngineSettings(ServerSettings):
         default=None,
         description="Id reported as system_fingerprint and in the X-Llmsvc-Engine header; "
         "default sim-<host>-<port>.",
+    )
+    profile: str | None = Field(
+        default=None,
+        description="A named timing profile (llmsvc/simengine/profiles/NAME.json, or a path to "
+        "a .json file) giving the timing defaults; flags and env still win.",
     )
     seed: int = Field(default=0, description="Seed of every random choice: text, jitter, faults.")
     chars_per_token: float = Field(
@@ -91,6 +97,24 @@ class SimEngineSettings(ServerSettings):
         if not value:
             raise ValueError("at least one model name is required")
         return value
+
+    @model_validator(mode="before")
+    @classmethod
+    def _profile_defaults(cls, data: Any) -> Any:
+        """Fill the timing fields not given (flags, env) from ``--profile``."""
+        if not isinstance(data, dict) or not data.get("profile"):
+            return data
+        name = str(data["profile"])
+        profile = load_profile(name)
+        for key, value in profile.items():
+            info = cls.model_fields[key]
+            try:
+                adapter: TypeAdapter[Any] = TypeAdapter(Annotated[info.annotation, info])  # type: ignore[arg-type]
+                adapter.validate_python(value)
+            except ValidationError as exc:
+                reason = exc.errors(include_url=False)[0]["msg"]
+                raise ValueError(f"profile {name!r}: {key}: {reason} (got {value!r})") from None
+        return {**profile, **data}
 
     @model_validator(mode="after")
     def _budget_holds_every_decode(self) -> Self:

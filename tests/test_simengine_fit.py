@@ -1,0 +1,123 @@
+"""Timing profiles (``--profile``) and ``llmsvc sim-engine fit``, on real processes."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from llmsvc.simengine.fit import Measurements, build_settings, fit_line, fit_slowdown
+from llmsvc.simengine.settings import SimEngineSettings
+from procs import Spawn, free_port, llmsvc_args
+
+
+def test_fit_line_and_slowdown() -> None:
+    intercept, slope = fit_line([(100, 0.02 + 100 / 250), (500, 0.02 + 500 / 250), (900, 3.62)])
+    assert intercept == pytest.approx(0.02)
+    assert 1 / slope == pytest.approx(250)
+    assert fit_slowdown({1: 0.01, 2: 0.0125, 4: 0.0175}) == pytest.approx(0.25)
+    assert fit_slowdown({1: 0.01, 2: 0.009}) == 0.0  # never faster with company
+    assert fit_slowdown({1: 0.01}) == 0.0
+    with pytest.raises(ValueError, match="two different"):
+        fit_line([(5, 1.0), (5, 2.0)])
+
+
+def test_build_settings_from_measurements() -> None:
+    m = Measurements(
+        ttft=[(50, 0.25), (550, 2.25)],
+        chars_per_token=3.5,
+        itl={1: 0.0125, 2: 0.015},
+        prefix_ratio=0.1,
+        slots=2,
+        context_tokens=2048,
+    )
+    settings = build_settings(m, max_batched_tokens=2048)
+    assert settings == {
+        "scheduler": "batched",
+        "chars_per_token": 3.5,
+        "prefill_tokens_per_s": 250.0,
+        "decode_tokens_per_s": 80.0,
+        "decode_slowdown": 0.2,
+        "max_batched_tokens": 2048,
+        "max_num_seqs": 2,
+        "kv_cache_tokens": 2048,
+        "prefix_cache_tokens": 2048,
+    }
+    assert (
+        build_settings(
+            Measurements(ttft=m.ttft, itl=m.itl, prefix_ratio=0.9), max_batched_tokens=512
+        )["prefix_cache_tokens"]
+        == 0
+    )
+
+
+def write(path: Path, settings: dict[str, object]) -> str:
+    path.write_text(json.dumps({"source": {"by": "a test"}, "settings": settings}))
+    return str(path)
+
+
+def test_a_profile_gives_defaults_and_flags_win(tmp_path: Path) -> None:
+    name = write(tmp_path / "p.json", {"prefill_tokens_per_s": 250.0, "max_num_seqs": 2})
+    settings = SimEngineSettings(profile=name)
+    assert (settings.prefill_tokens_per_s, settings.max_num_seqs) == (250.0, 2)
+    assert SimEngineSettings(profile=name, max_num_seqs=8).max_num_seqs == 8
+
+
+@pytest.mark.parametrize(
+    ("settings", "message"),
+    [
+        (None, "unknown profile 'no-such-profile' (known: "),
+        ({"port": 80}, "sets non-timing fields: port"),
+        ({"prefill_tokens_per_s": -1}, "prefill_tokens_per_s: Input should be greater than 0"),
+    ],
+)
+def test_bad_profiles_exit_2_with_one_line(
+    tmp_path: Path, settings: dict[str, object] | None, message: str
+) -> None:
+    name = "no-such-profile" if settings is None else write(tmp_path / "bad.json", settings)
+    done = subprocess.run(
+        llmsvc_args("sim-engine", "--profile", name), capture_output=True, text=True, timeout=30
+    )
+    assert done.returncode == 2
+    assert "Traceback" not in done.stderr
+    assert done.stderr.strip().splitlines()[-1].startswith("llmsvc sim-engine: error:")
+    assert message in done.stderr
+
+
+def test_fit_recovers_a_simulated_engine(spawn: Spawn, tmp_path: Path) -> None:
+    port = free_port()
+    truth = ("--prefill-tokens-per-s", "4000", "--decode-tokens-per-s", "100")
+    engine = spawn("truth", "sim-engine", "--port", str(port), *truth, "--decode-slowdown", "0.25")
+    url = f"http://127.0.0.1:{port}"
+    engine.wait_http(f"{url}/health")
+    out = tmp_path / "fitted.json"
+    fit = ["--url", url, "--model", "sim-model", "--out", str(out), "--samples", "1"]
+    done = subprocess.run(
+        llmsvc_args("sim-engine", "fit", *fit, "--decode-tokens", "20", "--concurrency", "1,4"),
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 0, done.stderr
+    settings = json.loads(out.read_text())["settings"]
+    assert settings["chars_per_token"] == pytest.approx(4, rel=0.05)
+    assert settings["prefill_tokens_per_s"] == pytest.approx(4000, rel=0.2)
+    assert settings["decode_tokens_per_s"] == pytest.approx(100, rel=0.2)
+    assert settings["decode_slowdown"] == pytest.approx(0.25, abs=0.1)
+    assert settings["prefix_cache_tokens"] > 0
+    SimEngineSettings(profile=str(out))  # the fit is a valid profile
+
+
+def test_fit_of_an_unreachable_url_exits_1_with_one_line() -> None:
+    url = f"http://127.0.0.1:{free_port()}"
+    done = subprocess.run(
+        llmsvc_args("sim-engine", "fit", "--url", url, "--model", "m"),
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert done.returncode == 1
+    assert "Traceback" not in done.stderr
+    assert done.stderr.strip().startswith(f"llmsvc sim-engine fit: error: cannot measure {url}")
