@@ -8,10 +8,17 @@ Three numbers per engine, whatever the engine (the first name found wins):
   ``llamacpp:requests_processing``;
 - KV-cache use, 0..1: ``vllm:kv_cache_usage_perc`` (older vLLM:
   ``vllm:gpu_cache_usage_perc``), ``sglang:token_usage``,
-  ``llamacpp:kv_cache_usage_ratio``.
+  ``llamacpp:kv_cache_usage_ratio`` (older llama.cpp only). Current llama.cpp
+  exports no KV-cache series at all; there each slot (``-np``) holds its own
+  share of the context (``-c`` / ``-np`` tokens), so the share of busy slots,
+  ``llamacpp:requests_processing`` / slots, is the cache it has committed; the
+  slot count is not in ``/metrics`` either, and the scraper reads it from
+  ``GET /props`` (``total_slots``): :func:`needs_slots`, ``parse_load(slots=)``.
 
 Series with several label sets (one per model, per data-parallel rank) are
-summed for the counts; the KV-cache use is the largest of them.
+summed for the counts; the KV-cache use is the largest of them. What an
+engine does not export is named in ``EngineLoad.missing`` (the scraper warns
+once per backend: an input read as 0 is never silent).
 
 The exposition text is not parsed into metric families: at 1,000 backends
 scraped every second that would dominate the router's CPU. Each wanted name is
@@ -52,6 +59,7 @@ KV_USE = (
     b"sglang:token_usage",
     b"llamacpp:kv_cache_usage_ratio",
 )
+LLAMACPP_BUSY = b"llamacpp:requests_processing"  # busy slots: with the slot count, the KV use
 
 
 @dataclass(frozen=True, slots=True)
@@ -63,6 +71,7 @@ class EngineLoad:
     kv_use: float
     at: float  # monotonic time of the scrape
     in_flight: int  # the router's in-flight count to the engine at that time
+    missing: tuple[str, ...] = ()  # inputs the engine exports nothing for (read as 0)
 
     def view(self, now: float) -> dict[str, Any]:
         return {
@@ -70,6 +79,7 @@ class EngineLoad:
             "running": self.running,
             "kv_cache_use": round(self.kv_use, 4),
             "age_s": round(now - self.at, 3),
+            "missing": list(self.missing),
         }
 
 
@@ -110,19 +120,34 @@ def _first(text: bytes, names: tuple[bytes, ...]) -> list[float] | None:
     return None
 
 
-def parse_load(text: bytes, *, at: float, in_flight: int) -> EngineLoad | None:
-    """The load in a ``/metrics`` answer; None when it has none of the known names."""
+def needs_slots(text: bytes) -> bool:
+    """Whether this is a llama.cpp without a KV-cache series: its slot count makes one."""
+    return _first(text, KV_USE) is None and bool(_samples(text, LLAMACPP_BUSY))
+
+
+def parse_load(
+    text: bytes, *, at: float, in_flight: int, slots: int | None = None
+) -> EngineLoad | None:
+    """The load in a ``/metrics`` answer; None when it has none of the known names.
+
+    ``slots``: llama.cpp's slot count (``/props``), for an engine without a KV-cache
+    series (:func:`needs_slots`): its KV use is then its busy slots' share."""
     waiting = _first(text, WAITING)
     running = _first(text, RUNNING)
     kv = _first(text, KV_USE)
+    if kv is None and slots:
+        busy = _samples(text, LLAMACPP_BUSY)
+        kv = [sum(busy) / slots] if busy else None
     if waiting is None and running is None and kv is None:
         return None
+    found = {"waiting requests": waiting, "running requests": running, "KV-cache use": kv}
     return EngineLoad(
         waiting=sum(waiting or ()),
         running=sum(running or ()),
         kv_use=min(1.0, max(0.0, max(kv or (0.0,)))),
         at=at,
         in_flight=in_flight,
+        missing=tuple(name for name, values in found.items() if values is None),
     )
 
 

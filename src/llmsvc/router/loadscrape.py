@@ -6,6 +6,13 @@ one interval. A good answer replaces the backend's :class:`EngineLoad`; a
 failed one (unreachable, timeout, non-2xx, none of the known names) leaves
 the last value, which ``least_load`` ignores once it is older than
 ``loadscore.MAX_AGE_INTERVALS`` intervals.
+
+A llama.cpp engine exports no KV-cache series; its slot count (``GET /props``,
+``total_slots``) turns its busy slots into one (``loadscore``). The count is read
+once per engine life (the record's origin and registration time), again after
+``SLOTS_RETRY_S`` if it could not be read. An engine that exports nothing for
+one of the three inputs is named in a WARNING once per backend: that input
+reads as 0 in its score.
 """
 
 from __future__ import annotations
@@ -14,6 +21,7 @@ import asyncio
 import logging
 import time
 from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
 
 import aiohttp
 from aiohttp import web
@@ -21,11 +29,23 @@ from prometheus_client import CollectorRegistry, Counter
 
 from llmsvc.core.app import every, owned_task
 from llmsvc.router.backends import Backend, BackendPool
-from llmsvc.router.loadscore import parse_load
+from llmsvc.router.loadscore import EngineLoad, needs_slots, parse_load
 
 log = logging.getLogger("llmsvc.router.loadscrape")
 
 SCRAPE_CONCURRENCY = 64
+SLOTS_RETRY_S = 30.0  # a /props that could not be read is asked again after this long
+
+_Life = tuple[str, float]  # an engine's origin and registration time: one process's life
+
+
+@dataclass(slots=True)
+class _Slots:
+    """A llama.cpp engine's slot count as read from ``/props`` for one life."""
+
+    life: _Life
+    count: int | None  # None: not readable
+    read_at: float
 
 
 class LoadScraper:
@@ -44,6 +64,8 @@ class LoadScraper:
         self._timeout = aiohttp.ClientTimeout(total=timeout)
         self._limit = asyncio.Semaphore(SCRAPE_CONCURRENCY)
         self._failing: set[str] = set()
+        self._slots: dict[str, _Slots] = {}  # by backend name
+        self._warned: dict[str, tuple[str, ...]] = {}  # the missing inputs last warned about
         self.errors = Counter(
             "llmsvc_router_load_scrape_errors_total",
             "Failed scrapes of a backend's /metrics for least_load.",
@@ -53,6 +75,10 @@ class LoadScraper:
 
     async def scrape_all(self) -> None:
         backends = list(self._pool)
+        names = {b.name for b in backends}
+        for gone in [n for n in self._slots.keys() | self._warned.keys() if n not in names]:
+            self._slots.pop(gone, None)
+            self._warned.pop(gone, None)
         if backends:
             await asyncio.gather(*(self._scrape(b) for b in backends))
 
@@ -78,11 +104,49 @@ class LoadScraper:
                 text = await resp.read()
         except (TimeoutError, aiohttp.ClientError, OSError) as exc:
             return type(exc).__name__
-        load = parse_load(text, at=time.monotonic(), in_flight=backend.in_flight)
+        slots = await self._slot_count(backend) if needs_slots(text) else None
+        load = parse_load(text, at=time.monotonic(), in_flight=backend.in_flight, slots=slots)
         if load is None:
             return "no queue or KV-cache metric in its /metrics"
+        self._warn_missing(backend, load)
         backend.load = load
         return None
+
+    def _warn_missing(self, backend: Backend, load: EngineLoad) -> None:
+        """Once per backend (and again if it changes): what its score reads as 0."""
+        if self._warned.get(backend.name, ()) == load.missing:
+            return
+        self._warned[backend.name] = load.missing
+        if load.missing:
+            log.warning(
+                "backend %s exports no %s in its /metrics: least_load reads it as 0",
+                backend.name,
+                " and no ".join(load.missing),
+                extra={"backend": backend.name},
+            )
+
+    async def _slot_count(self, backend: Backend) -> int | None:
+        """llama.cpp's ``total_slots`` (``GET /props``) for the engine's current life."""
+        life = (backend.url, backend.record.registered_at)
+        now = time.monotonic()
+        known = self._slots.get(backend.name)
+        fresh = known is not None and known.life == life
+        if known is not None and fresh and (known.count or now - known.read_at < SLOTS_RETRY_S):
+            return known.count
+        count = await self._read_props(backend)
+        self._slots[backend.name] = _Slots(life, count, now)
+        return count
+
+    async def _read_props(self, backend: Backend) -> int | None:
+        try:
+            async with self._session.get(backend.url + "/props", timeout=self._timeout) as resp:
+                if resp.status != 200:
+                    return None
+                props = await resp.json(content_type=None)
+        except (TimeoutError, aiohttp.ClientError, OSError, ValueError):
+            return None
+        count = props.get("total_slots") if isinstance(props, dict) else None
+        return count if isinstance(count, int) and count > 0 else None
 
 
 def load_scrape_ctx(
