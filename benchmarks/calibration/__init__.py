@@ -1,0 +1,1 @@
+"""The simulated engine against the real llama-server, same load (docs/simulated-engine.md)."""
