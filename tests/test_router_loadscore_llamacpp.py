@@ -9,6 +9,7 @@ series it has, none of them a KV-cache use. The share of busy slots stands in
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import contextlib
 import logging
 import time
@@ -16,6 +17,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
+import httpx
 import orjson
 import pytest
 from aiohttp import web
@@ -25,7 +27,8 @@ from prometheus_client import CollectorRegistry
 from llmsvc.router.app import create_app
 from llmsvc.router.loadscore import needs_slots, parse_load
 from llmsvc.router.settings import RouterSettings
-from procs import HOST, free_port
+from procs import HOST, Spawn, free_port, wait_until
+from realengine import SERVER_ARGS
 
 Client = TestClient[web.Request, web.Application]
 LLAMACPP_METRICS = (Path(__file__).parent / "data" / "llamacpp-11434-metrics.txt").read_bytes()
@@ -129,3 +132,39 @@ async def test_an_input_an_engine_lacks_is_a_warning_once_per_backend(
     assert warnings == [
         "backend ll exports no KV-cache use in its /metrics: least_load reads it as 0"
     ]
+
+
+BUSY_ONE = b"llamacpp:requests_processing 1\n"
+
+
+def metric_names(text: bytes) -> set[str]:
+    return {line.split()[0].split("{")[0] for line in text.decode().splitlines() if line[:1] != "#"}
+
+
+@pytest.mark.real_engine
+@pytest.mark.xdist_group("real_engine")
+def test_the_real_llama_server_matches_the_fixture_and_has_its_slots_in_props(
+    spawn: Spawn, llama_server_bin: Path, smollm2_gguf: Path
+) -> None:
+    """The captured text is what the real server exports; ``/props`` has ``total_slots``;
+    one request running on two slots reads as half the KV cache."""
+    port = free_port()
+    url = f"http://{HOST}:{port}"
+    args = [str(llama_server_bin), "-m", str(smollm2_gguf), "--host", HOST, "--port", str(port)]
+    server = spawn("llama-server", *args, *SERVER_ARGS, raw=True)
+    server.wait_http(url + "/health", timeout=60)
+    idle = httpx.get(url + "/metrics", timeout=5).content
+    assert metric_names(idle) == metric_names(LLAMACPP_METRICS)
+    assert needs_slots(idle)
+    slots = httpx.get(url + "/props", timeout=5).json()["total_slots"]
+    assert slots == 2
+    body = {"prompt": "Once upon a time", "n_predict": 64, "stream": False}
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+        answer = pool.submit(httpx.post, url + "/completion", json=body, timeout=60)
+        busy = wait_until(
+            lambda: BUSY_ONE in (t := httpx.get(url + "/metrics").content) and t,
+            timeout=20, what="one request processing",
+        )  # fmt: skip
+        assert answer.result().status_code == 200
+    load = parse_load(busy, at=1.0, in_flight=0, slots=slots)
+    assert load is not None and (load.running, load.kv_use, load.missing) == (1.0, 0.5, ())
