@@ -7,7 +7,7 @@ STAMP  := $(VENV)/.installed-stamp
 TEST_WORKERS ?= 4
 PYTEST_ARGS ?=
 
-.PHONY: help venv tools run stop test lint typecheck imports check clean scale bench study images manifests chaos soak real-engine
+.PHONY: help venv tools run stop test lint typecheck imports check clean scale bench bench-clients study images manifests chaos soak real-engine
 
 help:
 	@echo "make run     start the demo stack (registry, router, two simulated engines)"
@@ -85,6 +85,12 @@ scale: $(STAMP)
 bench: $(STAMP)
 	$(BIN)/python -m pip install --quiet -e '.[bench]'
 	$(BIN)/python benchmarks/harness $(BENCH_ARGS)
+
+# Real benchmark clients (about 5 minutes once installed; the first run installs guidellm
+# and inference-perf into .bench/, torch included): through the router and direct, over
+# the simulated fleet and the real llama-server of `make real-engine`; docs/performance.md.
+bench-clients: $(STAMP)
+	$(BIN)/python benchmarks/clients --doc docs/performance.md $(BENCH_CLIENTS_ARGS)
 
 # Fault harness (about 5 minutes): backend death and a black hole under load, llmsvc beside
 # nginx, HAProxy, LiteLLM; writes benchmarks/chaos/results/ and the table in docs/reliability.md.
