@@ -15,7 +15,10 @@ from aiohttp.test_utils import TestClient
 from prometheus_client import CollectorRegistry
 
 import metrics
+from llmsvc.core.records import ServiceRecord
 from llmsvc.router.app import create_app
+from llmsvc.router.backends import BackendPool
+from llmsvc.router.outliers import OutlierRules
 from llmsvc.router.settings import RouterSettings
 from procs import HOST, Spawn, free_port, start_registry
 
@@ -101,3 +104,44 @@ async def test_unknown_is_404_known_but_down_is_503(
     assert metrics.value(text, series % ("_unknown", 404)) == 1
     assert metrics.value(text, series % ("down", 503)) == 1
     assert metrics.value(text, series % ("loading", 503)) == 1
+
+
+def record(name: str, model: str, **extra: object) -> ServiceRecord:
+    base = {"name": name, "host": HOST, "port": 1, "metadata": {"models": [model]}}
+    return ServiceRecord.model_validate(base | extra)
+
+
+def test_a_model_is_known_in_every_state_of_its_backends() -> None:
+    """Known (503, listed) whether its backend is healthy, unhealthy by the registry, failing
+    the router's check, taken out after failures or ejected as an outlier; or named by a
+    babysitter only. Nothing else is (404)."""
+    pool = BackendPool(max_fails=1, fail_timeout=30.0)
+    pool.set_static([record("static", "s")])
+    sitter = {"type": "babysitter", "metadata": {"engine": "vllm", "model_name": "loading"}}
+    pool.set_registry(
+        [
+            record("up", "u"),
+            record("unhealthy", "h", status="unhealthy"),
+            record("checked", "c"),
+            record("passive", "p"),
+            record("outlier", "o"),
+            ServiceRecord.model_validate({"name": "b", "host": HOST, "port": 2} | sitter),
+        ]
+    )
+    now = 1.0
+    backends = {b.name: b for b in pool}
+    backends["checked"].record_check(False, now)
+    assert backends["passive"].passive.record_failure(now)
+    rules = OutlierRules(
+        consecutive_failures=5, latency_factor=5.0, ejection_time=30.0, max_ejection_percent=50
+    )
+    backends["outlier"].outlier.eject(now, rules, "consecutive_failures")
+    pool.health_changed()
+    for model in ("h", "c", "p", "o", "loading"):
+        assert pool.knows(model), model
+        assert not pool.eligible(model, now + 1).backends, model  # nothing healthy: 503
+    assert [b.name for b in pool.eligible("u", now + 1)] == ["up"]
+    assert pool.knows("s") and pool.knows("u")
+    assert not pool.knows("nope") and not pool.knows("vllm")
+    assert pool.known_models() == ["c", "h", "loading", "o", "p", "s", "u"]
+    assert sorted(pool.healthy_models(now + 1)) == ["s", "u"]
