@@ -54,7 +54,9 @@ async def closed_loop(
 ) -> list[Timing]:
     queue = list(reversed(work))
     done: list[Timing] = []
-    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=300)) as session:
+    timeout = aiohttp.ClientTimeout(total=300)
+    connector = aiohttp.TCPConnector(force_close=True)  # llama.cpp closes streams after [DONE]
+    async with aiohttp.ClientSession(timeout=timeout, connector=connector) as session:
         prober = Prober(session, url=url, model=model)
         await prober.stream(make_prompt(random.Random(1), 64, nonce="warm"), 2)
 

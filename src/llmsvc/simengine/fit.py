@@ -173,7 +173,9 @@ async def measure(s: FitSettings) -> Measurements:
     m = Measurements()
     rng = random.Random(0)
     timeout = aiohttp.ClientTimeout(total=s.timeout)
-    async with aiohttp.ClientSession(timeout=timeout) as session:
+    # A fresh connection per probe: llama.cpp's server closes a streamed one after [DONE].
+    connector = aiohttp.TCPConnector(force_close=True)
+    async with aiohttp.ClientSession(timeout=timeout, connector=connector) as session:
         _apply_props(m, await _props(session, s.url), s)
         prober = Prober(session, url=s.url, model=s.model)
         await prober.stream(make_prompt(rng, 64, nonce="warm"), 2)  # load, compile, connect
