@@ -1,5 +1,5 @@
 """Fixtures every test module can use: ``spawn``, ``module_spawn``, ``kubeapi``, and the real
-engine's ``llama_server_bin`` and ``smollm2_gguf`` (``realengine.py``)."""
+engine's ``llama_server_bin``, ``smollm2_gguf`` and ``real_engine_slot`` (``realengine.py``)."""
 
 from __future__ import annotations
 
@@ -11,7 +11,11 @@ import pytest
 
 from kubeapi import KubeAPI, start_kubeapi
 from procs import ProcGroup, Spawn
-from realengine import llama_server_bin, smollm2_gguf  # noqa: F401 - fixtures for every module
+from realengine import (  # noqa: F401 - fixtures for every module
+    llama_server_bin,
+    real_engine_slot,
+    smollm2_gguf,
+)
 
 
 @pytest.fixture

@@ -9,13 +9,16 @@ without them, with the command that builds them; with
 that CI never silently stops running them. :func:`engine_env` puts the binary
 first on ``PATH``, for a babysitter's ``--engine llama.cpp``.
 
-Run real servers small (``SERVER_ARGS``: ``-c 2048 -np 2 --metrics``), one per test
-at most: the test machines have 2 cores.
+Run real servers small (``SERVER_ARGS``: ``-c 2048 -np 2 --metrics``) and few: the test
+machines have 2 cores. A test that starts real servers asks for ``real_engine_slot``
+(before ``spawn``): one such test runs at a time across xdist workers.
 """
 
 from __future__ import annotations
 
+import fcntl
 import os
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -27,9 +30,9 @@ HOW = "run `make real-engine` (builds llama-server and fetches SmolLM2 into the 
 REQUIRE_ENV = "LLMSVC_REQUIRE_REAL_ENGINE"
 SERVER_ARGS = ("-c", "2048", "-np", "2", "--metrics")
 """llama-server flags for tests: a small context, two slots, Prometheus metrics."""
-MARKS = (pytest.mark.real_engine, pytest.mark.xdist_group("real_engine"))
-"""Every real-engine module's ``pytestmark``: the marker, and one xdist worker for all of them
-(``--dist loadgroup``), so that their servers never run at the same time."""
+MARKS = (pytest.mark.real_engine, pytest.mark.timeout(300))
+"""Every real-engine module's ``pytestmark``: the marker, and room to wait for the lock of
+``real_engine_slot`` behind other workers' real-engine tests."""
 MODEL_NAME = "SmolLM2-135M-Instruct.Q4_1"
 """The model's name as the babysitter derives it (the GGUF file's stem)."""
 
@@ -65,6 +68,18 @@ def llama_server_bin() -> Path:
 def smollm2_gguf() -> Path:
     """The real SmolLM2-135M GGUF; skips (fails in CI) when it is not fetched."""
     return _require(smollm2_model(), "SmolLM2 model", model_path())
+
+
+@pytest.fixture
+def real_engine_slot(llama_server_bin: Path) -> Iterator[None]:
+    """Held for one test: real-engine tests on other xdist workers wait (an exclusive lock
+    on a file of the cache), so that one test's real servers run at a time. Ask for it
+    before ``spawn``, so that it is released after the servers stopped. (``--dist
+    loadgroup`` would do it without a lock, but cannot group on pytest 9.2:
+    pytest-dev/pytest-xdist#1386.)"""
+    with open(llama_server_bin.parent.parent / ".tests.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        yield
 
 
 def engine_env(binary: Path) -> dict[str, str]:
