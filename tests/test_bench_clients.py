@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 from benchmarks.clients import parse, report, tools
-from benchmarks.clients.__main__ import parse_args
+from benchmarks.clients.__main__ import _failed, parse_args
 
 
 def _dist(median: float, p95: float) -> dict[str, Any]:
@@ -155,3 +155,13 @@ def test_unknown_tool_or_fleet_is_a_usage_error(
         parse_args(argv)
     assert exit_.value.code == 2
     assert "unknown" in capsys.readouterr().err
+
+
+def test_errors_through_the_router_or_a_failed_run_fail_the_benchmark() -> None:
+    figures = parse.guidellm(guidellm_report()).__dict__
+    errored = {**figures, "errors": 1}
+    assert not _failed({"target": "router", "figures": figures})
+    assert _failed({"target": "router", "figures": errored})
+    assert not _failed({"target": "direct", "figures": errored})  # the engine's, not ours
+    assert _failed({"target": "direct", "unavailable": "guidellm exit 1: …", "failed": True})
+    assert not _failed({"target": "router", "unavailable": "no llama-server (make real-engine)"})

@@ -86,7 +86,7 @@ def fleet_runs(name: str, args: argparse.Namespace, venvs: dict[str, Path | str]
                     try:
                         entry |= one_run(tools.TOOLS[tool_name], venv, st, target, load, out)
                     except (Unavailable, parse.ResultError) as exc:
-                        entry["unavailable"] = str(exc)
+                        entry |= {"unavailable": str(exc), "failed": True}
                     print(f"  {report.row(entry).strip()}", flush=True)
                     runs.append(entry)
             return runs
@@ -140,6 +140,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--out", type=Path, default=BENCH_DIR / "clients")
     parser.add_argument("--doc", type=Path, help="replace the table in this page")
     args = parser.parse_args(argv)
+    args.out = args.out.resolve()  # the tools run in their own directories under it
     args.fleets = [f for f in args.fleets.split(",") if f]
     args.tools = [t for t in args.tools.split(",") if t]
     for name in args.fleets:
@@ -176,8 +177,13 @@ def main(argv: list[str] | None = None) -> int:
     print("\n" + table)
     if args.doc:
         replace_table(args.doc, table, report.START, report.END)
-    failed = [r for r in runs if r["target"] == "router" and r.get("figures", {}).get("errors")]
-    return 1 if failed else 0
+    return 1 if any(map(_failed, runs)) else 0
+
+
+def _failed(run: dict[str, Any]) -> bool:
+    """A tool that failed to run where it could, or reported errors through the router."""
+    errors = run.get("figures", {}).get("errors") and run["target"] == "router"
+    return bool(run.get("failed") or errors)
 
 
 def _now() -> str:

@@ -152,6 +152,7 @@ TOOLS: dict[str, Tool] = {
 
 def run(tool: Tool, venv: Path, url: str, model: str, load: Load, out: Path) -> Path:
     """Run ``tool`` against ``url``, its output in ``out/run.log``: its result file."""
+    out = out.resolve()  # the tool runs in it
     out.mkdir(parents=True, exist_ok=True)
     command = tool.command(venv, url, model, load, out)
     (out / "command.txt").write_text(" ".join(command) + "\n")
