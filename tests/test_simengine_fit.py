@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from llmsvc.simengine.fit import Measurements, build_settings, fit_line, fit_slowdown
+from llmsvc.simengine.profiles import available_profiles, load_profile
 from llmsvc.simengine.settings import SimEngineSettings
 from procs import Spawn, free_port, llmsvc_args
 
@@ -63,6 +64,12 @@ def test_a_profile_gives_defaults_and_flags_win(tmp_path: Path) -> None:
     settings = SimEngineSettings(profile=name)
     assert (settings.prefill_tokens_per_s, settings.max_num_seqs) == (250.0, 2)
     assert SimEngineSettings(profile=name, max_num_seqs=8).max_num_seqs == 8
+
+
+def test_shipped_profiles_load() -> None:
+    assert "llama.cpp-smollm2-cpu" in available_profiles()
+    for name in available_profiles():
+        SimEngineSettings(**load_profile(name))  # every value valid
 
 
 @pytest.mark.parametrize(

@@ -1,11 +1,12 @@
 """``python -m benchmarks.calibration``: the simulated engine against the real one, same load.
 
 Starts the real ``llama-server`` (the cached build of ``make real-engine``,
-``-c 2048 -np 2 --metrics``) and then ``llmsvc sim-engine --profile P``, one at
-a time; sends each the same closed-loop load (``--concurrency`` streams, the
-same seeded prompts, unique so that nothing is cached); and writes the TTFT
-and inter-token-latency percentiles of both, and their CDFs, to ``--out``
-(docs/simulated-engine/: calibration.json, calibration.md, calibration.png).
+``-c 2048 -np 2 -t 1 --metrics``: one thread, as the profile was fitted, since
+two threads on a shared 2-core machine wait on each other) and then ``llmsvc
+sim-engine --profile P``, one at a time; sends each the same closed-loop load
+(``--concurrency`` streams, the same seeded prompts, unique so that nothing is
+cached); and writes the TTFT and inter-token-latency percentiles of both, and
+their CDFs, to ``--out`` (docs/simulated-engine/: calibration.json, .md, .png).
 """
 
 from __future__ import annotations
@@ -35,10 +36,10 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.calibration", description=__doc__)
     parser.add_argument("--out", default="docs/simulated-engine")
     parser.add_argument("--profile", default="llama.cpp-smollm2-cpu")
-    parser.add_argument("--requests", type=int, default=24)
+    parser.add_argument("--requests", type=int, default=16)
     parser.add_argument("--concurrency", type=int, default=2)
-    parser.add_argument("--prompt-tokens", default="32,512", help="min,max (tokens of 4 chars)")
-    parser.add_argument("--max-tokens", type=int, default=24)
+    parser.add_argument("--prompt-tokens", default="32,256", help="min,max (tokens of 4 chars)")
+    parser.add_argument("--max-tokens", type=int, default=16)
     return parser.parse_args(argv)
 
 
@@ -157,7 +158,7 @@ def main(argv: list[str]) -> int:
     with tempfile.TemporaryDirectory(prefix="calibration-") as tmp:
         port = free_port()
         real = [str(llama_server_path()), "-m", str(model_path()), "-c", "2048", "-np", "2",
-                "--metrics", "--host", "127.0.0.1", "--port", str(port)]  # fmt: skip
+                "-t", "1", "--metrics", "--host", "127.0.0.1", "--port", str(port)]  # fmt: skip
         results["real"] = summary(run_one(real, port, MODEL, work, args, Path(tmp, "real.log")))
         port = free_port()
         sim = [sys.executable, "-m", "llmsvc", "sim-engine", "--profile", args.profile,
