@@ -27,7 +27,7 @@ def test_fit_line_and_slowdown() -> None:
 
 def test_build_settings_from_measurements() -> None:
     m = Measurements(
-        ttft=[(50, 0.25), (550, 2.25)],
+        ttft=[(50, 0.25), (550, 2.25)],  # 250 tok/s after 0.05 s
         chars_per_token=3.5,
         itl={1: 0.0125, 2: 0.015},
         prefix_ratio=0.1,
@@ -39,6 +39,7 @@ def test_build_settings_from_measurements() -> None:
         "scheduler": "batched",
         "chars_per_token": 3.5,
         "prefill_tokens_per_s": 250.0,
+        "prefill_overhead_s": 0.05,
         "decode_tokens_per_s": 80.0,
         "decode_slowdown": 0.2,
         "max_batched_tokens": 2048,
@@ -111,6 +112,7 @@ def test_fit_recovers_a_simulated_engine(spawn: Spawn, tmp_path: Path) -> None:
     settings = json.loads(out.read_text())["settings"]
     assert settings["chars_per_token"] == pytest.approx(4, rel=0.05)
     assert settings["prefill_tokens_per_s"] == pytest.approx(4000, rel=0.2)
+    assert settings["prefill_overhead_s"] < 0.03
     assert settings["decode_tokens_per_s"] == pytest.approx(100, rel=0.2)
     assert settings["decode_slowdown"] == pytest.approx(0.25, abs=0.1)
     assert settings["prefix_cache_tokens"] > 0

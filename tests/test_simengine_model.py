@@ -139,6 +139,9 @@ def test_step_seconds_adds_the_prefill_to_the_decode() -> None:
     assert step_seconds(prefill_only, **rates) == pytest.approx(0.5)
     mixed = StepPlan(decode_seqs=1, chunks=(1000, 1000))
     assert step_seconds(mixed, **rates) == pytest.approx(0.025 + 0.5)
+    overhead = {**rates, "prefill_overhead_s": 0.3}
+    assert step_seconds(mixed, **overhead) == pytest.approx(0.025 + 0.3 + 0.5)
+    assert step_seconds(decode_only, **overhead) == pytest.approx(1.4 / 40)  # no prefill, none
 
 
 def test_a_sequence_alone_takes_as_long_as_in_the_independent_model() -> None:

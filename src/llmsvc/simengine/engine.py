@@ -257,6 +257,7 @@ class Engine:
                     prefill_tokens_per_s=s.prefill_tokens_per_s,
                     decode_tokens_per_s=s.decode_tokens_per_s,
                     slowdown=s.decode_slowdown,
+                    prefill_overhead_s=s.prefill_overhead_s,
                 )
             )
             await asyncio.sleep(0)  # a zero-length step still lets the consumers run

@@ -3,7 +3,7 @@
 The procedure (docs/simulated-engine.md, "Fitting a profile"):
 
 1. TTFT of unique prompts of several lengths, one at a time, ``max_tokens`` 1:
-   a straight line ``ttft = overhead + prompt_tokens / prefill_tokens_per_s``;
+   a straight line ``ttft = prefill_overhead_s + prompt_tokens / prefill_tokens_per_s``;
    ``chars_per_token`` is the prompts' characters over their ``usage`` tokens.
 2. Inter-token latency alone: ``decode_tokens_per_s = 1 / median gap``.
 3. The same with ``c`` streams at once for each ``--concurrency`` level:
@@ -96,13 +96,14 @@ def fit_slowdown(itl: dict[int, float]) -> float:
 
 def build_settings(m: Measurements, *, max_batched_tokens: int) -> dict[str, Any]:
     """The profile's ``settings``: the simulated engine's timing fields from the fit."""
-    _, slope = fit_line(m.ttft)
+    intercept, slope = fit_line(m.ttft)
     if slope <= 0:
         raise ValueError("TTFT does not grow with the prompt: use longer --prompt-tokens")
     settings: dict[str, Any] = {
         "scheduler": "batched",
         "chars_per_token": round(m.chars_per_token, 3),
         "prefill_tokens_per_s": round(1 / slope, 1),
+        "prefill_overhead_s": round(max(0.0, intercept), 4),
         "decode_tokens_per_s": round(1 / m.itl[1], 2),
         "decode_slowdown": round(fit_slowdown(m.itl), 4),
         "max_batched_tokens": max(max_batched_tokens, m.slots),

@@ -169,21 +169,29 @@ def plan_step(
 
 
 def step_seconds(
-    plan: StepPlan, *, prefill_tokens_per_s: float, decode_tokens_per_s: float, slowdown: float
+    plan: StepPlan,
+    *,
+    prefill_tokens_per_s: float,
+    decode_tokens_per_s: float,
+    slowdown: float,
+    prefill_overhead_s: float = 0.0,
 ) -> float:
     """Duration of one step: its decode part plus its prefill part.
 
-    ``decode_seconds(running=decode_seqs)`` (0 without decodes) plus
-    ``prefill_tokens / prefill_tokens_per_s``, so a sequence alone prefills and
-    decodes exactly as in the independent model, and tokens of one request
-    lengthen the step every other running request waits on.
+    ``decode_seconds(running=decode_seqs)`` (0 without decodes) plus, when the
+    step prefills, ``prefill_overhead_s + prefill_tokens / prefill_tokens_per_s``,
+    so a sequence alone prefills and decodes as in the independent model (with
+    the overhead 0), and tokens of one request lengthen the step every other
+    running request waits on.
     """
     decode = 0.0
     if plan.decode_seqs:
         decode = decode_seconds(
             tokens_per_s=decode_tokens_per_s, slowdown=slowdown, running=plan.decode_seqs
         )
-    return decode + plan.prefill_tokens / prefill_tokens_per_s
+    if not plan.prefill_tokens:
+        return decode
+    return decode + prefill_overhead_s + plan.prefill_tokens / prefill_tokens_per_s
 
 
 def jitter_factor(rng: random.Random, jitter: float) -> float:

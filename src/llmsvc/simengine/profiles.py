@@ -22,6 +22,7 @@ TIMING_FIELDS = frozenset(
         "max_num_seqs",
         "kv_cache_tokens",
         "prefill_tokens_per_s",
+        "prefill_overhead_s",
         "decode_tokens_per_s",
         "decode_slowdown",
         "scheduler",

@@ -44,6 +44,12 @@ class SimEngineSettings(ServerSettings):
     prefill_tokens_per_s: float = Field(
         default=8000.0, gt=0, description="Prefill speed in tokens/s for uncached prompt tokens."
     )
+    prefill_overhead_s: float = Field(
+        default=0.0,
+        ge=0,
+        description="Seconds added to each batched step that prefills (a prompt pass's fixed "
+        "cost: the TTFT of a one-token prompt).",
+    )
     decode_tokens_per_s: float = Field(
         default=40.0, gt=0, description="Decode speed of one sequence alone, in tokens/s."
     )
