@@ -138,8 +138,10 @@ def plot(results: dict[str, Any], path: Path) -> None:
         (axes[1], "itl_all", "inter-token latency"),
     ):
         for name, style in (("real", "-"), ("sim", "--")):
-            values = [v * 1000 for v in results[name][key]]
+            values = [v * 1000 for v in results[name][key] if v > 0]
             ax.plot(values, [(i + 1) / len(values) for i in range(len(values))], style, label=name)
+        if key == "itl_all":  # most gaps near the decode step, a few a whole prefill
+            ax.set_xscale("log")
         ax.set_xlabel(f"{title} (ms)")
         ax.set_ylabel("fraction of requests" if key == "ttft_all" else "fraction of tokens")
         ax.grid(alpha=0.3)
