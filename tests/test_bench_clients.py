@@ -132,6 +132,7 @@ def test_inference_perf_config_drives_streams_for_the_duration(tmp_path: Path) -
     config: Any = tools.inference_perf_config("http://r:1", "m", load, tmp_path)
     assert config["api"] == {"type": "completion", "streaming": True}
     assert config["load"]["stages"] == [{"num_requests": 160, "concurrency_level": 8}]
+    assert config["load"]["base_seed"] == 1  # not the time: reproducible prompts
     assert config["data"]["input_distribution"]["mean"] == 256
     assert config["server"]["base_url"] == "http://r:1"
     assert config["tokenizer"]["pretrained_model_name_or_path"] == str(tools.TOKENIZER_DIR)
@@ -145,6 +146,7 @@ def test_guidellm_command_streams_through_the_url(tmp_path: Path) -> None:
     assert "kind=concurrent,streams=4" in argv
     assert "kind=max_duration,seconds=5" in argv
     assert "kind=synthetic_text,prompt_tokens=64,output_tokens=8" in argv
+    assert "kind=static,value=1" in argv  # its prompts' seed, not guidellm's default 42
 
 
 @pytest.mark.parametrize("argv", [["--tools", "wrk"], ["--fleets", "vllm"]])

@@ -77,6 +77,7 @@ def fleet_runs(name: str, args: argparse.Namespace, venvs: dict[str, Path | str]
             for tool_name in args.tools:
                 for target in TARGETS:
                     entry = {**label, "tool": tool_name, "target": target}
+                    run_load = dataclasses.replace(load, seed=1 + TARGETS.index(target))
                     venv = venvs[tool_name]
                     if isinstance(venv, str):
                         runs.append({**entry, "unavailable": venv})
@@ -84,7 +85,7 @@ def fleet_runs(name: str, args: argparse.Namespace, venvs: dict[str, Path | str]
                     print(f"{name}: {tool_name} -> {target} ...", flush=True)
                     out = args.out / name / f"{tool_name}-{target}"
                     try:
-                        entry |= one_run(tools.TOOLS[tool_name], venv, st, target, load, out)
+                        entry |= one_run(tools.TOOLS[tool_name], venv, st, target, run_load, out)
                     except (Unavailable, parse.ResultError) as exc:
                         entry |= {"unavailable": str(exc), "failed": True}
                     print(f"  {report.row(entry).strip()}", flush=True)

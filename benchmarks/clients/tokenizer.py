@@ -20,52 +20,12 @@ import sys
 from pathlib import Path
 
 VOCAB_SIZE = 2000
-WORDS = [
-    *[
-        "the",
-        "router",
-        "sends",
-        "each",
-        "request",
-        "to",
-        "an",
-        "engine",
-        "that",
-        "serves",
-        "the",
-        "model",
-        "and",
-        "streams",
-    ],
-    *[
-        "tokens",
-        "back",
-        "while",
-        "the",
-        "registry",
-        "keeps",
-        "the",
-        "list",
-        "of",
-        "engines",
-        "and",
-        "the",
-        "babysitter",
-    ],
-    *[
-        "restarts",
-        "them",
-        "when",
-        "they",
-        "fail",
-        "prompt",
-        "output",
-        "latency",
-        "throughput",
-        "concurrency",
-    ],
-    *["benchmark", "client", "server", "stream", "chunk", "usage"],
-]
+TEXT = (
+    "the router sends each request to an engine that serves the model and streams tokens back "
+    "while the registry keeps the list of engines and the babysitter restarts them when they fail "
+    "prompt output latency throughput concurrency benchmark client server stream chunk usage"
+)
+WORDS = TEXT.split()
 
 
 def corpus(extra: list[str], lines: int = 4000) -> list[str]:

@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import yaml
+from benchmarks.common.processes import start, stop
 from benchmarks.harness.targets import BENCH_DIR, Unavailable, _python312, _venv_install
 
 from llmsvc.simengine.model import VOCABULARY
@@ -41,6 +42,8 @@ class Load:
     streams: int = 8
     prompt_tokens: int = 256
     output_tokens: int = 32
+    seed: int = 1  # of the prompts: runs against the same engine need other prompts, or
+    # llama.cpp's prompt cache answers the second run's from the first's
 
 
 @dataclass(frozen=True)
@@ -89,6 +92,7 @@ def guidellm_command(venv: Path, url: str, model: str, load: Load, out: Path) ->
         "--constraint", f"kind=max_duration,seconds={load.seconds}",
         "--tokenizer", f"kind=huggingface_auto,model={TOKENIZER_DIR}",
         "--data", data,
+        "--seed", f"kind=static,value={load.seed}",
         "--output", f"kind=json,path={out / 'benchmarks.json'}",
         "--output", "kind=console",
     ]  # fmt: skip
@@ -115,6 +119,7 @@ def inference_perf_config(url: str, model: str, load: Load, out: Path) -> dict[s
                 {"num_requests": load.seconds * load.streams, "concurrency_level": load.streams}
             ],
             "num_workers": 1,
+            "base_seed": load.seed,  # of its prompts too
         },
         "server": {"type": "vllm", "model_name": model, "base_url": url, "ignore_eos": True},
         "tokenizer": {"pretrained_model_name_or_path": str(TOKENIZER_DIR)},
@@ -152,21 +157,20 @@ TOOLS: dict[str, Tool] = {
 
 def run(tool: Tool, venv: Path, url: str, model: str, load: Load, out: Path) -> Path:
     """Run ``tool`` against ``url``, its output in ``out/run.log``: its result file."""
-    out = out.resolve()  # the tool runs in it
+    out = out.resolve()  # the tools are given absolute paths
     out.mkdir(parents=True, exist_ok=True)
     command = tool.command(venv, url, model, load, out)
     (out / "command.txt").write_text(" ".join(command) + "\n")
     limit = 10 * load.seconds + 180  # startup (torch, datasets) and a slow engine
-    with (out / "run.log").open("wb") as log:
-        try:
-            done = subprocess.run(
-                command, stdout=log, stderr=subprocess.STDOUT, cwd=out, timeout=limit,
-                env={**os.environ, **OFFLINE},
-            )  # fmt: skip
-        except subprocess.TimeoutExpired:
-            raise Unavailable(f"{tool.name} ran past {limit} s") from None
+    proc = start(command, out / "run.log", tuple(OFFLINE.items()))
+    try:  # in its own process group: inference-perf's worker processes go with it
+        returncode = proc.wait(limit)
+    except subprocess.TimeoutExpired:
+        raise Unavailable(f"{tool.name} ran past {limit} s") from None
+    finally:
+        stop(proc)
     result = out / tool.result
-    if done.returncode != 0 or not result.exists():
+    if returncode != 0 or not result.exists():
         tail = (out / "run.log").read_text(errors="replace").strip().splitlines()
-        raise Unavailable(f"{tool.name} exit {done.returncode}: {(tail or ['?'])[-1][:300]}")
+        raise Unavailable(f"{tool.name} exit {returncode}: {(tail or ['?'])[-1][:300]}")
     return result
