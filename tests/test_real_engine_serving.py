@@ -221,7 +221,7 @@ def _busy(stack: Stack, *, requests: int) -> Iterator[None]:
             _client(stack).chat.completions.create(
                 model=MODEL_NAME,
                 messages=[{"role": "user", "content": "Write a long story about a cat."}],
-                max_tokens=48,
+                max_tokens=24,
             )
         except Exception as exc:  # reported below
             errors.append(exc)
