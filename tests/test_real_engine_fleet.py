@@ -9,11 +9,14 @@ router does not absorb fails the test. Needs ``make real-engine``.
 
 from __future__ import annotations
 
+import contextlib
+import json
 import os
 import signal
 import threading
 import time
 from collections import Counter
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -123,31 +126,53 @@ def test_sigkilled_engine_restarts_and_no_request_fails(
     real_engine_slot: None, spawn: Spawn, llama_server_bin: Path, smollm2_gguf: Path
 ) -> None:
     """Non-streaming requests in flight on the killed engine fail before any byte of their
-    answer; the router retries them on the other engine, so every one succeeds. (A stream
-    already answered cannot be retried: it ends with the router's in-band error event.)"""
+    answer; the router retries them on the other engine, so every one succeeds. A stream
+    already answered cannot be retried: it ends with the router's in-band error event."""
     fleet = start_fleet(spawn, llama_server_bin, smollm2_gguf, strategy="round_robin")
-    victim, other = fleet.engines
-    before = status(victim.api)
     # The labelled series appears with the model's first retry: none yet reads as 0 here
     # only; afterwards it must exist.
     retries_before = sum(s.value for s in matching(scrape(fleet.router), RETRIES))
     with Load(fleet.router, clients=4) as load:
-        wait_until(lambda: load.answered[victim.name] >= 1, timeout=30, what="load on both")
-        wait_until(lambda: _processing(victim.url) >= 1, timeout=10, what="victim busy")
-        killed_at = load.total()
-        _kill(before["pid"])
+        wait_until(lambda: len(load.answered) == 2, timeout=30, what="load on both engines")
+        with _stream(fleet.router) as (backend, events):
+            victim, other = sorted(fleet.engines, key=lambda e: e.name != backend)
+            before = status(victim.api)
+            next(events)  # its first chunk has reached the client
+            killed_at = load.total()
+            _kill(before["pid"])
+            rest = list(events)
         after = wait_state(victim.api, "ready", timeout=30)
         wait_until(lambda: load.total() >= killed_at + 4, timeout=30, what="load goes on")
     assert load.failures == []
+    assert load.answered[other.name] > 0
+    retried = total(scrape(fleet.router), RETRIES) - retries_before
+    assert retried >= 1  # the requests the kill cut were retried, not lost
+    assert "[DONE]" not in rest, rest  # the stream: cut, and told so in band
+    assert json.loads(rest[-1])["error"]["code"] == "upstream_stream", rest
     assert after["pid"] != before["pid"]
     assert after["restarts"] == before["restarts"] + 1
     last_exit = after["last_exit"]
     assert (last_exit["signal"], last_exit["code"]) == (signal.SIGKILL, None)
     assert last_exit["reason"] == "Signaled"
     assert last_exit["detail"] == "killed by SIGKILL"
-    assert load.answered[other.name] > 0
-    retried = total(scrape(fleet.router), RETRIES) - retries_before
-    assert retried >= 1  # the requests the kill cut were retried, not lost
+
+
+@contextlib.contextmanager
+def _stream(router: str) -> Iterator[tuple[str, Iterator[str]]]:
+    """A long streamed chat through the router: (the backend serving it, its data events)."""
+    body = {
+        "model": MODEL_NAME,
+        "messages": [{"role": "user", "content": "Tell me a very long story."}],
+        "max_tokens": 400,
+        "ignore_eos": True,  # llama.cpp's: it cannot end before the kill
+        "stream": True,
+    }
+    with httpx.stream("POST", router + "/v1/chat/completions", json=body, timeout=60) as resp:
+        assert resp.status_code == 200, resp.read()
+        events = (
+            line.removeprefix("data: ") for line in resp.iter_lines() if line.startswith("data: ")
+        )
+        yield resp.headers[BACKEND_HEADER], events
 
 
 def _processing(engine_url: str) -> float:
