@@ -142,9 +142,9 @@ def metric_names(text: bytes) -> set[str]:
 
 
 @pytest.mark.real_engine
-@pytest.mark.xdist_group("real_engine")
+@pytest.mark.timeout(300)  # room to wait for real_engine_slot
 def test_the_real_llama_server_matches_the_fixture_and_has_its_slots_in_props(
-    spawn: Spawn, llama_server_bin: Path, smollm2_gguf: Path
+    real_engine_slot: None, spawn: Spawn, llama_server_bin: Path, smollm2_gguf: Path
 ) -> None:
     """The captured text is what the real server exports; ``/props`` has ``total_slots``;
     one request running on two slots reads as half the KV cache."""
@@ -158,11 +158,11 @@ def test_the_real_llama_server_matches_the_fixture_and_has_its_slots_in_props(
     assert needs_slots(idle)
     slots = httpx.get(url + "/props", timeout=5).json()["total_slots"]
     assert slots == 2
-    body = {"prompt": "Once upon a time", "n_predict": 64, "stream": False}
+    body = {"prompt": "Once upon a time", "n_predict": 128, "stream": False}
     with concurrent.futures.ThreadPoolExecutor(1) as pool:
-        answer = pool.submit(httpx.post, url + "/completion", json=body, timeout=60)
+        answer = pool.submit(httpx.post, url + "/completion", json=body, timeout=120)
         busy = wait_until(
-            lambda: BUSY_ONE in (t := httpx.get(url + "/metrics").content) and t,
+            lambda: BUSY_ONE in (t := httpx.get(url + "/metrics", timeout=30).content) and t,
             timeout=20, what="one request processing",
         )  # fmt: skip
         assert answer.result().status_code == 200

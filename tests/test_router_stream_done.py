@@ -118,9 +118,13 @@ def test_closed_after_done_through_real_processes_is_always_200(
 
 
 @pytest.mark.real_engine
-@pytest.mark.xdist_group("real_engine")
+@pytest.mark.timeout(300)  # room to wait for real_engine_slot
 def test_closed_after_done_from_the_real_llama_server_is_always_200(
-    spawn: Spawn, tmp_path: Path, llama_server_bin: Path, smollm2_gguf: Path
+    real_engine_slot: None,
+    spawn: Spawn,
+    tmp_path: Path,
+    llama_server_bin: Path,
+    smollm2_gguf: Path,
 ) -> None:
     """The same with the real llama-server behind a real router: 6 short streams (before,
     3 to 5 of 10 were counted 499). A loaded machine makes each take seconds."""
