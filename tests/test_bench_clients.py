@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 from benchmarks.clients import parse, report, tools
-from benchmarks.clients.__main__ import _failed, parse_args
+from benchmarks.clients.__main__ import _failed, install, parse_args
 
 
 def _dist(median: float, p95: float) -> dict[str, Any]:
@@ -167,3 +167,16 @@ def test_errors_through_the_router_or_a_failed_run_fail_the_benchmark() -> None:
     assert not _failed({"target": "direct", "figures": errored})  # the engine's, not ours
     assert _failed({"target": "direct", "unavailable": "guidellm exit 1: …", "failed": True})
     assert not _failed({"target": "router", "unavailable": "no llama-server (make real-engine)"})
+
+
+def test_no_python_312_is_a_one_line_reason_not_a_crash(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("PATH", str(tmp_path))  # no python3.12 / python3.13
+    monkeypatch.setenv("HOME", str(tmp_path))  # no ~/.pyenv
+    venvs = install(["inference-perf"])
+    assert venvs == {"inference-perf": "unavailable: needs Python >= 3.12, none found"}
+    row = report.row({"fleet": "sim", "tool": "inference-perf", "target": "router",
+                      "unavailable": venvs["inference-perf"]})  # fmt: skip
+    assert row.startswith("| sim | inference-perf | router | not run: unavailable: needs Python")
+    assert row.count("|") == report.HEADER.splitlines()[0].count("|")
