@@ -218,9 +218,12 @@ def test_a_router_following_the_registry_routes_to_an_engine_in_a_slice(
     assert resp.json()["choices"][0]["message"]["content"]
 
     kubeapi.delete(f"{SLICES}/qwen-a")
+    # No slice (and no other record) lists the model any more: the router forgets it, and
+    # answers as OpenAI does for a model that does not exist (404, not a retryable 503).
     gone = wait_until(
         lambda: (r := httpx.post(f"{router}/v1/chat/completions", json=body, timeout=10))
-        .status_code == 503 and r,
+        .status_code == 404 and r,
         timeout=15, interval=0.2, what="the router dropping the engine",
     )  # fmt: skip
+    assert gone.json()["error"]["code"] == "model_not_found"
     assert MODEL in gone.json()["error"]["message"]

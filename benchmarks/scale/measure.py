@@ -264,7 +264,7 @@ async def propagation(
         started = time.monotonic()
         lease = {"X-Llmsvc-Lease": registered["lease"]}  # the name's holder removes it
         index, _ = await _change(session, "DELETE", f"{registry}/services/{name}", headers=lease)
-        gone = await _until_status(session, router, model, 503, timeout)
+        gone = await _until_status(session, router, model, 404, timeout)  # unknown again
         removed.append(None if gone is None else time.monotonic() - started)
         if settle is not None:
             await settle(index)

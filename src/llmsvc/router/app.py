@@ -163,9 +163,10 @@ def _routes(state: RouterState) -> list[Route]:
     errors = {
         400: "Malformed JSON, or missing/invalid 'model'",
         401: "Missing or invalid API key",
+        404: "No record lists the model in any state (model_not_found: do not retry)",
         413: "Body larger than --max-body-bytes",
         502: "Every backend tried failed",
-        503: "No healthy service for the model",
+        503: "The model is known, but no healthy service serves it now",
         504: "Every backend tried timed out",
     }
     table = []
