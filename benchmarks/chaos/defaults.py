@@ -29,9 +29,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from pathlib import Path
 
-import orjson
-from benchmarks.chaos.proxies import Proxy, haproxy_binary, haproxy_install
-from benchmarks.harness.targets import LLMSVC, nginx_command, nginx_install
+from benchmarks.chaos.proxies import Proxy, haproxy_binary, haproxy_install, llmsvc_router
+from benchmarks.harness.targets import nginx_command, nginx_install
 
 LLMSVC_SETTINGS = "`llmsvc router --static-services FILE` and no other flag"
 NGINX_SETTINGS = (
@@ -49,16 +48,7 @@ HAPROXY_SETTINGS = (
 
 
 def llmsvc_defaults_command(port: int, backends: Sequence[int], work: Path) -> list[str]:
-    records = [
-        {"name": f"b{i}", "host": "127.0.0.1", "port": p, "metadata": {"models": ["bench-model"]}}
-        for i, p in enumerate(backends)
-    ]
-    static = work / "services.json"
-    static.write_bytes(orjson.dumps({"services": records}))
-    return [
-        *LLMSVC, "router", "--port", str(port), "--static-services", str(static),
-        "--log-level", "warning",
-    ]  # fmt: skip
+    return llmsvc_router(port, backends, work, ("--log-level", "warning"))  # no tuning flags
 
 
 HAPROXY_DEFAULTS_CONF = """\

@@ -50,14 +50,21 @@ LLMSVC_FLAGS = (
 )  # fmt: skip
 
 
-def llmsvc_command(port: int, backends: Sequence[int], work: Path) -> list[str]:
+def llmsvc_router(
+    port: int, backends: Sequence[int], work: Path, flags: Sequence[str]
+) -> list[str]:
+    """``llmsvc router`` with ``flags`` in front of the backends, as a static services file."""
     records = [
         {"name": f"b{i}", "host": "127.0.0.1", "port": p, "metadata": {"models": ["bench-model"]}}
         for i, p in enumerate(backends)
     ]
     static = work / "services.json"
     static.write_bytes(orjson.dumps({"services": records}))
-    return [*LLMSVC, "router", "--port", str(port), "--static-services", str(static), *LLMSVC_FLAGS]
+    return [*LLMSVC, "router", "--port", str(port), "--static-services", str(static), *flags]
+
+
+def llmsvc_command(port: int, backends: Sequence[int], work: Path) -> list[str]:
+    return llmsvc_router(port, backends, work, LLMSVC_FLAGS)
 
 
 # nginx: the benchmark's configuration, plus limits and retries for POST requests
