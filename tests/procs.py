@@ -259,6 +259,23 @@ def start_router(
     return proc, url
 
 
+def spawn_sim_engine(spawn: Spawn, name: str, port: int, *extra: str) -> Proc:
+    """A simulated engine serving model ``m`` at once (``--time-scale 0``), named ``name``
+    in its answers (``--engine-id``); not yet waited for."""
+    return spawn(
+        name, "sim-engine", "--port", str(port), "--model-name", "m", "--engine-id", name,
+        "--time-scale", "0", *extra,
+    )  # fmt: skip
+
+
+def start_sim_engine(spawn: Spawn, name: str, *extra: str) -> tuple[Proc, int]:
+    """:func:`spawn_sim_engine` on a free port, once it answers ``/health``: (process, port)."""
+    port = free_port()
+    proc = spawn_sim_engine(spawn, name, port, *extra)
+    proc.wait_http(f"http://{HOST}:{port}/health")
+    return proc, port
+
+
 def babysitter_flags(*, stop_timeout: float = 2) -> list[str]:
     """Short intervals, so that every transition of a babysitter takes a fraction of a second."""
     return [

@@ -12,19 +12,9 @@ from pathlib import Path
 import httpx
 import orjson
 
-from procs import HOST, Proc, Spawn, free_port, wait_until
+from procs import HOST, Spawn, free_port, start_sim_engine, wait_until
 
 CHAT = {"model": "m", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 2}
-
-
-def start_engine(spawn: Spawn, name: str) -> tuple[Proc, int]:
-    port = free_port()
-    proc = spawn(
-        name, "sim-engine", "--port", str(port), "--model-name", "m", "--engine-id", name,
-        "--time-scale", "0",
-    )  # fmt: skip
-    proc.wait_http(f"http://{HOST}:{port}/health")
-    return proc, port
 
 
 def eligible(url: str, name: str) -> bool:
@@ -70,8 +60,8 @@ async def open_loop(url: str, seconds: float, every: float) -> list[int]:
 def test_a_sigstopped_engine_costs_no_request_with_the_defaults(
     spawn: Spawn, tmp_path: Path
 ) -> None:
-    a, a_port = start_engine(spawn, "a")
-    b, b_port = start_engine(spawn, "b")
+    a, a_port = start_sim_engine(spawn, "a")
+    b, b_port = start_sim_engine(spawn, "b")
     static = tmp_path / "services.json"
     records = [
         {"name": name, "host": HOST, "port": port, "metadata": {"models": ["m"]}}

@@ -13,16 +13,11 @@ import openai
 import orjson
 import pytest
 
-from procs import HOST, Spawn, free_port, wait_until
+from procs import HOST, Spawn, free_port, start_sim_engine, wait_until
 
 
 def start_engine(spawn: Spawn, name: str) -> dict[str, object]:
-    port = free_port()
-    proc = spawn(
-        name, "sim-engine", "--port", str(port), "--model-name", "m", "--engine-id", name,
-        "--time-scale", "0",
-    )  # fmt: skip
-    proc.wait_http(f"http://{HOST}:{port}/health")
+    _, port = start_sim_engine(spawn, name)
     return {"name": name, "host": HOST, "port": port, "metadata": {"models": ["m"]}}
 
 

@@ -15,17 +15,10 @@ import httpx
 import orjson
 import pytest
 
-from procs import HOST, Proc, Spawn, free_port, start_registry, wait_until
+from procs import HOST, Spawn, free_port, spawn_sim_engine, start_registry, wait_until
 
 CHAT = {"model": "m", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 2}
 FAST = ("--health-interval", "0.5", "--health-timeout", "1", "--registry-sync-interval", "0.5")
-
-
-def start_engine(spawn: Spawn, name: str, port: int) -> Proc:
-    return spawn(
-        name, "sim-engine", "--port", str(port), "--model-name", "m", "--engine-id", name,
-        "--time-scale", "0",
-    )  # fmt: skip
 
 
 def raw_chat() -> bytes:
@@ -68,7 +61,7 @@ async def fire_from_first_accept(port: int, *, loops: int, answers: int) -> list
 @pytest.mark.parametrize("workers", [1, 2])
 def test_no_503_from_the_first_accept(spawn: Spawn, workers: int) -> None:
     port = free_port()
-    start_engine(spawn, "e1", port).wait_http(f"http://{HOST}:{port}/health")
+    spawn_sim_engine(spawn, "e1", port).wait_http(f"http://{HOST}:{port}/health")
     record = {"name": "e1", "host": HOST, "port": port, "metadata": {"models": ["m"]}}
     _, registry = start_registry(spawn)
     assert httpx.post(f"{registry}/services", json=record).status_code == 201
@@ -86,7 +79,7 @@ def test_no_503_from_the_first_accept(spawn: Spawn, workers: int) -> None:
 def test_health_is_503_until_ready_then_serves_static_only(spawn: Spawn, tmp_path: Path) -> None:
     """An unreachable registry: not ready for --ready-timeout, then the static services."""
     port = free_port()
-    start_engine(spawn, "st", port).wait_http(f"http://{HOST}:{port}/health")
+    spawn_sim_engine(spawn, "st", port).wait_http(f"http://{HOST}:{port}/health")
     static = tmp_path / "services.json"
     record = {"name": "st", "host": HOST, "port": port, "metadata": {"models": ["m"]}}
     static.write_bytes(orjson.dumps([record]))
@@ -126,7 +119,7 @@ def test_static_backend_down_at_start_is_routed_to_within_seconds(
     router.wait_http(f"{url}/health")
     assert httpx.post(f"{url}/v1/chat/completions", json=CHAT).status_code != 200
 
-    start_engine(spawn, "late", port).wait_http(f"http://{HOST}:{port}/health")
+    spawn_sim_engine(spawn, "late", port).wait_http(f"http://{HOST}:{port}/health")
     up = time.monotonic()
 
     def routed() -> bool:
