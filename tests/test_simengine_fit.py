@@ -130,3 +130,17 @@ def test_fit_of_an_unreachable_url_exits_1_with_one_line() -> None:
     assert done.returncode == 1
     assert "Traceback" not in done.stderr
     assert done.stderr.strip().startswith(f"llmsvc sim-engine fit: error: cannot measure {url}")
+
+
+@pytest.mark.parametrize("url", ["notaurl", "ftp://h:1", "http://h:1/v1?x=", "http://h:99999"])
+def test_fit_of_a_url_that_is_not_an_origin_exits_2_with_one_line(url: str) -> None:
+    done = subprocess.run(
+        llmsvc_args("sim-engine", "fit", "--url", url, "--model", "m"),
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert done.returncode == 2
+    assert "Traceback" not in done.stderr
+    assert done.stderr.strip().startswith("llmsvc sim-engine fit: error: --url: ")
+    assert len(done.stderr.strip().splitlines()) == 1

@@ -30,8 +30,9 @@ from typing import Any
 
 import aiohttp
 import orjson
-from pydantic import Field
+from pydantic import Field, field_validator
 
+from llmsvc.core.addresses import check_origin_url
 from llmsvc.core.settings import BaseServiceSettings, CommaList, die, parse_settings
 from llmsvc.simengine.probe import ProbeError, Prober, Timing, make_prompt, median_gap
 from llmsvc.simengine.profiles import write_profile
@@ -60,6 +61,11 @@ class FitSettings(BaseServiceSettings):
     kv_cache_tokens: int = Field(default=0, ge=0, description="KV tokens; 0: from /props.")
     max_batched_tokens: int = Field(default=2048, ge=1, description="Step budget (llama.cpp -b).")
     timeout: float = Field(default=120.0, gt=0, description="Seconds one probe may take.")
+
+    @field_validator("url")
+    @classmethod
+    def _origin(cls, value: str) -> str:
+        return check_origin_url(value.rstrip("/"))
 
 
 @dataclass(slots=True)
