@@ -213,7 +213,68 @@ class RouterSettings(ServerSettings):
         description="API keys clients must send as 'Authorization: Bearer <key>' (comma list).",
     )
     api_keys_file: str | None = Field(
-        default=None, description="File of API keys, one per line, '#' starts a comment."
+        default=None,
+        description="File of API keys: one per line ('#' starts a comment), or YAML records "
+        "{key | key_sha256, name, max_priority, rpm, tpm, models} (tenants and their limits, "
+        "docs/flow-control.md); re-read when it changes.",
+    )
+    backend_concurrency: int | None = Field(
+        default=None,
+        ge=1,
+        description="Requests in flight a backend takes at once (its slots) when its record "
+        "has no metadata.max_concurrency; default: unlimited (no router queue). A request "
+        "that finds every eligible backend's slots taken waits in the model's queue; see "
+        "docs/flow-control.md.",
+    )
+    saturation_waiting: float | None = Field(
+        default=None,
+        ge=0,
+        description="A backend whose own metrics show more waiting requests than this takes "
+        "no new request (needs --strategy least_load, which scrapes them); default off.",
+    )
+    saturation_kv: float | None = Field(
+        default=None,
+        gt=0,
+        le=1,
+        description="A backend whose own metrics show KV-cache use above this fraction takes "
+        "no new request (needs --strategy least_load); default off.",
+    )
+    queue_size: int = Field(
+        default=1000,
+        ge=0,
+        description="Requests that may wait for a slot per model (in this router process); "
+        "beyond it the lowest class is evicted with 429 queue_full (0: no queue).",
+    )
+    queue_timeout: float = Field(
+        default=60.0,
+        gt=0,
+        description="Seconds a request may wait for a slot before 503 queue_timeout; the "
+        "wait counts toward --proxy-timeout.",
+    )
+    hold_timeout: float = Field(
+        default=30.0,
+        ge=0,
+        description="Seconds a request for a known model with no ready backend (starting, "
+        "in standby, scaled to zero, all down) is held for one to become ready before 503 "
+        "no_healthy_backend (0: answer 503 at once).",
+    )
+    hold_feedback_interval: float = Field(
+        default=5.0,
+        ge=0,
+        description="Seconds between SSE comment lines (': waiting for <model>: ...') sent to "
+        "a held stream (0: none; the stream's headers then wait too).",
+    )
+    api_keys_reload_interval: float = Field(
+        default=2.0,
+        gt=0,
+        description="Seconds between checks of --api-keys-file for changes (a changed file "
+        "is re-read without dropping requests; a bad one keeps the old keys, logged).",
+    )
+    access_log: bool = Field(
+        default=True,
+        description="One structured (JSON) log line per routed request on the "
+        "llmsvc.router.access logger: request id, tenant, priority, queue wait, backend, "
+        "status, tokens.",
     )
     max_body_bytes: int = Field(
         default=DEFAULT_MAX_BODY_BYTES,
