@@ -11,6 +11,7 @@ from pathlib import Path
 from llmsvc.core.logging import configure_logging
 from llmsvc.core.serving import serve, ssl_context
 from llmsvc.core.settings import die, parse_settings
+from llmsvc.router.accesslog import configure_access_log
 from llmsvc.router.app import create_app
 from llmsvc.router.config import ConfigError
 from llmsvc.router.settings import RouterSettings
@@ -30,6 +31,7 @@ def main(argv: Sequence[str]) -> int:
         "to a healthy backend.",
     )
     configure_logging(settings.log_level, settings.log_format)
+    configure_access_log(settings.access_log)  # JSON lines on stderr, whatever the format
     index = worker_index()  # None unless started by a --workers parent
     metrics_dir = os.environ.get(MULTIPROC_ENV) if index is not None else None
     try:

@@ -1,0 +1,113 @@
+"""The router's access log: one JSON line per request, and the request id it carries.
+
+Every request the router answers (served, rejected by flow control, or an error)
+gets one line on the ``llmsvc.router.access`` logger, INFO, with the fields of
+:class:`AccessEntry`: who asked (tenant, priority), how long it waited (queue, hold),
+where it went (backend), what came back (status, tokens, the error code). The line is
+JSON whatever ``--log-format`` says (``core.logging`` gives this logger a JSON handler),
+so a log collector can parse it without a text grammar (:func:`configure_access_log`
+gives the logger its own JSON handler on stderr); ``--no-access-log`` turns it off. Its
+level is its own: ``--log-level warning`` quiets the router's other logs, not this one.
+
+The request id ties a client's request to this line and to the engine's logs: a client's
+``X-Request-Id`` is passed through when it is a sane token (1 to 128 visible ASCII
+characters), otherwise the router makes one (a uuid4 in hex), and either way it is
+returned on the answer.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+import uuid
+from dataclasses import asdict, dataclass
+from typing import IO, Any
+
+from aiohttp import web
+
+from llmsvc.core.logging import JsonFormatter
+
+REQUEST_ID_HEADER = "X-Request-Id"
+ACCESS_LOGGER = "llmsvc.router.access"
+MAX_REQUEST_ID = 128
+REQUEST_ID_KEY = web.RequestKey("llmsvc.request_id", str)
+"""Where :func:`request_id` keeps the id on the request, so every caller gets the same one."""
+
+_log = logging.getLogger(ACCESS_LOGGER)
+
+
+def _acceptable(value: str) -> bool:
+    """1..128 visible ASCII characters (``!`` to ``~``): safe in a header and a log line."""
+    return 0 < len(value) <= MAX_REQUEST_ID and all("!" <= c <= "~" for c in value)
+
+
+def request_id(request: web.Request) -> str:
+    """The request's id: the client's ``X-Request-Id`` when acceptable, else a new one.
+
+    Computed once per request (kept on the request), so the answer's header, the
+    forwarded header and the access-log line agree.
+    """
+    if REQUEST_ID_KEY in request:
+        return request[REQUEST_ID_KEY]
+    given = request.headers.get(REQUEST_ID_HEADER)
+    rid = given if given is not None and _acceptable(given) else uuid.uuid4().hex
+    request[REQUEST_ID_KEY] = rid
+    return rid
+
+
+@dataclass(slots=True)
+class AccessEntry:
+    """One request, as its access-log line reports it.
+
+    ``model`` is what the body asked for (None when the body had none); ``backend``
+    the one that answered (None when none did); ``reason`` the rejection reason or
+    the error code of a non-2xx answer; the tokens are the answer's ``usage`` (None
+    when it had none: an error, or a stream without ``stream_options.include_usage``).
+    """
+
+    request_id: str
+    method: str
+    path: str
+    model: str | None
+    tenant: str
+    priority: str
+    status: int
+    backend: str | None
+    queue_wait_s: float
+    hold_s: float
+    duration_s: float
+    prompt_tokens: int | None
+    completion_tokens: int | None
+    stream: bool
+    reason: str | None
+
+    def fields(self) -> dict[str, Any]:
+        """The entry as the line's JSON keys; times rounded to the millisecond."""
+        out = asdict(self)
+        for key in ("queue_wait_s", "hold_s", "duration_s"):
+            out[key] = round(out[key], 3)
+        return out
+
+
+def configure_access_log(enabled: bool, stream: IO[str] | None = None) -> None:
+    """Send access lines as JSON to ``stream`` (stderr), not through the root's format.
+
+    Safe to call twice (the handler is replaced). Disabled: the logger takes nothing,
+    and :func:`access_log_enabled` tells the request path to skip building entries.
+    """
+    handler = logging.StreamHandler(stream if stream is not None else sys.stderr)
+    handler.setFormatter(JsonFormatter())
+    _log.handlers[:] = [handler]
+    _log.propagate = False  # one line, in JSON, whatever the root handler's format
+    _log.setLevel(logging.INFO if enabled else logging.CRITICAL + 1)
+
+
+def access_log_enabled() -> bool:
+    """Whether a line would be written (``--no-access-log`` or a higher level: no)."""
+    return _log.isEnabledFor(logging.INFO)
+
+
+def log_access(entry: AccessEntry) -> None:
+    """Write the entry's line: message ``access``, the entry's fields as JSON keys."""
+    if _log.isEnabledFor(logging.INFO):
+        _log.info("access", extra=entry.fields())
