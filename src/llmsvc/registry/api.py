@@ -28,6 +28,7 @@ from llmsvc.core.records import (
 from llmsvc.core.registry_client import INDEX_HEADER
 from llmsvc.registry.health import check_record
 from llmsvc.registry.limits import check_metadata_size, check_room_for
+from llmsvc.registry.maintenance_api import ROUTES as MAINTENANCE_ROUTES
 from llmsvc.registry.models import (
     RegistryHealth,
     RegistryStats,
@@ -265,7 +266,7 @@ async def get_stats(request: web.Request) -> web.Response:
 
 async def get_metrics(request: web.Request) -> web.Response:
     state = request.app[REGISTRY]
-    state.metrics.refresh(state.store)
+    state.metrics.refresh(state.store, state.maintenance)
     return metrics_handler(state.prometheus)
 
 
@@ -384,6 +385,7 @@ ROUTES = (
         errors=_UNAUTHORIZED,
         protected=True,
     ),
+    *MAINTENANCE_ROUTES,
     Route(
         "GET",
         "/metrics",

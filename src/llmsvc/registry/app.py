@@ -19,6 +19,7 @@ from llmsvc.registry.health import CONCURRENT_CHECKS, check_all
 from llmsvc.registry.kubernetes import KubernetesSource, kubernetes_ctx, load_credentials
 from llmsvc.registry.leases import LeaseBook
 from llmsvc.registry.limits import RegistrationLimiter
+from llmsvc.registry.maintenance import MaintenanceBook
 from llmsvc.registry.metrics import RegistryMetrics
 from llmsvc.registry.models import KubernetesHealth
 from llmsvc.registry.persistence import StateFileError, StateWriter, load_or_recover
@@ -65,6 +66,7 @@ async def _cleanup_loop(app: web.Application) -> None:
     store, metrics = state.store, state.metrics
 
     async def sweep() -> None:
+        state.maintenance.expire()  # an entry past its end moves the index now, read or not
         for record in store.sweep():
             state.leases.drop(record.name)
             metrics.removed.labels(reason="ttl_expired").inc()
@@ -140,6 +142,7 @@ def create_app(
     # The index starts at the start time in milliseconds: a watcher's index from an
     # earlier run of the registry then never equals one of this run.
     store = ServiceStore(ttl=settings.heartbeat_ttl, index=int(time.time() * 1000))
+    maintenance = MaintenanceBook(on_change=store.touch)
     leases = LeaseBook()
     writer = None
     if settings.state_file is not None:
@@ -147,8 +150,14 @@ def create_app(
         if saved is not None:
             store.restore(saved.services, index=saved.index)
             leases = LeaseBook(saved.leases)
-            log.info("restored %d services from %s", len(store), settings.state_file)
-        writer = StateWriter(store, settings.state_file, leases=leases)
+            maintenance.restore(saved.maintenance)
+            log.info(
+                "restored %d services and %d maintenance entries from %s",
+                len(store),
+                len(maintenance),
+                settings.state_file,
+            )
+        writer = StateWriter(store, settings.state_file, leases=leases, maintenance=maintenance)
         writer.save_now()  # fail now, not at the first change, if it cannot be written
     prometheus = registry if registry is not None else CollectorRegistry()
     app = make_app(
@@ -162,6 +171,7 @@ def create_app(
     app[REGISTRY] = RegistryState(
         settings=settings,
         store=store,
+        maintenance=maintenance,
         metrics=RegistryMetrics(prometheus),
         prometheus=prometheus,
         leases=leases,

@@ -6,6 +6,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge
 
 from llmsvc.core.records import BABYSITTER, OPENAI_API
 from llmsvc.registry.k8s_records import SOURCE as KUBERNETES
+from llmsvc.registry.maintenance import MaintenanceBook
 from llmsvc.registry.store import ServiceStore
 
 # Record types are free strings; the metric label keeps them bounded.
@@ -77,12 +78,19 @@ class RegistryMetrics:
             ["resource", "reason"],
             registry=registry,
         )
+        self.maintenance_entries = Gauge(
+            "llmsvc_registry_maintenance_entries",
+            "Maintenance entries in force, by source (http: PUT /maintenance; kubernetes: "
+            "the InferenceService annotations).",
+            ["source"],
+            registry=registry,
+        )
         for result in ("success", "failure"):
             self.health_checks.labels(result=result)
         self.removed.labels(reason="ttl_expired")
 
-    def refresh(self, store: ServiceStore) -> None:
-        """Set the gauges from the store (called before each scrape)."""
+    def refresh(self, store: ServiceStore, maintenance: MaintenanceBook | None = None) -> None:
+        """Set the gauges from the store and the maintenance book (before each scrape)."""
         counts: dict[tuple[str, str], int] = {
             (t, s): 0 for t in (*_KNOWN_TYPES, "other") for s in ("healthy", "unhealthy")
         }
@@ -93,3 +101,9 @@ class RegistryMetrics:
             self.services.labels(type=type_, status=status).set(n)
         self.change_index.set(store.index)
         self.kubernetes_records.set(len(store.records(source=KUBERNETES)))
+        if maintenance is not None:
+            entries = maintenance.entries()
+            for source in ("http", "kubernetes"):
+                self.maintenance_entries.labels(source=source).set(
+                    sum(1 for e in entries if e.source == source)
+                )

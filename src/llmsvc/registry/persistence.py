@@ -3,11 +3,13 @@
 Format (``version`` 1)::
 
     {"version": 1, "index": 42, "services": [<ServiceRecord>, ...],
-     "leases": {"<name>": "<sha256 hex of its lease>", ...}}
+     "leases": {"<name>": "<sha256 hex of its lease>", ...},
+     "maintenance": [<MaintenanceEntry>, ...]}
 
 ``leases`` holds digests only, never a lease (:mod:`.leases`); a file written
 before leases existed has none, and its records may be taken by the next
-registration of their name.
+registration of their name. ``maintenance`` holds the HTTP maintenance entries
+(those of Kubernetes come back from it); a file written before them has none.
 
 A write goes to a temporary file in the same directory, is flushed and
 fsynced, then ``os.replace``-d over the old file (and the directory fsynced),
@@ -40,8 +42,11 @@ import orjson
 from pydantic import BaseModel, Field, ValidationError, field_validator
 
 from llmsvc.core.jsonio import validation_message
+from llmsvc.core.maintenance import MaintenanceEntry
 from llmsvc.core.records import ServiceRecord
 from llmsvc.registry.leases import DIGEST, LeaseBook
+from llmsvc.registry.maintenance import HTTP as HTTP_ENTRIES
+from llmsvc.registry.maintenance import MaintenanceBook
 from llmsvc.registry.store import HTTP, ServiceStore
 
 log = logging.getLogger("llmsvc.registry.state")
@@ -61,6 +66,9 @@ class SavedState(BaseModel):
     services: list[ServiceRecord] = Field(default_factory=list)
     leases: dict[str, str] = Field(
         default_factory=dict, description="Name -> SHA-256 hex of its lease."
+    )
+    maintenance: list[MaintenanceEntry] = Field(
+        default_factory=list, description="The HTTP maintenance entries."
     )
 
     @field_validator("leases")
@@ -196,11 +204,13 @@ class StateWriter:
         path: Path,
         *,
         leases: LeaseBook | None = None,
+        maintenance: MaintenanceBook | None = None,
         debounce: float = 0.05,
         retry: float = 1.0,
     ) -> None:
         self._store = store
         self._leases = leases if leases is not None else LeaseBook()
+        self._maintenance = maintenance
         self.path = path
         self._debounce = debounce
         self._retry = retry
@@ -211,7 +221,12 @@ class StateWriter:
         # A lease changes only with a registration, which moves the index too.
         index, records = self._store.snapshot(source=HTTP)
         leases = self._leases.digests(r.name for r in records)
-        save_state(self.path, SavedState(index=index, services=records, leases=leases))
+        # A maintenance change moves the index too (MaintenanceBook's on_change).
+        book = self._maintenance
+        entries = book.entries(source=HTTP_ENTRIES) if book is not None else []
+        index = self._store.index  # the book's expiry may have moved it
+        state = SavedState(index=index, services=records, leases=leases, maintenance=entries)
+        save_state(self.path, state)
         self.saved_index = index
 
     def flush(self) -> None:

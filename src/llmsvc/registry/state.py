@@ -18,6 +18,7 @@ from prometheus_client import CollectorRegistry
 from llmsvc.core.errors import ServiceUnavailable
 from llmsvc.registry.leases import LeaseBook
 from llmsvc.registry.limits import RegistrationLimiter
+from llmsvc.registry.maintenance import MaintenanceBook
 from llmsvc.registry.metrics import RegistryMetrics
 from llmsvc.registry.models import KubernetesHealth
 from llmsvc.registry.settings import RegistrySettings
@@ -41,6 +42,8 @@ class RegistryState:
 
     settings: RegistrySettings
     store: ServiceStore
+    maintenance: MaintenanceBook
+    """The maintenance entries; their changes move ``store``'s change index."""
     metrics: RegistryMetrics
     prometheus: CollectorRegistry
     """What ``/metrics`` renders (``metrics`` lives in it)."""

@@ -309,6 +309,11 @@ class ServiceStore:
             self._bump()
         return changed
 
+    def touch(self) -> None:
+        """Move the change index for a change beside the records that watchers care
+        about (a maintenance entry): it wakes every blocking query and the state writer."""
+        self._bump()
+
     # -- watching ------------------------------------------------------------
 
     async def wait_for_change(
