@@ -8,8 +8,14 @@ labelled children are cached (the hot path does no label lookup after the first)
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
 from prometheus_client import CollectorRegistry
-from pytest import approx
+from prometheus_client.multiprocess import MultiProcessCollector
 
 from llmsvc.router.demand import ModelDemand
 from llmsvc.router.metrics import QUEUE_WAIT_BUCKETS, SHED, Rejection, RouterMetrics
@@ -69,7 +75,8 @@ def test_queue_wait_histogram_by_model_and_class() -> None:
     metrics.observe_queue_wait("m", "batch", 90.0)
     name = "llmsvc_router_queue_wait_seconds"
     assert sample(registry, f"{name}_count", model_name="m", priority="standard") == 2
-    assert sample(registry, f"{name}_sum", model_name="m", priority="standard") == approx(12.002)
+    total = sample(registry, f"{name}_sum", model_name="m", priority="standard")
+    assert total == pytest.approx(12.002)
     le = {"model_name": "m", "priority": "standard"}
     assert registry.get_sample_value(f"{name}_bucket", {**le, "le": "0.005"}) == 1
     assert registry.get_sample_value(f"{name}_bucket", {**le, "le": "20.0"}) == 2
@@ -141,3 +148,33 @@ def test_labelled_children_are_cached() -> None:
     metrics.count_rejected("m", "standard", "queue_full")
     metrics.count_tenant("t", "standard", 2, 3)
     assert sample(registry, "llmsvc_router_tenant_tokens_total", tenant="t", kind="prompt") == 3
+
+
+WORKER = """
+import sys
+from prometheus_client import CollectorRegistry
+from llmsvc.router.demand import ModelDemand
+from llmsvc.router.metrics import RouterMetrics
+from llmsvc.router.priority import LABELS
+
+metrics = RouterMetrics(CollectorRegistry())
+queued = {p: 0 for p in LABELS} | {"standard": int(sys.argv[1])}
+metrics.refresh_flow({"m": ModelDemand(in_flight=int(sys.argv[2]), queued=queued, held=1)})
+"""
+
+
+def test_with_workers_the_gauges_sum_over_them(tmp_path: Path) -> None:
+    """``--workers``: each worker has its own queue, so a scrape reads their sum."""
+    env = {**os.environ, "PROMETHEUS_MULTIPROC_DIR": str(tmp_path)}
+    for queued, in_flight in ((3, 1), (4, 2)):  # two worker processes, one after the other
+        subprocess.run(
+            [sys.executable, "-c", WORKER, str(queued), str(in_flight)], env=env, check=True
+        )
+    registry = CollectorRegistry()
+    MultiProcessCollector(registry, path=str(tmp_path))  # type: ignore[no-untyped-call]
+    queue = "llmsvc_router_queue_requests"
+    assert sample(registry, queue, model_name="m", priority="standard") == 7
+    assert sample(registry, "llmsvc_router_held_requests", model_name="m") == 2
+    assert sample(registry, "llmsvc_router_model_demand", model_name="m") == (3 + 1 + 1) + (
+        4 + 2 + 1
+    )
