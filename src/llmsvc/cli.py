@@ -24,6 +24,10 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "validate": ("llmsvc.local.cli:validate", "check a running stack end to end"),
     "systemd": ("llmsvc.local.systemd:main", "print a systemd unit for a component"),
     "tokens": ("llmsvc.local.tokens:main", "make and keep a stack's tokens (0600 files)"),
+    "maintenance": (
+        "llmsvc.local.maintenance:main",
+        "put a model in maintenance, end it, list the entries (registry)",
+    ),
     "bench": ("llmsvc.bench.cli:main", "drive an OpenAI-compatible endpoint and report latency"),
     "operator": ("llmsvc.operator.cli:main", "run the Kubernetes operator (InferenceService CRD)"),
 }

@@ -16,10 +16,12 @@ Exceptions::
 from __future__ import annotations
 
 from typing import Any
+from urllib.parse import quote
 
 import aiohttp
 import orjson
 
+from llmsvc.core.maintenance import DeletedMaintenance, MaintenanceEntry, MaintenanceRequest
 from llmsvc.core.records import RegisteredService, ServiceRecord, ServiceRegistration, Status
 
 INDEX_HEADER = "X-Llmsvc-Index"
@@ -79,9 +81,12 @@ class RegistryClient:
         timeout: float | None = None,
         allow_404: bool = False,
         lease: str | None = None,
+        token: str | None = None,
     ) -> tuple[int, Any, dict[str, str]]:
         data = orjson.dumps(body) if body is not None else None
         headers = dict(self._headers)
+        if token:  # this request's own credentials (the admin token), instead of the client's
+            headers["Authorization"] = f"Bearer {token}"
         if lease:
             headers[LEASE_HEADER] = lease
         if data is not None:
@@ -179,3 +184,56 @@ class RegistryClient:
         )
         records = [ServiceRecord.model_validate(r) for r in (payload or {}).get("services", [])]
         return records, int(headers.get(INDEX_HEADER, "0"))
+
+    async def maintenance(
+        self, *, index: int | None = None, wait: float | None = None
+    ) -> tuple[list[MaintenanceEntry], int]:
+        """The maintenance entries in force and the registry's change index.
+
+        With ``index`` and ``wait`` this is the blocking query (as :meth:`services`).
+        """
+        params: dict[str, str] = {}
+        timeout = None
+        if index is not None and wait is not None:
+            params = {"index": str(index), "wait": f"{wait:g}s"}
+            timeout = wait + self._timeout
+        _, payload, headers = await self._request(
+            "GET", "/maintenance", params=params, timeout=timeout
+        )
+        entries = (payload or {}).get("maintenance", [])
+        return [MaintenanceEntry.model_validate(e) for e in entries], int(
+            headers.get(INDEX_HEADER, "0")
+        )
+
+    async def put_maintenance(
+        self, model: str, request: MaintenanceRequest, *, admin_token: str | None
+    ) -> MaintenanceEntry:
+        """Put ``model`` (or ``request.backend``) in maintenance; needs the admin token
+        (None: the client's own token, for a registry without one)."""
+        _, payload, _ = await self._request(
+            "PUT",
+            _maintenance_path(model),
+            body=request.model_dump(mode="json", exclude_none=True),
+            token=admin_token,
+        )
+        return MaintenanceEntry.model_validate(payload)
+
+    async def delete_maintenance(
+        self, model: str, backend: str | None = None, *, admin_token: str | None
+    ) -> MaintenanceEntry | None:
+        """End ``model``'s (or ``backend``'s) maintenance: the entry removed, None if none."""
+        status, payload, _ = await self._request(
+            "DELETE",
+            _maintenance_path(model),
+            params={"backend": backend} if backend is not None else None,
+            allow_404=True,
+            token=admin_token,
+        )
+        if status == 404:
+            return None
+        return DeletedMaintenance.model_validate(payload).deleted
+
+
+def _maintenance_path(model: str) -> str:
+    """``/maintenance/<model>``, the id encoded whole (a ``/`` in it as ``%2F``)."""
+    return "/maintenance/" + quote(model, safe="")
