@@ -10,10 +10,10 @@ import pytest
 from llmsvc.router.config import (
     ConfigError,
     check_settings,
-    load_api_keys,
     load_static_services,
 )
 from llmsvc.router.settings import RouterSettings
+from llmsvc.router.tenants import load_keyring
 from procs import llmsvc_args
 
 
@@ -70,11 +70,13 @@ def test_missing_static_file(tmp_path: Path) -> None:
 
 def test_api_keys_from_flag_and_file(tmp_path: Path) -> None:
     path = write(tmp_path, "keys", "# team keys\nk2\n\n  k3  # ci\nk1\n")
-    settings = RouterSettings(api_keys=["k1"], api_keys_file=path)
-    assert load_api_keys(settings) == (b"k1", b"k2", b"k3")
-    assert load_api_keys(RouterSettings()) == ()
+    ring = load_keyring(RouterSettings(api_keys=["k1"], api_keys_file=path))
+    assert len(ring) == 3
+    assert all(ring.lookup(k) is not None for k in ("k1", "k2", "k3"))
+    assert ring.lookup("k4") is None
+    assert len(load_keyring(RouterSettings())) == 0
     with pytest.raises(ConfigError, match="holds no key"):
-        load_api_keys(RouterSettings(api_keys_file=write(tmp_path, "none", "# nothing\n")))
+        load_keyring(RouterSettings(api_keys_file=write(tmp_path, "none", "# nothing\n")))
 
 
 def test_refused_options() -> None:

@@ -16,13 +16,12 @@ from typing import Any
 
 import aiohttp
 from aiohttp import web
-from aiohttp.typedefs import Middleware
 from prometheus_client import CollectorRegistry
 from prometheus_client.multiprocess import MultiProcessCollector
 
 from llmsvc import __version__
 from llmsvc.core.app import Route, background, every, make_app, owned_task
-from llmsvc.core.auth import BearerAuth, bearer_middleware
+from llmsvc.core.auth import BearerAuth
 from llmsvc.core.errors import Handler, ServiceUnavailable
 from llmsvc.core.jsonio import json_response, model_response
 from llmsvc.core.metrics import metrics_handler
@@ -36,19 +35,20 @@ from llmsvc.core.wire import (
 )
 from llmsvc.router.backends import BackendPool
 from llmsvc.router.balancing import Strategy, make_strategy
-from llmsvc.router.config import check_settings, load_api_keys, load_static_services
+from llmsvc.router.config import check_settings, load_static_services
 from llmsvc.router.discovery import watch_registry
 from llmsvc.router.ejection import LATENCY_ROUND_S, Ejector
 from llmsvc.router.health import check_loop
 from llmsvc.router.loadscrape import load_scrape_ctx
-from llmsvc.router.maintenance import Maintenance, watch_maintenance
 from llmsvc.router.metrics import RouterMetrics
 from llmsvc.router.outliers import OutlierRules
 from llmsvc.router.proxy import Proxy
+from llmsvc.router.ratelimit import rate_headers_on_prepare
 from llmsvc.router.readiness import REGISTRY, STATIC, Readiness
 from llmsvc.router.settings import RouterSettings
 from llmsvc.router.stats import RouterStats
 from llmsvc.router.suspicion import Suspicion
+from llmsvc.router.tenants import KeyRing, KeysFile, load_keyring, tenant_middleware
 
 log = logging.getLogger("llmsvc.router")
 
@@ -58,8 +58,6 @@ UPSTREAM_CONNECTION_LIMIT = 4096
 UPSTREAM_KEEPALIVE_S = 60.0
 # With --workers, how stale one worker's part of the in-flight and health gauges may be.
 WORKER_GAUGE_INTERVAL_S = 1.0
-
-_PROTECTED_PATHS = frozenset({"/chat/completions", "/completions", "/embeddings", "/models"})
 
 
 @dataclass(eq=False)
@@ -72,12 +70,16 @@ class RouterState:
     metrics: RouterMetrics
     stats: RouterStats
     registry: CollectorRegistry
-    api_keys: tuple[bytes, ...]
+    keys: KeyRing  # the keys read at start; ``api_keys`` is the current ring
     scrape: CollectorRegistry  # what /metrics renders: ``registry``, or all workers' sum
     readiness: Readiness
     proxy: Proxy | None = field(default=None)
-    maintenance: Maintenance = field(default_factory=Maintenance)
-    """The registry's maintenance entries (kept by the registry watch; none without one)."""
+    keys_file: KeysFile | None = field(default=None)  # a watched --api-keys-file
+
+    @property
+    def api_keys(self) -> KeyRing:
+        """The accepted API keys now: the last good read of a changed --api-keys-file."""
+        return self.keys_file.ring if self.keys_file is not None else self.keys
 
     async def inference(self, request: web.Request) -> web.StreamResponse:
         if not self.readiness.ready:
@@ -120,21 +122,6 @@ class RouterState:
 
 
 ROUTER = web.AppKey("router", RouterState)
-
-
-def _protected(request: web.Request) -> bool:
-    """The inference and models paths, and anything else under ``/v1/``, need an API key."""
-    return request.path.startswith("/v1/") or request.path in _PROTECTED_PATHS
-
-
-def api_key_middleware(keys: tuple[bytes, ...]) -> Middleware:
-    """401 unless ``Authorization: Bearer <key>`` on the inference and models paths."""
-    auth = BearerAuth(
-        keys=keys,
-        message="Missing or invalid API key: send 'Authorization: Bearer <key>'",
-        code="invalid_api_key",
-    )
-    return bearer_middleware(auth, protects=_protected)
 
 
 def admin_auth(settings: RouterSettings) -> BearerAuth | None:
@@ -288,8 +275,7 @@ def _async(fn: Callable[[], None]) -> Callable[[], Coroutine[Any, Any, None]]:
 def _registry_ctx(
     state: RouterState, registry_url: str
 ) -> Callable[[web.Application], AsyncIterator[None]]:
-    """``cleanup_ctx``: the registry watches (records, maintenance entries), on their own
-    session (their queries block)."""
+    """``cleanup_ctx``: the registry watch, on its own session (its queries block)."""
 
     async def ctx(app: web.Application) -> AsyncIterator[None]:
         settings = state.settings
@@ -313,16 +299,7 @@ def _registry_ctx(
             grace=settings.registry_restart_grace,
             on_change=synced,
         )
-        maintenance = watch_maintenance(
-            client,
-            state.maintenance,
-            wait=settings.registry_sync_interval,
-            on_change=lambda: None,  # the request path reads the board at every request
-        )
-        async with (
-            owned_task(watch, name="registry-watch"),
-            owned_task(maintenance, name="maintenance-watch"),
-        ):
+        async with owned_task(watch, name="registry-watch"):
             yield
         await session.close()
 
@@ -341,7 +318,7 @@ def create_app(
     metrics live in that ``PROMETHEUS_MULTIPROC_DIR``; ``/metrics`` reports their sum.
     """
     check_settings(settings)
-    api_keys = load_api_keys(settings)
+    keyring = load_keyring(settings)
     pool = BackendPool(max_fails=settings.max_fails, fail_timeout=settings.fail_timeout)
     if settings.static_services:
         pool.set_static(load_static_services(settings.static_services))
@@ -355,7 +332,7 @@ def create_app(
         metrics=RouterMetrics(registry),
         stats=RouterStats(),
         registry=registry,
-        api_keys=api_keys,
+        keys=keyring,
         scrape=_scrape_registry(metrics_dir) if metrics_dir else registry,
         readiness=Readiness(waits_for, timeout=settings.ready_timeout),
     )
@@ -364,17 +341,21 @@ def create_app(
         version=__version__,
         routes=_routes(state),
         client_max_size=settings.max_body_bytes,
-        middlewares=[api_key_middleware(api_keys)] if api_keys else [],
+        middlewares=[tenant_middleware(lambda: state.api_keys)] if keyring else [],
         read_timeout=settings.read_timeout,
         auth=admin_auth(settings),
     )
-    if api_keys and settings.admin_token is None and metrics_dir is None:  # once, not per worker
+    if keyring and settings.admin_token is None and metrics_dir is None:  # once, not per worker
         log.warning(
             "/stats, /services and /metrics need no token (no --admin-token): anyone who "
             "can reach port %d sees every backend's address",
             settings.port,
         )
     app[ROUTER] = state
+    app.on_response_prepare.append(rate_headers_on_prepare)
+    if settings.api_keys_file:  # re-read when it changes
+        keys_file = state.keys_file = KeysFile(settings, keyring)
+        app.cleanup_ctx.append(background("keys-file", lambda _: keys_file.run()))
     app.cleanup_ctx.append(background("readiness", lambda _: state.readiness.expire()))
     app.cleanup_ctx.append(_upstream_ctx(state))
     if settings.registry_url:

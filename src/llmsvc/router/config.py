@@ -1,4 +1,4 @@
-"""What the router reads at start besides its flags: static services, API keys.
+"""What the router reads at start besides its flags: static services (API keys: ``tenants``).
 
 Every problem is a :class:`ConfigError` whose message is one line; the command
 prints it and exits 2.
@@ -54,22 +54,6 @@ def load_static_services(path: str) -> list[ServiceRecord]:
     if duplicates:
         raise ConfigError(f"--static-services: {path}: duplicate name {duplicates[0]!r}")
     return records
-
-
-def load_api_keys(settings: RouterSettings) -> tuple[bytes, ...]:
-    """The keys of ``--api-keys`` and ``--api-keys-file`` (one a line, ``#`` comments)."""
-    keys = [k for k in settings.api_keys if k]
-    if settings.api_keys_file:
-        path = settings.api_keys_file
-        try:
-            text = Path(path).read_text(encoding="utf-8")
-        except OSError as exc:
-            raise ConfigError(f"--api-keys-file: cannot read {path}: {exc.strerror}") from None
-        keys += [line.split("#", 1)[0].strip() for line in text.splitlines()]
-        keys = [k for k in keys if k]
-        if not keys:
-            raise ConfigError(f"--api-keys-file: {path} holds no key")
-    return tuple(dict.fromkeys(k.encode() for k in keys))
 
 
 def check_settings(settings: RouterSettings) -> None:
