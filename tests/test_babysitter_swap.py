@@ -59,7 +59,9 @@ def test_swap_through_the_router_then_a_failed_swap_rolls_back(spawn: Spawn) -> 
     assert st["last_exit"]["model"] == "model-a"
     assert records(registry)["swappy"]["metadata"]["models"] == ["model-b"]
     wait_until(lambda: _chat(router, "model-b") == 200, timeout=5, what="model-b served")
-    assert _chat(router, "model-a") == 503
+    # The babysitter's record names model-b now (republished with the swap): model-a is
+    # unknown, 404 (it was 503 while that record went on naming the old model).
+    wait_until(lambda: _chat(router, "model-a") == 404, timeout=5, what="model-a unknown")
     assert "old engine released: process group gone" in proc.log()
 
     # A new model that cannot start (a flag the engine refuses) rolls back to model-b.

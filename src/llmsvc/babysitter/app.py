@@ -299,7 +299,13 @@ def _registrar(s: BabysitterSettings, ident: Identity, session: aiohttp.ClientSe
         engine_name=ident.name,
         host=ident.host,
         port=ident.port + 1,
-        metadata={"engine": s.engine, "model_name": ident.model_name},
+        metadata={
+            "engine": s.engine,
+            "model_name": ident.model_name,
+            "state": "starting",
+            "startup_seconds": None,
+            "starting_since": None,
+        },
     )
     leases = Path(s.log_dir) / f"{safe_name(ident.name)}.leases.json" if s.log_dir else None
     return Registrar(client=client, babysitter=record, leases=LeaseFile(leases))

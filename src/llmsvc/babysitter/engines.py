@@ -6,13 +6,15 @@ The table of engines (command, environment, probe paths) is in ``docs/engines.md
 
 from __future__ import annotations
 
+import os
 import re
 import socket
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import PurePosixPath
 
+from llmsvc.babysitter import concurrency
 from llmsvc.babysitter.settings import BabysitterSettings
 
 HEALTH_PATH = "/health"
@@ -54,6 +56,11 @@ class EngineSpec:
     models_paths: tuple[str, ...] = MODELS_PATHS
     health_timeout_floor: float = 0.0
     """Seconds a health check gets at least, whatever ``--health-timeout`` says."""
+    max_concurrency: int | None = None
+    """Requests the engine runs at once, from its command line (:mod:`concurrency`); None:
+    unknown."""
+    asks_props: bool = False
+    """No flag gave ``max_concurrency``: read llama.cpp's ``/props`` once it is ready."""
 
 
 @dataclass(frozen=True)
@@ -106,9 +113,16 @@ def identity(
 
 
 def build_engine(
-    settings: BabysitterSettings, extra: Sequence[str], *, python: str = sys.executable
+    settings: BabysitterSettings,
+    extra: Sequence[str],
+    *,
+    python: str = sys.executable,
+    environ: Mapping[str, str] | None = None,
 ) -> EngineSpec:
-    """The engine's command line and environment; :class:`EngineConfigError` if impossible."""
+    """The engine's command line and environment; :class:`EngineConfigError` if impossible.
+
+    ``environ`` (default ours) is what the engine inherits, for ``max_concurrency``.
+    """
     extra = list(extra)
     ident = identity(settings, hostname=lambda: settings.host)
     if settings.engine == "command":
@@ -118,8 +132,15 @@ def build_engine(
             raise EngineConfigError(f"--model is required for --engine {settings.engine}")
         argv = _ADAPTERS[settings.engine](settings, ident, python) + extra
     floor = HEALTH_TIMEOUT_FLOOR.get(settings.engine, 0.0)
+    env = visible_devices_env(settings)
+    inherited = {**(os.environ if environ is None else environ), **env}
+    slots = concurrency.max_concurrency(settings.engine, argv, inherited)
     return EngineSpec(
-        argv=tuple(argv), env=visible_devices_env(settings), health_timeout_floor=floor
+        argv=tuple(argv),
+        env=env,
+        health_timeout_floor=floor,
+        max_concurrency=slots,
+        asks_props=slots is None and settings.engine in concurrency.ASKS_PROPS,
     )
 
 

@@ -18,12 +18,19 @@ token overrode the lease, which is then forgotten) is a *conflict*: logged once
 per episode, and registered again every heartbeat interval, which succeeds once
 the other holder's heartbeat expires (the registry's ``--heartbeat-ttl``); it
 never fights a holder that still heartbeats.
+
+The babysitter's own record carries what changes with the engine's state
+(``state``, ``startup_seconds``, ``starting_since``, ``model_name``: see
+``docs/babysitter.md``): :meth:`Registrar.update_babysitter` registers it anew
+(a registration under its lease replaces it) at once, not at the next heartbeat,
+so that routers learn of a start (the hold's estimate) within one blocking query.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Mapping
 from typing import Any, Literal
 
 from pydantic import ValidationError
@@ -62,6 +69,10 @@ class Registrar:
         self._lock = asyncio.Lock()
         self._outage = False
         self._closed = False
+        self._version = 0  # of the babysitter's record: bumped by update_babysitter
+        self._published = 0  # the version the registry holds (when registered)
+        self._pusher: asyncio.Task[None] | None = None
+        self._again = False
 
     @property
     def url(self) -> str | None:
@@ -106,6 +117,38 @@ class Registrar:
             if engine is not None:
                 await self._deregister(engine.name)
 
+    @property
+    def babysitter(self) -> ServiceRegistration:
+        """The babysitter's own record as it should be registered."""
+        return self._babysitter
+
+    def update_babysitter(self, metadata: Mapping[str, Any]) -> None:
+        """Merge ``metadata`` into the babysitter's record; when that changes it, register the
+        record anew soon (a task of its own: the caller need not wait for the registry)."""
+        merged = {**self._babysitter.metadata, **metadata}
+        if merged == self._babysitter.metadata:
+            return
+        self._babysitter = self._babysitter.model_copy(update={"metadata": merged})
+        self._version += 1
+        if self._client is None or self._closed:
+            return
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            return  # no loop (a unit test): the next heartbeat round publishes it
+        if self._pusher is not None and not self._pusher.done():
+            self._again = True  # the running push syncs once more
+            return
+        self._pusher = loop.create_task(self._push(), name="babysitter-record")
+
+    async def _push(self) -> None:
+        again = True
+        while again:
+            self._again = False
+            async with self._lock:
+                await self._sync()
+            again = self._again
+
     async def tick(self) -> None:
         """One heartbeat round: heartbeat what is registered, register what is not."""
         async with self._lock:
@@ -115,6 +158,8 @@ class Registrar:
         """Deregister both records (shutdown)."""
         async with self._lock:
             self._closed = True
+            if self._pusher is not None:
+                self._pusher.cancel()
             for record in self._wanted():
                 await self._deregister(record.name)
             self._engine = None
@@ -145,8 +190,11 @@ class Registrar:
         down = record.type == OPENAI_API and self._engine_status == "unhealthy"
         status: Status | None = self._engine_status if record.type == OPENAI_API else None
         name, lease = record.name, self._leases.get(record.name)
+        mine = record.type == BABYSITTER
+        version = self._version
+        stale = mine and self._published != version
         try:
-            if self._state.get(name) == "registered":
+            if self._state.get(name) == "registered" and not stale:
                 if await client.heartbeat(name, status, lease=lease):
                     return
                 log.info("registry forgot %s; registering it again", name)
@@ -164,6 +212,11 @@ class Registrar:
         was = self._state.get(name)
         self._state[name] = "registered"
         self._keep_lease(name, answer.lease)
+        if mine:
+            self._published = version
+            if was == "registered":  # an update of a record already there: no news to log
+                log.debug("updated %s: %s", name, record.metadata)
+                return
         log.info("registered %s (%s) at %s", name, record.type, record.origin())
         if was == "conflict":
             log.info("%s is ours again", name)

@@ -8,6 +8,11 @@ the restart policy of :mod:`lifecycle`, the course of a model swap
 (:class:`~llmsvc.babysitter.swap.Swap`), or giving up
 (:class:`~llmsvc.babysitter.termination.GiveUp`). The HTTP API reads
 :meth:`Supervisor.snapshot` and sends requests.
+
+Every state change is also published in the babysitter's own registry record
+(:meth:`Supervisor.record_metadata`): the state, when the current start began and
+how long the last one took, which routers use to tell a held request how long a
+cold start should still take.
 """
 
 from __future__ import annotations
@@ -21,7 +26,7 @@ from typing import Any
 
 import aiohttp
 
-from llmsvc.babysitter import api, termination
+from llmsvc.babysitter import api, concurrency, termination
 from llmsvc.babysitter.engines import Identity
 from llmsvc.babysitter.life import EngineRunner
 from llmsvc.babysitter.lifecycle import ExitRecord, Reason, RestartPolicy, State
@@ -53,8 +58,11 @@ class Supervisor:
         output: EngineOutput,
         give_up: GiveUp,
         clock: Callable[[], float] = time.monotonic,
+        wall: Callable[[], float] = time.time,
     ) -> None:
         self._s = settings
+        self._session = session
+        self._wall = wall
         self.served = served
         self.ident = ident
         self._registrar = registrar
@@ -89,6 +97,8 @@ class Supervisor:
         )
         self._swap = Swap()
         self.state = State.STARTING
+        self.startup_seconds: float | None = None  # the last launch-to-ready, measured
+        self.starting_since: float | None = None  # Unix time the start under way began
         self.restarts = 0
         self.last_exit: ExitRecord | None = None
         self._stopping = False
@@ -206,23 +216,56 @@ class Supervisor:
     async def engine_ready(self, took: float) -> None:
         self._metrics.ready_after(took)
         self._swap.passed()
+        self.startup_seconds = round(took, 3)
         if self._stopping or self.state is not State.STARTING:
+            self._publish_self()
             return  # draining or swapping: stay out of the registry
+        slots = await self._max_concurrency()
+        if self._stopping or self.state is not State.STARTING:
+            self._publish_self()
+            return
         log.info("engine ready after %.2fs serving %s", took, ", ".join(self.model_ids()))
         self._set_state(State.READY)
+        metadata: dict[str, Any] = {
+            "models": self.model_ids(),
+            "engine": self._s.engine,
+            "babysitter_url": self.ident.babysitter_url(),
+            "health_path": self.served.spec.health_path,
+        }
+        if slots is not None:
+            metadata["max_concurrency"] = slots
         registration = engine_record(
             name=self.ident.name,
             host=self.ident.host,
             port=self.ident.port,
             weight=self._s.weight,
-            metadata={
-                "models": self.model_ids(),
-                "engine": self._s.engine,
-                "babysitter_url": self.ident.babysitter_url(),
-                "health_path": self.served.spec.health_path,
-            },
+            metadata=metadata,
         )
         await self._registrar.publish_engine(registration)
+
+    async def _max_concurrency(self) -> int | None:
+        """The engine's slots: from its command line, else (llama.cpp) its ``/props``."""
+        spec = self.served.spec
+        if spec.max_concurrency is not None or not spec.asks_props:
+            return spec.max_concurrency
+        slots = await concurrency.slots_from_props(
+            self._session, self.ident.engine_url(), timeout=self._s.health_timeout
+        )
+        if slots is None:
+            log.info("the engine's /props gave no total_slots: no max_concurrency advertised")
+        return slots
+
+    def record_metadata(self) -> dict[str, Any]:
+        """What the babysitter's own record says of the engine, now."""
+        return {
+            "model_name": self.ident.model_name,
+            "state": str(self.state),
+            "startup_seconds": self.startup_seconds,
+            "starting_since": self.starting_since,
+        }
+
+    def _publish_self(self) -> None:
+        self._registrar.update_babysitter(self.record_metadata())
 
     def health_checked(self, ok: bool) -> bool:
         if self.state not in (State.READY, State.UNHEALTHY):
@@ -246,7 +289,9 @@ class Supervisor:
             if staged is not None:
                 self.served = staged
                 self._relabel()
+            self.starting_since = round(self._wall(), 3)
             self._set_state(State.STARTING)
+            self._publish_self()  # a new start, even when the state was already starting
             record = await self._runner.live(self.served, self.ident)
             await self._after(record)
 
@@ -322,3 +367,6 @@ class Supervisor:
             log.info("state %s -> %s", self.state, state)
         self.state = state
         self._metrics.set_state(state)
+        if state is not State.STARTING:
+            self.starting_since = None
+        self._publish_self()
