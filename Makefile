@@ -7,7 +7,7 @@ STAMP  := $(VENV)/.installed-stamp
 TEST_WORKERS ?= 4
 PYTEST_ARGS ?=
 
-.PHONY: help venv tools run stop test lint typecheck imports check clean scale bench bench-clients study images manifests chaos soak real-engine
+.PHONY: help venv tools run stop test lint typecheck imports check clean scale bench bench-clients study images manifests chaos soak real-engine flow-bench
 
 help:
 	@echo "make run     start the demo stack (registry, router, two simulated engines)"
@@ -16,6 +16,7 @@ help:
 	@echo "make check   ruff, mypy --strict, import-linter, then the tests"
 	@echo "make real-engine  build llama-server and fetch SmolLM2 into ~/.cache/llmsvc (for the real-engine tests)"
 	@echo "make images  build the container images (needs Docker; IMAGE_PREFIX, IMAGE_TAG)"
+	@echo "make flow-bench  overload benchmark, flow control on/off (FLOW_ARGS=--cost: CPU vs the previous commit)"
 	@echo "make manifests  regenerate the CRD copies, operator/rbac.yaml, manifests/install.yaml"
 
 $(STAMP): pyproject.toml
@@ -101,6 +102,14 @@ chaos: $(STAMP)
 study: $(STAMP)
 	$(BIN)/python -c 'import matplotlib' 2>/dev/null || $(BIN)/python -m pip install --quiet -e '.[bench]'
 	$(BIN)/python -m benchmarks.routing $(STUDY_ARGS)
+
+# The overload benchmark (about 5 minutes): simulated engines with fixed slots offered 150 % of
+# their capacity, flow control on and off, two tenants at 20:1; writes benchmarks/flow/results/,
+# docs/flow-control/*.png and the tables in docs/flow-control.md. FLOW_ARGS=--cost instead runs
+# benchmarks/harness for the router's CPU per request against the commit before flow control.
+flow-bench: $(STAMP)
+	$(BIN)/python -c 'import matplotlib' 2>/dev/null || $(BIN)/python -m pip install --quiet -e '.[bench]'
+	$(BIN)/python -m benchmarks.flow --doc docs/flow-control.md $(FLOW_ARGS)
 
 # The soak (SOAK_MINUTES, default 10): router --workers 2 under steady load, RSS and fds of
 # each worker from /proc; writes benchmarks/soak/results.json; see docs/reliability.md.

@@ -9,7 +9,10 @@ completions at concurrency 16 (requests/s, CPU ms per request from the
 target's own ``/proc`` accounting), ``--duration`` seconds at concurrency 1
 (p50/p99 latency, added over direct), and sequential streams (time to first
 chunk, and how long the proxy held the first chunk). Then llmsvc's CPU per
-request with 2 to 1,000 backend records. Results go to ``results.json``,
+request with 2 to 1,000 backend records. ``llmsvc-base`` is the router at ``--base`` (the
+commit before flow control) beside this one: the ratio of their CPU per request is flow
+control's cost with no slots configured (``llmsvc-slots`` and ``llmsvc-queued``: with slots,
+and with requests queued). Results go to ``results.json``,
 ``results.md`` and PNG plots in ``--out``.
 """
 
@@ -46,6 +49,7 @@ from benchmarks.harness.loadgen import (
 )
 from benchmarks.harness.report import write_report
 from benchmarks.harness.targets import (
+    BASE,
     TARGETS,
     Target,
     Unavailable,
@@ -56,7 +60,10 @@ from benchmarks.harness.targets import (
 HERE = Path(__file__).resolve().parent
 BACKEND = HERE.parent / "common" / "backend.py"
 HOST = "127.0.0.1"
-DEFAULT_TARGETS = "direct,nginx,llmsvc-1w,llmsvc-2w,vllm-router,litellm,production-stack"
+DEFAULT_TARGETS = (
+    "direct,nginx,llmsvc-1w,llmsvc-2w,llmsvc-base,llmsvc-slots,llmsvc-queued,"
+    "vllm-router,litellm,production-stack"
+)
 
 
 def wait_ready(port: int, proc: subprocess.Popen[bytes] | None, timeout: float) -> None:
@@ -233,6 +240,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "--work", default=str(HERE.parents[1] / ".bench" / "run"), help="configs and logs"
     )
     parser.add_argument("--loadgen", choices=("auto", "wrk", "python"), default="auto")
+    parser.add_argument(
+        "--base",
+        default=BASE.ref,
+        help="the commit llmsvc-base runs (a temporary git worktree, removed after): the "
+        "router before flow control, for issue 13's cost ratio (default: %(default)s)",
+    )
     parser.add_argument("--no-plots", action="store_true")
     parser.add_argument(
         "--smoke",
@@ -259,6 +272,7 @@ def main(argv: list[str] | None = None) -> int:
     shutil.rmtree(work, ignore_errors=True)
     work.mkdir(parents=True)
     bench = Bench(args, work)
+    BASE.ref = args.base
     load_before = os.getloadavg()
     try:
         bench.start_backends()
@@ -272,6 +286,7 @@ def main(argv: list[str] | None = None) -> int:
         sweep = [merge([s[i] for s in sweeps]) for i in range(len(counts))]
     finally:
         bench.close()
+        BASE.remove()
     add_deltas(results)
     document = {
         "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
@@ -283,6 +298,7 @@ def main(argv: list[str] | None = None) -> int:
         "repeat": args.repeat,
         "concurrency": args.concurrency,
         "streams": args.streams,
+        "base": args.base,
         "targets": results,
         "backend_sweep": sweep,
     }

@@ -45,6 +45,14 @@ def markdown(document: dict[str, Any]) -> str:
         for row in sweep:
             cells = [_cell(row.get("rps")), _cell(row.get("cpu_ms_per_request"))]
             lines.append(f"| {row['backends']} | " + " | ".join(cells) + " |")
+    ok = {r["name"]: r for r in document["targets"] if r.get("status") == "ok"}
+    if "llmsvc-base" in ok and "llmsvc-1w" in ok and ok["llmsvc-base"]["cpu_ms_per_request"]:
+        ratio = ok["llmsvc-1w"]["cpu_ms_per_request"] / ok["llmsvc-base"]["cpu_ms_per_request"]
+        lines += [
+            "",
+            f"CPU per request, llmsvc-1w ÷ llmsvc-base (commit {document.get('base', '?')}): "
+            f"{ratio:.3f} (issue 13's target: ≤ 1.05).",
+        ]
     m, load = document["machine"], document["load_average_1m"]
     lines += [
         "",

@@ -14,6 +14,7 @@ import os
 import shutil
 import subprocess
 import sys
+import tempfile
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -54,16 +55,62 @@ def _backend_records(ports: Sequence[int], count: int | None = None) -> list[dic
     ]
 
 
-def llmsvc_command(workers: int, records: int | None = None) -> Callable[..., list[str]]:
+def llmsvc_command(
+    workers: int, records: int | None = None, extra: Sequence[str] = (), source: Path | None = None
+) -> Callable[..., list[str]]:
+    """The router with ``extra`` flags; with ``source``, that tree's ``src`` (``PYTHONPATH``,
+    ahead of the venv's editable install) instead of this checkout's."""
+
     def command(port: int, backends: Sequence[int], work: Path) -> list[str]:
         static = work / f"services-{records or len(backends)}.json"
         static.write_bytes(orjson.dumps({"services": _backend_records(backends, records)}))
+        prefix = ["env", f"PYTHONPATH={source / 'src'}"] if source else []  # env execs: same pid
         return [
-            *LLMSVC, "router", "--port", str(port), "--static-services", str(static),
-            "--workers", str(workers), "--log-level", "warning",
+            *prefix, *LLMSVC, "router", "--port", str(port), "--static-services", str(static),
+            "--workers", str(workers), "--log-level", "warning", *extra,
         ]  # fmt: skip
 
     return command
+
+
+class BaseTree:
+    """An earlier commit of this repository (``--base``) checked out into a temporary
+    ``git worktree`` on first use and removed by :meth:`remove`: its router runs from that
+    tree's source on the same venv, for the cost comparison of issue 13 (CPU per request
+    against the commit before flow control, in the same run and under the same load)."""
+
+    def __init__(self, ref: str = "23d7c55") -> None:
+        self.ref = ref
+        self.path: Path | None = None
+
+    def install(self) -> None:
+        if self.path is not None:
+            return
+        path = Path(tempfile.mkdtemp(prefix="llmsvc-base-")) / "tree"
+        add = ["git", "-C", str(ROOT), "worktree", "add", "--detach", str(path), self.ref]
+        done = subprocess.run(add, capture_output=True, text=True, timeout=120)
+        if done.returncode != 0:
+            shutil.rmtree(path.parent, ignore_errors=True)
+            why = (done.stderr.strip().splitlines() or [f"exit {done.returncode}"])[-1]
+            raise Unavailable(f"git worktree add {self.ref}: {why}")
+        self.path = path
+
+    def command(self, port: int, backends: Sequence[int], work: Path) -> list[str]:
+        if self.path is None:
+            raise Unavailable("no worktree for the base commit")
+        return llmsvc_command(1, source=self.path)(port, backends, work)
+
+    def remove(self) -> None:
+        if self.path is None:
+            return
+        remove = ["git", "-C", str(ROOT), "worktree", "remove", "--force", str(self.path)]
+        subprocess.run(remove, capture_output=True, timeout=60)
+        shutil.rmtree(self.path.parent, ignore_errors=True)
+        subprocess.run(["git", "-C", str(ROOT), "worktree", "prune"], capture_output=True)
+        self.path = None
+
+
+BASE = BaseTree()
 
 
 def direct_command(port: int, backends: Sequence[int], work: Path) -> list[str]:
@@ -249,6 +296,17 @@ TARGETS: dict[str, Target] = {
         Target("nginx", "nginx 1 worker, upstream keepalive 64", nginx_command, nginx_install),
         Target("llmsvc-1w", "llmsvc router, 1 process", llmsvc_command(1)),
         Target("llmsvc-2w", "llmsvc router --workers 2", llmsvc_command(2)),
+        Target("llmsvc-base", "llmsvc router at --base, 1 process", BASE.command, BASE.install),
+        Target(
+            "llmsvc-slots",
+            "llmsvc router, 1 process, --backend-concurrency 64 (slots, never all taken)",
+            llmsvc_command(1, extra=("--backend-concurrency", "64")),
+        ),
+        Target(
+            "llmsvc-queued",
+            "llmsvc router, 1 process, --backend-concurrency 4 (requests wait in its queue)",
+            llmsvc_command(1, extra=("--backend-concurrency", "4")),
+        ),
         Target(
             "vllm-router",
             "vllm-router (Rust, vllm-project/router) from PyPI, round_robin",
