@@ -134,6 +134,9 @@ def test_ports_models_and_images_are_overridable_by_environment() -> None:
         "LLMSVC_IMAGE_TAG": "dev",
         "LLMSVC_IMAGE_PREFIX": "registry.example/llm",
         "LLMSVC_ROUTER_STRATEGY": "least_load",
+        "LLMSVC_QUEUE_SIZE": "10",
+        "LLMSVC_QUEUE_TIMEOUT": "5",
+        "LLMSVC_HOLD_TIMEOUT": "0",
     }
     config = compose_config("gpu", env=env)
     services = config["services"]
@@ -153,6 +156,9 @@ def test_ports_models_and_images_are_overridable_by_environment() -> None:
     assert vllm["command"][vllm["command"].index("--model") + 1] == "org/other"
     assert vllm["deploy"]["resources"]["reservations"]["devices"][0]["count"] == 2
     assert "least_load" in services["router"]["command"]
+    flow = {k: v for k, v in services["router"]["environment"].items() if k in env}
+    assert flow == {k: env[k] for k in ("LLMSVC_QUEUE_SIZE", "LLMSVC_QUEUE_TIMEOUT",
+                                        "LLMSVC_HOLD_TIMEOUT")}  # fmt: skip
 
 
 def test_prometheus_and_grafana_read_the_shared_files(config: dict[str, Any]) -> None:

@@ -72,6 +72,42 @@ class RouterSection(_Remote):
     port: int = Field(default=8080, ge=1, le=65535)
     strategy: str = "round_robin"
     api_keys: list[str] = Field(default_factory=list)
+    # Flow control (docs/flow-control.md): None leaves the router's own default. Managed
+    # engines advertise their slots (the sim engine's --max-num-seqs), so the queue works
+    # without any of these.
+    api_keys_file: str | None = Field(
+        default=None,
+        description="The router's --api-keys-file (keys or YAML tenants with limits); a "
+        "relative path is the stack file's directory's.",
+    )
+    backend_concurrency: int | None = Field(
+        default=None, ge=1, description="--backend-concurrency: slots of a backend that "
+        "advertises none (default: unlimited).",
+    )  # fmt: skip
+    queue_size: int | None = Field(
+        default=None, ge=0, description="--queue-size: requests waiting per model (0: none)."
+    )
+    queue_timeout: float | None = Field(
+        default=None, gt=0, description="--queue-timeout: seconds a request may wait for a slot."
+    )
+    hold_timeout: float | None = Field(
+        default=None, ge=0, description="--hold-timeout: seconds a request waits for a "
+        "starting engine (0: 503 at once).",
+    )  # fmt: skip
+
+    def flow_args(self) -> list[str]:
+        """The router's flow-control flags for the keys set here."""
+        args: list[str] = []
+        for flag, value in (
+            ("--api-keys-file", self.api_keys_file),
+            ("--backend-concurrency", self.backend_concurrency),
+            ("--queue-size", self.queue_size),
+            ("--queue-timeout", self.queue_timeout),
+            ("--hold-timeout", self.hold_timeout),
+        ):
+            if value is not None:
+                args += [flag, str(value)]
+        return args
 
 
 class BabysitterSection(_Section):
@@ -177,6 +213,9 @@ def check(config: StackConfig, base: Path) -> None:
         claim(config.registry.port, "the registry")
     if config.router.enabled:
         claim(config.router.port, "the router")
+        keys = config.router.api_keys_file
+        if keys is not None and not _under(base, keys).is_file():
+            raise ConfigError(f"router.api_keys_file: no such file: {keys}")
     names: set[str] = set()
     for i, sitter in enumerate(config.babysitters):
         who = f"babysitters[{i}]" + (f" ({sitter.name})" if sitter.name else "")
@@ -217,7 +256,15 @@ def load(path: Path) -> StackConfig:
         msg = err["msg"].removeprefix("Value error, ")
         raise ConfigError(f"{path}: {loc + ': ' if loc else ''}{msg}") from None
     check(config, path.parent)
+    if config.router.api_keys_file is not None:  # the router may start elsewhere: whole path
+        config.router.api_keys_file = str(_under(path.parent, config.router.api_keys_file))
     return config
+
+
+def _under(base: Path, name: str) -> Path:
+    """``name`` (``~`` expanded) as an absolute path, a relative one taken under ``base``."""
+    path = Path(name).expanduser()
+    return (path if path.is_absolute() else base / path).absolute()
 
 
 Component = Literal["registry", "router", "babysitter"]

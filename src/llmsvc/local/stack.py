@@ -155,7 +155,7 @@ def components(cfg: StackConfig) -> list[Component]:
         )
     if rtr.enabled:
         args = ["router", "--host", rtr.host, "--port", str(rtr.port), "--strategy", rtr.strategy]
-        args += ["--admin-token-file", _token_file(cfg, ROUTER_ADMIN)]
+        args += ["--admin-token-file", _token_file(cfg, ROUTER_ADMIN), *rtr.flow_args()]
         env = {"LLMSVC_API_KEYS": ",".join(rtr.api_keys)} if rtr.api_keys else {}
         if cfg.uses_registry:
             token_args, token_env = _sends_write_token(cfg)
