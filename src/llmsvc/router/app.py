@@ -40,6 +40,7 @@ from llmsvc.router.discovery import watch_registry
 from llmsvc.router.ejection import LATENCY_ROUND_S, Ejector
 from llmsvc.router.health import check_loop
 from llmsvc.router.loadscrape import load_scrape_ctx
+from llmsvc.router.maintenance import Maintenance, watch_maintenance
 from llmsvc.router.metrics import RouterMetrics
 from llmsvc.router.outliers import OutlierRules
 from llmsvc.router.proxy import Proxy
@@ -74,6 +75,8 @@ class RouterState:
     scrape: CollectorRegistry  # what /metrics renders: ``registry``, or all workers' sum
     readiness: Readiness
     proxy: Proxy | None = field(default=None)
+    maintenance: Maintenance = field(default_factory=Maintenance)
+    """The registry's maintenance entries (kept by the registry watch; none without one)."""
     keys_file: KeysFile | None = field(default=None)  # a watched --api-keys-file
 
     @property
@@ -275,7 +278,8 @@ def _async(fn: Callable[[], None]) -> Callable[[], Coroutine[Any, Any, None]]:
 def _registry_ctx(
     state: RouterState, registry_url: str
 ) -> Callable[[web.Application], AsyncIterator[None]]:
-    """``cleanup_ctx``: the registry watch, on its own session (its queries block)."""
+    """``cleanup_ctx``: the registry watches (records, maintenance entries), on their own
+    session (their queries block)."""
 
     async def ctx(app: web.Application) -> AsyncIterator[None]:
         settings = state.settings
@@ -299,7 +303,16 @@ def _registry_ctx(
             grace=settings.registry_restart_grace,
             on_change=synced,
         )
-        async with owned_task(watch, name="registry-watch"):
+        maintenance = watch_maintenance(
+            client,
+            state.maintenance,
+            wait=settings.registry_sync_interval,
+            on_change=lambda: None,  # the request path reads the board at every request
+        )
+        async with (
+            owned_task(watch, name="registry-watch"),
+            owned_task(maintenance, name="maintenance-watch"),
+        ):
             yield
         await session.close()
 
