@@ -11,21 +11,28 @@ Then ``llmsvc validate`` (with that key) passes, ``/demand`` included.
 
 from __future__ import annotations
 
+import io
 import itertools
+import json
 import os
 import subprocess
 import sys
 import threading
 import time
 from collections.abc import Callable
+from functools import partial
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
+from rich.console import Console
 
 import metrics
 from llmsvc.local.config import ConfigError, demo_config, load
 from llmsvc.local.stack import components
+from llmsvc.local.validate import Validator
 from procs import HOST, free_port
 
 FLOW = """
@@ -175,3 +182,47 @@ def _wait(predicate: Callable[[], bool], what: str, timeout: float = 30) -> None
             pass
         time.sleep(0.2)
     raise AssertionError(f"timed out waiting for {what}")
+
+
+class _Demand(BaseHTTPRequestHandler):
+    """A router stand-in whose ``GET /demand`` answers ``server.answer`` (status, body)."""
+
+    def do_GET(self) -> None:
+        status, body = self.server.answer  # type: ignore[attr-defined]
+        self.send_response(status)
+        self.send_header("Content-Type", "application/json")
+        self.end_headers()
+        self.wfile.write(json.dumps(body).encode())
+
+    def log_message(self, *_: object) -> None:
+        pass
+
+
+ENTRY = {"in_flight": 0, "queued": 0, "queued_by_priority": {}, "held": 0, "demand": 0}
+
+
+@pytest.mark.parametrize(
+    ("status", "body", "verdict"),
+    [
+        (200, {"models": {"m": ENTRY}, "total": 0}, "✓"),
+        (404, {"error": {"message": "no"}}, "answered 404, expected 200"),
+        (200, {"models": {}, "total": 0}, "/demand does not list m"),
+        (200, {"models": {"m": {"in_flight": 0}}, "total": 0}, "lacks one of"),
+    ],
+)
+def test_validate_checks_demand(status: int, body: dict[str, Any], verdict: str) -> None:
+    server = ThreadingHTTPServer((HOST, 0), _Demand)
+    server.answer = (status, body)  # type: ignore[attr-defined]
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    console = Console(file=io.StringIO(), width=200)
+    try:
+        validator = Validator(
+            router_url=f"http://{HOST}:{server.server_port}", registry_url=None, console=console
+        )
+        validator.check("demand", partial(validator._demand, ["m"]))
+    finally:
+        server.shutdown()
+        server.server_close()
+    out = console.file.getvalue()  # type: ignore[attr-defined]
+    assert verdict in out
+    assert validator.failures == (0 if verdict == "✓" else 1)

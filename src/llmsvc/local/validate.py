@@ -8,6 +8,9 @@ registration check uses a record of a type the router never routes to.
 anonymous registry write and read must be refused (401); with a router admin
 token, an anonymous ``GET /stats`` must be refused and the token must open it.
 Without those tokens the stack is open by choice, and a "!" line says so.
+
+An unknown model must be 404 ``model_not_found`` (not 503, which clients retry), and
+the router's ``GET /demand`` (what an autoscaler reads) must list every model.
 """
 
 from __future__ import annotations
@@ -84,6 +87,7 @@ class Validator:
             self.check(f"[{model}] load spread", partial(self._spread, model))
         self.check("unknown model answers 404", self._unknown_model)
         self.check("missing model answers 400", self._missing_model)
+        self.check("router /demand lists every model", partial(self._demand, models))
         return 1 if self.failures else 0
 
     def check_registry_auth(self) -> None:
@@ -239,7 +243,26 @@ class Validator:
             )
         expected = f"The model `{model}` does not exist or you do not have access to it."
         _error_shape(resp, 404, expected)
-        return "OpenAI error shape"
+        if (code := resp.json()["error"]["code"]) != "model_not_found":
+            raise CheckFailed(f"code {code!r}, expected 'model_not_found'")
+        return "OpenAI error shape, model_not_found"
+
+    def _demand(self, models: list[str]) -> str:
+        """Per model: in flight, queued (by class), held, their sum (with the admin token)."""
+        token = self.router_admin_token
+        headers = {"Authorization": f"Bearer {token}"} if token else {}
+        data = _ok_json(httpx.get(f"{self.router_url}/demand", headers=headers, timeout=10))
+        listed = data["models"]
+        missing = [m for m in models if m not in listed]
+        if missing:
+            raise CheckFailed(f"/demand does not list {', '.join(missing)}")
+        keys = {"in_flight", "queued", "queued_by_priority", "held", "demand"}
+        for model, entry in listed.items():
+            if not isinstance(entry, dict) or not keys <= entry.keys():
+                raise CheckFailed(f"/demand's {model!r} lacks one of {', '.join(sorted(keys))}")
+        if not isinstance(data["total"], int):
+            raise CheckFailed(f"/demand's total is not a number: {data['total']!r}")
+        return f"total {data['total']}"
 
     def _missing_model(self) -> str:
         with self._router() as client:
