@@ -138,7 +138,7 @@ async def test_known_model_with_nothing_healthy_is_503_with_the_contract_message
 ) -> None:
     """A model whose only backend fails its active check is known: 503, and listed."""
     dead = {"name": "dead", "host": HOST, "port": free_port(), "metadata": {"models": ["gone"]}}
-    client = await make_router([*engines, dead])
+    client = await make_router([*engines, dead], hold_timeout=0)  # no hold: the 503 at once
     status, backend, body = await send(client, chat_body("gone"))
     assert (status, backend) == (503, "")
     error = assert_error_shape(body)

@@ -73,7 +73,8 @@ async def test_unknown_is_404_known_but_down_is_503(
         return (await registry_statuses(registry)).get("dead") == "unhealthy"
 
     await wait_for(dead_is_unhealthy, "the registry to mark 'dead' unhealthy")
-    settings = RouterSettings(registry_url=registry, health_interval=60)
+    # No hold (--hold-timeout 0): a known model with nothing healthy is a 503 at once.
+    settings = RouterSettings(registry_url=registry, health_interval=60, hold_timeout=0)
     client = await aiohttp_client(create_app(settings, registry=CollectorRegistry()))
 
     async def listed() -> bool:

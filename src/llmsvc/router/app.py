@@ -33,9 +33,11 @@ from llmsvc.core.wire import (
     ModelCard,
     ModelList,
 )
+from llmsvc.router.admission import FlowControl
 from llmsvc.router.backends import BackendPool
 from llmsvc.router.balancing import Strategy, make_strategy
 from llmsvc.router.config import check_settings, load_static_services
+from llmsvc.router.demand import demand_view
 from llmsvc.router.discovery import watch_registry
 from llmsvc.router.ejection import LATENCY_ROUND_S, Ejector
 from llmsvc.router.health import check_loop
@@ -74,6 +76,7 @@ class RouterState:
     keys: KeyRing  # the keys read at start; ``api_keys`` is the current ring
     scrape: CollectorRegistry  # what /metrics renders: ``registry``, or all workers' sum
     readiness: Readiness
+    flow: FlowControl
     proxy: Proxy | None = field(default=None)
     maintenance: Maintenance = field(default_factory=Maintenance)
     """The registry's maintenance entries (kept by the registry watch; none without one)."""
@@ -123,6 +126,13 @@ class RouterState:
         self.metrics.refresh(self.pool, time.monotonic())
         return metrics_handler(self.scrape)
 
+    async def demand(self, _: web.Request) -> web.Response:
+        return json_response(demand_view(self.flow.snapshot()))
+
+    async def drain(self, _: web.Application) -> None:
+        """``on_shutdown``: stop admitting; answer what still waits before the end."""
+        self.flow.drain(self.settings.shutdown_timeout)
+
 
 ROUTER = web.AppKey("router", RouterState)
 
@@ -145,6 +155,7 @@ def _admin_routes(state: RouterState) -> list[Route]:
         ("/stats", state.stats_view, "Per backend and per model statistics", None),
         ("/services", state.services, "The router's view of its backends", None),
         ("/metrics", state.prometheus, "Prometheus metrics", "text/plain"),
+        ("/demand", state.demand, "Per model: in flight, queued by class, held", None),
     ]
     return [
         Route("GET", path, handler, summary, response_media=media, errors=admin, protected=True)
@@ -239,6 +250,7 @@ def _upstream_ctx(state: RouterState) -> Callable[[web.Application], AsyncIterat
             suspicion=suspicion,
             ejector=ejector,
             drop_auth=bool(state.api_keys),
+            flow=state.flow,
         )
         health = check_loop(
             checks,
@@ -336,18 +348,20 @@ def create_app(
     if settings.static_services:
         pool.set_static(load_static_services(settings.static_services))
     registry = registry if registry is not None else CollectorRegistry()
+    strategy = make_strategy(settings, pool)
     waits_for = [REGISTRY] if settings.registry_url else []
     waits_for += [STATIC] if settings.static_services else []
     state = RouterState(
         settings=settings,
         pool=pool,
-        strategy=make_strategy(settings, pool),
+        strategy=strategy,
         metrics=RouterMetrics(registry),
         stats=RouterStats(),
         registry=registry,
         keys=keyring,
         scrape=_scrape_registry(metrics_dir) if metrics_dir else registry,
         readiness=Readiness(waits_for, timeout=settings.ready_timeout),
+        flow=FlowControl(pool=pool, strategy=strategy, settings=settings),
     )
     app = make_app(
         title="llmsvc router",
@@ -365,6 +379,7 @@ def create_app(
             settings.port,
         )
     app[ROUTER] = state
+    app.on_shutdown.append(state.drain)
     app.on_response_prepare.append(rate_headers_on_prepare)
     if settings.api_keys_file:  # re-read when it changes
         keys_file = state.keys_file = KeysFile(settings, keyring)
@@ -375,7 +390,14 @@ def create_app(
         app.cleanup_ctx.append(_registry_ctx(state, settings.registry_url))
     if settings.strategy == "least_load":  # the engines' metrics are scraped only for it
         interval = settings.load_scrape_interval
-        app.cleanup_ctx.append(load_scrape_ctx(pool, interval=interval, registry=registry))
+        app.cleanup_ctx.append(
+            load_scrape_ctx(
+                pool,
+                interval=interval,
+                registry=registry,
+                after_round=state.flow.dispatcher.pump_all,  # saturation ends with no event
+            )
+        )
     if metrics_dir:
         app.cleanup_ctx.append(background("worker-gauges", _gauge_refresher(state)))
     return app

@@ -93,8 +93,12 @@ class Exchange:
         stats: RouterStats,
         ejector: Ejector,
         clock: Callable[[], float],
+        released: Callable[[Backend], None] | None = None,
     ) -> None:
         self._pool = pool
+        self._released = released  # an attempt ended: its backend's slot is free (dispatch)
+        self.budget: float | None = None  # seconds an upstream may take (None: --proxy-timeout)
+        self.status: int | None = None  # the answer's status, once finished
         self._ejector = ejector
         self._metrics = metrics
         self._stats = stats
@@ -160,6 +164,7 @@ class Exchange:
         if self._finished:
             return
         self._finished = True
+        self.status = status
         duration = self.elapsed()
         backend = self.tried[-1].name if self.tried else NO_BACKEND
         self._metrics.count_request(self.label, backend, status, duration)
@@ -216,6 +221,14 @@ class Attempt:
         self.backend.stats.response_time_sum += self._clock() - self._sent
         self.backend.waiting.discard(self)
         self.backend.streams.discard(self)
+        released = self._exchange._released
+        if released is not None:
+            released(self.backend)
+
+    @property
+    def budget(self) -> float | None:
+        """Seconds the upstream may take (what the queue wait left of --proxy-timeout)."""
+        return self._exchange.budget
 
     def waiting(self, deadline: float) -> _FirstByteWait:
         """``async with``: wait for the first byte until ``deadline`` (loop time) or a

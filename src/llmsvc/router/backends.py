@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import math
 from collections import deque
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol
 
@@ -266,6 +266,7 @@ class BackendPool:
         self._static: dict[str, ServiceRecord] = {}
         self._registry: dict[str, ServiceRecord] = {}
         self._named: frozenset[str] = frozenset()  # models babysitters name (maybe not up yet)
+        self._sitters: list[ServiceRecord] = []  # the babysitter records (their start times)
         self._backends: dict[str, Backend] = {}
         self._removed: set[str] = set()
         self._by_model: dict[str, list[Backend]] = {}  # model -> backends listing it, in order
@@ -275,6 +276,9 @@ class BackendPool:
         self._health_version = 0
         self._eligible: dict[str, _CachedEligible] = {}
         self._eligible_versions = 0  # the version of the newest eligible list, any model
+        # Called after every refresh or health change (flow control: held requests look
+        # again, queued ones may have a slot): an event, never a poll.
+        self._listeners: list[Callable[[], None]] = []
 
     def __iter__(self) -> Iterator[Backend]:
         return iter(self._backends.values())
@@ -295,6 +299,7 @@ class BackendPool:
         loading, its engine not yet registered)."""
         records = list(records)
         self._registry = {r.name: r for r in records if r.type == OPENAI_API}
+        self._sitters = [r for r in records if r.type == BABYSITTER]
         self._named = frozenset(
             name
             for r in records
@@ -325,6 +330,10 @@ class BackendPool:
         self.version += 1
         self.health_changed()
 
+    def sitters(self, model: str) -> list[ServiceRecord]:
+        """The babysitter records that name ``model`` (a held request's estimate)."""
+        return [r for r in self._sitters if r.metadata.get("model_name") == model]
+
     def removed_names(self) -> set[str]:
         """Names the last refresh dropped (strategies forget their state)."""
         return self._removed
@@ -337,8 +346,23 @@ class BackendPool:
         return self._by_model.get(model, ())
 
     def health_changed(self) -> None:
-        """A backend's eligibility may have changed: recompute the eligible lists."""
+        """A backend's eligibility may have changed: recompute the eligible lists, and tell
+        the listeners (:meth:`listen`)."""
         self._health_version += 1
+        for listener in self._listeners:
+            listener()
+
+    def listen(self, listener: Callable[[], None]) -> None:
+        """Call ``listener`` after every refresh and every health change from now on."""
+        self._listeners.append(listener)
+
+    def next_return(self, model: str, now: float) -> float:
+        """When the first of ``model``'s backends out for passive failures or as an outlier
+        comes back by itself (inf if none is out): no event marks that moment."""
+        return min(
+            (t for b in self._by_model.get(model, ()) if (t := b.out_until()) > now),
+            default=math.inf,
+        )
 
     def eligible(self, model: str, now: float) -> Eligible[Backend]:
         """The backends that may take a request for ``model`` now, in a stable order.

@@ -150,17 +150,26 @@ class LoadScraper:
 
 
 def load_scrape_ctx(
-    pool: BackendPool, *, interval: float, registry: CollectorRegistry
+    pool: BackendPool,
+    *,
+    interval: float,
+    registry: CollectorRegistry,
+    after_round: Callable[[], None] | None = None,
 ) -> Callable[[web.Application], AsyncIterator[None]]:
-    """``cleanup_ctx``: the scraper's session and task."""
+    """``cleanup_ctx``: the scraper's session and task; ``after_round`` after each round
+    (flow control: a backend's saturation may have ended)."""
 
     async def ctx(app: web.Application) -> AsyncIterator[None]:
         connector = aiohttp.TCPConnector(limit=SCRAPE_CONCURRENCY, keepalive_timeout=60.0)
         session = aiohttp.ClientSession(connector=connector)
         scraper = LoadScraper(pool=pool, session=session, timeout=interval, registry=registry)
-        async with owned_task(
-            every(interval, scraper.scrape_all, name="load-scrape"), name="load-scrape"
-        ):
+
+        async def scrape() -> None:
+            await scraper.scrape_all()
+            if after_round is not None:
+                after_round()
+
+        async with owned_task(every(interval, scrape, name="load-scrape"), name="load-scrape"):
             yield
         await session.close()
 

@@ -41,19 +41,19 @@ from multidict import CIMultiDict
 from llmsvc.core.errors import (
     ApiError,
     ModelNotFound,
-    ServiceUnavailable,
     UpstreamError,
     UpstreamTimeout,
-    echoed,
-    error_body,
 )
 from llmsvc.core.jsonio import read_body
-from llmsvc.core.wire import RoutingInfo, parse_routing, sse_event
+from llmsvc.core.wire import RoutingInfo, parse_routing
+from llmsvc.router.admission import Admitted, FlowControl
 from llmsvc.router.attempt import CLIENT_CLOSED, Attempt, Exchange
-from llmsvc.router.backends import Backend, BackendPool
+from llmsvc.router.backends import BackendPool
 from llmsvc.router.balancing import Strategy
 from llmsvc.router.ejection import Ejector
 from llmsvc.router.headers import check_header_size, downstream_headers, upstream_headers
+from llmsvc.router.hold import NoHealthyBackend
+from llmsvc.router.inband import stream_error, upstream_refusal
 from llmsvc.router.latency import FirstByteLimits
 from llmsvc.router.metrics import Failure, RouterMetrics
 from llmsvc.router.settings import RouterSettings
@@ -89,9 +89,11 @@ class Proxy:
         suspicion: Suspicion,
         ejector: Ejector,
         drop_auth: bool,
+        flow: FlowControl,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self._pool = pool
+        self._flow = flow
         self._suspicion = suspicion
         self._ejector = ejector
         self._strategy = strategy
@@ -120,39 +122,41 @@ class Proxy:
             stats=self._stats,
             ejector=self._ejector,
             clock=self._clock,
+            released=self._flow.dispatcher.released,
         ) as exchange:
             check_header_size(request, self._max_header_bytes)
             info = parse_routing(await read_body(request))
             exchange.route(info.model)
             if not self._pool.knows(info.model):
                 raise ModelNotFound(info.model)  # 404: never served here, not worth a retry
-            headers = upstream_headers(request, drop_auth=self._drop_auth)
-            key = self._strategy.key(request, info)  # affinity key, None for most strategies
-            error: ApiError | None = None
-            for _ in range(self._attempts):
-                if exchange.poisoned:
-                    break  # it failed the same way twice: the request's fault, not a backend's
-                backend = self._pick(info.model, exchange.tried, key)
-                if backend is None:
-                    break
-                try:
-                    with exchange.attempt(backend) as attempt:
-                        return await self._forward(request, attempt, exchange, info, headers)
-                except RetryableFailure as failure:
-                    error = failure.error
-            if error is None:
-                error = ServiceUnavailable(
-                    f"No healthy services available for model '{echoed(info.model)}'",
-                    code="no_healthy_backend",
-                )
-            raise error
+            admitted = self._flow.admit(request, info)
+            try:
+                return await self._serve(request, exchange, info, admitted)
+            except ApiError as error:
+                if admitted.feedback is None or admitted.response is None:
+                    raise
+                exchange.finish(error.status, ttft=None, failed=True)  # headers are out:
+                return await admitted.feedback.fail(error)  # the error goes in band
 
-    def _pick(self, model: str, tried: list[Backend], key: str | None) -> Backend | None:
-        """The strategy's choice among the eligible backends not tried; None if none is."""
-        eligible = self._pool.eligible(model, self._clock())
-        if not eligible.offers(tried):
-            return None
-        return self._strategy.pick(model, eligible, key, tried=tried)
+    async def _serve(
+        self, request: web.Request, exchange: Exchange, info: RoutingInfo, admitted: Admitted
+    ) -> web.StreamResponse:
+        headers = upstream_headers(request, drop_auth=self._drop_auth)
+        key = self._strategy.key(request, info)  # affinity key, None for most strategies
+        error: ApiError | None = None
+        for _ in range(self._attempts):
+            if exchange.poisoned:
+                break  # it failed the same way twice: the request's fault, not a backend's
+            backend = await self._flow.backend(request, admitted, exchange, key)
+            if backend is None:
+                break
+            try:
+                with exchange.attempt(backend) as attempt, self._flow.sending(admitted):
+                    held = admitted.response
+                    return await self._forward(request, attempt, exchange, info, headers, held)
+            except RetryableFailure as failure:
+                error = failure.error
+        raise error or NoHealthyBackend(info.model)
 
     async def _forward(
         self,
@@ -161,13 +165,18 @@ class Proxy:
         exchange: Exchange,
         info: RoutingInfo,
         headers: CIMultiDict[str],
+        held: web.StreamResponse | None,
     ) -> web.StreamResponse:
+        """``held``: a held stream's response, its headers sent: the answer goes into it."""
         upstream, first = await self._first_byte(request, attempt, info, headers)
         try:
             if info.stream and upstream.status < 300:
-                return await self._relay_stream(request, upstream, attempt, exchange, first)
+                return await self._relay_stream(request, upstream, attempt, exchange, first, held)
             ttfb = exchange.elapsed()
-            return await self._relay_body(upstream, attempt, exchange, ttfb)
+            answer = await self._relay_body(upstream, attempt, exchange, ttfb)
+            if held is not None:  # not a stream after all (an error): in band, as the rest
+                raise upstream_refusal(answer)
+            return answer
         finally:
             if attempt.complete:  # even when the client's close cancelled the relay
                 await drain(upstream)
@@ -186,6 +195,8 @@ class Proxy:
         backend = attempt.backend
         window = backend.ttfb_stream if info.stream else backend.ttfb_plain
         limit = self._limits.limit(window, stream=info.stream)
+        if attempt.budget is not None:
+            limit = min(limit, attempt.budget)
         deadline = asyncio.get_running_loop().time() + limit
         watch = self._suspicion.watch(backend)
         try:
@@ -246,7 +257,9 @@ class Proxy:
                 backend.url + request.rel_url.raw_path_qs,
                 data=info.body,
                 headers=headers,
-                timeout=self._timeout,
+                timeout=self._timeout
+                if attempt.budget is None
+                else aiohttp.ClientTimeout(total=attempt.budget, connect=self._timeout.connect),
                 allow_redirects=False,
             )
         except (aiohttp.ClientError, OSError) as exc:
@@ -333,14 +346,16 @@ class Proxy:
         attempt: Attempt,
         exchange: Exchange,
         first: bytes,
+        held: web.StreamResponse | None,
     ) -> web.StreamResponse:
         backend = attempt.backend
         ttft = exchange.elapsed()
         attempt.first_byte(ttft)
-        response = web.StreamResponse(
+        response = held or web.StreamResponse(
             status=upstream.status, headers=downstream_headers(upstream, backend.name)
         )
-        await response.prepare(request)
+        if held is None:
+            await response.prepare(request)
         try:
             with attempt.relaying(upstream.close):
                 failure = await self._pump(upstream, response, first, attempt, ttft)
@@ -355,7 +370,7 @@ class Proxy:
             attempt.failed(failure)
         with contextlib.suppress(ConnectionError):
             if failure is not None:
-                await response.write(self._stream_error(backend, failure))
+                await response.write(stream_error(backend.name, failure, self._idle))
             await response.write_eof()
         exchange.finish(upstream.status, ttft=ttft, failed=failure is not None)
         return response
@@ -401,19 +416,3 @@ class Proxy:
             if idle.expired():
                 raise _IdleTimeout from None
             raise
-
-    def _stream_error(self, backend: Backend, kind: Failure) -> bytes:
-        """The in-band error event that ends a stream the upstream failed."""
-        if kind is Failure.STREAM_IDLE:
-            message = f"Backend '{backend.name}' sent nothing for {self._idle:g}s"
-            code = "stream_idle_timeout"
-        elif kind is Failure.TIMEOUT:
-            message = f"Backend '{backend.name}' exceeded the proxy timeout"
-            code = "upstream_timeout"
-        elif kind is Failure.EJECTED:
-            message = f"Backend '{backend.name}' stalled and was ejected (its health check failed)"
-            code = "upstream_ejected"
-        else:
-            message = f"Backend '{backend.name}' failed in the middle of the stream"
-            code = "upstream_stream"
-        return sse_event(error_body(message, type="upstream_error", code=code))

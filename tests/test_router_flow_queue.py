@@ -1,0 +1,144 @@
+"""Slots and the queue through a real router process in front of a real simulated engine.
+
+The engine answers in about ``max_tokens / 10`` seconds (``--decode-tokens-per-s 10``),
+so a test holds a slot for as long as it needs. The router's ``/demand`` shows what
+is in flight and what waits; every check waits for a state, never for a fixed time.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+import orjson
+import pytest
+
+from procs import HOST, ProcGroup, Spawn, start_router, start_sim_engine
+
+CHAT = "/v1/chat/completions"
+
+
+@pytest.fixture(scope="module")
+def engine(module_spawn: ProcGroup) -> int:
+    """One simulated engine of model ``m``, about 10 tokens a second per request."""
+    _, port = start_sim_engine(
+        module_spawn, "slow", "--time-scale", "1", "--decode-tokens-per-s", "10",
+        "--prefill-overhead-s", "0",
+    )  # fmt: skip
+    return port
+
+
+def router_for(
+    spawn: Spawn, tmp_path: Path, port: int, *flags: str, slots: int | None = None
+) -> str:
+    """A router whose one static backend is the engine (``metadata.max_concurrency``:
+    ``slots``, when given)."""
+    metadata: dict[str, Any] = {"models": ["m"]}
+    if slots is not None:
+        metadata["max_concurrency"] = slots
+    services = tmp_path / "services.json"
+    record = {"name": "slow", "host": HOST, "port": port, "metadata": metadata}
+    services.write_bytes(orjson.dumps([record]))
+    _, url = start_router(spawn, None, "--static-services", str(services), *flags)
+    return url
+
+
+def body(tokens: int) -> dict[str, Any]:
+    return {"model": "m", "messages": [{"role": "user", "content": "hi"}], "max_tokens": tokens}
+
+
+async def chat(
+    client: httpx.AsyncClient, tokens: int, priority: str | None = None
+) -> httpx.Response:
+    headers = {"X-Llmsvc-Priority": priority} if priority else {}
+    return await client.post(CHAT, json=body(tokens), headers=headers, timeout=30)
+
+
+async def demand_reaches(client: httpx.AsyncClient, in_flight: int, queued: int) -> None:
+    """Wait (at most 10 s) until ``/demand`` shows model m with these counts."""
+    deadline = time.monotonic() + 10
+    while True:
+        seen = (await client.get("/demand")).json()["models"]["m"]
+        if (seen["in_flight"], seen["queued"]) == (in_flight, queued):
+            return
+        assert time.monotonic() < deadline, seen
+        await asyncio.sleep(0.05)
+
+
+async def test_a_backend_with_one_slot_takes_one_request_the_rest_queue_in_order(
+    spawn: Spawn, tmp_path: Path, engine: int
+) -> None:
+    url = router_for(spawn, tmp_path, engine, slots=1)
+    async with httpx.AsyncClient(base_url=url) as client:
+        first = asyncio.create_task(chat(client, 15))
+        await demand_reaches(client, 1, 0)
+        rest = [asyncio.create_task(chat(client, 2)) for _ in range(2)]
+        await demand_reaches(client, 1, 2)  # the engine never sees more than its slot
+        demand = (await client.get("/demand")).json()
+        assert demand["models"]["m"]["queued_by_priority"]["standard"] == 2
+        assert demand["total"] == 3
+        answers = [await first, *[await r for r in rest]]
+        assert [r.status_code for r in answers] == [200, 200, 200]
+        await demand_reaches(client, 0, 0)
+
+
+async def test_backend_concurrency_flag_and_a_full_queue_is_429(
+    spawn: Spawn, tmp_path: Path, engine: int
+) -> None:
+    url = router_for(spawn, tmp_path, engine, "--backend-concurrency", "1", "--queue-size", "1")
+    async with httpx.AsyncClient(base_url=url) as client:
+        first = asyncio.create_task(chat(client, 15))
+        await demand_reaches(client, 1, 0)
+        queued = asyncio.create_task(chat(client, 2))
+        await demand_reaches(client, 1, 1)
+        full = await chat(client, 2)
+        assert full.status_code == 429, full.text
+        error = full.json()["error"]
+        assert (error["code"], error["type"]) == ("queue_full", "rate_limit_error")
+        assert int(full.headers["Retry-After"]) >= 1
+        assert (await first).status_code == 200 and (await queued).status_code == 200
+
+
+async def test_a_higher_class_evicts_the_lowest_from_a_full_queue(
+    spawn: Spawn, tmp_path: Path, engine: int
+) -> None:
+    url = router_for(spawn, tmp_path, engine, "--queue-size", "1", slots=1)
+    async with httpx.AsyncClient(base_url=url) as client:
+        first = asyncio.create_task(chat(client, 15))
+        await demand_reaches(client, 1, 0)
+        batch = asyncio.create_task(chat(client, 2, "batch"))
+        await demand_reaches(client, 1, 1)
+        critical = asyncio.create_task(chat(client, 2, "critical"))
+        evicted = await batch  # the newcomer of a higher class takes its place
+        assert evicted.status_code == 429 and evicted.json()["error"]["code"] == "queue_full"
+        assert "Retry-After" in evicted.headers
+        assert (await critical).status_code == 200 and (await first).status_code == 200
+
+
+async def test_a_request_waiting_longer_than_the_queue_timeout_is_503(
+    spawn: Spawn, tmp_path: Path, engine: int
+) -> None:
+    url = router_for(spawn, tmp_path, engine, "--queue-timeout", "0.5", slots=1)
+    async with httpx.AsyncClient(base_url=url) as client:
+        first = asyncio.create_task(chat(client, 30))
+        await demand_reaches(client, 1, 0)
+        started = time.monotonic()
+        late = await chat(client, 2)
+        assert late.status_code == 503, late.text
+        assert late.json()["error"]["code"] == "queue_timeout"
+        assert int(late.headers["Retry-After"]) >= 1
+        assert time.monotonic() - started < 2.5  # not the 3 s the first request holds its slot
+        await demand_reaches(client, 1, 0)  # it left the queue
+        assert (await first).status_code == 200
+
+
+async def test_without_slots_nothing_queues(spawn: Spawn, tmp_path: Path, engine: int) -> None:
+    """The default (no slots anywhere): every request goes to the engine at once."""
+    url = router_for(spawn, tmp_path, engine)
+    async with httpx.AsyncClient(base_url=url) as client:
+        tasks = [asyncio.create_task(chat(client, 10)) for _ in range(3)]
+        await demand_reaches(client, 3, 0)
+        assert [(await t).status_code for t in tasks] == [200, 200, 200]

@@ -1,0 +1,162 @@
+"""Holding a request for a known model with no ready backend (``--hold-timeout``).
+
+Real processes: a babysitter whose simulated engine takes 5 s to start; a request
+sent at once, plain or streaming (through the ``openai`` client, unmodified), is
+held and then answered. A hold past its timeout: a plain request gets 503
+``no_healthy_backend`` with the seed's message and ``Retry-After``, a stream its
+comment lines and then an in-band error event, no ``[DONE]``. In process: the
+default hold waits for a backend's health check to pass.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import time
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+import httpx
+import openai
+import orjson
+import pytest
+
+from procs import HOST, Spawn, free_port, start_babysitter, start_registry, start_router
+from routerbackends import BODY, CHAT, Backend, MakeRouter, running, static_router
+
+MESSAGES: list[Any] = [{"role": "user", "content": "hi"}]
+
+
+@pytest.fixture
+def make_router(aiohttp_client: Callable[..., Awaitable[Any]], tmp_path: Path) -> MakeRouter:
+    return functools.partial(static_router, aiohttp_client, tmp_path)
+
+
+def wait_known(router: str, model: str, timeout: float = 20) -> None:
+    deadline = time.monotonic() + timeout
+    while True:
+        data = httpx.get(f"{router}/v1/models", timeout=5).json()["data"]
+        if model in [m["id"] for m in data]:
+            return
+        assert time.monotonic() < deadline, f"{model} never became known"
+        time.sleep(0.1)
+
+
+async def stream_lines(client: httpx.AsyncClient) -> tuple[httpx.Response, list[str]]:
+    body = {"model": "m", "messages": MESSAGES, "max_tokens": 4, "stream": True}
+    async with client.stream("POST", CHAT, json=body, timeout=30) as resp:
+        lines = [line async for line in resp.aiter_lines() if line]
+    return resp, lines
+
+
+def test_held_through_an_engine_start_plain_and_streaming(spawn: Spawn) -> None:
+    _, registry = start_registry(spawn)
+    _, router = start_router(
+        spawn, registry, "--hold-timeout", "20", "--hold-feedback-interval", "0.5"
+    )
+    start_babysitter(
+        spawn, registry, "cold", model="m", wait=False,
+        engine_args=("--time-scale", "0", "--startup-delay", "5"),
+    )  # fmt: skip
+    wait_known(router, "m")  # the babysitter names it; its engine is still loading
+    assert httpx.get(f"{router}/health", timeout=5).json()["healthy_backends"] == 0
+
+    def official() -> list[Any]:
+        """The official client, unmodified, reading a held stream."""
+        client = openai.OpenAI(base_url=f"{router}/v1", api_key="none", max_retries=0)
+        stream = client.chat.completions.create(
+            model="m", messages=MESSAGES, max_tokens=4, stream=True
+        )
+        return list(stream)
+
+    async def requests() -> tuple[
+        httpx.Response, httpx.Response, list[str], list[Any], dict[str, Any]
+    ]:
+        async with httpx.AsyncClient(base_url=router) as client:
+            body = {"model": "m", "messages": MESSAGES, "max_tokens": 4}
+            plain = asyncio.create_task(client.post(CHAT, json=body, timeout=30))
+            stream = asyncio.create_task(stream_lines(client))
+            chunks = asyncio.create_task(asyncio.to_thread(official))
+            deadline = time.monotonic() + 10
+            while (demand := (await client.get("/demand")).json())["models"]["m"]["held"] < 3:
+                assert time.monotonic() < deadline, demand
+                await asyncio.sleep(0.05)
+            resp, lines = await stream
+            return await plain, resp, lines, await chunks, demand
+
+    plain, streamed, lines, chunks, demand = asyncio.run(requests())
+    assert demand["models"]["m"] | {"queued_by_priority": None} == {
+        "in_flight": 0, "queued": 0, "queued_by_priority": None, "held": 3, "demand": 3,
+    }  # fmt: skip
+    assert plain.status_code == 200, plain.text
+    assert plain.json()["choices"][0]["message"]["content"]
+    assert streamed.status_code == 200
+    assert streamed.headers["Content-Type"].startswith("text/event-stream")
+    comments = [line for line in lines if line.startswith(":")]
+    assert comments and comments[0].startswith(": waiting for m: ")
+    assert lines[-1] == "data: [DONE]" and any(line.startswith("data: {") for line in lines)
+    assert chunks[-1].choices[0].finish_reason == "length"
+
+
+def test_a_hold_past_its_timeout_ends_as_specified(spawn: Spawn, tmp_path: Path) -> None:
+    """A known model that never gets a ready backend: a 503 after the hold, or for a stream
+    comment lines and an in-band error event with no [DONE]."""
+    services = tmp_path / "services.json"
+    dead = {"name": "dead", "host": HOST, "port": free_port(), "metadata": {"models": ["m"]}}
+    services.write_bytes(orjson.dumps([dead]))
+    _, router = start_router(
+        spawn, None, "--static-services", str(services), "--hold-timeout", "1.5",
+        "--hold-feedback-interval", "0.3",
+    )  # fmt: skip
+    started = time.monotonic()
+    body = {"model": "m", "messages": MESSAGES, "max_tokens": 4}
+    plain = httpx.post(f"{router}{CHAT}", json=body, timeout=30)
+    assert time.monotonic() - started >= 1.4  # held, not answered at once
+    assert plain.status_code == 503
+    error = plain.json()["error"]
+    assert error["message"] == "No healthy services available for model 'm'"
+    assert (error["code"], error["type"]) == ("no_healthy_backend", "service_unavailable_error")
+    assert int(plain.headers["Retry-After"]) >= 1
+
+    async def stream() -> tuple[httpx.Response, list[str]]:
+        async with httpx.AsyncClient(base_url=router) as client:
+            return await stream_lines(client)
+
+    resp, lines = asyncio.run(stream())
+    assert resp.status_code == 200
+    comments = [line for line in lines if line.startswith(":")]
+    assert len(comments) >= 3 and comments[0] == ": waiting for m: 0 ahead"
+    assert "data: [DONE]" not in lines
+    last = orjson.loads(lines[-1].removeprefix("data: "))
+    assert last["error"]["code"] == "no_healthy_backend"
+    assert last["error"]["message"] == "No healthy services available for model 'm'"
+
+    client = openai.OpenAI(base_url=f"{router}/v1", api_key="none", max_retries=0)
+    with pytest.raises(openai.APIError, match="No healthy services available for model 'm'"):
+        list(client.chat.completions.create(model="m", messages=MESSAGES, stream=True))
+
+
+async def test_the_default_hold_waits_for_a_backend_to_pass_its_check(
+    make_router: MakeRouter,
+) -> None:
+    down = Backend("b", healthy=False)
+    async with running(down):
+        client = await make_router([down], health_interval=0.2)  # the default --hold-timeout
+        request = asyncio.create_task(client.post(CHAT, json=BODY))
+        await asyncio.sleep(1.0)
+        assert not request.done()  # held, no instant 503
+        demand = await (await client.get("/demand")).json()
+        assert demand["models"]["m"]["held"] == 1 and demand["total"] == 1
+        down.healthy = True  # its next check passes: the held request goes at once
+        resp = await asyncio.wait_for(request, 10)
+        assert resp.status == 200 and resp.headers["X-Llmsvc-Backend"] == "b"
+
+
+async def test_hold_timeout_zero_is_a_503_at_once(make_router: MakeRouter) -> None:
+    down = Backend("b", healthy=False)
+    async with running(down):
+        client = await make_router([down], health_interval=0.2, hold_timeout=0)
+        resp = await asyncio.wait_for(client.post(CHAT, json=BODY), 2)
+        assert resp.status == 503
+        assert (await resp.json())["error"]["code"] == "no_healthy_backend"
