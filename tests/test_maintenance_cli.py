@@ -13,6 +13,7 @@ import httpx
 import orjson
 import pytest
 
+from llmsvc.local.maintenance import CommandError, parse_until
 from procs import ProcGroup, free_port, llmsvc_args, start_registry
 
 WRITE = "cli-write-token"
@@ -158,3 +159,29 @@ def test_registry_down_is_one_line(tokens_dir: Path) -> None:
     assert "unreachable" in line and url in line
     line = one_error_line(run(tokens_dir, "list", "--registry-url", "registry:8081"))
     assert "--registry-url" in line
+
+
+NOW = datetime(2026, 12, 2, 12, 0, tzinfo=UTC)
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("30m", NOW + timedelta(minutes=30)),
+        ("2h", NOW + timedelta(hours=2)),
+        ("1h30m", NOW + timedelta(hours=1, minutes=30)),
+        ("1d", NOW + timedelta(days=1)),
+        ("90s", NOW + timedelta(seconds=90)),
+        ("2026-12-02T14:00:00Z", datetime(2026, 12, 2, 14, 0, tzinfo=UTC)),
+        ("2026-12-02T15:00:00+01:00", datetime(2026, 12, 2, 14, 0, tzinfo=UTC)),
+    ],
+)
+def test_until_takes_rfc3339_or_a_duration(text: str, expected: datetime) -> None:
+    until = parse_until(text, NOW)
+    assert until == expected and until.utcoffset() == timedelta(0)
+
+
+@pytest.mark.parametrize("text", ["", "h", "1x", "2026-12-02T11:00:00Z", "2026-12-02T14:00:00"])
+def test_until_refuses_the_rest(text: str) -> None:
+    with pytest.raises(CommandError):
+        parse_until(text, NOW)
