@@ -39,7 +39,9 @@ def _running(engine: str) -> bool:
 
 def test_sigterm_drains_a_streaming_request_through_the_router(spawn: Spawn) -> None:
     _, registry = start_registry(spawn)
-    _, router = start_router(spawn, registry)
+    # --hold-timeout 0: a request for the draining engine's model is refused at once (the
+    # babysitter's record still names the model, so by default the router would hold it).
+    _, router = start_router(spawn, registry, "--hold-timeout", "0")
     proc, engine, _ = start_babysitter(
         spawn, registry, "slow", "--drain-timeout", "15", model="slow-model",
         engine_args=("--decode-tokens-per-s", "20"),  # 40 tokens: about 2 s
