@@ -33,6 +33,7 @@ from llmsvc.operator.builders import (
     label_value,
     selector_labels,
 )
+from llmsvc.operator.children import patch_for
 from llmsvc.operator.runner import build_defaults
 from llmsvc.operator.settings import OperatorSettings
 from llmsvc.operator.spec import InferenceServiceSpec, parse_spec
@@ -296,6 +297,44 @@ def test_headless_service_ports() -> None:
     assert service["spec"]["clusterIP"] == "None"
     ports = {p["name"]: (p["port"], p["targetPort"]) for p in service["spec"]["ports"]}
     assert ports == {"http": (8000, "http"), "babysitter": (8001, "babysitter")}
+
+
+MAINTENANCE = {
+    "llmsvc.io/maintenance": "GPU driver update",
+    "llmsvc.io/maintenance-until": "2027-01-15T14:00:00Z",
+}
+
+
+def test_the_maintenance_annotations_are_copied_onto_the_service() -> None:
+    spec = parse_spec(CASES["sim"])
+    owner_annotations = {**MAINTENANCE, "team": "ml", "kopf.zalando.org/last-handled": "{}"}
+    annotations = build_service(OWNER, spec, owner_annotations)["metadata"]["annotations"]
+    assert annotations == {"llmsvc.io/model": "sim-model", "llmsvc.io/weight": "1", **MAINTENANCE}
+    assert build_service(OWNER, spec) == build_service(OWNER, spec, {"team": "ml"})
+    assert "llmsvc.io/maintenance" not in build_service(OWNER, spec)["metadata"]["annotations"]
+
+
+def test_a_maintenance_annotation_the_owner_lost_is_patched_away() -> None:
+    spec = parse_spec(CASES["sim"])
+    live = build_service(OWNER, spec, MAINTENANCE)
+    live["metadata"]["annotations"]["other.example.com/note"] = "kept"  # another writer's
+    assert patch_for(live, build_service(OWNER, spec, MAINTENANCE)) is None
+    only_until = {"llmsvc.io/maintenance": "GPU driver update"}
+    patch = patch_for(live, build_service(OWNER, spec, only_until))
+    assert patch is not None
+    assert patch["metadata"]["annotations"]["llmsvc.io/maintenance-until"] is None
+    patch = patch_for(live, build_service(OWNER, spec))
+    assert patch is not None
+    annotations = patch["metadata"]["annotations"]
+    assert annotations["llmsvc.io/maintenance"] is None
+    assert annotations["llmsvc.io/maintenance-until"] is None
+    assert "other.example.com/note" not in annotations, "a merge patch leaves it alone"
+    changed = patch_for(
+        live, build_service(OWNER, spec, {**MAINTENANCE, "llmsvc.io/maintenance": "x"})
+    )
+    assert (
+        changed is not None and changed["metadata"]["annotations"]["llmsvc.io/maintenance"] == "x"
+    )
 
 
 def test_gpu_toleration_default_only_with_gpus_and_no_user_tolerations() -> None:

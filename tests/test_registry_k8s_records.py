@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
 from typing import Any
 
 import pytest
@@ -10,8 +11,10 @@ from llmsvc.registry.k8s_records import (
     EndpointSlice,
     Service,
     build_records,
+    maintenance_entries,
     parse_service,
     parse_slice,
+    zero_endpoint_records,
 )
 
 LABELS = {
@@ -67,6 +70,7 @@ def service(
     namespace: str = "llm",
     annotations: dict[str, str] | None = None,
     labels: dict[str, str] | None = None,
+    ports: list[dict[str, Any]] | None = None,
 ) -> Service:
     return parse_service(
         {
@@ -78,6 +82,7 @@ def service(
                 "labels": LABELS if labels is None else labels,
                 "annotations": annotations or {},
             },
+            "spec": {"clusterIP": "None", "ports": PORTS if ports is None else ports},
         }
     )
 
@@ -252,3 +257,134 @@ def test_an_endpoint_that_makes_no_valid_record_is_skipped_with_a_note() -> None
     mapped = build_records([slice_(ports=[{"name": "http", "port": 0}])], [service()])
     assert mapped.records == []
     assert "skipped" in mapped.notes[0]
+
+
+def idle(slices: list[EndpointSlice], services: list[Service]) -> list[tuple[str, str]]:
+    """(name, models) of the zero-endpoint records, as the source builds them."""
+    mapped = build_records(slices, services)
+    return [(r.name, r.models[0]) for r in zero_endpoint_records(services, mapped.records).records]
+
+
+def test_a_service_without_any_slice_keeps_a_record_that_names_its_model() -> None:
+    annotations = {"llmsvc.io/model": "Qwen/Qwen3-32B"}
+    mapped = zero_endpoint_records([service(annotations=annotations)], [])
+    assert mapped.notes == []
+    [record] = mapped.records
+    assert record.name == "llm.qwen" and record.type == "inference-service"
+    assert (record.host, record.port, record.status) == ("qwen.llm.svc", 8000, "unhealthy")
+    assert record.metadata == {
+        "models": ["Qwen/Qwen3-32B"],
+        "source": "kubernetes",
+        "inference_service": "qwen",
+        "namespace": "llm",
+        "service": "qwen",
+        "ready_endpoints": 0,
+    }
+
+
+@pytest.mark.parametrize(
+    "endpoints",
+    [
+        [],  # an empty slice
+        [endpoint("10.0.0.1", "qwen-0", ready=False)],
+        [endpoint("10.0.0.1", "qwen-0", ready=True, terminating=True)],
+        [{"addresses": [], "conditions": {"ready": True}}],
+    ],
+)
+def test_no_ready_endpoint_keeps_the_record(endpoints: list[dict[str, Any]]) -> None:
+    assert idle([slice_(endpoints=endpoints)], [service()]) == [("llm.qwen", "Qwen3-32B")]
+
+
+def test_one_ready_endpoint_removes_the_record() -> None:
+    eps = [endpoint("10.0.0.1", "qwen-0", ready=False), endpoint("10.0.0.2", "qwen-1")]
+    assert idle([slice_(endpoints=eps)], [service()]) == []
+    # Ready in another slice of the same Service counts; in a same-named Service of
+    # another namespace it does not.
+    slices = [slice_("qwen-a", []), slice_("qwen-b", [endpoint("10.0.0.2", "qwen-1")])]
+    assert idle(slices, [service()]) == []
+    assert idle([slice_(namespace="b")], [service(namespace="a")]) == [("a.qwen", "Qwen3-32B")]
+
+
+def test_zero_endpoint_records_only_for_the_operators_services_with_a_model() -> None:
+    other = {"kubernetes.io/service-name": "web"}
+    assert idle([], [service("web", labels=other)]) == []
+    no_model = {k: v for k, v in LABELS.items() if k != "llmsvc.io/model"}
+    mapped = zero_endpoint_records([service(labels=no_model)], [])
+    assert mapped.records == []
+    assert mapped.notes == ["Service llm/qwen: no 'llmsvc.io/model' annotation or label; no record"]
+
+
+@pytest.mark.parametrize(
+    ("ports", "port"),
+    [
+        (PORTS, 8000),
+        ([{"port": 9000}], 9000),
+        ([{"name": "a", "port": 1}, {"name": "b", "port": 2}], 80),
+        ([{"name": "http", "port": 8000, "protocol": "UDP"}], 80),
+        ([], 80),
+    ],
+)
+def test_zero_endpoint_record_port(ports: list[dict[str, Any]], port: int) -> None:
+    [record] = zero_endpoint_records([service(ports=ports)], []).records
+    assert record.port == port
+
+
+NOW = 1_800_000_000.0
+
+
+def test_the_maintenance_annotation_is_a_model_wide_entry() -> None:
+    annotations = {"llmsvc.io/model": "Qwen/Qwen3-32B", "llmsvc.io/maintenance": "GPU swap",
+                   "llmsvc.io/maintenance-until": "2027-01-15T14:00:00+01:00"}  # fmt: skip
+    maintained = maintenance_entries([service(annotations=annotations), service("b")], NOW)
+    assert maintained.notes == []
+    [entry] = maintained.entries
+    assert (entry.model, entry.backend, entry.message, entry.source) == (
+        "Qwen/Qwen3-32B", None, "GPU swap", "kubernetes")  # fmt: skip
+    assert entry.until == datetime(2027, 1, 15, 13, 0, tzinfo=UTC)
+    assert entry.since == datetime.fromtimestamp(NOW, UTC)
+
+
+@pytest.mark.parametrize(
+    ("until", "expected"),
+    [
+        (None, None),
+        ("2027-01-15T13:00:00Z", datetime(2027, 1, 15, 13, 0, tzinfo=UTC)),
+        (" 2027-01-15T13:00:00z ", datetime(2027, 1, 15, 13, 0, tzinfo=UTC)),
+        ("", None),
+    ],
+)
+def test_maintenance_until_rfc3339(until: str | None, expected: datetime | None) -> None:
+    annotations = {"llmsvc.io/maintenance": "down"}
+    if until is not None:
+        annotations["llmsvc.io/maintenance-until"] = until
+    maintained = maintenance_entries([service(annotations=annotations)], NOW)
+    assert [e.until for e in maintained.entries] == [expected] and maintained.notes == []
+
+
+@pytest.mark.parametrize("until", ["tomorrow", "2027-01-15T13:00:00", "2027-13-01T00:00:00Z"])
+def test_an_unusable_until_gives_the_entry_without_an_end_and_a_note(until: str) -> None:
+    annotations = {"llmsvc.io/maintenance": "down", "llmsvc.io/maintenance-until": until}
+    maintained = maintenance_entries([service(annotations=annotations)], NOW)
+    assert [(e.model, e.until) for e in maintained.entries] == [("Qwen3-32B", None)]
+    [note] = maintained.notes
+    assert note.startswith("Service llm/qwen: 'llmsvc.io/maintenance-until' must be an RFC 3339")
+    assert repr(until) in note
+
+
+def test_maintenance_messages_are_one_line_and_blank_is_none() -> None:
+    multi = {"llmsvc.io/maintenance": "  new\n  driver\t today "}
+    assert [e.message for e in maintenance_entries([service(annotations=multi)], NOW).entries] == [
+        "new driver today"]  # fmt: skip
+    blank = {"llmsvc.io/maintenance": " \n "}
+    assert maintenance_entries([service(annotations=blank)], NOW).entries == []
+    long = maintenance_entries([service(annotations={"llmsvc.io/maintenance": "x" * 600})], NOW)
+    assert len(long.entries[0].message) == 500 and "cut to 500" in long.notes[0]
+
+
+def test_maintenance_only_on_the_operators_services_with_a_model() -> None:
+    on = {"llmsvc.io/maintenance": "down"}
+    other = {"kubernetes.io/service-name": "web"}
+    assert maintenance_entries([service("web", labels=other, annotations=on)], NOW).entries == []
+    no_model = {k: v for k, v in LABELS.items() if k != "llmsvc.io/model"}
+    maintained = maintenance_entries([service(labels=no_model, annotations=on)], NOW)
+    assert maintained.entries == [] and "no model" in maintained.notes[0]

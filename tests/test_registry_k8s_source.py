@@ -16,7 +16,7 @@ import httpx
 import pytest
 
 import metrics
-from kubeapi import CORE, DISCOVERY, KubeAPI, collection, write_kubeconfig
+from kubeapi import CORE, DISCOVERY, ISVC, KubeAPI, collection, write_kubeconfig
 from procs import HOST, Proc, Spawn, free_port, llmsvc_args, start_router, wait_until
 
 NS = "llm"
@@ -125,9 +125,16 @@ def test_slices_become_records_and_follow_the_endpoints(spawn: Spawn, kubeapi: K
     wait_until(lambda: names(url, healthy="false") == ["llm.qwen-0"], what="qwen-0 unhealthy")
     assert names(url, healthy="true") == ["laptop", "llm.qwen-1"]
 
-    # The slice goes: its records go; the HTTP registration stays.
+    # The slice goes: its records go; the HTTP registration stays, and the Service, now
+    # without a ready endpoint, keeps one record that names its model (known, not routed).
     kubeapi.delete(f"{SLICES}/qwen-a")
-    wait_until(lambda: names(url) == ["laptop"], what="records removed with the slice")
+    wait_until(lambda: names(url) == ["laptop", "llm.qwen"], what="records removed with the slice")
+    idle = services(url, model=MODEL, type="inference-service")["services"]
+    seen = [(r["name"], r["status"], r["host"], r["metadata"]["ready_endpoints"]) for r in idle]
+    assert seen == [("llm.qwen", "unhealthy", "qwen.llm.svc", 0)]
+    assert metric(url, "llmsvc_registry_kubernetes_records") == 1
+    kubeapi.delete(f"{SERVICES}/qwen")
+    wait_until(lambda: names(url) == ["laptop"], what="the record removed with the Service")
     assert metric(url, "llmsvc_registry_kubernetes_records") == 0
 
 
@@ -204,26 +211,117 @@ def test_a_router_following_the_registry_routes_to_an_engine_in_a_slice(
                    "--time-scale", "0")  # fmt: skip
     engine.wait_http(f"http://{HOST}:{engine_port}/health")
     _, url = k8s_registry(spawn, kubeapi, "--all-namespaces")
-    _, router = start_router(spawn, url)
-    kubeapi.create(SERVICES, service_obj())
-    kubeapi.create(SLICES, slice_obj("qwen-a", [endpoint("qwen-0", HOST)], port=engine_port))
-
+    # No hold: a known model without a ready endpoint is answered 503 at once.
+    _, router = start_router(spawn, url, "--hold-timeout", "0")
     body = {"model": MODEL, "messages": [{"role": "user", "content": "hi"}], "max_tokens": 4}
 
-    def routed() -> httpx.Response | None:
+    def answer(status: int) -> httpx.Response | None:
         resp = httpx.post(f"{router}/v1/chat/completions", json=body, timeout=10)
-        return resp if resp.status_code == 200 else None
+        return resp if resp.status_code == status else None
 
-    resp = wait_until(routed, timeout=15, interval=0.2, what="a chat routed to the engine")
+    def listed() -> bool:
+        models = httpx.get(f"{router}/v1/models", timeout=5).json()["data"]
+        return MODEL in [m["id"] for m in models]
+
+    # The InferenceService's Service exists, no endpoint yet (starting, or scaled to
+    # zero): the model is known (listed; 503, not 404).
+    kubeapi.create(SERVICES, service_obj())
+    waiting = wait_until(lambda: answer(503), timeout=15, interval=0.2, what="a 503")
+    assert waiting.json()["error"]["code"] == "no_healthy_backend"
+    assert listed()
+
+    kubeapi.create(SLICES, slice_obj("qwen-a", [endpoint("qwen-0", HOST)], port=engine_port))
+    resp = wait_until(lambda: answer(200), timeout=15, interval=0.2, what="a chat routed")
     assert resp.json()["choices"][0]["message"]["content"]
 
+    # The slice goes: the Service still names the model, 503 again.
     kubeapi.delete(f"{SLICES}/qwen-a")
-    # No slice (and no other record) lists the model any more: the router forgets it, and
-    # answers as OpenAI does for a model that does not exist (404, not a retryable 503).
-    gone = wait_until(
-        lambda: (r := httpx.post(f"{router}/v1/chat/completions", json=body, timeout=10))
-        .status_code == 404 and r,
-        timeout=15, interval=0.2, what="the router dropping the engine",
-    )  # fmt: skip
+    again = wait_until(lambda: answer(503), timeout=15, interval=0.2, what="503 at zero")
+    assert again.json()["error"]["code"] == "no_healthy_backend" and listed()
+
+    # The Service goes too: no record lists the model any more; the router forgets it,
+    # and answers as OpenAI does for a model that does not exist (404, not a retryable 503).
+    kubeapi.delete(f"{SERVICES}/qwen")
+    gone = wait_until(lambda: answer(404), timeout=15, interval=0.2, what="the model forgotten")
     assert gone.json()["error"]["code"] == "model_not_found"
     assert MODEL in gone.json()["error"]["message"]
+    assert not listed()
+
+
+def maintenance(url: str) -> list[dict[str, Any]]:
+    resp = httpx.get(f"{url}/maintenance", timeout=10)
+    resp.raise_for_status()
+    entries: list[dict[str, Any]] = resp.json()["maintenance"]
+    return entries
+
+
+def test_a_services_maintenance_annotation_is_a_registry_entry(
+    spawn: Spawn, kubeapi: KubeAPI
+) -> None:
+    until = "2099-01-15T14:00:00+01:00"
+    service = service_obj()
+    service["metadata"]["annotations"] |= {"llmsvc.io/maintenance": "GPU driver update",
+                                           "llmsvc.io/maintenance-until": until}  # fmt: skip
+    kubeapi.create(SERVICES, service)
+    _, url = k8s_registry(spawn, kubeapi, "--all-namespaces")
+    [entry] = wait_until(lambda: maintenance(url), what="the entry")
+    assert (entry["model"], entry["backend"], entry["message"], entry["source"]) == (
+        MODEL, None, "GPU driver update", "kubernetes")  # fmt: skip
+    assert entry["until"].replace("Z", "+00:00") == "2099-01-15T13:00:00+00:00"
+    # The HTTP API cannot delete it (only the annotation's removal ends it).
+    refused = httpx.delete(f"{url}/maintenance/{MODEL.replace('/', '%2F')}", timeout=5)
+    assert refused.status_code == 409 and refused.json()["error"]["code"] == "managed_by_source"
+
+    # An unparsable end: the entry stays, without an end; the registry says why, once.
+    index = int(httpx.get(f"{url}/maintenance", timeout=5).headers["X-Llmsvc-Index"])
+    with httpx.Client(timeout=30) as client:
+        kubeapi.patch(f"{SERVICES}/qwen", {"metadata": {"annotations": {
+            "llmsvc.io/maintenance-until": "after lunch"}}})  # fmt: skip
+        woken = client.get(f"{url}/maintenance", params={"index": index, "wait": "20s"})
+    assert woken.elapsed.total_seconds() < 5, "a blocking query wakes at the change"
+    assert [e["until"] for e in woken.json()["maintenance"]] == [None]
+
+    kubeapi.patch(f"{SERVICES}/qwen", {"metadata": {"annotations": {
+        "llmsvc.io/maintenance": None, "llmsvc.io/maintenance-until": None}}})  # fmt: skip
+    wait_until(lambda: maintenance(url) == [], what="the entry gone with the annotation")
+
+
+@pytest.mark.slow
+def test_the_operator_carries_an_inference_services_maintenance_to_the_registry(
+    spawn: Spawn, kubeapi: KubeAPI
+) -> None:
+    """InferenceService annotation -> the operator's Service -> the registry's entry."""
+    port = free_port()
+    operator = spawn("operator", "operator", "--namespace", NS, "--host", HOST, "--port",
+                     str(port), "--status-debounce", "0.05", "--batch-window", "0.02",
+                     env={**kubeapi.env, "POD_NAME": "llmsvc-operator-0"})  # fmt: skip
+    operator.wait_http(f"http://{HOST}:{port}/health", timeout=30)
+    _, url = k8s_registry(spawn, kubeapi, "--namespace", NS)
+    isvc_path = f"{ISVC}/namespaces/{NS}/inferenceservices/qwen"
+    annotations = {"llmsvc.io/maintenance": "moving racks"}
+    kubeapi.create(f"{ISVC}/namespaces/{NS}/inferenceservices", {
+        "apiVersion": "llmsvc.io/v1alpha1", "kind": "InferenceService",
+        "metadata": {"name": "qwen", "annotations": annotations},
+        "spec": {"model": {"name": MODEL, "uri": "hf://Qwen/Qwen3-0.6B"},
+                 "engine": {"type": "vllm"}, "replicas": 1, "resources": {"gpus": 1}}})  # fmt: skip
+    [entry] = kubeapi.wait_handled(isvc_path, lambda: maintenance(url), what="the entry")
+    assert (entry["model"], entry["message"], entry["source"]) == (
+        MODEL, "moving racks", "kubernetes")  # fmt: skip
+    # Known at zero endpoints meanwhile: the Service's record names the model.
+    assert names(url, type="inference-service") == ["llm.qwen"]
+
+    kubeapi.patch(isvc_path, {"metadata": {"annotations": {"llmsvc.io/maintenance": None}}})
+    wait_until(lambda: maintenance(url) == [], what="the entry gone with the annotation")
+    service = kubeapi.get(f"{SERVICES}/qwen")
+    assert service is not None
+    assert "llmsvc.io/maintenance" not in service["metadata"]["annotations"]
+
+    # Set again on the running InferenceService (an annotation change alone: no spec change).
+    again = {
+        "llmsvc.io/maintenance": "back soon",
+        "llmsvc.io/maintenance-until": "2099-01-01T00:00:00Z",
+    }
+    kubeapi.patch(isvc_path, {"metadata": {"annotations": again}})
+    [entry] = wait_until(lambda: maintenance(url), what="the entry set again")
+    assert (entry["message"], entry["until"].replace("Z", "+00:00")) == (
+        "back soon", "2099-01-01T00:00:00+00:00")  # fmt: skip

@@ -27,6 +27,13 @@ MODEL_ANNOTATION = "llmsvc.io/model"
 """Annotation with the exact served model name (preferred over :data:`MODEL_LABEL`)."""
 WEIGHT_ANNOTATION = "llmsvc.io/weight"
 """Service annotation: each replica's routing weight, 1 to 1000."""
+MAINTENANCE_ANNOTATION = "llmsvc.io/maintenance"
+"""InferenceService annotation (copied onto its Service by the operator): the model is in
+maintenance, with this message; the registry's Kubernetes source turns it into an entry."""
+MAINTENANCE_UNTIL_ANNOTATION = "llmsvc.io/maintenance-until"
+"""With :data:`MAINTENANCE_ANNOTATION`: when the maintenance ends (RFC 3339, with an offset)."""
+MAINTENANCE_ANNOTATIONS = (MAINTENANCE_ANNOTATION, MAINTENANCE_UNTIL_ANNOTATION)
+"""The annotations the operator copies from an InferenceService onto its Service."""
 FINALIZER = "llmsvc.io/finalizer"
 """The operator's finalizer on an InferenceService (its children are deleted first)."""
 ANNOTATIONS_PREFIX = "llmsvc.io"

@@ -21,6 +21,9 @@ from llmsvc.core.errors import echoed
 # Record types with a meaning; any other string is kept but never routed to.
 OPENAI_API = "openai-api"
 BABYSITTER = "babysitter"
+INFERENCE_SERVICE = "inference-service"
+"""A Kubernetes InferenceService's Service with no ready endpoint: its ``metadata.models``
+are known (requests are held or answered 503, not 404), never routed to."""
 
 Status = Literal["healthy", "unhealthy"]
 

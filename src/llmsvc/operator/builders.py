@@ -11,11 +11,13 @@ from __future__ import annotations
 
 import math
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
 from llmsvc.core.names import (
     INFERENCE_SERVICE_LABEL,
+    MAINTENANCE_ANNOTATIONS,
     MODEL_ANNOTATION,
     MODEL_LABEL,
     WEIGHT_ANNOTATION,
@@ -279,9 +281,20 @@ def build_deployment(
     )
 
 
-def build_service(owner: Owner, spec: InferenceServiceSpec) -> dict[str, Any]:
-    """The headless Service ``<name>``: model name and routing weight in its annotations."""
+def build_service(
+    owner: Owner, spec: InferenceServiceSpec, owner_annotations: Mapping[str, str] | None = None
+) -> dict[str, Any]:
+    """The headless Service ``<name>``: model name and routing weight in its annotations.
+
+    The InferenceService's maintenance annotations (``owner_annotations``: its own)
+    are copied as they are: the registry reads Services, not InferenceServices, so
+    that it needs no access to the custom resource.
+    """
     annotations = {MODEL_ANNOTATION: spec.model.name, WEIGHT_ANNOTATION: str(spec.weight)}
+    for name in MAINTENANCE_ANNOTATIONS:
+        value = (owner_annotations or {}).get(name)
+        if isinstance(value, str):
+            annotations[name] = value
     return _without_none(
         {
             "apiVersion": "v1",

@@ -4,9 +4,10 @@
 field the builder wants and, when not, gives the JSON merge patch that makes it
 so. Lists (containers, ports, tolerations, env) are replaced whole by a merge
 patch; maps the operator owns outright (``nodeSelector``) also lose the keys the
-builder no longer sets. Fields the API server or other controllers add
-(defaults, ``deployment.kubernetes.io/revision``) are left alone, so an
-unchanged InferenceService patches nothing and starts no rollout.
+builder no longer sets, and so do the annotations only the operator writes (the
+maintenance ones it copies from the InferenceService). Fields the API server or
+other controllers add (defaults, ``deployment.kubernetes.io/revision``) are left
+alone, so an unchanged InferenceService patches nothing and starts no rollout.
 """
 
 from __future__ import annotations
@@ -16,11 +17,17 @@ import enum
 from collections.abc import Mapping
 from typing import Any
 
+from llmsvc.core.names import MAINTENANCE_ANNOTATIONS
 from llmsvc.kube import KubeClient, KubeStatusError
 from llmsvc.operator.paths import collection_of, deployment_path, object_path, service_path
 
 # Maps under spec whose keys belong to the operator alone.
 OWNED_MAPS: tuple[tuple[str, ...], ...] = (("spec", "template", "spec", "nodeSelector"),)
+# Keys the operator alone writes in maps it shares with others (an annotation copied from
+# the InferenceService goes when the InferenceService loses it).
+OWNED_KEYS: tuple[tuple[tuple[str, ...], frozenset[str]], ...] = (
+    (("metadata", "annotations"), frozenset(MAINTENANCE_ANNOTATIONS)),
+)
 
 _METADATA_FIELDS = ("labels", "annotations", "ownerReferences")
 
@@ -64,6 +71,12 @@ def _stale_keys(
             extra = set(have) - set(want or {})
             if extra:
                 stale[path] = extra
+    for path, keys in OWNED_KEYS:
+        have, want = _dig(live, path), _dig(desired, path)
+        if isinstance(have, Mapping):
+            extra = (set(have) & keys) - set(want or {})
+            if extra:
+                stale[path] = stale.get(path, set()) | extra
     return stale
 
 

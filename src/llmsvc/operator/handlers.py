@@ -9,6 +9,8 @@ gets its own set.
   rotated token reaches its watches too;
 - InferenceService create / update / resume: children to the spec, status;
 - InferenceService delete (finalizer ``llmsvc.io/finalizer``): children deleted;
+- every InferenceService event: its maintenance annotations copied onto its Service
+  (kopf's diff leaves ``llmsvc.io/`` annotations out, so no update handler sees them);
 - events of Deployments and pods labelled ``llmsvc.io/inference-service``:
   the owner's status recomputed, debounced.
 """
@@ -72,6 +74,10 @@ def register(registry: kopf.OperatorRegistry, reconciler: Reconciler) -> None:
     @kopf.on.resume(GROUP, VERSION, PLURAL, id="resume", registry=registry)
     async def resumed(body: kopf.Body, patch: kopf.Patch, **_: Any) -> None:
         await reconciler.reconcile("resume", body, patch)
+
+    @kopf.on.event(GROUP, VERSION, PLURAL, id="maintenance", registry=registry)
+    async def annotated(body: kopf.Body, **_: Any) -> None:
+        await reconciler.sync_maintenance(body)
 
     @kopf.on.delete(GROUP, VERSION, PLURAL, id="delete", registry=registry)
     async def deleted(body: kopf.Body, **_: Any) -> None:

@@ -19,12 +19,22 @@ import kopf
 from pydantic import ValidationError
 
 from llmsvc.core.app import every, supervised
-from llmsvc.core.names import INFERENCE_SERVICE_LABEL
+from llmsvc.core.names import (
+    INFERENCE_SERVICE_LABEL,
+    MAINTENANCE_ANNOTATION,
+    MAINTENANCE_ANNOTATIONS,
+)
 from llmsvc.kube import KubeClient, KubeError, KubeStatusError
 from llmsvc.operator.builders import BuildDefaults, Owner, build_deployment, build_service
 from llmsvc.operator.children import Applied, apply, remove_children
 from llmsvc.operator.metrics import OperatorMetrics
-from llmsvc.operator.paths import deployment_path, isvc_path, iter_owned, pods_path
+from llmsvc.operator.paths import (
+    deployment_path,
+    isvc_path,
+    iter_owned,
+    pods_path,
+    service_path,
+)
 from llmsvc.operator.spec import (
     InferenceServiceSpec,
     InferenceServiceStatus,
@@ -89,6 +99,8 @@ class Reconciler:
         """The phase of every InferenceService handled since the start (gauge, resync)."""
         self._pending: dict[Key, asyncio.Task[None]] = {}
         self._resync: asyncio.Task[None] | None = None
+        self._maintenance: dict[Key, dict[str, str]] = {}
+        """The maintenance annotations last seen on each InferenceService's Service."""
 
     # -- create / update / resume -------------------------------------------------
 
@@ -117,7 +129,8 @@ class Reconciler:
         meta = _meta(body)
         owner = Owner(name=meta["name"], namespace=meta["namespace"], uid=meta["uid"])
         deployment: dict[str, Any] = {}
-        for child in (build_deployment(owner, spec, self.defaults), build_service(owner, spec)):
+        service = build_service(owner, spec, meta.get("annotations") or {})
+        for child in (build_deployment(owner, spec, self.defaults), service):
             outcome, live = await apply(self.api, child)
             kind = child["kind"]
             if kind == "Deployment":
@@ -152,6 +165,42 @@ class Reconciler:
             return kopf.PermanentError(str(exc))
         return kopf.TemporaryError(str(exc), delay=RETRY_DELAY)
 
+    # -- maintenance annotations ---------------------------------------------------
+
+    async def sync_maintenance(self, body: Body) -> None:
+        """Copy the InferenceService's maintenance annotations onto its Service, now.
+
+        kopf keeps its diff-base in ``llmsvc.io/`` annotations and leaves every
+        annotation of that prefix out of it, so a change of ``llmsvc.io/maintenance``
+        alone fires no update handler: this runs on every event of the
+        InferenceService instead, and patches the Service only when the annotations
+        differ from those it last saw there (most events cost nothing).
+        """
+        meta = _meta(body)
+        if not meta.get("name") or not meta.get("namespace") or meta.get("deletionTimestamp"):
+            return
+        key: Key = (meta["namespace"], meta["name"])
+        given = meta.get("annotations") or {}
+        wanted = {k: v for k in MAINTENANCE_ANNOTATIONS if isinstance(v := given.get(k), str)}
+        if self._maintenance.get(key) == wanted:
+            return
+        path = service_path(*key)
+        try:
+            live = await self.api.get(path)
+            if live is None:  # not created yet: the create handler copies them
+                return
+            have = (live.get("metadata") or {}).get("annotations") or {}
+            current = {k: have[k] for k in MAINTENANCE_ANNOTATIONS if k in have}
+            if current != wanted:
+                change = {k: wanted.get(k) for k in MAINTENANCE_ANNOTATIONS}
+                await self.api.patch(path, {"metadata": {"annotations": change}})
+                message = wanted.get(MAINTENANCE_ANNOTATION)
+                log.info("%s/%s: maintenance %s", *key, repr(message) if message else "off")
+        except KubeError as exc:  # the next event (or the resync's) tries again
+            log.warning("%s/%s: cannot copy the maintenance annotations: %s", *key, exc)
+            return
+        self._maintenance[key] = wanted
+
     # -- delete --------------------------------------------------------------------
 
     async def delete(self, body: Body) -> None:
@@ -169,6 +218,7 @@ class Reconciler:
 
     def _forget(self, key: Key) -> None:
         self.phases.pop(key, None)
+        self._maintenance.pop(key, None)
         self.metrics.set_phases(self.phases)
         task = self._pending.pop(key, None)
         if task is not None:

@@ -127,6 +127,7 @@ def _add_kubernetes_source(app: web.Application) -> None:
             store=state.store,
             metrics=state.metrics,
             on_start=running.append,
+            maintenance=state.maintenance,
         )
     )
 

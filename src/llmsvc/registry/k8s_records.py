@@ -17,6 +17,17 @@ parsed into small pydantic models, into records:
   the slice (a label value cannot hold every model name, e.g. a ``/``);
 - ``weight`` from the Service's ``llmsvc.io/weight`` annotation (1 to 1000).
 
+A Service with no ready endpoint (no slice, an empty one, every endpoint not ready
+or terminating) still names a model that exists: an InferenceService starting,
+failing or scaled to zero. :func:`zero_endpoint_records` keeps one record of type
+``inference-service`` for each, so that the router knows the model (it holds its
+requests, or answers 503, instead of a 404) but never routes to it.
+
+The Service also carries the InferenceService's maintenance annotations (the operator
+copies them): :func:`maintenance_entries` turns ``llmsvc.io/maintenance`` (the message)
+and ``llmsvc.io/maintenance-until`` (RFC 3339) into model-wide maintenance entries of
+source ``kubernetes``.
+
 Nothing here does I/O; objects that give no record leave a note saying why.
 """
 
@@ -25,20 +36,24 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import Annotated, Any
+from datetime import UTC, datetime
+from typing import Annotated, Any, Final
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, ValidationError
 from pydantic.alias_generators import to_camel
 
+from llmsvc.core.maintenance import MAX_MESSAGE, MaintenanceEntry, utc_now
 from llmsvc.core.names import (
     INFERENCE_SERVICE_LABEL,
+    MAINTENANCE_ANNOTATION,
+    MAINTENANCE_UNTIL_ANNOTATION,
     MODEL_ANNOTATION,
     MODEL_LABEL,
     WEIGHT_ANNOTATION,
 )
-from llmsvc.core.records import OPENAI_API, ServiceRecord, Status
+from llmsvc.core.records import INFERENCE_SERVICE, OPENAI_API, ServiceRecord, Status
 
-SOURCE = "kubernetes"
+SOURCE: Final = "kubernetes"
 SERVICE_NAME_LABEL = "kubernetes.io/service-name"
 HTTP_PORT = "http"
 BABYSITTER_PORT = "babysitter"
@@ -108,8 +123,19 @@ class EndpointSlice(_Kube):
         return labels.get(SERVICE_NAME_LABEL) or labels.get(INFERENCE_SERVICE_LABEL, "")
 
 
+class ServicePort(_Kube):
+    name: str | None = None
+    port: int | None = None
+    protocol: str | None = "TCP"
+
+
+class ServiceSpec(_Kube):
+    ports: Annotated[list[ServicePort], BeforeValidator(_none_is_empty_list)] = []
+
+
 class Service(_Kube):
     metadata: ObjectMeta
+    spec: ServiceSpec = ServiceSpec()
 
 
 Key = tuple[str, str]
@@ -231,6 +257,11 @@ def record_name(slice_: EndpointSlice, endpoint: Endpoint) -> str:
         name = f"{namespace}.{pod}"
     else:
         name = f"{namespace}.{slice_.metadata.name}.{endpoint.addresses[0]}"
+    return _shortened(name)
+
+
+def _shortened(name: str) -> str:
+    """``name`` if at most 253 characters, else its start and a digest of the whole."""
     if len(name) <= _MAX_NAME:
         return name
     digest = hashlib.sha256(name.encode()).hexdigest()[:12]
@@ -255,11 +286,8 @@ def _named_port(ports: list[EndpointPort], name: str) -> int | None:
 
 def served_models(slice_: EndpointSlice, service: Service | None) -> list[str]:
     """The Service's annotation (exact), else the Service's or the slice's label."""
-    if service is not None:
-        meta = service.metadata
-        for value in (meta.annotations.get(MODEL_ANNOTATION), meta.labels.get(MODEL_LABEL)):
-            if value:
-                return [value]
+    if service is not None and (models := served_models_of(service)):
+        return models
     label = slice_.metadata.labels.get(MODEL_LABEL)
     return [label] if label else []
 
@@ -283,3 +311,144 @@ def service_weight(service: Service | None, notes: list[str]) -> int:
         f"integer from 1 to {_MAX_WEIGHT} (got {text!r}); using 1"
     )
     return 1
+
+
+ZERO_ENDPOINT_PORT = 80
+"""The port of a zero-endpoint record whose Service names no usable port (never dialled)."""
+
+
+def zero_endpoint_records(
+    services: Iterable[Service], endpoint_records: Iterable[ServiceRecord]
+) -> Mapped:
+    """One ``inference-service`` record per operator Service without a ready endpoint.
+
+    ``endpoint_records`` are :func:`build_records`' records: a Service counts as served
+    while one of them (its ``metadata.namespace`` and ``metadata.service``) is healthy.
+    The record, ``<namespace>.<service>``, is ``unhealthy`` and names the Service's model;
+    it goes as soon as an endpoint is ready (the endpoint's record then names the model).
+    A Service with no model gives no record, and a note.
+    """
+    served = {
+        (r.metadata.get("namespace"), r.metadata.get("service"))
+        for r in endpoint_records
+        if r.healthy
+    }
+    records: list[ServiceRecord] = []
+    notes: list[str] = []
+    for service in sorted(services, key=key_of):
+        meta = service.metadata
+        if not is_ours(meta.labels) or key_of(service) in served:
+            continue
+        where = f"Service {meta.namespace}/{meta.name}"
+        models = served_models_of(service)
+        if not models:
+            notes.append(f"{where}: no '{MODEL_ANNOTATION}' annotation or label; no record")
+            continue
+        try:
+            record = ServiceRecord.model_validate(
+                {
+                    "name": _shortened(f"{meta.namespace}.{meta.name}"),
+                    "host": f"{meta.name}.{meta.namespace}.svc",
+                    "port": service_http_port(service),
+                    "type": INFERENCE_SERVICE,
+                    "status": "unhealthy",
+                    "metadata": {
+                        "models": models,
+                        "source": SOURCE,
+                        "inference_service": meta.labels.get(INFERENCE_SERVICE_LABEL),
+                        "namespace": meta.namespace,
+                        "service": meta.name,
+                        "ready_endpoints": 0,
+                    },
+                }
+            )
+        except ValidationError as exc:
+            notes.append(f"{where}: no record: {exc.errors()[0]['msg']}")
+            continue
+        records.append(record)
+    return Mapped(records=records, notes=notes)
+
+
+def service_http_port(service: Service) -> int:
+    """The Service's port named ``http`` (its only TCP port if unnamed), else 80."""
+    ports = [
+        p
+        for p in service.spec.ports
+        if p.port is not None and 1 <= p.port <= 65535 and p.protocol in (None, "TCP")
+    ]
+    for port in ports:
+        if port.name == HTTP_PORT and port.port is not None:
+            return port.port
+    if len(service.spec.ports) == 1 and len(ports) == 1 and ports[0].port is not None:
+        return ports[0].port
+    return ZERO_ENDPOINT_PORT
+
+
+def served_models_of(service: Service) -> list[str]:
+    """The Service's model: its annotation (exact), else its label."""
+    meta = service.metadata
+    for value in (meta.annotations.get(MODEL_ANNOTATION), meta.labels.get(MODEL_LABEL)):
+        if value:
+            return [value]
+    return []
+
+
+@dataclass(frozen=True)
+class Maintained:
+    """The maintenance entries the Services carry, and a note for each annotation not used."""
+
+    entries: list[MaintenanceEntry]
+    notes: list[str] = field(default_factory=list)
+
+
+def maintenance_entries(services: Iterable[Service], now: float) -> Maintained:
+    """One model-wide entry per operator Service annotated ``llmsvc.io/maintenance``.
+
+    The message is the annotation, its whitespace runs made single spaces (one line),
+    cut to 500 characters; a blank one means no maintenance. ``until`` is
+    ``llmsvc.io/maintenance-until`` (RFC 3339 with an offset): an unparsable one gives
+    the entry without an end, and a note. ``since`` is ``now`` (Unix time; the book
+    keeps an unchanged entry's first ``since``). Sorted by model.
+    """
+    entries: dict[str, MaintenanceEntry] = {}
+    notes: list[str] = []
+    for service in sorted(services, key=key_of):
+        meta = service.metadata
+        text = meta.annotations.get(MAINTENANCE_ANNOTATION)
+        if not is_ours(meta.labels) or text is None:
+            continue
+        message = " ".join(text.split())
+        if not message:
+            continue
+        where = f"Service {meta.namespace}/{meta.name}"
+        models = served_models_of(service)
+        if not models:
+            notes.append(f"{where}: '{MAINTENANCE_ANNOTATION}' on a Service with no model")
+            continue
+        if len(message) > MAX_MESSAGE:
+            notes.append(f"{where}: '{MAINTENANCE_ANNOTATION}' is cut to {MAX_MESSAGE} characters")
+            message = message[:MAX_MESSAGE]
+        until = _until(meta.annotations.get(MAINTENANCE_UNTIL_ANNOTATION), where, notes)
+        entry = MaintenanceEntry(
+            model=models[0], message=message, until=until, since=utc_now(now), source=SOURCE
+        )
+        entries.setdefault(entry.model, entry)  # two Services of one model: the first
+    return Maintained(entries=[entries[m] for m in sorted(entries)], notes=notes)
+
+
+def _until(text: str | None, where: str, notes: list[str]) -> datetime | None:
+    """``llmsvc.io/maintenance-until`` as an aware UTC time; None (and a note) if unusable."""
+    if text is None or not text.strip():
+        return None
+    value = text.strip()
+    try:
+        parsed = datetime.fromisoformat(value[:-1] + "+00:00" if value[-1:] in "zZ" else value)
+    except ValueError:
+        parsed = None
+    if parsed is None or parsed.tzinfo is None or parsed.utcoffset() is None:
+        notes.append(
+            f"{where}: '{MAINTENANCE_UNTIL_ANNOTATION}' must be an RFC 3339 time with an "
+            f"offset, e.g. 2026-12-02T14:00:00Z (got {value!r}); the maintenance has no end"
+        )
+        return None
+    return parsed.astimezone(UTC)

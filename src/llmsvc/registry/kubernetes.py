@@ -10,7 +10,11 @@ watches EndpointSlices and one Services, both labelled
 ``llmsvc.io/inference-service``. After every change the records are rebuilt
 from all of them (:func:`llmsvc.registry.k8s_records.build_records`) and
 replace the store's Kubernetes records in one step, which moves the change
-index once and wakes every blocking query. Nothing is published before every
+index once and wakes every blocking query. A Service with no ready endpoint keeps
+one ``inference-service`` record (:func:`~llmsvc.registry.k8s_records.zero_endpoint_records`),
+so its model stays known to the routers. The Services' maintenance annotations
+replace the book's ``kubernetes`` entries at the same time
+(:func:`~llmsvc.registry.k8s_records.maintenance_entries`). Nothing is published before every
 reflector has listed once, so a router never sees a half-listed cluster.
 """
 
@@ -18,6 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
@@ -41,9 +46,12 @@ from llmsvc.registry.k8s_records import (
     EndpointSlice,
     Service,
     build_records,
+    maintenance_entries,
     parse_service,
     parse_slice,
+    zero_endpoint_records,
 )
+from llmsvc.registry.maintenance import MaintenanceBook
 from llmsvc.registry.metrics import RegistryMetrics
 from llmsvc.registry.models import KubernetesHealth
 from llmsvc.registry.store import ServiceStore
@@ -62,8 +70,10 @@ class KubernetesSource:
         metrics: RegistryMetrics,
         namespaces: list[str] | None,
         timing: WatchTiming,
+        maintenance: MaintenanceBook | None = None,
     ) -> None:
         self._store = store
+        self._maintenance = maintenance
         self._namespaces = namespaces
         self._dirty = asyncio.Event()
         self._notes: set[str] = set()
@@ -140,15 +150,24 @@ class KubernetesSource:
         slices = [s for r in self._slices for s in r.objects.values()]
         services = [s for r in self._services for s in r.objects.values()]
         mapped = build_records(slices, services)
-        for note in sorted(set(mapped.notes) - self._notes):
+        idle = zero_endpoint_records(services, mapped.records)
+        records = [*mapped.records, *idle.records]
+        maintained = maintenance_entries(services, time.time())
+        notes = {*mapped.notes, *idle.notes, *maintained.notes}
+        for note in sorted(notes - self._notes):
             log.warning("%s", note)
-        self._notes = set(mapped.notes)
-        if self._store.replace_source(SOURCE, mapped.records):
+        self._notes = notes
+        if self._store.replace_source(SOURCE, records):
             log.info(
-                "kubernetes: %d records (%d healthy)",
-                len(mapped.records),
-                sum(1 for r in mapped.records if r.healthy),
+                "kubernetes: %d records (%d healthy, %d services without a ready endpoint)",
+                len(records),
+                sum(1 for r in records if r.healthy),
+                len(idle.records),
             )
+        if self._maintenance is not None and self._maintenance.replace_source(
+            SOURCE, maintained.entries
+        ):
+            log.info("kubernetes: %d models in maintenance", len(maintained.entries))
 
 
 def kubernetes_ctx(
@@ -159,6 +178,7 @@ def kubernetes_ctx(
     metrics: RegistryMetrics,
     on_start: Callable[[KubernetesSource], None],
     timing: WatchTiming | None = None,
+    maintenance: MaintenanceBook | None = None,
 ) -> CleanupCtx:
     """A ``cleanup_ctx`` owning the session and the source's task.
 
@@ -175,6 +195,7 @@ def kubernetes_ctx(
                 metrics=metrics,
                 namespaces=namespaces,
                 timing=watch,
+                maintenance=maintenance,
             )
             on_start(source)
             async with owned_task(source.run(), name="kubernetes source"):

@@ -17,7 +17,7 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol
 
-from llmsvc.core.records import BABYSITTER, OPENAI_API, ServiceRecord
+from llmsvc.core.records import BABYSITTER, INFERENCE_SERVICE, OPENAI_API, ServiceRecord
 from llmsvc.router.candidates import Eligible
 from llmsvc.router.latency import LatencyWindow
 from llmsvc.router.loadscore import EngineLoad
@@ -296,7 +296,8 @@ class BackendPool:
     def set_registry(self, records: Iterable[ServiceRecord]) -> None:
         """The registry's records, of every type and state: ``openai-api`` ones are the
         backends; a babysitter's ``metadata.model_name`` makes its model known (it may be
-        loading, its engine not yet registered)."""
+        loading, its engine not yet registered), and so do an ``inference-service``
+        record's ``metadata.models`` (a Kubernetes Service with no ready endpoint)."""
         records = list(records)
         self._registry = {r.name: r for r in records if r.type == OPENAI_API}
         self._sitters = [r for r in records if r.type == BABYSITTER]
@@ -304,6 +305,12 @@ class BackendPool:
             name
             for r in records
             if r.type == BABYSITTER and isinstance(name := r.metadata.get("model_name"), str)
+        ) | frozenset(
+            m
+            for r in records
+            if r.type == INFERENCE_SERVICE
+            for m in r.models
+            if isinstance(m, str)
         )
         self._rebuild()
 
