@@ -123,7 +123,8 @@ registry with a token, or another registry whose token is in registry.token.exis
 {{- end }}
 {{- end }}
 
-{{/* Pod spec parts every component shares; call with (list $ "router"). */}}
+{{/* Pod spec parts every component shares; call with (list $ "router"), or
+(list $ "router" $volumes) to add volumes to the shared ones. */}}
 {{- define "llmsvc.podCommon" -}}
 {{- $root := index . 0 -}}
 {{- $values := index $root.Values (index . 1) -}}
@@ -156,10 +157,14 @@ volumes:
   - name: tmp
     emptyDir:
       sizeLimit: 64Mi
+{{- if gt (len .) 2 }}{{ with index . 2 }}
+  {{- toYaml . | nindent 2 }}
+{{- end }}{{ end }}
 {{- end }}
 
 {{/* Container parts every component shares: image, security, /tmp, probes on /health at the
-named port `http`. Call with (list $ "router"). */}}
+named port `http`. Call with (list $ "router"), or (list $ "router" $volumeMounts) to add
+mounts to the shared one. */}}
 {{- define "llmsvc.containerCommon" -}}
 {{- $root := index . 0 -}}
 {{- $values := index $root.Values (index . 1) -}}
@@ -172,6 +177,9 @@ resources:
 volumeMounts:
   - name: tmp
     mountPath: /tmp
+{{- if gt (len .) 2 }}{{ with index . 2 }}
+  {{- toYaml . | nindent 2 }}
+{{- end }}{{ end }}
 readinessProbe:
   httpGet: {path: /health, port: http}
   periodSeconds: 5
