@@ -67,7 +67,8 @@ class RegistryMetrics:
         )
         self.kubernetes_records = Gauge(
             "llmsvc_registry_kubernetes_records",
-            "Records that come from Kubernetes EndpointSlices (--source kubernetes).",
+            "Records that come from Kubernetes (--source kubernetes): one per endpoint, and one "
+            "per operator Service with no ready endpoint (its model stays known).",
             registry=registry,
         )
         self.kubernetes_watch_restarts = Counter(
