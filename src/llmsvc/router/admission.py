@@ -1,16 +1,22 @@
 """A request's way from the router's door to a backend: admission, hold, queue, pick.
 
-``Proxy.handle`` reads the body and knows the model; then, in this order
-(docs/flow-control.md):
+``Proxy.handle`` reads the body (and gives the request its id, ``accesslog``); then,
+in this order (docs/flow-control.md):
 
-1. :meth:`FlowControl.admit`: a draining router answers 503 ``draining``; the
-   priority class (``X-Llmsvc-Priority``, 400 ``invalid_priority``).
+1. :meth:`FlowControl.admit`: an unknown model is a 404; a draining router answers
+   503 ``draining``; the priority class (``X-Llmsvc-Priority``, 400
+   ``invalid_priority``); the tenant (``tenants``) may use the model, else 403, and
+   caps the class; a model in maintenance is a 503; the tenant's rate limits
+   (``ratelimit``, 429), whose grant goes on the request for its headers.
 2. :meth:`FlowControl.backend`, once per try: a model with no eligible backend is
-   held (``hold``) up to ``--hold-timeout``; with slots, a request that finds none
-   free waits in its model's line (``dispatch``) up to ``--queue-timeout``; then the
-   strategy picks among the backends with room.
-
-Every rejection is counted with its reason (``metrics.Rejection``).
+   held (``hold``) up to ``--hold-timeout``; backends out by their own maintenance
+   entry are skipped; with slots, a request that finds none free (or others already
+   in line) waits in its model's line (``dispatch``) up to ``--queue-timeout``; then
+   the strategy picks among the backends with room.
+3. :meth:`FlowControl.done`, once per request whatever happened: a rejection is
+   counted with its reason (``metrics.Rejection``), the tenant's grant settled with
+   the answer's usage (0 tokens for a request no engine saw, the estimate when an
+   engine failed it), the tenant's requests and tokens counted, the access-log line.
 """
 
 from __future__ import annotations
@@ -23,9 +29,10 @@ from dataclasses import dataclass
 
 from aiohttp import web
 
-from llmsvc.core.errors import ApiError
+from llmsvc.core.errors import ApiError, ModelNotFound
 from llmsvc.core.wire import RoutingInfo
-from llmsvc.router.attempt import Exchange
+from llmsvc.router.accesslog import AccessEntry, access_log_enabled, log_access
+from llmsvc.router.attempt import CLIENT_CLOSED, Exchange
 from llmsvc.router.backends import Backend, BackendPool
 from llmsvc.router.balancing import Strategy
 from llmsvc.router.candidates import Eligible, untried
@@ -33,23 +40,33 @@ from llmsvc.router.demand import DemandCounter, ModelDemand
 from llmsvc.router.dispatch import Dispatcher, Draining
 from llmsvc.router.flowqueue import Ticket
 from llmsvc.router.hold import Feedback, Holds
-from llmsvc.router.priority import LABELS, PRIORITY_HEADER, Priority, parse_priority
+from llmsvc.router.maintenance import InMaintenance, Maintenance
+from llmsvc.router.metrics import UNKNOWN_MODEL, Rejection, RouterMetrics
+from llmsvc.router.priority import LABELS, PRIORITY_HEADER, Priority, capped, parse_priority
+from llmsvc.router.ratelimit import GRANT_KEY, Grant, RateLimiter, estimate_tokens
 from llmsvc.router.settings import RouterSettings
+from llmsvc.router.tenants import ANONYMOUS, ModelNotAllowed, Tenant, tenant_of
+from llmsvc.router.usage import StreamUsage
 
+REJECTIONS = frozenset(r.value for r in Rejection)  # error codes counted as rejections
 DRAIN_MARGIN_S = 1.0  # those still waiting are answered this long before the drain's end
 
 
 @dataclass(slots=True)
 class Admitted:
-    """One admitted request's flow-control state."""
+    """One request's flow-control state, from its id to its access-log line."""
 
-    model: str
-    priority: Priority
-    tenant: str
-    stream: bool
+    request_id: str
+    model: str = ""  # the body's, once read
+    label: str = UNKNOWN_MODEL  # its model_name label (the model, once known)
+    priority: Priority = Priority.STANDARD
+    tenant: Tenant = ANONYMOUS
+    stream: bool = False
+    grant: Grant | None = None  # its rate-limit charge, once admitted
     queue_wait: float = 0.0
     hold: float = 0.0
     feedback: Feedback | None = None
+    error: ApiError | None = None  # what it was answered with, if an error
 
     @property
     def response(self) -> web.StreamResponse | None:
@@ -66,9 +83,15 @@ class FlowControl:
         pool: BackendPool,
         strategy: Strategy,
         settings: RouterSettings,
+        metrics: RouterMetrics,
+        maintenance: Maintenance,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self._pool = pool
+        self._metrics = metrics
+        self._maintenance = maintenance
+        self._limiter = RateLimiter()
+        self._access_log = settings.access_log
         self._strategy = strategy
         self._clock = clock
         self._hold_timeout = settings.hold_timeout
@@ -76,15 +99,72 @@ class FlowControl:
         self._proxy_timeout = settings.proxy_timeout
         self.demand = DemandCounter()
         self.holds = Holds(pool, self.demand, clock=clock)
-        self.dispatcher = Dispatcher(pool=pool, settings=settings, clock=clock)
+        self.dispatcher = Dispatcher(pool=pool, settings=settings, out=self._out, clock=clock)
         self.draining = False
 
-    def admit(self, request: web.Request, info: RoutingInfo) -> Admitted:
-        """The request's class (and later its tenant); 503 ``draining`` once stopping."""
+    def admit(
+        self, request: web.Request, info: RoutingInfo, admitted: Admitted, label: str
+    ) -> None:
+        """Admission, in the contract's order: 503 ``draining`` once stopping, the class
+        (400 ``invalid_priority``), the tenant's models (403), maintenance (503), the
+        tenant's rate limits (429); the grant goes on the request for its headers."""
+        admitted.model, admitted.label, admitted.stream = info.model, label, info.stream
+        if not self._pool.knows(info.model):
+            raise ModelNotFound(info.model)  # 404: never served here, not worth a retry
         if self.draining:
             raise Draining()
-        priority = parse_priority(request.headers.get(PRIORITY_HEADER))
-        return Admitted(model=info.model, priority=priority, tenant="anonymous", stream=info.stream)
+        admitted.priority = parse_priority(request.headers.get(PRIORITY_HEADER))
+        tenant = admitted.tenant = tenant_of(request)
+        if not tenant.may_use(info.model):
+            raise ModelNotAllowed(info.model)
+        admitted.priority = capped(admitted.priority, tenant.max_priority)
+        self._maintenance.check(info.model, time.time())
+        estimate = estimate_tokens(info) if tenant.tpm is not None else 0
+        request[GRANT_KEY] = admitted.grant = self._limiter.admit(tenant, estimate)
+
+    def done(self, request: web.Request, admitted: Admitted, exchange: Exchange) -> None:
+        """The request's end: its rejection counted, its tenant's tokens settled and
+        counted, its access-log line."""
+        error = admitted.error
+        status = exchange.status or (error.status if error is not None else CLIENT_CLOSED)
+        reason = error.code if error is not None else None
+        priority = admitted.priority.label
+        if reason in REJECTIONS:
+            self._metrics.count_rejected(admitted.label, priority, reason)
+        usage = exchange.usage
+        if isinstance(usage, StreamUsage):
+            usage = usage.usage
+        grant = admitted.grant
+        if grant is not None:
+            # Never sent to an engine (rejected after admission): it used no tokens.
+            grant.settle(0 if not exchange.tried else usage.total if usage else None)
+            self._metrics.count_tenant(
+                admitted.tenant.name,
+                priority,
+                usage.prompt_tokens if usage else None,
+                usage.completion_tokens if usage else None,
+            )
+        if self._access_log and access_log_enabled():
+            answered = exchange.tried[-1].name if exchange.tried and error is None else None
+            log_access(
+                AccessEntry(
+                    request_id=admitted.request_id,
+                    method=request.method,
+                    path=request.path,
+                    model=admitted.model or None,
+                    tenant=admitted.tenant.name,
+                    priority=priority,
+                    status=status,
+                    backend=answered,
+                    queue_wait_s=admitted.queue_wait,
+                    hold_s=admitted.hold,
+                    duration_s=exchange.elapsed(),
+                    prompt_tokens=usage.prompt_tokens if usage else None,
+                    completion_tokens=usage.completion_tokens if usage else None,
+                    stream=admitted.stream,
+                    reason=reason,
+                )
+            )
 
     async def backend(
         self,
@@ -111,6 +191,7 @@ class FlowControl:
                 return None
             eligible = await self._hold(request, admitted)
             now = self._clock()
+        tried = self._skip_maintenance(model, eligible, tried)
         if not eligible.offers(tried):
             return None
         dispatcher = self.dispatcher
@@ -126,6 +207,26 @@ class FlowControl:
         full = dispatcher.full(left, now)
         excluded = [*tried, *full] if full and len(full) < len(left) else tried
         return self._strategy.pick(model, eligible, key, tried=excluded)
+
+    def _out(self, backend: Backend, model: str, _: float) -> bool:
+        return self._maintenance.backend_out(backend.name, model, time.time())
+
+    def _skip_maintenance(
+        self, model: str, eligible: Eligible[Backend], tried: list[Backend]
+    ) -> list[Backend]:
+        """``tried`` and the backends out by their own maintenance entry; when that is every
+        backend left on a first try, 503 ``maintenance`` with the entry's message."""
+        board = self._maintenance
+        now = time.time()
+        left = untried(eligible, tried)
+        out = [b for b in left if board.backend_out(b.name, model, now)]
+        if not out:
+            return tried
+        if len(out) == len(left) and not tried:
+            entry = board.backend_entry(out[0].name, model, now)
+            assert entry is not None
+            raise InMaintenance(entry, now)
+        return [*tried, *out]
 
     async def _hold(self, request: web.Request, admitted: Admitted) -> Eligible[Backend]:
         holds = self.holds
@@ -158,9 +259,14 @@ class FlowControl:
                 queues = self.dispatcher.queues
                 feedback.line = lambda: f": waiting for {model}: {queues.ahead(ticket)} ahead"
 
-        return await self.dispatcher.turn(
-            model, admitted.priority, admitted.tenant, timeout, seen=seen
-        )
+        started = self._clock()
+        try:
+            return await self.dispatcher.turn(
+                model, admitted.priority, admitted.tenant.name, timeout, seen=seen
+            )
+        finally:
+            waited = self._clock() - started
+            self._metrics.observe_queue_wait(admitted.label, admitted.priority.label, waited)
 
     @contextlib.contextmanager
     def sending(self, admitted: Admitted) -> Iterator[None]:

@@ -33,6 +33,7 @@ from llmsvc.core.wire import (
     ModelCard,
     ModelList,
 )
+from llmsvc.router.accesslog import REQUEST_ID_HEADER, request_id
 from llmsvc.router.admission import FlowControl
 from llmsvc.router.backends import BackendPool
 from llmsvc.router.balancing import Strategy, make_strategy
@@ -124,6 +125,7 @@ class RouterState:
 
     async def prometheus(self, _: web.Request) -> web.Response:
         self.metrics.refresh(self.pool, time.monotonic())
+        self.metrics.refresh_flow(self.flow.snapshot())
         return metrics_handler(self.scrape)
 
     async def demand(self, _: web.Request) -> web.Response:
@@ -319,7 +321,9 @@ def _registry_ctx(
             client,
             state.maintenance,
             wait=settings.registry_sync_interval,
-            on_change=lambda: None,  # the request path reads the board at every request
+            # The request path reads the board at every request; a backend back from its
+            # maintenance may take queued requests.
+            on_change=state.flow.dispatcher.pump_all,
         )
         async with (
             owned_task(watch, name="registry-watch"),
@@ -349,19 +353,28 @@ def create_app(
         pool.set_static(load_static_services(settings.static_services))
     registry = registry if registry is not None else CollectorRegistry()
     strategy = make_strategy(settings, pool)
+    metrics = RouterMetrics(registry)
+    maintenance = Maintenance()
     waits_for = [REGISTRY] if settings.registry_url else []
     waits_for += [STATIC] if settings.static_services else []
     state = RouterState(
         settings=settings,
         pool=pool,
         strategy=strategy,
-        metrics=RouterMetrics(registry),
+        metrics=metrics,
         stats=RouterStats(),
         registry=registry,
         keys=keyring,
         scrape=_scrape_registry(metrics_dir) if metrics_dir else registry,
         readiness=Readiness(waits_for, timeout=settings.ready_timeout),
-        flow=FlowControl(pool=pool, strategy=strategy, settings=settings),
+        maintenance=maintenance,
+        flow=FlowControl(
+            pool=pool,
+            strategy=strategy,
+            settings=settings,
+            metrics=metrics,
+            maintenance=maintenance,
+        ),
     )
     app = make_app(
         title="llmsvc router",
@@ -381,6 +394,7 @@ def create_app(
     app[ROUTER] = state
     app.on_shutdown.append(state.drain)
     app.on_response_prepare.append(rate_headers_on_prepare)
+    app.on_response_prepare.append(_request_id_on_prepare)
     if settings.api_keys_file:  # re-read when it changes
         keys_file = state.keys_file = KeysFile(settings, keyring)
         app.cleanup_ctx.append(background("keys-file", lambda _: keys_file.run()))
@@ -403,6 +417,11 @@ def create_app(
     return app
 
 
+async def _request_id_on_prepare(request: web.Request, response: web.StreamResponse) -> None:
+    """Every answer carries its request's ``X-Request-Id`` (the client's, or a new one)."""
+    response.headers[REQUEST_ID_HEADER] = request_id(request)
+
+
 def _scrape_registry(metrics_dir: str) -> CollectorRegistry:
     """A registry that collects the metrics of every worker from ``metrics_dir``."""
     scrape = CollectorRegistry()
@@ -418,6 +437,7 @@ def _gauge_refresher(
 
     async def refresh() -> None:
         state.metrics.refresh(state.pool, time.monotonic())
+        state.metrics.refresh_flow(state.flow.snapshot())
 
     def factory(_: web.Application) -> Coroutine[Any, Any, None]:
         return every(WORKER_GAUGE_INTERVAL_S, refresh, name="worker-gauges")

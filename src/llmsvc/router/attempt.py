@@ -56,6 +56,7 @@ from llmsvc.router.backends import Backend, BackendPool
 from llmsvc.router.ejection import Ejector
 from llmsvc.router.metrics import NO_BACKEND, UNKNOWN_MODEL, Failure, RouterMetrics
 from llmsvc.router.stats import RouterStats
+from llmsvc.router.usage import StreamUsage, Usage
 
 log = logging.getLogger("llmsvc.router.proxy")
 
@@ -99,6 +100,7 @@ class Exchange:
         self._released = released  # an attempt ended: its backend's slot is free (dispatch)
         self.budget: float | None = None  # seconds an upstream may take (None: --proxy-timeout)
         self.status: int | None = None  # the answer's status, once finished
+        self.usage: Usage | StreamUsage | None = None  # the answer's usage (tenants, logs)
         self._ejector = ejector
         self._metrics = metrics
         self._stats = stats

@@ -40,12 +40,12 @@ from multidict import CIMultiDict
 
 from llmsvc.core.errors import (
     ApiError,
-    ModelNotFound,
     UpstreamError,
     UpstreamTimeout,
 )
 from llmsvc.core.jsonio import read_body
 from llmsvc.core.wire import RoutingInfo, parse_routing
+from llmsvc.router.accesslog import REQUEST_ID_HEADER, request_id
 from llmsvc.router.admission import Admitted, FlowControl
 from llmsvc.router.attempt import CLIENT_CLOSED, Attempt, Exchange
 from llmsvc.router.backends import BackendPool
@@ -58,8 +58,9 @@ from llmsvc.router.latency import FirstByteLimits
 from llmsvc.router.metrics import Failure, RouterMetrics
 from llmsvc.router.settings import RouterSettings
 from llmsvc.router.stats import RouterStats
-from llmsvc.router.streams import drain, ends_stream
+from llmsvc.router.streams import IdleTimeout, drain, ends_stream, next_chunk
 from llmsvc.router.suspicion import Suspicion
+from llmsvc.router.usage import StreamUsage, usage_of_body
 
 
 class RetryableFailure(Exception):
@@ -68,10 +69,6 @@ class RetryableFailure(Exception):
     def __init__(self, error: ApiError) -> None:
         super().__init__(error.message)
         self.error = error
-
-
-class _IdleTimeout(Exception):
-    """The upstream stream sent nothing for ``--stream-idle-timeout`` seconds."""
 
 
 class Proxy:
@@ -124,24 +121,27 @@ class Proxy:
             clock=self._clock,
             released=self._flow.dispatcher.released,
         ) as exchange:
-            check_header_size(request, self._max_header_bytes)
-            info = parse_routing(await read_body(request))
-            exchange.route(info.model)
-            if not self._pool.knows(info.model):
-                raise ModelNotFound(info.model)  # 404: never served here, not worth a retry
-            admitted = self._flow.admit(request, info)
+            admitted = Admitted(request_id(request))
             try:
+                check_header_size(request, self._max_header_bytes)
+                info = parse_routing(await read_body(request))
+                exchange.route(info.model)
+                self._flow.admit(request, info, admitted, exchange.label)
                 return await self._serve(request, exchange, info, admitted)
             except ApiError as error:
+                admitted.error = error
                 if admitted.feedback is None or admitted.response is None:
                     raise
                 exchange.finish(error.status, ttft=None, failed=True)  # headers are out:
                 return await admitted.feedback.fail(error)  # the error goes in band
+            finally:
+                self._flow.done(request, admitted, exchange)
 
     async def _serve(
         self, request: web.Request, exchange: Exchange, info: RoutingInfo, admitted: Admitted
     ) -> web.StreamResponse:
         headers = upstream_headers(request, drop_auth=self._drop_auth)
+        headers[REQUEST_ID_HEADER] = admitted.request_id
         key = self._strategy.key(request, info)  # affinity key, None for most strategies
         error: ApiError | None = None
         for _ in range(self._attempts):
@@ -322,6 +322,7 @@ class Proxy:
         try:
             payload = await upstream.read()
             attempt.heard()
+            exchange.usage = usage_of_body(payload)
         except (TimeoutError, aiohttp.ClientError, OSError) as exc:
             attempt.failed(Failure.BODY)
             cls = UpstreamTimeout if isinstance(exc, TimeoutError) else UpstreamError
@@ -358,7 +359,8 @@ class Proxy:
             await response.prepare(request)
         try:
             with attempt.relaying(upstream.close):
-                failure = await self._pump(upstream, response, first, attempt, ttft)
+                usage = exchange.usage = StreamUsage()
+                failure = await self._pump(upstream, response, first, attempt, ttft, usage)
         except ConnectionError:  # writing to the client: it went away (counted if complete)
             exchange.finish(CLIENT_CLOSED, ttft=ttft, failed=False)
             return response
@@ -382,6 +384,7 @@ class Proxy:
         chunk: bytes,
         attempt: Attempt,
         ttft: float,
+        usage: StreamUsage,
     ) -> Failure | None:
         """Relay chunks as they arrive, starting with ``chunk``; how the upstream failed, if
         it did. A client that went away raises ``ConnectionError``. Each chunk tells that
@@ -391,28 +394,17 @@ class Proxy:
         tail = b""
         while chunk:
             await response.write(chunk)
+            usage.feed(chunk)
             tail = (tail + chunk)[-64:]
             if not attempt.complete and ends_stream(tail):
                 attempt.delivered(upstream.status, ttft)
             try:
-                chunk = await self._next_chunk(content)
+                chunk = await next_chunk(content, self._idle)
                 attempt.chunk()
-            except _IdleTimeout:
+            except IdleTimeout:
                 return Failure.STREAM_IDLE
             except TimeoutError:
                 return Failure.TIMEOUT
             except (aiohttp.ClientError, OSError):
                 return Failure.EJECTED if attempt.rescued else Failure.STREAM
         return Failure.EJECTED if attempt.rescued else None
-
-    async def _next_chunk(self, content: aiohttp.StreamReader) -> bytes:
-        if self._idle is None:
-            return await content.readany()
-        idle = asyncio.timeout(self._idle)
-        try:
-            async with idle:
-                return await content.readany()
-        except TimeoutError:
-            if idle.expired():
-                raise _IdleTimeout from None
-            raise

@@ -17,6 +17,25 @@ DONE = b"data: [DONE]"  # the last event of an OpenAI stream
 DRAIN_S = 2.0  # how long the end of a delivered stream is awaited for its connection's reuse
 
 
+class IdleTimeout(Exception):
+    """The upstream stream sent nothing for ``--stream-idle-timeout`` seconds."""
+
+
+async def next_chunk(content: aiohttp.StreamReader, idle: float | None) -> bytes:
+    """The upstream's next chunk (b"" at its end); :class:`IdleTimeout` when nothing
+    came for ``idle`` seconds (None: no limit)."""
+    if idle is None:
+        return await content.readany()
+    timeout = asyncio.timeout(idle)
+    try:
+        async with timeout:
+            return await content.readany()
+    except TimeoutError:
+        if timeout.expired():
+            raise IdleTimeout from None
+        raise
+
+
 def ends_stream(tail: bytes) -> bool:
     """Whether the bytes relayed so far (their last few) end with the ``[DONE]`` event."""
     return tail.rstrip().endswith(DONE)
