@@ -12,8 +12,10 @@ from __future__ import annotations
 import base64
 import hashlib
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any
 
+import httpx
 import kubernetes_validate
 import pytest
 
@@ -30,9 +32,11 @@ from helmchart import (
     render,
     validate_strict,
 )
+from llmsvc.core.records import INFERENCE_SERVICE
 from llmsvc.router.priority import Priority
 from llmsvc.router.settings import RouterSettings
 from llmsvc.router.tenants import parse_keys
+from procs import HOST, Spawn, free_port, start_registry, wait_until
 from tools import ROOT
 
 FLOW = ROOT / "tests" / "chart-values" / "flow-control.yaml"
@@ -193,3 +197,42 @@ def test_helm_lint_passes_with_flow_control() -> None:
 def test_the_schema_rejects_flow_control_mistakes(values: Mapping[str, Any], message: str) -> None:
     with pytest.raises(HelmError, match=message):
         render(values={"router": values})
+
+
+@pytest.mark.slow
+def test_the_rendered_router_takes_the_keys_file_and_its_share(
+    spawn: Spawn, tmp_path: Path, flow_docs: list[dict[str, Any]]
+) -> None:
+    """The router container's rendered flags and Secret, run as a local process."""
+    _, registry = start_registry(spawn)
+    model = "Qwen/Qwen3-8B"
+    record = {"name": "llm.qwen", "host": HOST, "port": 9, "type": INFERENCE_SERVICE,
+              "metadata": {"models": [model], "ready_endpoints": 0}}  # fmt: skip
+    assert httpx.post(f"{registry}/services", json=record, timeout=5).status_code == 201
+    keys = tmp_path / "keys.yaml"  # where the pod has the Secret's keys.yaml mounted
+    keys.write_text(keys_file(flow_docs))
+    args = component_args(flow_docs, "router")
+    port = free_port()
+    local = {"--host": HOST, "--port": str(port), "--registry-url": registry,
+             "--api-keys-file": str(keys)}  # fmt: skip
+    args = [local.get(prev, arg) for prev, arg in zip(["", *args[:-1]], args, strict=True)]
+    env = {"LLMSVC_API_KEYS": keys_file(flow_docs, key="api-keys")}
+    router = f"http://{HOST}:{port}"
+    spawn("router", "router", *args, env=env).wait_http(f"{router}/health", timeout=30)
+
+    def models(key: str) -> int:
+        headers = {"Authorization": f"Bearer {key}"}
+        return httpx.get(f"{router}/v1/models", headers=headers, timeout=5).status_code
+
+    assert (models("sk-chat-0123"), models("plain-key"), models("nope")) == (200, 200, 401)
+    body = {"model": model, "messages": [{"role": "user", "content": "hi"}], "max_tokens": 4}
+    chat = {"Authorization": "Bearer sk-chat-0123"}
+
+    def answered() -> httpx.Response | None:
+        resp = httpx.post(f"{router}/v1/chat/completions", json=body, headers=chat, timeout=10)
+        return resp if resp.status_code != 404 else None  # 404 until the first sync
+
+    resp = wait_until(answered, timeout=15, interval=0.2, what="the model known")
+    # holdTimeout 0 (set, though falsy), and each router's share of the chat tenant's 100 rpm.
+    assert resp.status_code == 503 and resp.json()["error"]["code"] == "no_healthy_backend"
+    assert resp.headers["x-ratelimit-limit-requests"] == "34"
