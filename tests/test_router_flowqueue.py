@@ -296,6 +296,18 @@ async def test_close_ends_every_wait_and_refuses_newcomers() -> None:
         queues.join(M, CRIT, "c")
 
 
+async def test_a_ticket_requeued_after_close_gets_the_drain_error() -> None:
+    queues = FlowQueues(size=10)
+    (ticket,) = join(queues, "a")
+    assert queues.grant(M)
+    await queues.wait(ticket, LONG)
+    queues.close(lambda t: ServiceUnavailable("draining", code="draining"))
+    queues.requeue(ticket)  # its backend had no room after all, and the router is stopping
+    with pytest.raises(ServiceUnavailable):
+        await asyncio.wait_for(queues.wait(ticket, LONG), 1)
+    assert queues.waiting(M) == 0 and queues.models() == []
+
+
 def test_depth_ahead_waiting_models() -> None:
     queues = FlowQueues(size=100)
     assert queues.depth(M) == {CRIT: 0, STD: 0, SHED: 0, BATCH: 0}

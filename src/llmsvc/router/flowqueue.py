@@ -274,7 +274,8 @@ class FlowQueues:
         """A ticket whose turn found no room after all goes back to the front of its
         tenant's line (its tenant keeps its place in the rotation); then wait() again.
 
-        The queue's size does not apply: the ticket had its place already.
+        The queue's size does not apply: the ticket had its place already. After
+        :meth:`close` the ticket's next wait() raises the drain's error instead.
         """
         if ticket._state is _State.GRANTED:
             self._taken(ticket)
@@ -282,6 +283,9 @@ class FlowQueues:
             raise RuntimeError(
                 f"only a granted ticket can be requeued, not a {ticket._state.value} one"
             )
+        if self._closed is not None:  # draining: its next wait() raises the drain's error
+            self._fail(ticket, self._closed(ticket))
+            return
         queue = self._queues.get(ticket.model)
         if queue is None:
             queue = self._queues[ticket.model] = _ModelQueue()
