@@ -7,12 +7,19 @@ A real babysitter of a sim engine that loads for 2 s (``--startup-delay``), a re
 
 from __future__ import annotations
 
+import asyncio
 import re
 import time
+from collections.abc import AsyncIterator
 from typing import Any
 
+import aiohttp
 import httpx
+import pytest
+from aiohttp.test_utils import TestClient
 
+from llmsvc.babysitter.registration import Registrar, babysitter_record
+from llmsvc.core.registry_client import RegistryClient
 from procs import (
     Spawn,
     registry_record,
@@ -21,6 +28,7 @@ from procs import (
     start_router,
     wait_until,
 )
+from registryapp import registry_client
 
 DELAY = 2.0
 HEARTBEAT = "20"
@@ -106,3 +114,75 @@ def test_a_held_stream_hears_the_estimate_from_the_last_start(spawn: Spawn) -> N
 def _eligible(router: str, name: str) -> bool:
     views = httpx.get(router + "/services", timeout=5).json()["services"]
     return any(v["name"] == name and v["eligible"] for v in views)
+
+
+# --- the registrar's update of the babysitter's record, against the registry in process -----
+
+
+@pytest.fixture
+async def registrar(aiohttp_client: Any) -> AsyncIterator[tuple[Registrar, TestClient[Any, Any]]]:
+    """A registrar of one babysitter record against an in-process registry."""
+    client = await registry_client(aiohttp_client)
+    async with aiohttp.ClientSession() as session:
+        api = RegistryClient(base_url=str(client.make_url("")), session=session)
+        record = babysitter_record(
+            engine_name="e", host="127.0.0.1", port=9, metadata={"state": "starting"}
+        )
+        yield Registrar(client=api, babysitter=record), client
+
+
+async def _settled(registrar: Registrar) -> None:
+    """Until the registrar's own push (if any) is done."""
+    if (task := registrar._pusher) is not None:
+        await asyncio.wait_for(task, 10)  # one task syncs until no change is left
+
+
+async def _meta(client: TestClient[Any, Any]) -> tuple[dict[str, Any], float]:
+    resp = await client.get("/services/e-babysitter")
+    record = await resp.json()
+    return record["metadata"], record["registered_at"]
+
+
+async def test_update_registers_anew_only_on_a_change(
+    registrar: tuple[Registrar, TestClient[Any, Any]],
+) -> None:
+    reg, client = registrar
+    await reg.tick()
+    meta, first = await _meta(client)
+    assert meta["state"] == "starting"
+    reg.update_babysitter({"state": "starting"})  # no change: nothing sent
+    assert reg._pusher is None
+    reg.update_babysitter({"state": "ready", "startup_seconds": 2.5})
+    await _settled(reg)
+    meta, second = await _meta(client)
+    assert (meta["state"], meta["startup_seconds"], meta["engine_service"]) == ("ready", 2.5, "e")
+    assert second > first
+    await reg.tick()  # a heartbeat round does not register it again
+    assert (await _meta(client))[1] == second
+
+
+async def test_a_change_during_a_push_is_pushed_too(
+    registrar: tuple[Registrar, TestClient[Any, Any]], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A change that comes while the registry is answering the push of the one before
+    (the registrar awaits it) is registered too: nothing is left stale."""
+    reg, client = registrar
+    await reg.tick()
+    api = reg._client
+    assert api is not None
+    register = api.register
+    changes = [{"state": "ready", "startup_seconds": 1.0}]
+
+    async def slow_register(record: Any, lease: str | None = None) -> Any:
+        answer = await register(record, lease)
+        if changes:  # the state moves on while this registration is in flight
+            reg.update_babysitter(changes.pop())
+        return answer
+
+    monkeypatch.setattr(api, "register", slow_register)
+    reg.update_babysitter({"state": "unhealthy"})
+    await _settled(reg)
+    meta, _ = await _meta(client)
+    assert (meta["state"], meta["startup_seconds"]) == ("ready", 1.0)
+    await reg.close()
+    assert (await client.get("/services/e-babysitter")).status == 404
