@@ -32,10 +32,6 @@ KEYS = """
 PROMPT: list[ChatCompletionMessageParam] = [
     {"role": "user", "content": "count the tokens of this prompt"}
 ]
-# The core's request path (tenant, priority cap, limiter, usage) is not wired yet.
-PENDING = pytest.mark.xfail(
-    strict=True, reason="the request path does not call the tenant checks and limiter yet"
-)
 DURATION = re.compile(r"^(\d+h)?(\d+m)?\d+(\.\d+)?s$|^\d+ms$")
 
 
@@ -75,7 +71,6 @@ def stack(module_spawn: ProcGroup, tmp_path_factory: pytest.TempPathFactory) -> 
 
 
 @pytest.mark.slow
-@PENDING
 def test_rpm_exact_headers_and_retry_after(stack: Stack) -> None:
     client = stack.client("k-rpm")
     remaining, resets = [], []
@@ -125,7 +120,6 @@ def ask(client: openai.OpenAI, *, stream: bool) -> CompletionUsage | openai.Rate
     return usage
 
 
-@PENDING
 def test_tpm_charged_from_usage(stack: Stack) -> None:
     client = stack.client("k-tpm")
     estimate = estimate_tokens(parse_routing(orjson.dumps({"model": "m", "messages": PROMPT})))
@@ -150,7 +144,6 @@ def test_tpm_charged_from_usage(stack: Stack) -> None:
     assert 2 <= answered <= 4, (answered, used)
 
 
-@PENDING
 def test_models_allowed(stack: Stack) -> None:
     limited = stack.client("k-only-m")
     assert limited.chat.completions.create(model="m", messages=PROMPT, max_tokens=2).choices
@@ -167,7 +160,6 @@ def test_models_allowed(stack: Stack) -> None:
     assert not [h for h in raw.headers if h.startswith("x-ratelimit-")]
 
 
-@PENDING
 def test_max_priority_caps_the_class(stack: Stack) -> None:
     client = stack.client("k-low")
     before = metrics.matching(
