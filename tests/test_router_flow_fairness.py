@@ -180,7 +180,7 @@ async def test_a_flooding_tenant_does_not_delay_another(spawn: Spawn, tmp_path: 
     # a small part of what flood's queued requests wait.
     light_wait = [d.latency - service for d in light]
     flood_wait = [d.latency - service for d in flood_done if d.start > flooded_at]
-    assert max(light_wait) < service + 1.0, (light_wait, service)
+    assert max(light_wait) < service + 2.0, (light_wait, service)
     assert statistics.median(light_wait) < statistics.median(flood_wait) / 3, (
         light_wait,
         statistics.median(flood_wait),
