@@ -78,6 +78,7 @@ def _harness_doc(base_cpu: float, now_cpu: float) -> dict[str, Any]:
             {"name": "llmsvc-queued", "status": "unavailable", "reason": "exited with 2"},
         ],
         "base": "23d7c55",
+        "llmsvc_commit": "abc1234",
         "machine": {"nproc": 2, "cpu_model": "x"},
         "load_average_1m": {"start": 1.0, "end": 2.0},
         "load_generator": "python",
@@ -93,7 +94,7 @@ def test_cost_table_gives_cpu_per_request_and_the_ratio_to_the_base() -> None:
     doc = _harness_doc(0.2, 0.204)
     table = cost_markdown(doc)
     assert "| previous commit (23d7c55), no slots | 1,000 | 200 | 1.000 |" in table
-    assert "| this commit, no slots | 1,000 | 204 | 1.020 |" in table
+    assert "| this commit (abc1234), no slots | 1,000 | 204 | 1.020 |" in table
     assert "unavailable: exited with 2" in table
     line = cost_line(doc)
     assert line is not None and "a ratio of 1.020" in line and "204 µs" in line

@@ -95,6 +95,26 @@ def command_line(argv: list[str]) -> str:
     return " ".join(["python -m benchmarks.flow", *argv])
 
 
+def llmsvc_commit() -> str:
+    """The commit of the llmsvc this run imports (and its engines and routers run: the same
+    ``PYTHONPATH``), ``+ uncommitted changes`` when its source differs from it."""
+    import llmsvc
+
+    where = str(Path(llmsvc.__file__).resolve().parent)
+    try:
+        sha = subprocess.run(
+            ["git", "-C", where, "rev-parse", "--short", "HEAD"],
+            capture_output=True, text=True, check=True,
+        ).stdout.strip()  # fmt: skip
+        dirty = subprocess.run(
+            ["git", "-C", where, "status", "--porcelain", "--", "."],
+            capture_output=True, text=True, check=True,
+        ).stdout.strip()  # fmt: skip
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+    return sha + (" + uncommitted changes" if dirty else "")
+
+
 def run_cost(args: argparse.Namespace, argv: list[str]) -> int:
     """``benchmarks/harness`` with the cost targets; its results, then the doc's cost parts."""
     out = args.out / "cost"
@@ -109,6 +129,7 @@ def run_cost(args: argparse.Namespace, argv: list[str]) -> int:
         return 1
     cost: dict[str, Any] = orjson.loads((out / "results.json").read_bytes())
     cost["base"] = args.base
+    cost["llmsvc_commit"] = llmsvc_commit()
     cost["command"] = command_line(argv) + " -> " + cost["command"]
     table = cost_markdown(cost)
     (out / "cost.md").write_text(table)
@@ -136,6 +157,7 @@ def main(argv: list[str] | None = None) -> int:
         return 130
     doc |= {
         "command": command_line(argv),
+        "llmsvc_commit": llmsvc_commit(),
         "machine": machine(),
         "load_average_1m": {"start": load_start, "end": os.getloadavg()[0]},
         "service_s": round(settings.timing.service_s, 4),

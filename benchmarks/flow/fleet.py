@@ -82,7 +82,7 @@ class RouterConfig:
     extra: tuple[str, ...] = ()
 
     def flags(self) -> list[str]:
-        flags = ["--first-byte-timeout", "120", "--log-level", "info", *self.extra]
+        flags = ["--first-byte-timeout", "120", "--log-level", "warning", *self.extra]
         if self.flow:
             flags += ["--queue-size", str(self.queue_size)]
             flags += ["--queue-timeout", f"{self.queue_timeout:g}"]

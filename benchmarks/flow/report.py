@@ -124,16 +124,23 @@ def verdicts(doc: dict[str, Any]) -> list[str]:
     fair, idle = phases["fairness-on"]["rows"], phases["idle"]["rows"]
     turn = s["slot_turn_s"]
     if fair["small"]["queue_waits_logged"] and idle["small"]["queue_waits_logged"]:
-        small, base = fair["small"]["queue_wait_p95_s"], idle["small"]["queue_wait_p95_s"]
-        what = "queue wait p95 (router's access log)"
+        what, key = "queue wait (router's access log)", "queue_wait"
     else:
-        small, base = fair["small"]["ttft_p95_s"], idle["small"]["ttft_p95_s"]
-        what = "TTFT p95"
-    if small is not None and base is not None:
+        what, key = "TTFT", "ttft"
+    small = [fair["small"][f"{key}_p{q}_s"] for q in (50, 95)]
+    base = [idle["small"][f"{key}_p{q}_s"] for q in (50, 95)]
+    if None not in small and None not in base:
+        extra = [a - b for a, b in zip(small, base, strict=True)]
         out.append(
-            f"Fairness: the small tenant's {what} on the saturated fleet {small:.2f} s against "
-            f"{base:.2f} s idle, {small - base:+.2f} s; one slot-turn is {turn:.2f} s "
-            f"(target ≤ +1 slot-turn): " + ("**met**" if small - base <= turn else "not met")
+            f"Fairness: the small tenant's {what} on the saturated fleet p50 {small[0]:.2f} s, "
+            f"p95 {small[1]:.2f} s against {base[0]:.2f} / {base[1]:.2f} s idle: "
+            f"{extra[0]:+.2f} / {extra[1]:+.2f} s; one slot-turn is {turn:.2f} s (target: "
+            f"≤ +1 slot-turn): p50 "
+            + ("**met**" if extra[0] <= turn else "not met")
+            + ", p95 "
+            + ("**met**" if extra[1] <= turn else "not met")
+            + f"; the big tenant waited {_s(fair['big'][f'{key}_p50_s'])} / "
+            f"{_s(fair['big'][f'{key}_p95_s'])} s"
         )
     return out
 
@@ -150,7 +157,8 @@ def machine_line(doc: dict[str, Any]) -> str:
         f"{s['overload']:.0%} for {s['seconds']:g} s (Poisson, seed {s['seed']}), streaming. "
         f"Machine: {m['nproc']} CPUs ({m['cpu_model']}), Linux {m['kernel']}, Python "
         f"{m['python']}; 1-minute load average {min(loads):.1f} to {max(loads):.1f} at the "
-        f"phases' starts (shared with other work); {doc['date']}. Command: `{doc['command']}`."
+        f"phases' starts (shared with other work); llmsvc commit {doc.get('llmsvc_commit', '?')}, "
+        f"{doc['date']}. Command: `{doc['command']}`."
     )
 
 
@@ -172,9 +180,9 @@ def cost_markdown(cost: dict[str, Any]) -> str:
     rows = {r["name"]: r for r in cost["targets"]}
     labels = {
         "llmsvc-base": f"previous commit ({cost.get('base', '?')}), no slots",
-        "llmsvc-1w": "this commit, no slots",
-        "llmsvc-slots": "this commit, slots never full (--backend-concurrency 64)",
-        "llmsvc-queued": "this commit, requests queue (--backend-concurrency 4)",
+        "llmsvc-1w": f"this commit ({cost.get('llmsvc_commit', '?')}), no slots",
+        "llmsvc-slots": "this commit, slots never all taken (`--backend-concurrency 64`)",
+        "llmsvc-queued": "this commit, requests queue (`--backend-concurrency 4`)",
     }
     lines = [
         "| router | req/s | CPU µs per request | ÷ previous commit |",

@@ -61,11 +61,6 @@ class Settings:
     def slots(self) -> int:
         return self.engines * self.timing.slots
 
-    @property
-    def slot_turn_s(self) -> float:
-        """Mean time between two slots freeing on a busy fleet: a request's wait for 'the next'."""
-        return self.timing.service_s / self.slots
-
 
 QUICK = Settings(
     engines=2,
@@ -174,7 +169,8 @@ class Study:
             )
         return {
             "date": started,
-            "settings": asdict(s) | {"slots": s.slots, "slot_turn_s": round(s.slot_turn_s, 4)},
+            # One slot-turn: the mean time between two slots freeing on the busy fleet.
+            "settings": asdict(s) | {"slots": s.slots, "slot_turn_s": round(1 / capacity, 4)},
             "capacity_rps": {
                 "measured": round(capacity, 3),
                 "computed": round(s.timing.capacity_rps(s.engines), 3),

@@ -170,12 +170,14 @@ async def run_traffic(
 async def closed_loop(
     url: str, model: str, *, concurrency: int, seconds: float, prompt_tokens: int, max_tokens: int
 ) -> float:
-    """Requests per second finished with ``concurrency`` always in flight (the capacity)."""
+    """The fleet's capacity in requests per second: ``concurrency`` (its slots) always in
+    flight, divided by the mean latency of a request (Little's law). Counting finishes in a
+    window would not do: with fixed timing the slots finish in step, in bursts."""
     spec = LoadSpec(
         url=url, model=model, concurrency=concurrency, duration=seconds, stream=True,
         prompt_tokens=prompt_tokens, max_tokens=max_tokens, seed=99,
     )  # fmt: skip
-    done: list[float] = []
+    latencies: list[float] = []
     async with aiohttp.ClientSession(
         connector=aiohttp.TCPConnector(limit=0),
         timeout=aiohttp.ClientTimeout(total=REQUEST_TIMEOUT_S),
@@ -185,15 +187,13 @@ async def closed_loop(
         async def send(n: int) -> None:
             out = Outcome(flow=0, request_id=f"capacity-{n}", sent=0.0)
             await _one(session, spec.target, spec.body(n), headers, out)
-            if out.ok:
-                done.append(time.monotonic())
+            if out.ok and out.latency is not None and n >= concurrency:  # not the first round
+                latencies.append(out.latency)
 
-        started = time.monotonic()
         await drive(spec.schedule, send)
-    # Count the finishes inside the window after the first round (the ramp) only.
-    warm = started + seconds / 4
-    inside = [t for t in done if warm <= t <= started + seconds]
-    return len(inside) / (seconds - seconds / 4)
+    if not latencies:
+        raise RuntimeError("capacity: no request after the first round was served")
+    return concurrency * len(latencies) / sum(latencies)
 
 
 def queue_waits(log_text: str) -> dict[str, float]:
