@@ -21,7 +21,7 @@ from llmsvc.core.registry_client import RegistryClient
 from llmsvc.registry.app import create_app as create_registry
 from llmsvc.registry.settings import RegistrySettings
 from llmsvc.router.maintenance import InMaintenance, Maintenance, watch_maintenance
-from procs import HOST, Spawn, start_registry, start_router, start_sim_engine
+from procs import HOST, Spawn, start_registry, start_router, start_sim_engine, wait_until
 
 NOW = 1_800_000_000.0  # a Unix time for the board's pure tests
 WRITE = "router-maint-write"
@@ -206,9 +206,6 @@ def fleet(spawn: Spawn) -> tuple[str, list[str]]:
     return registry, routers
 
 
-@pytest.mark.xfail(
-    strict=True, reason="until the request path calls Maintenance.check (the core's Proxy.handle)"
-)
 async def test_two_routers_obey_one_registry_and_running_streams_finish(
     fleet: tuple[str, list[str]],
 ) -> None:
@@ -244,3 +241,40 @@ async def test_two_routers_obey_one_registry_and_running_streams_finish(
         started = time.monotonic()
         await _wait_for_status(http, routers, 200, 5)
         assert time.monotonic() - started < 5
+
+
+def test_a_backend_entry_steers_around_that_backend(spawn: Spawn) -> None:
+    _, registry = start_registry(
+        spawn, "--admin-token", ADMIN_TOKEN, "--heartbeat-ttl", "0", token=WRITE
+    )
+    for name in ("e1", "e2"):
+        _, port = start_sim_engine(spawn, name)
+        record = {"name": name, "host": HOST, "port": port, "metadata": {"models": ["m"]}}
+        assert httpx.post(f"{registry}/services", json=record, headers=WRITER).status_code == 201
+    flags = ("--registry-token", WRITE, "--registry-sync-interval", "30")
+    _, router = start_router(spawn, registry, *flags)
+    chat = f"{router}/v1/chat/completions"
+
+    def backends(n: int = 6) -> set[str | None]:
+        return {httpx.post(chat, json=_chat()).headers.get("X-Llmsvc-Backend") for _ in range(n)}
+
+    wait_until(lambda: backends() == {"e1", "e2"}, timeout=20, what="both engines serving")
+    body = {"message": "disk swap on e1", "backend": "e1"}
+    assert httpx.put(f"{registry}/maintenance/m", json=body, headers=ADMIN).status_code == 200
+    wait_until(lambda: backends() == {"e2"}, timeout=5, what="e1 out")
+    assert backends(20) == {"e2"}  # e1 takes nothing new; the model is still served
+
+    body = {"message": "disk swap on e2", "backend": "e2"}
+    assert httpx.put(f"{registry}/maintenance/m", json=body, headers=ADMIN).status_code == 200
+    resp = wait_until(
+        lambda: (r := httpx.post(chat, json=_chat())).status_code == 503 and r,
+        timeout=5,
+        what="every backend out",
+    )
+    error = resp.json()["error"]
+    assert error["code"] == "maintenance"
+    assert error["message"] in ("disk swap on e1", "disk swap on e2")
+    assert resp.headers["Retry-After"] == "60"  # no until
+
+    assert httpx.delete(f"{registry}/maintenance/m?backend=e1", headers=ADMIN).status_code == 200
+    wait_until(lambda: backends() == {"e1"}, timeout=5, what="e1 back")
