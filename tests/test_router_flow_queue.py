@@ -1,4 +1,5 @@
-"""Slots and the queue through a real router process in front of a real simulated engine.
+"""Slots and the queue through a real router process in front of a real simulated engine,
+and the dispatcher's liveness in process (every event that frees room grants a turn).
 
 The engine answers in about ``max_tokens / 10`` seconds (``--decode-tokens-per-s 10``),
 so a test holds a slot for as long as it needs. The router's ``/demand`` shows what
@@ -16,6 +17,11 @@ import httpx
 import orjson
 import pytest
 
+from llmsvc.core.records import ServiceRecord
+from llmsvc.router.backends import BackendPool
+from llmsvc.router.dispatch import Dispatcher
+from llmsvc.router.priority import Priority
+from llmsvc.router.settings import RouterSettings
 from procs import HOST, ProcGroup, Spawn, start_router, start_sim_engine
 
 CHAT = "/v1/chat/completions"
@@ -142,3 +148,74 @@ async def test_without_slots_nothing_queues(spawn: Spawn, tmp_path: Path, engine
         tasks = [asyncio.create_task(chat(client, 10)) for _ in range(3)]
         await demand_reaches(client, 3, 0)
         assert [(await t).status_code for t in tasks] == [200, 200, 200]
+
+
+# --- the dispatcher's liveness, in process (no engine): every event that frees room pumps
+
+
+def dispatcher_with(slots: int, **options: Any) -> tuple[Dispatcher, BackendPool]:
+    pool = BackendPool(max_fails=1, fail_timeout=10)
+    metadata = {"models": ["m"], "max_concurrency": slots}
+    pool.set_static([ServiceRecord(name="e", host=HOST, port=1, metadata=metadata)])
+    return Dispatcher(pool=pool, settings=RouterSettings(**options)), pool
+
+
+async def settle() -> None:
+    for _ in range(5):
+        await asyncio.sleep(0)
+
+
+async def test_pump_grants_as_many_turns_as_free_slots_and_a_freed_slot_the_next() -> None:
+    dispatcher, pool = dispatcher_with(2)
+    (backend,) = pool
+    assert dispatcher.active()
+
+    async def take() -> None:
+        await dispatcher.turn("m", Priority.STANDARD, "t", 10)
+        backend.in_flight += 1  # what the proxy's attempt does at once
+
+    tasks = [asyncio.create_task(take()) for _ in range(3)]
+    await settle()
+    assert [t.done() for t in tasks] == [True, True, False]
+    assert backend.in_flight == 2 and dispatcher.queues.waiting("m") == 1
+    backend.in_flight -= 1
+    dispatcher.released(backend)  # an attempt ended
+    await settle()
+    assert tasks[2].done() and backend.in_flight == 2
+
+
+async def test_a_granted_turn_cancelled_before_it_resumes_passes_to_the_next() -> None:
+    dispatcher, pool = dispatcher_with(1)
+    (backend,) = pool
+    backend.in_flight = 1
+    first = asyncio.create_task(dispatcher.turn("m", Priority.STANDARD, "a", 10))
+    second = asyncio.create_task(dispatcher.turn("m", Priority.STANDARD, "b", 10))
+    await settle()
+    backend.in_flight = 0
+    dispatcher.released(backend)  # grants the first ...
+    first.cancel()  # ... whose client goes away before it resumes
+    await settle()
+    assert first.cancelled() and second.done()
+    assert dispatcher.pending("m") == 0 and dispatcher.may_pass("m")
+
+
+async def test_a_backend_becoming_eligible_pumps_its_models_line() -> None:
+    dispatcher, pool = dispatcher_with(1)
+    (backend,) = pool
+    backend.record_check(False, 0.0)  # down: no free slot anywhere
+    pool.health_changed()
+    waiter = asyncio.create_task(dispatcher.turn("m", Priority.STANDARD, "t", 10))
+    await settle()
+    assert not waiter.done() and dispatcher.free("m", 1.0) == 0
+    backend.record_check(True, 1.0)
+    pool.health_changed()  # the health loop's report: the pool tells its listeners
+    await settle()
+    assert waiter.done()
+
+
+def test_no_slots_anywhere_is_inactive() -> None:
+    pool = BackendPool(max_fails=1, fail_timeout=10)
+    pool.set_static([ServiceRecord(name="e", host=HOST, port=1, metadata={"models": ["m"]})])
+    assert not Dispatcher(pool=pool, settings=RouterSettings()).active()
+    assert Dispatcher(pool=pool, settings=RouterSettings(backend_concurrency=4)).active()
+    assert Dispatcher(pool=pool, settings=RouterSettings(saturation_kv=0.9)).active()

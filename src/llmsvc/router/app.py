@@ -167,12 +167,17 @@ def _admin_routes(state: RouterState) -> list[Route]:
 
 def _routes(state: RouterState) -> list[Route]:
     errors = {
-        400: "Malformed JSON, or missing/invalid 'model'",
+        400: "Malformed JSON, missing/invalid 'model', or an unknown X-Llmsvc-Priority",
         401: "Missing or invalid API key",
+        403: "The API key may not use the model (model_not_allowed)",
         404: "No record lists the model in any state (model_not_found: do not retry)",
         413: "Body larger than --max-body-bytes",
+        429: "The model's queue is full or a higher class evicted the request (queue_full), "
+        "or the key is over its rpm/tpm (rate_limit_exceeded); see Retry-After",
         502: "Every backend tried failed",
-        503: "The model is known, but no healthy service serves it now",
+        503: "No ready backend within --hold-timeout (no_healthy_backend), a wait for a slot "
+        "past --queue-timeout (queue_timeout), the model in maintenance (maintenance), or "
+        "the router stopping (draining); see Retry-After",
         504: "Every backend tried timed out",
     }
     table = []
