@@ -115,6 +115,8 @@ def test_static_backend_down_at_start_is_routed_to_within_seconds(
         str(router_port),
         "--static-services",
         str(static),
+        "--hold-timeout",
+        "0",  # refused at once while down (not held): each probe below answers at once
     )  # fmt: skip  (the default --health-interval: 5 s, longer than the 3 s below)
     router.wait_http(f"{url}/health")
     assert httpx.post(f"{url}/v1/chat/completions", json=CHAT).status_code != 200
