@@ -181,15 +181,10 @@ def static_router(spawn: Spawn, tmp_path: Path, *extra: str) -> tuple[Proc, str]
     return start_router(spawn, None, "--static-services", str(services), *extra)
 
 
-NOT_WIRED = pytest.mark.xfail(
-    strict=True,
-    reason="the request path (router/proxy.py) does not call request_id/log_access yet",
-)
 CHAT = {"model": "m", "messages": [{"role": "user", "content": "hello there"}], "max_tokens": 3}
 
 
 @pytest.mark.slow
-@NOT_WIRED
 def test_router_access_lines_and_request_ids(spawn: Spawn, tmp_path: Path) -> None:
     proc, router = static_router(spawn, tmp_path)  # --log-format text (the default)
     with httpx.Client(base_url=router, timeout=30) as client:
@@ -234,7 +229,6 @@ def test_router_access_lines_and_request_ids(spawn: Spawn, tmp_path: Path) -> No
 
 
 @pytest.mark.slow
-@NOT_WIRED
 def test_router_no_access_log(spawn: Spawn, tmp_path: Path) -> None:
     proc, router = static_router(spawn, tmp_path, "--no-access-log")
     resp = httpx.post(f"{router}/v1/chat/completions", json=CHAT, timeout=30)
