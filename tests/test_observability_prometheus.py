@@ -3,15 +3,19 @@
 The stack: registry, router, four babysitters of the simulated engine (``engine-a``,
 ``engine-b`` and ``engine-flaky`` (every request answered 500, so the router retries and
 passive health takes it out) serving ``sim-model``; ``engine-lonely`` alone serving
-``lonely``), and the operator against the Kubernetes API emulator with one
-InferenceService. Prometheus (Debian's ``prometheus``) scrapes all of them every second
-and evaluates a copy of the alert rules whose ``for:`` durations are 0 s.
+``lonely``, one request at a time, 20 tokens/s), and the operator against the
+Kubernetes API emulator with one InferenceService. Prometheus (Debian's
+``prometheus``) scrapes all of them every second and evaluates a copy of the alert
+rules whose ``for:`` durations are 0 s.
 
-After traffic (streamed and not, an unknown model, a bad body) and a SIGKILLed engine
-(restarted by its babysitter): every metric any service exposes is in the documented
-catalogue, and every dashboard query, with ``$model``/``$backend`` at "All", returns
-data. Then ``engine-lonely`` dies with its babysitter: ``LLMSvcNoHealthyBackend``,
-``LLMSvcHighErrorRate`` and ``LLMSvcRequestsWithoutBackend`` fire for ``lonely``.
+After traffic (streamed and not, an unknown model, a bad body, a request that waits in
+the router's queue for ``lonely``'s one slot) and a SIGKILLed engine (restarted by its
+babysitter): every metric any service exposes is in the documented catalogue, and every
+dashboard query, with ``$model``/``$backend`` at "All", returns data. Then
+``engine-lonely`` dies with its babysitter: ``LLMSvcNoHealthyBackend``,
+``LLMSvcHighErrorRate`` and ``LLMSvcRequestsWithoutBackend`` fire for ``lonely``, whose
+requests, held for ``--hold-timeout`` (1 s) without a ready backend, are counted as
+rejected (``no_healthy_backend``).
 """
 
 from __future__ import annotations
@@ -57,18 +61,29 @@ ENGINES = {  # name -> (model, extra engine args)
     "engine-a": ("sim-model", ()),
     "engine-b": ("sim-model", ()),
     "engine-flaky": ("sim-model", ("--fail-rate", "1")),
-    "engine-lonely": ("lonely", ()),
+    # One slot (the babysitter advertises --max-num-seqs as max_concurrency) and answers
+    # that take real time (a later --time-scale wins): a second request waits in the queue.
+    "engine-lonely": (
+        "lonely",
+        ("--max-num-seqs", "1", "--time-scale", "1", "--decode-tokens-per-s", "20"),
+    ),
 }
 CREATED = 'llmsvc_operator_reconciles_total{handler="create",result="success"} 1.0'
 # Documented metrics a stack like this one does not export, and why.
 NOT_IN_THIS_STACK = {
     "llmsvc_router_load_scrape_errors_total": "only with --strategy least_load, on a failure",
     "llmsvc_registry_kubernetes_": "only with --source kubernetes",
+    "llmsvc_router_rejected_requests_total": "once flow control turns one away: lonely's, later",
 }
+HOLD_TIMEOUT_S = 1  # the router's: how long a request for lonely waits once it is down
 
 
-def chat(router: str, model: str, *, stream: bool = False) -> int:
-    body = {"model": model, "messages": [{"role": "user", "content": "hi"}], "max_tokens": 4}
+def chat(router: str, model: str, *, stream: bool = False, max_tokens: int = 4) -> int:
+    body = {
+        "model": model,
+        "messages": [{"role": "user", "content": "hi"}],
+        "max_tokens": max_tokens,
+    }
     with httpx.stream(
         "POST", f"{router}/v1/chat/completions", json={**body, "stream": stream}, timeout=30
     ) as resp:
@@ -127,7 +142,7 @@ def start_stack(spawn: Spawn, tmp: Path, prometheus: str) -> tuple[dict[str, Any
         for name, (model, args) in ENGINES.items()
     }
     operator_proc, operator, kube = start_operator(spawn, tmp)
-    _, router = start_router(spawn, registry)
+    _, router = start_router(spawn, registry, "--hold-timeout", str(HOLD_TIMEOUT_S))
     stack = {"registry": registry, "router": router, "sitters": sitters, "operator": operator}
     config = scrape_config(prometheus_jobs(stack), fast_rules(tmp))
     prom = start_prometheus(spawn, tmp, prometheus, config)
@@ -170,6 +185,25 @@ def send_traffic(router: str) -> int:
     assert statuses.count(200) == 12, statuses  # engine-flaky's 500s were retried elsewhere
     assert sorted(set(statuses)) == [200, 400, 404], statuses
     return len(statuses)
+
+
+def queue_behind_a_stream(router: str) -> None:
+    """A request for ``lonely`` sent while its one slot is taken by a stream (~2 s long)
+    waits in the router's queue, then is answered: queue-wait data for the dashboards."""
+    body = {"model": "lonely", "messages": [{"role": "user", "content": "hi"}]}
+    with httpx.stream(
+        "POST",
+        f"{router}/v1/chat/completions",
+        json={**body, "stream": True, "max_tokens": 40},
+        timeout=30,
+    ) as first:
+        assert first.status_code == 200
+        lines = first.iter_lines()
+        next(lines)  # the engine has started it: the slot is taken for ~2 s
+        with ThreadPoolExecutor(1) as pool:
+            second = pool.submit(chat, router, "lonely", max_tokens=1)
+            assert "data: [DONE]" in list(lines)
+            assert second.result(timeout=30) == 200
 
 
 def kill_engine(api_url: str) -> int:
@@ -235,6 +269,8 @@ def test_dashboards_show_data_and_alerts_fire(spawn: ProcGroup, tmp_path: Path) 
         what="engine-a back in the router",
     )
     sent += send_traffic(router)
+    queue_behind_a_stream(router)
+    sent += 2
     wait_until(
         lambda: prom.result(f"sum(llmsvc_router_requests_total) == {sent}"),
         timeout=10,
@@ -269,8 +305,16 @@ def test_dashboards_show_data_and_alerts_fire(spawn: ProcGroup, tmp_path: Path) 
         what="the router's gauge of lonely at 0, scraped",
     )
     for _ in range(2):  # failing requests over two scrapes, so that their rate shows
-        assert {chat(router, "lonely") for _ in range(3)} == {503}
+        assert {chat(router, "lonely") for _ in range(3)} == {503}  # after 1 s held each
         time.sleep(1.1)
+    wait_until(
+        lambda: prom.result(
+            'llmsvc_router_rejected_requests_total{model_name="lonely", priority="standard",'
+            ' reason="no_healthy_backend"} == 6'
+        ),
+        timeout=10,
+        what="lonely's 6 held-then-503 requests, scraped as rejections",
+    )
     expected = {
         ("LLMSvcNoHealthyBackend", "lonely"),
         ("LLMSvcHighErrorRate", "lonely"),
