@@ -121,3 +121,30 @@ def test_every_query_parses(tmp_path: Path) -> None:
     )
     assert done.returncode == 0, done.stdout + done.stderr
     assert f"{len(rules)} rules found" in done.stdout
+
+
+FLOW_METRICS = {
+    "llmsvc_router_queue_requests",
+    "llmsvc_router_held_requests",
+    "llmsvc_router_model_demand",
+    "llmsvc_router_queue_wait_seconds",
+    "llmsvc_router_rejected_requests_total",
+    "llmsvc_router_tenant_requests_total",
+    "llmsvc_router_tenant_tokens_total",
+}
+
+
+def test_overview_has_a_flow_control_row_with_every_flow_metric() -> None:
+    """Queues, held, demand, queue wait, rejections and tenants, under one row."""
+    board = BOARDS["overview"]["panels"]
+    (row,) = [i for i, p in enumerate(board) if p["type"] == "row" and p["title"] == "Flow control"]
+    after = board[row + 1 :]
+    until = next((i for i, p in enumerate(after) if p["type"] == "row"), len(after))
+    read = {
+        series_family(name)
+        for panel in after[:until]
+        for target in panel["targets"]
+        for name in metric_names(target["expr"])
+    }
+    assert read == FLOW_METRICS
+    assert {m.name for m in catalogue()} >= FLOW_METRICS
