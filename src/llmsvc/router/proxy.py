@@ -257,9 +257,7 @@ class Proxy:
                 backend.url + request.rel_url.raw_path_qs,
                 data=info.body,
                 headers=headers,
-                timeout=self._timeout
-                if attempt.budget is None
-                else aiohttp.ClientTimeout(total=attempt.budget, connect=self._timeout.connect),
+                timeout=self._timeout if attempt.budget is None else self._within(attempt.budget),
                 allow_redirects=False,
             )
         except (aiohttp.ClientError, OSError) as exc:
@@ -271,6 +269,11 @@ class Proxy:
                     code="upstream_unreachable",
                 ),
             ) from None
+
+    def _within(self, budget: float) -> aiohttp.ClientTimeout:
+        """What a queue wait left of ``--proxy-timeout``, a little over: the first-byte
+        limit (``budget`` too) is what ends a wait for headers, as a timeout."""
+        return aiohttp.ClientTimeout(total=budget + 0.5, connect=self._timeout.connect)
 
     async def _first_chunk(self, upstream: aiohttp.ClientResponse, attempt: Attempt) -> bytes:
         try:
