@@ -92,7 +92,11 @@ def settings_of(args: argparse.Namespace) -> Settings:
 
 
 def command_line(argv: list[str]) -> str:
-    return " ".join(["python -m benchmarks.flow", *argv])
+    """How this run was started (with ``PYTHONPATH`` when it points the run at another
+    llmsvc source, such as a worktree of one commit)."""
+    path = os.environ.get("PYTHONPATH")
+    prefix = [f"PYTHONPATH={path}"] if path else []
+    return " ".join([*prefix, "python -m benchmarks.flow", *argv])
 
 
 def llmsvc_commit() -> str:
