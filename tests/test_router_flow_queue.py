@@ -219,3 +219,48 @@ def test_no_slots_anywhere_is_inactive() -> None:
     assert not Dispatcher(pool=pool, settings=RouterSettings()).active()
     assert Dispatcher(pool=pool, settings=RouterSettings(backend_concurrency=4)).active()
     assert Dispatcher(pool=pool, settings=RouterSettings(saturation_kv=0.9)).active()
+
+
+async def test_a_saturated_backend_takes_nothing_until_a_scrape_shows_room(
+    spawn: Spawn, tmp_path: Path
+) -> None:
+    """No slots, but --saturation-waiting 0: while the engine's own metrics (least_load's
+    scrape) show a request waiting in it, a request waits in the router's queue; it goes
+    when a later scrape shows the engine's queue empty. The engine's load comes from
+    clients of its own, so no answer through the router marks that moment: only the
+    scrape's completion does."""
+    _, port = start_sim_engine(
+        spawn, "one-seq", "--time-scale", "1", "--decode-tokens-per-s", "10",
+        "--prefill-overhead-s", "0", "--max-num-seqs", "1",
+    )  # fmt: skip
+    url = router_for(
+        spawn, tmp_path, port, "--strategy", "least_load", "--saturation-waiting", "0",
+        "--load-scrape-interval", "0.5",
+    )  # fmt: skip
+    engine = f"http://{HOST}:{port}"
+    async with (
+        httpx.AsyncClient(base_url=url) as client,
+        httpx.AsyncClient(base_url=engine) as direct,
+    ):
+
+        async def engine_waiting() -> int:
+            (view,) = (await client.get("/services")).json()["services"]
+            load = view["load"] or {}
+            return int(load.get("waiting", -1)) if load.get("age_s", 9) < 1.5 else -1
+
+        # Two requests straight to the engine: one runs (~4 s), then one waits in it.
+        mine = [asyncio.create_task(chat(direct, 40))]
+        running = b'vllm:num_requests_running{engine="0",model_name="m"} 1.0'
+        deadline = time.monotonic() + 10
+        while running not in (await direct.get("/metrics")).content:
+            assert time.monotonic() < deadline, "the engine never ran the first request"
+            await asyncio.sleep(0.02)
+        mine.append(asyncio.create_task(chat(direct, 2)))
+        deadline = time.monotonic() + 10
+        while await engine_waiting() != 1:
+            assert time.monotonic() < deadline, "the scrape never showed the engine's queue"
+            await asyncio.sleep(0.05)
+        queued = asyncio.create_task(chat(client, 2))
+        await demand_reaches(client, 0, 1)  # saturated: the router keeps it
+        assert [(await t).status_code for t in mine] == [200, 200]
+        assert (await queued).status_code == 200  # a scrape saw room: it went
