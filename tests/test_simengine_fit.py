@@ -3,12 +3,20 @@
 from __future__ import annotations
 
 import json
+import math
+import random
 import subprocess
 from pathlib import Path
 
 import pytest
 
-from llmsvc.simengine.fit import Measurements, build_settings, fit_line, fit_slowdown
+from llmsvc.simengine.fit import (
+    Measurements,
+    build_settings,
+    fit_line,
+    fit_slowdown,
+    fit_step_noise,
+)
 from llmsvc.simengine.profiles import available_profiles, load_profile
 from llmsvc.simengine.settings import SimEngineSettings
 from procs import Spawn, free_port, llmsvc_args
@@ -33,6 +41,7 @@ def test_build_settings_from_measurements() -> None:
         prefix_ratio=0.1,
         slots=2,
         context_tokens=2048,
+        gaps_alone=[0.0125] * 30,  # steady: no noise
     )
     settings = build_settings(m, max_batched_tokens=2048)
     assert settings == {
@@ -46,6 +55,7 @@ def test_build_settings_from_measurements() -> None:
         "max_num_seqs": 2,
         "kv_cache_tokens": 2048,
         "prefix_cache_tokens": 2048,
+        "step_noise": 0.0,
     }
     assert (
         build_settings(
@@ -53,6 +63,16 @@ def test_build_settings_from_measurements() -> None:
         )["prefix_cache_tokens"]
         == 0
     )
+
+
+def test_fit_step_noise_recovers_a_lognormal_spread() -> None:
+    rng = random.Random(3)
+    gaps = [0.02 * math.exp(0.35 * rng.gauss(0, 1)) for _ in range(3000)]
+    assert fit_step_noise(gaps) == pytest.approx(0.35, abs=0.03)
+    assert fit_step_noise([0.02] * 100) == 0.0
+    assert fit_step_noise(gaps[:19]) == 0.0  # too few gaps for a 95th percentile
+    m = Measurements(ttft=[(50, 0.25), (550, 2.25)], itl={1: 0.02}, gaps_alone=gaps)
+    assert build_settings(m, max_batched_tokens=512)["step_noise"] == pytest.approx(0.35, abs=0.03)
 
 
 def write(path: Path, settings: dict[str, object]) -> str:
@@ -117,6 +137,30 @@ def test_fit_recovers_a_simulated_engine(spawn: Spawn, tmp_path: Path) -> None:
     assert settings["decode_slowdown"] == pytest.approx(0.25, abs=0.1)
     assert settings["prefix_cache_tokens"] > 0
     SimEngineSettings(profile=str(out))  # the fit is a valid profile
+
+
+def test_fit_recovers_a_simulated_engines_step_noise(spawn: Spawn, tmp_path: Path) -> None:
+    port = free_port()
+    truth = ("--decode-tokens-per-s", "50", "--step-noise", "0.3", "--seed", "4")
+    engine = spawn("noisy", "sim-engine", "--port", str(port), "--prefill-tokens-per-s", "8000",
+                   *truth)  # fmt: skip
+    url = f"http://127.0.0.1:{port}"
+    engine.wait_http(f"{url}/health")
+    out = tmp_path / "fitted.json"
+    fit = ["--url", url, "--model", "sim-model", "--out", str(out), "--samples", "2"]
+    done = subprocess.run(
+        llmsvc_args("sim-engine", "fit", *fit, "--decode-tokens", "60", "--concurrency", "1"),
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 0, done.stderr
+    document = json.loads(out.read_text())
+    assert document["settings"]["step_noise"] == pytest.approx(0.3, abs=0.1)
+    assert document["settings"]["decode_tokens_per_s"] == pytest.approx(50, rel=0.2)
+    assert document["fit"]["itl_alone_gaps"] == 118  # 2 samples of 59 gaps (not the closing chunk)
+    spread = document["fit"]["itl_alone_p95_s"] / document["fit"]["itl_alone_p50_s"]
+    assert spread == pytest.approx(math.exp(0.3 * 1.645), rel=0.2)
 
 
 def test_fit_of_an_unreachable_url_exits_1_with_one_line() -> None:

@@ -13,6 +13,7 @@ from llmsvc.simengine.embeddings import embed, encode_base64, split_inputs
 from llmsvc.simengine.metrics import one_two_five_buckets
 from llmsvc.simengine.model import (
     VOCABULARY,
+    Z95,
     KvBudget,
     PrefixCache,
     StepPlan,
@@ -25,6 +26,7 @@ from llmsvc.simengine.model import (
     output_tokens,
     plan_step,
     prefill_seconds,
+    step_noise_factor,
     step_seconds,
 )
 
@@ -163,6 +165,20 @@ def test_jitter_factor_is_bounded_and_seeded() -> None:
     assert min(values) < 0.9
     assert a[0] == a[1] == a[2]
     assert jitter_factor(rng, 0.0) == 1.0
+
+
+def test_step_noise_is_a_seeded_lognormal_of_median_one() -> None:
+    rng = random.Random(7)
+    factors = sorted(step_noise_factor(rng, 0.35) for _ in range(4000))
+    p50, p95 = factors[2000], factors[3800]
+    assert p50 == pytest.approx(1.0, abs=0.03)
+    assert math.log(p95 / p50) / Z95 == pytest.approx(0.35, abs=0.02)
+    assert all(f > 0 for f in factors)
+    again = random.Random(7)
+    assert [step_noise_factor(again, 0.35) for _ in range(3)] == [
+        step_noise_factor(r, 0.35) for r in [random.Random(7)] for _ in range(3)
+    ]
+    assert step_noise_factor(rng, 0.0) == 1.0  # off: every step lasts the model's time
 
 
 def test_output_tokens_are_deterministic_and_prefix_consistent() -> None:

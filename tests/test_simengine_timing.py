@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import itertools
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -229,3 +230,27 @@ async def test_independent_scheduler_keeps_each_sequence_on_its_own_clock(
     short = await ttft(client, "x" * 40)
     assert short < 0.3
     assert await long > 0.9
+
+
+async def token_stamps(client: Client, body: dict[str, Any]) -> list[float]:
+    """Stream ``body``: the arrival time of every token chunk."""
+    stamps: list[float] = []
+    async with client.post("/v1/completions", json={**body, "stream": True}) as resp:
+        assert resp.status == 200
+        async for line in resp.content:
+            if line.startswith(b"data: {") and b'"finish_reason":null' in line:
+                stamps.append(time.perf_counter())
+    return stamps
+
+
+async def test_step_noise_spreads_steps_and_every_sequence_of_a_step_shares_it(
+    make_client: MakeClient,
+) -> None:
+    client = await make_client(decode_tokens_per_s=40, decode_slowdown=0, step_noise=0.5)
+    body = {"model": "sim-model", "prompt": "hi", "max_tokens": 16}  # 25 ms steps, noised
+    first, second = await asyncio.gather(token_stamps(client, body), token_stamps(client, body))
+    gaps = [b - a for a, b in itertools.pairwise(first)]
+    assert max(gaps) / min(gaps) > 2  # a factor of 1 +- timer noise would stay near 1
+    # Both decode in the same steps: each token of one arrives with a token of the other.
+    for stamp in first[2:]:
+        assert min(abs(stamp - other) for other in second) < 0.01

@@ -15,9 +15,10 @@ prefilled and its output decoded in one of two ways (``--scheduler``):
 
 With ``--time-scale 0`` every duration is 0 and both answer at once (the
 independent path, without the loop's hop). Every duration is multiplied by
-``--time-scale`` and a jitter factor. Cancelling the consumer (a client that
-went away) frees the slot and the KV reservation at once, and takes the
-sequence out of the next step.
+``--time-scale`` and a jitter factor, and every step's by a ``--step-noise``
+factor (one per step, shared by its sequences, as a real forward pass is).
+Cancelling the consumer (a client that went away) frees the slot and the KV
+reservation at once, and takes the sequence out of the next step.
 """
 
 from __future__ import annotations
@@ -45,6 +46,7 @@ from llmsvc.simengine.model import (
     output_tokens,
     plan_step,
     prefill_seconds,
+    step_noise_factor,
     step_seconds,
 )
 from llmsvc.simengine.scheduler import Scheduler, Ticket
@@ -108,6 +110,7 @@ class Engine:
             registry, self.scheduler, self.models, max_model_len=settings.kv_cache_tokens
         )
         self._jitter_rng = random.Random(f"{settings.seed}:jitter")
+        self._noise_rng = random.Random(f"{settings.seed}:step-noise")
         self._fault_rng = random.Random(f"{settings.seed}:faults")
         self._batch: list[_Sequence] = []  # running sequences, in arrival order
         self._batch_changed = asyncio.Event()
@@ -151,10 +154,18 @@ class Engine:
 
     # -- running ---------------------------------------------------------------
 
-    async def _sleep(self, seconds: float) -> None:
+    async def _sleep(self, seconds: float, *, step: bool = False) -> None:
+        """Sleep a simulated duration: scaled, jittered and, for a step, noised.
+
+        ``step`` marks an engine step (a batched step, or a prefill or decode
+        step of an independent sequence): it takes one ``--step-noise`` factor.
+        """
         delay = seconds * self.settings.time_scale
         if delay > 0:
-            await asyncio.sleep(delay * jitter_factor(self._jitter_rng, self.settings.jitter))
+            delay *= jitter_factor(self._jitter_rng, self.settings.jitter)
+            if step:
+                delay *= step_noise_factor(self._noise_rng, self.settings.step_noise)
+            await asyncio.sleep(delay)
 
     async def pause_for_prefill(self, tokens: int) -> None:
         """Sleep the prefill time of ``tokens`` (embeddings: prefill without decode)."""
@@ -205,7 +216,7 @@ class Engine:
     async def _independent(self, job: Job, uncached: int) -> AsyncGenerator[int, None]:
         """Token indices on the sequence's own clock: its prefill, then its decode steps."""
         s = self.settings
-        await self._sleep(prefill_seconds(uncached, s.prefill_tokens_per_s))
+        await self._sleep(prefill_seconds(uncached, s.prefill_tokens_per_s), step=True)
         self.prefix_cache.insert(job.prompt.blocks)
         for index in range(job.max_tokens):
             if index:
@@ -214,7 +225,8 @@ class Engine:
                         tokens_per_s=s.decode_tokens_per_s,
                         slowdown=s.decode_slowdown,
                         running=self.scheduler.running,
-                    )
+                    ),
+                    step=True,
                 )
             yield index
 
@@ -258,7 +270,8 @@ class Engine:
                     decode_tokens_per_s=s.decode_tokens_per_s,
                     slowdown=s.decode_slowdown,
                     prefill_overhead_s=s.prefill_overhead_s,
-                )
+                ),
+                step=True,  # one noise factor per step: every sequence in it waits the same
             )
             await asyncio.sleep(0)  # a zero-length step still lets the consumers run
             self._finish_step(decoding, prefilling, plan.chunks)

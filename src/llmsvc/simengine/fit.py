@@ -8,6 +8,8 @@ The procedure (docs/simulated-engine.md, "Fitting a profile"):
 2. Inter-token latency alone: ``decode_tokens_per_s = 1 / median gap``.
 3. The same with ``c`` streams at once for each ``--concurrency`` level:
    ``itl_c / itl_1 - 1 = decode_slowdown * (c - 1)``, least squares through 0.
+   The spread of the gaps alone gives ``step_noise``, the sigma of a lognormal
+   step factor with median 1: ``ln(p95 / p50) / 1.645`` (:func:`fit_step_noise`).
 4. The longest prompt again with another tail: the TTFT ratio says whether the
    endpoint caches prefixes (below 0.5: the profile's prefix cache is on).
 
@@ -21,6 +23,7 @@ from __future__ import annotations
 
 import asyncio
 import datetime
+import math
 import random
 import statistics
 from collections.abc import Sequence
@@ -34,6 +37,7 @@ from pydantic import Field, field_validator
 
 from llmsvc.core.addresses import check_origin_url
 from llmsvc.core.settings import BaseServiceSettings, CommaList, die, parse_settings
+from llmsvc.simengine.model import Z95
 from llmsvc.simengine.probe import ProbeError, Prober, Timing, make_prompt, median_gap
 from llmsvc.simengine.profiles import write_profile
 
@@ -75,6 +79,7 @@ class Measurements:
     ttft: list[tuple[int, float]] = field(default_factory=list)  # (prompt tokens, s)
     chars_per_token: float = 4.0
     itl: dict[int, float] = field(default_factory=dict)  # streams at once -> median gap
+    gaps_alone: list[float] = field(default_factory=list)  # every inter-token gap of 1 stream
     prefix_ratio: float = 1.0  # TTFT with a cached prefix / without
     slots: int = 0
     context_tokens: int = 0
@@ -100,6 +105,30 @@ def fit_slowdown(itl: dict[int, float]) -> float:
     return max(0.0, sum(x * y for x, y in pairs) / denominator)
 
 
+MIN_NOISE_GAPS = 20
+"""Fewer gaps alone than this say nothing of a 95th percentile: no noise is fitted."""
+
+
+def gap_quantiles(gaps: Sequence[float]) -> tuple[float, float]:
+    """``(p50, p95)`` of inter-token gaps (inclusive quantiles, as the calibration reports)."""
+    return statistics.median(gaps), statistics.quantiles(gaps, n=20, method="inclusive")[18]
+
+
+def fit_step_noise(gaps: Sequence[float]) -> float:
+    """``sigma`` of a lognormal step factor (median 1) whose p95/p50 is the gaps' own.
+
+    For ``exp(sigma * N(0, 1))``, ``ln(p95 / p50) = sigma * 1.645``: the fit
+    matches the two percentiles the calibration compares, whatever the shape
+    further out. 0 with fewer than ``MIN_NOISE_GAPS`` gaps.
+    """
+    if len(gaps) < MIN_NOISE_GAPS:
+        return 0.0
+    p50, p95 = gap_quantiles(gaps)
+    if p50 <= 0:
+        return 0.0
+    return max(0.0, math.log(p95 / p50) / Z95)
+
+
 def build_settings(m: Measurements, *, max_batched_tokens: int) -> dict[str, Any]:
     """The profile's ``settings``: the simulated engine's timing fields from the fit."""
     intercept, slope = fit_line(m.ttft)
@@ -113,6 +142,7 @@ def build_settings(m: Measurements, *, max_batched_tokens: int) -> dict[str, Any
         "decode_tokens_per_s": round(1 / m.itl[1], 2),
         "decode_slowdown": round(fit_slowdown(m.itl), 4),
         "max_batched_tokens": max(max_batched_tokens, m.slots),
+        "step_noise": round(fit_step_noise(m.gaps_alone), 3),
     }
     if m.slots:
         settings["max_num_seqs"] = m.slots
@@ -164,6 +194,8 @@ async def _itl_probes(prober: Prober, s: FitSettings, rng: random.Random, m: Mea
             prompts = [make_prompt(rng, 64, nonce=f"d{c}x{i}y{j}") for j in range(c)]
             runs += await prober.together(prompts, s.decode_tokens)
         m.itl[c] = median_gap(runs)
+        if c == 1:
+            m.gaps_alone = [gap for timing in runs for gap in timing.gaps]
 
 
 async def _prefix_probe(
@@ -206,9 +238,19 @@ def profile_document(s: FitSettings, m: Measurements) -> dict[str, Any]:
             "ttft_points": [[tokens, round(t, 4)] for tokens, t in m.ttft],
             "ttft_overhead_s": round(intercept, 4),
             "itl_s": {str(c): round(v, 5) for c, v in m.itl.items()},
+            **_spread(m.gaps_alone),
             "prefix_ttft_ratio": round(m.prefix_ratio, 3),
         },
     }
+
+
+def _spread(gaps: Sequence[float]) -> dict[str, Any]:
+    """The gaps alone that ``step_noise`` comes from: how many, p50, p95."""
+    if len(gaps) < 2:
+        return {"itl_alone_gaps": len(gaps)}
+    p50, p95 = gap_quantiles(gaps)
+    return {"itl_alone_gaps": len(gaps), "itl_alone_p50_s": round(p50, 5),
+            "itl_alone_p95_s": round(p95, 5)}  # fmt: skip
 
 
 def main(argv: Sequence[str]) -> int:

@@ -201,6 +201,23 @@ def jitter_factor(rng: random.Random, jitter: float) -> float:
     return 1.0 + jitter * rng.uniform(-1.0, 1.0)
 
 
+def step_noise_factor(rng: random.Random, sigma: float) -> float:
+    """A step's duration multiplier: lognormal with median 1, ``exp(sigma * N(0, 1))``.
+
+    A real engine's steps spread (the OS, caches, other tenants): llama.cpp's
+    inter-token gaps here have p95/p50 near 1.8, which a lognormal with
+    ``sigma = ln(p95 / p50) / 1.645`` reproduces (``fit_step_noise``). The
+    median is 1 so that the fitted rates (from median gaps) stay the medians.
+    """
+    if sigma <= 0:
+        return 1.0
+    return math.exp(sigma * rng.gauss(0.0, 1.0))
+
+
+Z95 = 1.6448536269514722
+"""The standard normal's 95th percentile: ``ln(p95 / p50) = sigma * Z95`` for a lognormal."""
+
+
 @dataclass(frozen=True, slots=True)
 class PromptInfo:
     """What the engine needs of a prompt."""

@@ -3,6 +3,7 @@
 Each probe is one streamed ``/v1/completions`` request (``stream_options.
 include_usage``) whose chunks are timed on arrival: the time to the first
 token, the gaps between tokens, and the prompt's token count from ``usage``.
+Only chunks with text count as tokens (not the closing one of empty text).
 Prompts are random words after a unique nonce, so that no probe hits another
 probe's prefix cache unless it means to.
 """
@@ -15,6 +16,7 @@ import random
 import statistics
 import time
 from dataclasses import dataclass
+from typing import Any
 
 import aiohttp
 import orjson
@@ -50,6 +52,20 @@ def make_prompt(rng: random.Random, chars: int, *, nonce: str) -> str:
     return " ".join(words)
 
 
+def _has_token(chunk: dict[str, Any]) -> bool:
+    """Whether a chunk carries generated text: not the role, finish or usage chunk.
+
+    vLLM, llama.cpp and the simulated engine all end a stream with a chunk of
+    empty text and the ``finish_reason`` right after the last token; counted
+    as a token it would add a gap of about 0 per request to the inter-token
+    latencies.
+    """
+    for choice in chunk.get("choices") or ():
+        if choice.get("text") or (choice.get("delta") or {}).get("content"):
+            return True
+    return False
+
+
 class Prober:
     """Streams completions to one endpoint and times them."""
 
@@ -78,7 +94,7 @@ class Prober:
                 if not line.startswith(b"data: {"):
                     continue
                 chunk = orjson.loads(line[6:])
-                if chunk.get("choices"):
+                if _has_token(chunk):
                     stamps.append(time.perf_counter())
                 usage = chunk.get("usage")
                 if usage:

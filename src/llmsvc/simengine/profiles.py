@@ -28,6 +28,7 @@ TIMING_FIELDS = frozenset(
         "scheduler",
         "max_batched_tokens",
         "block_size",
+        "step_noise",
         "prefix_cache_tokens",
     }
 )

@@ -29,7 +29,9 @@ class SimEngineSettings(ServerSettings):
         description="A named timing profile (llmsvc/simengine/profiles/NAME.json, or a path to "
         "a .json file) giving the timing defaults; flags and env still win.",
     )
-    seed: int = Field(default=0, description="Seed of every random choice: text, jitter, faults.")
+    seed: int = Field(
+        default=0, description="Seed of every random choice: text, jitter, step noise, faults."
+    )
     chars_per_token: float = Field(
         default=4.0, gt=0, description="Characters of prompt text per simulated token."
     )
@@ -72,6 +74,14 @@ class SimEngineSettings(ServerSettings):
     )
     jitter: float = Field(
         default=0.0, ge=0, le=1, description="Random +/- fraction applied to every duration."
+    )
+    step_noise: float = Field(
+        default=0.0,
+        ge=0,
+        le=2,
+        description="Sigma of a lognormal (median 1) factor drawn once per step and applied to "
+        "its duration, shared by every sequence in the step (a real engine's spread; fitted); "
+        "0: steps last exactly the model's time.",
     )
     block_size: int = Field(default=16, ge=1, description="Prefix-cache block size in tokens.")
     prefix_cache_tokens: int = Field(
