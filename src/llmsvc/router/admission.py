@@ -22,9 +22,8 @@ in this order (docs/flow-control.md):
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from aiohttp import web
@@ -67,11 +66,29 @@ class Admitted:
     hold: float = 0.0
     feedback: Feedback | None = None
     error: ApiError | None = None  # what it was answered with, if an error
+    admitted: bool = False  # past admission (counted as its tenant's request)
 
     @property
     def response(self) -> web.StreamResponse | None:
         """A held stream's response, its headers out: the rest of the answer goes there."""
         return self.feedback.response if self.feedback is not None else None
+
+
+class _Sending:
+    """:meth:`FlowControl.sending`'s context (a class: cheaper than a generator's)."""
+
+    __slots__ = ("_demand", "_model")
+
+    def __init__(self, demand: DemandCounter, model: str) -> None:
+        self._demand = demand
+        self._model = model
+
+    def __enter__(self) -> None:
+        counts = self._demand.in_flight
+        counts[self._model] = counts.get(self._model, 0) + 1
+
+    def __exit__(self, *_: object) -> None:
+        self._demand.add(self._demand.in_flight, self._model, -1)
 
 
 class FlowControl:
@@ -113,14 +130,19 @@ class FlowControl:
             raise ModelNotFound(info.model)  # 404: never served here, not worth a retry
         if self.draining:
             raise Draining()
-        admitted.priority = parse_priority(request.headers.get(PRIORITY_HEADER))
+        header = request.headers.get(PRIORITY_HEADER)
+        if header is not None:  # absent: standard, as admitted is
+            admitted.priority = parse_priority(header)
         tenant = admitted.tenant = tenant_of(request)
-        if not tenant.may_use(info.model):
-            raise ModelNotAllowed(info.model)
-        admitted.priority = capped(admitted.priority, tenant.max_priority)
+        if tenant is not ANONYMOUS:  # no keys: no model list, no cap, no limits
+            if not tenant.may_use(info.model):
+                raise ModelNotAllowed(info.model)
+            admitted.priority = capped(admitted.priority, tenant.max_priority)
         self._maintenance.check(info.model, time.time())
-        estimate = estimate_tokens(info) if tenant.tpm is not None else 0
-        request[GRANT_KEY] = admitted.grant = self._limiter.admit(tenant, estimate)
+        if tenant.limited:
+            estimate = estimate_tokens(info) if tenant.tpm is not None else 0
+            request[GRANT_KEY] = admitted.grant = self._limiter.admit(tenant, estimate)
+        admitted.admitted = True
 
     def done(self, request: web.Request, admitted: Admitted, exchange: Exchange) -> None:
         """The request's end: its rejection counted, its tenant's tokens settled and
@@ -138,6 +160,7 @@ class FlowControl:
         if grant is not None:
             # Never sent to an engine (rejected after admission): it used no tokens.
             grant.settle(0 if not exchange.tried else usage.total if usage else None)
+        if admitted.admitted:
             self._metrics.count_tenant(
                 admitted.tenant.name,
                 priority,
@@ -217,6 +240,8 @@ class FlowControl:
         """``tried`` and the backends out by their own maintenance entry; when that is every
         backend left on a first try, 503 ``maintenance`` with the entry's message."""
         board = self._maintenance
+        if not any(e.backend is not None for e in board.entries()):
+            return tried  # the usual case: no backend's own entry, nothing to look at
         now = time.time()
         left = untried(eligible, tried)
         out = [b for b in left if board.backend_out(b.name, model, now)]
@@ -268,18 +293,11 @@ class FlowControl:
             waited = self._clock() - started
             self._metrics.observe_queue_wait(admitted.label, admitted.priority.label, waited)
 
-    @contextlib.contextmanager
-    def sending(self, admitted: Admitted) -> Iterator[None]:
-        """While the request is at a backend: in flight in its model's demand."""
+    def sending(self, admitted: Admitted) -> _Sending:
+        """``with``: while the request is at a backend, in flight in its model's demand."""
         if admitted.feedback is not None:
             admitted.feedback.stop()  # the upstream's stream follows the comment lines
-        counts = self.demand.in_flight
-        model = admitted.model
-        counts[model] = counts.get(model, 0) + 1
-        try:
-            yield
-        finally:
-            self.demand.add(counts, model, -1)
+        return _Sending(self.demand, admitted.model)
 
     def snapshot(self) -> dict[str, ModelDemand]:
         """Every known model's demand now."""
