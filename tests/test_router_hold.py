@@ -22,6 +22,10 @@ import openai
 import orjson
 import pytest
 
+from llmsvc.core.records import ServiceRecord
+from llmsvc.router.backends import BackendPool
+from llmsvc.router.demand import DemandCounter
+from llmsvc.router.hold import Holds, NoHealthyBackend
 from procs import HOST, Spawn, free_port, start_babysitter, start_registry, start_router
 from routerbackends import BODY, CHAT, Backend, MakeRouter, running, static_router
 
@@ -160,3 +164,60 @@ async def test_hold_timeout_zero_is_a_503_at_once(make_router: MakeRouter) -> No
         resp = await asyncio.wait_for(client.post(CHAT, json=BODY), 2)
         assert resp.status == 503
         assert (await resp.json())["error"]["code"] == "no_healthy_backend"
+
+
+# --- the hold's wake-ups, in process: an event, or the moment a take-out ends
+
+
+def pool_of_one(fail_timeout: float = 10) -> tuple[BackendPool, Holds, DemandCounter]:
+    pool = BackendPool(max_fails=1, fail_timeout=fail_timeout)
+    pool.set_static([ServiceRecord(name="e", host=HOST, port=1, metadata={"models": ["m"]})])
+    demand = DemandCounter()
+    return pool, Holds(pool, demand), demand
+
+
+async def test_a_hold_wakes_on_the_pools_change_event() -> None:
+    pool, holds, demand = pool_of_one()
+    (backend,) = pool
+    backend.record_check(False, time.monotonic())
+    pool.health_changed()
+
+    async def held() -> int:
+        with holds.holding("m"):
+            return len(await holds.until_eligible("m", 10))
+
+    task = asyncio.create_task(held())
+    await asyncio.sleep(0.05)
+    assert not task.done() and demand.held == {"m": 1}
+    backend.record_check(True, time.monotonic())
+    pool.health_changed()  # what the health loop does when a check passes
+    assert await asyncio.wait_for(task, 1) == 1
+    assert demand.held == {}
+
+
+async def test_a_hold_wakes_when_a_take_out_ends_by_itself() -> None:
+    """No event marks the end of a passive take-out: the hold's timer does."""
+    pool, holds, _ = pool_of_one(fail_timeout=0.3)
+    (backend,) = pool
+    assert backend.passive.record_failure(time.monotonic())  # out for 0.3 s
+    pool.health_changed()
+    started = time.monotonic()
+    eligible = await asyncio.wait_for(holds.until_eligible("m", 10), 5)
+    assert len(eligible) == 1 and time.monotonic() - started >= 0.25
+
+
+async def test_a_hold_times_out_with_the_estimate_as_retry_after() -> None:
+    pool, holds, _ = pool_of_one()
+    (backend,) = pool
+    backend.record_check(False, time.monotonic())
+    sitter = {"model_name": "m", "startup_seconds": 40.0, "starting_since": time.time() - 10}
+    pool.set_registry(
+        [ServiceRecord(name="b", host=HOST, port=2, type="babysitter", metadata=sitter)]
+    )
+    assert holds.estimate("m") == pytest.approx(30, abs=2)
+    with pytest.raises(NoHealthyBackend) as caught:
+        await holds.until_eligible("m", 0.1)
+    assert 28 <= int(caught.value.headers["Retry-After"]) <= 31
+    holds.close(lambda model: NoHealthyBackend(model, 1))  # the drain: no hold waits now
+    with pytest.raises(NoHealthyBackend):
+        await asyncio.wait_for(holds.until_eligible("m", 10), 1)
