@@ -5,7 +5,8 @@ sent at once, plain or streaming (through the ``openai`` client, unmodified), is
 held and then answered. A hold past its timeout: a plain request gets 503
 ``no_healthy_backend`` with the seed's message and ``Retry-After``, a stream its
 comment lines and then an in-band error event, no ``[DONE]``. In process: the
-default hold waits for a backend's health check to pass.
+default hold waits for a backend's health check to pass, and a hold wakes on the
+pool's change event or when a take-out ends by itself.
 """
 
 from __future__ import annotations
