@@ -23,6 +23,7 @@ import openai
 import orjson
 import pytest
 
+from llmsvc.core.errors import ModelNotFound
 from llmsvc.core.records import ServiceRecord
 from llmsvc.router.backends import BackendPool
 from llmsvc.router.demand import DemandCounter
@@ -222,3 +223,15 @@ async def test_a_hold_times_out_with_the_estimate_as_retry_after() -> None:
     holds.close(lambda model: NoHealthyBackend(model, 1))  # the drain: no hold waits now
     with pytest.raises(NoHealthyBackend):
         await asyncio.wait_for(holds.until_eligible("m", 10), 1)
+
+
+async def test_a_model_forgotten_while_held_is_a_404() -> None:
+    pool, holds, _ = pool_of_one()
+    (backend,) = pool
+    backend.record_check(False, time.monotonic())
+    pool.health_changed()
+    task = asyncio.create_task(holds.until_eligible("m", 10))
+    await asyncio.sleep(0.05)
+    pool.set_static([])  # its only record goes
+    with pytest.raises(ModelNotFound):
+        await asyncio.wait_for(task, 1)

@@ -28,7 +28,7 @@ from collections.abc import Callable, Iterator
 
 from aiohttp import web
 
-from llmsvc.core.errors import ApiError, ServiceUnavailable, echoed
+from llmsvc.core.errors import ApiError, ModelNotFound, ServiceUnavailable, echoed
 from llmsvc.router.backends import Backend, BackendPool
 from llmsvc.router.candidates import Eligible
 from llmsvc.router.demand import DemandCounter
@@ -122,6 +122,8 @@ class Holds:
             eligible = self._pool.eligible(model, now)
             if eligible:
                 return eligible
+            if not self._pool.knows(model):
+                raise ModelNotFound(model)  # its last record went while it was held
             if now >= deadline:
                 raise NoHealthyBackend(model, self.estimate(model) or HOLD_RETRY_AFTER_S)
             if self._changed is None:
