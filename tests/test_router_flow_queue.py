@@ -17,6 +17,7 @@ import httpx
 import orjson
 import pytest
 
+import metrics
 from llmsvc.core.records import ServiceRecord
 from llmsvc.router.backends import BackendPool
 from llmsvc.router.dispatch import Dispatcher
@@ -74,6 +75,16 @@ async def demand_reaches(client: httpx.AsyncClient, in_flight: int, queued: int)
         await asyncio.sleep(0.05)
 
 
+async def rejected(client: httpx.AsyncClient, priority: str, reason: str) -> float:
+    """``llmsvc_router_rejected_requests_total`` of model m for the class and reason."""
+    text = (await client.get("/metrics")).text
+    found = metrics.matching(
+        text, "llmsvc_router_rejected_requests_total", model_name="m", priority=priority,
+        reason=reason,
+    )  # fmt: skip
+    return sum(s.value for s in found)
+
+
 async def test_a_backend_with_one_slot_takes_one_request_the_rest_queue_in_order(
     spawn: Spawn, tmp_path: Path, engine: int
 ) -> None:
@@ -106,6 +117,7 @@ async def test_backend_concurrency_flag_and_a_full_queue_is_429(
         assert (error["code"], error["type"]) == ("queue_full", "rate_limit_error")
         assert int(full.headers["Retry-After"]) >= 1
         assert (await first).status_code == 200 and (await queued).status_code == 200
+        assert await rejected(client, "standard", "queue_full") == 1
 
 
 async def test_a_higher_class_evicts_the_lowest_from_a_full_queue(
@@ -122,6 +134,8 @@ async def test_a_higher_class_evicts_the_lowest_from_a_full_queue(
         assert evicted.status_code == 429 and evicted.json()["error"]["code"] == "queue_full"
         assert "Retry-After" in evicted.headers
         assert (await critical).status_code == 200 and (await first).status_code == 200
+        assert await rejected(client, "batch", "queue_full") == 1  # counted in its own class
+        assert await rejected(client, "critical", "queue_full") == 0
 
 
 async def test_a_request_waiting_longer_than_the_queue_timeout_is_503(
@@ -139,6 +153,7 @@ async def test_a_request_waiting_longer_than_the_queue_timeout_is_503(
         assert time.monotonic() - started < 2.5  # not the 3 s the first request holds its slot
         await demand_reaches(client, 1, 0)  # it left the queue
         assert (await first).status_code == 200
+        assert await rejected(client, "standard", "queue_timeout") == 1
 
 
 async def test_without_slots_nothing_queues(spawn: Spawn, tmp_path: Path, engine: int) -> None:
