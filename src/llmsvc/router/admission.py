@@ -147,6 +147,8 @@ class FlowControl:
     def done(self, request: web.Request, admitted: Admitted, exchange: Exchange) -> None:
         """The request's end: its rejection counted, its tenant's tokens settled and
         counted, its access-log line."""
+        if admitted.feedback is not None:
+            admitted.feedback.stop()  # no comment line outlives its request
         error = admitted.error
         status = exchange.status or (error.status if error is not None else CLIENT_CLOSED)
         reason = error.code if error is not None else None
