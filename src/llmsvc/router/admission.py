@@ -191,6 +191,22 @@ class FlowControl:
                 )
             )
 
+    def at_once(
+        self, admitted: Admitted, tried: list[Backend], key: str | None
+    ) -> Backend | None:
+        """The usual case, with nothing to wait for (no slots anywhere, an eligible backend
+        left): the strategy's pick; None: ask :meth:`backend`, which may wait."""
+        if self.dispatcher.active():
+            return None
+        model = admitted.model
+        eligible = self._pool.eligible(model, self._clock())
+        if not eligible:
+            return None
+        tried = self._skip_maintenance(model, eligible, tried)
+        if not eligible.offers(tried):
+            return None
+        return self._strategy.pick(model, eligible, key, tried=tried)
+
     async def backend(
         self,
         request: web.Request,

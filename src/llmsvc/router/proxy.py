@@ -147,7 +147,9 @@ class Proxy:
         for _ in range(self._attempts):
             if exchange.poisoned:
                 break  # it failed the same way twice: the request's fault, not a backend's
-            backend = await self._flow.backend(request, admitted, exchange, key)
+            backend = self._flow.at_once(admitted, exchange.tried, key)  # no coroutine
+            if backend is None:
+                backend = await self._flow.backend(request, admitted, exchange, key)
             if backend is None:
                 break
             try:
