@@ -13,6 +13,7 @@ import pytest
 from llmsvc.simengine.fit import (
     Measurements,
     build_settings,
+    fit_batch_wait,
     fit_line,
     fit_slowdown,
     fit_step_noise,
@@ -56,6 +57,7 @@ def test_build_settings_from_measurements() -> None:
         "kv_cache_tokens": 2048,
         "prefix_cache_tokens": 2048,
         "step_noise": 0.0,
+        "batch_wait_s": 0.0,
     }
     assert (
         build_settings(
@@ -73,6 +75,17 @@ def test_fit_step_noise_recovers_a_lognormal_spread() -> None:
     assert fit_step_noise(gaps[:19]) == 0.0  # too few gaps for a 95th percentile
     m = Measurements(ttft=[(50, 0.25), (550, 2.25)], itl={1: 0.02}, gaps_alone=gaps)
     assert build_settings(m, max_batched_tokens=512)["step_noise"] == pytest.approx(0.35, abs=0.03)
+
+
+def test_fit_batch_wait_is_the_delay_up_to_which_requests_join() -> None:
+    ms = 0.001
+    llama = [(0, True), (1 * ms, True), (2 * ms, True), (3 * ms, False), (4 * ms, False)]
+    assert fit_batch_wait(llama) == pytest.approx(2.5 * ms)
+    noisy = [(0, True), (2 * ms, False), (4 * ms, True), (8 * ms, False), (16 * ms, False)]
+    assert fit_batch_wait(noisy) == pytest.approx(1 * ms)  # a tie: the smaller threshold
+    assert fit_batch_wait([(0, False), (1 * ms, False)]) == 0.0
+    assert fit_batch_wait([(0, True), (32 * ms, True)]) == pytest.approx(32 * ms)  # at least
+    assert fit_batch_wait([]) == 0.0
 
 
 def write(path: Path, settings: dict[str, object]) -> str:
@@ -139,15 +152,18 @@ def test_fit_recovers_a_simulated_engine(spawn: Spawn, tmp_path: Path) -> None:
     SimEngineSettings(profile=str(out))  # the fit is a valid profile
 
 
-def test_fit_recovers_a_simulated_engines_step_noise(spawn: Spawn, tmp_path: Path) -> None:
+def test_fit_recovers_a_simulated_engines_step_noise_and_batch_wait(
+    spawn: Spawn, tmp_path: Path
+) -> None:
     port = free_port()
-    truth = ("--decode-tokens-per-s", "50", "--step-noise", "0.3", "--seed", "4")
-    engine = spawn("noisy", "sim-engine", "--port", str(port), "--prefill-tokens-per-s", "8000",
-                   *truth)  # fmt: skip
+    truth = ("--decode-tokens-per-s", "50", "--step-noise", "0.3", "--batch-wait-s", "0.02")
+    engine = spawn("noisy", "sim-engine", "--port", str(port), "--prefill-tokens-per-s", "400",
+                   "--seed", "4", *truth)  # fmt: skip
     url = f"http://127.0.0.1:{port}"
     engine.wait_http(f"{url}/health")
     out = tmp_path / "fitted.json"
-    fit = ["--url", url, "--model", "sim-model", "--out", str(out), "--samples", "2"]
+    fit = ["--url", url, "--model", "sim-model", "--out", str(out), "--samples", "2",
+           "--prompt-tokens", "16,64"]  # fmt: skip
     done = subprocess.run(
         llmsvc_args("sim-engine", "fit", *fit, "--decode-tokens", "60", "--concurrency", "1"),
         capture_output=True,
@@ -161,6 +177,8 @@ def test_fit_recovers_a_simulated_engines_step_noise(spawn: Spawn, tmp_path: Pat
     assert document["fit"]["itl_alone_gaps"] == 118  # 2 samples of 59 gaps (not the closing chunk)
     spread = document["fit"]["itl_alone_p95_s"] / document["fit"]["itl_alone_p50_s"]
     assert spread == pytest.approx(math.exp(0.3 * 1.645), rel=0.2)
+    # requests sent up to 16 ms apart joined the first's step, from 24 ms on they did not
+    assert document["settings"]["batch_wait_s"] == pytest.approx(0.02, abs=0.006)
 
 
 def test_fit_of_an_unreachable_url_exits_1_with_one_line() -> None:

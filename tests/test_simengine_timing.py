@@ -254,3 +254,23 @@ async def test_step_noise_spreads_steps_and_every_sequence_of_a_step_shares_it(
     # Both decode in the same steps: each token of one arrives with a token of the other.
     for stamp in first[2:]:
         assert min(abs(stamp - other) for other in second) < 0.01
+
+
+async def test_requests_arriving_within_the_batch_wait_prefill_in_one_step(
+    make_client: MakeClient,
+) -> None:
+    async def pair(**overrides: Any) -> tuple[float, float]:
+        client = await make_client(prefill_tokens_per_s=1000, prefix_cache_tokens=0, **overrides)
+
+        async def later() -> float:
+            await asyncio.sleep(0.01)
+            return await ttft(client, "b" * 1200)
+
+        first, second = await asyncio.gather(ttft(client, "a" * 1200), later())  # 300 ms each
+        return first, second + 0.01  # the second's first token, from the first's sending
+
+    first, second = await pair(batch_wait_s=0.05)  # the idle engine waits 50 ms: one step
+    assert abs(second - first) < 0.15  # of 600 tokens: both first tokens at its end
+    assert 0.6 < first < 1.0
+    first, second = await pair()  # no wait: the second waits for the first's whole step
+    assert second - first > 0.2

@@ -255,6 +255,9 @@ class Engine:
             if not self._batch:
                 self._batch_changed.clear()
                 await self._batch_changed.wait()
+                # Woken from idle: requests arriving within --batch-wait-s join the first step,
+                # as llama.cpp's loop takes a few ms from a task's arrival to its batch.
+                await self._sleep(s.batch_wait_s)
                 continue
             decoding = [seq for seq in self._batch if seq.prefilled]
             prefilling = [seq for seq in self._batch if not seq.prefilled]

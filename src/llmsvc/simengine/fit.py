@@ -8,10 +8,16 @@ The procedure (docs/simulated-engine.md, "Fitting a profile"):
 2. Inter-token latency alone: ``decode_tokens_per_s = 1 / median gap``.
 3. The same with ``c`` streams at once for each ``--concurrency`` level:
    ``itl_c / itl_1 - 1 = decode_slowdown * (c - 1)``, least squares through 0.
-   The spread of the gaps alone gives ``step_noise``, the sigma of a lognormal
-   step factor with median 1: ``ln(p95 / p50) / 1.645`` (:func:`fit_step_noise`).
+   The spread of the gaps gives ``step_noise``, the sigma of a lognormal step
+   factor with median 1: ``ln(p95 / p50) / 1.645`` of every gap over its
+   level's median gap, all levels pooled (:func:`fit_step_noise`).
 4. The longest prompt again with another tail: the TTFT ratio says whether the
    endpoint caches prefixes (below 0.5: the profile's prefix cache is on).
+5. Two short prompts sent ``d`` ms apart to the idle endpoint, for each ``d``
+   of :data:`JOIN_DELAYS_MS`: the second *joined* the first's step when their
+   first tokens came together. ``batch_wait_s`` is the delay up to which they
+   join (:func:`fit_batch_wait`): llama.cpp takes a few ms from a task's
+   arrival to its batch, so requests sent together prefill together.
 
 Slots and context come from llama.cpp's ``/props`` when it has one, else from
 ``--max-num-seqs``/``--kv-cache-tokens`` (0: leave the simulated default).
@@ -80,6 +86,8 @@ class Measurements:
     chars_per_token: float = 4.0
     itl: dict[int, float] = field(default_factory=dict)  # streams at once -> median gap
     gaps_alone: list[float] = field(default_factory=list)  # every inter-token gap of 1 stream
+    gap_ratios: list[float] = field(default_factory=list)  # every gap / its level's median
+    join_trials: list[tuple[float, bool]] = field(default_factory=list)  # (delay s, joined)
     prefix_ratio: float = 1.0  # TTFT with a cached prefix / without
     slots: int = 0
     context_tokens: int = 0
@@ -129,6 +137,44 @@ def fit_step_noise(gaps: Sequence[float]) -> float:
     return max(0.0, math.log(p95 / p50) / Z95)
 
 
+JOIN_DELAYS_MS = (0, 1, 2, 3, 4, 6, 8, 12, 16, 24, 32)
+"""The delays between the two requests of the batch-wait probe."""
+
+
+def joined(first: Timing, second: Timing) -> tuple[float, bool]:
+    """``(delay, joined)`` of two requests: whether the second's first token came with the first's.
+
+    Had the second missed the first's step, its first token would come a whole
+    prefill step later (about the first's TTFT, for prompts of one size); a
+    quarter of it leaves room for steps that noise made shorter or longer.
+    """
+    delay = second.start - first.start
+    lag = (second.start + second.ttft) - (first.start + first.ttft)
+    return delay, lag < 0.25 * first.ttft
+
+
+def fit_batch_wait(trials: Sequence[tuple[float, bool]]) -> float:
+    """The delay up to which a second request joins the first's step: a threshold fit.
+
+    The threshold ``w`` (requests ``d < w`` apart join) that misclassifies the
+    fewest trials, the smallest on a tie; it lies midway between the delays
+    it separates, 0 when none joined, the longest delay when all did.
+    """
+    ordered = sorted(trials)
+    if not ordered:
+        return 0.0
+    best, best_errors = -1, len(ordered) + 1
+    for cut in range(-1, len(ordered)):  # the trials [0, cut] are predicted joined
+        errors = sum(j != (i <= cut) for i, (_, j) in enumerate(ordered))
+        if errors < best_errors:
+            best, best_errors = cut, errors
+    if best < 0:
+        return 0.0
+    if best == len(ordered) - 1:
+        return ordered[best][0]
+    return (ordered[best][0] + ordered[best + 1][0]) / 2
+
+
 def build_settings(m: Measurements, *, max_batched_tokens: int) -> dict[str, Any]:
     """The profile's ``settings``: the simulated engine's timing fields from the fit."""
     intercept, slope = fit_line(m.ttft)
@@ -142,7 +188,8 @@ def build_settings(m: Measurements, *, max_batched_tokens: int) -> dict[str, Any
         "decode_tokens_per_s": round(1 / m.itl[1], 2),
         "decode_slowdown": round(fit_slowdown(m.itl), 4),
         "max_batched_tokens": max(max_batched_tokens, m.slots),
-        "step_noise": round(fit_step_noise(m.gaps_alone), 3),
+        "step_noise": round(fit_step_noise(m.gap_ratios or m.gaps_alone), 3),
+        "batch_wait_s": round(fit_batch_wait(m.join_trials), 4),
     }
     if m.slots:
         settings["max_num_seqs"] = m.slots
@@ -194,8 +241,10 @@ async def _itl_probes(prober: Prober, s: FitSettings, rng: random.Random, m: Mea
             prompts = [make_prompt(rng, 64, nonce=f"d{c}x{i}y{j}") for j in range(c)]
             runs += await prober.together(prompts, s.decode_tokens)
         m.itl[c] = median_gap(runs)
+        gaps = [gap for timing in runs for gap in timing.gaps]
+        m.gap_ratios += [gap / m.itl[c] for gap in gaps]
         if c == 1:
-            m.gaps_alone = [gap for timing in runs for gap in timing.gaps]
+            m.gaps_alone = gaps
 
 
 async def _prefix_probe(
@@ -205,6 +254,15 @@ async def _prefix_probe(
     first = await prober.stream(shared + " first tail", 1)
     second = await prober.stream(shared + " second tail", 1)
     m.prefix_ratio = second.ttft / first.ttft
+
+
+async def _join_probes(prober: Prober, rng: random.Random, m: Measurements) -> None:
+    for n, delay_ms in enumerate(JOIN_DELAYS_MS):
+        first, second = (make_prompt(rng, 256, nonce=f"j{n}{side}") for side in "ab")
+        a, b = await asyncio.gather(
+            prober.stream(first, 1), prober.after(delay_ms / 1000, second, 1)
+        )
+        m.join_trials.append(joined(a, b))
 
 
 async def measure(s: FitSettings) -> Measurements:
@@ -221,6 +279,7 @@ async def measure(s: FitSettings) -> Measurements:
         await _ttft_probes(prober, s, rng, m)
         await _itl_probes(prober, s, rng, m)
         await _prefix_probe(prober, s, rng, m)
+        await _join_probes(prober, rng, m)
     return m
 
 
@@ -239,9 +298,19 @@ def profile_document(s: FitSettings, m: Measurements) -> dict[str, Any]:
             "ttft_overhead_s": round(intercept, 4),
             "itl_s": {str(c): round(v, 5) for c, v in m.itl.items()},
             **_spread(m.gaps_alone),
+            "itl_gaps_all": len(m.gap_ratios),
+            "itl_p95_over_p50_all": round(_p95_over_p50(m.gap_ratios), 3),
+            "batch_wait_trials_ms": [[round(d * 1000, 1), j] for d, j in m.join_trials],
             "prefix_ttft_ratio": round(m.prefix_ratio, 3),
         },
     }
+
+
+def _p95_over_p50(values: Sequence[float]) -> float:
+    if len(values) < 2:
+        return 0.0
+    p50, p95 = gap_quantiles(values)
+    return p95 / p50 if p50 else 0.0
 
 
 def _spread(gaps: Sequence[float]) -> dict[str, Any]:

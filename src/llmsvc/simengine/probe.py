@@ -39,6 +39,7 @@ class Timing:
     gaps: tuple[float, ...]  # seconds between consecutive token chunks
     prompt_tokens: int  # from usage (0 when the endpoint sent none)
     prompt_chars: int
+    start: float = 0.0  # time.perf_counter() when the request was sent
 
 
 def make_prompt(rng: random.Random, chars: int, *, nonce: str) -> str:
@@ -102,7 +103,12 @@ class Prober:
         if not stamps:
             raise ProbeError(f"{self.endpoint} streamed no token")
         gaps = tuple(b - a for a, b in itertools.pairwise(stamps))
-        return Timing(stamps[0] - start, gaps, prompt_tokens, len(prompt))
+        return Timing(stamps[0] - start, gaps, prompt_tokens, len(prompt), start)
+
+    async def after(self, delay: float, prompt: str, max_tokens: int) -> Timing:
+        """The prompt streamed ``delay`` seconds from now."""
+        await asyncio.sleep(delay)
+        return await self.stream(prompt, max_tokens)
 
     async def together(self, prompts: list[str], max_tokens: int) -> list[Timing]:
         """The prompts streamed at once."""

@@ -27,6 +27,7 @@ TIMING_FIELDS = frozenset(
         "decode_slowdown",
         "scheduler",
         "max_batched_tokens",
+        "batch_wait_s",
         "block_size",
         "step_noise",
         "prefix_cache_tokens",

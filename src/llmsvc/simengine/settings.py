@@ -72,6 +72,14 @@ class SimEngineSettings(ServerSettings):
         description="Tokens one batched step processes at most (vLLM's max_num_batched_tokens): "
         "one per decoding sequence, the rest prefill chunks.",
     )
+    batch_wait_s: float = Field(
+        default=0.0,
+        ge=0,
+        le=1,
+        description="Seconds an idle engine waits, once a request arrives, before its first "
+        "step, so that requests arriving together prefill in one step (llama.cpp: a few ms; "
+        "fitted).",
+    )
     jitter: float = Field(
         default=0.0, ge=0, le=1, description="Random +/- fraction applied to every duration."
     )
