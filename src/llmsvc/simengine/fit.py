@@ -87,6 +87,7 @@ class Measurements:
     itl: dict[int, float] = field(default_factory=dict)  # streams at once -> median gap
     gaps_alone: list[float] = field(default_factory=list)  # every inter-token gap of 1 stream
     gap_ratios: list[float] = field(default_factory=list)  # every gap / its level's median
+    itl_spread: dict[int, float] = field(default_factory=dict)  # streams -> gaps' p95 / p50
     join_trials: list[tuple[float, bool]] = field(default_factory=list)  # (delay s, joined)
     prefix_ratio: float = 1.0  # TTFT with a cached prefix / without
     slots: int = 0
@@ -243,6 +244,7 @@ async def _itl_probes(prober: Prober, s: FitSettings, rng: random.Random, m: Mea
         m.itl[c] = median_gap(runs)
         gaps = [gap for timing in runs for gap in timing.gaps]
         m.gap_ratios += [gap / m.itl[c] for gap in gaps]
+        m.itl_spread[c] = _p95_over_p50(gaps)
         if c == 1:
             m.gaps_alone = gaps
 
@@ -298,6 +300,7 @@ def profile_document(s: FitSettings, m: Measurements) -> dict[str, Any]:
             "ttft_overhead_s": round(intercept, 4),
             "itl_s": {str(c): round(v, 5) for c, v in m.itl.items()},
             **_spread(m.gaps_alone),
+            "itl_p95_over_p50": {str(c): round(v, 3) for c, v in m.itl_spread.items()},
             "itl_gaps_all": len(m.gap_ratios),
             "itl_p95_over_p50_all": round(_p95_over_p50(m.gap_ratios), 3),
             "batch_wait_trials_ms": [[round(d * 1000, 1), j] for d, j in m.join_trials],
