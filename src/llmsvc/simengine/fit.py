@@ -89,6 +89,7 @@ class Measurements:
     gap_ratios: list[float] = field(default_factory=list)  # every gap / its level's median
     itl_spread: dict[int, float] = field(default_factory=dict)  # streams -> gaps' p95 / p50
     join_trials: list[tuple[float, bool]] = field(default_factory=list)  # (delay s, joined)
+    join_ttfts: list[tuple[float, float]] = field(default_factory=list)  # their two TTFTs, s
     prefix_ratio: float = 1.0  # TTFT with a cached prefix / without
     slots: int = 0
     context_tokens: int = 0
@@ -265,6 +266,7 @@ async def _join_probes(prober: Prober, rng: random.Random, m: Measurements) -> N
             prober.stream(first, 1), prober.after(delay_ms / 1000, second, 1)
         )
         m.join_trials.append(joined(a, b))
+        m.join_ttfts.append((a.ttft, b.ttft))
 
 
 async def measure(s: FitSettings) -> Measurements:
@@ -303,7 +305,11 @@ def profile_document(s: FitSettings, m: Measurements) -> dict[str, Any]:
             "itl_p95_over_p50": {str(c): round(v, 3) for c, v in m.itl_spread.items()},
             "itl_gaps_all": len(m.gap_ratios),
             "itl_p95_over_p50_all": round(_p95_over_p50(m.gap_ratios), 3),
-            "batch_wait_trials_ms": [[round(d * 1000, 1), j] for d, j in m.join_trials],
+            # delay, joined, the two TTFTs: a joined pair's TTFT is one step over both prompts
+            "batch_wait_trials_ms": [
+                [round(d * 1000, 1), j, round(a * 1000), round(b * 1000)]
+                for (d, j), (a, b) in zip(m.join_trials, m.join_ttfts, strict=True)
+            ],
             "prefix_ttft_ratio": round(m.prefix_ratio, 3),
         },
     }
