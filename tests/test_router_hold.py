@@ -235,3 +235,22 @@ async def test_a_model_forgotten_while_held_is_a_404() -> None:
     pool.set_static([])  # its only record goes
     with pytest.raises(ModelNotFound):
         await asyncio.wait_for(task, 1)
+
+
+async def test_a_held_streams_later_failure_is_in_band_too(make_router: MakeRouter) -> None:
+    """Its headers are out: the engine's 5xx (no retry left) is an error event, no [DONE]."""
+    broken = Backend("b", healthy=False, mode="fail")
+    async with running(broken):
+        client = await make_router(
+            [broken], health_interval=0.2, retries=0, hold_feedback_interval=0.2, max_fails=0
+        )
+        request = asyncio.create_task(client.post(CHAT, json={**BODY, "stream": True}))
+        await asyncio.sleep(0.5)
+        broken.healthy = True
+        resp = await asyncio.wait_for(request, 10)
+        assert resp.status == 200 and resp.headers["Content-Type"] == "text/event-stream"
+        lines = [line for line in (await resp.text()).split("\n") if line]
+        assert lines[0].startswith(": waiting for m: 0 ahead")
+        assert "data: [DONE]" not in lines and broken.hits == 1
+        error = orjson.loads(lines[-1].removeprefix("data: "))["error"]
+        assert (error["code"], error["type"]) == ("upstream_status", "upstream_error")
