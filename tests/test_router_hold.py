@@ -249,7 +249,8 @@ async def test_a_held_streams_later_failure_is_in_band_too(make_router: MakeRout
         broken.healthy = True
         resp = await asyncio.wait_for(request, 10)
         assert resp.status == 200 and resp.headers["Content-Type"] == "text/event-stream"
-        lines = [line for line in (await resp.text()).split("\n") if line]
+        text = await asyncio.wait_for(resp.text(), 10)  # the stream ends, not left open
+        lines = [line for line in text.split("\n") if line]
         assert lines[0].startswith(": waiting for m: 0 ahead")
         assert "data: [DONE]" not in lines and broken.hits == 1
         error = orjson.loads(lines[-1].removeprefix("data: "))["error"]
