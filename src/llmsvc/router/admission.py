@@ -191,9 +191,7 @@ class FlowControl:
                 )
             )
 
-    def at_once(
-        self, admitted: Admitted, tried: list[Backend], key: str | None
-    ) -> Backend | None:
+    def at_once(self, admitted: Admitted, tried: list[Backend], key: str | None) -> Backend | None:
         """The usual case, with nothing to wait for (no slots anywhere, an eligible backend
         left): the strategy's pick; None: ask :meth:`backend`, which may wait."""
         if self.dispatcher.active():
