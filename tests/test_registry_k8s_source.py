@@ -294,6 +294,7 @@ def test_the_operator_carries_an_inference_services_maintenance_to_the_registry(
     port = free_port()
     operator = spawn("operator", "operator", "--namespace", NS, "--host", HOST, "--port",
                      str(port), "--status-debounce", "0.05", "--batch-window", "0.02",
+                     "--resync-interval", "1",  # an annotation alone is seen at the resync
                      env={**kubeapi.env, "POD_NAME": "llmsvc-operator-0"})  # fmt: skip
     operator.wait_http(f"http://{HOST}:{port}/health", timeout=30)
     _, url = k8s_registry(spawn, kubeapi, "--namespace", NS)

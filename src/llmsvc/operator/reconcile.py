@@ -118,6 +118,7 @@ class Reconciler:
                 return
             try:
                 deployment = await self._apply_children(body, spec)
+                await self.sync_maintenance(body)
                 pods = await self._pods(meta["namespace"], meta["name"])
             except KubeError as exc:
                 raise self._retry_or_give_up(body, exc) from exc
@@ -172,9 +173,10 @@ class Reconciler:
 
         kopf keeps its diff-base in ``llmsvc.io/`` annotations and leaves every
         annotation of that prefix out of it, so a change of ``llmsvc.io/maintenance``
-        alone fires no update handler: this runs on every event of the
-        InferenceService instead, and patches the Service only when the annotations
-        differ from those it last saw there (most events cost nothing).
+        alone fires no update handler: this runs at every reconcile and every status
+        refresh instead (a child's event, and every ``--resync-interval``), and patches
+        the Service only when the annotations differ from those it last saw there (most
+        calls cost nothing). An annotation alone is thus seen within the resync interval.
         """
         meta = _meta(body)
         if not meta.get("name") or not meta.get("namespace") or meta.get("deletionTimestamp"):
@@ -272,6 +274,7 @@ class Reconciler:
                 return
             if _meta(body).get("deletionTimestamp"):
                 return
+            await self.sync_maintenance(body)
             try:
                 spec: InferenceServiceSpec | None = parse_spec(body.get("spec") or {})
                 error: SpecError | None = None
