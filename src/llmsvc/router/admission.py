@@ -256,7 +256,7 @@ class FlowControl:
         """``tried`` and the backends out by their own maintenance entry; when that is every
         backend left on a first try, 503 ``maintenance`` with the entry's message."""
         board = self._maintenance
-        if not any(e.backend is not None for e in board.entries()):
+        if not board.any_backend_entry:
             return tried  # the usual case: no backend's own entry, nothing to look at
         now = time.time()
         left = untried(eligible, tried)

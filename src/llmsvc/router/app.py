@@ -47,7 +47,7 @@ from llmsvc.router.maintenance import Maintenance, watch_maintenance
 from llmsvc.router.metrics import RouterMetrics
 from llmsvc.router.outliers import OutlierRules
 from llmsvc.router.proxy import Proxy
-from llmsvc.router.ratelimit import rate_headers_on_prepare
+from llmsvc.router.ratelimit import add_rate_headers
 from llmsvc.router.readiness import REGISTRY, STATIC, Readiness
 from llmsvc.router.settings import RouterSettings
 from llmsvc.router.stats import RouterStats
@@ -398,8 +398,7 @@ def create_app(
         )
     app[ROUTER] = state
     app.on_shutdown.append(state.drain)
-    app.on_response_prepare.append(rate_headers_on_prepare)
-    app.on_response_prepare.append(_request_id_on_prepare)
+    app.on_response_prepare.append(_on_prepare)
     if settings.api_keys_file:  # re-read when it changes
         keys_file = state.keys_file = KeysFile(settings, keyring)
         app.cleanup_ctx.append(background("keys-file", lambda _: keys_file.run()))
@@ -422,9 +421,12 @@ def create_app(
     return app
 
 
-async def _request_id_on_prepare(request: web.Request, response: web.StreamResponse) -> None:
-    """Every answer carries its request's ``X-Request-Id`` (the client's, or a new one)."""
+async def _on_prepare(request: web.Request, response: web.StreamResponse) -> None:
+    """Every answer carries its request's ``X-Request-Id`` (the client's, or a new one)
+    and its rate-limit grant's headers (``ratelimit.add_rate_headers``): one signal
+    handler for both, since each one costs a coroutine per answer."""
     response.headers[REQUEST_ID_HEADER] = request_id(request)
+    add_rate_headers(request, response)
 
 
 def _scrape_registry(metrics_dir: str) -> CollectorRegistry:

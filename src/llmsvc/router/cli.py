@@ -8,6 +8,7 @@ import ssl
 from collections.abc import Sequence
 from pathlib import Path
 
+from llmsvc.core.gctune import tune_for_serving
 from llmsvc.core.logging import configure_logging
 from llmsvc.core.serving import serve, ssl_context
 from llmsvc.core.settings import die, parse_settings
@@ -53,6 +54,7 @@ def main(argv: Sequence[str]) -> int:
             argv, workers=settings.workers, shutdown_timeout=settings.shutdown_timeout
         )
     name = "router" if index is None else f"router worker {index}"
+    tune_for_serving()  # after the app is built: what exists now lives as long as we do
     return serve(
         app,
         name=name,

@@ -101,6 +101,11 @@ class Maintenance:
         """True when backend ``name`` takes no new request for ``model`` (its own entry)."""
         return bool(self._backends) and self.backend_entry(name, model, now) is not None
 
+    @property
+    def any_backend_entry(self) -> bool:
+        """Whether some entry names one backend (else no backend needs a look)."""
+        return bool(self._backends)
+
     def entries(self) -> list[MaintenanceEntry]:
         """The entries as the registry last listed them."""
         return list(self._entries)

@@ -251,6 +251,12 @@ GRANT_KEY = web.RequestKey("llmsvc.ratelimit", Grant)
 async def rate_headers_on_prepare(request: web.Request, response: web.StreamResponse) -> None:
     """``app.on_response_prepare``: the grant's headers on every answer to its request
     (the router's own limits replace any an upstream sent)."""
+    add_rate_headers(request, response)
+
+
+def add_rate_headers(request: web.Request, response: web.StreamResponse) -> None:
+    """The grant's headers on ``response``, if its request has a grant (what
+    :func:`rate_headers_on_prepare` does, callable from another prepare handler)."""
     grant = request.get(GRANT_KEY)
     if grant is not None:
         response.headers.update(grant.headers())
