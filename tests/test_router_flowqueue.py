@@ -140,9 +140,9 @@ async def test_a_newcomer_with_nothing_below_it_is_refused() -> None:
     waiters = Waiters(queues)
     queued = join(queues, "a", 3, STD)
     waiters.add(queued)
-    for priority in (STD, SHED, BATCH):
+    for priority, tenant in ((STD, "a"), (SHED, "b"), (BATCH, "b")):
         with pytest.raises(QueueFull) as caught:
-            queues.join(M, priority, "b")
+            queues.join(M, priority, tenant)
         err = caught.value
         assert not err.evicted and err.status == 429 and err.code == "queue_full"
         assert err.message == "Queue for model 'm' is full (3 waiting)"
@@ -338,3 +338,40 @@ def test_ticket_records_its_request() -> None:
         "tenant-1",
         100.0,
     )
+
+
+async def test_a_tenant_filling_a_full_queue_gives_way_to_another_of_its_class() -> None:
+    """Nothing below: the heaviest tenant of the newcomer's class loses its newest ticket
+    when it holds at least two more than the newcomer's tenant; else the newcomer is
+    refused (two tenants end up sharing the places, none locks the other out)."""
+    queues = FlowQueues(size=4)
+    waiters = Waiters(queues)
+    heavy = join(queues, "big", 4, STD)
+    waiters.add(heavy)
+    small = join(queues, "small", 2, STD)  # big 4 -> 3 -> 2 places
+    waiters.add(small)
+    with pytest.raises(QueueFull) as caught:  # big 2, small 2: nobody is crowding
+        queues.join(M, STD, "small")
+    assert not caught.value.evicted
+    await waiters.settle()
+    assert set(waiters.errors) == set(heavy[2:])  # big's two newest
+    assert all(isinstance(e, QueueFull) and e.evicted for e in waiters.errors.values())
+    assert queues.waiting(M) == 4
+    await waiters.close()
+
+
+async def test_a_tenant_with_nothing_waiting_gets_the_next_turn() -> None:
+    """A light tenant's ticket goes before a heavy tenant's backlog (fq_codel's new
+    flows), newcomers among themselves in their order of arrival; then turns alternate."""
+    queues = FlowQueues(size=100)
+    waiters = Waiters(queues)
+    waiters.add(join(queues, "big", 5, STD))
+    await waiters.settle()
+    await waiters.grant()  # big's first: big now waits with 4
+    waiters.add(join(queues, "small", 1, STD))
+    waiters.add(join(queues, "other", 1, STD))
+    await waiters.settle()
+    await waiters.grant(6)
+    tenants = [t.tenant for t in waiters.served]
+    assert tenants == ["big", "small", "other", "big", "big", "big", "big"]
+    await waiters.close()

@@ -13,11 +13,16 @@ The order of turns:
   no more turns than it while both wait; a tenant's own tickets go first come,
   first served.
 
+A tenant with nothing waiting in a class goes first when its ticket comes (after
+the other tenants new before it, fq_codel's "new flows"): a light tenant's
+request waits for the next turn, not a whole rotation behind a heavy one.
+
 Each model's queue holds at most ``size`` tickets. A newcomer to a full queue
 evicts one ticket of the lowest class present below its own (within that class
-the tenant with the most tickets loses its newest), or is refused itself when
-nothing is below it: :class:`QueueFull`, 429. A ticket not given the turn within
-its timeout gets :class:`QueueTimeout`, 503.
+the tenant with the most tickets loses its newest); with nothing below, a tenant
+of its own class holding at least two tickets more than the newcomer's tenant
+loses its newest; otherwise the newcomer is refused: :class:`QueueFull`, 429. A
+ticket not given the turn within its timeout gets :class:`QueueTimeout`, 503.
 
 Pure asyncio: one future per waiting ticket, one loop timer per wait, no
 polling. Per model, per class, an ordered dict of tenant -> ordered set of
@@ -110,18 +115,25 @@ class Ticket:
 class _ClassQueue:
     """One class's tickets: tenant -> its line, the tenants in turn order."""
 
-    __slots__ = ("count", "lines")
+    __slots__ = ("count", "fresh", "lines")
 
     def __init__(self) -> None:
         self.lines: OrderedDict[str, OrderedDict[Ticket, None]] = OrderedDict()
         self.count = 0
+        # Tenants that had nothing waiting when their ticket came, not yet served: they
+        # go first (in their order of arrival), as fq_codel's new flows do, so a light
+        # tenant's request waits for the next turn, not for a whole rotation.
+        self.fresh: dict[str, None] = {}
 
     def push(self, ticket: Ticket, *, front: bool = False) -> None:
         line = self.lines.get(ticket.tenant)
         if line is None:
             line = self.lines[ticket.tenant] = OrderedDict()
-            if front:  # a returning ticket keeps its tenant's turn
-                self.lines.move_to_end(ticket.tenant, last=False)
+            self.lines.move_to_end(ticket.tenant, last=False)
+            if not front:  # (a returning ticket keeps its tenant's turn: the front)
+                for tenant in reversed(self.fresh):  # behind the tenants new before it
+                    self.lines.move_to_end(tenant, last=False)
+                self.fresh[ticket.tenant] = None
         line[ticket] = None
         if front:
             line.move_to_end(ticket, last=False)
@@ -131,6 +143,7 @@ class _ClassQueue:
         """The first ticket of the tenant whose turn it is; that tenant goes last."""
         tenant, line = next(iter(self.lines.items()))
         ticket, _ = line.popitem(last=False)
+        self.fresh.pop(tenant, None)
         if line:
             self.lines.move_to_end(tenant)
         else:
@@ -138,13 +151,19 @@ class _ClassQueue:
         self.count -= 1
         return ticket
 
+    def heaviest(self) -> tuple[str, int]:
+        """The tenant with the most tickets (the first such in turn order), and how many."""
+        tenant = max(self.lines, key=lambda name: len(self.lines[name]))
+        return tenant, len(self.lines[tenant])
+
     def pop_evictee(self) -> Ticket:
         """The newest ticket of the tenant with the most (the first such in turn order)."""
-        tenant = max(self.lines, key=lambda name: len(self.lines[name]))
+        tenant, _ = self.heaviest()
         line = self.lines[tenant]
         ticket, _ = line.popitem(last=True)
         if not line:
             del self.lines[tenant]
+            self.fresh.pop(tenant, None)
         self.count -= 1
         return ticket
 
@@ -153,6 +172,7 @@ class _ClassQueue:
         del line[ticket]
         if not line:
             del self.lines[ticket.tenant]
+            self.fresh.pop(ticket.tenant, None)
         self.count -= 1
 
     def ahead(self, ticket: Ticket) -> int:
@@ -207,6 +227,8 @@ class FlowQueues:
                 ),
                 None,
             )
+            if victim_class is None and self._crowded(queue.classes[priority], tenant):
+                victim_class = queue.classes[priority]  # its heaviest tenant gives way
             if victim_class is None:
                 ticket._state = _State.GONE
                 self._tidy(model)
@@ -218,6 +240,17 @@ class FlowQueues:
         queue.queued += 1
         ticket._grants_at_join = queue.grants
         return ticket
+
+    @staticmethod
+    def _crowded(line: _ClassQueue, tenant: str) -> bool:
+        """Whether, in a full queue, one tenant of ``tenant``'s own class holds at least two
+        tickets more than ``tenant``: then that tenant's newest ticket is evicted rather
+        than the newcomer refused (a tenant filling the queue cannot lock others out)."""
+        if not line.count:
+            return False
+        heavy, count = line.heaviest()
+        own = len(line.lines.get(tenant, ()))
+        return heavy != tenant and count >= own + 2
 
     async def wait(self, ticket: Ticket, timeout: float) -> None:
         """Return once :meth:`grant` gives ``ticket`` the turn.
