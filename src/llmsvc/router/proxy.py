@@ -62,6 +62,11 @@ from llmsvc.router.streams import IdleTimeout, drain, ends_stream, next_chunk
 from llmsvc.router.suspicion import Suspicion
 from llmsvc.router.usage import StreamUsage, usage_of_body
 
+STALE_RETRIES = 2
+"""Sends again, at once, of a request whose connection the backend closed before any byte
+of its answer (a kept-alive connection it had closed meanwhile), before it counts as a
+connect failure (then retried on another backend, as before)."""
+
 
 class RetryableFailure(Exception):
     """A backend failed before any byte reached the client; ``error`` if none is left."""
@@ -251,17 +256,22 @@ class Proxy:
         """The upstream response once its headers arrived; RetryableFailure for a connect
         error (the caller's ``attempt.waiting`` raises TimeoutError at its limit)."""
         backend = attempt.backend
+        timeout = self._timeout if attempt.budget is None else self._within(attempt.budget)
+        url = backend.url + request.rel_url.raw_path_qs  # the client's path and query, as sent
         try:
-            return await self._session.request(
-                request.method,
-                # The backend's origin and the client's path and query, as sent (an
-                # absolute-form target's scheme and host are the client's, not ours).
-                backend.url + request.rel_url.raw_path_qs,
-                data=info.body,
-                headers=headers,
-                timeout=self._timeout if attempt.budget is None else self._within(attempt.budget),
-                allow_redirects=False,
-            )
+            for stale in range(STALE_RETRIES, -1, -1):
+                try:
+                    return await self._session.request(
+                        request.method, url, data=info.body, headers=headers,
+                        timeout=timeout, allow_redirects=False,
+                    )  # fmt: skip
+                except aiohttp.ServerDisconnectedError:
+                    # Closed without a byte of answer: most often a kept-alive connection
+                    # the backend had just closed (llama-server closes after a stream);
+                    # the pool gives another or a new one. Then a failure like any other.
+                    if not stale:
+                        raise
+            raise AssertionError("unreachable")  # pragma: no cover
         except (aiohttp.ClientError, OSError) as exc:
             raise self._failed(
                 attempt,
