@@ -3,8 +3,8 @@
 A proxy under test may start workers or children of its own; its own process
 group lets :func:`stop` end all of them, and lets the harness count their CPU.
 :func:`start`/:func:`stop` are for the synchronous harnesses (``subprocess``),
-:func:`spawn` and :class:`Child` for the asyncio ones (the routing and scale
-studies).
+:func:`spawn` and :class:`Child` for the asyncio ones (the routing, scale and flow
+studies), with :func:`spawn_llmsvc` and :func:`wait_healthy`.
 """
 
 from __future__ import annotations
@@ -14,8 +14,12 @@ import contextlib
 import os
 import signal
 import subprocess
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
+
+import aiohttp
+import orjson
 
 
 def start(
@@ -98,3 +102,38 @@ async def spawn(name: str, *argv: str, log_dir: Path, stdout_pipe: bool = False)
             env={**os.environ, "PYTHONUNBUFFERED": "1"},
         )
     return Child(name, process, log_path)
+
+
+class StartFailed(Exception):
+    """A process exited or did not become healthy in time (the message has its log's tail)."""
+
+
+async def spawn_llmsvc(name: str, args: list[str], log_dir: Path) -> Child:
+    """``python -m llmsvc *args`` (this interpreter's llmsvc) as :func:`spawn` does."""
+    return await spawn(name, sys.executable, "-m", "llmsvc", *args, log_dir=log_dir)
+
+
+async def wait_healthy(
+    http: aiohttp.ClientSession,
+    process: Child,
+    url: str,
+    *,
+    timeout: float,
+    backends: int | None = None,
+    interval: float = 0.05,
+) -> None:
+    """Poll ``url`` until 200 (and, for a router, ``backends`` healthy backends);
+    :class:`StartFailed` if the process exits or ``timeout`` seconds pass."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while loop.time() < deadline:
+        if process.process.returncode is not None:
+            raise StartFailed(f"{process.name} exited:\n{process.log_tail()}")
+        with contextlib.suppress(aiohttp.ClientError, TimeoutError):
+            async with http.get(url) as resp:
+                if resp.status == 200:
+                    body = orjson.loads(await resp.read())
+                    if backends is None or body.get("healthy_backends") == backends:
+                        return
+        await asyncio.sleep(interval)
+    raise StartFailed(f"{process.name}: {url} not healthy after {timeout:g}s")

@@ -16,8 +16,6 @@ goes to an engine at once and waits in the engine's own FIFO queue.
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
@@ -25,15 +23,11 @@ from types import TracebackType
 import aiohttp
 import orjson
 from benchmarks.common.ports import free_port
-from benchmarks.common.processes import Child, spawn
+from benchmarks.common.processes import Child, spawn_llmsvc, wait_healthy
 
 HOST = "127.0.0.1"
 MODEL = "flow-model"
 START_TIMEOUT_S = 40.0
-
-
-class StartFailed(Exception):
-    """A process exited or did not become healthy in time (the message has its log's tail)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -91,29 +85,6 @@ class RouterConfig:
         return flags
 
 
-async def _llmsvc(name: str, args: list[str], log_dir: Path) -> Child:
-    return await spawn(name, sys.executable, "-m", "llmsvc", *args, log_dir=log_dir)
-
-
-async def wait_healthy(
-    http: aiohttp.ClientSession, process: Child, url: str, *, backends: int | None = None
-) -> None:
-    """Poll ``url`` until 200 (and, for the router, ``backends`` healthy backends)."""
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + START_TIMEOUT_S
-    while loop.time() < deadline:
-        if process.process.returncode is not None:
-            raise StartFailed(f"{process.name} exited:\n{process.log_tail()}")
-        with contextlib.suppress(aiohttp.ClientError, TimeoutError):
-            async with http.get(url) as resp:
-                if resp.status == 200:
-                    body = orjson.loads(await resp.read())
-                    if backends is None or body.get("healthy_backends") == backends:
-                        return
-        await asyncio.sleep(0.1)
-    raise StartFailed(f"{process.name}: {url} not healthy after {START_TIMEOUT_S:g}s")
-
-
 @dataclass(slots=True)
 class Fleet:
     """``engines`` simulated engines, started once for the whole run; a router per phase.
@@ -137,12 +108,18 @@ class Fleet:
             for i, port in enumerate(self.ports):
                 args = ["sim-engine", "--port", str(port), "--model-name", MODEL, "--seed", str(i)]
                 args += ["--engine-id", f"engine-{i}", "--log-level", "warning"]
-                child = await _llmsvc(f"engine-{i}", args + self.timing.flags(), self.log_dir)
+                child = await spawn_llmsvc(f"engine-{i}", args + self.timing.flags(), self.log_dir)
                 self.processes.append(child)
             async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=2)) as http:
                 await asyncio.gather(
                     *(
-                        wait_healthy(http, process, f"http://{HOST}:{port}/health")
+                        wait_healthy(
+                            http,
+                            process,
+                            f"http://{HOST}:{port}/health",
+                            timeout=START_TIMEOUT_S,
+                            interval=0.1,
+                        )
                         for process, port in zip(self.processes, self.ports, strict=True)
                     )
                 )
@@ -190,11 +167,18 @@ class Router:
         services_file.write_bytes(orjson.dumps({"services": services}))
         port = free_port()
         args = ["router", "--port", str(port), "--static-services", str(services_file)]
-        self.process = await _llmsvc("router", args + self.config.flags(), self.log_dir)
+        self.process = await spawn_llmsvc("router", args + self.config.flags(), self.log_dir)
         self.url = f"http://{HOST}:{port}"
         try:
             async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=2)) as http:
-                await wait_healthy(http, self.process, f"{self.url}/health", backends=len(services))
+                await wait_healthy(
+                    http,
+                    self.process,
+                    f"{self.url}/health",
+                    backends=len(services),
+                    timeout=START_TIMEOUT_S,
+                    interval=0.1,
+                )
         except BaseException:
             await self.process.stop(5.0)
             raise

@@ -9,9 +9,7 @@ engines from a static services file.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import os
-import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
@@ -19,7 +17,7 @@ from types import TracebackType
 import aiohttp
 import orjson
 from benchmarks.common.ports import free_port
-from benchmarks.common.processes import Child, spawn
+from benchmarks.common.processes import Child, StartFailed, spawn_llmsvc, wait_healthy
 
 from .config import MODEL, EngineProfile
 
@@ -32,10 +30,6 @@ class StrategyUnavailable(Exception):
     """The router refused the strategy (this version does not implement it)."""
 
 
-class StartFailed(Exception):
-    """A process exited or did not become healthy in time."""
-
-
 def parse_strategy(label: str) -> tuple[str, list[str]]:
     """``prefix_affinity+hash-balance-factor=0.1`` -> the strategy and its router flags."""
     name, *options = label.split("+")
@@ -44,29 +38,6 @@ def parse_strategy(label: str) -> tuple[str, list[str]]:
         flag, _, value = option.partition("=")
         flags += [f"--{flag}", value]
     return name, flags
-
-
-async def _llmsvc(name: str, args: list[str], log_dir: Path) -> Child:
-    return await spawn(name, sys.executable, "-m", "llmsvc", *args, log_dir=log_dir)
-
-
-async def wait_healthy(
-    http: aiohttp.ClientSession, process: Child, url: str, *, backends: int | None = None
-) -> None:
-    """Poll ``url`` until 200 (and, for the router, ``backends`` healthy backends)."""
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + START_TIMEOUT_S
-    while loop.time() < deadline:
-        if process.process.returncode is not None:
-            raise StartFailed(f"{process.name} exited:\n{process.log_tail()}")
-        with contextlib.suppress(aiohttp.ClientError, TimeoutError):
-            async with http.get(url) as resp:
-                if resp.status == 200:
-                    body = orjson.loads(await resp.read())
-                    if backends is None or body.get("healthy_backends") == backends:
-                        return
-        await asyncio.sleep(0.05)
-    raise StartFailed(f"{process.name}: {url} not healthy after {START_TIMEOUT_S}s")
 
 
 @dataclass(slots=True)
@@ -106,11 +77,11 @@ class Stack:
         for i, port in enumerate(ports):
             args = ["sim-engine", "--port", str(port), "--model-name", MODEL]
             args += ["--engine-id", f"engine-{i}", "--log-level", "warning", *self.profile.flags()]
-            self.processes.append(await _llmsvc(f"engine-{i}", args, self.log_dir))
+            self.processes.append(await spawn_llmsvc(f"engine-{i}", args, self.log_dir))
         self.engine_urls = [f"http://{HOST}:{port}" for port in ports]
         await asyncio.gather(
             *(
-                wait_healthy(http, process, f"{url}/health")
+                wait_healthy(http, process, f"{url}/health", timeout=START_TIMEOUT_S)
                 for process, url in zip(self.processes, self.engine_urls, strict=True)
             )
         )
@@ -128,11 +99,17 @@ class Stack:
         args = ["router", "--port", str(port), "--strategy", name, *options]
         args += ["--static-services", str(services_file), "--log-level", "warning"]
         args += self.profile.router_flags(name)
-        router = await _llmsvc("router", args, self.log_dir)
+        router = await spawn_llmsvc("router", args, self.log_dir)
         self.processes.append(router)
         self.router_url = f"http://{HOST}:{port}"
         try:
-            await wait_healthy(http, router, f"{self.router_url}/health", backends=self.engines)
+            await wait_healthy(
+                http,
+                router,
+                f"{self.router_url}/health",
+                backends=self.engines,
+                timeout=START_TIMEOUT_S,
+            )
         except StartFailed as exc:
             if "not implemented" in router.log_tail():
                 raise StrategyUnavailable(router.log_tail(300).strip()) from exc
