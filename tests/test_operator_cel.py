@@ -54,7 +54,7 @@ def violations(obj: dict[str, Any]) -> list[str]:
 
 
 def test_every_cross_field_rule_is_checked_here() -> None:
-    assert len(rules()) == 5
+    assert len(rules()) == 6
 
 
 @pytest.mark.parametrize("sample", SAMPLES, ids=lambda p: p.stem)
@@ -91,6 +91,9 @@ ALLOWED = [
     with_({"model.hfTokenSecret": {"name": "hf"}}),
     with_({"modelCache": {"pvc": "cache"}}),
     with_({"engine.type": "command", "engine.image": "example.com/engine:1"}),
+    with_({"autoscaling": {"minReplicas": 0, "maxReplicas": 3}}),
+    with_({"autoscaling": {"minReplicas": 4}}),
+    with_({"autoscaling": {"maxReplicas": 1}}),
 ]
 REJECTED = {
     "revision-on-llama.cpp": with_({"model.uri": "hf://org/m@v1", "engine.type": "llama.cpp"}),
@@ -102,6 +105,8 @@ REJECTED = {
     "command-without-image": with_({"engine.type": "command"}),
     "infinilm-empty-image": with_({"engine.type": "infinilm", "engine.image": ""}),
     "bad-name": with_({}, name="9-starts-with-a-digit"),
+    "autoscaling-min-over-max": with_({"autoscaling": {"minReplicas": 3, "maxReplicas": 2}}),
+    "autoscaling-min-over-default-max": with_({"autoscaling": {"minReplicas": 5}}),
 }
 
 

@@ -56,6 +56,31 @@ Quantity = Annotated[
 ]
 """A Kubernetes quantity (``8``, ``"500m"``, ``"64Gi"``), kept as a string."""
 
+DURATION_PATTERN = r"^([0-9]+(\.[0-9]+)?(ms|s|m|h))+$"
+_DURATION = re.compile(DURATION_PATTERN)
+_DURATION_PART = re.compile(r"([0-9]+(?:\.[0-9]+)?)(ms|s|m|h)")
+_UNIT_SECONDS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
+
+
+def duration_seconds(text: str) -> float:
+    """Seconds of a Go-style duration (``0s``, ``300s``, ``5m``, ``1h30m``, ``250ms``)."""
+    if not _DURATION.match(text):
+        raise ValueError(f"{text!r} is not a duration (e.g. 0s, 30s, 5m, 1h30m)")
+    return sum(float(n) * _UNIT_SECONDS[u] for n, u in _DURATION_PART.findall(text))
+
+
+def _check_duration(value: str) -> str:
+    duration_seconds(value)
+    return value
+
+
+Duration = Annotated[
+    str,
+    AfterValidator(_check_duration),
+    WithJsonSchema({"type": "string", "pattern": DURATION_PATTERN}),
+]
+"""A duration as Kubernetes writes them (``0s``, ``300s``, ``5m``, ``1h30m``), kept as a string."""
+
 FreeForm = Annotated[
     dict[str, Any],
     WithJsonSchema({"type": "object", "x-kubernetes-preserve-unknown-fields": True}),

@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
-from pydantic import Field, ValidationInfo, field_validator
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, SecretStr, ValidationInfo, field_validator, model_validator
 
 from llmsvc import __version__
+from llmsvc.core.secrets import from_flag_or_file
 from llmsvc.core.settings import BaseServiceSettings, CommaList
 
 
@@ -83,12 +87,67 @@ class OperatorSettings(BaseServiceSettings):
         "get no token (default: every namespace does).",
     )
 
+    autoscaler: Literal["builtin", "keda", "none"] = Field(
+        default="builtin",
+        description="Who scales InferenceServices with spec.autoscaling: builtin (this "
+        "operator, from the routers' demand), keda (this operator keeps a KEDA ScaledObject "
+        "per service; KEDA scales), none (nobody: replicas stay as they are).",
+    )
+    autoscale_interval: float = Field(
+        default=2.0, gt=0, description="Seconds between two autoscaling decisions (builtin)."
+    )
+    router_service: str | None = Field(
+        default=None,
+        description="The router's Service as namespace/name: every ready router pod in its "
+        "EndpointSlices is asked for GET /demand (builtin autoscaler; the chart sets it). "
+        "Unset: autoscaled services see no demand and stay at minReplicas.",
+    )
+    router_port_name: str = Field(
+        default="http", min_length=1, description="Name of the router Service's HTTP port."
+    )
+    router_admin_token: SecretStr | None = Field(
+        default=None,
+        description="The router's admin token (GET /demand needs it when the router has one).",
+    )
+    router_admin_token_file: Path | None = Field(
+        default=None, description="File holding --router-admin-token (a mounted Secret)."
+    )
+    router_timeout: float = Field(
+        default=1.0,
+        gt=0,
+        description="Seconds one router's GET /demand may take; a router that does not answer "
+        "in time is skipped for that round (and said so in the status' message).",
+    )
+    keda_prometheus_url: str = Field(
+        default="http://prometheus-operated.monitoring.svc:9090",
+        min_length=1,
+        description="Prometheus that KEDA's trigger queries for llmsvc_router_model_demand "
+        "(--autoscaler keda).",
+    )
+
     @field_validator("all_namespaces")
     @classmethod
     def _one_namespace_choice(cls, value: bool, info: ValidationInfo) -> bool:
         if value and info.data.get("namespace"):
             raise ValueError("give --namespace or --all-namespaces, not both")
         return value
+
+    @field_validator("router_service")
+    @classmethod
+    def _namespace_slash_name(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        namespace, slash, name = value.partition("/")
+        if not slash or not _is_dns_label(namespace) or not _is_dns_label(name):
+            raise ValueError(f"'{value}' is not namespace/name (e.g. llmsvc/llmsvc-router)")
+        return value
+
+    @model_validator(mode="after")
+    def _router_token_from_file(self) -> OperatorSettings:
+        self.router_admin_token = from_flag_or_file(
+            self.router_admin_token, self.router_admin_token_file, flag="--router-admin-token"
+        )
+        return self
 
     @field_validator("namespace", "registry_token_secret_namespaces")
     @classmethod

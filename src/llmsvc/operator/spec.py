@@ -27,9 +27,11 @@ from llmsvc.operator.kubetypes import (
     SECRET_KEY,
     SERVICE_NAME,
     SERVICE_NAME_MAX,
+    Duration,
     FreeForm,
     Quantity,
     cel_rules,
+    duration_seconds,
 )
 from llmsvc.operator.modeluri import URI_PATTERN, parse_model_uri
 
@@ -211,6 +213,58 @@ class LocalObjectReference(_Model):
     """The object's name."""
 
 
+AUTOSCALING_RANGE_RULE = (
+    "(has(self.minReplicas) ? self.minReplicas : 1) <= "
+    "(has(self.maxReplicas) ? self.maxReplicas : 4)"
+)
+
+
+class Autoscaling(_Model):
+    """Replicas follow demand (requests in flight + queued + held at the routers): the
+    operator's autoscaler, or KEDA, sets the Deployment's replicas between min and max."""
+
+    model_config = ConfigDict(
+        json_schema_extra=cel_rules(
+            (AUTOSCALING_RANGE_RULE, "minReplicas must not exceed maxReplicas")
+        )
+    )
+
+    min_replicas: int = Field(default=1, ge=0, le=1000)
+    """Fewest replicas; 0 scales to zero when idle (requests are held while one starts)."""
+    max_replicas: int = Field(default=4, ge=1, le=1000)
+    """Most replicas."""
+    target_requests: int = Field(default=8, ge=1, le=100000)
+    """Requests per replica (in flight + queued + held) the autoscaler aims at
+    (metric requests)."""
+    target_kv_cache: float = Field(default=0.8, gt=0, le=1)
+    """Mean KV-cache usage per replica (0-1] the autoscaler aims at (metric kvCache)."""
+    scale_up_delay: Duration = "0s"
+    """How long demand must need more replicas before scaling up (0s: at once)."""
+    scale_down_delay: Duration = "300s"
+    """How long the need must stay below the current replicas before scaling down: the
+    highest need over this window is kept."""
+    metric: Literal["requests", "kvCache"] = "requests"
+    """requests: demand / targetRequests; kvCache: KV-cache usage / targetKvCache (with
+    waiting requests counted too, so a model at zero still scales up)."""
+
+    @property
+    def scale_up_seconds(self) -> float:
+        return duration_seconds(self.scale_up_delay)
+
+    @property
+    def scale_down_seconds(self) -> float:
+        return duration_seconds(self.scale_down_delay)
+
+    @model_validator(mode="after")
+    def _range(self) -> Autoscaling:
+        if self.min_replicas > self.max_replicas:
+            raise RuleError(
+                "minReplicas",
+                f"must not exceed maxReplicas ({self.min_replicas} > {self.max_replicas})",
+            )
+        return self
+
+
 REVISION_RULE = "!self.model.uri.matches('^hf://[^@]*@') || self.engine.type in ['vllm', 'sglang']"
 
 
@@ -230,7 +284,10 @@ class InferenceServiceSpec(_Model):
     engine: Engine
     """The engine."""
     replicas: int = Field(default=1, ge=0)
-    """Number of engine pods (the scale subresource)."""
+    """Number of engine pods (the scale subresource); with autoscaling, only the initial
+    number (kept within minReplicas..maxReplicas)."""
+    autoscaling: Autoscaling | None = None
+    """Scale with demand, to and from zero (docs/autoscaling.md); unset: replicas is fixed."""
     weight: int = Field(default=1, ge=1, le=1000)
     """Routing weight of each replica (Service annotation llmsvc.io/weight)."""
     # The explicit "default: {}" lets the API server fill in the fields' own defaults.
@@ -320,6 +377,12 @@ class InferenceServiceStatus(_Model):
     """Every engine pod with its IP and readiness."""
     conditions: list[Condition] = Field(default_factory=list)
     """Ready, Progressing and Degraded."""
+    desired_replicas: int | None = None
+    """Replicas the autoscaler last asked for (autoscaled services only)."""
+    last_scale_time: str | None = None
+    """When the autoscaler last changed the replicas (RFC 3339)."""
+    last_cold_start_seconds: float | None = None
+    """Seconds from the last scale-up to its first ready pod, measured by the operator."""
 
 
 class SpecError(Exception):
