@@ -25,7 +25,9 @@ INFERENCE_SERVICE = "inference-service"
 """A Kubernetes InferenceService's Service with no ready endpoint: its ``metadata.models``
 are known (requests are held or answered 503, not 404), never routed to."""
 
-Status = Literal["healthy", "unhealthy"]
+Status = Literal["healthy", "unhealthy", "standby"]
+"""standby: an engine its babysitter has stopped or put to sleep (scale to zero on bare metal):
+kept registered so that its model stays known, never routed to, not health-checked."""
 
 _NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._:@-]{0,252}$"
 # The document's approximation of an origin URL and of a host (the validators parse them;
