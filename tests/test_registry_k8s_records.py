@@ -329,6 +329,64 @@ def test_zero_endpoint_record_port(ports: list[dict[str, Any]], port: int) -> No
     assert record.port == port
 
 
+def test_the_autoscalers_annotations_give_the_start_estimate() -> None:
+    annotations = {
+        "llmsvc.io/scaling-since": "1800000000.25",
+        "llmsvc.io/cold-start-seconds": " 42.5 ",
+    }
+    mapped = zero_endpoint_records([service(annotations=annotations)], [])
+    assert mapped.notes == []
+    [record] = mapped.records
+    meta = record.metadata
+    assert (meta["starting_since"], meta["startup_seconds"]) == (1_800_000_000.25, 42.5)
+    assert isinstance(meta["starting_since"], float) and isinstance(meta["startup_seconds"], float)
+    # Either alone: a first scale-up has no measured cold start yet; after it, the
+    # measurement stays while scaling-since is gone.
+    [alone] = zero_endpoint_records(
+        [service(annotations={"llmsvc.io/cold-start-seconds": "7"})], []
+    ).records
+    assert alone.metadata["startup_seconds"] == 7.0 and "starting_since" not in alone.metadata
+    # A ready endpoint: no zero-endpoint record, and the endpoints' records carry neither.
+    mapped_eps = build_records([slice_()], [service(annotations=annotations)])
+    assert (
+        zero_endpoint_records([service(annotations=annotations)], mapped_eps.records).records == []
+    )
+    assert all("startup_seconds" not in r.metadata for r in mapped_eps.records)
+
+
+@pytest.mark.parametrize(
+    ("annotation", "value"),
+    [
+        ("llmsvc.io/scaling-since", "soon"),
+        ("llmsvc.io/scaling-since", "0"),
+        ("llmsvc.io/scaling-since", "-5"),
+        ("llmsvc.io/scaling-since", "inf"),
+        ("llmsvc.io/cold-start-seconds", "nan"),
+        ("llmsvc.io/cold-start-seconds", "-1"),
+        ("llmsvc.io/cold-start-seconds", ""),
+        ("llmsvc.io/cold-start-seconds", "12s"),
+    ],
+)
+def test_an_unusable_start_annotation_is_ignored_with_a_note(annotation: str, value: str) -> None:
+    other = (
+        ("llmsvc.io/cold-start-seconds", "30")
+        if annotation == "llmsvc.io/scaling-since"
+        else ("llmsvc.io/scaling-since", "1800000000")
+    )
+    mapped = zero_endpoint_records(
+        [service(annotations={annotation: value, other[0]: other[1]})], []
+    )
+    [record] = mapped.records  # the model stays known
+    key = "starting_since" if annotation == "llmsvc.io/scaling-since" else "startup_seconds"
+    assert key not in record.metadata
+    assert record.metadata[
+        "startup_seconds" if key == "starting_since" else "starting_since"
+    ] == float(other[1])
+    [note] = mapped.notes
+    assert note.startswith(f"Service llm/qwen: annotation '{annotation}' must be ")
+    assert note.endswith(f"(got {value!r}); ignored")
+
+
 NOW = 1_800_000_000.0
 
 

@@ -34,6 +34,13 @@ MAINTENANCE_UNTIL_ANNOTATION = "llmsvc.io/maintenance-until"
 """With :data:`MAINTENANCE_ANNOTATION`: when the maintenance ends (RFC 3339, with an offset)."""
 MAINTENANCE_ANNOTATIONS = (MAINTENANCE_ANNOTATION, MAINTENANCE_UNTIL_ANNOTATION)
 """The annotations the operator copies from an InferenceService onto its Service."""
+SCALING_SINCE_ANNOTATION = "llmsvc.io/scaling-since"
+"""Service annotation the operator's autoscaler writes while a scale-up from zero waits for
+its first ready pod: when it began (Unix seconds); removed once a pod is ready. The
+registry's Kubernetes source puts it in the zero-endpoint record's ``metadata.starting_since``."""
+COLD_START_ANNOTATION = "llmsvc.io/cold-start-seconds"
+"""Service annotation: the last measured cold start (scale-up from zero to a ready pod), in
+seconds; the zero-endpoint record's ``metadata.startup_seconds`` (the router's hold estimate)."""
 FINALIZER = "llmsvc.io/finalizer"
 """The operator's finalizer on an InferenceService (its children are deleted first)."""
 ANNOTATIONS_PREFIX = "llmsvc.io"

@@ -21,7 +21,12 @@ A Service with no ready endpoint (no slice, an empty one, every endpoint not rea
 or terminating) still names a model that exists: an InferenceService starting,
 failing or scaled to zero. :func:`zero_endpoint_records` keeps one record of type
 ``inference-service`` for each, so that the router knows the model (it holds its
-requests, or answers 503, instead of a 404) but never routes to it.
+requests, or answers 503, instead of a 404) but never routes to it. While the
+operator's autoscaler scales such a Service up from zero, its annotations say when that
+began (``llmsvc.io/scaling-since``) and how long the last one took
+(``llmsvc.io/cold-start-seconds``): the record carries them as ``metadata.starting_since``
+and ``metadata.startup_seconds``, from which a router tells a held client how long it
+will likely wait (:func:`start_estimates`).
 
 The Service also carries the InferenceService's maintenance annotations (the operator
 copies them): :func:`maintenance_entries` turns ``llmsvc.io/maintenance`` (the message)
@@ -34,7 +39,8 @@ Nothing here does I/O; objects that give no record leave a note saying why.
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Iterable
+import math
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Annotated, Any, Final
@@ -44,11 +50,13 @@ from pydantic.alias_generators import to_camel
 
 from llmsvc.core.maintenance import MAX_MESSAGE, MaintenanceEntry, utc_now
 from llmsvc.core.names import (
+    COLD_START_ANNOTATION,
     INFERENCE_SERVICE_LABEL,
     MAINTENANCE_ANNOTATION,
     MAINTENANCE_UNTIL_ANNOTATION,
     MODEL_ANNOTATION,
     MODEL_LABEL,
+    SCALING_SINCE_ANNOTATION,
     WEIGHT_ANNOTATION,
 )
 from llmsvc.core.records import INFERENCE_SERVICE, OPENAI_API, ServiceRecord, Status
@@ -359,6 +367,7 @@ def zero_endpoint_records(
                         "namespace": meta.namespace,
                         "service": meta.name,
                         "ready_endpoints": 0,
+                        **start_estimates(service, notes),
                     },
                 }
             )
@@ -367,6 +376,40 @@ def zero_endpoint_records(
             continue
         records.append(record)
     return Mapped(records=records, notes=notes)
+
+
+_START_ANNOTATIONS: Final[tuple[tuple[str, str, str, Callable[[float], bool]], ...]] = (
+    # (annotation, metadata key, what a usable value is, its test)
+    (SCALING_SINCE_ANNOTATION, "starting_since", "a Unix time in seconds", lambda v: v > 0),
+    (COLD_START_ANNOTATION, "startup_seconds", "a number of seconds >= 0", lambda v: v >= 0),
+)
+
+
+def start_estimates(service: Service, notes: list[str]) -> dict[str, float]:
+    """``starting_since`` and ``startup_seconds`` from the autoscaler's annotations.
+
+    Each is a finite float (``scaling-since`` above 0, ``cold-start-seconds`` at least
+    0); an absent annotation gives no key, an unusable one no key and a note (the record
+    itself is unaffected: the model stays known, the hold just has no estimate).
+    """
+    meta = service.metadata
+    found: dict[str, float] = {}
+    for annotation, key, usable, test in _START_ANNOTATIONS:
+        text = meta.annotations.get(annotation)
+        if text is None:
+            continue
+        try:
+            value = float(text.strip())
+        except ValueError:
+            value = math.nan
+        if math.isfinite(value) and test(value):
+            found[key] = value
+            continue
+        notes.append(
+            f"Service {meta.namespace}/{meta.name}: annotation '{annotation}' must be "
+            f"{usable} (got {text!r}); ignored"
+        )
+    return found
 
 
 def service_http_port(service: Service) -> int:
