@@ -13,8 +13,8 @@ replace the store's Kubernetes records in one step, which moves the change
 index once and wakes every blocking query. A Service with no ready endpoint keeps
 one ``inference-service`` record (:func:`~llmsvc.registry.k8s_records.zero_endpoint_records`),
 so its model stays known to the routers, with the autoscaler's start estimate from the
-Service's annotations (a Service change is a rebuild like any other). The Services' maintenance annotations
-replace the book's ``kubernetes`` entries at the same time
+Service's annotations (a Service change is a rebuild like any other). The Services'
+maintenance annotations replace the book's ``kubernetes`` entries at the same time
 (:func:`~llmsvc.registry.k8s_records.maintenance_entries`). Nothing is published before every
 reflector has listed once, so a router never sees a half-listed cluster.
 """
