@@ -14,13 +14,14 @@ from llmsvc.core.errors import Handler, ServiceUnavailable
 from llmsvc.core.jsonio import json_response
 from llmsvc.core.metrics import metrics_handler
 from llmsvc.core.wire import ChatCompletionRequest, CompletionRequest, EmbeddingRequest, ModelList
-from llmsvc.simengine import openai
+from llmsvc.simengine import openai, sleep
 from llmsvc.simengine.engine import Engine
 from llmsvc.simengine.settings import SimEngineSettings
 from llmsvc.simengine.state import SIMENGINE, Readiness, SimEngineState
 
 ENGINE_HEADER = "X-Llmsvc-Engine"
 ALWAYS_SERVED = frozenset({"/health", "/metrics", "/openapi.json"})
+AWAKE_OR_ASLEEP = frozenset({*ALWAYS_SERVED, "/sleep", "/wake_up", "/is_sleeping"})
 _ERRORS = {400: "invalid request", 404: "unknown model", 500: "simulated failure (--fail-rate)"}
 
 
@@ -29,6 +30,7 @@ async def health(request: web.Request) -> web.Response:
     engine = state.engine
     if not state.readiness.ready():
         raise ServiceUnavailable("Model is loading", code="loading")
+    request.app[sleep.SLEEP].check_awake()
     return json_response({"status": "ok", "engine_id": engine.engine_id, "models": engine.models})
 
 
@@ -38,15 +40,27 @@ async def metrics(request: web.Request) -> web.Response:
 
 @web.middleware
 async def loading_gate(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """503 on the API until the simulated model has "loaded" (``--startup-delay``)."""
+    """503 on the API until the simulated model has "loaded" (``--startup-delay``), and while
+    it sleeps (:mod:`.sleep`)."""
     if request.path not in ALWAYS_SERVED and not request.app[SIMENGINE].readiness.ready():
         raise ServiceUnavailable("Model is loading", code="loading")
+    if request.path not in AWAKE_OR_ASLEEP:
+        request.app[sleep.SLEEP].check_awake()
     return await handler(request)
 
 
 def routes() -> list[Route]:
     table = [Route("GET", "/health", health, "200 once the model is loaded, 503 before")]
     table.append(Route("GET", "/metrics", metrics, "Prometheus, with vLLM's metric names"))
+    table += [
+        Route(
+            "POST", "/sleep", sleep.sleep,
+            "Sleep (vLLM's sleep mode; ?level=1|2): caches dropped, 503 until woken",
+            errors={400: "level not 1 or 2", 409: "requests running or waiting, or waking"},
+        ),
+        Route("POST", "/wake_up", sleep.wake_up, "Wake up: answers once awake (--wake-delay)"),
+        Route("GET", "/is_sleeping", sleep.is_sleeping, "{\"is_sleeping\": bool}"),
+    ]  # fmt: skip
     for prefix in ("/v1", ""):
         table += [
             Route(
@@ -91,6 +105,7 @@ def create_app(
         readiness=Readiness(startup_delay=settings.startup_delay),
         started=int(time.time()),
     )
+    app[sleep.SLEEP] = sleep.SleepState(wake_delay=settings.wake_delay * settings.time_scale)
 
     async def engine_header(_: web.Request, response: web.StreamResponse) -> None:
         response.headers[ENGINE_HEADER] = engine.engine_id

@@ -86,6 +86,10 @@ class PrefixCache:
             hits += 1
         return hits
 
+    def clear(self) -> None:
+        """Forget every block (a sleeping engine drops its KV cache)."""
+        self._blocks.clear()
+
     def insert(self, hashes: Sequence[int]) -> None:
         if self.capacity_blocks <= 0:
             return

@@ -31,6 +31,7 @@ TIMING_FIELDS = frozenset(
         "block_size",
         "step_noise",
         "prefix_cache_tokens",
+        "wake_delay",
     }
 )
 """The settings a profile may set: how the engine's time behaves, not where it listens."""

@@ -111,6 +111,12 @@ class SimEngineSettings(ServerSettings):
         ge=0,
         description="Seconds (wall clock, not scaled) before /health is 200, as if loading.",
     )
+    wake_delay: float = Field(
+        default=0.5,
+        ge=0,
+        description="Seconds (times --time-scale) POST /wake_up takes to wake a sleeping "
+        "engine (vLLM's sleep mode: weights back from CPU memory).",
+    )
     embedding_dim: int = Field(
         default=256, ge=1, le=8192, description="Length of embedding vectors by default."
     )
