@@ -56,6 +56,7 @@ RESOURCES: dict[str, dict[str, Any]] = {
     "v1/configmaps": {"kind": "ConfigMap"},
     "events.k8s.io/v1/events": {"kind": "Event"},
     "discovery.k8s.io/v1/endpointslices": {"kind": "EndpointSlice"},
+    "keda.sh/v1alpha1/scaledobjects": {"kind": "ScaledObject", "shortnames": {"so"}},
     "v1/namespaces": {"kind": "Namespace"},
     "apiextensions.k8s.io/v1/customresourcedefinitions": {"kind": "CustomResourceDefinition"},
 }

@@ -34,12 +34,14 @@ def pods_path(namespace: str) -> str:
 
 
 def object_path(obj: Mapping[str, Any]) -> str:
-    """The API path of a built child object (Deployment or Service)."""
+    """The API path of a built child object (Deployment, Service, KEDA ScaledObject)."""
     kind, meta = obj["kind"], obj["metadata"]
     if kind == "Deployment":
         return deployment_path(meta["namespace"], meta["name"])
     if kind == "Service":
         return service_path(meta["namespace"], meta["name"])
+    if kind == "ScaledObject" and obj.get("apiVersion") == "keda.sh/v1alpha1":
+        return f"/apis/keda.sh/v1alpha1/namespaces/{meta['namespace']}/scaledobjects/{meta['name']}"
     raise ValueError(f"no API path known for kind {kind!r}")
 
 
