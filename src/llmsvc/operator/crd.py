@@ -68,6 +68,8 @@ PRINTER_COLUMNS: list[dict[str, Any]] = [
     {"name": "Engine", "type": "string", "jsonPath": ".spec.engine.type"},
     {"name": "GPUs", "type": "integer", "jsonPath": ".spec.resources.gpus"},
     {"name": "Ready", "type": "string", "jsonPath": ".status.ready"},
+    # -o wide: what the autoscaler last asked for (empty when not autoscaled).
+    {"name": "Desired", "type": "integer", "priority": 1, "jsonPath": ".status.desiredReplicas"},
     {"name": "Phase", "type": "string", "jsonPath": ".status.phase"},
     {
         "name": "Reason",
