@@ -199,7 +199,9 @@ class Scaler:
                     " scale-up delay"
                 )
             target = policy.clamp(self._up.best(now, policy.scale_up_delay))
-            return max(target, current + 1), _demand_reason(obs, current, policy)
+            if target <= current:  # the window still holds a need this count covers
+                return current, f"needs {now_need}, not yet for {policy.scale_up_delay:g} s"
+            return target, _demand_reason(obs, current, policy)
         if now_need < current:
             kept = policy.clamp(self._down.best(now, policy.scale_down_delay))
             if kept < current:
