@@ -1,0 +1,335 @@
+"""One simulated engine, advanced event to event instead of step by step.
+
+``llmsvc sim-engine``'s batched stepper runs one forward pass at a time; at 10
+requests/s for a day that is tens of millions of steps, far too many for a Python
+loop. Here an engine does O(1) work per request event (admission, the prefill step
+that gives it its first token, its finish), with the decoding sequences advanced
+*analytically* between events:
+
+- Between two events the number of decoding sequences ``D`` is constant, so each of
+  them gains one token per ``decode_seconds(running=D)`` (the sim-engine's function),
+  all at the same pace. One counter (``tokens``: tokens each decoding sequence has
+  gained since the engine started) replaces a per-sequence count, and a sequence
+  finishes when the counter reaches its ``finish`` mark: a heap keyed on the marks.
+- Prompts are prefilled in **prefill steps**, as the stepper does: a step starts at
+  the next decode-step boundary after a request is admitted (or ``batch_wait_s``
+  after an idle engine's first admission), takes every admitted prompt not yet
+  prefilled, and lasts :func:`~llmsvc.simengine.model.step_seconds` of
+  :func:`~llmsvc.simengine.model.plan_step` (decodes first, then prefill chunks
+  within ``max_batched_tokens``; several steps when the prompts overflow it), each
+  step times a :func:`~llmsvc.simengine.model.step_noise_factor`. Every decoding
+  sequence gains one token per such step, so a prefill slows every other request
+  exactly as in the stepper; the prefilled sequences get their first token at its
+  end and start decoding.
+- Admission is the sim-engine scheduler's: FIFO, at most ``max_num_seqs`` running,
+  each reserving prompt + output tokens of a :class:`~llmsvc.simengine.model.KvBudget`.
+
+What this leaves out relative to the stepper is listed in docs/autoscaling.md ("What
+the simulator approximates").
+"""
+
+from __future__ import annotations
+
+import math
+import random
+from collections import deque
+from collections.abc import Callable
+from heapq import heappop, heappush
+from itertools import count
+
+from llmsvc.simengine.model import (
+    KvBudget,
+    decode_seconds,
+    plan_step,
+    step_noise_factor,
+    step_seconds,
+)
+from llmsvc.simulate.timing import EngineTiming
+
+Event = tuple[float, int, int, object, int]
+"""(time, sequence number for ties, kind, subject, tag): the fleet's heap entries."""
+
+ENGINE_EVENT = 0
+"""Kind of an engine's own next event (step end, step start, a finish); its tag is the
+engine's ``version`` when it was scheduled, so a rescheduled one is skipped."""
+
+_EPS = 1e-9
+
+# Request states and outcomes.
+NEW, HELD, QUEUED, RUNNING, DONE, REJECTED = range(6)
+OK = "ok"
+HOLD_TIMEOUT = "hold_timeout"
+CONTEXT_LENGTH = "context_length"
+
+
+class Request:
+    """One request of the trace and what happened to it (the per-request record)."""
+
+    __slots__ = (
+        "arrival",
+        "end",
+        "engine",
+        "first_token",
+        "held_s",
+        "index",
+        "outcome",
+        "output_tokens",
+        "prompt_tokens",
+        "started",
+        "state",
+    )
+
+    def __init__(self, index: int, arrival: float, prompt_tokens: int, output_tokens: int):
+        self.index = index
+        self.arrival = arrival
+        self.prompt_tokens = prompt_tokens
+        self.output_tokens = output_tokens
+        self.state = NEW
+        self.engine = -1  # the engine that served it
+        self.held_s = 0.0  # seconds held by the router for a ready engine
+        self.started = -1.0  # admitted to a running slot
+        self.first_token = -1.0
+        self.end = -1.0
+        self.outcome = ""
+
+    @property
+    def ttft(self) -> float | None:
+        """Seconds from arrival at the router to the first token (None: not answered)."""
+        return self.first_token - self.arrival if self.first_token >= 0 else None
+
+    def as_dict(self) -> dict[str, object]:
+        ttft = self.ttft
+        return {
+            "index": self.index,
+            "arrival_s": round(self.arrival, 6),
+            "prompt_tokens": self.prompt_tokens,
+            "output_tokens": self.output_tokens,
+            "outcome": self.outcome,
+            "engine": self.engine,
+            "held_s": round(self.held_s, 6),
+            "ttft_s": None if ttft is None else round(ttft, 6),
+            "end_s": round(self.end, 6),
+        }
+
+
+class SimEngine:
+    """An engine's admission, prefill steps and decoding, on the fleet's event heap."""
+
+    __slots__ = (
+        "_batch_wait",
+        "_decode_s",
+        "_finished",
+        "_heap",
+        "_max_seqs",
+        "_noise",
+        "_rng",
+        "_seq",
+        "counter_time",
+        "decoders",
+        "in_flight",
+        "index",
+        "kv",
+        "life",
+        "on_since",
+        "pending",
+        "running",
+        "served",
+        "state",
+        "step_at",
+        "step_end",
+        "step_steps",
+        "stepping",
+        "timing",
+        "tokens",
+        "version",
+        "waiting",
+    )
+
+    def __init__(
+        self,
+        index: int,
+        timing: EngineTiming,
+        *,
+        heap: list[Event],
+        seq: count[int],
+        seed: int,
+        finished: Callable[[SimEngine, Request, float], None],
+    ) -> None:
+        self.index = index
+        self.timing = timing
+        self._heap = heap
+        self._seq = seq
+        self._finished = finished
+        self._rng = random.Random(f"{seed}:engine:{index}:step-noise")
+        self._noise = timing.step_noise
+        self._max_seqs = timing.max_num_seqs
+        self._batch_wait = timing.batch_wait_s
+        self._decode_s = [
+            decode_seconds(
+                tokens_per_s=timing.decode_tokens_per_s,
+                slowdown=timing.decode_slowdown,
+                running=running,
+            )
+            for running in range(timing.max_num_seqs + 1)
+        ]
+        self.kv = KvBudget(capacity_tokens=timing.kv_cache_tokens)
+        self.state = 0  # the fleet's lifecycle state (fleet.py)
+        self.life = 0  # bumped at each start/stop: stale lifecycle events are skipped
+        self.version = 0  # bumped at each reschedule: stale engine events are skipped
+        self.on_since: float | None = None  # consuming a GPU since (None: stopped/standby)
+        self.served = 0  # requests ever submitted (the idle check's "request counter")
+        self.in_flight = 0  # submitted, not finished (running + waiting)
+        self.running = 0  # admitted: pending + stepping + decoders
+        self.waiting: deque[Request] = deque()  # not admitted (FIFO)
+        self.pending: list[Request] = []  # admitted, waiting for a prefill step
+        self.stepping: list[tuple[Request, float, int]] | None = None  # (req, first token, extra)
+        self.step_at = 0.0
+        self.step_end = 0.0
+        self.step_steps = 0
+        self.decoders: list[tuple[float, int, Request]] = []  # (finish mark, index, request)
+        self.tokens = 0.0  # tokens each decoding sequence gained since start
+        self.counter_time = 0.0
+
+    @property
+    def kv_usage(self) -> float:
+        return self.kv.usage
+
+    # -- the heap ----------------------------------------------------------------
+
+    def _schedule(self, now: float) -> None:
+        """Push this engine's next event; an earlier one still in the heap goes stale."""
+        self.version += 1
+        if self.stepping is not None:
+            at = self.step_end
+        elif self.pending:
+            at = self.step_at
+        elif self.decoders:
+            at = now + (self.decoders[0][0] - self.tokens) * self._decode_s[len(self.decoders)]
+        else:
+            return
+        heappush(self._heap, (at, next(self._seq), ENGINE_EVENT, self, self.version))
+
+    # -- requests ----------------------------------------------------------------
+
+    def submit(self, req: Request, now: float) -> None:
+        """A request from the router: admitted at once when a slot and KV are free."""
+        req.engine = self.index
+        self.in_flight += 1
+        self.served += 1
+        if self.waiting or not self._fits(req):
+            req.state = QUEUED
+            self.waiting.append(req)
+            return
+        self._advance(now)
+        if self._admit(req, now):
+            self._schedule(now)
+
+    def _fits(self, req: Request) -> bool:
+        return self.running < self._max_seqs and self.kv.fits(req.prompt_tokens + req.output_tokens)
+
+    def _admit(self, req: Request, now: float) -> bool:
+        """Start ``req``; True when it made the next step's start time (reschedule)."""
+        self.running += 1
+        self.kv.reserve(req.prompt_tokens + req.output_tokens)
+        req.state = RUNNING
+        req.started = now
+        first = not self.pending and self.stepping is None
+        self.pending.append(req)
+        if first:
+            decoding = len(self.decoders)
+            if decoding == 0:
+                self.step_at = now + self._batch_wait  # an idle engine's wait, as the stepper's
+            else:  # the end of the decode step under way
+                frac = self.tokens - math.floor(self.tokens)
+                wait = 0.0 if frac < 1e-6 or frac > 1 - 1e-6 else 1.0 - frac
+                self.step_at = now + wait * self._decode_s[decoding]
+        return first
+
+    def _admit_waiting(self, now: float) -> None:
+        waiting = self.waiting
+        while waiting and self._fits(waiting[0]):
+            self._admit(waiting.popleft(), now)
+
+    def _advance(self, now: float) -> None:
+        """Credit the decoding sequences with the tokens of ``[counter_time, now]``."""
+        if self.stepping is None and self.decoders and now > self.counter_time:
+            tokens = self.tokens + (now - self.counter_time) / self._decode_s[len(self.decoders)]
+            nearest = round(tokens)
+            self.tokens = float(nearest) if abs(tokens - nearest) < 1e-6 else tokens
+        self.counter_time = now
+
+    def on_event(self, now: float) -> None:
+        """This engine's scheduled event: a step ended, a step may start, a finish."""
+        if self.stepping is not None:
+            self._end_step(now)
+        else:
+            self._advance(now)
+        decoders, mark = self.decoders, self.tokens + 1e-6
+        while decoders and decoders[0][0] <= mark:
+            self._finish(heappop(decoders)[2], now)
+        if self.pending and self.stepping is None and now >= self.step_at - _EPS:
+            self._start_step(now)
+        self._schedule(now)
+
+    def _start_step(self, now: float) -> None:
+        """One prefill step (or several, when the prompts overflow the step's budget)."""
+        timing, batch = self.timing, self.pending
+        self.pending = []
+        decoding = len(self.decoders)
+        left = [req.prompt_tokens for req in batch]
+        first_at = [0.0] * len(batch)
+        done_step = [0] * len(batch)
+        elapsed, steps, remaining = 0.0, 0, sum(left)
+        while remaining > 0:
+            plan = plan_step(
+                decode_seqs=decoding,
+                prefill_left=left,
+                max_batched_tokens=timing.max_batched_tokens,
+            )
+            duration = step_seconds(
+                plan,
+                prefill_tokens_per_s=timing.prefill_tokens_per_s,
+                decode_tokens_per_s=timing.decode_tokens_per_s,
+                slowdown=timing.decode_slowdown,
+                prefill_overhead_s=timing.prefill_overhead_s,
+            )
+            if self._noise > 0:
+                duration *= step_noise_factor(self._rng, self._noise)
+            elapsed += duration
+            steps += 1
+            for i, chunk in enumerate(plan.chunks):
+                if chunk:
+                    left[i] -= chunk
+                    remaining -= chunk
+                    if left[i] == 0:
+                        first_at[i], done_step[i] = now + elapsed, steps
+        self.stepping = [(req, first_at[i], steps - done_step[i]) for i, req in enumerate(batch)]
+        self.step_end = now + elapsed
+        self.step_steps = steps
+
+    def _end_step(self, now: float) -> None:
+        """The decoding sequences gained a token per step; the prefilled ones start."""
+        stepping = self.stepping
+        assert stepping is not None
+        self.stepping = None
+        if self.decoders:
+            self.tokens += self.step_steps
+        self.counter_time = now
+        tokens = self.tokens
+        for req, first_at, extra in stepping:
+            req.first_token = first_at
+            left = req.output_tokens - 1 - extra
+            if left <= 0:
+                self._finish(req, now)
+            else:
+                heappush(self.decoders, (tokens + left, req.index, req))
+
+    def _finish(self, req: Request, now: float) -> None:
+        req.state = DONE
+        req.outcome = OK
+        req.end = now
+        self.running -= 1
+        self.in_flight -= 1
+        self.kv.release(req.prompt_tokens + req.output_tokens)
+        self._admit_waiting(now)
+        self._finished(self, req, now)
