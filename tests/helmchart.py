@@ -12,6 +12,7 @@ import json
 import os
 import re
 import subprocess
+import tempfile
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
@@ -160,6 +161,30 @@ def pod_env(docs: Sequence[dict[str, Any]], name: str) -> dict[str, str]:
 
 
 def component_settings(cls: type[S], docs: Sequence[dict[str, Any]], name: str) -> S:
-    """``llmsvc <name>``'s settings from the chart's flags and the pod's environment."""
-    with mock.patch.dict(os.environ, pod_env(docs, name)):
-        return parse_settings(cls, component_args(docs, name), prog=f"llmsvc {name}")
+    """``llmsvc <name>``'s settings from the chart's flags and the pod's environment; a flag
+    naming a token file in a mounted Secret reads ``<secret>/<key>`` from a stand-in file."""
+    with tempfile.TemporaryDirectory() as tmp, mock.patch.dict(os.environ, pod_env(docs, name)):
+        args = _secret_files(docs, name, component_args(docs, name), Path(tmp))
+        return parse_settings(cls, args, prog=f"llmsvc {name}")
+
+
+def _secret_files(
+    docs: Sequence[dict[str, Any]], name: str, args: list[str], tmp: Path
+) -> list[str]:
+    """``args`` with each ``--*-token-file`` in a mounted Secret swapped for a stand-in file."""
+    (spec,) = [s for s in pod_specs(docs).values()
+               if any(c["name"] == name for c in s["containers"])]  # fmt: skip
+    secrets = {v["name"]: v["secret"] for v in spec.get("volumes", []) if "secret" in v}
+    files: dict[str, str] = {}
+    for mount in container(docs, name).get("volumeMounts", []):
+        secret = secrets.get(mount["name"]) or {}
+        for item in secret.get("items", []):
+            files[f"{mount['mountPath']}/{item['path']}"] = f"{secret['secretName']}/{item['key']}"
+    out: list[str] = []
+    for arg in args:
+        if arg in files and out and out[-1].endswith("-token-file"):
+            stand_in = tmp / f"secret-{len(out)}"
+            stand_in.write_text(files[arg])
+            arg = str(stand_in)
+        out.append(arg)
+    return out

@@ -23,7 +23,11 @@ OPERATOR: Rules = {
     ("", "services"): {"get", "create", "patch", "delete"},
     ("", "pods"): {"list", "watch"},
     ("", "events"): {"create"},
+    # autoscaling.engine builtin (the default): the Deployments' scale subresource.
+    ("apps", "deployments/scale"): {"get", "patch"},
 }
+# The builtin autoscaler's Role in the release's namespace: the routers' EndpointSlices.
+OPERATOR_ROUTERS: Rules = {("discovery.k8s.io", "endpointslices"): {"list", "watch"}}
 REGISTRY: Rules = {
     ("discovery.k8s.io", "endpointslices"): READ,
     ("", "services"): READ,
@@ -43,11 +47,18 @@ def rules_of(role: dict[str, Any]) -> Rules:
 
 
 def roles(docs: Sequence[dict[str, Any]], name: str) -> list[dict[str, Any]]:
-    return [r for r in of_kind(docs, "Role", "ClusterRole") if component(r) == name]
+    """The component's roles over the watched namespaces (not the operator's routers Role)."""
+    return [r for r in of_kind(docs, "Role", "ClusterRole")
+            if component(r) == name and not _routers(r)]  # fmt: skip
 
 
 def bindings(docs: Sequence[dict[str, Any]], name: str) -> list[dict[str, Any]]:
-    return [b for b in of_kind(docs, "RoleBinding", "ClusterRoleBinding") if component(b) == name]
+    return [b for b in of_kind(docs, "RoleBinding", "ClusterRoleBinding")
+            if component(b) == name and not _routers(b)]  # fmt: skip
+
+
+def _routers(obj: dict[str, Any]) -> bool:
+    return bool(obj["metadata"]["name"].endswith("-operator-routers"))
 
 
 @pytest.fixture(scope="module")
@@ -115,4 +126,22 @@ def test_operator_rbac_yaml_equals_the_chart() -> None:
     checked_in = (ROOT / "operator" / "rbac.yaml").read_text()
     assert checked_in == render(*RBAC_ARGS), "operator/rbac.yaml is stale: run `make manifests`"
     kinds = [d["kind"] for d in documents(checked_in)]
-    assert kinds == ["ServiceAccount", "ClusterRole", "ClusterRoleBinding"]
+    assert kinds == ["ServiceAccount", "ClusterRole", "ClusterRoleBinding", "Role", "RoleBinding"]
+
+
+@pytest.mark.parametrize("which", ["default_docs", "namespaced_docs"])
+def test_the_operator_reads_endpointslices_of_the_routers_namespace_only(
+    which: str, request: pytest.FixtureRequest
+) -> None:
+    docs: list[dict[str, Any]] = request.getfixturevalue(which)
+    (role,) = [r for r in of_kind(docs, "Role", "ClusterRole") if _routers(r)]
+    assert role["kind"] == "Role" and role["metadata"]["namespace"] == "llmsvc"
+    assert rules_of(role) == OPERATOR_ROUTERS
+    (binding,) = [b for b in of_kind(docs, "RoleBinding", "ClusterRoleBinding") if _routers(b)]
+    assert binding["metadata"]["namespace"] == "llmsvc"
+    assert binding["roleRef"] == {
+        "apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": role["metadata"]["name"]
+    }  # fmt: skip
+    assert binding["subjects"] == [
+        {"kind": "ServiceAccount", "name": "llmsvc-operator", "namespace": "llmsvc"}
+    ]

@@ -71,6 +71,8 @@ def test_default_render_has_the_three_components(default_docs: list[dict[str, An
         "Deployment/llmsvc-registry",
         "Deployment/llmsvc-router",
         "PodDisruptionBudget/llmsvc-router",
+        "Role/llmsvc-operator-routers",
+        "RoleBinding/llmsvc-operator-routers",
         "Secret/llmsvc-registry-admin-token",
         "Secret/llmsvc-registry-token",
         "Secret/llmsvc-router-admin-token",

@@ -108,6 +108,12 @@ registry with a token, or another registry whose token is in registry.token.exis
 {{- if and .Values.registry.token.enabled (or .Values.registry.enabled .Values.registry.token.existingSecret) }}true{{ end }}
 {{- end }}
 
+{{/* Whether the operator's builtin autoscaler asks this release's routers for GET /demand
+with the router's admin token (mounted from its Secret). */}}
+{{- define "llmsvc.autoscalerRouterToken" -}}
+{{- if and (eq .Values.autoscaling.engine "builtin") .Values.router.enabled .Values.router.adminToken.enabled }}true{{ end }}
+{{- end }}
+
 {{/* Secret holding the router's API keys. */}}
 {{- define "llmsvc.apiKeysSecret" -}}
 {{- default (printf "%s-api-keys" (include "llmsvc.componentName" (list . "router"))) .Values.router.apiKeys.existingSecret }}
