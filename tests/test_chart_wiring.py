@@ -9,7 +9,9 @@ registry URL are changed to run on 127.0.0.1.
 from __future__ import annotations
 
 import base64
+import itertools
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -59,6 +61,27 @@ def start(spawn: Spawn, docs: list[dict[str, Any]], name: str, port: int,
     return spawn(name, *args, env={**resolved_env(docs, name), **extra_env})
 
 
+def mounted_tokens(docs: list[dict[str, Any]], name: str, tmp: Path) -> dict[str, str]:
+    """``--*-token-file`` flags of ``name`` pointing into a mounted Secret, as local files
+    holding the Secret's value (the builtin autoscaler's router admin token)."""
+    secrets = {s["metadata"]["name"]: s["data"] for s in of_kind(docs, "Secret")}
+    pods = [d["spec"]["template"]["spec"] for d in of_kind(docs, "Deployment")]
+    (spec,) = [p for p in pods if any(c["name"] == name for c in p["containers"])]
+    volumes = {v["name"]: v["secret"] for v in spec["volumes"] if "secret" in v}
+    args = container(docs, name)["args"]
+    replace: dict[str, str] = {}
+    for mount in container(docs, name).get("volumeMounts", []):
+        for item in volumes.get(mount["name"], {}).get("items", []):
+            path = f"{mount['mountPath']}/{item['path']}"
+            for flag, value in itertools.pairwise(args):
+                if value == path and flag.endswith("-token-file"):
+                    local = tmp / f"{mount['name']}-{item['path']}"
+                    data = secrets[volumes[mount["name"]]["secretName"]][item["key"]]
+                    local.write_bytes(base64.b64decode(data))
+                    replace[flag] = str(local)
+    return replace
+
+
 def endpoint_slice(service: dict[str, Any], port: int) -> dict[str, Any]:
     """What the EndpointSlice controller makes of the operator's Service, for one local pod."""
     labels = {**service["metadata"]["labels"], "kubernetes.io/service-name": "sim"}
@@ -71,7 +94,9 @@ def endpoint_slice(service: dict[str, Any], port: int) -> dict[str, Any]:
                       {"name": "babysitter", "port": port + 1, "protocol": "TCP"}]}  # fmt: skip
 
 
-def test_rendered_components_serve_the_sim_sample(spawn: Spawn, kubeapi: KubeAPI) -> None:
+def test_rendered_components_serve_the_sim_sample(
+    spawn: Spawn, kubeapi: KubeAPI, tmp_path: Path
+) -> None:
     # Every namespace is watched: the engine pods' namespace gets the write token the way
     # docs/kubernetes.md says (its Secret there, and the operator told so).
     extra = ["--registry-token-secret-namespaces", f"llmsvc,{NS}"]
@@ -79,9 +104,10 @@ def test_rendered_components_serve_the_sim_sample(spawn: Spawn, kubeapi: KubeAPI
     docs = documents(render(values=values))
     ports = {name: free_port() for name in ("registry", "operator", "router")}
     registry, router = (f"http://{HOST}:{ports[n]}" for n in ("registry", "router"))
+    tokens = mounted_tokens(docs, "operator", tmp_path)
     procs = [
         start(spawn, docs, "registry", ports["registry"], kubeapi.env, {}),
-        start(spawn, docs, "operator", ports["operator"], kubeapi.env, {}),
+        start(spawn, docs, "operator", ports["operator"], kubeapi.env, tokens),
         start(spawn, docs, "router", ports["router"], {}, {"--registry-url": registry}),
     ]
     for proc, port in zip(procs, ports.values(), strict=True):
