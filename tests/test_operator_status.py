@@ -431,7 +431,7 @@ def test_status_round_trips_through_the_api_shape() -> None:
 
 def test_every_babysitter_failure_reason_is_recognised() -> None:
     """The termination messages the babysitter really writes, for every failure reason."""
-    failures = set(Reason) - {Reason.REQUESTED, Reason.SWAPPED, Reason.STOPPED}
+    failures = set(Reason) - {Reason.REQUESTED, Reason.SWAPPED, Reason.STOPPED, Reason.STANDBY}
     for reason in failures:
         record = ExitRecord(code=1, signal=None, reason=reason, detail="what happened")
         written = termination.message(record, "giving up after 5 restarts") + "\n"

@@ -66,6 +66,16 @@ class Registration(BaseModel):
     babysitter: str = Field(description="The babysitter's own record: " + _RECORD_STATE)
 
 
+class Standby(BaseModel):
+    mode: str = Field(description="--standby: stop or sleep.")
+    idle_timeout: float = Field(description="--idle-timeout, seconds.")
+    since: float | None = Field(description="Unix time it went to standby; null when not in it.")
+    wakes: int = Field(description="Wakes from standby that reached ready.")
+    last_wake_seconds: float | None = Field(
+        description="The last measured wake (POST /wake to ready); null before the first."
+    )
+
+
 class Status(BaseModel):
     # GET /status: a snapshot of the supervisor (Supervisor.snapshot); no docstring, which
     # would become the schema's description in /openapi.json.
@@ -91,6 +101,13 @@ class Status(BaseModel):
     registration: Registration = Field(description="Where each record stands in the registry.")
     router: str | None
     registry: str | None
+    standby: Standby | None = Field(
+        default=None, description="Standby of an idle engine; null without --idle-timeout."
+    )
+
+
+class WakeAccepted(BaseModel):
+    state: str = Field(description="'waking' when it was in standby, else the state now.")
 
 
 class RestartAccepted(BaseModel):

@@ -128,6 +128,14 @@ def served(
     return Served(model, identity(changed).model_name, args, spec)
 
 
+async def wake(request: web.Request) -> web.Response:
+    sup = request.app[RUNTIME].running()
+    if sup.stopping:
+        raise ServiceUnavailable("The babysitter is shutting down", code="stopping")
+    woken = sup.wake()
+    return model_response(api.WakeAccepted(state=sup.state), status=202 if woken else 200)
+
+
 async def drain(request: web.Request) -> web.Response:
     sup = request.app[RUNTIME].running()
     if sup.stopping:
@@ -193,6 +201,23 @@ ROUTES = (
         "Deregister the engine and wait for in-flight requests",
         response=api.Drained,
         errors={401: "no or a wrong registry token (when the babysitter has one)"},
+        protected=True,
+    ),
+    Route(
+        "POST",
+        "/wake",
+        wake,
+        "Wake the engine from standby (--idle-timeout): 202 when it was in standby",
+        description='Answers at once: 202 {"state": "waking"} when the engine was in '
+        "standby (stopped: launched again; asleep: POST /wake_up), 200 with the state now "
+        "when it was not (running, starting, waking: nothing to do).",
+        response=api.WakeAccepted,
+        status=202,
+        also={200: "not in standby: nothing to do"},
+        errors={
+            401: "no or a wrong registry token (when the babysitter has one)",
+            503: "the babysitter is shutting down",
+        },
         protected=True,
     ),
     Route("GET", "/metrics", metrics, "Prometheus metrics", response_media="text/plain"),

@@ -42,6 +42,18 @@ VISIBLE_DEVICES: dict[str, tuple[str, ...]] = {
 }
 
 
+# Engines whose /metrics the babysitter reads to see them idle (--idle-timeout), and the flag
+# that turns those metrics on where they are off by default.
+IDLE_METRICS_FLAG: dict[str, str | None] = {
+    "vllm": None,
+    "sglang": "--enable-metrics",
+    "llama.cpp": "--metrics",
+    "sim": None,
+}
+# Engines with vLLM's sleep mode (POST /sleep, /wake_up): --standby sleep.
+SLEEP_MODE = ("vllm", "sim")
+
+
 class EngineConfigError(ValueError):
     """The settings cannot make an engine command line; the message is one line."""
 
@@ -131,8 +143,11 @@ def build_engine(
         if not settings.model:
             raise EngineConfigError(f"--model is required for --engine {settings.engine}")
         argv = _ADAPTERS[settings.engine](settings, ident, python) + extra
+    argv += _standby_args(settings, argv)
     floor = HEALTH_TIMEOUT_FLOOR.get(settings.engine, 0.0)
     env = visible_devices_env(settings)
+    if settings.engine == "vllm" and _sleeps(settings):
+        env["VLLM_SERVER_DEV_MODE"] = "1"  # serves /sleep, /wake_up, /is_sleeping
     inherited = {**(os.environ if environ is None else environ), **env}
     slots = concurrency.max_concurrency(settings.engine, argv, inherited)
     return EngineSpec(
@@ -142,6 +157,36 @@ def build_engine(
         max_concurrency=slots,
         asks_props=slots is None and settings.engine in concurrency.ASKS_PROPS,
     )
+
+
+def _sleeps(settings: BabysitterSettings) -> bool:
+    return settings.idle_timeout > 0 and settings.standby == "sleep"
+
+
+def _standby_args(settings: BabysitterSettings, argv: Sequence[str]) -> list[str]:
+    """What ``--idle-timeout`` and ``--standby sleep`` need of the engine's command line: its
+    metrics on (llama.cpp, SGLang), its sleep mode (vLLM); refused where it cannot work."""
+    if settings.idle_timeout <= 0:
+        return []
+    engine = settings.engine
+    if engine not in IDLE_METRICS_FLAG:
+        known = ", ".join(IDLE_METRICS_FLAG)
+        raise EngineConfigError(
+            f"--idle-timeout needs the engine's metrics to see it idle, and --engine {engine} "
+            f"has none the babysitter reads (it reads {known})"
+        )
+    if _sleeps(settings) and engine not in SLEEP_MODE:
+        raise EngineConfigError(
+            f"--standby sleep needs an engine with a sleep mode ({', '.join(SLEEP_MODE)}); "
+            f"--engine {engine} has none: use --standby stop"
+        )
+    extra: list[str] = []
+    flag = IDLE_METRICS_FLAG[engine]
+    if flag is not None and flag not in argv:
+        extra.append(flag)
+    if engine == "vllm" and _sleeps(settings) and "--enable-sleep-mode" not in argv:
+        extra.append("--enable-sleep-mode")
+    return extra
 
 
 def visible_devices_env(settings: BabysitterSettings) -> dict[str, str]:

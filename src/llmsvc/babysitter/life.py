@@ -28,6 +28,7 @@ from llmsvc.babysitter.engines import Identity
 from llmsvc.babysitter.lifecycle import ExitRecord, Reason
 from llmsvc.babysitter.output import EngineOutput, drain_pumps
 from llmsvc.babysitter.settings import BabysitterSettings
+from llmsvc.babysitter.standby import GpuLock
 from llmsvc.babysitter.swap import Served
 from llmsvc.babysitter.waiting import Alarm
 
@@ -61,6 +62,10 @@ class LifeHooks(Protocol):
     def health_checked(self, ok: bool) -> bool:
         """A health check's result; False when it does not count (draining, swapping)."""
 
+    async def idle_tick(self) -> Reason | None:
+        """After a passed health check: :data:`Reason.STANDBY` when the engine has been idle
+        long enough to be stopped (``--standby stop``), else None."""
+
 
 class EngineRunner:
     """Runs the engine's lives, one at a time."""
@@ -74,9 +79,11 @@ class EngineRunner:
         output: EngineOutput,
         hooks: LifeHooks,
         probe_timeout: float,
+        gpu_lock: GpuLock | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self._s = settings
+        self.gpu_lock = gpu_lock
         self._session = session
         self._alarm = alarm
         self._output = output
@@ -113,13 +120,33 @@ class EngineRunner:
             log.info("preflight: %s", note)
         if self._hooks.stopping:  # shut down while preflight ran
             return _record(served, None, Reason.STOPPED, "")
+        if not await self.wait_for_gpus():
+            reason = Reason.STOPPED if self._hooks.stopping else self._alarm.reason
+            return _record(served, None, reason, "interrupted while waiting for the GPU")
         try:
-            proc = await process.spawn(served.spec.argv, env=served.spec.env)
-        except OSError as exc:
-            detail = f"{served.spec.argv[0]}: {exc.strerror or exc}"
-            log.error("cannot start the engine: %s", detail)
-            return _record(served, None, Reason.SPAWN_FAILED, detail)
-        return await self._supervise(proc, served, ident)
+            try:
+                proc = await process.spawn(served.spec.argv, env=served.spec.env)
+            except OSError as exc:
+                detail = f"{served.spec.argv[0]}: {exc.strerror or exc}"
+                log.error("cannot start the engine: %s", detail)
+                return _record(served, None, Reason.SPAWN_FAILED, detail)
+            return await self._supervise(proc, served, ident)
+        finally:
+            if self.gpu_lock is not None:
+                self.gpu_lock.release()  # the engine's processes are gone
+
+    async def wait_for_gpus(self) -> bool:
+        """Take the GPU lock (:class:`GpuLock`), waiting while another engine holds it;
+        False when interrupted (shutdown, POST /restart, /model) first."""
+        lock = self.gpu_lock
+        if lock is None or lock.try_acquire():
+            return True
+        log.info("waiting for %s to be free before starting the engine", lock.holder())
+        while not lock.try_acquire():
+            if self._hooks.stopping or await self._alarm.pause(None, 0.1) == "interrupted":
+                return False
+        log.info("GPU %s free: starting", ",".join(lock.gpus))
+        return True
 
     async def _supervise(
         self, proc: asyncio.subprocess.Process, served: Served, ident: Identity
@@ -204,6 +231,8 @@ class EngineRunner:
             if failures >= self._s.hung_after:
                 log.error("engine failed %d health checks in a row; killing it", failures)
                 return Reason.HUNG
+            if ok and (standby := await self._hooks.idle_tick()) is not None:
+                return standby
 
     def _health_timeout(self, served: Served) -> float:
         return max(self._probe_timeout, served.spec.health_timeout_floor)

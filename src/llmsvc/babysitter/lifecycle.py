@@ -12,6 +12,7 @@ States::
     failed (BadArguments, SpawnFailed: a restart cannot help) ──POST /restart──▶ starting
     ready ──POST /drain──▶ draining ──▶ drained ──POST /restart──▶ starting
     ready ──POST /model──▶ swapping ──▶ starting (the new model; rolled back on failure)
+    ready ──idle for --idle-timeout──▶ standby ──POST /wake──▶ waking ──▶ ready
     any ──SIGTERM──▶ stopping
     crash-loop, failed ──--exit-on-crash-loop──▶ stopping (as on SIGTERM, then exit 1)
 
@@ -51,6 +52,8 @@ class State(StrEnum):
     STOPPING = "stopping"
     CRASH_LOOP = "crash-loop"
     FAILED = "failed"
+    STANDBY = "standby"  # idle: engine stopped or asleep (--idle-timeout, --standby)
+    WAKING = "waking"  # POST /wake: relaunching or waking it up
 
 
 # Ends that a restart cannot mend: the state becomes ``failed`` until POST /restart or /model.

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Gauge
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from llmsvc.babysitter.lifecycle import ExitRecord, Reason, State
+
+WAKE_BUCKETS = (0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 20.0, 30.0, 60.0, 120.0, 300.0, 600.0, 1800.0)
 
 
 class BabysitterMetrics:
@@ -46,14 +48,36 @@ class BabysitterMetrics:
             ["model_name", "state"],
             registry=registry,
         )
+        self.standby = Gauge(
+            "llmsvc_babysitter_standby",
+            "1 while the engine is in standby (idle: stopped or asleep), else 0.",
+            ["model_name"],
+            registry=registry,
+        )
+        self.wakes = Counter(
+            "llmsvc_babysitter_wakes",
+            "Wakes from standby that reached ready (POST /wake).",
+            ["model_name"],
+            registry=registry,
+        )
+        self.wake_seconds = Histogram(
+            "llmsvc_babysitter_wake_seconds",
+            "Seconds from POST /wake to ready.",
+            ["model_name"],
+            buckets=WAKE_BUCKETS,
+            registry=registry,
+        )
         self._init_series()
         self.set_state(State.STARTING)
 
     def _init_series(self) -> None:
         self.engine_up.labels(self._model).set(0)
+        self.standby.labels(self._model).set(0)
+        self.wakes.labels(self._model)
+        self.wake_seconds.labels(self._model)
         for reason in Reason:
             self.exits.labels(self._model, reason.value)
-            if reason is not Reason.STOPPED:  # a stopped engine is never restarted
+            if reason not in (Reason.STOPPED, Reason.STANDBY):  # never "restarted" (a wake)
                 self.restarts.labels(self._model, reason.value)
 
     def relabel(self, model_name: str) -> None:
@@ -70,6 +94,13 @@ class BabysitterMetrics:
         for each in State:
             self.state.labels(self._model, each.value).set(1 if each is state else 0)
         self.engine_up.labels(self._model).set(1 if state is State.READY else 0)
+
+    def set_standby(self, standby: bool) -> None:
+        self.standby.labels(self._model).set(1 if standby else 0)
+
+    def woke(self, seconds: float) -> None:
+        self.wakes.labels(self._model).inc()
+        self.wake_seconds.labels(self._model).observe(seconds)
 
     def restarted(self, reason: Reason) -> None:
         self.restarts.labels(self._model, reason.value).inc()

@@ -110,6 +110,20 @@ class Registrar:
             self._engine_status = "unhealthy"
             await self._sync()
 
+    async def engine_standby(self) -> None:
+        """The engine goes to standby (idle): keep its record, reported ``standby`` (known,
+        never routed to), until :meth:`engine_awake` or :meth:`publish_engine`."""
+        async with self._lock:
+            self._engine_status = "standby"
+            await self._sync()
+
+    async def engine_awake(self) -> None:
+        """The engine is back from standby (or never left): reported healthy again."""
+        async with self._lock:
+            if self._engine_status == "standby":
+                self._engine_status = "healthy"
+                await self._sync()
+
     async def withdraw_engine(self) -> None:
         """The engine must get no more traffic: deregister it now."""
         async with self._lock:
@@ -212,6 +226,8 @@ class Registrar:
         was = self._state.get(name)
         self._state[name] = "registered"
         self._keep_lease(name, answer.lease)
+        if status == "standby":  # a registration starts healthy: say standby at once
+            await client.heartbeat(name, status, lease=answer.lease)
         if mine:
             self._published = version
             if was == "registered":  # an update of a record already there: no news to log

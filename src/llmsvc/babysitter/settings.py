@@ -184,6 +184,26 @@ class BabysitterSettings(ServerSettings):
         "in-flight requests.",
     )
 
+    idle_timeout: float = Field(
+        default=0.0,
+        ge=0,
+        description="Seconds the engine may sit idle (its own metrics: nothing running or "
+        "waiting, its request counters unchanged) before it goes to standby (--standby); "
+        "0: never.",
+    )
+    standby: Literal["stop", "sleep"] = Field(
+        default="stop",
+        description="How an idle engine waits for POST /wake: stop (the process ends, the GPU "
+        "is free; a wake is a full start) or sleep (vLLM's sleep mode: weights offloaded, a "
+        "wake takes seconds; vllm and sim only).",
+    )
+    gpu_lock_dir: str | None = Field(
+        default=None,
+        description="Directory of the per-GPU lock files that babysitters with --idle-timeout "
+        "and --gpus hold while their engine runs, so that models sharing a GPU take turns "
+        "(default $XDG_RUNTIME_DIR/llmsvc, else /tmp/llmsvc-<uid>).",
+    )
+
     @model_validator(mode="after")
     def _token_from_file(self) -> BabysitterSettings:
         """The registry token from its flag or its file (``--registry-token-file``)."""

@@ -22,11 +22,12 @@ import dataclasses
 import logging
 import time
 from collections.abc import Callable, Coroutine
+from pathlib import Path
 from typing import Any
 
 import aiohttp
 
-from llmsvc.babysitter import api, concurrency, termination
+from llmsvc.babysitter import api, concurrency, probes, termination
 from llmsvc.babysitter.engines import Identity
 from llmsvc.babysitter.life import EngineRunner
 from llmsvc.babysitter.lifecycle import ExitRecord, Reason, RestartPolicy, State
@@ -34,9 +35,16 @@ from llmsvc.babysitter.metrics import BabysitterMetrics
 from llmsvc.babysitter.output import EngineOutput
 from llmsvc.babysitter.registration import Registrar, engine_record
 from llmsvc.babysitter.settings import BabysitterSettings
+from llmsvc.babysitter.standby import (
+    GpuLock,
+    IdleClock,
+    default_lock_dir,
+    post_engine,
+    scrape_load,
+)
 from llmsvc.babysitter.swap import Served, Swap, await_release
 from llmsvc.babysitter.termination import GiveUp
-from llmsvc.babysitter.waiting import Alarm, Drainer
+from llmsvc.babysitter.waiting import DRAIN_SETTLE, Alarm, Drainer
 
 log = logging.getLogger("llmsvc.babysitter.supervisor")
 
@@ -72,6 +80,13 @@ class Supervisor:
         self._clock = clock
         probe_timeout = settings.health_timeout
         self._alarm = Alarm()
+        self._idle = (
+            IdleClock(settings.idle_timeout, clock=clock) if settings.idle_timeout > 0 else None
+        )
+        gpu_lock = None
+        if self._idle is not None and settings.gpus:
+            directory = Path(settings.gpu_lock_dir) if settings.gpu_lock_dir else None
+            gpu_lock = GpuLock(directory or default_lock_dir(), settings.gpus, owner=ident.name)
         self._runner = EngineRunner(
             settings=settings,
             session=session,
@@ -79,6 +94,7 @@ class Supervisor:
             output=output,
             hooks=self,
             probe_timeout=probe_timeout,
+            gpu_lock=gpu_lock,
             clock=clock,
         )
         self._drainer = Drainer(
@@ -106,6 +122,11 @@ class Supervisor:
         self._resume = asyncio.Event()  # cleared: no new life until a request sets it
         self._resume.set()
         self._drain_lock = asyncio.Lock()
+        self.standby_since: float | None = None  # Unix time it went to standby
+        self.wakes = 0
+        self.wake_seconds: float | None = None  # the last POST /wake to ready, measured
+        self._wake_began: float | None = None  # monotonic, while waking
+        self._wake_task: asyncio.Task[None] | None = None
 
     # ---- what the API reads and asks -------------------------------------------------
 
@@ -156,6 +177,18 @@ class Supervisor:
             registration=api.Registration(**self._registrar.registration()),
             router=self._s.router,
             registry=self._s.registry,
+            standby=self._standby_status(),
+        )
+
+    def _standby_status(self) -> api.Standby | None:
+        if self._idle is None:
+            return None
+        return api.Standby(
+            mode=self._s.standby,
+            idle_timeout=self._s.idle_timeout,
+            since=self.standby_since,
+            wakes=self.wakes,
+            last_wake_seconds=self.wake_seconds,
         )
 
     def request_restart(self) -> None:
@@ -164,6 +197,63 @@ class Supervisor:
         self._requested = True
         self._alarm.ring(Reason.REQUESTED)
         self._resume.set()
+
+    def wake(self) -> bool:
+        """``POST /wake``: start the engine in standby again; False when it is not in standby
+        (already running, starting or waking: nothing to do)."""
+        if self.state is not State.STANDBY or self._stopping:
+            return False
+        log.info("waking the engine (--standby %s)", self._s.standby)
+        self._wake_began = self._clock()
+        self._set_state(State.WAKING)
+        self.starting_since = round(self._wall(), 3)
+        self._publish_self()
+        if self._s.standby == "stop":  # stopped: the loop launches it (a normal start)
+            self._resume.set()
+        else:  # asleep
+            self._wake_task = asyncio.get_running_loop().create_task(
+                self._wake_up(), name="wake-up"
+            )
+        return True
+
+    async def _wake_up(self) -> None:
+        """Wake a sleeping engine: the GPU lock, ``POST /wake_up``, then its health."""
+        base = self.ident.engine_url()
+        deadline = self._clock() + self._s.startup_timeout
+        if not await self._runner.wait_for_gpus():
+            return  # interrupted: shutdown, restart, swap
+        code, body = await post_engine(
+            self._session, base + "/wake_up", timeout=self._s.startup_timeout
+        )
+        ok = code == 200
+        url = base + self.served.spec.health_path
+        while ok and not await probes.healthy(self._session, url, timeout=self._s.health_timeout):
+            if self._clock() >= deadline or self.state is not State.WAKING:
+                ok = False
+                break
+            await asyncio.sleep(min(0.2, self._s.health_interval))
+        if self.state is not State.WAKING or self._stopping:
+            return
+        if not ok:
+            log.error("the engine did not wake up (POST /wake_up: %s %s); restarting it",
+                      code, body.strip()[:200])  # fmt: skip
+            self.request_restart()
+            return
+        self._woke()
+        log.info("engine awake after %.2fs", self.wake_seconds or 0.0)
+        self._set_state(State.READY)
+        await self._registrar.engine_awake()
+
+    def _woke(self) -> None:
+        """A wake is over: measure it, count it, and start the idle clock again."""
+        if self._wake_began is not None:
+            self.wake_seconds = round(self._clock() - self._wake_began, 3)
+            self._metrics.woke(self.wake_seconds)
+        self._wake_began = None
+        self.wakes += 1
+        self.standby_since = None
+        if self._idle is not None:
+            self._idle.reset()
 
     async def drain(self) -> api.Drained:
         """Deregister the engine and wait for its in-flight requests (``--drain-timeout``)."""
@@ -217,14 +307,19 @@ class Supervisor:
         self._metrics.ready_after(took)
         self._swap.passed()
         self.startup_seconds = round(took, 3)
-        if self._stopping or self.state is not State.STARTING:
+        starting = (State.STARTING, State.WAKING)
+        if self._stopping or self.state not in starting:
             self._publish_self()
             return  # draining or swapping: stay out of the registry
         slots = await self._max_concurrency()
-        if self._stopping or self.state is not State.STARTING:
+        if self._stopping or self.state not in starting:
             self._publish_self()
             return
         log.info("engine ready after %.2fs serving %s", took, ", ".join(self.model_ids()))
+        if self.state is State.WAKING:
+            self._woke()
+        elif self._idle is not None:
+            self._idle.reset()
         self._set_state(State.READY)
         metadata: dict[str, Any] = {
             "models": self.model_ids(),
@@ -257,12 +352,15 @@ class Supervisor:
 
     def record_metadata(self) -> dict[str, Any]:
         """What the babysitter's own record says of the engine, now."""
-        return {
+        metadata: dict[str, Any] = {
             "model_name": self.ident.model_name,
             "state": str(self.state),
             "startup_seconds": self.startup_seconds,
             "starting_since": self.starting_since,
         }
+        if self.wake_seconds is not None:
+            metadata["wake_seconds"] = self.wake_seconds
+        return metadata
 
     def _publish_self(self) -> None:
         self._registrar.update_babysitter(self.record_metadata())
@@ -273,6 +371,47 @@ class Supervisor:
         self._set_state(State.READY if ok else State.UNHEALTHY)
         return True
 
+    async def idle_tick(self) -> Reason | None:
+        """At each passed health check: has the engine been idle for ``--idle-timeout``?
+        Then take it out of rotation (record ``standby``), look once more after routers
+        heard of it, and stop it (:data:`Reason.STANDBY` ends the life) or put it to sleep."""
+        idle = self._idle
+        if idle is None or self.state is not State.READY:
+            return None
+        base, timeout = self.ident.engine_url(), self._s.health_timeout
+        if not idle.observe(await scrape_load(self._session, base, timeout=timeout)):
+            return None
+        log.info("engine idle for %.1fs: going to standby (%s)", idle.idle_for(), self._s.standby)
+        await self._registrar.engine_standby()  # routers stop sending it requests
+        await asyncio.sleep(DRAIN_SETTLE)
+        load = await scrape_load(self._session, base, timeout=timeout)
+        if self.state is not State.READY or self._stopping or not idle.observe(load):
+            log.info("a request arrived meanwhile: staying up")
+            await self._back_in_rotation()
+            return None
+        if self._s.standby == "stop":
+            self._enter_standby()
+            return Reason.STANDBY
+        code, body = await post_engine(self._session, base + "/sleep?level=1", timeout=30)
+        if code != 200:
+            log.warning("the engine refused to sleep (%s %s): staying up", code, body[:200])
+            await self._back_in_rotation()
+            return None
+        self._enter_standby()
+        if self._runner.gpu_lock is not None:
+            self._runner.gpu_lock.release()  # asleep: another model may use the GPU
+        return None
+
+    async def _back_in_rotation(self) -> None:
+        if self._idle is not None:
+            self._idle.reset()
+        if self.state is State.READY and not self._stopping:
+            await self._registrar.engine_awake()
+
+    def _enter_standby(self) -> None:
+        self.standby_since = round(self._wall(), 3)
+        self._set_state(State.STANDBY)
+
     # ---- the loop of lives -----------------------------------------------------------
 
     async def run(self) -> None:
@@ -280,7 +419,8 @@ class Supervisor:
             await self._resume.wait()
             if self._stopping:
                 return
-            if self.last_exit is not None:
+            waking = self.state is State.WAKING
+            if self.last_exit is not None and not waking:
                 self.restarts += 1
                 requested = self._requested and self.last_exit.reason is not Reason.SWAPPED
                 self._metrics.restarted(Reason.REQUESTED if requested else self.last_exit.reason)
@@ -289,8 +429,9 @@ class Supervisor:
             if staged is not None:
                 self.served = staged
                 self._relabel()
-            self.starting_since = round(self._wall(), 3)
-            self._set_state(State.STARTING)
+            if not waking:
+                self.starting_since = round(self._wall(), 3)
+                self._set_state(State.STARTING)
             self._publish_self()  # a new start, even when the state was already starting
             record = await self._runner.live(self.served, self.ident)
             await self._after(record)
@@ -310,6 +451,11 @@ class Supervisor:
                 record.code, record.signal, record.detail)  # fmt: skip
         if record.reason is Reason.SWAPPED:
             await self._release(engine.proc.pid if engine is not None else None)
+            return
+        if record.reason is Reason.STANDBY:
+            log.info("engine stopped: standby until POST /wake")
+            if self.state is not State.WAKING:  # a wake that came while it stopped goes on
+                self._resume.clear()
             return
         if self.state in (State.DRAINING, State.DRAINED) and record.reason is not Reason.REQUESTED:
             await self._registrar.withdraw_engine()
@@ -363,10 +509,13 @@ class Supervisor:
         self._metrics.set_state(self.state)
 
     def _set_state(self, state: State) -> None:
+        if self.state is State.STANDBY and state not in (State.STANDBY, State.WAKING):
+            self.standby_since = None  # left standby another way (drain, restart, shutdown)
         if state is not self.state:
             log.info("state %s -> %s", self.state, state)
         self.state = state
         self._metrics.set_state(state)
-        if state is not State.STARTING:
+        self._metrics.set_standby(state is State.STANDBY)
+        if state not in (State.STARTING, State.WAKING):
             self.starting_since = None
         self._publish_self()

@@ -63,9 +63,10 @@ class Reason(StrEnum):
     REQUESTED = "Requested"  # POST /restart
     SWAPPED = "Swapped"  # POST /model replaced it
     STOPPED = "Stopped"  # the babysitter shut down
+    STANDBY = "Standby"  # idle for --idle-timeout: stopped until POST /wake (--standby stop)
 
 
-INTENDED = frozenset({Reason.REQUESTED, Reason.SWAPPED, Reason.STOPPED})
+INTENDED = frozenset({Reason.REQUESTED, Reason.SWAPPED, Reason.STOPPED, Reason.STANDBY})
 """Ends the babysitter asked for: no failure, no backoff, no termination message."""
 FAILURES = tuple(r for r in Reason if r not in INTENDED)
 """The reasons of a failed engine life: those a termination message can carry."""

@@ -256,6 +256,7 @@ async def get_stats(request: web.Request) -> web.Response:
         total=stats.total,
         healthy=stats.healthy,
         unhealthy=stats.unhealthy,
+        standby=stats.standby,
         by_type=stats.by_type,
         by_model=stats.by_model,
         index=state.store.index,
@@ -367,8 +368,10 @@ ROUTES = (
         "/services/{name}/heartbeat",
         heartbeat,
         "Refresh a service's heartbeat (its lease; 404: register again)",
-        description='An optional body {"status": "healthy"|"unhealthy"} reports the '
-        "sender's own verdict, counted as a health check's result.",
+        description='An optional body {"status": "healthy"|"unhealthy"|"standby"} reports the '
+        "sender's own verdict, counted as a health check's result; standby (an idle engine "
+        "stopped or asleep) holds until a heartbeat says otherwise or the TTL passes, and such a "
+        "record is not health-checked.",
         request=Heartbeat,
         request_required=False,
         response=ServiceRecord,

@@ -95,11 +95,13 @@ async def check_all(
 
     Records of another source are left alone: Kubernetes records take their
     status from the endpoint's ``ready`` condition (the pod's readiness probe).
+    So are ``standby`` records: their engine is stopped or asleep on purpose, and
+    their babysitter's heartbeats say when it is back.
 
     The timeout covers one check from the moment it has a connection, so that a
     large registry does not mark healthy services down for waiting in line.
     """
-    records = store.records(source=HTTP)
+    records = [r for r in store.records(source=HTTP) if r.status != "standby"]
     gate = asyncio.Semaphore(CONCURRENT_CHECKS)
 
     async def one(record: ServiceRecord) -> None:

@@ -93,7 +93,7 @@ class RegistryMetrics:
     def refresh(self, store: ServiceStore, maintenance: MaintenanceBook | None = None) -> None:
         """Set the gauges from the store and the maintenance book (before each scrape)."""
         counts: dict[tuple[str, str], int] = {
-            (t, s): 0 for t in (*_KNOWN_TYPES, "other") for s in ("healthy", "unhealthy")
+            (t, s): 0 for t in (*_KNOWN_TYPES, "other") for s in ("healthy", "unhealthy", "standby")
         }
         for record in store.records():
             key = (type_label(record.type), record.status)

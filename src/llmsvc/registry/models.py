@@ -38,6 +38,9 @@ class RegistryStats(BaseModel):
     total: int
     healthy: int
     unhealthy: int
+    standby: int = Field(
+        default=0, description="Engines in standby (stopped or asleep while idle); not healthy."
+    )
     by_type: dict[str, int] = Field(description="Services per record type.")
     by_model: dict[str, int] = Field(description="Services serving each model id.")
     index: int = Field(description="The change index.")

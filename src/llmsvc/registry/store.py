@@ -4,6 +4,10 @@ A record's ``status`` is derived from two inputs: the last health check
 (``consecutive_failures > 0`` means it failed) and the heartbeat TTL (no
 heartbeat for longer than ``ttl`` seconds). It is ``unhealthy`` if either says
 so, else ``healthy``. A new registration starts healthy; checks decide after.
+A heartbeat that reports ``standby`` (an engine its babysitter stopped or put to
+sleep while idle) makes the status ``standby`` until a heartbeat reports
+otherwise or the heartbeats stop (the TTL makes it ``unhealthy``, as any other);
+health checks leave a ``standby`` record alone.
 
 The change index grows by one on every change a watcher cares about:
 register, update, deregister, removal, a status flip, a metadata change. A
@@ -67,6 +71,7 @@ class Stats:
     total: int
     healthy: int
     unhealthy: int
+    standby: int = 0
     by_type: dict[str, int] = field(default_factory=dict)
     by_model: dict[str, int] = field(default_factory=dict)
 
@@ -146,11 +151,13 @@ class ServiceStore:
         self.expire()
         records = self._records.values()
         healthy = sum(1 for r in records if r.healthy)
+        standby = sum(1 for r in records if r.status == "standby")
         models = Counter(m for r in records for m in dict.fromkeys(r.models))
         return Stats(
             total=len(self._records),
             healthy=healthy,
-            unhealthy=len(self._records) - healthy,
+            unhealthy=len(self._records) - healthy - standby,
+            standby=standby,
             by_type=dict(Counter(r.type for r in records)),
             by_model=dict(models),
         )
@@ -216,6 +223,9 @@ class ServiceStore:
             failed = status == "unhealthy"
             update["consecutive_failures"] = old.consecutive_failures + 1 if failed else 0
             update["last_check"] = now
+            # standby is kept by _status until a heartbeat says otherwise; healthy here is a
+            # placeholder that _status derives again (failures, TTL).
+            update["status"] = "standby" if status == "standby" else "healthy"
         return self._put(old.model_copy(update=update))
 
     def now(self) -> float:
@@ -230,7 +240,7 @@ class ServiceStore:
         newer verdict (a heartbeat's reported status), is stale and ignored.
         """
         old = self._records.get(name)
-        if old is None or old.url != url or name in self._sources:
+        if old is None or old.url != url or name in self._sources or old.status == "standby":
             return None
         if started is not None and (
             old.registered_at > started or (old.last_check or 0.0) > started
@@ -354,6 +364,8 @@ class ServiceStore:
         if record.name in self._sources:
             return record.status
         stale = self._stale(record.last_heartbeat, now)
+        if not stale and record.status == "standby":
+            return "standby"
         return "unhealthy" if stale or record.consecutive_failures > 0 else "healthy"
 
     def _apply_ttl(self, now: float) -> list[str]:
