@@ -30,6 +30,10 @@ COMMANDS: dict[str, tuple[str, str]] = {
     ),
     "bench": ("llmsvc.bench.cli:main", "drive an OpenAI-compatible endpoint and report latency"),
     "operator": ("llmsvc.operator.cli:main", "run the Kubernetes operator (InferenceService CRD)"),
+    "simulate": (
+        "llmsvc.simulate.cli:main",
+        "simulate a fleet and its scaling policies over a traffic trace (simulated time)",
+    ),
 }
 
 
