@@ -104,3 +104,47 @@ def test_covers() -> None:
     assert not covers({"a": 1}, {"a": "1"})
     assert not covers({"b": [{"c": 2}, {"c": 3}]}, {"b": [{"c": 2}]})
     assert not covers({}, {"a": None})
+
+
+# -- an autoscaled Deployment: spec.replicas belongs to the autoscaler -------------------
+
+
+def scaled_live(replicas: int) -> dict[str, Any]:
+    """The live Deployment after an autoscaler set ``replicas`` (the built one asks for 1)."""
+    live = live_of(built())
+    live["spec"]["replicas"] = replicas
+    return live
+
+
+def test_without_a_range_the_built_replicas_win() -> None:
+    patch = patch_for(scaled_live(3), built())
+    assert patch is not None and patch["spec"]["replicas"] == 1
+
+
+def test_the_autoscalers_replicas_are_kept_when_nothing_else_changed() -> None:
+    assert patch_for(scaled_live(3), built(), replicas_within=(0, 4)) is None
+    assert patch_for(scaled_live(0), built(), replicas_within=(0, 4)) is None
+
+
+def test_a_spec_change_of_an_autoscaled_deployment_leaves_out_its_replicas() -> None:
+    desired = built()
+    desired["spec"]["template"]["spec"]["nodeSelector"] = {"gpu": "h200"}
+    patch = patch_for(scaled_live(3), desired, replicas_within=(0, 4))
+    assert patch is not None
+    assert patch["spec"]["template"]["spec"]["nodeSelector"] == {"gpu": "h200"}
+    assert "replicas" not in patch["spec"]  # a merge patch without it keeps the live 3
+    assert desired["spec"]["replicas"] == 1  # the built object is not changed
+
+
+def test_replicas_outside_the_range_are_brought_within_it() -> None:
+    lowered = patch_for(scaled_live(6), built(), replicas_within=(0, 4))  # maxReplicas 6 → 4
+    assert lowered is not None and lowered["spec"]["replicas"] == 4
+    raised = patch_for(scaled_live(0), built(), replicas_within=(2, 4))  # minReplicas 0 → 2
+    assert raised is not None and raised["spec"]["replicas"] == 2
+
+
+def test_a_live_object_without_replicas_gets_the_built_count() -> None:
+    live = live_of(built())
+    del live["spec"]["replicas"]
+    patch = patch_for(live, built(), replicas_within=(0, 4))
+    assert patch is not None and patch["spec"]["replicas"] == 1

@@ -30,7 +30,9 @@ from llmsvc.operator.builders import (
     build_deployment,
     build_service,
     engine_labels,
+    initial_replicas,
     label_value,
+    replica_range,
     selector_labels,
 )
 from llmsvc.operator.children import patch_for
@@ -123,6 +125,14 @@ CASES: dict[str, dict[str, Any]] = {
         "replicas": 3,
         "resources": {"gpus": 0, "cpu": "500m", "memory": "512Mi", "shm": "0"},
         "startupTimeoutSeconds": 120,
+    },
+    # Autoscaled from zero: spec.replicas 0 is only the initial size, raised to minReplicas.
+    "sim-autoscaled": {
+        "model": {"name": "sim-model", "uri": "sim-model"},
+        "engine": {"type": "sim"},
+        "replicas": 0,
+        "autoscaling": {"minReplicas": 1, "maxReplicas": 8, "scaleDownDelay": "10m"},
+        "resources": {"gpus": 0, "cpu": "500m", "memory": "512Mi", "shm": "0"},
     },
     # A command engine (its own image), the defaults otherwise.
     "command": {
@@ -448,3 +458,23 @@ def test_operator_flags_name_the_token_secret() -> None:
     assert build_defaults(OperatorSettings()).registry_token is None
     with pytest.raises(ValidationError, match="not a namespace name"):
         OperatorSettings(registry_token_secret_namespaces=["Not_A_Namespace"])
+
+
+@pytest.mark.parametrize(
+    ("replicas", "autoscaling", "created", "bounds"),
+    [
+        (2, None, 2, None),
+        (0, None, 0, None),
+        (0, {"minReplicas": 1, "maxReplicas": 8}, 1, (1, 8)),
+        (10, {"minReplicas": 0, "maxReplicas": 4}, 4, (0, 4)),
+        (3, {"minReplicas": 0, "maxReplicas": 4}, 3, (0, 4)),
+        (1, {"minReplicas": 0}, 1, (0, 4)),  # maxReplicas defaults to 4
+    ],
+)
+def test_an_autoscaled_deployment_starts_within_min_and_max(
+    replicas: int, autoscaling: dict[str, Any] | None, created: int, bounds: tuple[int, int] | None
+) -> None:
+    spec = parse_spec({**CASES["sim"], "replicas": replicas, "autoscaling": autoscaling})
+    assert initial_replicas(spec) == created
+    assert replica_range(spec) == bounds
+    assert build_deployment(OWNER, spec, DEFAULTS)["spec"]["replicas"] == created

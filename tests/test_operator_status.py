@@ -15,7 +15,8 @@ import pytest
 from llmsvc.babysitter import termination
 from llmsvc.babysitter.lifecycle import ExitRecord, Reason
 from llmsvc.operator.diagnosis import pod_problem
-from llmsvc.operator.spec import InferenceServiceStatus, SpecError, parse_spec
+from llmsvc.operator.reconcile import status_body, status_patch
+from llmsvc.operator.spec import Condition, InferenceServiceStatus, SpecError, parse_spec
 from llmsvc.operator.status import compute_status, rfc3339
 
 NAME = "qwen3-32b"
@@ -453,3 +454,95 @@ def test_long_termination_messages_are_cut() -> None:
     failing = pod("p", waiting=("CrashLoopBackOff", ""), last=crashed("CUDAError: " + "x" * 5000))
     problem = pod_problem(failing)
     assert problem is not None and len(problem.message) < 500
+
+
+# -- autoscaled services: "desired" is the Deployment's, the autoscaler's fields kept ---------
+
+AUTOSCALED = parse_spec(
+    {
+        "model": {"name": "Qwen3-32B", "uri": "hf://Qwen/Qwen3-32B"},
+        "engine": {"type": "vllm"},
+        "replicas": 2,
+        "autoscaling": {"minReplicas": 0},
+    }
+)
+SCALER_FIELDS = {
+    "desired_replicas": 3,
+    "last_scale_time": "2026-11-22T11:59:00Z",
+    "last_cold_start_seconds": 41.5,
+}
+
+
+def test_an_autoscaler_at_zero_is_scaled_to_zero_whatever_spec_replicas_says() -> None:
+    assert AUTOSCALED.replicas == 2 and AUTOSCALED.autoscaling is not None
+    status = status_of(deployment(replicas=0, want=0), [], spec=AUTOSCALED)
+    ready = status.conditions[0]
+    assert (status.phase, ready.reason) == ("Ready", "ScaledToZero")
+    assert "the first request scales it up" in ready.message and "minReplicas 0" in ready.message
+    assert status.ready == "0/0"
+    # The same Deployment, not autoscaled: spec.replicas 2 is wanted, it is not Ready.
+    fixed = status_of(deployment(replicas=0, want=0), [], spec=SPEC)
+    assert (fixed.phase, fixed.ready) == ("Progressing", "0/2")
+
+
+def test_an_autoscaled_service_counts_against_the_deployments_replicas() -> None:
+    scaling_up = status_of(deployment(replicas=3, ready=2, want=3), ready_pods(2), spec=AUTOSCALED)
+    assert (scaling_up.phase, scaling_up.ready) == ("Progressing", "2/3")
+    assert scaling_up.conditions[0].reason == "RollingOut"
+    scaled = status_of(deployment(replicas=3, ready=3, want=3), ready_pods(3), spec=AUTOSCALED)
+    assert (scaled.phase, scaled.ready) == ("Ready", "3/3")
+    assert scaled.conditions[0].reason == "MinimumReplicasAvailable"
+    assert status_of(None, [], spec=AUTOSCALED).ready == "0/2"  # the initial size (0..4)
+
+
+def test_the_autoscalers_fields_are_kept_while_autoscaled() -> None:
+    previous = status_of(deployment(ready=2), ready_pods(2)).model_copy(update=SCALER_FIELDS)
+    kept = status_of(deployment(ready=2), ready_pods(2), spec=AUTOSCALED, previous=previous)
+    assert {key: getattr(kept, key) for key in SCALER_FIELDS} == SCALER_FIELDS
+    broken = SpecError("spec.resources.gpus", "must be >= 0 (got -1)")
+    failed = status_of(None, [], spec=None, error=broken, previous=previous)
+    assert failed.desired_replicas == 3  # an invalid spec changes nothing
+    removed = status_of(deployment(ready=2), ready_pods(2), spec=SPEC, previous=previous)
+    assert all(getattr(removed, key) is None for key in SCALER_FIELDS)
+
+
+def test_conditions_of_other_types_are_kept_as_they_are() -> None:
+    theirs = Condition(
+        type="AutoscalerDemand",
+        status="False",
+        reason="RouterUnreachable",
+        message="router 10.0.0.9 skipped",
+        last_transition_time="2026-11-22T11:00:00Z",
+    )
+    first = status_of(deployment(ready=2), ready_pods(2), spec=AUTOSCALED)
+    previous = first.model_copy(update={"conditions": [*first.conditions, theirs]})
+    again = status_of(deployment(ready=2), ready_pods(2), spec=AUTOSCALED, previous=previous)
+    assert [c.type for c in again.conditions] == ["Ready", "Progressing", "Degraded", theirs.type]
+    assert again.conditions[-1] == theirs
+
+
+def test_a_refresh_of_what_the_autoscaler_wrote_patches_nothing() -> None:
+    """The status as stored after the autoscaler's merge patch: recomputing it is a no-op."""
+    first = status_of(deployment(ready=2), ready_pods(2), spec=AUTOSCALED)
+    stored = {
+        **status_body(first),
+        "desiredReplicas": 2,
+        "lastScaleTime": "2026-11-22T11:59:00Z",
+        "lastColdStartSeconds": 41.5,
+        "kopf": {"progress": {}},  # another writer's key, not the operator's
+    }
+    previous = InferenceServiceStatus.model_validate(stored)
+    again = status_of(deployment(ready=2), ready_pods(2), spec=AUTOSCALED, previous=previous)
+    assert status_patch(status_body(again), stored) is None
+    # Autoscaling removed: the three fields are nulled (a merge patch removes them), kopf's stay.
+    fixed = status_of(deployment(ready=2), ready_pods(2), spec=SPEC, previous=previous)
+    change = status_patch(status_body(fixed), stored)
+    assert change is not None
+    assert {k: change[k] for k in ("desiredReplicas", "lastScaleTime", "lastColdStartSeconds")} == {
+        "desiredReplicas": None,
+        "lastScaleTime": None,
+        "lastColdStartSeconds": None,
+    }
+    assert "kopf" not in change
+    applied = {k: v for k, v in {**stored, **change}.items() if v is not None}
+    assert status_patch(status_body(fixed), applied) is None

@@ -251,10 +251,39 @@ def _metadata(
     return meta
 
 
+def replica_range(spec: InferenceServiceSpec) -> tuple[int, int] | None:
+    """``(minReplicas, maxReplicas)`` of an autoscaled service; ``None``: replicas is fixed.
+
+    With autoscaling the Deployment's ``spec.replicas`` belongs to the autoscaler
+    (the operator's, or KEDA's HPA): the operator only keeps it within this range.
+    """
+    scaling = spec.autoscaling
+    return None if scaling is None else (scaling.min_replicas, scaling.max_replicas)
+
+
+def clamp_replicas(replicas: int, bounds: tuple[int, int] | None) -> int:
+    """``replicas`` within ``bounds`` (as it is without them)."""
+    if bounds is None:
+        return replicas
+    low, high = bounds
+    return max(low, min(high, replicas))
+
+
+def initial_replicas(spec: InferenceServiceSpec) -> int:
+    """The replicas a new Deployment gets: ``spec.replicas``, kept within min..max when
+    autoscaled (there ``spec.replicas`` is only the initial size)."""
+    return clamp_replicas(spec.replicas, replica_range(spec))
+
+
 def build_deployment(
     owner: Owner, spec: InferenceServiceSpec, defaults: BuildDefaults
 ) -> dict[str, Any]:
-    """The Deployment ``<name>`` of engine pods (no surge: GPUs are scarce)."""
+    """The Deployment ``<name>`` of engine pods (no surge: GPUs are scarce).
+
+    Its ``spec.replicas`` is :func:`initial_replicas`; for an autoscaled service that
+    is the size it is created with only (:func:`llmsvc.operator.children.patch_for`
+    with ``replicas_within`` keeps the live count afterwards).
+    """
     template_meta = {
         "labels": engine_labels(owner.name, spec.model.name),
         "annotations": {MODEL_ANNOTATION: spec.model.name},
@@ -265,7 +294,7 @@ def build_deployment(
             "kind": "Deployment",
             "metadata": _metadata(owner, spec, {}),
             "spec": {
-                "replicas": spec.replicas,
+                "replicas": initial_replicas(spec),
                 "selector": {"matchLabels": selector_labels(owner.name)},
                 "strategy": {
                     "type": "RollingUpdate",

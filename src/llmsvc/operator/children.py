@@ -8,6 +8,14 @@ builder no longer sets, and so do the annotations only the operator writes (the
 maintenance ones it copies from the InferenceService). Fields the API server or
 other controllers add (defaults, ``deployment.kubernetes.io/revision``) are left
 alone, so an unchanged InferenceService patches nothing and starts no rollout.
+
+An autoscaled InferenceService's Deployment has a second writer of one field:
+the autoscaler sets ``spec.replicas`` (through the scale subresource). With
+``replicas_within=(min, max)`` the live count is kept, and only brought back
+within the range when it is outside it (a lowered maxReplicas, a raised
+minReplicas); every other field is patched as usual, and the patch does not
+carry ``spec.replicas`` at all while the live count is in range, so a spec
+change never undoes a scaling decision made meanwhile.
 """
 
 from __future__ import annotations
@@ -19,6 +27,7 @@ from typing import Any
 
 from llmsvc.core.names import MAINTENANCE_ANNOTATIONS
 from llmsvc.kube import KubeClient, KubeStatusError
+from llmsvc.operator.builders import clamp_replicas
 from llmsvc.operator.paths import collection_of, deployment_path, object_path, service_path
 
 # Maps under spec whose keys belong to the operator alone.
@@ -80,13 +89,25 @@ def _stale_keys(
     return stale
 
 
-def patch_for(live: Mapping[str, Any], desired: Mapping[str, Any]) -> dict[str, Any] | None:
-    """The merge patch turning ``live`` into what ``desired`` asks for; ``None``: nothing to do."""
+def patch_for(
+    live: Mapping[str, Any],
+    desired: Mapping[str, Any],
+    *,
+    replicas_within: tuple[int, int] | None = None,
+) -> dict[str, Any] | None:
+    """The merge patch turning ``live`` into what ``desired`` asks for; ``None``: nothing to do.
+
+    ``replicas_within``: ``spec.replicas`` belongs to an autoscaler; the live count
+    stays, clamped to ``(min, max)`` (``desired``'s count is used only when the live
+    object has none).
+    """
     meta = desired.get("metadata") or {}
     body: dict[str, Any] = {
         "metadata": {key: meta[key] for key in _METADATA_FIELDS if key in meta},
         "spec": copy.deepcopy(desired.get("spec") or {}),
     }
+    if replicas_within is not None:
+        _keep_live_replicas(live, body["spec"], replicas_within)
     stale = _stale_keys(live, body)
     if not stale and covers(live, body):
         return None
@@ -99,8 +120,31 @@ def patch_for(live: Mapping[str, Any], desired: Mapping[str, Any]) -> dict[str, 
     return body
 
 
-async def apply(api: KubeClient, desired: Mapping[str, Any]) -> tuple[Applied, dict[str, Any]]:
-    """Create ``desired`` or patch the live object to it; the outcome and the live object."""
+def _keep_live_replicas(
+    live: Mapping[str, Any], spec: dict[str, Any], bounds: tuple[int, int]
+) -> None:
+    """In the patch's ``spec``: no ``replicas`` while the live count is within ``bounds``,
+    the nearest bound when it is outside them."""
+    have = _dig(live, ("spec", "replicas"))
+    if not isinstance(have, int) or isinstance(have, bool):
+        return  # no live count (the API server always sets one): the built count
+    wanted = clamp_replicas(have, bounds)
+    if wanted == have:
+        spec.pop("replicas", None)
+    else:
+        spec["replicas"] = wanted
+
+
+async def apply(
+    api: KubeClient,
+    desired: Mapping[str, Any],
+    *,
+    replicas_within: tuple[int, int] | None = None,
+) -> tuple[Applied, dict[str, Any]]:
+    """Create ``desired`` or patch the live object to it; the outcome and the live object.
+
+    ``replicas_within``: see :func:`patch_for` (created objects get ``desired``'s count).
+    """
     path = object_path(desired)
     live = await api.get(path)
     if live is None:
@@ -112,7 +156,7 @@ async def apply(api: KubeClient, desired: Mapping[str, Any]) -> tuple[Applied, d
         live = await api.get(path)
         if live is None:
             raise KubeStatusError(409, "Conflict", f"{path} exists and vanished again")
-    patch = patch_for(live, desired)
+    patch = patch_for(live, desired, replicas_within=replicas_within)
     if patch is None:
         return Applied.UNCHANGED, live
     return Applied.UPDATED, await api.patch(path, patch)

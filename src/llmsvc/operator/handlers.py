@@ -70,8 +70,8 @@ def register(registry: kopf.OperatorRegistry, reconciler: Reconciler) -> None:
         await reconciler.reconcile("create", body, patch)
 
     @kopf.on.update(GROUP, VERSION, PLURAL, id="update", registry=registry)
-    async def updated(body: kopf.Body, patch: kopf.Patch, **_: Any) -> None:
-        await reconciler.reconcile("update", body, patch)
+    async def updated(body: kopf.Body, patch: kopf.Patch, old: Any = None, **_: Any) -> None:
+        await reconciler.reconcile("update", body, patch, old=old)
 
     @kopf.on.resume(GROUP, VERSION, PLURAL, id="resume", registry=registry)
     async def resumed(body: kopf.Body, patch: kopf.Patch, **_: Any) -> None:

@@ -4,7 +4,13 @@
 defaults, the metrics, the phases seen) and does the work; the kopf handlers in
 :mod:`llmsvc.operator.handlers` only pick the call. Kubernetes Events tell the
 user what it did and why: ``Created``, ``Updated``, ``InvalidSpec``,
-``Deleted``, ``Degraded``, ``Ready``, ``ApplyFailed``.
+``Deleted``, ``Degraded``, ``Ready``, ``ApplyFailed``, ``ScaleIgnored``.
+
+An autoscaled service's Deployment replicas belong to the autoscaler: they are
+created at ``spec.replicas`` (within min..max) and afterwards only kept within
+min..max; a change of ``spec.replicas`` (``kubectl scale llmis``) is then
+ignored with a ``ScaleIgnored`` Event, since two writers of one number would
+undo each other at every reconcile (docs/autoscaling.md).
 """
 
 from __future__ import annotations
@@ -25,7 +31,13 @@ from llmsvc.core.names import (
     MAINTENANCE_ANNOTATIONS,
 )
 from llmsvc.kube import KubeClient, KubeError, KubeStatusError
-from llmsvc.operator.builders import BuildDefaults, Owner, build_deployment, build_service
+from llmsvc.operator.builders import (
+    BuildDefaults,
+    Owner,
+    build_deployment,
+    build_service,
+    replica_range,
+)
 from llmsvc.operator.children import Applied, apply, remove_children
 from llmsvc.operator.metrics import OperatorMetrics
 from llmsvc.operator.paths import (
@@ -63,9 +75,12 @@ def _meta(body: Body) -> Mapping[str, Any]:
 
 
 def previous_status(body: Body) -> InferenceServiceStatus | None:
-    """The status the object carries, if it parses (else start afresh)."""
+    """The status the object carries, if it parses (else start afresh).
+
+    One without a phase counts too: the autoscaler may have written its fields first.
+    """
     raw = body.get("status")
-    if not isinstance(raw, Mapping) or not raw.get("phase"):
+    if not isinstance(raw, Mapping) or not raw:
         return None
     try:
         return InferenceServiceStatus.model_validate(dict(raw))
@@ -76,6 +91,24 @@ def previous_status(body: Body) -> InferenceServiceStatus | None:
 def status_body(status: InferenceServiceStatus) -> dict[str, Any]:
     """The status as the CRD spells it (camelCase)."""
     return status.model_dump(by_alias=True, mode="json", exclude_none=True)
+
+
+STATUS_KEYS = frozenset(
+    info.alias or name for name, info in InferenceServiceStatus.model_fields.items()
+)
+"""The status fields the operator computes; others (kopf's, an autoscaler's) are not ours."""
+
+
+def status_patch(new: Mapping[str, Any], stored: Mapping[str, Any]) -> dict[str, Any] | None:
+    """The merge patch of ``status`` from ``stored`` to ``new``; ``None``: nothing to do.
+
+    Only the operator's own fields are compared (keys others keep in the status are
+    left alone), and one of them that ``new`` no longer has is removed (``null``).
+    """
+    ours = {key: value for key, value in stored.items() if key in STATUS_KEYS}
+    if dict(new) == ours:
+        return None
+    return {**{key: None for key in ours if key not in new}, **new}
 
 
 class Reconciler:
@@ -104,8 +137,13 @@ class Reconciler:
 
     # -- create / update / resume -------------------------------------------------
 
-    async def reconcile(self, handler: str, body: Body, patch: kopf.Patch) -> None:
-        """Children to the spec, then the status into ``patch``; errors become Events."""
+    async def reconcile(
+        self, handler: str, body: Body, patch: kopf.Patch, *, old: Body | None = None
+    ) -> None:
+        """Children to the spec, then the status into ``patch``; errors become Events.
+
+        ``old``: the object as last handled (kopf's, on update), to tell what changed.
+        """
         self._keep_resyncing()
         with self.metrics.reconcile(handler) as outcome:
             meta = _meta(body)
@@ -122,9 +160,29 @@ class Reconciler:
                 pods = await self._pods(meta["namespace"], meta["name"])
             except KubeError as exc:
                 raise self._retry_or_give_up(body, exc) from exc
+            self._scale_ignored(body, spec, old, deployment)
             status = self._status(body, spec=spec, error=None, deployment=deployment, pods=pods)
-            patch.status.update(status_body(status))
+            patch.status.update(status_patch(status_body(status), status_body_of(body)) or {})
             self._announce(body, status)
+
+    def _scale_ignored(
+        self, body: Body, spec: InferenceServiceSpec, old: Body | None, deployment: Body
+    ) -> None:
+        """A ``ScaleIgnored`` Event when an update changed an autoscaled service's replicas."""
+        scaling = spec.autoscaling
+        if scaling is None or old is None:
+            return
+        before = (old.get("spec") or {}).get("replicas", 1)
+        if before == spec.replicas:
+            return
+        live = (deployment.get("spec") or {}).get("replicas")
+        message = (
+            f"spec.replicas {before} → {spec.replicas} ignored: spec.replicas is only the "
+            f"initial size while autoscaling is set: change minReplicas/maxReplicas "
+            f"(now {scaling.min_replicas}..{scaling.max_replicas}); the Deployment keeps "
+            f"{live} replicas."
+        )
+        _event(body, "Normal", reason="ScaleIgnored", message=message)
 
     async def _apply_children(self, body: Body, spec: InferenceServiceSpec) -> dict[str, Any]:
         meta = _meta(body)
@@ -132,8 +190,9 @@ class Reconciler:
         deployment: dict[str, Any] = {}
         service = build_service(owner, spec, meta.get("annotations") or {})
         for child in (build_deployment(owner, spec, self.defaults), service):
-            outcome, live = await apply(self.api, child)
             kind = child["kind"]
+            within = replica_range(spec) if kind == "Deployment" else None
+            outcome, live = await apply(self.api, child, replicas_within=within)
             if kind == "Deployment":
                 deployment = live
             if outcome is Applied.CREATED:
@@ -150,7 +209,7 @@ class Reconciler:
         kept = " The running workload is left as it was." if children else ""
         _event(body, "Warning", reason="InvalidSpec", message=f"{err}.{kept}")
         status = self._status(body, spec=None, error=err, deployment=None, pods=[])
-        patch.status.update(status_body(status))
+        patch.status.update(status_patch(status_body(status), status_body_of(body)) or {})
         self._announce(body, status)
 
     async def _children_exist(self, namespace: str, name: str) -> bool:
@@ -283,9 +342,9 @@ class Reconciler:
             deployment = await self.api.get(deployment_path(namespace, name)) if spec else None
             pods = await self._pods(namespace, name) if spec else []
             status = self._status(body, spec=spec, error=error, deployment=deployment, pods=pods)
-            new = status_body(status)
-            if new != status_body_of(body):
-                await self.api.patch(isvc_path(namespace, name) + "/status", {"status": new})
+            change = status_patch(status_body(status), status_body_of(body))
+            if change is not None:
+                await self.api.patch(isvc_path(namespace, name) + "/status", {"status": change})
             self._announce(body, status)
 
     async def _pods(self, namespace: str, name: str) -> list[dict[str, Any]]:

@@ -17,6 +17,18 @@ Ready      all desired replicas ready, rollout complete     MinimumReplicasAvail
 Degraded   a pod fails (see :mod:`.diagnosis`), or no       the pod's reason,
            progress within progressDeadlineSeconds          ProgressDeadlineExceeded
 ========== ================================================ ==========================
+
+"Desired replicas" is ``spec.replicas``, except for an autoscaled service: there it
+is the Deployment's ``spec.replicas``, what the autoscaler set (``spec.replicas`` is
+only the initial size), so a service the autoscaler took to zero is Ready with
+reason ScaledToZero, and the READY column counts against the autoscaler's number.
+
+The autoscaler writes its own status fields (``desiredReplicas``, ``lastScaleTime``,
+``lastColdStartSeconds``) and may add conditions of other types by merge patch;
+this computation keeps them as they were while the service is autoscaled (a
+refresh neither drops them nor patches them back and forth), and drops the three
+fields once autoscaling is removed. Conditions of types other than the three here
+are always kept as their writer left them.
 """
 
 from __future__ import annotations
@@ -27,7 +39,7 @@ from datetime import UTC, datetime
 from typing import Any, Literal
 
 from llmsvc.core.names import INFERENCE_SERVICE_LABEL
-from llmsvc.operator.builders import label_value
+from llmsvc.operator.builders import initial_replicas, label_value
 from llmsvc.operator.diagnosis import field, pod_problem
 from llmsvc.operator.spec import (
     Condition,
@@ -39,6 +51,8 @@ from llmsvc.operator.spec import (
 )
 
 CONDITION_TYPES = ("Ready", "Progressing", "Degraded")
+AUTOSCALER_FIELDS = ("desired_replicas", "last_scale_time", "last_cold_start_seconds")
+"""Status fields the autoscaler writes (by merge patch), kept while autoscaled."""
 CONDITION_MESSAGE_MAX = 32768  # metav1.Condition's limit
 
 
@@ -73,7 +87,7 @@ def compute_status(
         desired = replicas
     else:
         verdict = assess(spec, name, deployment, pods)
-        desired = spec.replicas
+        desired = target_replicas(spec, deployment)
     return InferenceServiceStatus(
         phase=verdict.phase,
         replicas=replicas,
@@ -83,7 +97,34 @@ def compute_status(
         observed_generation=generation,
         endpoints=endpoints(pods),
         conditions=conditions(verdict, generation, previous, now),
+        **autoscaler_fields(spec, error, previous),
     )
+
+
+def target_replicas(spec: InferenceServiceSpec, deployment: Mapping[str, Any] | None) -> int:
+    """The replicas the service should have now: ``spec.replicas``, or for an autoscaled
+    service the Deployment's ``spec.replicas`` (the autoscaler's; before the Deployment
+    exists, the initial size)."""
+    if spec.autoscaling is None:
+        return spec.replicas
+    live = field(deployment, "spec", "replicas")
+    if isinstance(live, int) and not isinstance(live, bool):
+        return live
+    return initial_replicas(spec)
+
+
+def autoscaler_fields(
+    spec: InferenceServiceSpec | None,
+    error: SpecError | None,
+    previous: InferenceServiceStatus | None,
+) -> dict[str, Any]:
+    """The autoscaler's status fields from ``previous``: kept while autoscaled (and while
+    the spec is invalid: nothing is changed then), none once autoscaling is removed."""
+    if previous is None:
+        return {}
+    if spec is not None and error is None and spec.autoscaling is None:
+        return {}
+    return {key: getattr(previous, key) for key in AUTOSCALER_FIELDS}
 
 
 def assess(
@@ -95,13 +136,13 @@ def assess(
     """The phase of a valid InferenceService and why."""
     if deployment is None:
         return Verdict("Pending", "Creating", f"Waiting for Deployment {name} to be created.")
-    desired, model = spec.replicas, spec.model.name
+    desired, model = target_replicas(spec, deployment), spec.model.name
     replicas = int(field(deployment, "status", "replicas") or 0)
     ready = int(field(deployment, "status", "readyReplicas") or 0)
     updated = int(field(deployment, "status", "updatedReplicas") or 0)
     if _current(deployment, desired):
         if desired == 0 and replicas == 0:
-            return Verdict("Ready", "ScaledToZero", f"Scaled to zero: no pod serves {model}.")
+            return Verdict("Ready", "ScaledToZero", _scaled_to_zero(spec))
         if desired > 0 and ready >= desired and updated >= desired and replicas == desired:
             return Verdict(
                 "Ready",
@@ -128,6 +169,16 @@ def assess(
         "RollingOut",
         f"Rolling out {model}: {ready}/{desired} replicas ready, {updated} updated.",
     )
+
+
+def _scaled_to_zero(spec: InferenceServiceSpec) -> str:
+    model, scaling = spec.model.name, spec.autoscaling
+    if scaling is not None and scaling.min_replicas == 0:
+        return (
+            f"Scaled to zero by the autoscaler: no pod serves {model}; the first request "
+            f"scales it up (minReplicas 0), held by the router meanwhile."
+        )
+    return f"Scaled to zero: no pod serves {model}."
 
 
 def _current(deployment: Mapping[str, Any], desired: int) -> bool:
@@ -175,7 +226,7 @@ def conditions(
     }
     before = {c.type: c for c in previous.conditions} if previous is not None else {}
     stamp = rfc3339(now)
-    out = []
+    out: list[Condition] = []
     for kind in CONDITION_TYPES:
         status: Literal["True", "False"] = "True" if statuses[kind] else "False"
         old = before.get(kind)
@@ -190,6 +241,8 @@ def conditions(
                 observed_generation=generation,
             )
         )
+    # Others' conditions (the autoscaler's) as they are: a merge patch replaces the list.
+    out.extend(c for c in before.values() if c.type not in CONDITION_TYPES)
     return out
 
 
