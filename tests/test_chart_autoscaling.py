@@ -10,12 +10,15 @@ takes, and each engine gets the permissions it uses and no other.
 from __future__ import annotations
 
 import base64
+import re
+import subprocess
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import kubernetes_validate
 import pytest
+import yaml
 
 from helmchart import (
     HelmError,
@@ -30,6 +33,8 @@ from helmchart import (
 )
 from llmsvc.core.settings import parse_settings
 from llmsvc.operator.settings import OperatorSettings
+from llmsvc.operator.spec import parse_spec
+from tools import ROOT, require_tool
 
 K8S_VERSIONS = ("1.27.0", kubernetes_validate.latest_version())
 ENGINES = ("builtin", "keda", "none")
@@ -223,3 +228,83 @@ def test_each_engine_renders_valid_kubernetes(
 def test_values_schema_rejects_autoscaling_mistakes(values: dict[str, Any]) -> None:
     with pytest.raises(HelmError, match="values don't meet the specifications of the schema"):
         render(values=values)
+
+
+# --- deploy/hpa: the HPA + prometheus-adapter recipe (autoscaling.engine: none) -------------
+
+HPA_DIR = ROOT / "deploy" / "hpa"
+# prometheus-adapter's DiscoveryRule fields (pkg/config/config.go, v0.12.0).
+ADAPTER_RULE_FIELDS = {"seriesQuery", "seriesFilters", "resources", "name", "metricsQuery"}
+
+
+def recipe() -> tuple[dict[str, Any], dict[str, Any]]:
+    """The recipe's HPA and InferenceService."""
+    docs = documents((HPA_DIR / "hpa.yaml").read_text())
+    (hpa,) = of_kind(docs, "HorizontalPodAutoscaler")
+    (isvc,) = of_kind(docs, "InferenceService")
+    return hpa, isvc
+
+
+def test_hpa_recipe_is_valid_and_agrees_with_its_inference_service() -> None:
+    hpa, isvc = recipe()
+    for version in K8S_VERSIONS:
+        validate_strict(hpa, version)
+    spec = parse_spec(isvc["spec"])
+    assert spec.autoscaling is not None
+    assert hpa["metadata"]["namespace"] == isvc["metadata"]["namespace"]
+    assert hpa["spec"]["scaleTargetRef"] == {
+        "apiVersion": "apps/v1", "kind": "Deployment", "name": isvc["metadata"]["name"]
+    }  # fmt: skip
+    assert (hpa["spec"]["minReplicas"], hpa["spec"]["maxReplicas"]) == (
+        spec.autoscaling.min_replicas, spec.autoscaling.max_replicas)  # fmt: skip
+    assert hpa["spec"]["minReplicas"] >= 1, "no HPA scales to 0 without HPAScaleToZero"
+    (metric,) = hpa["spec"]["metrics"]
+    assert metric["external"]["metric"] == {
+        "name": "llmsvc_router_model_demand",
+        "selector": {"matchLabels": {"model_name": spec.model.name}},
+    }
+    assert metric["external"]["target"] == {
+        "type": "AverageValue", "averageValue": str(spec.autoscaling.target_requests)
+    }  # fmt: skip
+    behavior = hpa["spec"]["behavior"]
+    assert behavior["scaleDown"]["stabilizationWindowSeconds"] == (
+        spec.autoscaling.scale_down_seconds)  # fmt: skip
+
+
+def test_prometheus_adapter_rule_exposes_the_demand_metric_the_hpa_asks_for(
+    tmp_path: Path,
+) -> None:
+    values = yaml.safe_load((HPA_DIR / "prometheus-adapter-values.yaml").read_text())
+    assert values["rules"]["default"] is False
+    (rule,) = values["rules"]["external"]
+    assert set(rule) <= ADAPTER_RULE_FIELDS
+    assert rule["resources"] == {"namespaced": False}, "routers and engines differ in namespace"
+    hpa, _ = recipe()
+    wanted = hpa["spec"]["metrics"][0]["external"]["metric"]
+    series = re.sub(r"\{.*", "", rule["seriesQuery"])
+    assert re.fullmatch(rule["name"]["matches"], series)
+    assert re.sub(rule["name"]["matches"], rule["name"]["as"], series) == wanted["name"]
+    # The query the adapter sends for the HPA's selector sums the model's demand over every
+    # router (promtool evaluates it against two routers' series).
+    (model,) = wanted["selector"]["matchLabels"].values()
+    query = rule["metricsQuery"].replace("<<.Series>>", series)
+    query = query.replace("<<.LabelMatchers>>", f'model_name="{model}"')
+    test = {
+        "evaluation_interval": "1m",
+        "tests": [{
+            "interval": "1m",
+            "input_series": [
+                {"series": f'{series}{{model_name="{model}", instance="r1"}}', "values": "3"},
+                {"series": f'{series}{{model_name="{model}", instance="r2"}}', "values": "6"},
+                {"series": f'{series}{{model_name="other", instance="r1"}}', "values": "40"},
+            ],
+            "promql_expr_test": [{"expr": query, "eval_time": "0m", "exp_samples": [
+                {"labels": f'{{model_name="{model}"}}', "value": 9}]}],
+        }],
+    }  # fmt: skip
+    (tmp_path / "adapter_test.yaml").write_text(yaml.safe_dump(test))
+    done = subprocess.run(
+        [require_tool("promtool"), "test", "rules", "adapter_test.yaml"],
+        capture_output=True, text=True, check=False, cwd=tmp_path, timeout=60,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stdout + done.stderr
