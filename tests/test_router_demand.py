@@ -14,12 +14,15 @@ from pathlib import Path
 from typing import Any
 
 import orjson
+import pytest
+from aiohttp import web
 from prometheus_client import CollectorRegistry
 
 import metrics
 from llmsvc.router.app import create_app
 from llmsvc.router.demand import DemandCounter, ModelDemand, demand_view
 from llmsvc.router.settings import RouterSettings
+from procs import HOST, free_port
 from routerbackends import BODY, CHAT, Backend, Client, running
 
 STREAM = {**BODY, "stream": True}
@@ -47,6 +50,7 @@ def test_demand_view_lists_every_model_with_its_total() -> None:
     assert view["total"] == 8
     assert view["models"]["a"] == {
         "in_flight": 2, "queued": 5, "queued_by_priority": queued["a"], "held": 0, "demand": 7,
+        "kv_cache_usage": None, "ready": 0,
     }  # fmt: skip
     counter.add(counter.in_flight, "a", -2)
     assert "a" not in counter.in_flight  # no leftover zero entries
@@ -83,10 +87,12 @@ async def test_demand_counts_in_flight_queued_by_class_and_held(
         assert (await client.get("/demand")).status == 401  # the admin token's, like /stats
         zero = dict.fromkeys(("critical", "standard", "sheddable", "batch"), 0)
         idle = await demand_of(client)
+        assert idle["models"]["m"].pop("ready") == 1  # cold's may not have failed a check yet
+        assert idle["models"]["cold"].pop("ready") in (0, 1)
         assert idle == {
             "models": {
                 m: {"in_flight": 0, "queued": 0, "queued_by_priority": zero, "held": 0,
-                    "demand": 0}
+                    "demand": 0, "kv_cache_usage": None}  # no scrape: round_robin
                 for m in ("cold", "m")
             },
             "total": 0,
@@ -109,6 +115,7 @@ async def test_demand_counts_in_flight_queued_by_class_and_held(
         assert m["queued_by_priority"] == zero | {"critical": 1, "batch": 1}
         assert seen["models"]["cold"] == {
             "in_flight": 0, "queued": 0, "queued_by_priority": zero, "held": 1, "demand": 1,
+            "kv_cache_usage": None, "ready": 0,
         }  # fmt: skip
         assert seen["total"] == 4
 
@@ -125,3 +132,58 @@ async def test_demand_counts_in_flight_queued_by_class_and_held(
         down.healthy = True  # cold's backend passes its next check: the held one goes
         assert (await asyncio.wait_for(held, 10)).status == 200
         assert (await until(client, lambda d: d["total"] == 0))["models"]["m"]["in_flight"] == 0
+
+
+def exposition(body: bytes) -> Callable[[web.Request], Awaitable[web.Response]]:
+    async def metrics_page(_: web.Request) -> web.Response:
+        return web.Response(body=body)
+
+    return metrics_page
+
+
+async def test_demand_says_each_models_ready_backends_and_their_kv_cache_use(
+    aiohttp_client: Callable[..., Awaitable[Client]], tmp_path: Path
+) -> None:
+    """What an autoscaler's kvCache metric reads: the mean scraped KV-cache use of the
+    model's ready backends (least_load scrapes them); an engine exporting none is left out,
+    and a model with no scrape reads null."""
+    exports = {
+        "e1": b"vllm:num_requests_waiting 0\nvllm:kv_cache_usage_perc 0.2\n",
+        "e2": b"vllm:num_requests_waiting 1\nvllm:kv_cache_usage_perc 0.6\n",
+        "e3": b"vllm:num_requests_waiting 0\n",  # no KV-cache series
+    }
+    engines = {name: Backend(name) for name in exports}
+    cold = Backend("cold", healthy=False)
+    runners = []
+    for name, backend in [*engines.items(), ("cold", cold)]:
+        app = web.Application()
+        app.router.add_get("/health", backend.health)
+        app.router.add_get("/metrics", exposition(exports.get(name, b"")))
+        runner = web.AppRunner(app)
+        await runner.setup()
+        backend.port = free_port()
+        await web.TCPSite(runner, HOST, backend.port).start()
+        runners.append(runner)
+    try:
+        path = tmp_path / "services.json"
+        records = [b.record() for b in engines.values()]
+        records.append(cold.record() | {"metadata": {"models": ["cold"]}})
+        path.write_bytes(orjson.dumps(records))
+        settings = RouterSettings(
+            static_services=str(path), admin_token=ADMIN, health_interval=0.2,
+            strategy="least_load", load_scrape_interval=0.1,
+        )  # fmt: skip
+        client = await aiohttp_client(create_app(settings, registry=CollectorRegistry()))
+        # Every engine scraped once (each scrape lands on its own) and cold's check failed.
+        seen = await until(
+            client,
+            lambda d: (
+                d["models"]["m"]["kv_cache_usage"] == pytest.approx(0.4)
+                and d["models"]["cold"]["ready"] == 0
+            ),
+        )
+        assert seen["models"]["m"]["ready"] == 3
+        assert seen["models"]["cold"]["kv_cache_usage"] is None
+    finally:
+        for runner in runners:
+            await runner.cleanup()

@@ -94,6 +94,7 @@ def test_held_through_an_engine_start_plain_and_streaming(spawn: Spawn) -> None:
     plain, streamed, lines, chunks, demand = asyncio.run(requests())
     assert demand["models"]["m"] | {"queued_by_priority": None} == {
         "in_flight": 0, "queued": 0, "queued_by_priority": None, "held": 3, "demand": 3,
+        "kv_cache_usage": None, "ready": 0,
     }  # fmt: skip
     assert plain.status_code == 200, plain.text
     assert plain.json()["choices"][0]["message"]["content"]

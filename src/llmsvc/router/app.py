@@ -38,10 +38,11 @@ from llmsvc.router.admission import FlowControl
 from llmsvc.router.backends import BackendPool
 from llmsvc.router.balancing import Strategy, make_strategy
 from llmsvc.router.config import check_settings, load_static_services
-from llmsvc.router.demand import demand_view
+from llmsvc.router.demand import demand_view, model_fleet
 from llmsvc.router.discovery import watch_registry
 from llmsvc.router.ejection import LATENCY_ROUND_S, Ejector
 from llmsvc.router.health import check_loop
+from llmsvc.router.loadscore import max_load_age
 from llmsvc.router.loadscrape import load_scrape_ctx
 from llmsvc.router.maintenance import Maintenance, watch_maintenance
 from llmsvc.router.metrics import RouterMetrics
@@ -53,6 +54,7 @@ from llmsvc.router.settings import RouterSettings
 from llmsvc.router.stats import RouterStats
 from llmsvc.router.suspicion import Suspicion
 from llmsvc.router.tenants import KeyRing, KeysFile, load_keyring, tenant_middleware
+from llmsvc.router.wake import Waker
 
 log = logging.getLogger("llmsvc.router")
 
@@ -82,6 +84,7 @@ class RouterState:
     maintenance: Maintenance = field(default_factory=Maintenance)
     """The registry's maintenance entries (kept by the registry watch; none without one)."""
     keys_file: KeysFile | None = field(default=None)  # a watched --api-keys-file
+    waker: Waker | None = field(default=None)  # wakes standby engines (with a registry)
 
     @property
     def api_keys(self) -> KeyRing:
@@ -129,7 +132,12 @@ class RouterState:
         return metrics_handler(self.scrape)
 
     async def demand(self, _: web.Request) -> web.Response:
-        return json_response(demand_view(self.flow.snapshot()))
+        snapshot = self.flow.snapshot()
+        now = time.monotonic()
+        max_age = max_load_age(self.settings.load_scrape_interval)
+        pool = self.pool
+        fleet = {m: model_fleet(pool.eligible(m, now).backends, now, max_age) for m in snapshot}
+        return json_response(demand_view(snapshot, fleet))
 
     async def drain(self, _: web.Application) -> None:
         """``on_shutdown``: stop admitting; answer what still waits before the end."""
@@ -157,7 +165,12 @@ def _admin_routes(state: RouterState) -> list[Route]:
         ("/stats", state.stats_view, "Per backend and per model statistics", None),
         ("/services", state.services, "The router's view of its backends", None),
         ("/metrics", state.prometheus, "Prometheus metrics", "text/plain"),
-        ("/demand", state.demand, "Per model: in flight, queued by class, held", None),
+        (
+            "/demand",
+            state.demand,
+            "Per model: in flight, queued by class, held; its ready backends and KV-cache use",
+            None,
+        ),
     ]
     return [
         Route("GET", path, handler, summary, response_media=media, errors=admin, protected=True)
@@ -330,11 +343,18 @@ def _registry_ctx(
             # maintenance may take queued requests.
             on_change=state.flow.dispatcher.pump_all,
         )
+        waker = state.waker
+        wakes = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=16))
+        if waker is not None:
+            waker.attach(wakes)
         async with (
             owned_task(watch, name="registry-watch"),
             owned_task(maintenance, name="maintenance-watch"),
         ):
             yield
+        if waker is not None:
+            await waker.close()
+        await wakes.close()
         await session.close()
 
     return ctx
@@ -396,6 +416,16 @@ def create_app(
             "can reach port %d sees every backend's address",
             settings.port,
         )
+    if settings.registry_url:  # standby babysitters are registry records
+        token = settings.registry_token
+        state.waker = waker = Waker(
+            pool,
+            held=state.flow.holds.count,
+            token=token.get_secret_value() if token else None,
+            memory=settings.hold_timeout,
+            count=metrics.count_wake,
+        )
+        state.flow.holds.on_held(waker.consider)
     app[ROUTER] = state
     app.on_shutdown.append(state.drain)
     app.on_response_prepare.append(_on_prepare)

@@ -152,8 +152,14 @@ class Backend:
             self.outlier.reset()
             self.ttfb_stream.clear()
             self.ttfb_plain.clear()
+            if old.status == "standby":
+                # Woken: its babysitter saw the engine answer, as for a new record; a check
+                # failed while it went to sleep must not keep the held requests waiting.
+                self.active_ok = True
         self.record = record
         self.source = source
+        if self.standby:
+            self.load = None  # an engine in standby holds no KV cache, runs nothing
         self.models = frozenset(record.models)
         # Only the origin: every upstream URL is this plus the client's path (issue 11).
         self.url = record.origin()
@@ -196,6 +202,12 @@ class Backend:
     @property
     def registry_healthy(self) -> bool:
         return self.source == "static" or self.record.healthy
+
+    @property
+    def standby(self) -> bool:
+        """Stopped or asleep by its babysitter (scale to zero on bare metal): known, never
+        eligible, and neither health-checked nor scraped (it would only fail)."""
+        return self.source == "registry" and self.record.status == "standby"
 
     def healthy(self, now: float) -> bool:
         """Healthy by the registry, the router's active check, passive and outlier state."""
@@ -267,6 +279,7 @@ class BackendPool:
         self._registry: dict[str, ServiceRecord] = {}
         self._named: frozenset[str] = frozenset()  # models babysitters name (maybe not up yet)
         self._sitters: list[ServiceRecord] = []  # the babysitter records (their start times)
+        self._services: list[ServiceRecord] = []  # inference-service records (scale from 0)
         self._backends: dict[str, Backend] = {}
         self._removed: set[str] = set()
         self._by_model: dict[str, list[Backend]] = {}  # model -> backends listing it, in order
@@ -301,6 +314,7 @@ class BackendPool:
         records = list(records)
         self._registry = {r.name: r for r in records if r.type == OPENAI_API}
         self._sitters = [r for r in records if r.type == BABYSITTER]
+        self._services = [r for r in records if r.type == INFERENCE_SERVICE]
         self._named = frozenset(
             name
             for r in records
@@ -340,6 +354,11 @@ class BackendPool:
     def sitters(self, model: str) -> list[ServiceRecord]:
         """The babysitter records that name ``model`` (a held request's estimate)."""
         return [r for r in self._sitters if r.metadata.get("model_name") == model]
+
+    def inference_services(self, model: str) -> list[ServiceRecord]:
+        """The ``inference-service`` records that list ``model`` (Kubernetes, no ready pod:
+        a held request's estimate, from the operator's cold-start annotations)."""
+        return [r for r in self._services if model in r.models]
 
     def removed_names(self) -> set[str]:
         """Names the last refresh dropped (strategies forget their state)."""

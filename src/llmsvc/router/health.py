@@ -44,8 +44,9 @@ async def check_backend(session: aiohttp.ClientSession, backend: Backend, timeou
 async def check_all(
     session: aiohttp.ClientSession, pool: BackendPool, timeout: float, ejector: Ejector
 ) -> None:
-    """Check every backend once; a failure takes it out at once, a success brings it back."""
-    await check_backends(session, pool, list(pool), timeout, ejector)
+    """Check every backend once (but those in standby: stopped or asleep, they would only
+    fail); a failure takes it out at once, a success brings it back."""
+    await check_backends(session, pool, [b for b in pool if not b.standby], timeout, ejector)
 
 
 async def check_backends(
@@ -118,8 +119,11 @@ def _unproven(pool: BackendPool, passed: set[str]) -> list[Backend]:
     return [
         b
         for b in pool
-        if (b.source == "static" and b.name not in passed)
-        or (b.checked_at is not None and not b.active_ok)
+        if not b.standby
+        and (
+            (b.source == "static" and b.name not in passed)
+            or (b.checked_at is not None and not b.active_ok)
+        )
     ]
 
 

@@ -13,8 +13,15 @@ A held stream gets its answer's headers at once (``200 text/event-stream``)
 and an SSE comment line every ``--hold-feedback-interval`` seconds, ``: waiting
 for <model>: N ahead, about S s``, so that clients and proxies see progress;
 comment lines are ignored by every SSE client (the ``openai`` one included).
-The estimate is the babysitter's last measured engine start minus the time its
-current start has run (its record's ``startup_seconds`` and ``starting_since``).
+The estimate (:func:`sitter_estimate`, :func:`service_estimate`) is the last measured
+start of what is coming up minus the time it has run: a babysitter's engine start
+(``startup_seconds`` since ``starting_since``), its wake from standby (``wake_seconds``
+while ``waking``), or on Kubernetes an InferenceService's cold start (the operator's
+``llmsvc.io/cold-start-seconds`` and ``scaling-since`` annotations, which the registry puts
+in the ``inference-service`` record as ``startup_seconds`` and ``starting_since``).
+A request held for a model whose engines are all in standby also wakes one (``wake``):
+:meth:`Holds.on_held` tells the waker of every hold and of every pool change while some
+are held.
 Once those headers are out, whatever ends the request early is an in-band error
 event (:func:`in_band`), never a second status line.
 """
@@ -24,7 +31,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
+from typing import Any
 
 from aiohttp import web
 
@@ -48,6 +56,51 @@ class NoHealthyBackend(ServiceUnavailable):
         )
 
 
+def _seconds(value: object) -> float | None:
+    if isinstance(value, int | float) and not isinstance(value, bool) and value >= 0:
+        return float(value)
+    return None
+
+
+def _left(took: float, since: float | None, now: float) -> float:
+    """What is left of ``took`` seconds begun at ``since`` (all of it if not begun), >= 1."""
+    return max(1.0, took - (now - since) if since is not None else took)
+
+
+def sitter_estimate(metadata: Mapping[str, Any], now: float) -> tuple[bool, float] | None:
+    """A babysitter record's guess at the seconds until its engine is ready, and whether it
+    is under way (True) or only possible (a standby engine nobody has woken yet).
+
+    ``waking``: its last wake (``wake_seconds``; before the first, its last start) minus the
+    time the wake has run; ``standby``: a whole wake (or start); any other state with a start
+    under way (``starting_since``): its last start minus the time that one has run."""
+    state = metadata.get("state")
+    since = _seconds(metadata.get("starting_since"))
+    startup = _seconds(metadata.get("startup_seconds"))
+    if state in ("waking", "standby"):
+        took = _seconds(metadata.get("wake_seconds"))
+        took = took if took is not None else startup
+        if took is None:
+            return None
+        if state == "standby":
+            return False, max(1.0, took)
+        return True, _left(took, since, now)
+    if startup is None or since is None:
+        return None
+    return True, _left(startup, since, now)
+
+
+def service_estimate(metadata: Mapping[str, Any], now: float) -> tuple[bool, float] | None:
+    """An ``inference-service`` record's guess (Kubernetes, no ready pod): the last cold
+    start (``startup_seconds``) minus the time the scale-up from zero has run
+    (``starting_since``), under way; the whole cold start when no scale-up has begun."""
+    startup = _seconds(metadata.get("startup_seconds"))
+    if startup is None:
+        return None
+    since = _seconds(metadata.get("starting_since"))
+    return since is not None, _left(startup, since, now)
+
+
 class Holds:
     """The held requests of every model, woken by the pool's changes."""
 
@@ -66,7 +119,23 @@ class Holds:
         self._changed: asyncio.Event | None = None  # created by the first hold
         self._held: dict[str, list[object]] = {}  # model -> its held requests, oldest first
         self._closing: Callable[[str], ApiError] | None = None
-        pool.listen(self._wake)
+        self._on_held: list[Callable[[str], None]] = []
+        pool.listen(self._pool_changed)
+
+    def on_held(self, listener: Callable[[str], None]) -> None:
+        """Call ``listener(model)`` when a request is held for ``model``, and for every
+        model with held requests after each pool change (the waker)."""
+        self._on_held.append(listener)
+
+    def count(self, model: str) -> int:
+        """Requests held for ``model`` now."""
+        return len(self._held.get(model, ()))
+
+    def _pool_changed(self) -> None:
+        self._wake()
+        for model in list(self._held):
+            for listener in self._on_held:
+                listener(model)
 
     def _wake(self) -> None:
         changed = self._changed
@@ -85,16 +154,21 @@ class Holds:
         return held.index(token) if token in held else 0
 
     def estimate(self, model: str) -> float | None:
-        """Seconds until an engine of ``model`` is likely ready, from its babysitters'
-        last measured start; None when no babysitter of it says."""
+        """Seconds until an engine of ``model`` is likely ready: the soonest of the starts
+        and wakes under way, else of the standby engines' wakes (one is being woken);
+        None when no record of it says."""
         now = self._wall()
+        pool = self._pool
         guesses = [
-            max(1.0, startup - (now - since))
-            for record in self._pool.sitters(model)
-            if isinstance(startup := record.metadata.get("startup_seconds"), int | float)
-            and isinstance(since := record.metadata.get("starting_since"), int | float)
+            guess
+            for guess in (
+                *(sitter_estimate(r.metadata, now) for r in pool.sitters(model)),
+                *(service_estimate(r.metadata, now) for r in pool.inference_services(model)),
+            )
+            if guess is not None
         ]
-        return min(guesses, default=None)
+        under_way = [seconds for going, seconds in guesses if going]
+        return min(under_way or [seconds for _, seconds in guesses], default=None)
 
     @contextlib.contextmanager
     def holding(self, model: str) -> Iterator[object]:
@@ -102,6 +176,8 @@ class Holds:
         token = object()
         self._held.setdefault(model, []).append(token)
         self._demand.add(self._demand.held, model, 1)
+        for listener in self._on_held:
+            listener(model)
         try:
             yield token
         finally:

@@ -74,7 +74,7 @@ class LoadScraper:
         )
 
     async def scrape_all(self) -> None:
-        backends = list(self._pool)
+        backends = [b for b in self._pool if not b.standby]  # stopped or asleep: nothing to read
         names = {b.name for b in backends}
         for gone in [n for n in self._slots.keys() | self._warned.keys() if n not in names]:
             self._slots.pop(gone, None)

@@ -11,9 +11,10 @@ kinds of :class:`Failure`, the reasons of :class:`Ejection` and of :class:`Rejec
 Flow control adds gauges of what waits (queued per class, held) and of each model's
 demand (in flight + queued + held, what an autoscaler reads), set from the router's
 :class:`ModelDemand` at scrape time like the backend gauges; the queue-wait histogram,
-the rejections and the per-tenant counters are counted on the request path. Labels stay
-bounded: ``model_name`` only takes known models (else :data:`UNKNOWN_MODEL`), ``tenant``
-the names in the API keys file (or ``anonymous``), ``priority`` the four classes.
+the rejections, the wakes of standby engines and the per-tenant counters are counted on
+the request path. Labels stay bounded: ``model_name`` only takes known models (else
+:data:`UNKNOWN_MODEL`), ``tenant`` the names in the API keys file (or ``anonymous``),
+``priority`` the four classes.
 """
 
 from __future__ import annotations
@@ -226,6 +227,13 @@ class RouterMetrics:
             ["tenant", "kind"],
             registry=registry,
         )
+        self.wakes = Counter(
+            "llmsvc_router_wakes_total",
+            "POST /wake sent to a standby babysitter for held requests, by model and outcome "
+            "(woken, awake, refused, failed, unreachable).",
+            ["model_name", "outcome"],
+            registry=registry,
+        )
         self._requests: dict[tuple[str, str, int], Counter] = {}
         self._duration: dict[str, Histogram] = {}
         self._ttfb: dict[str, Histogram] = {}
@@ -333,6 +341,10 @@ class RouterMetrics:
             self._tokens(tenant, TokenKind.PROMPT).inc(prompt_tokens)
         if completion_tokens:
             self._tokens(tenant, TokenKind.COMPLETION).inc(completion_tokens)
+
+    def count_wake(self, model: str, outcome: str) -> None:
+        """Count one wake sent to a standby babysitter of ``model`` and how it went."""
+        self.wakes.labels(model, outcome).inc()
 
     def _tokens(self, tenant: str, kind: TokenKind) -> Counter:
         key = (tenant, kind.value)

@@ -1,0 +1,243 @@
+"""Waking one standby engine for the requests held for its model (bare-metal scale to zero).
+
+A babysitter started with ``--idle-timeout`` stops its idle engine or puts it to sleep
+(``--standby stop|sleep``): its record's ``metadata.state`` says ``standby`` and its engine
+record's status ``standby``, so the model stays known and a request for it is held
+(``hold``). Someone has to start an engine again, and only the router sees the request:
+:class:`Waker` asks :func:`llmsvc.autoscale.wake.to_wake` whenever a request is held and at
+every pool change while some are held, and when it says 1 it sends ``POST <sitter>/wake``
+(``Authorization: Bearer <--registry-token>``, the token the babysitter's ``/drain`` takes
+too) to one standby babysitter of the model. There is no polling loop.
+
+Which one: the one whose last measured wake (else start) was the shortest, then by name.
+The held requests wait for exactly that time, so the fastest engine to come back is the
+right one (one asleep in GPU memory before one stopped); the name makes the choice the
+same on every router replica, so that replicas seeing the same records wake the same
+babysitter, not one each. A babysitter woken in the last ``memory`` seconds (the hold
+timeout) that went back to standby is tried after the others.
+
+A wake sent is remembered here until the registry shows that babysitter no longer in
+standby (waking, starting, ready) or ``memory`` seconds pass, so that the next refresh,
+which may still show ``standby``, does not wake a second one. A failed wake (no
+connection, a timeout, a 4xx or 5xx) is logged, counted
+(``llmsvc_router_wakes_total{model_name,outcome}``) and the next standby babysitter is
+tried at once; one that failed is tried again after :data:`FAILED_RETRY_S` when no other
+is left.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import math
+import time
+from collections.abc import Callable
+from enum import StrEnum
+
+import aiohttp
+
+from llmsvc.autoscale.wake import to_wake
+from llmsvc.core.records import ServiceRecord
+from llmsvc.router.backends import BackendPool
+
+log = logging.getLogger("llmsvc.router.wake")
+
+WAKE_TIMEOUT_S = 5.0  # one POST /wake: a babysitter answers at once (202), not after the wake
+FAILED_RETRY_S = 2.0  # a babysitter whose wake failed is asked again after this long
+STANDBY = "standby"
+ON_THE_WAY = frozenset({"waking", "starting"})  # an engine of the model is coming up
+
+
+class Outcome(StrEnum):
+    """The ``outcome`` label of ``llmsvc_router_wakes_total``."""
+
+    WOKEN = "woken"  # 202: it was in standby and is waking now
+    AWAKE = "awake"  # 200: it was already running or starting
+    REFUSED = "refused"  # a 4xx (a wrong or missing token, an old babysitter without /wake)
+    FAILED = "failed"  # a 5xx (its engine could not be woken)
+    UNREACHABLE = "unreachable"  # no connection, or no answer within WAKE_TIMEOUT_S
+
+
+def outcome_of(status: int) -> Outcome:
+    """What a ``POST /wake`` answer's status means."""
+    if status == 202:
+        return Outcome.WOKEN
+    if 200 <= status < 300:
+        return Outcome.AWAKE
+    return Outcome.REFUSED if 400 <= status < 500 else Outcome.FAILED
+
+
+def wake_cost(record: ServiceRecord) -> float:
+    """Seconds its engine took to come back last time: the last wake, else the last full
+    start, else unknown (inf)."""
+    for key in ("wake_seconds", "startup_seconds"):
+        value = record.metadata.get(key)
+        if isinstance(value, int | float) and not isinstance(value, bool) and value >= 0:
+            return float(value)
+    return math.inf
+
+
+def state_of(record: ServiceRecord) -> str | None:
+    state = record.metadata.get("state")
+    return state if isinstance(state, str) else None
+
+
+class Waker:
+    """Wakes one standby babysitter of a model whose requests are held."""
+
+    def __init__(
+        self,
+        pool: BackendPool,
+        *,
+        held: Callable[[str], int],
+        token: str | None,
+        memory: float,
+        count: Callable[[str, Outcome], None],
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._pool = pool
+        self._held = held
+        self._headers = {"Authorization": f"Bearer {token}"} if token else {}
+        self._memory = max(memory, WAKE_TIMEOUT_S)
+        self._count = count
+        self._clock = clock
+        self._session: aiohttp.ClientSession | None = None
+        self._pending: dict[str, float] = {}  # sitter -> when its wake was sent
+        self._woken: dict[str, float] = {}  # sitter -> when it last answered 202/200
+        self._failed: dict[str, float] = {}  # sitter -> when its wake last failed
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._retry: dict[str, asyncio.TimerHandle] = {}  # model -> its FAILED_RETRY_S timer
+
+    def attach(self, session: aiohttp.ClientSession) -> None:
+        """Start waking, with ``session`` (the registry watch's lifetime)."""
+        self._session = session
+
+    async def close(self) -> None:
+        """Stop waking; wakes in flight are cancelled."""
+        self._session = None
+        for timer in self._retry.values():
+            timer.cancel()
+        self._retry.clear()
+        for task in list(self._tasks):
+            task.cancel()
+        for task in list(self._tasks):
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+
+    def pending(self, model: str) -> list[str]:
+        """The babysitters of ``model`` whose wake is sent and not yet seen in the registry."""
+        return [r.name for r in self._pool.sitters(model) if r.name in self._pending]
+
+    def consider(self, model: str) -> None:
+        """A request is held for ``model`` or the pool changed while some are: wake one
+        standby babysitter of it if :func:`to_wake` says so. Never raises (the request
+        path and the pool's listeners call it)."""
+        try:
+            self._consider(model)
+        except Exception:  # a bug here must not fail a held request
+            log.exception("deciding a wake for model %s failed", model)
+
+    def _consider(self, model: str) -> None:
+        if self._session is None:
+            return
+        held = self._held(model)
+        if held <= 0:
+            return
+        now = self._clock()
+        sitters = self._pool.sitters(model)
+        self._forget(sitters, now)
+        on_the_way = sum(1 for r in sitters if r.name in self._pending or state_of(r) in ON_THE_WAY)
+        standby = [
+            r
+            for r in sitters
+            if state_of(r) == STANDBY
+            and r.name not in self._pending
+            and now - self._failed.get(r.name, -math.inf) >= FAILED_RETRY_S
+        ]
+        ready = len(self._pool.eligible(model, now))
+        if not to_wake(held=held, ready=ready, waking=on_the_way, standby=len(standby)):
+            if not standby and not on_the_way and not ready:
+                self._retry_later(model, sitters, now)
+            return
+        sitter = min(standby, key=lambda r: self._order(r, now))
+        self._pending[sitter.name] = now
+        task = asyncio.get_running_loop().create_task(self._wake(model, sitter))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    def _order(self, record: ServiceRecord, now: float) -> tuple[bool, float, str]:
+        woken_lately = now - self._woken.get(record.name, -math.inf) < self._memory
+        return (woken_lately, wake_cost(record), record.name)
+
+    def _forget(self, sitters: list[ServiceRecord], now: float) -> None:
+        """Drop the wakes the registry now shows (no longer standby), or that are older than
+        the memory; a wake never seen in the registry counts as failed."""
+        states = {r.name: state_of(r) for r in sitters}
+        for name, sent in list(self._pending.items()):
+            if name not in states:
+                continue  # a sitter of another model, or gone: see below
+            if states[name] != STANDBY:
+                del self._pending[name]  # the registry shows it waking (or up)
+            elif now - sent >= self._memory:
+                del self._pending[name]
+                self._failed[name] = now
+        for table in (self._pending, self._woken, self._failed):  # gone sitters' entries
+            for name in [n for n, at in table.items() if now - at >= 2 * self._memory]:
+                del table[name]
+
+    def _retry_later(self, model: str, sitters: list[ServiceRecord], now: float) -> None:
+        """Every standby babysitter of ``model`` failed its wake lately: ask again once the
+        first of them may be retried (nothing else would call :meth:`consider`)."""
+        failed = [
+            self._failed[r.name]
+            for r in sitters
+            if state_of(r) == STANDBY and r.name in self._failed
+        ]
+        if not failed or model in self._retry:
+            return
+        delay = max(0.0, min(failed) + FAILED_RETRY_S - now)
+
+        def again() -> None:
+            self._retry.pop(model, None)
+            self.consider(model)
+
+        self._retry[model] = asyncio.get_running_loop().call_later(delay, again)
+
+    async def _wake(self, model: str, sitter: ServiceRecord) -> None:
+        session = self._session
+        if session is None:
+            return
+        url = sitter.origin() + "/wake"
+        started = self._clock()
+        try:
+            async with session.post(
+                url, headers=self._headers, timeout=aiohttp.ClientTimeout(total=WAKE_TIMEOUT_S)
+            ) as resp:
+                await resp.read()
+                outcome = outcome_of(resp.status)
+                detail = f"status {resp.status}"
+        except (TimeoutError, aiohttp.ClientError, OSError) as exc:
+            outcome, detail = Outcome.UNREACHABLE, type(exc).__name__
+        self._count(model, outcome)
+        if outcome in (Outcome.WOKEN, Outcome.AWAKE):
+            self._woken[sitter.name] = self._clock()
+            log.info(
+                "woke babysitter %s for model %s (%s, %.3f s)",
+                sitter.name,
+                model,
+                outcome.value,
+                self._clock() - started,
+                extra={"model": model, "babysitter": sitter.name},
+            )
+            return
+        log.warning(
+            "waking babysitter %s for model %s failed: %s",
+            sitter.name,
+            model,
+            detail,
+            extra={"model": model, "babysitter": sitter.name, "url": url},
+        )
+        self._pending.pop(sitter.name, None)
+        self._failed[sitter.name] = self._clock()
+        self.consider(model)  # the next standby babysitter, if any
