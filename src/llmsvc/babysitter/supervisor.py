@@ -454,9 +454,9 @@ class Supervisor:
             return
         if record.reason is Reason.STANDBY:
             log.info("engine stopped: standby until POST /wake")
-            if self.state is not State.WAKING:  # a wake that came while it stopped goes on
-                self._resume.clear()
-            return
+            if self.state is State.STANDBY and not self._requested:
+                self._resume.clear()  # until POST /wake (or /restart)
+            return  # waking, restarting, draining: what was asked meanwhile goes on
         if self.state in (State.DRAINING, State.DRAINED) and record.reason is not Reason.REQUESTED:
             await self._registrar.withdraw_engine()
             self._resume.clear()
