@@ -1,0 +1,185 @@
+"""``llmsvc.simulate.simulate``: the policies, the router's hold, the scaling code it calls."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+
+from llmsvc.autoscale import policy as autoscale_policy
+from llmsvc.autoscale import wake as autoscale_wake
+from llmsvc.autoscale.policy import Decision, Observation, Policy, Scaler
+from llmsvc.simulate import (
+    POLICIES,
+    EngineTiming,
+    SimConfig,
+    SimResult,
+    Trace,
+    load_trace,
+    simulate,
+)
+
+TIMING = EngineTiming(startup_delay=20.0, wake_delay=1.5)
+
+
+def _config(trace: str = "steady", **changes: object) -> SimConfig:
+    base = SimConfig(
+        trace=load_trace(trace, duration=120.0, rate=4.0, seed=3),
+        workers=3,
+        seed=3,
+        timing=TIMING,
+        idle_timeout=5.0,
+    )
+    return dataclasses.replace(base, **changes)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("trace", ["steady", "bursty", "diurnal", "spike-from-zero"])
+@pytest.mark.parametrize("policy", POLICIES)
+def test_every_request_is_answered_or_rejected(trace: str, policy: str) -> None:
+    config = _config(trace, policy=policy)
+    result = simulate(config)
+    assert len(result.requests) == len(config.trace) > 0
+    assert result.answered + result.rejected == len(config.trace)
+    for req in result.requests:
+        assert req.outcome in ("ok", "hold_timeout", "context_length")
+        assert req.end >= req.arrival
+        if req.outcome == "ok":
+            assert req.arrival <= req.first_token <= req.end
+    demand_after = [s.demand for s in result.timeline if s.t > result.end - 1e-9]
+    assert all(d == 0 for d in demand_after)
+
+
+def test_fixed_fleet_costs_workers_times_duration_and_never_cold_starts() -> None:
+    trace = Trace("light", 100.0, (1.0, 2.0, 50.0), (64, 64, 64), (8, 8, 8))
+    result = simulate(SimConfig(trace=trace, policy="fixed", workers=4, timing=TIMING))
+    assert result.cold_starts == 0 and result.wakes == 0 and result.held == 0
+    assert result.gpu_seconds == pytest.approx(4 * 100.0)
+    assert result.end == 100.0
+
+
+def test_autoscale_zero_holds_the_first_requests_through_a_cold_start() -> None:
+    result = simulate(_config("spike-from-zero", policy="autoscale-zero", hold_timeout=60.0))
+    assert result.cold_starts >= 1
+    first = result.requests[0]
+    assert first.arrival >= 0.4 * 120.0  # the spike's first request, after the idle part
+    assert first.held_s >= TIMING.startup_delay
+    assert first.ttft is not None and first.ttft >= TIMING.startup_delay
+    assert result.held > 0 and result.rejected == 0
+    # Nothing ran before the spike: the GPU-seconds are a fraction of the fixed fleet's.
+    fixed = simulate(_config("spike-from-zero", policy="fixed"))
+    assert result.gpu_seconds < fixed.gpu_seconds
+
+
+def test_a_short_hold_timeout_rejects_the_requests_of_a_cold_start() -> None:
+    result = simulate(_config("spike-from-zero", policy="autoscale-zero", hold_timeout=5.0))
+    rejected = [r for r in result.requests if r.outcome == "hold_timeout"]
+    assert rejected and result.rejected == len(rejected)
+    assert all(r.held_s == pytest.approx(5.0) for r in rejected)
+
+
+def test_autoscale_starts_with_one_engine_and_grows_with_demand() -> None:
+    result = simulate(_config("spike-from-zero", policy="autoscale"))
+    assert result.timeline[0].replicas == 1 and result.timeline[0].ready == 1
+    assert result.cold_starts >= 1
+    assert max(s.replicas for s in result.timeline) > 1
+    assert max(s.replicas for s in result.timeline) <= 3  # max_replicas = workers
+
+
+def test_standby_engines_sleep_when_idle_and_one_wakes_for_a_held_request() -> None:
+    result = simulate(_config("spike-from-zero", policy="standby", standby="sleep"))
+    assert result.wakes == 1  # to_wake: one at a time, the woken one then serves the spike
+    first = result.requests[0]
+    assert first.held_s == pytest.approx(TIMING.wake_delay)
+    idle_part = [s for s in result.timeline if 10.0 < s.t < 0.4 * 120.0]
+    assert idle_part and all(s.replicas == 0 for s in idle_part)
+    stop = simulate(_config("spike-from-zero", policy="standby", standby="stop", hold_timeout=60))
+    assert stop.wakes == 1
+    assert stop.requests[0].held_s == pytest.approx(TIMING.startup_delay)
+
+
+def test_standby_with_no_idle_timeout_is_a_fixed_fleet() -> None:
+    standby = simulate(_config("bursty", policy="standby", idle_timeout=0.0))
+    fixed = simulate(_config("bursty", policy="fixed"))
+    assert standby.wakes == 0
+    assert standby.summary() | {"policy": "fixed"} == fixed.summary()
+
+
+def test_the_decisions_are_the_autoscale_packages(monkeypatch: pytest.MonkeyPatch) -> None:
+    calls: list[tuple[float, Observation, int]] = []
+    real = Scaler.decide
+
+    def spy(self: Scaler, now: float, obs: Observation, current: int) -> Decision:
+        calls.append((now, obs, current))
+        return real(self, now, obs, current)
+
+    monkeypatch.setattr(autoscale_policy.Scaler, "decide", spy)
+    simulate(_config("spike-from-zero", policy="autoscale-zero", autoscale_interval=2.0))
+    assert len(calls) >= 120 / 2.0
+    assert [now for now, _, _ in calls[:3]] == [0.0, 2.0, 4.0]
+    assert any(obs.waiting > 0 and current == 0 for _, obs, current in calls)
+
+    def never(self: Scaler, now: float, obs: Observation, current: int) -> Decision:
+        return Decision(desired=current, current=current, reason="test")
+
+    monkeypatch.setattr(autoscale_policy.Scaler, "decide", never)
+    frozen = simulate(_config("spike-from-zero", policy="autoscale-zero"))
+    assert frozen.cold_starts == 0 and frozen.answered == 0  # nothing scaled: all held, rejected
+
+
+def test_the_policy_given_is_the_one_scaled_by(monkeypatch: pytest.MonkeyPatch) -> None:
+    seen: list[Policy] = []
+    init = Scaler.__init__
+
+    def record(self: Scaler, policy: Policy) -> None:
+        seen.append(policy)
+        init(self, policy)
+
+    monkeypatch.setattr(autoscale_policy.Scaler, "__init__", record)
+    given = Policy(min_replicas=1, max_replicas=7, target_requests=3, scale_down_delay=10)
+    simulate(_config(policy="autoscale-zero", autoscale=given))
+    simulate(_config(policy="autoscale", autoscale=given))
+    assert seen == [
+        dataclasses.replace(given, min_replicas=0),
+        given,
+    ]
+
+
+def test_wakes_are_decided_by_to_wake(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(autoscale_wake, "to_wake", lambda **counts: 0)
+    result = simulate(_config("spike-from-zero", policy="standby", hold_timeout=3.0))
+    assert result.wakes == 0 and result.answered == 0 and result.rejected > 0
+
+
+def test_the_same_seed_gives_the_same_result() -> None:
+    def run(seed: int) -> list[dict[str, object]]:
+        config = _config(
+            "bursty", policy="autoscale-zero", seed=seed, timing=EngineTiming(step_noise=0.2)
+        )
+        result: SimResult = simulate(config)
+        return [r.as_dict() for r in result.requests]
+
+    assert run(1) == run(1)
+    assert run(1) != run(2)
+
+
+def test_progress_reaches_one() -> None:
+    seen: list[float] = []
+    simulate(_config(), seen.append)
+    assert seen[-1] == 1.0 and seen == sorted(seen) and len(seen) > 10
+
+
+def test_a_request_longer_than_the_kv_cache_is_rejected() -> None:
+    trace = Trace("long", 10.0, (1.0, 2.0), (100, 5000), (10, 10))
+    timing = EngineTiming(kv_cache_tokens=2048)
+    result = simulate(SimConfig(trace=trace, workers=1, timing=timing))
+    assert [r.outcome for r in result.requests] == ["ok", "context_length"]
+
+
+def test_bad_configs_are_refused() -> None:
+    trace = Trace("t", 1.0, (), (), ())
+    with pytest.raises(ValueError, match="unknown policy"):
+        SimConfig(trace=trace, policy="magic")  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="workers"):
+        SimConfig(trace=trace, workers=0)
+    with pytest.raises(ValueError, match="decode_tokens_per_s"):
+        EngineTiming(decode_tokens_per_s=0)
