@@ -544,5 +544,11 @@ def test_a_refresh_of_what_the_autoscaler_wrote_patches_nothing() -> None:
         "lastColdStartSeconds": None,
     }
     assert "kopf" not in change
+    # A patch for another reason (a pod became ready) carries no value of the autoscaler's
+    # fields: one read before would undo what the autoscaler wrote in between.
+    more = status_of(deployment(ready=1), ready_pods(1), spec=AUTOSCALED, previous=previous)
+    other = status_patch(status_body(more), stored)
+    assert other is not None and other["readyReplicas"] == 1
+    assert not {"desiredReplicas", "lastScaleTime", "lastColdStartSeconds"} & set(other)
     applied = {k: v for k, v in {**stored, **change}.items() if v is not None}
     assert status_patch(status_body(fixed), applied) is None

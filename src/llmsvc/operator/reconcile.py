@@ -54,7 +54,7 @@ from llmsvc.operator.spec import (
     check_name,
     parse_spec,
 )
-from llmsvc.operator.status import compute_status
+from llmsvc.operator.status import AUTOSCALER_FIELDS, compute_status
 
 log = logging.getLogger("llmsvc.operator")
 
@@ -99,16 +99,26 @@ STATUS_KEYS = frozenset(
 """The status fields the operator computes; others (kopf's, an autoscaler's) are not ours."""
 
 
+AUTOSCALER_KEYS = frozenset(
+    InferenceServiceStatus.model_fields[name].alias or name for name in AUTOSCALER_FIELDS
+)
+"""The autoscaler's status fields: the operator keeps or removes them, never writes them."""
+
+
 def status_patch(new: Mapping[str, Any], stored: Mapping[str, Any]) -> dict[str, Any] | None:
     """The merge patch of ``status`` from ``stored`` to ``new``; ``None``: nothing to do.
 
     Only the operator's own fields are compared (keys others keep in the status are
     left alone), and one of them that ``new`` no longer has is removed (``null``).
+    The autoscaler's fields are compared (``new`` keeps them) but only ever removed,
+    never sent with a value: a patch carrying the values read before would undo a
+    scaling decision the autoscaler wrote in between.
     """
     ours = {key: value for key, value in stored.items() if key in STATUS_KEYS}
     if dict(new) == ours:
         return None
-    return {**{key: None for key in ours if key not in new}, **new}
+    kept = {key: value for key, value in new.items() if key not in AUTOSCALER_KEYS}
+    return {**{key: None for key in ours if key not in new}, **kept}
 
 
 class Reconciler:
