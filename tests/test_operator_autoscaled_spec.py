@@ -182,9 +182,10 @@ def test_kubectl_scale_of_an_autoscaled_service_is_ignored(api: KubeAPI) -> None
     isvc.scale_deployment(3)
     wait_until(lambda: isvc.status().get("ready") == "3/3", timeout=TIMEOUT, what="3/3")
 
-    # What `kubectl scale llmis <name> --replicas 5` does: the scale subresource writes
-    # spec.replicas (the emulator has no subresource logic: the same merge patch).
-    api.patch(isvc.path, {"spec": {"replicas": 5}})
+    # What `kubectl scale llmis <name> --replicas 5` sends: a merge patch of the scale
+    # subresource, which writes spec.replicas.
+    api.patch(isvc.path + "/scale", {"spec": {"replicas": 5}})
+    assert (api.get(isvc.path) or {})["spec"]["replicas"] == 5
     events = wait_until(lambda: isvc.events("ScaleIgnored"), timeout=TIMEOUT, what="ScaleIgnored")
     message = events[-1]["message"]
     assert events[-1]["type"] == "Normal"
