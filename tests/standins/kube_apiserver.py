@@ -12,9 +12,13 @@ through a kubeconfig. What it adds to kmock 0.8's emulator:
 - ``metadata.name`` from ``generateName`` (kopf posts Events that way);
 - the resources llmsvc uses, declared for API discovery (kopf waits for namespaces and
   CRDs to be discoverable before it starts watching);
+- the ``scale`` subresource of Deployments (``GET``/``PATCH .../deployments/{name}/scale``:
+  an autoscaling/v1 Scale read from and written to the Deployment's ``spec.replicas``);
 - test controls under ``/_control/``: ``POST /_control/drop-watches`` ends every open
   watch stream (a dropped connection), ``POST /_control/gone?count=N`` makes the next N
-  watch requests answer with a ``410 Gone`` ERROR event (an expired resourceVersion).
+  watch requests answer with a ``410 Gone`` ERROR event (an expired resourceVersion),
+  ``GET /_control/scales`` lists every write of a Deployment's scale subresource
+  (``namespace``, ``name``, ``replicas``, ``at``: Unix time).
 
 Known gaps it keeps: label and field selectors are ignored, there is no garbage
 collection by ownerReferences, no admission (schemas are not enforced), lists carry a
@@ -30,6 +34,7 @@ import contextlib
 import datetime
 import itertools
 import signal
+import time
 import uuid
 from collections.abc import AsyncGenerator, AsyncIterator
 from typing import Any
@@ -77,20 +82,66 @@ class Emulator(kmock.KubernetesEmulator):
             self.resources[key] = kmock.ResourceInfo(namespaced=namespaced, verbs=VERBS, **info)
         self["post /_control/drop-watches"] << self._drop_watches
         self["post /_control/gone"] << self._make_gone
+        self["get /_control/scales"] << self._scales_written
+        self._scale_writes: list[dict[str, Any]] = []
 
     async def _drop_watches(self, request: rendering.Request) -> dict[str, Any]:
         dropped, self._dropped = self._dropped, asyncio.Event()
         dropped.set()
         return {"dropped": True}
 
+    async def _scales_written(self, request: rendering.Request) -> dict[str, Any]:
+        return {"scales": self._scale_writes}
+
     async def _make_gone(self, request: rendering.Request) -> dict[str, Any]:
         self._gone += int(request.params.get("count", "1"))
         return {"gone": self._gone}
 
     async def _handle(self, request: rendering.Request) -> aiohttp.web.StreamResponse:
+        if _is_deployment_scale(request):
+            return aiohttp.web.json_response(await self._scale(request))
         if request.resource is not None:
             self._stamp(request)
         return await super()._handle(request)
+
+    async def _scale(self, request: rendering.Request) -> dict[str, Any]:
+        """``GET``/``PATCH`` of a Deployment's ``scale`` subresource: an autoscaling/v1
+        Scale read from and written to the Deployment (a change of ``spec.replicas``
+        counts as a spec change: ``generation`` + 1, as the real API server does)."""
+        assert request.resource is not None and request.name is not None
+        key = (request.resource, request.namespace, request.name)
+        async with self._lock:
+            if key not in self._objects or self._objects[key].deleted:
+                raise kmock.KubernetesError(
+                    status=404, reason="NotFound", message=f"deployment {request.name} not found"
+                )
+            obj = self._objects[key]
+            if request.action == enums.action.UPDATE:
+                data = request.data if isinstance(request.data, dict) else {}
+                replicas = (data.get("spec") or {}).get("replicas")
+                if not isinstance(replicas, int) or isinstance(replicas, bool) or replicas < 0:
+                    message = "spec.replicas: must be an integer >= 0"
+                    raise kmock.KubernetesError(status=422, reason="Invalid", message=message)
+                meta: dict[str, Any] = {"resourceVersion": str(next(self._versions))}
+                change: dict[str, Any] = {"metadata": meta}
+                if replicas != obj.raw.get("spec", {}).get("replicas"):
+                    change["spec"] = {"replicas": replicas}
+                    meta["generation"] = int(obj.raw["metadata"].get("generation", 1)) + 1
+                obj.patch(change)
+                self._scale_writes.append(
+                    {
+                        "namespace": request.namespace,
+                        "name": request.name,
+                        "replicas": replicas,
+                        "at": time.time(),
+                    }
+                )
+                await self._buses[request.resource].put({"type": "MODIFIED", "object": obj.raw})
+            elif request.action != enums.action.FETCH:
+                raise kmock.KubernetesError(
+                    status=405, reason="MethodNotAllowed", message="scale: get and patch only"
+                )
+            return _scale_of(obj.raw)
 
     def _stamp(self, request: rendering.Request) -> None:
         """Add what kmock leaves out to the body of a create or an update, in place."""
@@ -173,6 +224,34 @@ class Emulator(kmock.KubernetesEmulator):
         finally:
             if isinstance(stream, AsyncGenerator):  # kmock's is one: close it now, not at GC
                 await stream.aclose()
+
+
+def _is_deployment_scale(request: rendering.Request) -> bool:
+    resource = request.resource
+    return (
+        resource is not None
+        and request.subresource == "scale"
+        and request.name is not None
+        and (resource.group, resource.plural) == ("apps", "deployments")
+    )
+
+
+def _scale_of(deployment: dict[str, Any]) -> dict[str, Any]:
+    """A Deployment's autoscaling/v1 Scale (``status.selector`` as a selector string)."""
+    meta = deployment.get("metadata", {})
+    labels = (deployment.get("spec", {}).get("selector") or {}).get("matchLabels") or {}
+    return {
+        "apiVersion": "autoscaling/v1",
+        "kind": "Scale",
+        "metadata": {
+            k: meta[k] for k in ("name", "namespace", "uid", "resourceVersion") if k in meta
+        },
+        "spec": {"replicas": int(deployment.get("spec", {}).get("replicas") or 0)},
+        "status": {
+            "replicas": int(deployment.get("status", {}).get("replicas") or 0),
+            "selector": ",".join(f"{k}={v}" for k, v in sorted(labels.items())),
+        },
+    }
 
 
 def _now() -> str:

@@ -7,6 +7,8 @@ batching timings. :func:`run` is given the port already bound (a busy port ends
 the process before it touches the cluster), logs in and checks the CRD, serves
 ``/health`` and ``/metrics`` (``core.serving.serving``: drained on the way out),
 and runs ``kopf.operator`` until SIGTERM/SIGINT (kopf handles the signals).
+The autoscaler (:func:`make_autoscaler`, ``--autoscaler``) starts with kopf's
+startup handlers and stops before the API client closes.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ import logging
 import os
 import signal
 import socket
+from typing import Any
 
 import kopf
 from prometheus_client import CollectorRegistry
@@ -25,7 +28,9 @@ from llmsvc.core.names import ANNOTATIONS_PREFIX, FINALIZER, INFERENCE_SERVICE_L
 from llmsvc.core.serving import serving
 from llmsvc.kube import Credentials, KubeClient, KubeError
 from llmsvc.operator.app import create_app
+from llmsvc.operator.autoscaler import Autoscaler
 from llmsvc.operator.builders import BuildDefaults, TokenSecret
+from llmsvc.operator.demand_source import DemandSource
 from llmsvc.operator.handlers import CHILD_RESOURCES, register
 from llmsvc.operator.metrics import OperatorMetrics
 from llmsvc.operator.reconcile import Reconciler
@@ -48,7 +53,7 @@ def kopf_settings(settings: OperatorSettings) -> kopf.OperatorSettings:
     )
     ks.posting.level = logging.INFO  # kopf.info/warn calls become Events, logs do not
     ks.posting.reporting_component = COMPONENT
-    ks.posting.reporting_instance = os.environ.get("POD_NAME") or socket.gethostname()
+    ks.posting.reporting_instance = reporting_instance()
     ks.posting.event_name_prefix = "llmsvc-"
     ks.watching.server_timeout = settings.watch_timeout
     ks.watching.client_timeout = settings.watch_timeout + 10
@@ -62,6 +67,11 @@ def kopf_settings(settings: OperatorSettings) -> kopf.OperatorSettings:
     # exist, and the CRD is checked once at the start (check_api).
     ks.scanning.disabled = True
     return ks
+
+
+def reporting_instance() -> str:
+    """Who posts the operator's Events: the pod, else the host."""
+    return os.environ.get("POD_NAME") or socket.gethostname()
 
 
 def build_defaults(settings: OperatorSettings) -> BuildDefaults:
@@ -108,6 +118,17 @@ async def run(
     )
     registry = kopf.OperatorRegistry()
     register(registry, reconciler)
+    autoscaler = make_autoscaler(settings, api=api, metrics=metrics, namespaces=namespaces)
+    if autoscaler is not None:
+
+        @kopf.on.startup(id="autoscaler", registry=registry)
+        async def start_autoscaler(**_: Any) -> None:
+            autoscaler.start()
+
+        @kopf.on.cleanup(id="autoscaler-stop", registry=registry)
+        async def stop_autoscaler(**_: Any) -> None:
+            await autoscaler.close()  # no decision after SIGTERM, while the endpoint drains
+
     ready = asyncio.Event()
     app = create_app(
         reconciler=reconciler,
@@ -137,8 +158,45 @@ async def run(
             finally:
                 _ignore_further_signals()  # before the endpoint drains and stops
     finally:
+        if autoscaler is not None:
+            await autoscaler.close()
         await reconciler.close()
         await api.close()
+
+
+def make_autoscaler(
+    settings: OperatorSettings, *, api: KubeClient, metrics: OperatorMetrics, namespaces: list[str]
+) -> Autoscaler | None:
+    """The autoscaler ``--autoscaler`` asks for (``None``: ``none``), with its demand source."""
+    if settings.autoscaler == "none":
+        return None
+    source = None
+    if settings.autoscaler == "builtin":
+        if settings.router_service is None:
+            log.warning(
+                "--autoscaler builtin without --router-service: no demand is known, "
+                "autoscaled InferenceServices stay at minReplicas"
+            )
+        else:
+            token = settings.router_admin_token
+            source = DemandSource(
+                api=api,
+                service=settings.router_service,
+                port_name=settings.router_port_name,
+                token=token.get_secret_value() if token is not None else None,
+                timeout=settings.router_timeout,
+                metrics=metrics,
+            )
+    return Autoscaler(
+        api=api,
+        metrics=metrics,
+        mode=settings.autoscaler,
+        interval=settings.autoscale_interval,
+        namespaces=namespaces,
+        source=source,
+        prometheus_url=settings.keda_prometheus_url,
+        reporter=(COMPONENT, reporting_instance()),
+    )
 
 
 class StartupError(Exception):
