@@ -155,3 +155,22 @@ def compose_config(*profiles: str, env: dict[str, str] | None = None) -> dict[st
         compose(*flags, "config", "--format", "json", env=env).stdout
     )
     return config
+
+
+# A scalable service's entrypoint: ["/bin/sh", "-ec", SCRIPT, COMPONENT] with the service's
+# command as the script's "$@"; the script finds the replica's address and ends with
+# `exec llmsvc COMPONENT ... "$@" ...`.
+SHELL_ENTRYPOINT = ["/bin/sh", "-ec"]
+
+
+def llmsvc_component(service: dict[str, Any]) -> str | None:
+    """The ``llmsvc`` subcommand a compose service runs (``babysitter``, ``router``, ...):
+    from an exec-form entrypoint ``["llmsvc", X]`` or a shell one that execs ``llmsvc X``."""
+    entrypoint = service.get("entrypoint") or []
+    if entrypoint[:1] == ["llmsvc"] and len(entrypoint) == 2:
+        return str(entrypoint[1])
+    if entrypoint[:2] == SHELL_ENTRYPOINT and len(entrypoint) == 4:
+        component = str(entrypoint[3])
+        if re.search(rf"^exec llmsvc {re.escape(component)} ", entrypoint[2], re.MULTILINE):
+            return component
+    return None

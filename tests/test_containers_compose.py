@@ -7,16 +7,31 @@ the ``gpu`` profile, and agreement with the Dockerfiles and the engine flavours.
 from __future__ import annotations
 
 import fnmatch
+import itertools
+import json
+import re
+import shlex
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
 
-from containers import DOCKERFILES, args_file, compose, compose_config, dockerfile, failed
+from containers import (
+    DOCKERFILES,
+    SHELL_ENTRYPOINT,
+    args_file,
+    compose,
+    compose_config,
+    dockerfile,
+    failed,
+    llmsvc_component,
+)
 from tools import ROOT
 
-LLMSVC_SERVICES = {"registry", "router", "babysitter-1", "babysitter-2"}
+LLMSVC_SERVICES = {"registry", "router", "babysitter"}
 ONE_SHOT = {
     "tokens"
 }  # run once, must exit 0 (compose's tokens, see test_containers_compose_tokens)
@@ -26,8 +41,7 @@ START_ORDER = {
     "tokens": set(),
     "registry": {"tokens"},
     "router": {"tokens", "registry"},
-    "babysitter-1": {"tokens", "registry", "router"},
-    "babysitter-2": {"tokens", "registry", "router"},
+    "babysitter": {"tokens", "registry", "router"},
     "babysitter-vllm": {"tokens", "registry", "router"},
     "prometheus": {"tokens", "router"},
     "grafana": {"prometheus"},
@@ -91,25 +105,89 @@ def test_llmsvc_services_match_their_images(gpu_config: dict[str, Any]) -> None:
     for name, service in gpu_config["services"].items():
         if "build" not in service or name in ONE_SHOT:
             continue
-        component = service["entrypoint"][1]
+        component = llmsvc_component(service)
+        assert component is not None, name
         image = name if name in ("registry", "router") else service["image"].split("/")[-1]
         assert service["image"] == f"ghcr.io/llmsvc/{image.split(':')[0]}:0.1.0"
         final = dockerfile(ROOT / service["build"]["dockerfile"])[-1]
         assert DOCKERFILES[component] == ROOT / service["build"]["dockerfile"]
         [entrypoint] = final.all("ENTRYPOINT")
-        assert service["entrypoint"] == entrypoint.exec_form(), name
+        if service["entrypoint"][:2] == SHELL_ENTRYPOINT:  # the script execs the image's
+            assert f"exec {shlex.join(entrypoint.exec_form())} " in service["entrypoint"][2]
+        else:
+            assert service["entrypoint"] == entrypoint.exec_form(), name
         [health] = final.all("HEALTHCHECK")
         assert service["healthcheck"]["test"][1:] == health.exec_form(), name
 
 
-def test_babysitters_register_under_their_service_names(gpu_config: dict[str, Any]) -> None:
-    for name in ("babysitter-1", "babysitter-2", "babysitter-vllm"):
-        command = gpu_config["services"][name]["command"]
-        flags = dict(zip(command[::2], command[1::2], strict=False))
-        assert flags["--advertise-host"] == name
-        assert flags["--name"] == name
-        assert flags["--registry"] == "http://registry:8081"
-        assert gpu_config["services"][name]["init"] is True  # reaps the engine's orphans
+def test_the_gpu_babysitter_registers_under_its_service_name(gpu_config: dict[str, Any]) -> None:
+    command = gpu_config["services"]["babysitter-vllm"]["command"]
+    flags = dict(zip(command[::2], command[1::2], strict=False))
+    assert flags["--advertise-host"] == flags["--name"] == "babysitter-vllm"
+    assert flags["--registry"] == "http://registry:8081"
+    assert gpu_config["services"]["babysitter-vllm"]["init"] is True  # reaps engine orphans
+
+
+def run_entrypoint(service: dict[str, Any], tmp_path: Path, address: str) -> list[str]:
+    """The argv the service's shell entrypoint execs, in a container whose ``hostname -i``
+    says ``address``: stand-in ``hostname`` and ``llmsvc`` commands (the latter prints its
+    arguments as JSON) first on PATH."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir(exist_ok=True)
+    stand_ins = {
+        "hostname": f'[ "$1" = -i ] && echo "{address}" || echo 0123456789ab\n',
+        "llmsvc": f"exec {sys.executable} -c 'import json,sys; print(json.dumps(sys.argv[1:]))' "
+        '"$@"\n',
+    }
+    for name, body in stand_ins.items():
+        (bin_dir / name).write_text(f"#!/bin/sh\n{body}")
+        (bin_dir / name).chmod(0o755)
+    # `config` prints the file's `$$` (compose's escape of a literal `$`) as it is.
+    script = service["entrypoint"][2].replace("$$", "$")
+    env = {"PATH": f"{bin_dir}:/usr/bin:/bin"}
+    done = subprocess.run(
+        [*service["entrypoint"][:2], script, *service["entrypoint"][3:], *service["command"]],
+        capture_output=True, text=True, timeout=30, check=True, env=env,
+    )  # fmt: skip
+    argv: list[str] = json.loads(done.stdout)
+    return argv
+
+
+def test_scaled_babysitters_register_under_their_own_address(
+    config: dict[str, Any], tmp_path: Path
+) -> None:
+    """`--scale babysitter=N` starts N identical containers: each names itself after the
+    address `hostname -i` gives it (the first, when there are several), and passes the
+    service's command on untouched."""
+    service = config["services"]["babysitter"]
+    assert llmsvc_component(service) == "babysitter" and service["init"] is True
+    argv = run_entrypoint(service, tmp_path, "172.18.0.7 fd00::7")
+    assert argv[0] == "babysitter"
+    name = "babysitter@172.18.0.7:8000"
+    ours, engine = argv[1 : argv.index("--")], argv[argv.index("--") + 1 :]
+    flags = dict(itertools.pairwise(ours))
+    assert (flags["--name"], flags["--advertise-host"]) == (name, "172.18.0.7")
+    assert engine == ["--engine-id", name]  # the sim engine's system_fingerprint
+    assert flags["--registry"] == "http://registry:8081"
+    for flag in ("--name", "--advertise-host"):
+        ours.remove(flags[flag])
+        ours.remove(flag)
+    assert ours == service["command"]
+    assert run_entrypoint(service, tmp_path, "172.18.0.8")[2] == "babysitter@172.18.0.8:8000"
+    # Prometheus finds the replicas by DNS and labels each target `backend` with that name,
+    # so that the dashboards join its engine series with the router's.
+    prometheus = yaml.safe_load((ROOT / "deploy" / "compose" / "prometheus.yml").read_text())
+    for job_name, port in (("llmsvc-engine", 8000), ("llmsvc-babysitter", 8001)):
+        (job,) = [j for j in prometheus["scrape_configs"] if j["job_name"] == job_name]
+        assert job["dns_sd_configs"][0]["names"] == ["babysitter"]
+        (relabel,) = job["relabel_configs"]
+        assert relabel["source_labels"] == ["__address__"] and relabel["target_label"] == "backend"
+        match = re.fullmatch(relabel["regex"], f"172.18.0.7:{port}")  # anchored, as Prometheus
+        assert match is not None
+        assert relabel["replacement"].replace("${1}", match.group(1)) == name, job_name
+    # Nothing keeps a second replica from starting: no fixed container name, no host port.
+    assert "container_name" not in service and "ports" not in service
+    assert service["deploy"]["replicas"] == 2
 
 
 def test_published_ports_default_to_localhost(config: dict[str, Any]) -> None:
@@ -120,8 +198,7 @@ def test_published_ports_default_to_localhost(config: dict[str, Any]) -> None:
             str(host_port),
             container_port,
         )
-    for name in ("babysitter-1", "babysitter-2"):
-        assert "ports" not in config["services"][name]
+    assert "ports" not in config["services"]["babysitter"]
 
 
 def test_ports_models_and_images_are_overridable_by_environment() -> None:
@@ -137,6 +214,7 @@ def test_ports_models_and_images_are_overridable_by_environment() -> None:
         "LLMSVC_QUEUE_SIZE": "10",
         "LLMSVC_QUEUE_TIMEOUT": "5",
         "LLMSVC_HOLD_TIMEOUT": "0",
+        "LLMSVC_BABYSITTERS": "3",
     }
     config = compose_config("gpu", env=env)
     services = config["services"]
@@ -147,11 +225,10 @@ def test_ports_models_and_images_are_overridable_by_environment() -> None:
             env[variable],
             container_port,
         )
-    for name in ("babysitter-1", "babysitter-2"):
-        assert services[name]["command"][services[name]["command"].index("--model") + 1] == (
-            "my-model"
-        )
-        assert services[name]["image"] == "registry.example/llm/babysitter:dev"
+    sim = services["babysitter"]
+    assert sim["command"][sim["command"].index("--model") + 1] == "my-model"
+    assert sim["image"] == "registry.example/llm/babysitter:dev"
+    assert sim["deploy"]["replicas"] == 3
     vllm = services["babysitter-vllm"]
     assert vllm["command"][vllm["command"].index("--model") + 1] == "org/other"
     assert vllm["deploy"]["resources"]["reservations"]["devices"][0]["count"] == 2
@@ -208,8 +285,14 @@ def test_mounted_files_exist_and_agree(config: dict[str, Any]) -> None:
         for target in static["targets"]
     }
     assert {"registry:8081", "router:8080"} <= targets
-    for name in ("babysitter-1", "babysitter-2"):
-        assert {f"{name}:8000", f"{name}:8001"} <= targets  # engine and babysitter API
+    # The scalable babysitters by DNS: every replica's engine and babysitter API.
+    found = {
+        (name, sd["port"])
+        for job in prometheus["scrape_configs"]
+        for sd in job.get("dns_sd_configs", [])
+        for name in sd["names"]
+    }
+    assert {("babysitter", 8000), ("babysitter", 8001)} <= found
     rules_target = "/etc/prometheus/rules/llmsvc.rules.yaml"
     assert any(fnmatch.fnmatch(rules_target, pattern) for pattern in prometheus["rule_files"])
     provisioning = ROOT / "deploy" / "compose" / "grafana" / "provisioning"

@@ -1,5 +1,6 @@
-"""``docker compose up`` for real: build the images, wait for every health check, chat
-through the router, see Prometheus scrape and Grafana serve the dashboards, ``down -v``.
+"""``docker compose up --scale babysitter=3`` for real: build the images, wait for every
+health check, chat through the router (each replica answers under its own name), see
+Prometheus scrape every replica under that name and Grafana serve the dashboards, ``down -v``.
 
 Runs only where a Docker engine answers (``make images`` and compose need one); skipped
 elsewhere with the reason. The first run builds the images (minutes).
@@ -8,6 +9,7 @@ elsewhere with the reason. The first run builds the images (minutes).
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import subprocess
 from collections.abc import Iterator
@@ -21,6 +23,7 @@ from tools import ROOT, docker_available, tool_path
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(1200)]
 
 WHY_NOT = docker_available()
+REPLICAS = 3
 
 
 def compose_command() -> list[str]:
@@ -55,7 +58,10 @@ def stack() -> Iterator[dict[str, str]]:
         )
 
     try:
-        up = run("up", "-d", "--build", "--wait", "--wait-timeout", "300", timeout=1100)
+        up = run(
+            "up", "-d", "--build", "--wait", "--wait-timeout", "300", "--scale",
+            f"babysitter={REPLICAS}", timeout=1100,
+        )  # fmt: skip
         if up.returncode != 0:
             logs = run("logs", "--no-color", "--tail", "50", timeout=60).stdout
             pytest.fail(f"docker compose up failed:\n{up.stderr[-4000:]}\n{logs[-6000:]}")
@@ -70,7 +76,7 @@ def test_compose_up_serves_chat_metrics_and_dashboards(stack: dict[str, str]) ->
     models = httpx.get(f"{router}/v1/models", timeout=10).json()
     assert [m["id"] for m in models["data"]] == ["sim-model"]
     engines = set()
-    for _ in range(4):
+    for _ in range(2 * REPLICAS):
         reply = httpx.post(
             f"{router}/v1/chat/completions",
             json={"model": "sim-model", "messages": [{"role": "user", "content": "Hello"}]},
@@ -78,7 +84,9 @@ def test_compose_up_serves_chat_metrics_and_dashboards(stack: dict[str, str]) ->
         )
         assert reply.status_code == 200, reply.text
         engines.add(reply.json()["system_fingerprint"])
-    assert engines == {"babysitter-1", "babysitter-2"}
+    # Round robin over every replica, each under its own name (babysitter@<its IP>:8000).
+    assert len(engines) == REPLICAS, engines
+    assert all(re.fullmatch(r"babysitter@\d+\.\d+\.\d+\.\d+:8000", e) for e in engines), engines
     # The router's admin views need the admin token (only Prometheus has it: its targets
     # are all up below); the registry refuses anonymous reads.
     for path in ("/stats", "/services", "/metrics"):
@@ -94,6 +102,10 @@ def test_compose_up_serves_chat_metrics_and_dashboards(stack: dict[str, str]) ->
         return bool(active) and all(t["health"] == "up" for t in active)
 
     wait_until(all_targets_up, timeout=60, interval=1, what="every Prometheus target up")
+    active = httpx.get(f"{prometheus}/api/v1/targets", timeout=10).json()["data"]["activeTargets"]
+    for job in ("llmsvc-engine", "llmsvc-babysitter"):
+        labelled = {t["labels"].get("backend") for t in active if t["labels"]["job"] == job}
+        assert labelled == engines, (job, labelled)  # the dashboards join on it
     rules = httpx.get(f"{prometheus}/api/v1/rules", timeout=10).json()["data"]["groups"]
     assert rules, "the alert rules are loaded"
 

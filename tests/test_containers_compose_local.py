@@ -8,6 +8,11 @@ on 127.0.0.1 (``LLMSVC_HOST``/``LLMSVC_PORT``, as the images set ``LLMSVC_HOST``
 in the compose file's ``depends_on`` order, each once its compose health check, run
 with the repository's ``images/healthcheck.py``, passes.
 
+The scalable ``babysitter`` service runs its shell entrypoint itself, three times as
+``docker compose up --scale babysitter=3`` would, with a stand-in ``hostname`` (the
+container's ``hostname -i``: 127.0.0.1 here) and ``llmsvc`` first on PATH; each replica
+has its own port, so each registers under its own name.
+
 First the one-shot ``tokens`` service's ``llmsvc tokens`` line makes the tokens in a
 local directory standing in for the ``tokens`` volume (its ``chown``/``install`` lines
 are about container users, checked in ``test_containers_compose_tokens``).
@@ -28,7 +33,7 @@ from typing import Any
 import httpx
 import pytest
 
-from containers import compose_config
+from containers import SHELL_ENTRYPOINT, compose_config, llmsvc_component
 from procs import HOST, Proc, Spawn, free_port, llmsvc_args, wait_until
 from tools import ROOT
 
@@ -56,12 +61,39 @@ def start_order(services: dict[str, Any]) -> list[list[str]]:
     return groups
 
 
-def local_ports(services: dict[str, Any]) -> dict[str, int]:
-    """service -> the local port standing in for its container port."""
+SCALE = {"babysitter": 3}  # as `docker compose up --scale babysitter=3`
+
+
+def local_ports(services: dict[str, Any]) -> dict[str, list[int]]:
+    """service -> the local ports standing in for its replicas' container port."""
     return {
-        name: free_port(pair=service["entrypoint"][1] == "babysitter")
+        name: [free_port(pair=llmsvc_component(service) == "babysitter")
+               for _ in range(SCALE.get(name, 1))]
         for name, service in services.items()
+    }  # fmt: skip
+
+
+def stand_ins(directory: Path) -> Path:
+    """A bin directory with what a container has and this machine lacks or has otherwise:
+    ``hostname -i`` says 127.0.0.1, ``llmsvc`` is this checkout's."""
+    directory.mkdir()
+    scripts = {
+        "hostname": f'[ "$1" = -i ] && echo {HOST} || echo local',
+        "llmsvc": f'exec {shlex.quote(sys.executable)} -m llmsvc "$@"',
     }
+    for name, body in scripts.items():
+        (directory / name).write_text(f"#!/bin/sh\n{body}\n")
+        (directory / name).chmod(0o755)
+    return directory
+
+
+def argv_of(service: dict[str, Any], command: list[str]) -> tuple[list[str], bool]:
+    """What to run for ``service`` with its localized ``command``: the ``llmsvc`` arguments
+    (raw False), or its shell entrypoint's argv (raw True; compose's ``$$`` unescaped)."""
+    entrypoint = service["entrypoint"]
+    if entrypoint[:2] == SHELL_ENTRYPOINT:
+        return [*entrypoint[:2], entrypoint[2].replace("$$", "$"), *entrypoint[3:], *command], True
+    return [*entrypoint[1:], *command], False
 
 
 def make_tokens(tokens_service: dict[str, Any], directory: Path) -> None:
@@ -74,15 +106,15 @@ def make_tokens(tokens_service: dict[str, Any], directory: Path) -> None:
 
 
 def localize(
-    args: list[str], services: dict[str, Any], ports: dict[str, int], tokens: Path
+    args: list[str], services: dict[str, Any], ports: dict[str, list[int]], tokens: Path
 ) -> list[str]:
     """Service hostnames and container ports -> 127.0.0.1 and the local ports; the tokens
     volume -> the local tokens directory."""
 
     def url(match: re.Match[str]) -> str:
         name, port = match.group(1), int(match.group(2))
-        offset = port - CONTAINER_PORT[services[name]["entrypoint"][1]]
-        return f"http://{HOST}:{ports[name] + offset}"
+        offset = port - CONTAINER_PORT[str(llmsvc_component(services[name]))]
+        return f"http://{HOST}:{ports[name][0] + offset}"
 
     names = "|".join(re.escape(name) for name in services)
     out = [re.sub(rf"http://({names}):(\d+)", url, arg) for arg in args]
@@ -110,40 +142,39 @@ def test_compose_commands_make_a_working_stack(spawn: Spawn, tmp_path: Path) -> 
     config = compose_config()["services"]
     tokens = tmp_path / "tokens"
     make_tokens(config["tokens"], tokens)
-    services = {
-        name: service
-        for name, service in config.items()
-        if (service.get("entrypoint") or [""])[0] == "llmsvc"
-    }
-    assert set(services) == {"registry", "router", "babysitter-1", "babysitter-2"}
+    services = {name: service for name, service in config.items() if llmsvc_component(service)}
+    assert set(services) == {"registry", "router", "babysitter"}
     ports = local_ports(services)
+    path = f"{stand_ins(tmp_path / 'bin')}:{os.environ['PATH']}"
     groups = start_order(services)
-    assert groups == [["registry"], ["router"], ["babysitter-1", "babysitter-2"]]
+    assert groups == [["registry"], ["router"], ["babysitter"]]
     for group in groups:
         started = {}
         for name in group:
             service = services[name]
-            command = [*service["entrypoint"][1:], *(service.get("command") or [])]
-            env = {
-                **(service.get("environment") or {}),
-                "LLMSVC_HOST": HOST,
-                "LLMSVC_PORT": str(ports[name]),
-            }
-            args = localize(command, services, ports, tokens)
-            started[name] = (spawn(name, *args, env=env), env)
-        for name, (proc, env) in started.items():
+            command = localize(service.get("command") or [], services, ports, tokens)
+            argv, raw = argv_of(service, command)
+            for replica, port in enumerate(ports[name], start=1):
+                env = {
+                    **(service.get("environment") or {}),
+                    "LLMSVC_HOST": HOST,
+                    "LLMSVC_PORT": str(port),
+                    **({"PATH": path} if raw else {}),
+                }
+                label = f"{name}-{replica}" if len(ports[name]) > 1 else name
+                started[label] = (spawn(label, *argv, env=env, raw=raw), env, service)
+        for label, (proc, env, service) in started.items():
             wait_until(
-                partial(_healthy_or_exited, services[name], env, proc),
+                partial(_healthy_or_exited, service, env, proc),
                 timeout=40,
                 interval=0.2,
-                what=f"{name}'s compose health check",
+                what=f"{label}'s compose health check",
             )
-            assert proc.alive(), f"{name} exited:\n{proc.log()[-3000:]}"
+            assert proc.alive(), f"{label} exited:\n{proc.log()[-3000:]}"
 
-    router = f"http://{HOST}:{ports['router']}"
-    model = services["babysitter-1"]["command"][
-        services["babysitter-1"]["command"].index("--model") + 1
-    ]
+    router = f"http://{HOST}:{ports['router'][0]}"
+    sim = services["babysitter"]["command"]
+    model = sim[sim.index("--model") + 1]
     models = wait_until(
         lambda: [m["id"] for m in httpx.get(f"{router}/v1/models", timeout=5).json()["data"]],
         timeout=30,
@@ -151,7 +182,7 @@ def test_compose_commands_make_a_working_stack(spawn: Spawn, tmp_path: Path) -> 
     )
     assert models == [model]
     engines = set()
-    for _ in range(4):
+    for _ in range(6):
         resp = httpx.post(
             f"{router}/v1/chat/completions",
             json={
@@ -163,13 +194,16 @@ def test_compose_commands_make_a_working_stack(spawn: Spawn, tmp_path: Path) -> 
         )
         assert resp.status_code == 200, resp.text
         engines.add(resp.json()["system_fingerprint"])
-    # Both babysitters registered their engines under their service names; round robin uses both.
-    assert engines == {"babysitter-1", "babysitter-2"}
-    registry = f"http://{HOST}:{ports['registry']}"
+    # Each replica registered its engine under its own address and port (a container's:
+    # babysitter@<its IP>:8000); round robin uses all three.
+    replicas = {f"babysitter@{HOST}:{port}" for port in ports["babysitter"]}
+    assert len(replicas) == 3
+    assert engines == replicas
+    registry = f"http://{HOST}:{ports['registry'][0]}"
     write = {"Authorization": f"Bearer {(tokens / 'registry-token').read_text().strip()}"}
     answer = httpx.get(f"{registry}/services", headers=write, timeout=5).json()
     names = {s["name"] for s in answer["services"]}
-    assert {"babysitter-1", "babysitter-2"} <= names
+    assert replicas <= names
     # The router's admin views need the router's admin token from the tokens volume.
     admin = {"Authorization": f"Bearer {(tokens / 'router-admin-token').read_text().strip()}"}
     for path in ("/stats", "/services", "/metrics"):

@@ -35,8 +35,7 @@ TOKEN_FLAGS = {
         "--registry-token-file": "registry-token",
         "--admin-token-file": "router-admin-token",
     },
-    "babysitter-1": {"--registry-token-file": "registry-token"},
-    "babysitter-2": {"--registry-token-file": "registry-token"},
+    "babysitter": {"--registry-token-file": "registry-token"},
     "babysitter-vllm": {"--registry-token-file": "registry-token"},
 }
 

@@ -86,7 +86,7 @@ def test_compose_prometheus_scrapes_every_service_with_backend_labels(tmp_path: 
     targets = {
         (job["job_name"], target, static.get("labels", {}).get("backend"))
         for job in config["scrape_configs"]
-        for static in job["static_configs"]
+        for static in job.get("static_configs", [])
         for target in static["targets"]
     }
     services = compose_services()
@@ -94,12 +94,17 @@ def test_compose_prometheus_scrapes_every_service_with_backend_labels(tmp_path: 
     assert ("llmsvc-registry", "registry:8081", None) in targets
     sitters = [s for s, spec in services.items() if "babysitter" in str(spec.get("entrypoint"))]
     default = [s for s in sitters if not services[s].get("profiles")]
-    assert len(default) >= 2
-    for name in default:
-        command = services[name]["command"]
-        backend = command[command.index("--name") + 1]  # the engine's name in the registry
-        assert ("llmsvc-engine", f"{name}:8000", backend) in targets
-        assert ("llmsvc-babysitter", f"{name}:8001", backend) in targets
+    # The default babysitters are one scalable service, found by DNS; each replica's
+    # `backend` label (its registry name) is checked in test_containers_compose.
+    assert default == ["babysitter"]
+    found = {
+        (job["job_name"], name, sd["port"])
+        for job in config["scrape_configs"]
+        for sd in job.get("dns_sd_configs", [])
+        for name in sd["names"]
+    }
+    assert ("llmsvc-engine", "babysitter", 8000) in found
+    assert ("llmsvc-babysitter", "babysitter", 8001) in found
     mounts = services["prometheus"]["volumes"]
     assert "./deploy/compose/prometheus.yml:/etc/prometheus/prometheus.yml:ro" in mounts
     rules_mount = next(
