@@ -1,0 +1,269 @@
+"""Does ``llmsvc simulate`` agree with reality? (``make autoscale-agreement``)
+
+    .venv/bin/python -m benchmarks.autoscale.agreement --doc docs/autoscaling.md  # ~2 minutes
+    .venv/bin/python -m benchmarks.autoscale.agreement --tiny --out DIR          # the test's run
+
+One small trace (``trace.py``: bursts separated by idle gaps longer than the
+idle timeout) written to a CSV, then run both ways:
+
+- **real**: a registry, ``--babysitters`` babysitters ``--engine sim --idle-timeout T
+  --standby sleep`` over simulated engines in real time, and a router
+  (``stack.py``); once every babysitter is in standby the CSV's requests are
+  sent open loop through the router, streamed, TTFT measured at the client;
+  the wake-ups are the babysitters' ``standby.wakes``;
+- **simulated**: ``llmsvc simulate`` with policy ``standby`` over the same CSV,
+  the same number of engines, idle timeout and engine profile (one file, the
+  shipped ``llama.cpp-smollm2-cpu`` timing with ``wake_delay`` set).
+
+The report puts TTFT p50/p95, wake-ups, requests and held requests side by side
+with the ratio sim/real, and says whether the targets are met (p95 within 15 %,
+the same wake-ups). Results go to ``--out`` (``agreement.json``, ``agreement.md``);
+with ``--doc`` the table goes between ``<!-- autoscale-agreement -->`` markers.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import dataclasses
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # the root: benchmarks.*
+
+from benchmarks.autoscale.report import agreement_markdown, replace_between
+from benchmarks.autoscale.sim import SimSide, run_simulation
+from benchmarks.autoscale.stack import Stack, StackConfig, attach_holds, replay
+from benchmarks.autoscale.trace import Bursts, generate, read_csv, write_csv
+from benchmarks.common.procfs import machine
+
+from llmsvc.bench.stats import distribution
+from llmsvc.simengine.profiles import load_profile
+
+ROOT = Path(__file__).resolve().parents[2]
+BASE_PROFILE = "llama.cpp-smollm2-cpu"
+MARK = "autoscale-agreement"
+P95_TOLERANCE = 0.15
+
+
+@dataclass(frozen=True, slots=True)
+class Settings:
+    """Everything a run depends on (written into the results)."""
+
+    babysitters: int = 1
+    idle_timeout: float = 3.0
+    wake_delay: float = 1.0
+    trace: Bursts = field(default_factory=Bursts)
+    seed: int = 14
+    base_profile: str = BASE_PROFILE
+
+
+TINY = Settings(
+    idle_timeout=1.0,
+    wake_delay=0.3,
+    trace=Bursts(bursts=2, burst_s=1.0, rate=3.0, gap_s=4.0, lead_in_s=2.0, max_inner_gap_s=0.5),
+)
+
+
+def loadavg() -> float:
+    return float(Path("/proc/loadavg").read_text().split()[0])
+
+
+def commit() -> str:
+    run = subprocess.run(
+        ["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"], capture_output=True, text=True
+    )
+    return run.stdout.strip() or "unknown"
+
+
+def write_profile(settings: Settings, path: Path) -> dict[str, Any]:
+    """The shared engine profile: the base profile's timing with ``wake_delay`` set."""
+    timing = {**load_profile(settings.base_profile), "wake_delay": settings.wake_delay}
+    source = f"{settings.base_profile} with wake_delay {settings.wake_delay:g} s"
+    path.write_bytes(orjson.dumps({"source": {"by": source}, "settings": timing}))
+    return timing
+
+
+def side(
+    outcomes_ttft: list[float], *, requests: int, answered: int, wakes: int, held: int
+) -> dict[str, Any]:
+    dist = distribution(outcomes_ttft) or {}
+    return {
+        "requests": requests,
+        "answered": answered,
+        "ttft_p50_s": dist.get("p50"),
+        "ttft_p95_s": dist.get("p95"),
+        "ttft_p99_s": dist.get("p99"),
+        "wakes": wakes,
+        "held": held,
+    }
+
+
+async def run_real(
+    settings: Settings, work: Path, csv_path: Path, profile: Path, timing: dict[str, Any]
+) -> dict[str, Any]:
+    requests = read_csv(csv_path)
+    config = StackConfig(
+        babysitters=settings.babysitters,
+        idle_timeout=settings.idle_timeout,
+        profile=profile,
+        chars_per_token=float(timing.get("chars_per_token", 4.0)),
+    )
+    load_start = loadavg()
+    async with Stack(config, work / "logs") as stack:
+        await stack.wait_standby(timeout=60 + settings.idle_timeout * 3)
+        before = await stack.wakes()
+        print(f"== real: {len(requests)} requests over {requests[-1].arrival_s:.1f} s", flush=True)
+        began = time.monotonic()
+        outcomes = await replay(
+            stack.router_url, requests, chars_per_token=config.chars_per_token, timeout=120.0
+        )
+        elapsed = time.monotonic() - began
+        await asyncio.sleep(0.5)  # the access log's last lines
+        wakes = await stack.wakes() - before
+        attach_holds(outcomes, stack.router_log.read_text(errors="replace"))
+    ok = [o for o in outcomes if o.ok]
+    errors: dict[str, int] = {}
+    for o in outcomes:
+        if not o.ok:
+            errors[o.error or "no_content"] = errors.get(o.error or "no_content", 0) + 1
+    late = max((o.sent_s - o.arrival_s for o in outcomes), default=0.0)
+    result = side(
+        [o.ttft_s for o in ok if o.ttft_s is not None],
+        requests=len(outcomes), answered=len(ok), wakes=wakes,
+        held=sum(1 for o in outcomes if (o.hold_s or 0) > 0),
+    )  # fmt: skip
+    return result | {
+        "errors": errors,
+        "elapsed_s": round(elapsed, 2),
+        "latest_send_s": round(late, 4),
+        "load_average_1m": {"start": load_start, "end": loadavg()},
+        "outcomes": [[o.index, o.arrival_s, _r(o.ttft_s), _r(o.hold_s), o.error] for o in outcomes],
+    }
+
+
+def _r(value: float | None) -> float | None:
+    return None if value is None else round(value, 4)
+
+
+def simulated(settings: Settings, csv_path: Path, profile: Path) -> dict[str, Any]:
+    print("== simulated: policy standby", flush=True)
+    sim: SimSide = run_simulation(
+        csv_path, profile=profile, workers=settings.babysitters,
+        idle_timeout=settings.idle_timeout, seed=settings.seed,
+    )  # fmt: skip
+    result = side(
+        sim.ttfts, requests=sim.requests, answered=len(sim.ttfts), wakes=sim.wakes,
+        held=sim.held,
+    )  # fmt: skip
+    return result | {"rejected": sim.rejected, "cold_starts": sim.cold_starts}
+
+
+def ratios(sim: dict[str, Any], real: dict[str, Any]) -> dict[str, float | None]:
+    out: dict[str, float | None] = {}
+    for key in ("ttft_p50_s", "ttft_p95_s", "wakes", "requests", "held"):
+        a, b = sim.get(key), real.get(key)
+        out[key] = round(a / b, 3) if a is not None and b else None
+    return out
+
+
+def verdict(sim: dict[str, Any], real: dict[str, Any]) -> dict[str, bool]:
+    p95 = ratios(sim, real)["ttft_p95_s"]
+    return {
+        "p95_within_15pct": p95 is not None and abs(p95 - 1) <= P95_TOLERANCE,
+        "same_wakes": sim["wakes"] == real["wakes"],
+    }
+
+
+def run(settings: Settings, work: Path, command: str) -> dict[str, Any]:
+    work.mkdir(parents=True, exist_ok=True)
+    started = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+    csv_path, profile = work / "trace.csv", work / "profile.json"
+    requests = generate(settings.trace, settings.seed)
+    write_csv(csv_path, requests)
+    timing = write_profile(settings, profile)
+    load_start = loadavg()
+    real = asyncio.run(run_real(settings, work, csv_path, profile, timing))
+    sim = simulated(settings, csv_path, profile)
+    return {
+        "date": started,
+        "commit": commit(),
+        "command": command,
+        "machine": machine(),
+        "load_average_1m": {"start": load_start, "end": loadavg()},
+        "settings": dataclasses.asdict(settings)
+        | {
+            "trace_duration_s": settings.trace.duration_s,
+            "timing": timing,
+        },
+        "real": real,
+        "simulated": sim,
+        "ratio_sim_over_real": ratios(sim, real),
+        "targets_met": verdict(sim, real),
+    }
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog="benchmarks.autoscale.agreement", description=__doc__.splitlines()[0]
+    )
+    defaults = Settings()
+    parser.add_argument("--out", type=Path, default=ROOT / "docs" / "autoscaling")
+    parser.add_argument("--work", type=Path, help="logs and the trace (default: a temp dir)")
+    parser.add_argument("--doc", type=Path, help="markdown file whose agreement table to replace")
+    parser.add_argument("--tiny", action="store_true", help="a few requests (tests)")
+    parser.add_argument("--babysitters", type=int, default=defaults.babysitters)
+    parser.add_argument("--idle-timeout", type=float, default=defaults.idle_timeout)
+    parser.add_argument("--wake-delay", type=float, default=defaults.wake_delay)
+    parser.add_argument("--bursts", type=int, default=defaults.trace.bursts)
+    parser.add_argument("--seed", type=int, default=defaults.seed)
+    args = parser.parse_args(argv)
+    if args.babysitters < 1 or args.bursts < 1:
+        parser.error("--babysitters and --bursts must be >= 1")
+    if args.idle_timeout <= 0 or args.wake_delay < 0:
+        parser.error("--idle-timeout must be > 0 and --wake-delay >= 0")
+    return args
+
+
+def settings_of(args: argparse.Namespace) -> Settings:
+    if args.tiny:
+        return dataclasses.replace(TINY, seed=args.seed)
+    # Gaps of the idle timeout plus 6 s: every burst finds the engine asleep.
+    trace = dataclasses.replace(
+        Bursts(), bursts=args.bursts, gap_s=args.idle_timeout + 6.0,
+        lead_in_s=args.idle_timeout + 3.0, max_inner_gap_s=args.idle_timeout / 2,
+    )  # fmt: skip
+    return Settings(
+        babysitters=args.babysitters, idle_timeout=args.idle_timeout,
+        wake_delay=args.wake_delay, trace=trace, seed=args.seed,
+    )  # fmt: skip
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    settings = settings_of(args)
+    command = "python -m benchmarks.autoscale.agreement " + " ".join(
+        sys.argv[1:] if argv is None else argv
+    )
+    with tempfile.TemporaryDirectory(prefix="autoscale-agreement-") as tmp:
+        result = run(settings, args.work or Path(tmp), command.strip())
+    name = "agreement-tiny" if args.tiny else "agreement"
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / f"{name}.json").write_bytes(orjson.dumps(result, option=orjson.OPT_INDENT_2))
+    table = agreement_markdown(result)
+    (args.out / f"{name}.md").write_text(table)
+    if args.doc is not None:
+        replace_between(args.doc, table, MARK)
+    print(table)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
