@@ -20,6 +20,8 @@ help:
 	@echo "make flow-bench  overload benchmark, flow control on/off (FLOW_ARGS=--cost: CPU vs the previous commit)"
 	@echo "make autoscale-agreement  llmsvc simulate vs real processes on one trace (standby and wake)"
 	@echo "make autoscale-study  simulated fixed fleet vs autoscaling vs autoscaling to zero, every built-in trace"
+	@echo "make autoscale-agreement  llmsvc simulate vs real processes on one trace (standby and wake)"
+	@echo "make autoscale-study  simulated fixed fleet vs autoscaling vs autoscaling to zero, every built-in trace"
 	@echo "make manifests  regenerate the CRD copies, operator/rbac.yaml, manifests/install.yaml"
 	@echo "make coldstart-bench  a standby engine woken by a held request: TTFT and hold overhead (COLDSTART_ARGS)"
 
@@ -114,6 +116,19 @@ study: $(STAMP)
 flow-bench: $(STAMP)
 	$(BIN)/python -c 'import matplotlib' 2>/dev/null || $(BIN)/python -m pip install --quiet -e '.[bench]'
 	$(BIN)/python -m benchmarks.flow --doc docs/flow-control.md $(FLOW_ARGS)
+
+# Does the simulator agree with reality? (about 2 minutes): one bursty trace through a router and
+# babysitters with standby (sim engines in real time) and through `llmsvc simulate --policy
+# standby`; TTFT p50/p95 and wake-ups side by side in docs/autoscaling/agreement.md and
+# docs/autoscaling.md. Run it on a quiet machine.
+autoscale-agreement: $(STAMP)
+	$(BIN)/python -m benchmarks.autoscale.agreement --doc docs/autoscaling.md $(AGREEMENT_ARGS)
+
+# The autoscaling study (simulated time, deterministic, about a minute): fixed / autoscale /
+# autoscale-zero over every built-in trace; docs/autoscaling/study.md, its plots, docs/autoscaling.md.
+autoscale-study: $(STAMP)
+	$(BIN)/python -c 'import matplotlib' 2>/dev/null || $(BIN)/python -m pip install --quiet -e '.[bench]'
+	$(BIN)/python -m benchmarks.autoscale.study --doc docs/autoscaling.md $(STUDY_AUTOSCALE_ARGS)
 
 # Does the simulator agree with reality? (about 2 minutes): one bursty trace through a router and
 # babysitters with standby (sim engines in real time) and through `llmsvc simulate --policy
