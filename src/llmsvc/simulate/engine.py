@@ -280,7 +280,7 @@ class SimEngine:
         first_at = [0.0] * len(batch)
         done_step = [0] * len(batch)
         elapsed, steps, remaining = 0.0, 0, sum(left)
-        while remaining > 0:
+        while remaining > 0:  # one pass unless the prompts overflow max_batched_tokens
             plan = plan_step(
                 decode_seqs=decoding,
                 prefill_left=left,

@@ -101,9 +101,10 @@ SHAPES: dict[str, tuple[Callable[[float], RateShape], float]] = {
 """name -> (shape for a duration, the shape's maximum: the thinning envelope)."""
 
 
-def _tokens(rng: random.Random, mean: int) -> int:
+def _token_range(mean: int) -> tuple[int, int]:
+    """(lowest, count of values) of the uniform token counts around ``mean``."""
     low = max(1, mean // 2)
-    return rng.randint(low, max(low, (3 * mean) // 2))
+    return low, max(low, (3 * mean) // 2) - low + 1
 
 
 def builtin_trace(
@@ -124,6 +125,10 @@ def builtin_trace(
     prompts: list[int] = []
     outputs: list[int] = []
     expovariate, uniform, now = rng.expovariate, rng.random, 0.0
+    (prompt_low, prompt_span), (output_low, output_span) = (
+        _token_range(prompt_tokens),
+        _token_range(output_tokens),
+    )
     while True:
         now += expovariate(envelope)
         if now >= duration:
@@ -131,8 +136,8 @@ def builtin_trace(
         if peak != 1.0 and uniform() * peak >= shape(now):
             continue
         arrivals.append(now)
-        prompts.append(_tokens(rng, prompt_tokens))
-        outputs.append(_tokens(rng, output_tokens))
+        prompts.append(prompt_low + int(uniform() * prompt_span))
+        outputs.append(output_low + int(uniform() * output_span))
     return Trace(name, duration, tuple(arrivals), tuple(prompts), tuple(outputs))
 
 
