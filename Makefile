@@ -7,7 +7,7 @@ STAMP  := $(VENV)/.installed-stamp
 TEST_WORKERS ?= 4
 PYTEST_ARGS ?=
 
-.PHONY: help venv tools run stop test lint typecheck imports check clean scale bench bench-clients study images manifests chaos soak real-engine flow-bench autoscale-agreement autoscale-study coldstart-bench
+.PHONY: help venv tools run stop test lint typecheck imports check clean scale bench bench-clients study images manifests chaos soak real-engine flow-bench autoscale-agreement autoscale-study
 
 help:
 	@echo "make run     start the demo stack (registry, router, two simulated engines)"
@@ -20,10 +20,7 @@ help:
 	@echo "make flow-bench  overload benchmark, flow control on/off (FLOW_ARGS=--cost: CPU vs the previous commit)"
 	@echo "make autoscale-agreement  llmsvc simulate vs real processes on one trace (standby and wake)"
 	@echo "make autoscale-study  simulated fixed fleet vs autoscaling vs autoscaling to zero, every built-in trace"
-	@echo "make autoscale-agreement  llmsvc simulate vs real processes on one trace (standby and wake)"
-	@echo "make autoscale-study  simulated fixed fleet vs autoscaling vs autoscaling to zero, every built-in trace"
 	@echo "make manifests  regenerate the CRD copies, operator/rbac.yaml, manifests/install.yaml"
-	@echo "make coldstart-bench  a standby engine woken by a held request: TTFT and hold overhead (COLDSTART_ARGS)"
 
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -129,26 +126,6 @@ autoscale-agreement: $(STAMP)
 autoscale-study: $(STAMP)
 	$(BIN)/python -c 'import matplotlib' 2>/dev/null || $(BIN)/python -m pip install --quiet -e '.[bench]'
 	$(BIN)/python -m benchmarks.autoscale.study --doc docs/autoscaling.md $(STUDY_AUTOSCALE_ARGS)
-
-# Does the simulator agree with reality? (about 2 minutes): one bursty trace through a router and
-# babysitters with standby (sim engines in real time) and through `llmsvc simulate --policy
-# standby`; TTFT p50/p95 and wake-ups side by side in docs/autoscaling/agreement.md and
-# docs/autoscaling.md. Run it on a quiet machine.
-autoscale-agreement: $(STAMP)
-	$(BIN)/python -m benchmarks.autoscale.agreement --doc docs/autoscaling.md $(AGREEMENT_ARGS)
-
-# The autoscaling study (simulated time, deterministic, about a minute): fixed / autoscale /
-# autoscale-zero over every built-in trace; docs/autoscaling/study.md, its plots, docs/autoscaling.md.
-autoscale-study: $(STAMP)
-	$(BIN)/python -c 'import matplotlib' 2>/dev/null || $(BIN)/python -m pip install --quiet -e '.[bench]'
-	$(BIN)/python -m benchmarks.autoscale.study --doc docs/autoscaling.md $(STUDY_AUTOSCALE_ARGS)
-
-# The cold-start benchmark (about 1.5 minutes): registry, router and one babysitter with
-# --idle-timeout 1 --standby sleep, then stop; each cycle a streamed request wakes the engine
-# (sim engine, --wake-delay/--startup-delay 2 s); client TTFT, the engine's wake, the hold
-# overhead; docs/autoscaling/coldstart.md and docs/autoscaling.md. COLDSTART_ARGS=--cycles N.
-coldstart-bench: $(STAMP)
-	$(BIN)/python -m benchmarks.coldstart $(COLDSTART_ARGS)
 
 # The soak (SOAK_MINUTES, default 10): router --workers 2 under steady load, RSS and fds of
 # each worker from /proc; writes benchmarks/soak/results.json; see docs/reliability.md.
