@@ -7,7 +7,7 @@ STAMP  := $(VENV)/.installed-stamp
 TEST_WORKERS ?= 4
 PYTEST_ARGS ?=
 
-.PHONY: help venv tools run stop test lint typecheck imports check clean scale bench bench-clients study images manifests chaos soak real-engine flow-bench autoscale-agreement autoscale-study
+.PHONY: help venv tools run stop test lint typecheck imports check clean scale bench bench-clients study images manifests chaos soak real-engine flow-bench autoscale-agreement autoscale-study coldstart-bench
 
 help:
 	@echo "make run     start the demo stack (registry, router, two simulated engines)"
@@ -21,6 +21,7 @@ help:
 	@echo "make autoscale-agreement  llmsvc simulate vs real processes on one trace (standby and wake)"
 	@echo "make autoscale-study  simulated fixed fleet vs autoscaling vs autoscaling to zero, every built-in trace"
 	@echo "make manifests  regenerate the CRD copies, operator/rbac.yaml, manifests/install.yaml"
+	@echo "make coldstart-bench  a standby engine woken by a held request: TTFT and hold overhead (COLDSTART_ARGS)"
 
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -126,6 +127,13 @@ autoscale-agreement: $(STAMP)
 autoscale-study: $(STAMP)
 	$(BIN)/python -c 'import matplotlib' 2>/dev/null || $(BIN)/python -m pip install --quiet -e '.[bench]'
 	$(BIN)/python -m benchmarks.autoscale.study --doc docs/autoscaling.md $(STUDY_AUTOSCALE_ARGS)
+
+# The cold-start benchmark (about 1.5 minutes): registry, router and one babysitter with
+# --idle-timeout 1 --standby sleep, then stop; each cycle a streamed request wakes the engine
+# (sim engine, --wake-delay/--startup-delay 2 s); client TTFT, the engine's wake, the hold
+# overhead; docs/autoscaling/coldstart.md and docs/autoscaling.md. COLDSTART_ARGS=--cycles N.
+coldstart-bench: $(STAMP)
+	$(BIN)/python -m benchmarks.coldstart $(COLDSTART_ARGS)
 
 # The soak (SOAK_MINUTES, default 10): router --workers 2 under steady load, RSS and fds of
 # each worker from /proc; writes benchmarks/soak/results.json; see docs/reliability.md.
