@@ -22,9 +22,11 @@ from llmsvc.simulate import (
 TIMING = EngineTiming(startup_delay=20.0, wake_delay=1.5)
 
 
-def _config(trace: str = "steady", **changes: object) -> SimConfig:
+def _config(trace: str | Trace = "steady", **changes: object) -> SimConfig:
+    if isinstance(trace, str):
+        trace = load_trace(trace, duration=120.0, rate=4.0, seed=3)
     base = SimConfig(
-        trace=load_trace(trace, duration=120.0, rate=4.0, seed=3),
+        trace=trace,
         workers=3,
         seed=3,
         timing=TIMING,
@@ -183,3 +185,16 @@ def test_bad_configs_are_refused() -> None:
         SimConfig(trace=trace, workers=0)
     with pytest.raises(ValueError, match="decode_tokens_per_s"):
         EngineTiming(decode_tokens_per_s=0)
+
+
+@pytest.mark.parametrize(("policy", "floor"), [("autoscale", 1), ("autoscale-zero", 0)])
+def test_after_the_spike_the_fleet_drains_back_to_its_minimum(policy: str, floor: int) -> None:
+    quick = Policy(min_replicas=1, max_replicas=3, target_requests=2, scale_down_delay=5.0)
+    trace = load_trace("spike-from-zero", duration=200.0, rate=1.0, seed=3)
+    config = _config(trace, policy=policy, autoscale=quick, hold_timeout=60.0)
+    result = simulate(config)
+    assert result.answered == len(config.trace)  # draining engines finish what they hold
+    assert max(s.replicas for s in result.timeline) == 3
+    tail = [s for s in result.timeline if s.t > 0.6 * 200.0 + 15.0]
+    assert tail and all(s.replicas == floor for s in tail)
+    assert result.gpu_seconds < simulate(_config(trace, policy="fixed")).gpu_seconds
