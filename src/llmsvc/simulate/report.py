@@ -44,7 +44,7 @@ def print_report(console: Console, data: dict[str, Any]) -> None:
     trace = data["trace"]
     console.print(
         f"trace {trace['name']}: {trace['requests']} requests over {trace['duration_s']:g} s "
-        f"({trace['mean_rate_rps']:g}/s), {data['workers']} workers, seed {data['seed']}"
+        f"({trace['mean_rate_rps']:.2f}/s), {data['workers']} workers, seed {data['seed']}"
     )
     table = Table(show_edge=False)
     table.add_column("policy", no_wrap=True)
