@@ -34,7 +34,15 @@ from llmsvc.core.registry_client import RegistryClient
 from llmsvc.router.backends import BackendPool
 from llmsvc.router.health import _unproven
 from llmsvc.router.wake import Outcome, Waker
-from procs import HOST, Spawn, free_port, spawn_sim_engine, start_registry, start_router
+from procs import (
+    HOST,
+    Spawn,
+    free_port,
+    spawn_sim_engine,
+    start_babysitter,
+    start_registry,
+    start_router,
+)
 
 TOKEN = "registry-secret"
 ADMIN = "admin-secret"
@@ -241,6 +249,38 @@ async def test_a_refused_wake_wakes_the_next_babysitter(spawn: Spawn) -> None:
     assert len(refusing.wakes) == 1 and len(second.wakes) == 1
     wakes = 'llmsvc_router_wakes_total{model_name="m",outcome="%s"}'
     assert metrics.value(text, wakes % "failed") == 1
+    assert metrics.value(text, wakes % "woken") == 1
+
+
+@pytest.mark.slow
+async def test_a_real_babysitter_asleep_is_woken_once_for_five_held_requests(
+    spawn: Spawn,
+) -> None:
+    """End to end: ``llmsvc babysitter --engine sim --idle-timeout 1 --standby sleep``."""
+    registry = stack(spawn)
+    _, _, api = start_babysitter(
+        spawn, registry, "sleepy", "--registry-token", TOKEN, "--idle-timeout", "1",
+        "--standby", "sleep", model="m",
+        engine_args=("--time-scale", "1", "--wake-delay", "1", "--startup-delay", "0"),
+    )  # fmt: skip
+    router = router_for(spawn, registry)
+    async with httpx.AsyncClient(base_url=router) as client:
+        deadline = time.monotonic() + 30
+        while (await client.get(f"{api}/status")).json()["state"] != "standby":
+            assert time.monotonic() < deadline, "never went to standby"
+            await asyncio.sleep(0.1)
+        while (await client.get("/demand", headers=AUTH)).json()["models"]["m"]["ready"]:
+            assert time.monotonic() < deadline, "the router still routes to it"
+            await asyncio.sleep(0.05)
+        plain = [asyncio.create_task(client.post(CHAT, json=BODY, timeout=40)) for _ in range(4)]
+        comments = await stream_comments(client)
+        answers = await asyncio.gather(*plain)
+        standby = (await client.get(f"{api}/status")).json()["standby"]
+        text = (await client.get("/metrics", headers=AUTH)).text
+    assert [a.status_code for a in answers] == [200] * 4, [a.text for a in answers]
+    assert standby["wakes"] == 1 and standby["last_wake_seconds"] >= 1
+    assert comments and comments[0].startswith(": waiting for m: ")
+    wakes = 'llmsvc_router_wakes_total{model_name="m",outcome="%s"}'
     assert metrics.value(text, wakes % "woken") == 1
 
 
