@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import os
+import pty
 import subprocess
 import sys
 from pathlib import Path
@@ -136,3 +138,37 @@ def test_plots_without_matplotlib_are_one_line(tmp_path: Path) -> None:
         "llmsvc simulate: error: --plots needs matplotlib: pip install 'llmsvc[bench]'\n"
     )
     assert not (tmp_path / "p").exists()
+
+
+def _with_terminal_stderr(*args: str) -> tuple[int, str, bytes]:
+    """Run with stderr on a pseudo-terminal: (status, stdout, what the terminal got)."""
+    master, slave = pty.openpty()
+    proc = subprocess.Popen(
+        llmsvc_args("simulate", *args), stdout=subprocess.PIPE, stderr=slave, text=True
+    )
+    os.close(slave)
+    try:
+        out, _ = proc.communicate(timeout=60)
+    finally:
+        proc.kill()
+    seen = b""
+    while True:
+        try:
+            chunk = os.read(master, 65536)
+        except OSError:  # the child's end is closed
+            break
+        if not chunk:
+            break
+        seen += chunk
+    os.close(master)
+    return proc.returncode, out, seen
+
+
+def test_a_progress_bar_on_a_terminal_only_and_never_in_the_report() -> None:
+    args = (*SMALL, "--policy", "fixed,standby", "--json")
+    status, out, terminal = _with_terminal_stderr(*args)
+    assert status == 0
+    assert b"fixed" in terminal and b"standby" in terminal and b"%" in terminal
+    quiet_status, quiet_out, quiet_terminal = _with_terminal_stderr(*args, "--no-progress")
+    assert quiet_status == 0 and quiet_terminal == b""
+    assert out == quiet_out == simulate(*args).stdout
