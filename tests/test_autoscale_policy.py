@@ -120,8 +120,8 @@ def test_down_only_after_the_scale_down_delay() -> None:
     assert run.at(0.0, obs(20)) == 3
     for t in range(1, 301, 10):
         assert run.at(float(t), obs(0)) == 3
-    assert run.at(300.0, obs(0)) == 3  # the need at t=0 is still within the last 300 s
-    assert run.at(300.5, obs(0)) == 0
+    assert run.at(300.5, obs(0)) == 3  # the need seen at t=0 held until t=1
+    assert run.at(301.0, obs(0)) == 0
     assert run.decisions[-1][1].reason == "idle for 300 s"
 
 
@@ -130,10 +130,10 @@ def test_down_to_the_highest_need_over_the_window() -> None:
     run.at(0.0, obs(64))  # 8
     run.at(30.0, obs(24))  # 3
     run.at(45.0, obs(8))  # 1
-    assert run.at(59.0, obs(8)) == 8  # 8 was needed within the last 60 s
-    assert run.at(61.0, obs(8)) == 3  # the 8 left the window; 3 (t=30) is the highest
+    assert run.at(89.0, obs(8)) == 8  # 8 held from t=0 until the next look at t=30
+    assert run.at(90.0, obs(8)) == 3  # the 8 left the window; 3 (t=30..45) is the highest
     assert run.decisions[-1][1].reason == "needed at most 3 over the last 60 s"
-    assert run.at(91.0, obs(8)) == 1
+    assert run.at(105.0, obs(8)) == 1
     assert run.at(200.0, obs(8)) == 1  # never to 0 with demand
 
 
@@ -154,8 +154,9 @@ def test_a_fresh_scaler_counts_what_runs_as_needed() -> None:
     """An operator restart does not give replicas back before a full scale-down delay."""
     run = Run(Policy(min_replicas=0, max_replicas=4, scale_down_delay=100), current=3)
     assert run.at(1000.0, obs(0)) == 3
-    assert run.at(1100.0, obs(0)) == 3
-    assert run.at(1100.5, obs(0)) == 0
+    assert run.at(1099.5, obs(0)) == 3
+    assert run.at(1100.0, obs(0)) == 0
+    assert run.decisions[-1][1].reason == "idle for 100 s"
 
 
 def test_below_min_comes_back_at_once() -> None:
@@ -175,8 +176,8 @@ def test_lowered_max_applies_at_once_and_history_is_kept() -> None:
     assert run.decisions[-1][1].reason == "above maxReplicas 3"
     run.scaler.update(Policy(min_replicas=0, max_replicas=8, scale_down_delay=60))
     assert run.at(2.0, obs(0)) == 3  # demand gone: the window still remembers 8, kept within 3
-    assert run.at(61.0, obs(0)) == 3  # the last 8 (t=1) is within the last 60 s
-    assert run.at(61.5, obs(0)) == 0
+    assert run.at(61.5, obs(0)) == 3  # the last 8 (seen at t=1) held until t=2
+    assert run.at(62.0, obs(0)) == 0
 
 
 def test_raised_max_lets_the_need_through() -> None:
@@ -191,7 +192,18 @@ def test_shorter_scale_down_delay_applies_to_the_history() -> None:
     run.at(0.0, obs(20))
     run.scaler.update(Policy(min_replicas=0, max_replicas=4, scale_down_delay=10))
     assert run.at(5.0, obs(0)) == 3
-    assert run.at(11.0, obs(0)) == 0
+    assert run.at(11.0, obs(0)) == 3  # the need of t=0 held until t=5
+    assert run.at(15.0, obs(0)) == 0
+
+
+def test_one_idle_look_after_a_gap_is_not_an_idle_window() -> None:
+    """Sparse observations (a slow round): the need seen last holds until the next look."""
+    run = Run(Policy(min_replicas=0, max_replicas=4, scale_down_delay=60))
+    assert run.at(0.0, obs(20)) == 3
+    assert run.at(100.0, obs(0)) == 3  # first look in 100 s: the 3 held until now
+    assert run.at(159.0, obs(0)) == 3
+    assert run.at(160.0, obs(0)) == 0
+    assert run.decisions[-1][1].reason == "idle for 60 s"
 
 
 # -- properties over a random day ------------------------------------------------------

@@ -115,28 +115,36 @@ class Decision:
 
 
 class _Window:
-    """Sliding-window max (or min) of ``(time, value)`` samples: a monotonic deque, so
-    push and query are amortized O(1)."""
+    """Sliding-window max (or min) of a step function: each sample's value holds from its
+    time until the next sample's. A monotonic deque of ``(until, value)``, so push and
+    query are amortized O(1).
+
+    The steps matter when observations are sparse (a slow round, a router that did not
+    answer for a while): a need seen once stays in effect until the next look, so a
+    single idle observation after a long gap does not count as a whole idle window.
+    """
 
     __slots__ = ("_samples", "_sign")
 
     def __init__(self, *, largest: bool) -> None:
-        self._samples: deque[tuple[float, int]] = deque()
+        self._samples: deque[tuple[float, int]] = deque()  # (in effect until, value)
         self._sign = 1 if largest else -1
 
     def push(self, now: float, value: int) -> None:
         samples, key = self._samples, self._sign * value
+        if samples:  # the latest sample is the last entry: it held until now
+            samples[-1] = (now, samples[-1][1])
         while samples and self._sign * samples[-1][1] <= key:
-            samples.pop()
+            samples.pop()  # dominated: the new value holds at least as long
         samples.append((now, value))
 
     def __bool__(self) -> bool:
         return bool(self._samples)
 
     def best(self, now: float, span: float) -> int:
-        """The max (min) of the samples at or after ``now - span`` (the latest always)."""
+        """The max (min) over ``(now - span, now]`` (the latest sample's value always)."""
         samples, since = self._samples, now - span
-        while len(samples) > 1 and samples[0][0] < since:
+        while len(samples) > 1 and samples[0][0] <= since:
             samples.popleft()
         return samples[0][1]
 
