@@ -157,10 +157,10 @@ def test_rbac_per_engine(rendered: dict[str, list[dict[str, Any]]]) -> None:
     keda = ("keda.sh", "scaledobjects")
     slices = ("discovery.k8s.io", "endpointslices")
     builtin = operator_rules(rendered["builtin"])
-    assert builtin["ClusterRole//llmsvc-operator"][scale] == {"get", "patch"}
+    assert builtin["ClusterRole//llmsvc-operator"][scale] == {"patch"}
     assert keda not in builtin["ClusterRole//llmsvc-operator"]
     # EndpointSlices of the routers' namespace only, never cluster-wide.
-    assert builtin["Role/llmsvc/llmsvc-operator-routers"] == {slices: {"list", "watch"}}
+    assert builtin["Role/llmsvc/llmsvc-operator-routers"] == {slices: {"list"}}
     assert slices not in builtin["ClusterRole//llmsvc-operator"]
     (binding,) = [
         b for b in of_kind(rendered["builtin"], "RoleBinding")
@@ -171,7 +171,9 @@ def test_rbac_per_engine(rendered: dict[str, list[dict[str, Any]]]) -> None:
 
     with_keda = operator_rules(rendered["keda"])
     assert list(with_keda) == ["ClusterRole//llmsvc-operator"]
-    assert with_keda["ClusterRole//llmsvc-operator"][keda] == {"get", "create", "patch", "delete"}
+    assert with_keda["ClusterRole//llmsvc-operator"][keda] == {
+        "get", "list", "create", "patch", "delete"
+    }  # fmt: skip
     assert scale not in with_keda["ClusterRole//llmsvc-operator"]
 
     with_none = operator_rules(rendered["none"])["ClusterRole//llmsvc-operator"]
@@ -181,7 +183,7 @@ def test_rbac_per_engine(rendered: dict[str, list[dict[str, Any]]]) -> None:
 def test_watched_namespaces_get_the_scale_rule_and_the_routers_role_stays_home() -> None:
     docs = docs_for({"watchNamespaces": ["team-a"]})
     rules = operator_rules(docs)
-    assert rules["Role/team-a/llmsvc-operator"][("apps", "deployments/scale")] == {"get", "patch"}
+    assert rules["Role/team-a/llmsvc-operator"][("apps", "deployments/scale")] == {"patch"}
     assert ("discovery.k8s.io", "endpointslices") in rules["Role/llmsvc/llmsvc-operator-routers"]
 
 

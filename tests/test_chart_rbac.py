@@ -24,10 +24,10 @@ OPERATOR: Rules = {
     ("", "pods"): {"list", "watch"},
     ("", "events"): {"create"},
     # autoscaling.engine builtin (the default): the Deployments' scale subresource.
-    ("apps", "deployments/scale"): {"get", "patch"},
+    ("apps", "deployments/scale"): {"patch"},
 }
 # The builtin autoscaler's Role in the release's namespace: the routers' EndpointSlices.
-OPERATOR_ROUTERS: Rules = {("discovery.k8s.io", "endpointslices"): {"list", "watch"}}
+OPERATOR_ROUTERS: Rules = {("discovery.k8s.io", "endpointslices"): {"list"}}
 REGISTRY: Rules = {
     ("discovery.k8s.io", "endpointslices"): READ,
     ("", "services"): READ,
