@@ -69,8 +69,8 @@ def test_holds_are_read_from_the_router_access_lines() -> None:
 
 def _side(p50: float, p95: float, wakes: int) -> dict[str, Any]:
     return {
-        "requests": 10, "answered": 10, "held": 2, "ttft_p50_s": p50, "ttft_p95_s": p95,
-        "ttft_p99_s": p95, "wakes": wakes,
+        "requests": 10, "answered": 10, "held": 2, "hold_mean_s": 0.5, "ttft_p50_s": p50,
+        "ttft_p95_s": p95, "ttft_p99_s": p95, "wakes": wakes,
     }  # fmt: skip
 
 
@@ -96,7 +96,7 @@ def test_verdict_and_table_say_met_or_not() -> None:
     close = _result(_side(0.2, 1.1, 5), _side(0.25, 1.2, 5))
     assert close["targets_met"] == {"p95_within_15pct": True, "same_wakes": True}
     table = agreement_markdown(close)
-    assert "| sim / real | 1.00 | | 1.00 | 0.80 | 0.92 | 1.00 |" in table
+    assert "| sim / real | 1.00 | | 1.00 | 1.00 | 0.80 | 0.92 | 1.00 |" in table
     assert "within 15 %: **met** (8% apart)" in table and "wake-ups: **met**" in table
     apart = _result(_side(0.2, 1.5, 4), _side(0.2, 1.2, 5))
     assert apart["targets_met"] == {"p95_within_15pct": False, "same_wakes": False}

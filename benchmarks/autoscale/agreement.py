@@ -91,18 +91,18 @@ def write_profile(settings: Settings, path: Path) -> dict[str, Any]:
     return timing
 
 
-def side(
-    outcomes_ttft: list[float], *, requests: int, answered: int, wakes: int, held: int
-) -> dict[str, Any]:
-    dist = distribution(outcomes_ttft) or {}
+def side(ttfts: list[float], holds: list[float], *, requests: int, wakes: int) -> dict[str, Any]:
+    """One side's figures from its answered requests' TTFTs and its held requests' holds."""
+    dist = distribution(ttfts) or {}
     return {
         "requests": requests,
-        "answered": answered,
+        "answered": len(ttfts),
         "ttft_p50_s": dist.get("p50"),
         "ttft_p95_s": dist.get("p95"),
         "ttft_p99_s": dist.get("p99"),
         "wakes": wakes,
-        "held": held,
+        "held": len(holds),
+        "hold_mean_s": round(sum(holds) / len(holds), 4) if holds else None,
     }
 
 
@@ -120,6 +120,7 @@ async def run_real(
     async with Stack(config, work / "logs") as stack:
         await stack.wait_standby(timeout=60 + settings.idle_timeout * 3)
         before = await stack.wakes()
+        woke_before = await stack.wake_seconds()
         print(f"== real: {len(requests)} requests over {requests[-1].arrival_s:.1f} s", flush=True)
         began = time.monotonic()
         outcomes = await replay(
@@ -128,6 +129,8 @@ async def run_real(
         elapsed = time.monotonic() - began
         await asyncio.sleep(0.5)  # the access log's last lines
         wakes = await stack.wakes() - before
+        count, total = await stack.wake_seconds()
+        count, total = count - woke_before[0], total - woke_before[1]
         attach_holds(outcomes, stack.router_log.read_text(errors="replace"))
     ok = [o for o in outcomes if o.ok]
     errors: dict[str, int] = {}
@@ -137,11 +140,13 @@ async def run_real(
     late = max((o.sent_s - o.arrival_s for o in outcomes), default=0.0)
     result = side(
         [o.ttft_s for o in ok if o.ttft_s is not None],
-        requests=len(outcomes), answered=len(ok), wakes=wakes,
-        held=sum(1 for o in outcomes if (o.hold_s or 0) > 0),
-    )  # fmt: skip
+        [o.hold_s for o in outcomes if o.hold_s],
+        requests=len(outcomes),
+        wakes=wakes,
+    )
     return result | {
         "errors": errors,
+        "wake_seconds_mean": round(total / count, 4) if count else None,
         "elapsed_s": round(elapsed, 2),
         "latest_send_s": round(late, 4),
         "load_average_1m": {"start": load_start, "end": loadavg()},
@@ -159,16 +164,13 @@ def simulated(settings: Settings, csv_path: Path, profile: Path) -> dict[str, An
         csv_path, profile=profile, workers=settings.babysitters,
         idle_timeout=settings.idle_timeout, seed=settings.seed,
     )  # fmt: skip
-    result = side(
-        sim.ttfts, requests=sim.requests, answered=len(sim.ttfts), wakes=sim.wakes,
-        held=sim.held,
-    )  # fmt: skip
+    result = side(sim.ttfts, sim.holds, requests=sim.requests, wakes=sim.wakes)
     return result | {"rejected": sim.rejected, "cold_starts": sim.cold_starts}
 
 
 def ratios(sim: dict[str, Any], real: dict[str, Any]) -> dict[str, float | None]:
     out: dict[str, float | None] = {}
-    for key in ("ttft_p50_s", "ttft_p95_s", "wakes", "requests", "held"):
+    for key in ("ttft_p50_s", "ttft_p95_s", "wakes", "requests", "held", "hold_mean_s"):
         a, b = sim.get(key), real.get(key)
         out[key] = round(a / b, 3) if a is not None and b else None
     return out

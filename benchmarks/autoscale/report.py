@@ -44,22 +44,33 @@ def _machine(result: dict[str, Any]) -> str:
     )
 
 
+def _wake_line(measured: float | None, configured: float) -> str:
+    if measured is None:
+        return ""
+    return (
+        f"; the babysitters measured a wake (`POST /wake` to ready) at {measured:.3f} s on "
+        f"average, for a `wake_delay` of {configured:g} s"
+    )
+
+
 def agreement_markdown(result: dict[str, Any]) -> str:
     """The side-by-side table, the targets met or not, the conditions."""
     sim, real, ratio = result["simulated"], result["real"], result["ratio_sim_over_real"]
     s = result["settings"]
     trace = s["trace"]
     rows = [
-        "| | requests | answered | held | TTFT p50 (s) | TTFT p95 (s) | wake-ups |",
-        "| --- | ---: | ---: | ---: | ---: | ---: | ---: |",
+        "| | requests | answered | held | mean hold (s) | TTFT p50 (s) | TTFT p95 (s) | wake-ups |",
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
     ]
     for label, x in (("simulated (`llmsvc simulate`)", sim), ("real processes", real)):
         rows.append(
             f"| {label} | {x['requests']} | {x['answered']} | {x['held']} "
+            f"| {_s(x['hold_mean_s'])} "
             f"| {_s(x['ttft_p50_s'])} | {_s(x['ttft_p95_s'])} | {x['wakes']} |"
         )
     rows.append(
         f"| sim / real | {_ratio(ratio['requests'])} | | {_ratio(ratio['held'])} "
+        f"| {_ratio(ratio['hold_mean_s'])} "
         f"| {_ratio(ratio['ttft_p50_s'])} | {_ratio(ratio['ttft_p95_s'])} "
         f"| {_ratio(ratio['wakes'])} |"
     )
@@ -83,7 +94,8 @@ def agreement_markdown(result: dict[str, Any]) -> str:
         f"{s['babysitters']} babysitter(s) `--idle-timeout {s['idle_timeout']:g} --standby "
         f"sleep`; engine timing `{s['base_profile']}` with `wake_delay` {s['wake_delay']:g} s, "
         f"the same profile file on both sides. Real side: failed requests: {failed}; the "
-        f"latest request went {real['latest_send_s'] * 1000:.0f} ms after its arrival time."
+        f"latest request went {real['latest_send_s'] * 1000:.0f} ms after its arrival time"
+        f"{_wake_line(real.get('wake_seconds_mean'), s['wake_delay'])}."
     )
     return "\n".join([*rows, "", targets, "", conditions, "", _machine(result), ""])
 
@@ -111,8 +123,10 @@ def study_markdown(doc: dict[str, Any]) -> str:
         f"Fleet: {s['workers']} engines fixed, or autoscaled between 1 (`autoscale`) or 0 "
         f"(`autoscale-zero`) and {s['workers']}, `targetRequests` {s['target_requests']:g}, "
         f"`scaleUpDelay` {s['scale_up_delay']:g} s, `scaleDownDelay` "
-        f"{s['scale_down_delay']:g} s; a cold start takes {s['startup_delay']:g} s; engine "
-        f"timing: {profile}. Traces: {s['duration']:g} s at a mean {s['rate']:g} requests/s "
+        f"{s['scale_down_delay']:g} s, a decision every {s['autoscale_interval']:g} s; a cold "
+        f"start takes {s['startup_delay']:g} s; the router holds a request up to "
+        f"{s['hold_timeout']:g} s for a ready engine (then rejects it); engine timing: "
+        f"{profile}. Traces: {s['duration']:g} s at a mean {s['rate']:g} requests/s "
         f"(prompts about {s['prompt_tokens']} tokens, answers about {s['output_tokens']}), "
         f"seed {s['seed']}. Simulated time, deterministic: {doc['simulated_in_s']:g} s to "
         f"simulate all {len(doc['rows']) * 3} runs; llmsvc commit {doc['commit']}, "

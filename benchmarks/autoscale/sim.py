@@ -29,7 +29,8 @@ class SimSide:
     requests: int
     ttfts: list[float]
     wakes: int
-    held: int
+    holds: list[float]
+    """Seconds each held request was held for a ready engine."""
     rejected: int
     cold_starts: int
 
@@ -51,7 +52,7 @@ def run_simulation(
         requests=len(result.requests),
         ttfts=[r.first_token - r.arrival for r in result.requests if r.first_token >= 0],
         wakes=result.wakes,
-        held=result.held,
+        holds=[r.held_s for r in result.requests if r.held_s > 0],
         rejected=result.rejected,
         cold_starts=result.cold_starts,
     )
@@ -82,7 +83,8 @@ def run_policy(trace_name: str, policy: PolicyName, settings: Settings) -> Polic
     )  # fmt: skip
     config = SimConfig(
         trace=trace, policy=policy, workers=settings.workers,
-        seed=settings.seed, autoscale=scaling,
+        seed=settings.seed, autoscale=scaling, hold_timeout=settings.hold_timeout,
+        autoscale_interval=settings.autoscale_interval,
         timing=engine_timing(settings.profile, startup_delay=settings.startup_delay),
     )  # fmt: skip
     result = simulate(config)

@@ -30,6 +30,7 @@ import orjson
 from benchmarks.autoscale.trace import Request
 from benchmarks.common.ports import free_port
 from benchmarks.common.processes import Child, StartFailed, spawn_llmsvc, wait_healthy
+from prometheus_client.parser import text_string_to_metric_families
 
 from llmsvc.bench.load import LoadSpec, one_request
 from llmsvc.bench.schedule import Schedule, drive
@@ -182,6 +183,22 @@ class Stack:
             return sum(
                 int((s.get("standby") or {}).get("wakes", 0)) for s in await self.statuses(http)
             )
+
+    async def wake_seconds(self) -> tuple[int, float]:
+        """(wakes, seconds summed) of the babysitters' ``llmsvc_babysitter_wake_seconds``
+        histograms: each wake from ``POST /wake`` to ready, as the babysitter measured it."""
+        count, total = 0, 0.0
+        async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=5)) as http:
+            for api in self.sitter_apis:
+                async with http.get(f"{api}/metrics") as resp:
+                    text = (await resp.read()).decode()
+                for family in text_string_to_metric_families(text):
+                    for sample in family.samples:
+                        if sample.name == "llmsvc_babysitter_wake_seconds_count":
+                            count += int(sample.value)
+                        elif sample.name == "llmsvc_babysitter_wake_seconds_sum":
+                            total += sample.value
+        return count, total
 
 
 def prompt_text(index: int, tokens: int, chars_per_token: float) -> str:

@@ -62,6 +62,10 @@ class Settings:
     scale_down_delay: float = 120.0
     startup_delay: float = 30.0
     """Seconds a cold start takes (an engine from nothing to ready)."""
+    hold_timeout: float = 30.0
+    """Seconds the router holds a request for a ready engine (``--hold-timeout``'s default)."""
+    autoscale_interval: float = 2.0
+    """Seconds between the autoscaler's decisions (``--autoscale-interval``'s default)."""
     profile: str | None = None
     """A sim-engine profile for the engines' timing (None: the sim-engine's defaults)."""
     seed: int = 14
