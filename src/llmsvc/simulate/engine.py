@@ -39,6 +39,7 @@ from itertools import count
 
 from llmsvc.simengine.model import (
     KvBudget,
+    StepPlan,
     decode_seconds,
     plan_step,
     step_noise_factor,
@@ -273,28 +274,20 @@ class SimEngine:
 
     def _start_step(self, now: float) -> None:
         """One prefill step (or several, when the prompts overflow the step's budget)."""
-        timing, batch = self.timing, self.pending
+        batch = self.pending
         self.pending = []
-        decoding = len(self.decoders)
         left = [req.prompt_tokens for req in batch]
+        remaining = sum(left)
+        plan, duration = self._step(left)
+        if plan.prefill_tokens == remaining:  # the usual case: every prompt in one pass
+            end = now + duration
+            self.stepping = [(req, end, 0) for req in batch]
+            self.step_end, self.step_steps = end, 1
+            return
         first_at = [0.0] * len(batch)
         done_step = [0] * len(batch)
-        elapsed, steps, remaining = 0.0, 0, sum(left)
-        while remaining > 0:  # one pass unless the prompts overflow max_batched_tokens
-            plan = plan_step(
-                decode_seqs=decoding,
-                prefill_left=left,
-                max_batched_tokens=timing.max_batched_tokens,
-            )
-            duration = step_seconds(
-                plan,
-                prefill_tokens_per_s=timing.prefill_tokens_per_s,
-                decode_tokens_per_s=timing.decode_tokens_per_s,
-                slowdown=timing.decode_slowdown,
-                prefill_overhead_s=timing.prefill_overhead_s,
-            )
-            if self._noise > 0:
-                duration *= step_noise_factor(self._rng, self._noise)
+        elapsed, steps = 0.0, 0
+        while True:
             elapsed += duration
             steps += 1
             for i, chunk in enumerate(plan.chunks):
@@ -303,9 +296,31 @@ class SimEngine:
                     remaining -= chunk
                     if left[i] == 0:
                         first_at[i], done_step[i] = now + elapsed, steps
+            if remaining <= 0:
+                break
+            plan, duration = self._step(left)
         self.stepping = [(req, first_at[i], steps - done_step[i]) for i, req in enumerate(batch)]
         self.step_end = now + elapsed
         self.step_steps = steps
+
+    def _step(self, prefill_left: list[int]) -> tuple[StepPlan, float]:
+        """The sim-engine's plan and duration of one step over the decodes and these prompts."""
+        timing = self.timing
+        plan = plan_step(
+            decode_seqs=len(self.decoders),
+            prefill_left=prefill_left,
+            max_batched_tokens=timing.max_batched_tokens,
+        )
+        duration = step_seconds(
+            plan,
+            prefill_tokens_per_s=timing.prefill_tokens_per_s,
+            decode_tokens_per_s=timing.decode_tokens_per_s,
+            slowdown=timing.decode_slowdown,
+            prefill_overhead_s=timing.prefill_overhead_s,
+        )
+        if self._noise > 0:
+            duration *= step_noise_factor(self._rng, self._noise)
+        return plan, duration
 
     def _end_step(self, now: float) -> None:
         """The decoding sequences gained a token per step; the prefilled ones start."""
