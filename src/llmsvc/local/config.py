@@ -18,6 +18,12 @@ PATH_ENGINES = frozenset({"llama.cpp", "infinilm-rust"})
 
 DEMO_MODEL = "sim-model"
 
+# What standby needs of an engine (the babysitter's own tables, babysitter/engines.py, which
+# this package may not import; tests/test_local_standby.py checks that they agree): metrics
+# it reads to see the engine idle, and vLLM's sleep mode.
+IDLE_METRICS_ENGINES = ("vllm", "sglang", "llama.cpp", "sim")
+SLEEP_MODE_ENGINES = ("vllm", "sim")
+
 
 class ConfigError(Exception):
     """A one-line description of what is wrong with the file."""
@@ -121,6 +127,15 @@ class BabysitterSection(_Section):
     engine_args: list[str] = Field(
         default_factory=list, description="Arguments after '--' (the whole command for 'command')."
     )
+    idle_timeout: float | None = Field(
+        default=None,
+        ge=0,
+        description="The babysitter's --idle-timeout: seconds idle before its engine goes to "
+        "standby (0 or absent: never).",
+    )
+    standby: Literal["stop", "sleep"] | None = Field(
+        default=None, description="The babysitter's --standby: stop (default) or sleep."
+    )
 
     @model_validator(mode="after")
     def _engine_known(self) -> BabysitterSection:
@@ -130,6 +145,18 @@ class BabysitterSection(_Section):
             raise ValueError(f"engine '{self.engine}' needs a model")
         if self.engine == "command" and not self.engine_args:
             raise ValueError("engine 'command' needs the command in engine_args")
+        if self.idle_timeout and self.engine not in IDLE_METRICS_ENGINES:
+            raise ValueError(
+                f"idle_timeout needs an engine whose metrics show it idle "
+                f"({', '.join(IDLE_METRICS_ENGINES)}), not '{self.engine}'"
+            )
+        if self.standby == "sleep" and self.engine not in SLEEP_MODE_ENGINES:
+            raise ValueError(
+                f"standby: sleep needs an engine with a sleep mode "
+                f"({', '.join(SLEEP_MODE_ENGINES)}); use standby: stop for '{self.engine}'"
+            )
+        if self.standby is not None and not self.idle_timeout:
+            raise ValueError("standby is set but idle_timeout is not: give idle_timeout too")
         return self
 
     @property

@@ -43,6 +43,9 @@ class Component:
     port: int
     health_url: str
     timeout: float
+    status_url: str | None = None
+    """A babysitter with idle_timeout: its /status, whose state standby (or waking) is no
+    failure though its /health is 503 then."""
 
 
 def _connect(host: str) -> str:
@@ -111,6 +114,10 @@ def _babysitter(cfg: StackConfig, sitter: BabysitterSection) -> Component:
         args += ["--name", sitter.name]
     if sitter.gpus:
         args += ["--gpus", ",".join(map(str, sitter.gpus))]
+    if sitter.idle_timeout:
+        args += ["--idle-timeout", str(sitter.idle_timeout)]
+    if sitter.standby is not None:
+        args += ["--standby", sitter.standby]
     token_args, env = _sends_write_token(cfg)
     if cfg.uses_registry:
         args += ["--registry", cfg.registry_url, *token_args]
@@ -128,6 +135,11 @@ def _babysitter(cfg: StackConfig, sitter: BabysitterSection) -> Component:
         port=sitter.api_port,
         health_url=f"http://{_connect(sitter.host)}:{sitter.api_port}/health",
         timeout=cfg.startup_timeout,
+        status_url=(
+            f"http://{_connect(sitter.host)}:{sitter.api_port}/status"
+            if sitter.idle_timeout
+            else None
+        ),
     )
 
 
@@ -242,6 +254,16 @@ def down(logs_dir: Path, *, timeout: float, console: Console) -> int:
     return 0
 
 
+def _state(client: httpx.Client, url: str) -> str | None:
+    """A babysitter's state from its ``/status``; None when that says nothing."""
+    try:
+        body = client.get(url).json()
+    except (httpx.HTTPError, ValueError):
+        return None
+    state = body.get("state") if isinstance(body, dict) else None
+    return state if isinstance(state, str) else None
+
+
 def status(cfg: StackConfig, console: Console) -> int:
     """A table of every configured component: process, health. 0 when all are healthy."""
     logs = Path(cfg.logs_dir)
@@ -256,6 +278,10 @@ def status(cfg: StackConfig, console: Console) -> int:
                 code = client.get(comp.health_url).status_code
                 health = "[green]healthy[/]" if code == 200 else f"[red]{code}[/]"
                 ok = code == 200
+                if not ok and comp.status_url is not None:
+                    state = _state(client, comp.status_url)
+                    if state in ("standby", "waking"):
+                        health, ok = f"[cyan]{state}[/] (idle)", True
             except httpx.HTTPError:
                 health, ok = "[red]unreachable[/]", False
             healthy &= ok and pid is not None
