@@ -198,3 +198,16 @@ def test_after_the_spike_the_fleet_drains_back_to_its_minimum(policy: str, floor
     tail = [s for s in result.timeline if s.t > 0.6 * 200.0 + 15.0]
     assert tail and all(s.replicas == floor for s in tail)
     assert result.gpu_seconds < simulate(_config(trace, policy="fixed")).gpu_seconds
+
+
+def test_the_router_strategy_picks_the_engine() -> None:
+    # Spaced requests, each done before the next: least_connections keeps to the first engine
+    # (fewest in flight, lowest index), round_robin takes each in turn.
+    trace = Trace("spaced", 12.0, tuple(float(t) for t in range(6)), (16,) * 6, (4,) * 6)
+    least = simulate(SimConfig(trace=trace, workers=3, timing=TIMING))
+    turns = simulate(SimConfig(trace=trace, workers=3, timing=TIMING, strategy="round_robin"))
+    assert [r.engine for r in least.requests] == [0] * 6
+    assert [r.engine for r in turns.requests] == [0, 1, 2, 0, 1, 2]
+    busy = Trace("together", 12.0, (0.0,) * 6, (16,) * 6, (40,) * 6)
+    spread = simulate(SimConfig(trace=busy, workers=3, timing=TIMING))
+    assert sorted(r.engine for r in spread.requests) == [0, 0, 1, 1, 2, 2]

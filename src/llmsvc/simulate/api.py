@@ -23,7 +23,7 @@ from typing import Any, Literal
 
 from llmsvc.autoscale.policy import Policy
 from llmsvc.simulate.engine import CONTEXT_LENGTH, HOLD_TIMEOUT, OK, Request
-from llmsvc.simulate.fleet import Fleet, FleetSetup, Sample
+from llmsvc.simulate.fleet import Fleet, FleetSetup, Sample, Strategy
 from llmsvc.simulate.timing import EngineTiming
 from llmsvc.simulate.traces import Trace
 
@@ -56,6 +56,8 @@ class SimConfig:
     """Seconds the router holds a request for a ready engine (then rejected; 0: at once)."""
     sample_interval: float | None = None
     """Seconds between timeline samples; None: a thousandth of the trace, at least 0.1 s."""
+    strategy: Strategy = "least_connections"
+    """How the router picks a ready engine: least_connections or round_robin."""
 
     def __post_init__(self) -> None:
         if self.policy not in POLICIES:
@@ -68,6 +70,8 @@ class SimConfig:
         for name in ("idle_timeout", "hold_timeout"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must not be negative")
+        if self.strategy not in ("least_connections", "round_robin"):
+            raise ValueError(f"unknown strategy {self.strategy!r}")
         if self.sample_interval is not None and self.sample_interval <= 0:
             raise ValueError("sample_interval must be positive")
 
@@ -195,6 +199,7 @@ def _setup(config: SimConfig) -> FleetSetup:
         idle_timeout=config.idle_timeout,
         hold_timeout=config.hold_timeout,
         sample_interval=sample,
+        strategy=config.strategy,
     )
 
 

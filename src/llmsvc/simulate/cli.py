@@ -73,6 +73,7 @@ def build(settings: SimulateSettings) -> tuple[Trace, SimConfig]:
         idle_timeout=settings.idle_timeout,
         standby=settings.standby,
         hold_timeout=settings.hold_timeout,
+        strategy=settings.strategy,
     )
     return trace, config
 

@@ -2,8 +2,9 @@
 
 The **router** holds a request while no engine is ready (up to ``hold_timeout``, then
 it is rejected, as the router's ``--hold-timeout``), and otherwise sends it at once
-to the ready engine with the fewest requests in flight (lowest index on a tie); the
-engines queue (the router has no slots here, its default). The **autoscaler** asks
+to the ready engine with the fewest requests in flight (lowest index on a tie;
+``least_connections``) or to the next in turn (``round_robin``, the router's
+default); the engines queue (the router has no slots here, its default). The **autoscaler** asks
 :class:`llmsvc.autoscale.policy.Scaler` every ``autoscale_interval`` with the
 observation the operator builds from ``GET /demand`` (in flight + held, held, the
 ready engines' mean KV usage, ready count) and applies the decision as Kubernetes
@@ -26,6 +27,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from heapq import heappop, heappush
 from itertools import count
+from typing import Literal
 
 from llmsvc.autoscale import policy as autoscale_policy
 from llmsvc.autoscale import wake as autoscale_wake
@@ -41,6 +43,9 @@ from llmsvc.simulate.engine import (
 )
 from llmsvc.simulate.timing import EngineTiming
 from llmsvc.simulate.traces import Trace
+
+Strategy = Literal["least_connections", "round_robin"]
+"""How the router picks among the ready engines (its --strategy of the same name)."""
 
 # Engine lifecycle states.
 STOPPED, STARTING, READY, DRAINING, STANDBY, WAKING = range(6)
@@ -74,6 +79,7 @@ class FleetSetup:
     idle_timeout: float
     hold_timeout: float
     sample_interval: float
+    strategy: Strategy = "least_connections"
 
 
 class Fleet:
@@ -87,6 +93,7 @@ class Fleet:
         self.ready: list[SimEngine] = []
         self.held: deque[Request] = deque()
         self.held_now = 0
+        self._turn = -1  # round_robin's last pick
         self.requests: list[Request] = []
         self.timeline: list[Sample] = []
         self.outstanding = 0
@@ -162,8 +169,13 @@ class Fleet:
     # -- the router ----------------------------------------------------------------
 
     def _dispatch(self, req: Request, now: float) -> None:
-        best, low = self.ready[0], self.ready[0].in_flight
-        for engine in self.ready:
+        ready = self.ready
+        if self.setup.strategy == "round_robin":
+            self._turn += 1
+            ready[self._turn % len(ready)].submit(req, now)
+            return
+        best, low = ready[0], ready[0].in_flight
+        for engine in ready:
             if engine.in_flight < low:
                 best, low = engine, engine.in_flight
         best.submit(req, now)

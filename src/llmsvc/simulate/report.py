@@ -32,6 +32,7 @@ def document(
         "autoscale_interval_s": config.autoscale_interval,
         "standby": {"mode": config.standby, "idle_timeout_s": config.idle_timeout},
         "hold_timeout_s": config.hold_timeout,
+        "strategy": config.strategy,
         "policies": list(summaries),
     }
 

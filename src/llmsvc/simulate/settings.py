@@ -95,6 +95,11 @@ class SimulateSettings(BaseServiceSettings):
         ge=0,
         description="Seconds the router holds a request while no engine is ready, then 503.",
     )
+    strategy: Literal["least_connections", "round_robin"] = Field(
+        default="least_connections",
+        description="How the router picks among the ready engines (the router's --strategy "
+        "of the same name; its default is round_robin).",
+    )
     plots: Path | None = Field(
         default=None,
         description="Directory for replicas.png and ttft.png (needs matplotlib: the bench extra).",
