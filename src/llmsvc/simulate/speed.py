@@ -56,7 +56,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--profile", default=None)
     parser.add_argument("--out", type=Path, default=None, help="write the table here too")
     args = parser.parse_args(argv)
-    load_start = os.getloadavg()[0]
+    load_start, commit = os.getloadavg()[0], _commit()
     started = time.perf_counter()
     trace = load_trace(args.trace, duration=args.duration, rate=args.rate, seed=0)
     trace_s = time.perf_counter() - started
@@ -88,7 +88,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "",
         f"Machine: {os.cpu_count()} CPUs ({_cpu()}), Python {platform.python_version()}, "
         f"1-minute load average {load_start:.1f} at the start and {os.getloadavg()[0]:.1f} at "
-        f"the end; llmsvc commit {_commit()}, {datetime.now(UTC):%Y-%m-%dT%H:%M:%SZ}. "
+        f"the end; llmsvc commit {commit}, {datetime.now(UTC):%Y-%m-%dT%H:%M:%SZ}. "
         f"Command: `{command}` (`make simulate-speed`).",
     ]
     text = "\n".join(lines) + "\n"
