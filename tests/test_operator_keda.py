@@ -10,6 +10,7 @@ sums the wrong thing, fails there.
 
 from __future__ import annotations
 
+import copy
 import functools
 import subprocess
 from pathlib import Path
@@ -22,6 +23,7 @@ import yaml
 from celpy.adapter import json_to_cel
 
 from llmsvc.operator.builders import Owner
+from llmsvc.operator.children import patch_for
 from llmsvc.operator.keda import (
     HPA_WINDOW_MAX_SECONDS,
     KEDA_API,
@@ -266,3 +268,16 @@ def test_queries_evaluate_as_keda_needs(tmp_path: Path) -> None:
         },
     ]
     assert "SUCCESS" in promql_cases(tmp_path, cases, series)
+
+
+def test_an_unchanged_scaled_object_is_not_patched_and_a_changed_one_is() -> None:
+    """children.apply patches only what changed: KEDA's status and the server's metadata
+    on the live object are not a reason to patch it each round."""
+    desired = build({"minReplicas": 0, "maxReplicas": 3})
+    live = copy.deepcopy(desired)
+    live["metadata"].update(uid="so-1", resourceVersion="42", generation=1)
+    live["status"] = {"scaleTargetKind": "apps/v1.Deployment", "conditions": []}
+    assert patch_for(live, desired) is None
+    bigger = build({"minReplicas": 0, "maxReplicas": 5})
+    patch = patch_for(live, bigger)
+    assert patch is not None and patch["spec"]["maxReplicaCount"] == 5
