@@ -27,12 +27,14 @@ import aiohttp
 import httpx
 import pytest
 from aiohttp import web
+from prometheus_client import CollectorRegistry
 
 import metrics
 from llmsvc.core.records import BABYSITTER, ServiceRecord, ServiceRegistration, Status
 from llmsvc.core.registry_client import RegistryClient
 from llmsvc.router.backends import BackendPool
 from llmsvc.router.health import _unproven
+from llmsvc.router.metrics import RouterMetrics
 from llmsvc.router.wake import Outcome, Waker
 from procs import (
     HOST,
@@ -477,3 +479,18 @@ def test_the_health_loop_skips_standby_engines() -> None:
     for backend in pool:
         backend.record_check(False, time.monotonic())
     assert [x.name for x in _unproven(pool, set())] == [b.engine]
+
+
+def test_a_model_all_in_standby_has_no_healthy_backends_series() -> None:
+    """Idle on purpose is not an outage: LLMSvcNoHealthyBackend must not fire for it."""
+    registry = CollectorRegistry()
+    router_metrics = RouterMetrics(registry)
+    pool = BackendPool(max_fails=1, fail_timeout=10)
+    a, b = Sitter("a", port=1), Sitter("b", port=2)
+    pool.set_registry([engine_record(a, "standby")])
+    router_metrics.refresh(pool, time.monotonic())
+    series = "llmsvc_router_model_healthy_backends"
+    assert registry.get_sample_value(series, {"model_name": "m"}) is None
+    pool.set_registry([engine_record(a, "standby"), engine_record(b, "unhealthy")])
+    router_metrics.refresh(pool, time.monotonic())
+    assert registry.get_sample_value(series, {"model_name": "m"}) == 0  # b is down: alert

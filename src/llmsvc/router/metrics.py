@@ -168,7 +168,8 @@ class RouterMetrics:
         )
         self.model_healthy_backends = Gauge(
             "llmsvc_router_model_healthy_backends",
-            "Backends eligible for routing per model listed by any backend (0: none is).",
+            "Backends eligible for routing per model listed by any backend (0: none is); "
+            "one whose backends are all in standby has no series.",
             ["model_name"],
             registry=registry,
             multiprocess_mode="livemin",
@@ -267,7 +268,9 @@ class RouterMetrics:
 
         A model counts while some backend lists it, healthy or not: one whose backends
         are all unhealthy reads 0 (the "no healthy backend" alert), one that no backend
-        lists any more (deregistered, removed after 2 x TTL) has no series.
+        lists any more (deregistered, removed after 2 x TTL) has no series, and nor has
+        one whose backends are all in standby (scaled to zero on purpose, like a
+        Kubernetes model at 0 replicas: no alert).
         """
         names = set()
         healthy_per_model: dict[str, int] = {}
@@ -278,6 +281,8 @@ class RouterMetrics:
             self.backend_healthy.labels(backend.name).set(1 if healthy else 0)
             down = not backend.passive.available(now)
             self.backend_passive_down.labels(backend.name).set(1 if down else 0)
+            if backend.standby:
+                continue  # idle on purpose: woken by the next request, not a fault
             for model in backend.models:
                 healthy_per_model[model] = healthy_per_model.get(model, 0) + healthy
         for gone in self._shown - names:
