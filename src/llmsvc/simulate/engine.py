@@ -11,21 +11,21 @@ that gives it its first token, its finish), with the decoding sequences advanced
   all at the same pace. One counter (``tokens``: tokens each decoding sequence has
   gained since the engine started) replaces a per-sequence count, and a sequence
   finishes when the counter reaches its ``finish`` mark: a heap keyed on the marks.
-- Prompts are prefilled in **prefill steps**, as the stepper does: a step starts at
-  the next decode-step boundary after a request is admitted (or ``batch_wait_s``
-  after an idle engine's first admission), takes every admitted prompt not yet
-  prefilled, and lasts :func:`~llmsvc.simengine.model.step_seconds` of
-  :func:`~llmsvc.simengine.model.plan_step` (decodes first, then prefill chunks
-  within ``max_batched_tokens``; several steps when the prompts overflow it), each
-  step times a :func:`~llmsvc.simengine.model.step_noise_factor`. Every decoding
-  sequence gains one token per such step, so a prefill slows every other request
-  exactly as in the stepper; the prefilled sequences get their first token at its
-  end and start decoding.
+- Prompts are prefilled in **steps that prefill**, one event each, as the stepper runs
+  them: a step starts at the next decode-step boundary after a request is admitted
+  (or ``batch_wait_s`` after an idle engine's first admission), and takes the
+  decodes and chunks of every admitted prompt not yet prefilled as
+  :func:`~llmsvc.simengine.model.plan_step` divides ``max_batched_tokens``; it lasts
+  :func:`~llmsvc.simengine.model.step_seconds` of that plan times a
+  :func:`~llmsvc.simengine.model.step_noise_factor`. Every decoding sequence gains one
+  token in it, so a prefill slows every other request exactly as in the stepper; a
+  prompt whose last chunk was in it has its first token and decodes from then on; a
+  prompt left unfinished (chunked prefill) goes on in the next step, at once.
 - Admission is the sim-engine scheduler's: FIFO, at most ``max_num_seqs`` running,
   each reserving prompt + output tokens of a :class:`~llmsvc.simengine.model.KvBudget`.
 
-What this leaves out relative to the stepper is listed in docs/autoscaling.md ("What
-the simulator approximates").
+What this leaves out relative to the stepper is listed in docs/autoscaling.md ("How the
+engines are simulated, and what is approximated").
 """
 
 from __future__ import annotations
@@ -125,6 +125,8 @@ class SimEngine:
         "_noise",
         "_rng",
         "_seq",
+        "carry",
+        "carry_left",
         "counter_time",
         "decoders",
         "in_flight",
@@ -137,8 +139,9 @@ class SimEngine:
         "served",
         "state",
         "step_at",
+        "step_chunks",
         "step_end",
-        "step_steps",
+        "step_left",
         "stepping",
         "timing",
         "tokens",
@@ -180,13 +183,16 @@ class SimEngine:
         self.on_since: float | None = None  # consuming a GPU since (None: stopped/standby)
         self.served = 0  # requests ever submitted (the idle check's "request counter")
         self.in_flight = 0  # submitted, not finished (running + waiting)
-        self.running = 0  # admitted: pending + stepping + decoders
+        self.running = 0  # admitted: pending + carry + stepping + decoders
         self.waiting: deque[Request] = deque()  # not admitted (FIFO)
-        self.pending: list[Request] = []  # admitted, waiting for a prefill step
-        self.stepping: list[tuple[Request, float, int]] | None = None  # (req, first token, extra)
-        self.step_at = 0.0
+        self.pending: list[Request] = []  # admitted, not yet in a step
+        self.carry: list[Request] = []  # partly prefilled (a chunk done), for the next step
+        self.carry_left: list[int] = []  # their prompt tokens still to prefill
+        self.stepping: list[Request] | None = None  # prefilling in the step under way
+        self.step_left: list[int] = []  # their prompt tokens left when it began
+        self.step_chunks: tuple[int, ...] = ()  # what it prefills of each
+        self.step_at = 0.0  # when the next step may begin
         self.step_end = 0.0
-        self.step_steps = 0
         self.decoders: list[tuple[float, int, Request]] = []  # (finish mark, index, request)
         self.tokens = 0.0  # tokens each decoding sequence gained since start
         self.counter_time = 0.0
@@ -202,7 +208,7 @@ class SimEngine:
         self.version += 1
         if self.stepping is not None:
             at = self.step_end
-        elif self.pending:
+        elif self.pending or self.carry:
             at = self.step_at
         elif self.decoders:
             at = now + (self.decoders[0][0] - self.tokens) * self._decode_s[len(self.decoders)]
@@ -234,16 +240,15 @@ class SimEngine:
         self.kv.reserve(req.prompt_tokens + req.output_tokens)
         req.state = RUNNING
         req.started = now
-        first = not self.pending and self.stepping is None
+        first = not self.pending and not self.carry and self.stepping is None
         self.pending.append(req)
         if first:
-            decoding = len(self.decoders)
-            if decoding == 0:
+            if self.running == 1:
                 self.step_at = now + self._batch_wait  # an idle engine's wait, as the stepper's
-            else:  # the end of the decode step under way
+            else:  # only decodes run: the end of the decode step under way
                 frac = self.tokens - math.floor(self.tokens)
                 wait = 0.0 if frac < 1e-6 or frac > 1 - 1e-6 else 1.0 - frac
-                self.step_at = now + wait * self._decode_s[decoding]
+                self.step_at = now + wait * self._decode_s[len(self.decoders)]
         return first
 
     def _admit_waiting(self, now: float) -> None:
@@ -268,40 +273,19 @@ class SimEngine:
         decoders, mark = self.decoders, self.tokens + 1e-6
         while decoders and decoders[0][0] <= mark:
             self._finish(heappop(decoders)[2], now)
-        if self.pending and self.stepping is None and now >= self.step_at - _EPS:
+        if (self.pending or self.carry) and self.stepping is None and now >= self.step_at - _EPS:
             self._start_step(now)
         self._schedule(now)
 
     def _start_step(self, now: float) -> None:
-        """One prefill step (or several, when the prompts overflow the step's budget)."""
-        batch = self.pending
-        self.pending = []
-        left = [req.prompt_tokens for req in batch]
-        remaining = sum(left)
+        """One step that prefills: the decodes, then chunks of the prompts in arrival order
+        (those partly prefilled first), as ``plan_step`` divides ``max_batched_tokens``."""
+        batch = self.carry + self.pending
+        left = self.carry_left + [req.prompt_tokens for req in self.pending]
+        self.carry, self.carry_left, self.pending = [], [], []
         plan, duration = self._step(left)
-        if plan.prefill_tokens == remaining:  # the usual case: every prompt in one pass
-            end = now + duration
-            self.stepping = [(req, end, 0) for req in batch]
-            self.step_end, self.step_steps = end, 1
-            return
-        first_at = [0.0] * len(batch)
-        done_step = [0] * len(batch)
-        elapsed, steps = 0.0, 0
-        while True:
-            elapsed += duration
-            steps += 1
-            for i, chunk in enumerate(plan.chunks):
-                if chunk:
-                    left[i] -= chunk
-                    remaining -= chunk
-                    if left[i] == 0:
-                        first_at[i], done_step[i] = now + elapsed, steps
-            if remaining <= 0:
-                break
-            plan, duration = self._step(left)
-        self.stepping = [(req, first_at[i], steps - done_step[i]) for i, req in enumerate(batch)]
-        self.step_end = now + elapsed
-        self.step_steps = steps
+        self.stepping, self.step_left, self.step_chunks = batch, left, plan.chunks
+        self.step_end = now + duration
 
     def _step(self, prefill_left: list[int]) -> tuple[StepPlan, float]:
         """The sim-engine's plan and duration of one step over the decodes and these prompts."""
@@ -323,21 +307,27 @@ class SimEngine:
         return plan, duration
 
     def _end_step(self, now: float) -> None:
-        """The decoding sequences gained a token per step; the prefilled ones start."""
+        """The decoding sequences gained a token; a prompt whose last chunk was in the step
+        has its first token and decodes from now on; the others carry to the next step."""
         stepping = self.stepping
         assert stepping is not None
         self.stepping = None
         if self.decoders:
-            self.tokens += self.step_steps
+            self.tokens += 1
         self.counter_time = now
-        tokens = self.tokens
-        for req, first_at, extra in stepping:
-            req.first_token = first_at
-            left = req.output_tokens - 1 - extra
-            if left <= 0:
+        tokens, carry, carry_left = self.tokens, self.carry, self.carry_left
+        for req, left, chunk in zip(stepping, self.step_left, self.step_chunks, strict=True):
+            if left > chunk:
+                carry.append(req)
+                carry_left.append(left - chunk)
+                continue
+            req.first_token = now
+            if req.output_tokens <= 1:
                 self._finish(req, now)
             else:
-                heappush(self.decoders, (tokens + left, req.index, req))
+                heappush(self.decoders, (tokens + req.output_tokens - 1, req.index, req))
+        if carry or self.pending:
+            self.step_at = now  # the stepper's loop goes on at once
 
     def _finish(self, req: Request, now: float) -> None:
         req.state = DONE
