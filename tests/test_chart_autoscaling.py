@@ -26,6 +26,7 @@ from helmchart import (
     component_args,
     container,
     documents,
+    notes,
     of_kind,
     pod_specs,
     render,
@@ -310,3 +311,15 @@ def test_prometheus_adapter_rule_exposes_the_demand_metric_the_hpa_asks_for(
         capture_output=True, text=True, check=False, cwd=tmp_path, timeout=60,
     )  # fmt: skip
     assert done.returncode == 0, done.stdout + done.stderr
+
+
+@pytest.mark.parametrize(
+    ("engine", "said"),
+    [
+        ("builtin", "scaled by the operator, from the routers' demand"),
+        ("keda", "a KEDA ScaledObject each (KEDA must be installed"),
+        ("none", "Nothing scales those with spec.autoscaling"),
+    ],
+)
+def test_notes_say_who_scales(engine: str, said: str) -> None:
+    assert said in notes("--set", f"autoscaling.engine={engine}")
