@@ -26,6 +26,7 @@ import pytest
 
 import metrics
 from kubeapi import APPS, CORE, DISCOVERY, ISVC, KubeAPI, start_kubeapi
+from llmsvc.operator.demand_source import ModelDemand, ready_addresses, summed
 from procs import HOST, Proc, free_port, wait_until
 from test_operator_e2e import isvc_body, operator_args
 
@@ -39,6 +40,39 @@ COLD_START = "llmsvc.io/cold-start-seconds"
 
 _namespaces = iter(NAMESPACES)
 _names = itertools.count()
+
+
+# -- summing and finding routers (pure) -------------------------------------------------
+
+
+def test_demand_sums_over_routers_ready_is_the_most_kv_the_mean() -> None:
+    one = {"models": {"m": {"demand": 5, "queued": 1, "held": 2, "ready": 2,
+                            "kv_cache_usage": 0.5}}}  # fmt: skip
+    two = {"models": {"m": {"demand": 3, "queued": 0, "held": 1, "ready": 1,
+                            "kv_cache_usage": None},
+                      "n": {"demand": 1, "queued": 1, "held": 0, "ready": 0,
+                            "kv_cache_usage": 0.9}}}  # fmt: skip
+    three = {"models": {"m": {"demand": 0, "queued": 0, "held": 0, "ready": 2,
+                              "kv_cache_usage": 0.7}}}  # fmt: skip
+    models = summed([one, two, three])
+    m = models["m"]
+    assert (m.demand, m.waiting, m.ready) == (8, 4, 2)
+    assert m.kv_cache == pytest.approx(0.6)  # of the two routers that knew it
+    assert models["n"] == ModelDemand(demand=1, waiting=1, kv_cache=0.9, ready=0)
+
+
+def test_router_addresses_are_the_ready_endpoints_on_the_named_port() -> None:
+    slice_ = {
+        "ports": [{"name": "metrics", "port": 9000}, {"name": "http", "port": 8080}],
+        "endpoints": [
+            {"addresses": ["10.0.0.1"], "conditions": {"ready": True}},
+            {"addresses": ["10.0.0.2"], "conditions": {"ready": False}},  # terminating
+            {"addresses": ["10.0.0.3"]},  # ready unset: ready (the API's meaning)
+            {"addresses": ["fd00::4"], "conditions": {"ready": True}},
+        ],
+    }
+    assert ready_addresses(slice_, "http") == ["10.0.0.1:8080", "10.0.0.3:8080", "[fd00::4]:8080"]
+    assert ready_addresses(slice_, "grpc") == []
 
 
 # -- a stand-in router -----------------------------------------------------------------
@@ -400,3 +434,44 @@ def test_metrics_show_the_autoscaler(cluster: Cluster, new: New) -> None:
         timeout=TIMEOUT,
         what="the deleted service's gauges gone",
     )
+
+
+# -- --autoscaler keda -------------------------------------------------------------------
+
+
+def test_keda_mode_keeps_one_scaled_object_per_autoscaled_service(
+    cluster: Cluster, spawn: Any
+) -> None:
+    """A second operator, on namespaces of its own, leaves the scaling to KEDA."""
+    api, namespace = cluster.api, "kd0"
+    port = free_port()
+    args = [*operator_args(port, "--namespace", namespace), "--autoscaler", "keda"]
+    args += ["--autoscale-interval", "0.2", "--keda-prometheus-url", "http://prom.test:9090"]
+    proc = spawn("operator-keda", *args, env=api.env)
+    proc.wait_http(f"http://{HOST}:{port}/health", timeout=30)
+    name = "kd-model"
+    path = f"{ISVC}/namespaces/{namespace}/inferenceservices/{name}"
+    scaled_path = f"/apis/keda.sh/v1alpha1/namespaces/{namespace}/scaledobjects/{name}"
+    body = isvc_body(
+        name,
+        namespace,
+        model={"name": "kd-model", "uri": "hf://Qwen/Qwen3-8B"},
+        replicas=0,
+        autoscaling={"minReplicas": 0, "maxReplicas": 3, "scaleDownDelay": "90s"},
+    )
+    api.create(f"{ISVC}/namespaces/{namespace}/inferenceservices", body)
+    scaled = api.wait_handled(path, lambda: api.get(scaled_path), timeout=TIMEOUT)
+    spec = scaled["spec"]
+    assert spec["scaleTargetRef"]["name"] == name
+    assert (spec["minReplicaCount"], spec["maxReplicaCount"], spec["cooldownPeriod"]) == (0, 3, 90)
+    assert "http://prom.test:9090" in str(spec["triggers"])
+
+    api.patch(path, {"spec": {"autoscaling": {"maxReplicas": 5}}})
+    wait_until(
+        lambda: (api.get(scaled_path) or {}).get("spec", {}).get("maxReplicaCount") == 5,
+        timeout=TIMEOUT,
+        what="the ScaledObject following the spec",
+    )
+    api.patch(path, {"spec": {"autoscaling": None}})
+    wait_until(lambda: api.get(scaled_path) is None, timeout=TIMEOUT, what="it deleted")
+    assert cluster.scales(namespace, name) == []  # the operator itself scaled nothing

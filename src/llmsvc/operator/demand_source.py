@@ -94,7 +94,7 @@ class DemandSource:
         for item in listing.items:
             labels = (item.get("metadata") or {}).get("labels") or {}
             if labels.get(SERVICE_NAME_LABEL) == self.service:
-                found.update(_ready_addresses(item, self.port_name))
+                found.update(ready_addresses(item, self.port_name))
         return sorted(found)
 
     async def fetch(self) -> DemandRound:
@@ -140,7 +140,7 @@ class DemandSource:
         return body, ""
 
 
-def _ready_addresses(slice_: Mapping[str, Any], port_name: str) -> list[str]:
+def ready_addresses(slice_: Mapping[str, Any], port_name: str) -> list[str]:
     """``ip:port`` of the slice's ready endpoints on the named port (ready unset: ready)."""
     port = next(
         (p.get("port") for p in slice_.get("ports") or [] if p.get("name") == port_name), None
