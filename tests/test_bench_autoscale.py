@@ -19,7 +19,7 @@ from typing import Any
 
 import orjson
 import pytest
-from benchmarks.autoscale.agreement import Settings, ratios, verdict
+from benchmarks.autoscale.agreement import Settings, paired, ratios, verdict
 from benchmarks.autoscale.report import agreement_markdown, replace_between
 from benchmarks.autoscale.stack import Outcome, attach_holds, prompt_text
 from benchmarks.autoscale.trace import Bursts, generate, read_csv, write_csv
@@ -39,7 +39,7 @@ def test_bursts_are_seeded_and_every_gap_is_an_idle_gap(tmp_path: Path) -> None:
     long_gaps = [g for g in gaps if g > shape.max_inner_gap_s]
     assert len(long_gaps) == shape.bursts - 1  # one between each two bursts, none inside
     assert all(g >= shape.gap_s for g in long_gaps)
-    assert all(16 <= r.prompt_tokens <= 64 and 8 <= r.output_tokens <= 24 for r in trace)
+    assert all(16 <= r.prompt_tokens <= 64 and 4 <= r.output_tokens <= 16 for r in trace)
     path = tmp_path / "trace.csv"
     write_csv(path, trace)
     assert path.read_text().splitlines()[0] == "arrival_s,prompt_tokens,output_tokens"
@@ -102,6 +102,22 @@ def test_verdict_and_table_say_met_or_not() -> None:
     assert apart["targets_met"] == {"p95_within_15pct": False, "same_wakes": False}
     table = agreement_markdown(apart)
     assert "**not met** (25% apart)" in table and "(4 simulated, 5 real)" in table
+
+
+def test_real_and_simulated_requests_are_paired_by_their_place_in_the_trace() -> None:
+    sim = {"outcomes": [[0, 1.0, 1.0], [1, 0.2, 0.0], [2, 0.3, 0.0], [3, None, 0.0]]}
+    real = {
+        "outcomes": [
+            [0, 5.0, 1.25, 1.05, None],  # held by the real router
+            [1, 6.0, 0.3, 0.0, None],
+            [2, 6.5, 0.5, None, None],  # no access line: not held
+            [3, 7.0, 0.4, 0.0, None],  # the simulation did not answer it: left out
+        ]
+    }
+    gaps = paired(sim, real)
+    assert gaps["held"] == {"requests": 1, "median_s": 0.25, "p95_s": 0.25}
+    assert gaps["not_held"] is not None and gaps["not_held"]["requests"] == 2
+    assert gaps["not_held"]["median_s"] == pytest.approx(0.15)
 
 
 def test_tables_go_between_their_markers(tmp_path: Path) -> None:

@@ -165,7 +165,30 @@ def simulated(settings: Settings, csv_path: Path, profile: Path) -> dict[str, An
         idle_timeout=settings.idle_timeout, seed=settings.seed,
     )  # fmt: skip
     result = side(sim.ttfts, sim.holds, requests=sim.requests, wakes=sim.wakes)
-    return result | {"rejected": sim.rejected, "cold_starts": sim.cold_starts}
+    return result | {
+        "rejected": sim.rejected,
+        "cold_starts": sim.cold_starts,
+        "outcomes": [[i, _r(ttft), _r(held)] for i, (ttft, held) in enumerate(sim.by_request)],
+    }
+
+
+def paired(sim: dict[str, Any], real: dict[str, Any]) -> dict[str, Any]:
+    """Real minus simulated TTFT request by request (the same trace on both sides), for the
+    requests neither side held and for those the real router held: where a gap comes from."""
+    sim_ttft = {o[0]: o[1] for o in sim["outcomes"]}
+    groups: dict[str, list[float]] = {"not_held": [], "held": []}
+    for index, _, ttft, hold, _ in real["outcomes"]:
+        other = sim_ttft.get(index)
+        if ttft is None or other is None:
+            continue
+        groups["held" if hold else "not_held"].append(ttft - other)
+    out: dict[str, Any] = {}
+    for name, diffs in groups.items():
+        dist = distribution(diffs)
+        out[name] = None if dist is None else {
+            "requests": len(diffs), "median_s": dist["p50"], "p95_s": dist["p95"],
+        }  # fmt: skip
+    return out
 
 
 def ratios(sim: dict[str, Any], real: dict[str, Any]) -> dict[str, float | None]:
@@ -208,6 +231,7 @@ def run(settings: Settings, work: Path, command: str) -> dict[str, Any]:
         "real": real,
         "simulated": sim,
         "ratio_sim_over_real": ratios(sim, real),
+        "real_minus_sim_ttft": paired(sim, real),
         "targets_met": verdict(sim, real),
     }
 
@@ -237,9 +261,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 def settings_of(args: argparse.Namespace) -> Settings:
     if args.tiny:
         return dataclasses.replace(TINY, seed=args.seed)
-    # Gaps of the idle timeout plus 6 s: every burst finds the engine asleep.
+    # Gaps of the idle timeout plus 5 s: every burst finds the engine asleep.
     trace = dataclasses.replace(
-        Bursts(), bursts=args.bursts, gap_s=args.idle_timeout + 6.0,
+        Bursts(), bursts=args.bursts, gap_s=args.idle_timeout + 5.0,
         lead_in_s=args.idle_timeout + 3.0, max_inner_gap_s=args.idle_timeout / 2,
     )  # fmt: skip
     return Settings(

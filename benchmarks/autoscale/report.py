@@ -83,6 +83,14 @@ def agreement_markdown(result: dict[str, Any]) -> str:
         f"**{'met' if met['same_wakes'] else 'not met'}** "
         f"({sim['wakes']} simulated, {real['wakes']} real)."
     )
+    gaps = result.get("real_minus_sim_ttft") or {}
+    gap_text = "; ".join(
+        f"{label}: {g['median_s'] * 1000:+.0f} ms median, {g['p95_s'] * 1000:+.0f} ms p95 "
+        f"({g['requests']} requests)"
+        for label, g in (("not held", gaps.get("not_held")), ("held", gaps.get("held")))
+        if g
+    )
+    paired_line = f"Real minus simulated TTFT, request by request: {gap_text}." if gap_text else ""
     errors = real.get("errors") or {}
     failed = ", ".join(f"{k} {v}" for k, v in sorted(errors.items())) or "none"
     conditions = (
@@ -97,7 +105,7 @@ def agreement_markdown(result: dict[str, Any]) -> str:
         f"latest request went {real['latest_send_s'] * 1000:.0f} ms after its arrival time"
         f"{_wake_line(real.get('wake_seconds_mean'), s['wake_delay'])}."
     )
-    return "\n".join([*rows, "", targets, "", conditions, "", _machine(result), ""])
+    return "\n".join([*rows, "", targets, paired_line, "", conditions, "", _machine(result), ""])
 
 
 def study_markdown(doc: dict[str, Any]) -> str:

@@ -31,6 +31,8 @@ class SimSide:
     wakes: int
     holds: list[float]
     """Seconds each held request was held for a ready engine."""
+    by_request: list[tuple[float | None, float]]
+    """(TTFT or None, seconds held) of every request, in the trace's order."""
     rejected: int
     cold_starts: int
 
@@ -53,6 +55,10 @@ def run_simulation(
         ttfts=[r.first_token - r.arrival for r in result.requests if r.first_token >= 0],
         wakes=result.wakes,
         holds=[r.held_s for r in result.requests if r.held_s > 0],
+        by_request=[
+            (r.first_token - r.arrival if r.first_token >= 0 else None, r.held_s)
+            for r in sorted(result.requests, key=lambda r: r.index)
+        ],
         rejected=result.rejected,
         cold_starts=result.cold_starts,
     )

@@ -36,12 +36,12 @@ class Bursts:
     (end of one to start of the next), the first after ``lead_in_s`` seconds of quiet."""
 
     bursts: int = 6
-    burst_s: float = 10.0
-    rate: float = 2.0
-    gap_s: float = 9.0
+    burst_s: float = 12.0
+    rate: float = 1.5
+    gap_s: float = 8.0
     lead_in_s: float = 6.0
     prompt_tokens: tuple[int, int] = (16, 64)
-    output_tokens: tuple[int, int] = (8, 24)
+    output_tokens: tuple[int, int] = (4, 16)
     max_inner_gap_s: float = 1.5
     """The longest gap allowed between two arrivals of one burst (half the idle timeout)."""
 
