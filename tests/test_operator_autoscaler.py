@@ -23,10 +23,14 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 import pytest
+from prometheus_client import CollectorRegistry
 
 import metrics
 from kubeapi import APPS, CORE, DISCOVERY, ISVC, KubeAPI, start_kubeapi
-from llmsvc.operator.demand_source import ModelDemand, ready_addresses, summed
+from llmsvc.kube import Credentials, KubeClient
+from llmsvc.operator.autoscaler import Autoscaler
+from llmsvc.operator.demand_source import DemandSource, ModelDemand, ready_addresses, summed
+from llmsvc.operator.metrics import OperatorMetrics
 from procs import HOST, Proc, free_port, wait_until
 from test_operator_e2e import isvc_body, operator_args
 
@@ -475,3 +479,118 @@ def test_keda_mode_keeps_one_scaled_object_per_autoscaled_service(
     api.patch(path, {"spec": {"autoscaling": None}})
     wait_until(lambda: api.get(scaled_path) is None, timeout=TIMEOUT, what="it deleted")
     assert cluster.scales(namespace, name) == []  # the operator itself scaled nothing
+
+
+# -- one round at a time, in process, with an injected clock -----------------------------
+
+
+class Clock:
+    def __init__(self, now: float) -> None:
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def plain_objects(api: KubeAPI, namespace: str, name: str, *, replicas: int) -> None:
+    """The InferenceService and its children as an operator would have left them."""
+    body = isvc_body(
+        name,
+        namespace,
+        model={"name": name, "uri": "hf://Qwen/Qwen3-8B"},
+        autoscaling={"minReplicas": 0, "maxReplicas": 3, "scaleDownDelay": "10s"},
+    )
+    api.create(f"{ISVC}/namespaces/{namespace}/inferenceservices", body)
+    api.create(
+        f"{APPS}/namespaces/{namespace}/deployments",
+        {
+            "apiVersion": "apps/v1",
+            "kind": "Deployment",
+            "metadata": {"name": name, "namespace": namespace},
+            "spec": {"replicas": replicas, "selector": {"matchLabels": {OWNER_LABEL: name}}},
+            "status": {"replicas": replicas, "readyReplicas": 0},
+        },
+    )
+    api.create(
+        f"{CORE}/namespaces/{namespace}/services",
+        {"apiVersion": "v1", "kind": "Service", "metadata": {"name": name, "namespace": namespace}},
+    )
+
+
+OWNER_LABEL = "llmsvc.io/inference-service"
+
+
+def autoscaler(api: KubeAPI, clock: Clock, source: str | None) -> tuple[Autoscaler, KubeClient]:
+    client = KubeClient(Credentials(server=api.url), request_timeout=5)
+    found = OperatorMetrics(CollectorRegistry())
+    demand = None
+    if source is not None:
+        demand = DemandSource(
+            api=client, service=source, port_name="http", token=None, timeout=0.5, metrics=found
+        )
+    scaler = Autoscaler(
+        api=client,
+        metrics=found,
+        mode="builtin",
+        interval=1.0,
+        namespaces=["ns"],
+        source=demand,
+        prometheus_url="http://unused",
+        clock=clock,
+    )
+    return scaler, client
+
+
+async def test_a_cold_start_an_earlier_operator_began_is_measured(kubeapi: KubeAPI) -> None:
+    plain_objects(kubeapi, "ns", "m", replicas=1)
+    service = f"{CORE}/namespaces/ns/services/m"
+    kubeapi.patch(service, {"metadata": {"annotations": {SCALING_SINCE: "1000.000"}}})
+    clock = Clock(1005.0)
+    scaler, client = autoscaler(kubeapi, clock, source=None)
+    try:
+        await scaler.round()  # not ready yet: nothing measured
+        status = kubeapi.get(f"{ISVC}/namespaces/ns/inferenceservices/m") or {}
+        assert "lastColdStartSeconds" not in (status.get("status") or {})
+        kubeapi.patch(
+            f"{APPS}/namespaces/ns/deployments/m/status", {"status": {"readyReplicas": 1}}
+        )
+        clock.now = 1012.5
+        await scaler.round()
+    finally:
+        await scaler.close()
+        await client.close()
+    found = kubeapi.get(f"{ISVC}/namespaces/ns/inferenceservices/m") or {}
+    assert found["status"]["lastColdStartSeconds"] == 12.5
+    annotations = (kubeapi.get(service) or {})["metadata"]["annotations"]
+    assert annotations.get(COLD_START) == "12.5"
+    assert SCALING_SINCE not in annotations
+    assert kubeapi.get(f"{APPS}/namespaces/ns/deployments/m")["spec"]["replicas"] == 1  # type: ignore[index]
+
+
+async def test_unknown_demand_is_not_zero_demand(kubeapi: KubeAPI) -> None:
+    """Routers that exist but cannot be asked: replicas stay; no router Service: demand 0."""
+    plain_objects(kubeapi, "ns", "m", replicas=2)
+    clock = Clock(1000.0)
+    path = f"{APPS}/namespaces/ns/deployments/m"
+    scaler, client = autoscaler(kubeapi, clock, source="llmsvc/no-endpoints")
+    try:
+        for _ in range(3):
+            await scaler.round()
+            clock.now += 60  # far past scaleDownDelay
+        assert (kubeapi.get(path) or {})["spec"]["replicas"] == 2
+        status = (kubeapi.get(f"{ISVC}/namespaces/ns/inferenceservices/m") or {})["status"]
+        condition = next(c for c in status["conditions"] if c["type"] == "Autoscaling")
+        assert (condition["status"], condition["reason"]) == ("False", "NoRouters")
+    finally:
+        await scaler.close()
+        await client.close()
+
+    scaler, client = autoscaler(kubeapi, clock, source=None)
+    try:
+        await scaler.round()  # a fresh autoscaler: what runs counts as needed, at first
+        clock.now += 11
+        await scaler.round()
+    finally:
+        await scaler.close()
+        await client.close()
+    assert (kubeapi.get(path) or {})["spec"]["replicas"] == 0
