@@ -330,6 +330,9 @@ def test_from_zero_to_one_and_back_after_the_scale_down_delay(cluster: Cluster, 
     isvc.wait_replicas(1)
     writes = cluster.scales(isvc.namespace, isvc.name)
     assert [w["replicas"] for w in writes] == [1]  # through the scale subresource
+    scale = cluster.api.get(isvc.deployment_path + "/scale")
+    assert scale is not None and scale["kind"] == "Scale" and scale["spec"]["replicas"] == 1
+    assert scale["status"]["selector"] == f"llmsvc.io/inference-service={isvc.name}"
     assert wait_until(lambda: isvc.events("Scaled"), timeout=TIMEOUT) == [
         "Scaled 0 → 1: 3 requests waiting"
     ]
