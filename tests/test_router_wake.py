@@ -445,6 +445,29 @@ async def test_a_babysitter_that_went_back_to_standby_is_tried_after_the_others(
     assert (len(a.wakes), len(b.wakes)) == (1, 1)
 
 
+async def test_a_babysitter_that_served_and_went_idle_is_still_the_first_choice(
+    setup: Setup,
+) -> None:
+    """Its wake worked (the registry showed it waking, then ready): no penalty."""
+    a, b = Sitter("a"), Sitter("b")
+    async with serving(a, b):
+        setup.pool.set_registry([sitter_record(a, "standby"), sitter_record(b, "standby")])
+        setup.held["m"] = 1
+        setup.waker.consider("m")
+        await settled(setup, 1)
+        setup.pool.set_registry([sitter_record(a, "waking"), sitter_record(b, "standby")])
+        setup.held["m"] = 0  # served once it is up
+        setup.pool.set_registry(
+            [sitter_record(a, "ready"), engine_record(a, "healthy"), sitter_record(b, "standby")]
+        )
+        setup.clock.now += 5
+        setup.pool.set_registry([sitter_record(a, "standby"), sitter_record(b, "standby")])
+        setup.held["m"] = 1  # idle, then a new request
+        setup.waker.consider("m")
+        await settled(setup, 2)
+    assert (len(a.wakes), len(b.wakes)) == (2, 0)
+
+
 async def test_a_lone_babysitter_that_failed_is_asked_again_later(setup: Setup) -> None:
     """Nothing else calls the waker: its own timer asks again after FAILED_RETRY_S."""
     a = Sitter("a", answer=503)

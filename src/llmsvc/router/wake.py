@@ -13,16 +13,17 @@ Which one: the one whose last measured wake (else start) was the shortest, then 
 The held requests wait for exactly that time, so the fastest engine to come back is the
 right one (one asleep in GPU memory before one stopped); the name makes the choice the
 same on every router replica, so that replicas seeing the same records wake the same
-babysitter, not one each. A babysitter woken in the last ``memory`` seconds (the hold
-timeout) that went back to standby is tried after the others.
+babysitter, not one each. One whose wake failed in the last ``memory`` seconds (the hold
+timeout) is tried after the others.
 
-A wake sent is remembered here until the registry shows that babysitter no longer in
-standby (waking, starting, ready) or ``memory`` seconds pass, so that the next refresh,
-which may still show ``standby``, does not wake a second one. A failed wake (no
-connection, a timeout, a 4xx or 5xx) is logged, counted
-(``llmsvc_router_wakes_total{model_name,outcome}``) and the next standby babysitter is
-tried at once; one that failed is tried again after :data:`FAILED_RETRY_S` when no other
-is left.
+A wake sent is followed in the registry's records (at every pool change, held requests
+or not): until they show that babysitter out of standby (waking, starting) it counts as
+on its way, so that the next refresh, which may still show ``standby``, does not wake a
+second one. A wake fails when its ``POST`` does (no connection, a timeout, a 4xx or
+5xx: logged, counted in ``llmsvc_router_wakes_total{model_name,outcome}``), when the
+babysitter is back in standby after waking, or when the registry still shows it in
+standby after ``memory`` seconds; the next standby babysitter is then woken at once, and
+when none is left the failed ones are asked again after :data:`FAILED_RETRY_S`.
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ import logging
 import math
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from enum import StrEnum
 
 import aiohttp
@@ -83,6 +85,15 @@ def state_of(record: ServiceRecord) -> str | None:
     return state if isinstance(state, str) else None
 
 
+@dataclass(slots=True)
+class _Wake:
+    """A wake this router sent, until the registry shows how it went."""
+
+    model: str
+    sent: float  # when the POST went (the waker's clock)
+    seen: bool = False  # the registry has shown the babysitter waking or starting since
+
+
 class Waker:
     """Wakes one standby babysitter of a model whose requests are held."""
 
@@ -103,11 +114,11 @@ class Waker:
         self._count = count
         self._clock = clock
         self._session: aiohttp.ClientSession | None = None
-        self._pending: dict[str, float] = {}  # sitter -> when its wake was sent
-        self._woken: dict[str, float] = {}  # sitter -> when it last answered 202/200
-        self._failed: dict[str, float] = {}  # sitter -> when its wake last failed
+        self._wakes: dict[str, _Wake] = {}  # sitter -> its wake, until the registry says
+        self._failed: dict[str, float] = {}  # sitter -> when its last wake failed
         self._tasks: set[asyncio.Task[None]] = set()
         self._retry: dict[str, asyncio.TimerHandle] = {}  # model -> its FAILED_RETRY_S timer
+        pool.listen(self._observe)  # every refresh, held requests or not: how wakes went
 
     def attach(self, session: aiohttp.ClientSession) -> None:
         """Start waking, with ``session`` (the registry watch's lifetime)."""
@@ -125,10 +136,6 @@ class Waker:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
 
-    def pending(self, model: str) -> list[str]:
-        """The babysitters of ``model`` whose wake is sent and not yet seen in the registry."""
-        return [r.name for r in self._pool.sitters(model) if r.name in self._pending]
-
     def consider(self, model: str) -> None:
         """A request is held for ``model`` or the pool changed while some are: wake one
         standby babysitter of it if :func:`to_wake` says so. Never raises (the request
@@ -145,14 +152,15 @@ class Waker:
         if held <= 0:
             return
         now = self._clock()
+        self._observe()
         sitters = self._pool.sitters(model)
-        self._forget(sitters, now)
-        on_the_way = sum(1 for r in sitters if r.name in self._pending or state_of(r) in ON_THE_WAY)
+        wakes = self._wakes
+        on_the_way = sum(1 for r in sitters if r.name in wakes or state_of(r) in ON_THE_WAY)
         standby = [
             r
             for r in sitters
             if state_of(r) == STANDBY
-            and r.name not in self._pending
+            and r.name not in wakes
             and now - self._failed.get(r.name, -math.inf) >= FAILED_RETRY_S
         ]
         ready = len(self._pool.eligible(model, now))
@@ -161,30 +169,43 @@ class Waker:
                 self._retry_later(model, sitters, now)
             return
         sitter = min(standby, key=lambda r: self._order(r, now))
-        self._pending[sitter.name] = now
+        wakes[sitter.name] = _Wake(model, now)
         task = asyncio.get_running_loop().create_task(self._wake(model, sitter))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
     def _order(self, record: ServiceRecord, now: float) -> tuple[bool, float, str]:
-        woken_lately = now - self._woken.get(record.name, -math.inf) < self._memory
-        return (woken_lately, wake_cost(record), record.name)
+        failed_lately = now - self._failed.get(record.name, -math.inf) < self._memory
+        return (failed_lately, wake_cost(record), record.name)
 
-    def _forget(self, sitters: list[ServiceRecord], now: float) -> None:
-        """Drop the wakes the registry now shows (no longer standby), or that are older than
-        the memory; a wake never seen in the registry counts as failed."""
-        states = {r.name: state_of(r) for r in sitters}
-        for name, sent in list(self._pending.items()):
-            if name not in states:
-                continue  # a sitter of another model, or gone: see below
-            if states[name] != STANDBY:
-                del self._pending[name]  # the registry shows it waking (or up)
-            elif now - sent >= self._memory:
-                del self._pending[name]
+    def _observe(self) -> None:
+        """Follow the wakes sent in the registry's records: one seen waking (or starting)
+        and then up is done; one seen waking that is back in standby, or still in standby
+        after the memory, failed (its babysitter is tried after the others)."""
+        if not self._wakes:
+            return  # the usual case: nothing sent, nothing to follow
+        now = self._clock()
+        for name, wake in list(self._wakes.items()):
+            record = next((r for r in self._pool.sitters(wake.model) if r.name == name), None)
+            state = state_of(record) if record is not None else None
+            if state in ON_THE_WAY:
+                wake.seen = True
+                continue
+            if state == STANDBY and not wake.seen and now - wake.sent < self._memory:
+                continue  # the registry does not show it yet
+            del self._wakes[name]
+            if state == STANDBY:
                 self._failed[name] = now
-        for table in (self._pending, self._woken, self._failed):  # gone sitters' entries
-            for name in [n for n, at in table.items() if now - at >= 2 * self._memory]:
-                del table[name]
+                log.warning(
+                    "babysitter %s of model %s is in standby again after its wake",
+                    name,
+                    wake.model,
+                    extra={"model": wake.model, "babysitter": name},
+                )
+            else:
+                self._failed.pop(name, None)  # up (or gone): done
+        for name in [n for n, at in self._failed.items() if now - at >= 2 * self._memory]:
+            del self._failed[name]
 
     def _retry_later(self, model: str, sitters: list[ServiceRecord], now: float) -> None:
         """Every standby babysitter of ``model`` failed its wake lately: ask again once the
@@ -221,7 +242,6 @@ class Waker:
             outcome, detail = Outcome.UNREACHABLE, type(exc).__name__
         self._count(model, outcome)
         if outcome in (Outcome.WOKEN, Outcome.AWAKE):
-            self._woken[sitter.name] = self._clock()
             log.info(
                 "woke babysitter %s for model %s (%s, %.3f s)",
                 sitter.name,
@@ -238,6 +258,6 @@ class Waker:
             detail,
             extra={"model": model, "babysitter": sitter.name, "url": url},
         )
-        self._pending.pop(sitter.name, None)
+        self._wakes.pop(sitter.name, None)
         self._failed[sitter.name] = self._clock()
         self.consider(model)  # the next standby babysitter, if any
