@@ -360,3 +360,39 @@ def test_sigterm_and_drain_in_standby(spawn: Spawn) -> None:
     assert proc.stop(timeout=15) == 0
     left = records(registry)
     assert name not in left and f"{name}-babysitter" not in left
+
+
+def test_a_registry_that_forgot_a_standby_engine_hears_standby_again(spawn: Spawn) -> None:
+    """Registered anew (which starts healthy), the engine is reported standby at once: a
+    router never sees it routable while it is stopped. /wake needs the registry token."""
+    token = "standby-token"
+    auth = {"Authorization": f"Bearer {token}"}
+    first, registry = start_registry(spawn, token=token)
+    port = int(registry.rsplit(":", 1)[1])
+    _, _, api, name = _sitter(spawn, registry, "--idle-timeout", "0.5", "--registry-token", token)
+    wait_state(api, "standby", timeout=30)
+    wait_until(lambda: status(api)["pid"] is None, timeout=10, what="engine stopped")
+    assert first.stop(timeout=15) is not None
+    _, again = start_registry(spawn, name="registry-again", port=port, token=token)
+
+    def engine_record() -> dict[str, Any] | None:
+        resp = httpx.get(f"{again}/services/{name}", headers=auth, timeout=5)
+        body: dict[str, Any] | None = resp.json() if resp.status_code == 200 else None
+        return body
+
+    wait_until(engine_record, timeout=20, what="registered again")
+    # The first look may fall in the milliseconds between the registration and its
+    # heartbeat; from then on it is standby (without that heartbeat: healthy until the
+    # next heartbeat round, 0.3 s later, or unhealthy from a health check).
+    seen: set[str] = set()
+    deadline = time.monotonic() + 1.0
+    while time.monotonic() < deadline:
+        current = engine_record()
+        assert current is not None
+        seen.add(current["status"])
+        time.sleep(0.05)
+    assert seen == {"standby"}
+    assert httpx.post(api + "/wake", timeout=5).status_code == 401
+    assert status(api)["state"] == "standby"
+    assert httpx.post(api + "/wake", headers=auth, timeout=5).status_code == 202
+    wait_state(api, "ready", timeout=30)
