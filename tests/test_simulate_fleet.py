@@ -43,7 +43,7 @@ def test_every_request_is_answered_or_rejected(trace: str, policy: str) -> None:
     assert len(result.requests) == len(config.trace) > 0
     assert result.answered + result.rejected == len(config.trace)
     for req in result.requests:
-        assert req.outcome in ("ok", "hold_timeout", "context_length")
+        assert req.outcome in ("ok", "hold_timeout", "queue_timeout", "queue_full")
         assert req.end >= req.arrival
         if req.outcome == "ok":
             assert req.arrival <= req.first_token <= req.end
@@ -211,3 +211,46 @@ def test_the_router_strategy_picks_the_engine() -> None:
     busy = Trace("together", 12.0, (0.0,) * 6, (16,) * 6, (40,) * 6)
     spread = simulate(SimConfig(trace=busy, workers=3, timing=TIMING))
     assert sorted(r.engine for r in spread.requests) == [0, 0, 1, 1, 2, 2]
+
+
+def test_router_slots_queue_requests_in_order() -> None:
+    trace = Trace("four", 10.0, (0.0, 0.0, 0.0, 0.0), (16,) * 4, (20,) * 4)
+    result = simulate(SimConfig(trace=trace, workers=2, timing=TIMING, backend_concurrency=1))
+    first, second, third, fourth = result.requests
+    assert (first.engine, second.engine) == (0, 1) and first.queued_s == second.queued_s == 0
+    assert third.queued_s == pytest.approx(first.end) and fourth.queued_s > 0
+    assert third.started == pytest.approx(first.end)
+    assert result.queued == 2 and result.answered == 4
+    unlimited = simulate(SimConfig(trace=trace, workers=2, timing=TIMING))
+    assert unlimited.queued == 0 and max(r.ttft or 0 for r in unlimited.requests) < max(
+        r.ttft or 0 for r in result.requests
+    )
+
+
+def test_the_router_queue_times_out_and_fills() -> None:
+    trace = Trace("many", 30.0, (0.0,) * 4, (16,) * 4, (400,) * 4)  # 10 s each
+    config = SimConfig(
+        trace=trace, workers=1, timing=TIMING, backend_concurrency=1, queue_timeout=5.0,
+        queue_size=2,
+    )  # fmt: skip
+    result = simulate(config)
+    assert [r.outcome for r in result.requests] == ["ok", "queue_timeout", "queue_timeout",
+                                                    "queue_full"]  # fmt: skip
+    assert result.requests[1].queued_s == pytest.approx(5.0)
+    assert result.summary()["rejected_by_reason"]["queue_timeout"] == 2
+
+
+def test_with_slots_a_held_burst_waits_for_the_next_engines() -> None:
+    """Without slots, every held request goes to the first engine ready and queues there;
+    with them, the router keeps the overflow for the engines that start next."""
+    quick = Policy(min_replicas=0, max_replicas=3, target_requests=2)
+    trace = load_trace("spike-from-zero", duration=120.0, rate=2.0, seed=3)
+
+    def engines_of_the_held(**changes: object) -> set[int]:
+        result = simulate(
+            _config(trace, policy="autoscale-zero", autoscale=quick, hold_timeout=60.0, **changes)
+        )
+        return {r.engine for r in result.requests if r.held_s > 0}
+
+    assert engines_of_the_held() == {0}
+    assert len(engines_of_the_held(backend_concurrency=4)) > 1

@@ -22,7 +22,14 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from llmsvc.autoscale.policy import Policy
-from llmsvc.simulate.engine import CONTEXT_LENGTH, HOLD_TIMEOUT, OK, Request
+from llmsvc.simulate.engine import (
+    CONTEXT_LENGTH,
+    HOLD_TIMEOUT,
+    OK,
+    QUEUE_FULL,
+    QUEUE_TIMEOUT,
+    Request,
+)
 from llmsvc.simulate.fleet import Fleet, FleetSetup, Sample, Strategy
 from llmsvc.simulate.timing import EngineTiming
 from llmsvc.simulate.traces import Trace
@@ -58,6 +65,13 @@ class SimConfig:
     """Seconds between timeline samples; None: a thousandth of the trace, at least 0.1 s."""
     strategy: Strategy = "least_connections"
     """How the router picks a ready engine: least_connections or round_robin."""
+    backend_concurrency: int | None = None
+    """The router's slots per engine (its --backend-concurrency); a request finding every
+    ready engine's slots taken waits in the router's queue. None: unlimited, no queue."""
+    queue_size: int = 1000
+    """Requests that may wait for a slot (then 429 queue_full), as the router's."""
+    queue_timeout: float = 60.0
+    """Seconds a request may wait for a slot (then 503 queue_timeout), as the router's."""
 
     def __post_init__(self) -> None:
         if self.policy not in POLICIES:
@@ -70,6 +84,10 @@ class SimConfig:
         for name in ("idle_timeout", "hold_timeout"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must not be negative")
+        if self.backend_concurrency is not None and self.backend_concurrency < 1:
+            raise ValueError("backend_concurrency must be at least 1")
+        if self.queue_size < 0 or self.queue_timeout <= 0:
+            raise ValueError("queue_size must not be negative, queue_timeout must be positive")
         if self.strategy not in ("least_connections", "round_robin"):
             raise ValueError(f"unknown strategy {self.strategy!r}")
         if self.sample_interval is not None and self.sample_interval <= 0:
@@ -142,7 +160,12 @@ class SimResult:
 
     @property
     def rejected(self) -> int:
-        return self.count(HOLD_TIMEOUT) + self.count(CONTEXT_LENGTH)
+        return len(self.requests) - self.answered
+
+    @property
+    def queued(self) -> int:
+        """Requests that waited in the router's queue for a slot (answered or not)."""
+        return sum(1 for r in self.requests if r.queued_s > 0)
 
     @property
     def held(self) -> int:
@@ -162,9 +185,10 @@ class SimResult:
             "answered": self.answered,
             "held": self.held,
             "rejected": self.rejected,
+            "queued": self.queued,
             "rejected_by_reason": {
-                HOLD_TIMEOUT: self.count(HOLD_TIMEOUT),
-                CONTEXT_LENGTH: self.count(CONTEXT_LENGTH),
+                reason: self.count(reason)
+                for reason in (HOLD_TIMEOUT, QUEUE_TIMEOUT, QUEUE_FULL, CONTEXT_LENGTH)
             },
             "ttft_s": {
                 "p50": _round(ttft.p50),
@@ -200,6 +224,9 @@ def _setup(config: SimConfig) -> FleetSetup:
         hold_timeout=config.hold_timeout,
         sample_interval=sample,
         strategy=config.strategy,
+        backend_concurrency=config.backend_concurrency,
+        queue_size=config.queue_size,
+        queue_timeout=config.queue_timeout,
     )
 
 

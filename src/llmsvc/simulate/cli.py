@@ -74,6 +74,9 @@ def build(settings: SimulateSettings) -> tuple[Trace, SimConfig]:
         standby=settings.standby,
         hold_timeout=settings.hold_timeout,
         strategy=settings.strategy,
+        backend_concurrency=settings.backend_concurrency,
+        queue_size=settings.queue_size,
+        queue_timeout=settings.queue_timeout,
     )
     return trace, config
 
@@ -125,7 +128,7 @@ def main(argv: Sequence[str]) -> int:
     if settings.output == "json":
         sys.stdout.write(orjson.dumps(data).decode() + "\n")
     else:
-        print_report(Console(width=None if sys.stdout.isatty() else 120), data)
+        print_report(Console(width=None if sys.stdout.isatty() else 132), data)
         for path in data.get("plots", []):
             print(f"wrote {path}")
     return 0

@@ -57,10 +57,12 @@ engine's ``version`` when it was scheduled, so a rescheduled one is skipped."""
 _EPS = 1e-9
 
 # Request states and outcomes.
-NEW, HELD, QUEUED, RUNNING, DONE, REJECTED = range(6)
+NEW, HELD, QUEUED, RUNNING, DONE, REJECTED, ROUTER_QUEUED = range(7)
 OK = "ok"
-HOLD_TIMEOUT = "hold_timeout"
-CONTEXT_LENGTH = "context_length"
+HOLD_TIMEOUT = "hold_timeout"  # the router's 503 no_healthy_backend after --hold-timeout
+QUEUE_TIMEOUT = "queue_timeout"  # the router's 503 queue_timeout (no slot in time)
+QUEUE_FULL = "queue_full"  # the router's 429 queue_full
+CONTEXT_LENGTH = "context_length"  # the engine's 400: longer than its KV cache
 
 
 class Request:
@@ -76,6 +78,7 @@ class Request:
         "outcome",
         "output_tokens",
         "prompt_tokens",
+        "queued_s",
         "started",
         "state",
     )
@@ -88,6 +91,7 @@ class Request:
         self.state = NEW
         self.engine = -1  # the engine that served it
         self.held_s = 0.0  # seconds held by the router for a ready engine
+        self.queued_s = 0.0  # seconds in the router's queue for a slot (--backend-concurrency)
         self.started = -1.0  # admitted to a running slot
         self.first_token = -1.0
         self.end = -1.0
@@ -108,6 +112,7 @@ class Request:
             "outcome": self.outcome,
             "engine": self.engine,
             "held_s": round(self.held_s, 6),
+            "queued_s": round(self.queued_s, 6),
             "ttft_s": None if ttft is None else round(ttft, 6),
             "end_s": round(self.end, 6),
         }

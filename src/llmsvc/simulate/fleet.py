@@ -4,7 +4,9 @@ The **router** holds a request while no engine is ready (up to ``hold_timeout``,
 it is rejected, as the router's ``--hold-timeout``), and otherwise sends it at once
 to the ready engine with the fewest requests in flight (lowest index on a tie;
 ``least_connections``) or to the next in turn (``round_robin``, the router's
-default); the engines queue (the router has no slots here, its default). The **autoscaler** asks
+default). Without ``backend_concurrency`` (the router's default) the engines queue;
+with it, a request finding every ready engine's slots taken waits in the router's
+FIFO queue (``queue_size``, ``queue_timeout``) for the next free slot. The **autoscaler** asks
 :class:`llmsvc.autoscale.policy.Scaler` every ``autoscale_interval`` with the
 observation the operator builds from ``GET /demand`` (in flight + held, held, the
 ready engines' mean KV usage, ready count) and applies the decision as Kubernetes
@@ -36,7 +38,10 @@ from llmsvc.simulate.engine import (
     ENGINE_EVENT,
     HELD,
     HOLD_TIMEOUT,
+    QUEUE_FULL,
+    QUEUE_TIMEOUT,
     REJECTED,
+    ROUTER_QUEUED,
     Event,
     Request,
     SimEngine,
@@ -51,7 +56,7 @@ Strategy = Literal["least_connections", "round_robin"]
 STOPPED, STARTING, READY, DRAINING, STANDBY, WAKING = range(6)
 
 # Fleet event kinds (ENGINE_EVENT is 0).
-LIFECYCLE, IDLE_CHECK, HOLD_EXPIRY, TICK, SAMPLE = range(1, 6)
+LIFECYCLE, IDLE_CHECK, HOLD_EXPIRY, TICK, SAMPLE, QUEUE_EXPIRY = range(1, 7)
 
 
 @dataclass(frozen=True, slots=True)
@@ -63,6 +68,7 @@ class Sample:
     ready: int
     demand: int
     held: int
+    queued: int = 0  # in the router's queue for a slot
 
 
 @dataclass(frozen=True, slots=True)
@@ -80,6 +86,9 @@ class FleetSetup:
     hold_timeout: float
     sample_interval: float
     strategy: Strategy = "least_connections"
+    backend_concurrency: int | None = None  # the router's slots per engine (None: unlimited)
+    queue_size: int = 1000
+    queue_timeout: float = 60.0
 
 
 class Fleet:
@@ -93,6 +102,8 @@ class Fleet:
         self.ready: list[SimEngine] = []
         self.held: deque[Request] = deque()
         self.held_now = 0
+        self.queue: deque[Request] = deque()  # waiting for a slot (--backend-concurrency)
+        self.queued_now = 0
         self._turn = -1  # round_robin's last pick
         self.requests: list[Request] = []
         self.timeline: list[Sample] = []
@@ -132,6 +143,7 @@ class Fleet:
         engine.state = READY
         self.ready.append(engine)
         self.ready.sort(key=lambda e: e.index)
+        self._drain_queue(now)
         self._release_held(now)
         self._maybe_idle(engine, now)
 
@@ -155,6 +167,8 @@ class Fleet:
     def _finished(self, engine: SimEngine, req: Request, now: float) -> None:
         self.outstanding -= 1
         self.last_end = now
+        if self.queued_now and engine.state == READY:
+            self._drain_queue(now)
         if engine.in_flight == 0:
             if engine.state == DRAINING:
                 self._stop(engine, now)
@@ -168,17 +182,50 @@ class Fleet:
 
     # -- the router ----------------------------------------------------------------
 
-    def _dispatch(self, req: Request, now: float) -> None:
-        ready = self.ready
+    def _dispatch(self, req: Request, now: float) -> bool:
+        """Send ``req`` to a ready engine with a free slot; False when every slot is taken."""
+        ready, slots = self.ready, self.setup.backend_concurrency
+        if slots is not None:
+            ready = [e for e in ready if e.in_flight < slots]
+            if not ready:
+                return False
         if self.setup.strategy == "round_robin":
             self._turn += 1
             ready[self._turn % len(ready)].submit(req, now)
-            return
+            return True
         best, low = ready[0], ready[0].in_flight
         for engine in ready:
             if engine.in_flight < low:
                 best, low = engine, engine.in_flight
         best.submit(req, now)
+        return True
+
+    def _send(self, req: Request, now: float) -> None:
+        """Dispatch, or queue for a slot as the router does (FIFO, one class)."""
+        if self.queued_now == 0 and self._dispatch(req, now):
+            return
+        if self.queued_now >= self.setup.queue_size:
+            self._reject(req, now, QUEUE_FULL)
+            return
+        req.state = ROUTER_QUEUED
+        req.queued_s = now  # the time it joined, until it leaves
+        self.queue.append(req)
+        self.queued_now += 1
+        self._later(now + self.setup.queue_timeout, QUEUE_EXPIRY, req, 0)
+
+    def _drain_queue(self, now: float) -> None:
+        queue = self.queue
+        while queue:
+            req = queue[0]
+            if req.state != ROUTER_QUEUED:
+                queue.popleft()  # timed out
+                continue
+            joined = req.queued_s
+            if not self._dispatch(req, now):
+                return
+            queue.popleft()
+            self.queued_now -= 1
+            req.queued_s = now - joined
 
     def _arrive(self, req: Request, now: float) -> None:
         self.requests.append(req)
@@ -187,10 +234,10 @@ class Fleet:
             return
         self.outstanding += 1
         if self.ready:
-            self._dispatch(req, now)
+            self._send(req, now)
             return
         if self.setup.hold_timeout <= 0:
-            self._reject(req, now)
+            self._reject(req, now, HOLD_TIMEOUT)
             return
         req.state = HELD
         self.held.append(req)
@@ -198,9 +245,12 @@ class Fleet:
         self._later(now + self.setup.hold_timeout, HOLD_EXPIRY, req, 0)
         self._wake_if_needed(now)
 
-    def _reject(self, req: Request, now: float) -> None:
-        req.state, req.outcome, req.end = REJECTED, HOLD_TIMEOUT, now
-        req.held_s = now - req.arrival
+    def _reject(self, req: Request, now: float, outcome: str) -> None:
+        if req.state == HELD:
+            req.held_s = now - req.arrival
+        elif req.state == ROUTER_QUEUED:
+            req.queued_s = now - req.queued_s
+        req.state, req.outcome, req.end = REJECTED, outcome, now
         self.outstanding -= 1
         self.last_end = now
 
@@ -212,7 +262,7 @@ class Fleet:
                 continue  # rejected at its hold timeout
             self.held_now -= 1
             req.held_s = now - req.arrival
-            self._dispatch(req, now)
+            self._send(req, now)
 
     def _wake_if_needed(self, now: float) -> None:
         if not self.setup.standby:
@@ -236,7 +286,10 @@ class Fleet:
         ready = self.ready
         kv = sum(e.kv.usage for e in ready) / len(ready) if ready else None
         observation = autoscale_policy.Observation(
-            demand=self.outstanding, waiting=self.held_now, kv_cache=kv, ready=len(ready)
+            demand=self.outstanding,
+            waiting=self.held_now + self.queued_now,
+            kv_cache=kv,
+            ready=len(ready),
         )
         replicas = [e for e in self.engines if e.state in (STARTING, READY)]
         decision = scaler.decide(now, observation, len(replicas))
@@ -257,7 +310,9 @@ class Fleet:
 
     def _sample(self, now: float) -> None:
         on = sum(1 for e in self.engines if e.on_since is not None)
-        self.timeline.append(Sample(now, on, len(self.ready), self.outstanding, self.held_now))
+        self.timeline.append(
+            Sample(now, on, len(self.ready), self.outstanding, self.held_now, self.queued_now)
+        )
 
     # -- the loop ------------------------------------------------------------------------
 
@@ -273,7 +328,12 @@ class Fleet:
     def _on_hold_expiry(self, req: Request, now: float) -> None:
         if req.state == HELD:
             self.held_now -= 1
-            self._reject(req, now)
+            self._reject(req, now, HOLD_TIMEOUT)
+
+    def _on_queue_expiry(self, req: Request, now: float) -> None:
+        if req.state == ROUTER_QUEUED:
+            self.queued_now -= 1
+            self._reject(req, now, QUEUE_TIMEOUT)
 
     def run(self, progress: Callable[[float], None] | None = None) -> float:
         """Simulate the whole trace; the end time (GPU-seconds are counted up to it)."""
@@ -305,6 +365,9 @@ class Fleet:
                 elif kind == HOLD_EXPIRY:
                     assert isinstance(subject, Request)
                     self._on_hold_expiry(subject, now)
+                elif kind == QUEUE_EXPIRY:
+                    assert isinstance(subject, Request)
+                    self._on_queue_expiry(subject, now)
                 elif kind == LIFECYCLE:
                     assert isinstance(subject, SimEngine)
                     if tag == subject.life:

@@ -33,6 +33,11 @@ def document(
         "standby": {"mode": config.standby, "idle_timeout_s": config.idle_timeout},
         "hold_timeout_s": config.hold_timeout,
         "strategy": config.strategy,
+        "router_queue": {
+            "backend_concurrency": config.backend_concurrency,
+            "queue_size": config.queue_size,
+            "queue_timeout_s": config.queue_timeout,
+        },
         "policies": list(summaries),
     }
 
@@ -49,9 +54,9 @@ def print_report(console: Console, data: dict[str, Any]) -> None:
     )
     table = Table(show_edge=False)
     table.add_column("policy", no_wrap=True)
-    for column in ("answered", "held", "rejected", "TTFT p50 s", "p95 s", "p99 s"):
+    for column in ("answered", "held", "queued", "rejected", "TTFT p50", "p95", "p99"):
         table.add_column(column, justify="right")
-    for column in ("cold starts", "wakes", "GPU-s", "max engines"):
+    for column in ("cold starts", "wakes", "GPU-s", "max on"):
         table.add_column(column, justify="right")
     for row in data["policies"]:
         ttft = row["ttft_s"]
@@ -59,6 +64,7 @@ def print_report(console: Console, data: dict[str, Any]) -> None:
             row["policy"],
             str(row["answered"]),
             str(row["held"]),
+            str(row["queued"]),
             str(row["rejected"]),
             _seconds(ttft["p50"]),
             _seconds(ttft["p95"]),
@@ -69,3 +75,7 @@ def print_report(console: Console, data: dict[str, Any]) -> None:
             str(row["max_replicas"]),
         )
     console.print(table)
+    console.print(
+        "TTFT in seconds from arrival at the router; GPU-s: engine-seconds starting, ready, "
+        "waking or draining"
+    )

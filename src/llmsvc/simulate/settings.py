@@ -100,6 +100,19 @@ class SimulateSettings(BaseServiceSettings):
         description="How the router picks among the ready engines (the router's --strategy "
         "of the same name; its default is round_robin).",
     )
+    backend_concurrency: int | None = Field(
+        default=None,
+        ge=1,
+        description="The router's slots per engine (its --backend-concurrency): a request "
+        "finding every ready engine's slots taken waits in the router's queue; default "
+        "unlimited (no router queue).",
+    )
+    queue_size: int = Field(
+        default=1000, ge=0, description="Requests that may wait for a slot, then 429."
+    )
+    queue_timeout: float = Field(
+        default=60.0, gt=0, description="Seconds a request may wait for a slot, then 503."
+    )
     plots: Path | None = Field(
         default=None,
         description="Directory for replicas.png and ttft.png (needs matplotlib: the bench extra).",
