@@ -172,3 +172,22 @@ def test_a_progress_bar_on_a_terminal_only_and_never_in_the_report() -> None:
     quiet_status, quiet_out, quiet_terminal = _with_terminal_stderr(*args, "--no-progress")
     assert quiet_status == 0 and quiet_terminal == b""
     assert out == quiet_out == simulate(*args).stdout
+
+
+def test_the_speed_benchmark_writes_its_table(tmp_path: Path) -> None:
+    out = tmp_path / "speed.md"
+    done = subprocess.run(
+        [sys.executable, "-m", "llmsvc.simulate.speed", "--duration", "120", "--out", str(out)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    text = out.read_text()
+    assert text == done.stdout
+    rows = [line for line in text.splitlines() if line.startswith("| ") and "---" not in line]
+    assert [row.split(" | ")[0] for row in rows[1:]] == [
+        "| (trace generation)", "| fixed", "| autoscale", "| autoscale-zero", "| standby",
+    ]  # fmt: skip
+    assert "Machine: " in text and "llmsvc commit " in text
