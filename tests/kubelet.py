@@ -181,8 +181,8 @@ class Kubelet(threading.Thread):
         self._client.patch(
             f"{pods}/{pod}/status", json={"status": running}, headers=MERGE
         ).raise_for_status()
+        self.ready_at.append(time.monotonic())  # before: a request may end as soon as it is
         self._add_endpoint(replica)
-        self.ready_at.append(time.monotonic())
         self._set_status(deployment, replicas=ready + 1, ready=ready + 1)
 
     def _remove(self, deployment: dict[str, Any]) -> None:

@@ -56,6 +56,14 @@ class Stack:
     registry_url: str
     router_url: str
     router_port: int
+    procs: list[Proc]
+
+    def check(self) -> None:
+        """Fail at once, with its log, if a process of the stack has ended (a port taken
+        by another process between free_port() and its bind ends it, and a wait for its URL
+        may have been answered by that other process)."""
+        for proc in self.procs:
+            assert proc.alive(), f"{proc.name} exited:\n{proc.log()[-2000:]}"
 
 
 @pytest.fixture(scope="module")
@@ -76,7 +84,7 @@ def start_stack(module_spawn: Spawn, tmp_path: Path, *router_flags: str) -> Stac
     )  # fmt: skip
     registry_url = f"http://{HOST}:{registry_port}"
     registry.wait_http(f"{registry_url}/health")
-    _, router_url = start_router(
+    router, router_url = start_router(
         module_spawn, registry_url, "--admin-token", TOKEN, "--hold-timeout", "30",
         "--hold-feedback-interval", "0.2", *router_flags,
     )  # fmt: skip
@@ -96,7 +104,12 @@ def start_stack(module_spawn: Spawn, tmp_path: Path, *router_flags: str) -> Stac
     )  # fmt: skip
     operator_url = f"http://{HOST}:{operator_port}"
     operator.wait_http(f"{operator_url}/health", timeout=30)
-    return Stack(api, module_spawn, operator, operator_url, registry_url, router_url, router_port)
+    procs = [api.proc, registry, router, operator]
+    started = Stack(
+        api, module_spawn, operator, operator_url, registry_url, router_url, router_port, procs
+    )
+    started.check()
+    return started
 
 
 def router_service() -> dict[str, Any]:
@@ -164,10 +177,36 @@ class Autoscaled:
 
     def wait(self, check: Any, what: str, timeout: float = TIMEOUT) -> Any:
         def checked() -> Any:
+            self.stack.check()
             self.kubelet.check()
             return check()
 
-        return self.api.wait_handled(self.path, checked, timeout=timeout, what=what)
+        try:
+            return self.api.wait_handled(self.path, checked, timeout=timeout, what=what)
+        except AssertionError as exc:
+            raise AssertionError(f"{exc}\nthe cluster then: {self.cluster()}") from None
+
+    def cluster(self) -> str:
+        """What a failed wait saw: the slices (service, ready addresses and ports), the
+        Deployment's replicas and the InferenceService's status."""
+        slices = [
+            (
+                (s["metadata"].get("labels") or {}).get("kubernetes.io/service-name"),
+                s["metadata"]["name"],
+                [(e["addresses"], e.get("conditions")) for e in s.get("endpoints") or []],
+                [p.get("port") for p in s.get("ports") or []],
+            )
+            for s in self.api.list(SLICES)
+        ]
+        deployment = self.api.get(self.deployment_path) or {}
+        return json.dumps(
+            {
+                "slices": slices,
+                "deployment": [deployment.get("spec", {}).get("replicas"),
+                               deployment.get("status")],
+                "status": self.status(),
+            }
+        )  # fmt: skip
 
     def wait_replicas(self, count: int, *, after: float = 0.0) -> float:
         """When the kubelet saw ``spec.replicas == count`` (after monotonic ``after``)."""
