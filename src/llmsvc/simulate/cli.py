@@ -10,6 +10,7 @@ import contextlib
 import dataclasses
 import sys
 from collections.abc import Callable, Iterator, Sequence
+from typing import Any
 
 import orjson
 from rich.console import Console
@@ -117,12 +118,17 @@ def main(argv: Sequence[str]) -> int:
     except (TraceError, ValueError) as exc:
         die(PROG, str(exc).splitlines()[0])
     show = settings.progress and sys.stderr.isatty()
-    results: list[SimResult] = []
+    results: list[SimResult] = []  # kept for the plots only: a day's run is ~200 MB
+    summaries: list[dict[str, Any]] = []
     with _progress(show, settings.policy) as progress_for:
         for policy in settings.policy:
             run = dataclasses.replace(config, policy=policy)  # type: ignore[arg-type]
-            results.append(simulate(run, progress_for(policy)))
-    data = document(trace, config, [result.summary() for result in results])
+            result = simulate(run, progress_for(policy))
+            summaries.append(result.summary())
+            if settings.plots is not None:
+                results.append(result)
+            del result
+    data = document(trace, config, summaries)
     if settings.plots is not None:
         data["plots"] = [str(path) for path in plots.write_plots(settings.plots, results)]
     if settings.output == "json":
