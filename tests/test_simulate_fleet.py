@@ -254,3 +254,24 @@ def test_with_slots_a_held_burst_waits_for_the_next_engines() -> None:
 
     assert engines_of_the_held() == {0}
     assert len(engines_of_the_held(backend_concurrency=4)) > 1
+
+
+def test_the_observation_is_what_the_operator_reads_from_demand(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    seen: list[tuple[Observation, int]] = []
+    real = Scaler.decide
+
+    def spy(self: Scaler, now: float, obs: Observation, current: int) -> Decision:
+        seen.append((obs, current))
+        return real(self, now, obs, current)
+
+    monkeypatch.setattr(autoscale_policy.Scaler, "decide", spy)
+    kv = Policy(min_replicas=0, max_replicas=3, metric="kvCache", target_kv_cache=0.001)
+    result = simulate(_config("spike-from-zero", policy="autoscale-zero", autoscale=kv))
+    assert all(obs.kv_cache is None for obs, _ in seen if obs.ready == 0)
+    loaded = [obs.kv_cache for obs, _ in seen if obs.ready and obs.demand]
+    assert loaded and all(k is not None and 0 < k <= 1 for k in loaded)
+    assert all(obs.demand >= obs.waiting >= 0 for obs, _ in seen)
+    assert any(obs.waiting and current == 0 for obs, current in seen)
+    assert max(s.replicas for s in result.timeline) == 3  # a tiny KV target wants them all
