@@ -6,16 +6,20 @@ to the ready engine with the fewest requests in flight (lowest index on a tie;
 ``least_connections``) or to the next in turn (``round_robin``, the router's
 default). Without ``backend_concurrency`` (the router's default) the engines queue;
 with it, a request finding every ready engine's slots taken waits in the router's
-FIFO queue (``queue_size``, ``queue_timeout``) for the next free slot. The **autoscaler** asks
-:class:`llmsvc.autoscale.policy.Scaler` every ``autoscale_interval`` with the
-observation the operator builds from ``GET /demand`` (in flight + held, held, the
-ready engines' mean KV usage, ready count) and applies the decision as Kubernetes
-would: new replicas start (cold start: ``startup_delay``), removed ones are the
-starting ones first, then the least loaded, which drain (no new requests, GPU held
-until their last request ends). The **standby** policy has no autoscaler: an engine
-idle ``idle_timeout`` goes to standby, and :func:`llmsvc.autoscale.wake.to_wake`
-decides, at each held request, whether to wake one (``wake_delay`` for ``sleep``,
-``startup_delay`` for ``stop``), as the router does.
+FIFO queue (``queue_size``, ``queue_timeout``) for the next free slot.
+
+The **autoscaler** asks :class:`llmsvc.autoscale.policy.Scaler` every
+``autoscale_interval`` with the observation the operator builds from ``GET /demand``
+(demand: in flight + queued + held; waiting: queued + held; the ready engines' mean
+KV usage; the ready count) and applies the decision as Kubernetes would: new
+replicas start (cold start: ``startup_delay``); removed ones are the starting ones
+first, then the least loaded, which drain (no new requests, GPU held until their
+last request ends).
+
+The **standby** policy has no autoscaler: an engine idle ``idle_timeout`` goes to
+standby, and :func:`llmsvc.autoscale.wake.to_wake` decides, at each held request,
+whether to wake one (``wake_delay`` for ``sleep``, ``startup_delay`` for ``stop``),
+as the router does.
 
 GPU-seconds count every second an engine is starting, waking, ready or draining,
 from 0 to the end of the simulation (the trace's duration, or the last request's
