@@ -11,6 +11,7 @@ them and every request got an answer.
 from __future__ import annotations
 
 import dataclasses
+import importlib.util
 import itertools
 import subprocess
 import sys
@@ -139,9 +140,11 @@ def test_tiny_agreement_on_real_processes(tmp_path: Path) -> None:
     doc = tmp_path / "doc.md"
     doc.write_text("<!-- autoscale-agreement -->\nSTALE\n<!-- /autoscale-agreement -->\n")
     out = tmp_path / "out"
+    plots = importlib.util.find_spec("matplotlib") is not None  # the bench extra
     run = _run(
         "benchmarks.autoscale.agreement", "--tiny", "--out", str(out),
-        "--work", str(tmp_path / "work"), "--doc", str(doc), timeout=120,
+        "--work", str(tmp_path / "work"), "--doc", str(doc), *([] if plots else ["--no-plots"]),
+        timeout=120,
     )  # fmt: skip
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
     result = orjson.loads((out / "agreement-tiny.json").read_bytes())
@@ -154,6 +157,7 @@ def test_tiny_agreement_on_real_processes(tmp_path: Path) -> None:
         assert side["wakes"] >= 1  # every burst starts from standby
     assert real["errors"] == {} and all(o[2] is not None for o in real["outcomes"])
     assert set(result["targets_met"]) == {"p95_within_15pct", "same_wakes"}
+    assert (out / "agreement-tiny.png").is_file() == plots
     text = doc.read_text()
     assert "STALE" not in text and "| real processes |" in text and "| simulated" in text
 

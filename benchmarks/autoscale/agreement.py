@@ -236,6 +236,45 @@ def run(settings: Settings, work: Path, command: str) -> dict[str, Any]:
     }
 
 
+def plot(result: dict[str, Any], path: Path) -> None:
+    """``agreement.png``: every request's TTFT at its arrival, simulated and real (held
+    ones ringed), with the bursts' wakes visible as the first requests' holds."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    real = result["real"]["outcomes"]
+    sim = {o[0]: o for o in result["simulated"]["outcomes"]}
+    fig, ax = plt.subplots(figsize=(11, 4.2))
+    arrivals = [o[1] for o in real]
+    ax.scatter(
+        arrivals, [sim[o[0]][1] for o in real], s=14, color="#4c72b0",
+        label="simulated (llmsvc simulate)", marker="o",
+    )  # fmt: skip
+    ax.scatter(
+        arrivals, [o[2] for o in real], s=14, color="#dd8452", label="real processes",
+        marker="x",
+    )  # fmt: skip
+    held = [o for o in real if o[3]]
+    ax.scatter(
+        [o[1] for o in held], [o[2] for o in held], s=90, facecolors="none",
+        edgecolors="#c44e52", label="held by the real router (a wake)",
+    )  # fmt: skip
+    ax.set_xlabel("arrival (s from the replay's start)")
+    ax.set_ylabel("TTFT (s)")
+    s = result["settings"]
+    ax.set_title(
+        f"{s['babysitters']} babysitter(s), idle timeout {s['idle_timeout']:g} s, "
+        f"wake {s['wake_delay']:g} s: TTFT request by request",
+        fontsize=10,
+    )
+    ax.legend(fontsize=8, loc="upper right")
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+
+
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         prog="benchmarks.autoscale.agreement", description=__doc__.splitlines()[0]
@@ -245,6 +284,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--work", type=Path, help="logs and the trace (default: a temp dir)")
     parser.add_argument("--doc", type=Path, help="markdown file whose agreement table to replace")
     parser.add_argument("--tiny", action="store_true", help="a few requests (tests)")
+    parser.add_argument("--no-plots", action="store_true", help="no agreement.png")
     parser.add_argument("--babysitters", type=int, default=defaults.babysitters)
     parser.add_argument("--idle-timeout", type=float, default=defaults.idle_timeout)
     parser.add_argument("--wake-delay", type=float, default=defaults.wake_delay)
@@ -283,6 +323,8 @@ def main(argv: list[str] | None = None) -> int:
     name = "agreement-tiny" if args.tiny else "agreement"
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / f"{name}.json").write_bytes(orjson.dumps(result, option=orjson.OPT_INDENT_2))
+    if not args.no_plots:
+        plot(result, args.out / f"{name}.png")
     table = agreement_markdown(result)
     (args.out / f"{name}.md").write_text(table)
     if args.doc is not None:
