@@ -13,6 +13,7 @@ from typing import Any
 
 import pytest
 
+from llmsvc.simengine.profiles import load_profile
 from procs import llmsvc_args
 
 SMALL = ("--duration", "60", "--rate", "3", "--workers", "3", "--startup-delay", "10")
@@ -66,8 +67,9 @@ def test_a_profile_and_the_autoscale_flags_are_used() -> None:
         "--policy", "autoscale", "--profile", "llama.cpp-smollm2-cpu", "--target-requests", "2",
         "--scale-down-delay", "5", "--max-replicas", "2",
     )  # fmt: skip
-    assert data["engine"]["max_num_seqs"] == 2
-    assert data["engine"]["decode_tokens_per_s"] == 58.38
+    profile = load_profile("llama.cpp-smollm2-cpu")
+    for field in ("max_num_seqs", "decode_tokens_per_s", "prefill_tokens_per_s", "step_noise"):
+        assert data["engine"][field] == profile[field]
     assert data["autoscale"]["target_requests"] == 2
     assert data["autoscale"]["scale_down_delay"] == 5
     assert [row["max_replicas"] for row in data["policies"]] == [2]
