@@ -14,6 +14,8 @@ Layers, lowest first:
 - ``registration``  all registry traffic: register, heartbeat, re-register, deregister
 - ``metrics``       the babysitter's Prometheus series
 - ``waiting``       interruptible pauses and the drain (deregister, wait for in-flight requests)
+- ``standby``       idle from the engine's metrics (``--idle-timeout``), the per-GPU lock,
+                    the engine's sleep endpoints
 - ``swap``          a model swap's course (staged, on trial, kept or rolled back), the wait
                     for the old engine's GPU memory
 - ``termination``   the termination message; giving up (``--exit-on-crash-loop``) as an event

@@ -10,5 +10,6 @@ Layers, lowest first:
 - ``engine``     one request's life: queue, prefill, per-token decode, metrics
 - ``streaming``  pre-built SSE chunk templates
 - ``openai``     the HTTP handlers
+- ``sleep``      vLLM's sleep mode: ``/sleep``, ``/wake_up``, ``/is_sleeping``
 - ``app``        ``create_app``; ``cli`` the ``main`` of ``llmsvc sim-engine``
 """
