@@ -275,3 +275,24 @@ def test_the_observation_is_what_the_operator_reads_from_demand(
     assert all(obs.demand >= obs.waiting >= 0 for obs, _ in seen)
     assert any(obs.waiting and current == 0 for obs, current in seen)
     assert max(s.replicas for s in result.timeline) == 3  # a tiny KV target wants them all
+
+
+def test_standby_as_the_babysitter_sees_it_at_its_health_checks() -> None:
+    trace = Trace("one", 20.0, (0.3,), (16,), (8,))
+
+    def standby_at(interval: float) -> tuple[float, float]:
+        config = SimConfig(
+            trace=trace, policy="standby", workers=1, timing=TIMING, idle_timeout=5.0,
+            idle_check_interval=interval, sample_interval=0.01,
+        )  # fmt: skip
+        result = simulate(config)
+        first_off = next(s.t for s in result.timeline if s.replicas == 0)
+        return result.requests[0].end, first_off
+
+    end, exact = standby_at(0.0)
+    assert exact == pytest.approx(end + 5.0, abs=0.011)
+    # Checks at 1, 2, ... s: the first (t=1) finds it idle and starts the clock; t=6 ends it.
+    _, checked = standby_at(1.0)
+    assert checked == pytest.approx(6.0, abs=0.011)
+    _, coarse = standby_at(4.0)  # checks at 4 (clock starts), 8 (4 s: not yet), 12
+    assert coarse == pytest.approx(12.0, abs=0.011)

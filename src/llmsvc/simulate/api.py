@@ -59,6 +59,10 @@ class SimConfig:
     """standby: idle seconds before an engine goes to standby (0: never)."""
     standby: Literal["sleep", "stop"] = "stop"
     """standby: stop (a wake is a startup_delay; the babysitter's default) or sleep (wake_delay)."""
+    idle_check_interval: float = 0.0
+    """standby: 0: an engine goes to standby exactly ``idle_timeout`` after its last
+    request; else it is seen as the babysitter sees it, at health checks this many
+    seconds apart (its ``--health-interval``), up to two of them later."""
     hold_timeout: float = 30.0
     """Seconds the router holds a request for a ready engine (then rejected; 0: at once)."""
     sample_interval: float | None = None
@@ -81,7 +85,7 @@ class SimConfig:
         for name in ("autoscale_interval",):
             if getattr(self, name) <= 0:
                 raise ValueError(f"{name} must be positive")
-        for name in ("idle_timeout", "hold_timeout"):
+        for name in ("idle_timeout", "hold_timeout", "idle_check_interval"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must not be negative")
         if self.backend_concurrency is not None and self.backend_concurrency < 1:
@@ -227,6 +231,7 @@ def _setup(config: SimConfig) -> FleetSetup:
         backend_concurrency=config.backend_concurrency,
         queue_size=config.queue_size,
         queue_timeout=config.queue_timeout,
+        idle_check_interval=config.idle_check_interval,
     )
 
 

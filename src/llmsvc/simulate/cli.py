@@ -72,6 +72,7 @@ def build(settings: SimulateSettings) -> tuple[Trace, SimConfig]:
         autoscale=autoscale_policy(settings),
         autoscale_interval=settings.autoscale_interval,
         idle_timeout=settings.idle_timeout,
+        idle_check_interval=settings.idle_check_interval,
         standby=settings.standby,
         hold_timeout=settings.hold_timeout,
         strategy=settings.strategy,

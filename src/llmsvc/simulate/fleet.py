@@ -17,7 +17,8 @@ first, then the least loaded, which drain (no new requests, GPU held until their
 last request ends).
 
 The **standby** policy has no autoscaler: an engine idle ``idle_timeout`` goes to
-standby, and :func:`llmsvc.autoscale.wake.to_wake` decides, at each held request,
+standby (exactly then, or as the babysitter sees it, at its health checks every
+``idle_check_interval``), and :func:`llmsvc.autoscale.wake.to_wake` decides, at each held request,
 whether to wake one (``wake_delay`` for ``sleep``, ``startup_delay`` for ``stop``),
 as the router does.
 
@@ -60,7 +61,7 @@ Strategy = Literal["least_connections", "round_robin"]
 STOPPED, STARTING, READY, DRAINING, STANDBY, WAKING = range(6)
 
 # Fleet event kinds (ENGINE_EVENT is 0).
-LIFECYCLE, IDLE_CHECK, HOLD_EXPIRY, TICK, SAMPLE, QUEUE_EXPIRY = range(1, 7)
+LIFECYCLE, IDLE_CHECK, HOLD_EXPIRY, TICK, SAMPLE, QUEUE_EXPIRY, HEALTH_CHECK = range(1, 8)
 
 
 @dataclass(frozen=True, slots=True)
@@ -93,6 +94,7 @@ class FleetSetup:
     backend_concurrency: int | None = None  # the router's slots per engine (None: unlimited)
     queue_size: int = 1000
     queue_timeout: float = 60.0
+    idle_check_interval: float = 0.0  # standby: 0 exact; else the babysitter's health checks
 
 
 class Fleet:
@@ -109,6 +111,8 @@ class Fleet:
         self.queue: deque[Request] = deque()  # waiting for a slot (--backend-concurrency)
         self.queued_now = 0
         self._turn = -1  # round_robin's last pick
+        self._idle_since: dict[int, float] = {}  # health-checked idle clock: since, per engine
+        self._idle_seen: dict[int, int] = {}  # the request count it last saw
         self.requests: list[Request] = []
         self.timeline: list[Sample] = []
         self.outstanding = 0
@@ -150,6 +154,7 @@ class Fleet:
         self._drain_queue(now)
         self._release_held(now)
         self._maybe_idle(engine, now)
+        self._start_health_checks(engine, now)
 
     def _leave_ready(self, engine: SimEngine) -> None:
         self.ready.remove(engine)
@@ -181,8 +186,34 @@ class Fleet:
 
     def _maybe_idle(self, engine: SimEngine, now: float) -> None:
         """Standby: look again after ``idle_timeout``; still nothing served, standby."""
-        if self.setup.standby and self.setup.idle_timeout > 0 and engine.in_flight == 0:
-            self._later(now + self.setup.idle_timeout, IDLE_CHECK, engine, engine.served)
+        setup = self.setup
+        if not setup.standby or setup.idle_timeout <= 0 or setup.idle_check_interval > 0:
+            return
+        if engine.in_flight == 0:
+            self._later(now + setup.idle_timeout, IDLE_CHECK, engine, engine.served)
+
+    def _start_health_checks(self, engine: SimEngine, now: float) -> None:
+        """Standby with ``idle_check_interval``: the babysitter's idle clock, which sees the
+        engine only at its health checks (``IdleClock``): it starts at the first check
+        that finds nothing in flight and no new request, and standby comes at the first
+        check ``idle_timeout`` after that."""
+        setup = self.setup
+        if setup.standby and setup.idle_timeout > 0 and setup.idle_check_interval > 0:
+            self._idle_since.pop(engine.index, None)
+            self._later(now + setup.idle_check_interval, HEALTH_CHECK, engine, engine.life)
+
+    def _on_health_check(self, engine: SimEngine, life: int, now: float) -> None:
+        if life != engine.life or engine.state != READY:
+            return  # stopped, in standby or restarted since: that chain of checks ended
+        since = self._idle_since.get(engine.index)
+        if since is None or engine.in_flight > 0 or engine.served != self._idle_seen[engine.index]:
+            self._idle_since[engine.index] = now
+            self._idle_seen[engine.index] = engine.served
+        elif now - since >= self.setup.idle_timeout - 1e-9:
+            self._leave_ready(engine)
+            self._stop(engine, now, STANDBY)
+            return
+        self._later(now + self.setup.idle_check_interval, HEALTH_CHECK, engine, life)
 
     # -- the router ----------------------------------------------------------------
 
@@ -379,6 +410,9 @@ class Fleet:
                 elif kind == IDLE_CHECK:
                     assert isinstance(subject, SimEngine)
                     self._on_idle_check(subject, tag, now)
+                elif kind == HEALTH_CHECK:
+                    assert isinstance(subject, SimEngine)
+                    self._on_health_check(subject, tag, now)
                 elif kind == TICK:
                     self._tick(now)
                     self._later(now + setup.autoscale_interval, TICK, None, 0)

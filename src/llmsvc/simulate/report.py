@@ -30,7 +30,11 @@ def document(
         "engine": dataclasses.asdict(config.timing),
         "autoscale": None if scaling is None else dataclasses.asdict(scaling),
         "autoscale_interval_s": config.autoscale_interval,
-        "standby": {"mode": config.standby, "idle_timeout_s": config.idle_timeout},
+        "standby": {
+            "mode": config.standby,
+            "idle_timeout_s": config.idle_timeout,
+            "idle_check_interval_s": config.idle_check_interval,
+        },
         "hold_timeout_s": config.hold_timeout,
         "strategy": config.strategy,
         "router_queue": {

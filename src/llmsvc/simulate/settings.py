@@ -86,6 +86,12 @@ class SimulateSettings(BaseServiceSettings):
     idle_timeout: float = Field(
         default=10.0, ge=0, description="standby: idle seconds before standby (0: never)."
     )
+    idle_check_interval: float = Field(
+        default=0.0,
+        ge=0,
+        description="standby: 0: standby exactly --idle-timeout after the last request; "
+        "else seen at health checks this far apart, as the babysitter's --health-interval.",
+    )
     standby: Literal["stop", "sleep"] = Field(
         default="stop",
         description="standby: stop (a wake is a --startup-delay) or sleep (a --wake-delay).",
