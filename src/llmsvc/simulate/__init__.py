@@ -7,7 +7,7 @@ in seconds what a policy costs in GPU-seconds and TTFT. See docs/autoscaling.md.
 """
 
 from llmsvc.simulate.api import POLICIES, Percentiles, PolicyName, SimConfig, SimResult, simulate
-from llmsvc.simulate.fleet import Sample
+from llmsvc.simulate.events import Sample
 from llmsvc.simulate.timing import EngineTiming, engine_timing
 from llmsvc.simulate.traces import BUILTIN_TRACES, Trace, TraceError, load_trace
 

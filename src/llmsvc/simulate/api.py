@@ -30,7 +30,8 @@ from llmsvc.simulate.engine import (
     QUEUE_TIMEOUT,
     Request,
 )
-from llmsvc.simulate.fleet import Fleet, FleetSetup, Sample, Strategy
+from llmsvc.simulate.events import FleetSetup, Sample, Strategy
+from llmsvc.simulate.fleet import Fleet
 from llmsvc.simulate.timing import EngineTiming
 from llmsvc.simulate.traces import Trace
 

@@ -182,7 +182,7 @@ class SimEngine:
             for running in range(timing.max_num_seqs + 1)
         ]
         self.kv = KvBudget(capacity_tokens=timing.kv_cache_tokens)
-        self.state = 0  # the fleet's lifecycle state (fleet.py)
+        self.state = 0  # the fleet's lifecycle state (events.py)
         self.life = 0  # bumped at each start/stop: stale lifecycle events are skipped
         self.version = 0  # bumped at each reschedule: stale engine events are skipped
         self.on_since: float | None = None  # consuming a GPU since (None: stopped/standby)
