@@ -10,8 +10,6 @@ from llmsvc.autoscale.policy import Policy
 from llmsvc.simulate.timing import EngineTiming
 from llmsvc.simulate.traces import Trace
 
-__all__ = ["FleetSetup", "Sample", "Strategy"]
-
 Strategy = Literal["least_connections", "round_robin"]
 """How the router picks among the ready engines (its --strategy of the same name)."""
 
