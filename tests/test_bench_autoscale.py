@@ -22,7 +22,7 @@ import orjson
 import pytest
 from benchmarks.autoscale.agreement import Settings, paired, ratios, verdict
 from benchmarks.autoscale.report import agreement_markdown, replace_between
-from benchmarks.autoscale.stack import Outcome, attach_holds, prompt_text
+from benchmarks.autoscale.stack import Outcome, attach_router_times, prompt_text
 from benchmarks.autoscale.trace import Bursts, generate, read_csv, write_csv
 
 from llmsvc.simengine.model import count_tokens
@@ -55,17 +55,18 @@ def test_a_prompt_is_as_many_tokens_as_the_trace_says(chars_per_token: float) ->
     assert prompt_text(1, 20, 4.0) != prompt_text(2, 20, 4.0)
 
 
-def test_holds_are_read_from_the_router_access_lines() -> None:
+def test_holds_and_queue_waits_are_read_from_the_router_access_lines() -> None:
     log = "\n".join(
         [
-            '{"request_id": "agree-0", "hold_s": 1.25, "status": 200}',
+            '{"request_id": "agree-0", "hold_s": 1.25, "queue_wait_s": 0.0, "status": 200}',
             "2026-12-02T07:00:00 INFO llmsvc.router: started hold_s {not json}",
-            '{"request_id": "agree-1", "hold_s": 0.0}',
+            '{"request_id": "agree-1", "hold_s": 0.0, "queue_wait_s": 0.5}',
         ]
     )
     outcomes = [Outcome(0, 1.0), Outcome(1, 2.0), Outcome(2, 3.0)]
-    attach_holds(outcomes, log)
+    attach_router_times(outcomes, log)
     assert [o.hold_s for o in outcomes] == [1.25, 0.0, None]
+    assert [o.queue_wait_s for o in outcomes] == [0.0, 0.5, None]
 
 
 def _side(p50: float, p95: float, wakes: int) -> dict[str, Any]:
@@ -106,19 +107,21 @@ def test_verdict_and_table_say_met_or_not() -> None:
 
 
 def test_real_and_simulated_requests_are_paired_by_their_place_in_the_trace() -> None:
-    sim = {"outcomes": [[0, 1.0, 1.0], [1, 0.2, 0.0], [2, 0.3, 0.0], [3, None, 0.0]]}
+    sim = {"outcomes": [[0, 1.0, 1.0], [1, 0.2, 0.0], [2, 0.3, 0.0], [3, None, 0.0], [4, 0.5, 0]]}
     real = {
         "outcomes": [
-            [0, 5.0, 1.25, 1.05, None],  # held by the real router
-            [1, 6.0, 0.3, 0.0, None],
-            [2, 6.5, 0.5, None, None],  # no access line: not held
-            [3, 7.0, 0.4, 0.0, None],  # the simulation did not answer it: left out
+            [0, 5.0, 1.25, 1.05, None, 0.0],  # held by the real router
+            [1, 6.0, 0.3, 0.0, None, 0.0],
+            [2, 6.5, 0.5, None, None, None],  # no access line: sent at once
+            [3, 7.0, 0.4, 0.0, None, 0.0],  # the simulation did not answer it: left out
+            [4, 7.5, 0.9, 0.0, None, 0.3],  # queued by the router for a slot
         ]
     }
     gaps = paired(sim, real)
     assert gaps["held"] == {"requests": 1, "median_s": 0.25, "p95_s": 0.25}
-    assert gaps["not_held"] is not None and gaps["not_held"]["requests"] == 2
-    assert gaps["not_held"]["median_s"] == pytest.approx(0.15)
+    assert gaps["queued"] == {"requests": 1, "median_s": 0.4, "p95_s": 0.4}
+    assert gaps["direct"] is not None and gaps["direct"]["requests"] == 2
+    assert gaps["direct"]["median_s"] == pytest.approx(0.15)
 
 
 def test_tables_go_between_their_markers(tmp_path: Path) -> None:

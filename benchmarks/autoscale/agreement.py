@@ -40,7 +40,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # the root: benchm
 
 from benchmarks.autoscale.report import agreement_markdown, replace_between
 from benchmarks.autoscale.sim import SimSide, run_simulation
-from benchmarks.autoscale.stack import Stack, StackConfig, attach_holds, replay
+from benchmarks.autoscale.stack import Stack, StackConfig, attach_router_times, replay
 from benchmarks.autoscale.trace import Bursts, generate, read_csv, write_csv
 from benchmarks.common.procfs import machine
 
@@ -131,7 +131,7 @@ async def run_real(
         wakes = await stack.wakes() - before
         count, total = await stack.wake_seconds()
         count, total = count - woke_before[0], total - woke_before[1]
-        attach_holds(outcomes, stack.router_log.read_text(errors="replace"))
+        attach_router_times(outcomes, stack.router_log.read_text(errors="replace"))
     ok = [o for o in outcomes if o.ok]
     errors: dict[str, int] = {}
     for o in outcomes:
@@ -150,7 +150,11 @@ async def run_real(
         "elapsed_s": round(elapsed, 2),
         "latest_send_s": round(late, 4),
         "load_average_1m": {"start": load_start, "end": loadavg()},
-        "outcomes": [[o.index, o.arrival_s, _r(o.ttft_s), _r(o.hold_s), o.error] for o in outcomes],
+        # [index, arrival, TTFT, hold, error, router queue wait] per request
+        "outcomes": [
+            [o.index, o.arrival_s, _r(o.ttft_s), _r(o.hold_s), o.error, _r(o.queue_wait_s)]
+            for o in outcomes
+        ],
     }
 
 
@@ -173,15 +177,18 @@ def simulated(settings: Settings, csv_path: Path, profile: Path) -> dict[str, An
 
 
 def paired(sim: dict[str, Any], real: dict[str, Any]) -> dict[str, Any]:
-    """Real minus simulated TTFT request by request (the same trace on both sides), for the
-    requests neither side held and for those the real router held: where a gap comes from."""
+    """Real minus simulated TTFT request by request (the same trace on both sides), apart
+    for the requests the real router held (a wake), those it kept in its queue for a free
+    slot of the engine (the simulator has no router slots), and the rest: where a gap
+    comes from."""
     sim_ttft = {o[0]: o[1] for o in sim["outcomes"]}
-    groups: dict[str, list[float]] = {"not_held": [], "held": []}
-    for index, _, ttft, hold, _ in real["outcomes"]:
+    groups: dict[str, list[float]] = {"direct": [], "queued": [], "held": []}
+    for index, _, ttft, hold, _, queued in real["outcomes"]:
         other = sim_ttft.get(index)
         if ttft is None or other is None:
             continue
-        groups["held" if hold else "not_held"].append(ttft - other)
+        group = "held" if hold else "queued" if queued else "direct"
+        groups[group].append(ttft - other)
     out: dict[str, Any] = {}
     for name, diffs in groups.items():
         dist = distribution(diffs)

@@ -87,7 +87,11 @@ def agreement_markdown(result: dict[str, Any]) -> str:
     gap_text = "; ".join(
         f"{label}: {g['median_s'] * 1000:+.0f} ms median, {g['p95_s'] * 1000:+.0f} ms p95 "
         f"({g['requests']} requests)"
-        for label, g in (("not held", gaps.get("not_held")), ("held", gaps.get("held")))
+        for label, g in (
+            ("sent at once", gaps.get("direct")),
+            ("queued by the real router for a slot", gaps.get("queued")),
+            ("held for a wake", gaps.get("held")),
+        )
         if g
     )
     paired_line = f"Real minus simulated TTFT, request by request: {gap_text}." if gap_text else ""

@@ -68,6 +68,8 @@ class Outcome:
     error: str | None = None
     hold_s: float | None = None
     """The router's access line's hold (seconds held for a ready backend), when logged."""
+    queue_wait_s: float | None = None
+    """Its ``queue_wait_s``: seconds in the router's queue for a free slot of the engine."""
 
     @property
     def ok(self) -> bool:
@@ -238,9 +240,10 @@ async def replay(
     return outcomes
 
 
-def attach_holds(outcomes: list[Outcome], router_log: str) -> None:
-    """Each outcome's ``hold_s`` from the router's access line with its request id."""
-    holds: dict[str, float] = {}
+def attach_router_times(outcomes: list[Outcome], router_log: str) -> None:
+    """Each outcome's ``hold_s`` and ``queue_wait_s`` from the router's access line with its
+    request id (None without one)."""
+    lines: dict[str, dict[str, Any]] = {}
     for line in router_log.splitlines():
         start = line.find("{")
         if start < 0 or "hold_s" not in line:
@@ -248,6 +251,10 @@ def attach_holds(outcomes: list[Outcome], router_log: str) -> None:
         with contextlib.suppress(orjson.JSONDecodeError, TypeError, ValueError):
             entry = orjson.loads(line[start:])
             if isinstance(entry, dict) and entry.get("hold_s") is not None:
-                holds[str(entry.get("request_id"))] = float(entry["hold_s"])
+                lines[str(entry.get("request_id"))] = entry
     for out in outcomes:
-        out.hold_s = holds.get(f"agree-{out.index}")
+        entry = lines.get(f"agree-{out.index}")
+        if entry is not None:
+            out.hold_s = float(entry["hold_s"])
+            wait = entry.get("queue_wait_s")
+            out.queue_wait_s = None if wait is None else float(wait)
