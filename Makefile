@@ -120,6 +120,7 @@ flow-bench: $(STAMP)
 # standby`; TTFT p50/p95 and wake-ups side by side in docs/autoscaling/agreement.md and
 # docs/autoscaling.md. Run it on a quiet machine.
 autoscale-agreement: $(STAMP)
+	$(BIN)/python -c 'import matplotlib' 2>/dev/null || $(BIN)/python -m pip install --quiet -e '.[bench]'
 	$(BIN)/python -m benchmarks.autoscale.agreement --doc docs/autoscaling.md $(AGREEMENT_ARGS)
 
 # The autoscaling study (simulated time, deterministic, about a minute): fixed / autoscale /
