@@ -252,6 +252,37 @@ def test_decide_is_cheap() -> None:
 )
 def test_to_wake(held: int, ready: int, waking: int, standby: int, expected: int) -> None:
     assert to_wake(held=held, ready=ready, waking=waking, standby=standby) == expected
+    # target 0 is the same rule whatever the demand: only the first engine
+    assert to_wake(held=held, ready=ready, waking=waking, standby=standby, demand=100) == expected
+
+
+@pytest.mark.parametrize(
+    ("held", "ready", "waking", "standby", "demand", "expected"),
+    [
+        (1, 0, 0, 4, 1, 1),  # a single held request wakes exactly one
+        (3, 0, 1, 4, 3, 0),  # the first is waking and is enough for 3
+        (20, 0, 0, 4, 20, 3),  # 20 held at 8 per engine: 3 at once
+        (20, 0, 0, 2, 20, 2),  # never more than are in standby
+        (0, 1, 0, 4, 8, 0),  # 8 on the one ready engine: enough
+        (0, 1, 0, 4, 9, 1),  # 9: a second one
+        (0, 1, 0, 1, 20, 1),  # 20 wants 3; 1 ready + the 1 in standby
+        (0, 1, 1, 4, 16, 0),  # the second is waking: asking again wakes nothing more
+        (0, 1, 1, 4, 17, 1),  # 17: a third
+        (0, 3, 0, 4, 9, 0),  # more ready than the demand needs: never fewer (no stop here)
+        (0, 0, 0, 4, 0, 0),  # nothing asked, nothing woken
+        (5, 0, 0, 4, 0, 1),  # a caller's demand below its held: held counts
+        (0, 2, 0, 0, 100, 0),  # none in standby
+    ],
+)
+def test_to_wake_grows_with_demand(
+    held: int, ready: int, waking: int, standby: int, demand: int, expected: int
+) -> None:
+    got = to_wake(held=held, ready=ready, waking=waking, standby=standby, demand=demand, target=8)
+    assert got == expected
+
+
+def test_to_wake_with_a_fractional_target() -> None:
+    assert to_wake(held=0, ready=1, waking=0, standby=3, demand=3, target=1.5) == 1
 
 
 def test_a_second_step_up_waits_its_own_delay() -> None:

@@ -255,6 +255,79 @@ async def test_a_refused_wake_wakes_the_next_babysitter(spawn: Spawn) -> None:
     assert metrics.value(text, wakes % "woken") == 1
 
 
+def slow_engine_starter(spawn: Spawn) -> Callable[[str, int], object]:
+    """Engines that decode 4 tokens per second (real time): max_tokens 20 takes 5 s."""
+    slow = ("--time-scale", "1", "--decode-tokens-per-s", "4")
+    return lambda name, port: spawn_sim_engine(spawn, name, port, *slow)
+
+
+@contextlib.asynccontextmanager
+async def one_awake_one_asleep(
+    spawn: Spawn, *router_args: str
+) -> AsyncIterator[tuple[httpx.AsyncClient, Sitter, Sitter]]:
+    """Babysitter a's slow engine awake (the router sees it ready), b in standby: woken,
+    b stays ``waking`` (its engine never comes)."""
+    registry = stack(spawn)
+    awake = Sitter("sitter-a", start=slow_engine_starter(spawn))
+    asleep = Sitter("sitter-b", start=lambda *_: None)
+    async with serving(awake, asleep), registered(registry, awake, asleep):
+        await awake._wake_up()  # up before the router starts, without a POST /wake
+        _, router = start_router(
+            spawn, registry, "--registry-token", TOKEN, "--admin-token", ADMIN,
+            "--hold-timeout", "60", *router_args,
+        )  # fmt: skip
+        async with httpx.AsyncClient(base_url=router) as client:
+            deadline = time.monotonic() + 30
+            while (await client.get("/demand", headers=AUTH)).json()["models"]["m"]["ready"] < 1:
+                assert time.monotonic() < deadline, "the router never saw the awake engine"
+                await asyncio.sleep(0.05)
+            yield client, awake, asleep
+
+
+@pytest.mark.parametrize(("target", "woken"), [("8", 1), ("0", 0)])
+async def test_demand_past_the_wake_target_wakes_another_engine(
+    spawn: Spawn, target: str, woken: int
+) -> None:
+    """One engine awake, one babysitter in standby, 20 slow requests at once: with
+    --wake-target 8 they want ceil(20/8) = 3 engines, 1 is ready and 1 in standby, so the
+    standby one gets exactly one wake although nothing is ever held; with 0, none."""
+    async with one_awake_one_asleep(spawn, "--wake-target", target) as (client, awake, asleep):
+        body = BODY | {"max_tokens": 20}  # 5 s each
+        answers = await asyncio.gather(
+            *(client.post(CHAT, json=body, timeout=90) for _ in range(20))
+        )
+        text = (await client.get("/metrics", headers=AUTH)).text
+    assert [a.status_code for a in answers] == [200] * 20, [a.text for a in answers]
+    assert {a.headers["X-Llmsvc-Backend"] for a in answers} == {awake.engine}
+    assert awake.wakes == []
+    assert asleep.wakes == [f"Bearer {TOKEN}"] * woken
+    woke = metrics.matching(text, 'llmsvc_router_wakes_total{model_name="m",outcome="woken"}')
+    assert sum(s.value for s in woke) == woken
+
+
+async def test_requests_joining_the_line_wake_another_engine_before_a_slot_frees(
+    spawn: Spawn,
+) -> None:
+    """With 4 slots, 12 requests of 50 s: 4 in flight, 8 in the line, demand 12 wants 2
+    engines. The wake comes when they join the line, not 50 s later when a slot frees."""
+    async with one_awake_one_asleep(spawn, "--backend-concurrency", "4") as (c, _, asleep):
+        body = BODY | {"max_tokens": 200}
+        requests = [asyncio.create_task(c.post(CHAT, json=body, timeout=90)) for _ in range(12)]
+        try:
+            deadline = time.monotonic() + 30
+            while not asleep.wakes:
+                assert time.monotonic() < deadline, "no wake while the line grew"
+                await asyncio.sleep(0.05)
+            demand = (await c.get("/demand", headers=AUTH)).json()["models"]["m"]
+            assert not any(r.done() for r in requests)
+        finally:
+            for request in requests:
+                request.cancel()
+            await asyncio.gather(*requests, return_exceptions=True)
+    assert asleep.wakes == [f"Bearer {TOKEN}"]
+    assert demand["in_flight"] == 4 and demand["queued"] >= 5, demand  # 9 or more wanted 2
+
+
 @pytest.mark.slow
 async def test_a_real_babysitter_asleep_is_woken_once_for_five_held_requests(
     spawn: Spawn,
@@ -518,3 +591,63 @@ def test_a_model_all_in_standby_has_no_healthy_backends_series() -> None:
     pool.set_registry([engine_record(a, "standby"), engine_record(b, "unhealthy")])
     router_metrics.refresh(pool, time.monotonic())
     assert registry.get_sample_value(series, {"model_name": "m"}) == 0  # b is down: alert
+
+
+@pytest.fixture
+async def growing() -> AsyncIterator[tuple[Setup, dict[str, int]]]:
+    """A waker with a demand and ``--wake-target 8``."""
+    pool = BackendPool(max_fails=1, fail_timeout=10)
+    clock = Clock()
+    held: dict[str, int] = {}
+    demand: dict[str, int] = {}
+    counted: list[tuple[str, Outcome]] = []
+    waker = Waker(
+        pool,
+        held=lambda m: held.get(m, 0),
+        token=TOKEN,
+        memory=20,
+        count=lambda m, o: counted.append((m, o)),
+        demand=lambda m: demand.get(m, 0),
+        target=8,
+        clock=clock,
+    )
+    async with aiohttp.ClientSession() as session:
+        waker.attach(session)
+        yield Setup(pool, waker, clock, held, counted), demand
+        await waker.close()
+
+
+async def test_twenty_held_requests_wake_three_at_once(
+    growing: tuple[Setup, dict[str, int]],
+) -> None:
+    setup, demand = growing
+    sitters = [Sitter(name) for name in "abcd"]
+    async with serving(*sitters):
+        setup.pool.set_registry([sitter_record(s, "standby") for s in sitters])
+        setup.held["m"] = demand["m"] = 20
+        for _ in range(3):  # asked again before the registry shows them: no more
+            setup.waker.consider("m")
+        await settled(setup, 3)
+    assert [len(s.wakes) for s in sitters] == [1, 1, 1, 0]  # by name
+
+
+async def test_grew_wakes_only_a_model_with_a_standby_babysitter(
+    growing: tuple[Setup, dict[str, int]],
+) -> None:
+    setup, demand = growing
+    a, b = Sitter("a"), Sitter("b")
+    async with serving(a, b):
+        records = [sitter_record(a, "ready"), engine_record(a, "healthy")]
+        setup.pool.set_registry(records)
+        demand["m"] = 9
+        setup.waker.grew("m")  # no babysitter of m in standby: nothing
+        setup.waker.grew("other")
+        setup.pool.set_registry([*records, sitter_record(b, "standby")])
+        demand["m"] = 8
+        setup.waker.grew("m")  # 8 on the one ready engine: enough
+        await asyncio.sleep(0.1)
+        assert b.wakes == []
+        demand["m"] = 9
+        setup.waker.grew("m")
+        await settled(setup, 1)
+    assert b.wakes == [f"Bearer {TOKEN}"] and a.wakes == []

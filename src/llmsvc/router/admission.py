@@ -77,15 +77,20 @@ class Admitted:
 class _Sending:
     """:meth:`FlowControl.sending`'s context (a class: cheaper than a generator's)."""
 
-    __slots__ = ("_demand", "_model")
+    __slots__ = ("_demand", "_grew", "_model")
 
-    def __init__(self, demand: DemandCounter, model: str) -> None:
+    def __init__(
+        self, demand: DemandCounter, model: str, grew: Callable[[str], None] | None
+    ) -> None:
         self._demand = demand
         self._model = model
+        self._grew = grew
 
     def __enter__(self) -> None:
         counts = self._demand.in_flight
         counts[self._model] = counts.get(self._model, 0) + 1
+        if self._grew is not None:
+            self._grew(self._model)
 
     def __exit__(self, *_: object) -> None:
         self._demand.add(self._demand.in_flight, self._model, -1)
@@ -118,6 +123,15 @@ class FlowControl:
         self.holds = Holds(pool, self.demand, clock=clock)
         self.dispatcher = Dispatcher(pool=pool, settings=settings, out=self._out, clock=clock)
         self.draining = False
+        # Told the model when a request of it goes in flight or joins its line (the waker:
+        # the demand grew while engines are ready; held requests reach it through holds).
+        self.on_demand: Callable[[str], None] | None = None
+
+    def model_demand(self, model: str) -> int:
+        """``model``'s requests in flight, queued and held now (``GET /demand``'s demand)."""
+        demand = self.demand
+        queued = sum(self.dispatcher.queues.depth(model).values())
+        return demand.in_flight.get(model, 0) + queued + demand.held.get(model, 0)
 
     def admit(
         self, request: web.Request, info: RoutingInfo, admitted: Admitted, label: str
@@ -296,6 +310,8 @@ class FlowControl:
         timeout = min(self.dispatcher.queue_timeout, self._proxy_timeout)
 
         def seen(ticket: Ticket) -> None:
+            if self.on_demand is not None:
+                self.on_demand(model)
             if feedback is not None:
                 queues = self.dispatcher.queues
                 feedback.line = lambda: f": waiting for {model}: {queues.ahead(ticket)} ahead"
@@ -313,7 +329,7 @@ class FlowControl:
         """``with``: while the request is at a backend, in flight in its model's demand."""
         if admitted.feedback is not None:
             admitted.feedback.stop()  # the upstream's stream follows the comment lines
-        return _Sending(self.demand, admitted.model)
+        return _Sending(self.demand, admitted.model, self.on_demand)
 
     def snapshot(self) -> dict[str, ModelDemand]:
         """Every known model's demand now."""

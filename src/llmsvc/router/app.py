@@ -424,8 +424,12 @@ def create_app(
             token=token.get_secret_value() if token else None,
             memory=settings.hold_timeout,
             count=metrics.count_wake,
+            demand=state.flow.model_demand,
+            target=settings.wake_target,
         )
         state.flow.holds.on_held(waker.consider)
+        if settings.wake_target > 0:
+            state.flow.on_demand = waker.grew
     app[ROUTER] = state
     app.on_shutdown.append(state.drain)
     app.on_response_prepare.append(_on_prepare)

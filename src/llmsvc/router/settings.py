@@ -258,6 +258,14 @@ class RouterSettings(ServerSettings):
         "in standby, scaled to zero, all down) is held for one to become ready before 503 "
         "no_healthy_backend (0: answer 503 at once).",
     )
+    wake_target: float = Field(
+        default=8,
+        ge=0,
+        description="Requests (in flight, queued, held at this router) per awake engine of "
+        "a model before another of its standby engines (babysitter --idle-timeout) is "
+        "woken, as the autoscaler's targetRequests (0: wake only the first, for held "
+        "requests).",
+    )
     hold_feedback_interval: float = Field(
         default=5.0,
         ge=0,

@@ -1,13 +1,21 @@
-"""Waking one standby engine for the requests held for its model (bare-metal scale to zero).
+"""Waking standby engines for a model's requests (bare-metal scale to and from zero).
 
 A babysitter started with ``--idle-timeout`` stops its idle engine or puts it to sleep
 (``--standby stop|sleep``): its record's ``metadata.state`` says ``standby`` and its engine
 record's status ``standby``, so the model stays known and a request for it is held
 (``hold``). Someone has to start an engine again, and only the router sees the request:
 :class:`Waker` asks :func:`llmsvc.autoscale.wake.to_wake` whenever a request is held and at
-every pool change while some are held, and when it says 1 it sends ``POST <sitter>/wake``
+every pool change while some are held, and when it says N it sends ``POST <sitter>/wake``
 (``Authorization: Bearer <--registry-token>``, the token the babysitter's ``/drain`` takes
-too) to one standby babysitter of the model. There is no polling loop.
+too) to N standby babysitters of the model. There is no polling loop.
+
+Nothing else asks for a second engine on bare metal, so the waker also grows the model's
+awake engines with its demand (``--wake-target`` requests per engine, ``target``): a
+request of a model that has a standby babysitter going in flight or joining the model's
+line asks again (:meth:`Waker.grew`; for a model without one that is a set lookup), and
+``to_wake`` wakes more once the demand (in flight, queued and held here) passes
+``target`` per ready or waking engine. A failed wake of a second engine is retried at
+the next such request, not by a timer.
 
 Which one: the one whose last measured wake (else start) was the shortest, then by name.
 The held requests wait for exactly that time, so the fastest engine to come back is the
@@ -95,7 +103,7 @@ class _Wake:
 
 
 class Waker:
-    """Wakes one standby babysitter of a model whose requests are held."""
+    """Wakes standby babysitters of a model whose requests are held or whose demand grew."""
 
     def __init__(
         self,
@@ -105,10 +113,19 @@ class Waker:
         token: str | None,
         memory: float,
         count: Callable[[str, Outcome], None],
+        demand: Callable[[str], int] | None = None,
+        target: float = 0,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
+        """``held(model)``: its held requests; ``demand(model)``: its requests in flight,
+        queued and held; ``target``: requests per awake engine before another is woken (0,
+        or no ``demand``: only the first, for held requests)."""
         self._pool = pool
         self._held = held
+        self._demand = demand
+        self._target = target if demand is not None else 0
+        self._standby_version = -1  # the pool version _has_standby was filled at
+        self._has_standby: dict[str, bool] = {}  # model -> a sitter of it is in standby
         self._headers = {"Authorization": f"Bearer {token}"} if token else {}
         self._memory = max(memory, WAKE_TIMEOUT_S)
         self._count = count
@@ -145,11 +162,31 @@ class Waker:
         except Exception:  # a bug here must not fail a held request
             log.exception("deciding a wake for model %s failed", model)
 
+    def grew(self, model: str) -> None:
+        """A request of ``model`` went in flight or joined its line: wake another standby
+        babysitter of it if its demand now asks for one (``target``). Cheap when the model
+        has none in standby (the usual case): a dict lookup, the answer kept per model
+        until the pool's records change (a refresh is what changes a babysitter's state)."""
+        if self._target <= 0 or self._session is None:
+            return
+        pool = self._pool
+        if pool.version != self._standby_version:
+            self._standby_version = pool.version
+            self._has_standby.clear()
+        has = self._has_standby.get(model)
+        if has is None:
+            has = self._has_standby[model] = any(
+                state_of(r) == STANDBY for r in pool.sitters(model)
+            )
+        if has:
+            self.consider(model)
+
     def _consider(self, model: str) -> None:
         if self._session is None:
             return
         held = self._held(model)
-        if held <= 0:
+        demand = self._demand(model) if self._demand is not None and self._target > 0 else 0
+        if held <= 0 and demand <= 0:
             return
         now = self._clock()
         self._observe()
@@ -164,15 +201,24 @@ class Waker:
             and now - self._failed.get(r.name, -math.inf) >= FAILED_RETRY_S
         ]
         ready = len(self._pool.eligible(model, now))
-        if not to_wake(held=held, ready=ready, waking=on_the_way, standby=len(standby)):
-            if not standby and not on_the_way and not ready:
+        wanted = to_wake(
+            held=held,
+            ready=ready,
+            waking=on_the_way,
+            standby=len(standby),
+            demand=demand,
+            target=self._target,
+        )
+        if not wanted:
+            if held > 0 and not standby and not on_the_way and not ready:
                 self._retry_later(model, sitters, now)
             return
-        sitter = min(standby, key=lambda r: self._order(r, now))
-        wakes[sitter.name] = _Wake(model, now)
-        task = asyncio.get_running_loop().create_task(self._wake(model, sitter))
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+        loop = asyncio.get_running_loop()
+        for sitter in sorted(standby, key=lambda r: self._order(r, now))[:wanted]:
+            wakes[sitter.name] = _Wake(model, now)
+            task = loop.create_task(self._wake(model, sitter))
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
 
     def _order(self, record: ServiceRecord, now: float) -> tuple[bool, float, str]:
         failed_lately = now - self._failed.get(record.name, -math.inf) < self._memory
