@@ -60,13 +60,15 @@ def test_holds_and_queue_waits_are_read_from_the_router_access_lines() -> None:
         [
             '{"request_id": "agree-0", "hold_s": 1.25, "queue_wait_s": 0.0, "status": 200}',
             "2026-12-02T07:00:00 INFO llmsvc.router: started hold_s {not json}",
-            '{"request_id": "agree-1", "hold_s": 0.0, "queue_wait_s": 0.5}',
+            '{"request_id": "agree-1", "hold_s": 0.0, "queue_wait_s": 0.5, "prompt_tokens": 12,'
+            ' "completion_tokens": 4}',
         ]
     )
     outcomes = [Outcome(0, 1.0), Outcome(1, 2.0), Outcome(2, 3.0)]
     attach_router_times(outcomes, log)
     assert [o.hold_s for o in outcomes] == [1.25, 0.0, None]
     assert [o.queue_wait_s for o in outcomes] == [0.0, 0.5, None]
+    assert [o.tokens for o in outcomes] == [None, (12, 4), None]
 
 
 def _side(p50: float, p95: float, wakes: int) -> dict[str, Any]:
@@ -159,6 +161,8 @@ def test_tiny_agreement_on_real_processes(tmp_path: Path) -> None:
         assert side["ttft_p50_s"] > 0 and side["ttft_p95_s"] >= side["ttft_p50_s"]
         assert side["wakes"] >= 1  # every burst starts from standby
     assert real["errors"] == {} and all(o[2] is not None for o in real["outcomes"])
+    # The engine got the trace's requests: its token counts are the CSV's, every one.
+    assert real["token_counts"] == {"logged": requests, "not_as_in_trace": 0}
     assert set(result["targets_met"]) == {"p95_within_15pct", "same_wakes"}
     assert (out / "agreement-tiny.png").is_file() == plots
     text = doc.read_text()

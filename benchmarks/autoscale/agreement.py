@@ -138,6 +138,12 @@ async def run_real(
         if not o.ok:
             errors[o.error or "no_content"] = errors.get(o.error or "no_content", 0) + 1
     late = max((o.sent_s - o.arrival_s for o in outcomes), default=0.0)
+    # The engine saw the trace's requests: the token counts it reported are the CSV's.
+    mismatched = sum(
+        1
+        for o, r in zip(outcomes, requests, strict=True)
+        if o.tokens is not None and o.tokens != (r.prompt_tokens, r.output_tokens)
+    )
     result = side(
         [o.ttft_s for o in ok if o.ttft_s is not None],
         [o.hold_s for o in outcomes if o.hold_s],
@@ -149,6 +155,10 @@ async def run_real(
         "wake_seconds_mean": round(total / count, 4) if count else None,
         "elapsed_s": round(elapsed, 2),
         "latest_send_s": round(late, 4),
+        "token_counts": {
+            "logged": sum(1 for o in outcomes if o.tokens is not None),
+            "not_as_in_trace": mismatched,
+        },
         "load_average_1m": {"start": load_start, "end": loadavg()},
         # [index, arrival, TTFT, hold, error, router queue wait] per request
         "outcomes": [

@@ -44,6 +44,15 @@ def _machine(result: dict[str, Any]) -> str:
     )
 
 
+def _tokens_line(counts: dict[str, int] | None) -> str:
+    if not counts:
+        return ""
+    return (
+        f"; the engine's token counts (the router's access lines) differ from the trace's "
+        f"for {counts['not_as_in_trace']} of {counts['logged']} requests"
+    )
+
+
 def _wake_line(measured: float | None, configured: float) -> str:
     if measured is None:
         return ""
@@ -107,6 +116,7 @@ def agreement_markdown(result: dict[str, Any]) -> str:
         f"sleep`; engine timing `{s['base_profile']}` with `wake_delay` {s['wake_delay']:g} s, "
         f"the same profile file on both sides. Real side: failed requests: {failed}; the "
         f"latest request went {real['latest_send_s'] * 1000:.0f} ms after its arrival time"
+        f"{_tokens_line(real.get('token_counts'))}"
         f"{_wake_line(real.get('wake_seconds_mean'), s['wake_delay'])}."
     )
     return "\n".join([*rows, "", targets, paired_line, "", conditions, "", _machine(result), ""])

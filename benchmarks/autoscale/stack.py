@@ -70,6 +70,8 @@ class Outcome:
     """The router's access line's hold (seconds held for a ready backend), when logged."""
     queue_wait_s: float | None = None
     """Its ``queue_wait_s``: seconds in the router's queue for a free slot of the engine."""
+    tokens: tuple[int, int] | None = None
+    """Its ``(prompt_tokens, completion_tokens)``: what the engine counted."""
 
     @property
     def ok(self) -> bool:
@@ -241,8 +243,8 @@ async def replay(
 
 
 def attach_router_times(outcomes: list[Outcome], router_log: str) -> None:
-    """Each outcome's ``hold_s`` and ``queue_wait_s`` from the router's access line with its
-    request id (None without one)."""
+    """Each outcome's ``hold_s``, ``queue_wait_s`` and token counts from the router's access
+    line with its request id (None without one)."""
     lines: dict[str, dict[str, Any]] = {}
     for line in router_log.splitlines():
         start = line.find("{")
@@ -258,3 +260,6 @@ def attach_router_times(outcomes: list[Outcome], router_log: str) -> None:
             out.hold_s = float(entry["hold_s"])
             wait = entry.get("queue_wait_s")
             out.queue_wait_s = None if wait is None else float(wait)
+            prompt, completion = entry.get("prompt_tokens"), entry.get("completion_tokens")
+            if isinstance(prompt, int) and isinstance(completion, int):
+                out.tokens = (prompt, completion)
