@@ -57,9 +57,15 @@ def test_the_report_compares_every_policy_by_default() -> None:
     assert rows["fixed"]["gpu_seconds"] >= 3 * 60
     assert rows["autoscale-zero"]["cold_starts"] >= 1
     assert rows["autoscale-zero"]["ttft_s"]["p99"] >= 10.0
-    assert rows["standby"]["wakes"] == 1
+    assert rows["standby"]["wakes"] > 1  # the spike passes --wake-target 8 per engine
     for row in rows.values():
         assert row["answered"] + row["rejected"] == data["trace"]["requests"]
+
+
+def test_wake_target_0_wakes_only_the_first_engine() -> None:
+    data = simulate_json("--trace", "spike-from-zero", "--policy", "standby", "--wake-target", "0")
+    assert [row["wakes"] for row in data["policies"]] == [1]
+    assert data["standby"]["wake_target"] == 0
 
 
 def test_a_profile_and_the_autoscale_flags_are_used() -> None:
@@ -91,6 +97,7 @@ def test_a_csv_trace(tmp_path: Path) -> None:
         (("--rate", "-2"), "--rate: Input should be greater than 0"),
         (("--profile", "no-such-profile"), "unknown profile 'no-such-profile'"),
         (("--workers", "0"), "--workers: Input should be greater than or equal to 1"),
+        (("--wake-target", "-1"), "--wake-target: Input should be greater than or equal to 0"),
     ],
 )
 def test_bad_input_is_one_line_and_exit_2(args: tuple[str, ...], message: str) -> None:

@@ -88,15 +88,57 @@ def test_autoscale_starts_with_one_engine_and_grows_with_demand() -> None:
 
 
 def test_standby_engines_sleep_when_idle_and_one_wakes_for_a_held_request() -> None:
-    result = simulate(_config("spike-from-zero", policy="standby", standby="sleep"))
-    assert result.wakes == 1  # to_wake: one at a time, the woken one then serves the spike
+    """--wake-target 0: only the first engine, the woken one then serves the spike."""
+    result = simulate(_config("spike-from-zero", policy="standby", standby="sleep", wake_target=0))
+    assert result.wakes == 1
     first = result.requests[0]
     assert first.held_s == pytest.approx(TIMING.wake_delay)
     idle_part = [s for s in result.timeline if 10.0 < s.t < 0.4 * 120.0]
     assert idle_part and all(s.replicas == 0 for s in idle_part)
-    stop = simulate(_config("spike-from-zero", policy="standby", standby="stop", hold_timeout=60))
+    stop = simulate(
+        _config("spike-from-zero", policy="standby", standby="stop", hold_timeout=60, wake_target=0)
+    )
     assert stop.wakes == 1
     assert stop.requests[0].held_s == pytest.approx(TIMING.startup_delay)
+
+
+@pytest.mark.parametrize(
+    ("burst", "target", "wakes"),
+    [
+        (1, 8, 1),  # a single held request wakes exactly one
+        (8, 8, 1),
+        (9, 8, 2),  # ceil(9 / 8)
+        (20, 8, 3),
+        (40, 8, 3),  # never more than are in standby
+        (20, 0, 1),  # --wake-target 0: only the first
+    ],
+)
+def test_a_burst_at_zero_wakes_engines_for_its_demand(burst: int, target: int, wakes: int) -> None:
+    """Every engine in standby (idle since 0), then ``burst`` requests at once."""
+    trace = Trace("burst", 60.0, (20.0,) * burst, (16,) * burst, (20,) * burst)
+    config = _config(trace, policy="standby", standby="sleep", wake_target=target)
+    result = simulate(config)
+    assert result.wakes == wakes
+    assert all(r.held_s == pytest.approx(TIMING.wake_delay) for r in result.requests)
+
+
+def test_an_awake_engine_under_load_gets_the_standby_ones_woken() -> None:
+    """Engine 0 kept busy (least_connections: the lowest index), 1 and 2 in standby; then
+    20 long requests at once: with --wake-target 8 the demand (21) wakes the two others
+    although nothing is held (the 20 are already at engine 0: the router sends at once),
+    and 20 more a little later go to them, so TTFT falls; with 0 all queue on engine 0."""
+    keep = tuple(float(t) for t in range(0, 19, 2))  # one short request every 2 s
+    arrivals = keep + (19.0,) * 20 + (25.0,) * 20
+    tokens = (4,) * len(keep) + (200,) * 40
+    trace = Trace("busy", 120.0, arrivals, (16,) * len(arrivals), tokens)
+    grows = simulate(_config(trace, policy="standby", standby="sleep"))
+    fixed = simulate(_config(trace, policy="standby", standby="sleep", wake_target=0))
+    assert fixed.wakes == 0 and grows.wakes == 2
+    assert all(r.held_s == 0 for r in grows.requests)  # never held: engine 0 was ready
+    assert {r.engine for r in grows.requests[-20:]} == {1, 2}  # 0 has the 20 before
+    assert {r.engine for r in fixed.requests[len(keep) :]} == {0}
+    grown, alone = grows.summary()["ttft_s"], fixed.summary()["ttft_s"]
+    assert grown["p95"] < alone["p95"]
 
 
 def test_standby_with_no_idle_timeout_is_a_fixed_fleet() -> None:

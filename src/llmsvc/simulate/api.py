@@ -9,8 +9,8 @@ policy is how the fleet's size is managed:
 - ``autoscale-zero``: the same with ``min_replicas`` 0; starts with none, so the first
   requests are held through a cold start.
 - ``standby``: bare metal: ``workers`` engines, each goes to standby after
-  ``idle_timeout`` idle seconds and is woken one at a time
-  (:func:`llmsvc.autoscale.wake.to_wake`).
+  ``idle_timeout`` idle seconds; the first is woken for a held request, more while the
+  demand passes ``wake_target`` per awake engine (:func:`llmsvc.autoscale.wake.to_wake`).
 """
 
 from __future__ import annotations
@@ -64,6 +64,10 @@ class SimConfig:
     """standby: 0: an engine goes to standby exactly ``idle_timeout`` after its last
     request; else it is seen as the babysitter sees it, at health checks this many
     seconds apart (its ``--health-interval``), up to two of them later."""
+    wake_target: float = 8.0
+    """standby: requests per awake engine (in flight, queued, held) before another standby
+    engine is woken, as the router's ``--wake-target``; 0: only the first, while nothing
+    is ready (:func:`llmsvc.autoscale.wake.to_wake`)."""
     hold_timeout: float = 30.0
     """Seconds the router holds a request for a ready engine (then rejected; 0: at once)."""
     sample_interval: float | None = None
@@ -86,7 +90,7 @@ class SimConfig:
         for name in ("autoscale_interval",):
             if getattr(self, name) <= 0:
                 raise ValueError(f"{name} must be positive")
-        for name in ("idle_timeout", "hold_timeout", "idle_check_interval"):
+        for name in ("idle_timeout", "hold_timeout", "idle_check_interval", "wake_target"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must not be negative")
         if self.backend_concurrency is not None and self.backend_concurrency < 1:
@@ -233,6 +237,7 @@ def _setup(config: SimConfig) -> FleetSetup:
         queue_size=config.queue_size,
         queue_timeout=config.queue_timeout,
         idle_check_interval=config.idle_check_interval,
+        wake_target=config.wake_target,
     )
 
 

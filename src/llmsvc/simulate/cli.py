@@ -73,6 +73,7 @@ def build(settings: SimulateSettings) -> tuple[Trace, SimConfig]:
         autoscale_interval=settings.autoscale_interval,
         idle_timeout=settings.idle_timeout,
         idle_check_interval=settings.idle_check_interval,
+        wake_target=settings.wake_target,
         standby=settings.standby,
         hold_timeout=settings.hold_timeout,
         strategy=settings.strategy,

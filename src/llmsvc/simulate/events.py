@@ -51,3 +51,4 @@ class FleetSetup:
     queue_size: int = 1000
     queue_timeout: float = 60.0
     idle_check_interval: float = 0.0  # standby: 0 exact; else the babysitter's health checks
+    wake_target: float = 0.0  # standby: requests per awake engine before another is woken

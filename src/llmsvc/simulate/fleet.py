@@ -18,9 +18,10 @@ last request ends).
 
 The **standby** policy has no autoscaler: an engine idle ``idle_timeout`` goes to
 standby (exactly then, or as the babysitter sees it, at its health checks every
-``idle_check_interval``), and :func:`llmsvc.autoscale.wake.to_wake` decides, at each held request,
-whether to wake one (``wake_delay`` for ``sleep``, ``startup_delay`` for ``stop``),
-as the router does.
+``idle_check_interval``), and :func:`llmsvc.autoscale.wake.to_wake` decides, at each
+arrival (held, sent or queued), how many to wake (``wake_delay`` for ``sleep``,
+``startup_delay`` for ``stop``), as the router does: the first while nothing is ready,
+and more while the demand passes ``wake_target`` per ready or waking engine.
 
 GPU-seconds count every second an engine is starting, waking, ready or draining,
 from 0 to the end of the simulation (the trace's duration, or the last request's
@@ -241,6 +242,9 @@ class Fleet:
         self.outstanding += 1
         if self.ready:
             self._send(req, now)
+            target = self.setup.wake_target
+            if target > 0 and self.outstanding > target * len(self.ready):
+                self._wake_if_needed(now)  # the demand grew past the ready engines' share
             return
         if self.setup.hold_timeout <= 0:
             self._reject(req, now, HOLD_TIMEOUT)
@@ -276,7 +280,12 @@ class Fleet:
         standby = [e for e in self.engines if e.state == STANDBY]
         waking = sum(1 for e in self.engines if e.state == WAKING)
         wanted = autoscale_wake.to_wake(
-            held=self.held_now, ready=len(self.ready), waking=waking, standby=len(standby)
+            held=self.held_now,
+            ready=len(self.ready),
+            waking=waking,
+            standby=len(standby),
+            demand=self.outstanding,
+            target=self.setup.wake_target,
         )
         timing = self.setup.timing
         delay = timing.wake_delay if self.setup.standby == "sleep" else timing.startup_delay

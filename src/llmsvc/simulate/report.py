@@ -34,6 +34,7 @@ def document(
             "mode": config.standby,
             "idle_timeout_s": config.idle_timeout,
             "idle_check_interval_s": config.idle_check_interval,
+            "wake_target": config.wake_target,
         },
         "hold_timeout_s": config.hold_timeout,
         "strategy": config.strategy,

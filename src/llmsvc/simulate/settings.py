@@ -92,6 +92,13 @@ class SimulateSettings(BaseServiceSettings):
         description="standby: 0: standby exactly --idle-timeout after the last request; "
         "else seen at health checks this far apart, as the babysitter's --health-interval.",
     )
+    wake_target: float = Field(
+        default=8,
+        ge=0,
+        description="standby: requests (in flight, queued, held) per awake engine before "
+        "another standby engine is woken, as the router's --wake-target (0: only the first, "
+        "while nothing is ready).",
+    )
     standby: Literal["stop", "sleep"] = Field(
         default="stop",
         description="standby: stop (a wake is a --startup-delay) or sleep (a --wake-delay).",
