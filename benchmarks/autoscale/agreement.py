@@ -39,7 +39,7 @@ import orjson
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # the root: benchmarks.*
 
 from benchmarks.autoscale.report import agreement_markdown, replace_between
-from benchmarks.autoscale.sim import SimSide, run_simulation
+from benchmarks.autoscale.sim import RouterModel, SimSide, run_simulation
 from benchmarks.autoscale.stack import Stack, StackConfig, attach_router_times, replay
 from benchmarks.autoscale.trace import Bursts, generate, read_csv, write_csv
 from benchmarks.common.procfs import machine
@@ -63,6 +63,7 @@ class Settings:
     trace: Bursts = field(default_factory=Bursts)
     seed: int = 14
     base_profile: str = BASE_PROFILE
+    router: RouterModel = field(default_factory=RouterModel)
 
 
 TINY = Settings(
@@ -115,6 +116,7 @@ async def run_real(
         idle_timeout=settings.idle_timeout,
         profile=profile,
         chars_per_token=float(timing.get("chars_per_token", 4.0)),
+        router=settings.router,
     )
     load_start = loadavg()
     async with Stack(config, work / "logs") as stack:
@@ -176,7 +178,7 @@ def simulated(settings: Settings, csv_path: Path, profile: Path) -> dict[str, An
     print("== simulated: policy standby", flush=True)
     sim: SimSide = run_simulation(
         csv_path, profile=profile, workers=settings.babysitters,
-        idle_timeout=settings.idle_timeout, seed=settings.seed,
+        idle_timeout=settings.idle_timeout, seed=settings.seed, router=settings.router,
     )  # fmt: skip
     result = side(sim.ttfts, sim.holds, requests=sim.requests, wakes=sim.wakes)
     return result | {

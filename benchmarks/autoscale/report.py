@@ -44,6 +44,17 @@ def _machine(result: dict[str, Any]) -> str:
     )
 
 
+def _router_line(router: dict[str, Any] | None) -> str:
+    if not router:
+        return ""
+    return (
+        f"; router `--strategy {router['strategy']} --wake-target {router['wake_target']:g}`"
+        f" with the babysitter's slots (its engine's `max_num_seqs`), babysitters "
+        f"`--health-interval {router['health_interval']:g}`, and the simulation told the "
+        f"same (`strategy`, `wake_target`, `backend_concurrency`, `idle_check_interval`)"
+    )
+
+
 def _tokens_line(counts: dict[str, int] | None) -> str:
     if not counts:
         return ""
@@ -114,7 +125,8 @@ def agreement_markdown(result: dict[str, Any]) -> str:
         f"{trace['output_tokens'][0]}-{trace['output_tokens'][1]}, streamed. "
         f"{s['babysitters']} babysitter(s) `--idle-timeout {s['idle_timeout']:g} --standby "
         f"sleep`; engine timing `{s['base_profile']}` with `wake_delay` {s['wake_delay']:g} s, "
-        f"the same profile file on both sides. Real side: failed requests: {failed}; the "
+        f"the same profile file on both sides{_router_line(s.get('router'))}. Real side: "
+        f"failed requests: {failed}; the "
         f"latest request went {real['latest_send_s'] * 1000:.0f} ms after its arrival time"
         f"{_tokens_line(real.get('token_counts'))}"
         f"{_wake_line(real.get('wake_seconds_mean'), s['wake_delay'])}."

@@ -14,9 +14,22 @@ from benchmarks.autoscale.trace import read_csv
 
 from llmsvc.autoscale.policy import Policy
 from llmsvc.simulate import PolicyName, SimConfig, engine_timing, load_trace, simulate
+from llmsvc.simulate.events import Strategy
 
 if TYPE_CHECKING:
     from benchmarks.autoscale.study import Settings
+
+
+@dataclass(frozen=True, slots=True)
+class RouterModel:
+    """The settings of the real side that the simulation must share: the babysitters'
+    health interval (their idle checks), the router's ``--wake-target`` and
+    ``--strategy``."""
+
+    health_interval: float = 0.2
+    wake_target: float = 8.0
+    strategy: Strategy = "round_robin"
+
 
 HOLD_TIMEOUT_S = 120.0
 """The router's ``--hold-timeout`` on both sides of the agreement: long enough for any wake."""
@@ -38,16 +51,28 @@ class SimSide:
 
 
 def run_simulation(
-    csv_path: Path, *, profile: Path, workers: int, idle_timeout: float, seed: int
+    csv_path: Path,
+    *,
+    profile: Path,
+    workers: int,
+    idle_timeout: float,
+    seed: int,
+    router: RouterModel,
 ) -> SimSide:
     """``llmsvc simulate --policy standby --standby sleep`` of the CSV with the engines of
-    ``profile`` (its ``wake_delay`` the wake's length)."""
+    ``profile`` (its ``wake_delay`` the wake's length) and the real side's router and
+    babysitter settings (``router``)."""
     duration = read_csv(csv_path)[-1].arrival_s + 1.0
     trace = load_trace(str(csv_path), duration=duration, rate=1.0, seed=seed)
+    timing = engine_timing(str(profile))
     config = SimConfig(
-        trace=trace, policy="standby", workers=workers, seed=seed,
-        timing=engine_timing(str(profile)), idle_timeout=idle_timeout, standby="sleep",
-        hold_timeout=HOLD_TIMEOUT_S,
+        trace=trace, policy="standby", workers=workers, seed=seed, timing=timing,
+        idle_timeout=idle_timeout, standby="sleep", hold_timeout=HOLD_TIMEOUT_S,
+        idle_check_interval=router.health_interval, wake_target=router.wake_target,
+        strategy=router.strategy,
+        # A babysitter advertises its engine's max_num_seqs as max_concurrency: the real
+        # router's slots per engine, beyond which it queues a request itself.
+        backend_concurrency=timing.max_num_seqs,
     )  # fmt: skip
     result = simulate(config)
     return SimSide(

@@ -27,6 +27,7 @@ from typing import Any
 
 import aiohttp
 import orjson
+from benchmarks.autoscale.sim import HOLD_TIMEOUT_S, RouterModel
 from benchmarks.autoscale.trace import Request
 from benchmarks.common.ports import free_port
 from benchmarks.common.processes import Child, StartFailed, spawn_llmsvc, wait_healthy
@@ -50,8 +51,10 @@ class StackConfig:
     profile: Path
     """A sim-engine profile file (``--profile``): the timing both sides share."""
     chars_per_token: float
-    hold_timeout: float = 120.0
-    health_interval: float = 0.2
+    router: RouterModel = field(default_factory=RouterModel)
+    """The babysitters' health interval, the router's wake target and strategy (the
+    settings the simulation shares)."""
+    hold_timeout: float = HOLD_TIMEOUT_S
     heartbeat_interval: float = 0.5
 
 
@@ -121,7 +124,7 @@ class Stack:
             args = [
                 "babysitter", "--engine", "sim", "--model", MODEL, "--name", name,
                 "--port", str(port), "--registry", self.registry_url, "--registry-token", TOKEN,
-                "--health-interval", str(c.health_interval),
+                "--health-interval", f"{c.router.health_interval:g}",
                 "--heartbeat-interval", str(c.heartbeat_interval),
                 "--restart-backoff", "0.2", "--stop-timeout", "5",
                 "--idle-timeout", f"{c.idle_timeout:g}", "--standby", "sleep",
@@ -137,7 +140,8 @@ class Stack:
             ["router", "--port", str(port), "--registry-url", self.registry_url,
              "--registry-token", TOKEN, "--registry-sync-interval", "2",
              "--health-interval", "0.5", "--health-timeout", "1",
-             "--hold-timeout", f"{c.hold_timeout:g}", "--log-level", "info"],
+             "--hold-timeout", f"{c.hold_timeout:g}", "--strategy", c.router.strategy,
+             "--wake-target", f"{c.router.wake_target:g}", "--log-level", "info"],
             self.log_dir,
         )  # fmt: skip
         self.processes.append(router)
