@@ -651,3 +651,39 @@ async def test_grew_wakes_only_a_model_with_a_standby_babysitter(
         setup.waker.grew("m")
         await settled(setup, 1)
     assert b.wakes == [f"Bearer {TOKEN}"] and a.wakes == []
+
+
+async def test_a_woken_babysitter_ready_before_its_engine_is_still_on_its_way(
+    setup: Setup,
+) -> None:
+    """Its record says ready a refresh before its engine is healthy here: the requests
+    still held then do not wake the next babysitter (part G's agreement run saw that)."""
+    a, b = Sitter("a"), Sitter("b")
+    async with serving(a, b):
+        engine = {"engine_service": a.engine}
+        setup.pool.set_registry(
+            [sitter_record(a, "standby", **engine), sitter_record(b, "standby")]
+        )
+        setup.held["m"] = 2
+        setup.waker.consider("m")
+        await settled(setup, 1)
+        setup.pool.set_registry([sitter_record(a, "waking", **engine), sitter_record(b, "standby")])
+        setup.waker.consider("m")
+        up = [sitter_record(a, "ready", **engine), engine_record(a, "unhealthy")]
+        setup.pool.set_registry([*up, sitter_record(b, "standby")])
+        setup.waker.consider("m")  # a is ready by its record, its engine not yet: wait
+        await asyncio.sleep(0.1)
+        assert (len(a.wakes), len(b.wakes)) == (1, 0)
+        setup.pool.set_registry(
+            [sitter_record(a, "ready", **engine), engine_record(a, "healthy"),
+             sitter_record(b, "standby")]
+        )  # fmt: skip
+        setup.held["m"] = 0  # served
+        setup.clock.now += 1
+        setup.pool.set_registry(
+            [sitter_record(a, "ready", **engine), sitter_record(b, "standby")]
+        )  # a's engine record gone (a later idle, say): a's wake was done, b may go
+        setup.held["m"] = 1
+        setup.waker.consider("m")
+        await settled(setup, 2)
+    assert (len(a.wakes), len(b.wakes)) == (1, 1)

@@ -25,9 +25,11 @@ babysitter, not one each. One whose wake failed in the last ``memory`` seconds (
 timeout) is tried after the others.
 
 A wake sent is followed in the registry's records (at every pool change, held requests
-or not): until they show that babysitter out of standby (waking, starting) it counts as
-on its way, so that the next refresh, which may still show ``standby``, does not wake a
-second one. A wake fails when its ``POST`` does (no connection, a timeout, a 4xx or
+or not): until they show that babysitter out of standby (waking, starting) and then its
+engine eligible here (a babysitter says ``ready`` a refresh and a health check before
+its engine is routable) it counts as on its way, so that the next refresh, which may
+still show ``standby``, or the moment between ``ready`` and a routable engine, does not
+wake a second one. A wake fails when its ``POST`` does (no connection, a timeout, a 4xx or
 5xx: logged, counted in ``llmsvc_router_wakes_total{model_name,outcome}``), when the
 babysitter is back in standby after waking, or when the registry still shows it in
 standby after ``memory`` seconds; the next standby babysitter is then woken at once, and
@@ -57,6 +59,7 @@ WAKE_TIMEOUT_S = 5.0  # one POST /wake: a babysitter answers at once (202), not 
 FAILED_RETRY_S = 2.0  # a babysitter whose wake failed is asked again after this long
 STANDBY = "standby"
 ON_THE_WAY = frozenset({"waking", "starting"})  # an engine of the model is coming up
+READY = "ready"  # up: its engine's record follows (a refresh and a health check later)
 
 
 class Outcome(StrEnum):
@@ -100,6 +103,7 @@ class _Wake:
     model: str
     sent: float  # when the POST went (the waker's clock)
     seen: bool = False  # the registry has shown the babysitter waking or starting since
+    up: float | None = None  # when its record first showed it up (its engine may lag)
 
 
 class Waker:
@@ -239,6 +243,11 @@ class Waker:
                 continue
             if state == STANDBY and not wake.seen and now - wake.sent < self._memory:
                 continue  # the registry does not show it yet
+            if state == READY and record is not None:
+                if wake.up is None:
+                    wake.up = now
+                if now - wake.up < self._memory and not self._engine_ready(record, wake, now):
+                    continue  # up by its record, its engine not yet routable here: on its way
             del self._wakes[name]
             if state == STANDBY:
                 self._failed[name] = now
@@ -252,6 +261,17 @@ class Waker:
                 self._failed.pop(name, None)  # up (or gone): done
         for name in [n for n, at in self._failed.items() if now - at >= 2 * self._memory]:
             del self._failed[name]
+
+    def _engine_ready(self, record: ServiceRecord, wake: _Wake, now: float) -> bool:
+        """Whether the babysitter's engine (``metadata.engine_service``) is eligible in
+        the pool; True when the record does not say which engine is its own. Its record
+        says ``ready`` before the engine's record is healthy in this router's view (a
+        refresh and a health check later): until then the model may still have nothing
+        ready, and a held request would wake a second babysitter for nothing."""
+        engine = record.metadata.get("engine_service")
+        if not isinstance(engine, str):
+            return True
+        return any(b.name == engine for b in self._pool.eligible(wake.model, now))
 
     def _retry_later(self, model: str, sitters: list[ServiceRecord], now: float) -> None:
         """Every standby babysitter of ``model`` failed its wake lately: ask again once the
