@@ -42,7 +42,7 @@ class SimulateSettings(BaseServiceSettings):
     policy: CommaList = Field(
         default_factory=lambda: [str(name) for name in POLICIES],
         description="Policies to compare: fixed, autoscale (min 1), autoscale-zero (min 0), "
-        "standby (bare metal: idle engines to standby, woken one at a time).",
+        "standby (bare metal: idle engines to standby, woken as demand asks: --wake-target).",
     )
     seed: int = Field(default=0, description="Seed of the trace and the step noise.")
     profile: str | None = Field(
