@@ -18,6 +18,7 @@ from llmsvc.simulate import (
     load_trace,
     simulate,
 )
+from llmsvc.simulate.timing import engine_timing
 
 TIMING = EngineTiming(startup_delay=20.0, wake_delay=1.5)
 
@@ -338,3 +339,24 @@ def test_standby_as_the_babysitter_sees_it_at_its_health_checks() -> None:
     assert checked == pytest.approx(6.0, abs=0.011)
     _, coarse = standby_at(4.0)  # checks at 4 (clock starts), 8 (4 s: not yet), 12
     assert coarse == pytest.approx(12.0, abs=0.011)
+
+
+def test_a_compressed_diurnal_day_on_standby_grows_back() -> None:
+    """Part F's finding, small: 5 llama.cpp engines (2 sequences each) over a diurnal
+    trace compressed into 600 s. With --wake-target 0 the engine left awake after the
+    quiet start serves the peak alone (TTFT p95 in the hundreds of seconds); with the
+    default 8 the standby ones are woken and p95 is a few seconds."""
+    timing = engine_timing("llama.cpp-smollm2-cpu")
+    trace = load_trace("diurnal", duration=600.0, rate=2.0, seed=0)
+    base = SimConfig(trace=trace, policy="standby", workers=5, timing=timing)
+    old = simulate(dataclasses.replace(base, wake_target=0))
+    new = simulate(base)
+    assert old.wakes <= 1 < new.wakes
+    old_p95, new_p95 = old.summary()["ttft_s"]["p95"], new.summary()["ttft_s"]["p95"]
+    assert old_p95 > 100 and new_p95 < old_p95 / 20, (old_p95, new_p95)
+
+
+@pytest.mark.parametrize("policy", ["fixed", "autoscale", "autoscale-zero"])
+def test_the_wake_target_changes_only_standby(policy: str) -> None:
+    runs = [simulate(_config("bursty", policy=policy, wake_target=t)) for t in (0, 8, 1)]
+    assert runs[0].summary() == runs[1].summary() == runs[2].summary()
