@@ -136,9 +136,23 @@ def test_tables_go_between_their_markers(tmp_path: Path) -> None:
 
 
 def _run(*args: str, timeout: float) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", *args], cwd=ROOT, capture_output=True, text=True, timeout=timeout
-    )
+    """``python -m *args``; past ``timeout`` it gets SIGTERM first (the agreement then stops
+    the processes it started), SIGKILL only 30 s later, and the test fails."""
+    with subprocess.Popen(
+        [sys.executable, "-m", *args], cwd=ROOT, stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE, text=True,
+    ) as proc:  # fmt: skip
+        try:
+            out, err = proc.communicate(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            proc.terminate()
+            try:
+                out, err = proc.communicate(timeout=30)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                out, err = proc.communicate()
+            pytest.fail(f"{args[0]} ran past {timeout:g} s:\n{out[-3000:]}{err[-3000:]}")
+    return subprocess.CompletedProcess(proc.args, proc.returncode, out, err)
 
 
 def test_tiny_agreement_on_real_processes(tmp_path: Path) -> None:

@@ -26,6 +26,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import dataclasses
+import signal
 import subprocess
 import sys
 import tempfile
@@ -110,6 +111,11 @@ def side(ttfts: list[float], holds: list[float], *, requests: int, wakes: int) -
 async def run_real(
     settings: Settings, work: Path, csv_path: Path, profile: Path, timing: dict[str, Any]
 ) -> dict[str, Any]:
+    # SIGTERM (a test's timeout, a CI job's end) cancels the run, so that the stack's
+    # ``async with`` stops every process it started instead of leaving them behind.
+    task = asyncio.current_task()
+    if task is not None:
+        asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, task.cancel)
     requests = read_csv(csv_path)
     config = StackConfig(
         babysitters=settings.babysitters,
@@ -338,7 +344,11 @@ def main(argv: list[str] | None = None) -> int:
         sys.argv[1:] if argv is None else argv
     )
     with tempfile.TemporaryDirectory(prefix="autoscale-agreement-") as tmp:
-        result = run(settings, args.work or Path(tmp), command.strip())
+        try:
+            result = run(settings, args.work or Path(tmp), command.strip())
+        except asyncio.CancelledError:  # SIGTERM: run_real stopped its processes
+            print("benchmarks.autoscale.agreement: terminated", file=sys.stderr)
+            return 143
     name = "agreement-tiny" if args.tiny else "agreement"
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / f"{name}.json").write_bytes(orjson.dumps(result, option=orjson.OPT_INDENT_2))
