@@ -135,11 +135,11 @@ async def run_real(
             stack.router_url, requests, chars_per_token=config.chars_per_token, timeout=120.0
         )
         elapsed = time.monotonic() - began
-        await asyncio.sleep(0.5)  # the access log's last lines
         wakes = await stack.wakes() - before
         count, total = await stack.wake_seconds()
         count, total = count - woke_before[0], total - woke_before[1]
-        attach_router_times(outcomes, stack.router_log.read_text(errors="replace"))
+    # Read once the router has stopped: every access line is written by then.
+    attach_router_times(outcomes, stack.router_log.read_text(errors="replace"))
     ok = [o for o in outcomes if o.ok]
     errors: dict[str, int] = {}
     for o in outcomes:
