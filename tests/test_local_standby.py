@@ -128,6 +128,13 @@ def test_up_an_idle_model_goes_to_standby_and_a_request_wakes_it(tmp_path: Path)
         assert resp.status_code == 200, resp.text  # the router held it and woke the engine
         assert time.monotonic() - began < 30
         assert httpx.get(api + "/status", timeout=5).json()["standby"]["wakes"] == 1
+
+        # Back in standby, `llmsvc validate` passes: the engine counts as present and its
+        # requests through the router wake it.
+        wait_until(lambda: engine_status() == "standby", timeout=30, what="standby again")
+        check = llmsvc("validate", "-f", str(cfg), cwd=tmp_path)
+        assert check.returncode == 0, check.stdout + check.stderr
+        assert "in standby: idle" in check.stdout
     finally:
         down = llmsvc("down", "-f", str(cfg), cwd=tmp_path)
     assert down.returncode == 0, down.stdout

@@ -230,7 +230,8 @@ class RouterMetrics:
         )
         self.wakes = Counter(
             "llmsvc_router_wakes_total",
-            "POST /wake sent to a standby babysitter for held requests, by model and outcome "
+            "POST /wake sent to a standby babysitter (for held requests, or demand past "
+            "--wake-target), by model and outcome "
             "(woken, awake, refused, failed, unreachable).",
             ["model_name", "outcome"],
             registry=registry,
