@@ -292,3 +292,16 @@ def test_a_second_step_up_waits_its_own_delay() -> None:
     assert run.at(11.0, obs(32, 0)) == 3  # needs 4 now, for 0 s: not yet
     assert run.at(20.0, obs(32, 0)) == 3
     assert run.at(21.0, obs(32, 0)) == 4
+
+
+def test_a_short_idle_reason_keeps_its_tenths() -> None:
+    scaler = Scaler(Policy(min_replicas=0, max_replicas=2, scale_down_delay=1.0))
+    scaler.decide(0.0, Observation(demand=1, waiting=0, ready=1), 1)
+    decision = scaler.decide(0.3, Observation(demand=0, waiting=0, ready=1), 1)
+    for now in (0.6, 0.9, 1.2, 1.5):
+        decision = scaler.decide(now, Observation(demand=0, waiting=0, ready=1), 1)
+        if decision.changed:
+            break
+    assert decision.desired == 0
+    assert decision.reason.startswith("idle for ") and decision.reason != "idle for 0 s"
+    assert "." in decision.reason

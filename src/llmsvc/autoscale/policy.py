@@ -220,7 +220,8 @@ class Scaler:
     def _down_reason(self, now: float, obs: Observation, kept: int) -> str:
         delay = self.policy.scale_down_delay
         if obs.demand <= 0 and kept == self.policy.min_replicas and self._idle_since is not None:
-            return f"idle for {now - self._idle_since:.0f} s"
+            idle = now - self._idle_since
+            return f"idle for {idle:.0f} s" if idle >= 10 else f"idle for {idle:.1f} s"
         return f"needed at most {kept} over the last {delay:.0f} s"
 
 
