@@ -37,6 +37,7 @@ import metrics
 from kubeapi import APPS, CORE, DISCOVERY, ISVC, KubeAPI, start_kubeapi
 from kubelet import Kubelet
 from procs import HOST, Proc, Spawn, free_port, start_router, wait_until
+from test_operator_e2e import operator_args
 
 NS = "llm"
 TOKEN = "router-admin-token-e2e"  # the router's admin token, which /demand needs
@@ -94,9 +95,7 @@ def start_stack(module_spawn: Spawn, tmp_path: Path, *router_flags: str) -> Stac
     api.create(SLICES, router_slice("llmsvc-router-a", router_port))
     operator_port = free_port()
     operator = module_spawn(
-        "operator", "operator", "--namespace", NS, "--host", HOST, "--port", str(operator_port),
-        "--resync-interval", "2", "--status-debounce", "0.05", "--batch-window", "0.02",
-        "--watch-timeout", "30", "--request-timeout", "5",
+        "operator", *operator_args(operator_port, "--namespace", NS),
         "--autoscale-interval", str(AUTOSCALE_INTERVAL),
         "--router-service", f"{NS}/{ROUTER_SERVICE}", "--router-admin-token", TOKEN,
         "--router-timeout", "0.5",

@@ -25,6 +25,7 @@ from llmsvc.operator.builders import initial_replicas
 from llmsvc.operator.crd import build_crd
 from llmsvc.operator.spec import parse_spec
 from procs import HOST, free_port, wait_until
+from test_operator_e2e import operator_args
 
 NAMESPACES = [f"as{i}" for i in range(6)]
 _namespaces = iter(NAMESPACES)
@@ -38,25 +39,9 @@ def api(module_spawn: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterator
     port = free_port()
     proc = module_spawn(
         "operator",
-        "operator",
-        "--namespace",
-        ",".join(NAMESPACES),
+        *operator_args(port, "--namespace", ",".join(NAMESPACES)),
         "--autoscaler",
         "none",
-        "--host",
-        HOST,
-        "--port",
-        str(port),
-        "--resync-interval",
-        "2",
-        "--status-debounce",
-        "0.05",
-        "--batch-window",
-        "0.02",
-        "--watch-timeout",
-        "30",
-        "--request-timeout",
-        "5",
         env={**kube.env, "POD_NAME": "llmsvc-operator-0"},
     )
     proc.wait_http(f"http://{HOST}:{port}/health", timeout=30)
