@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 import pytest
 
@@ -44,3 +45,24 @@ def test_classify(
 def test_oom_watch_counts_nothing_for_a_healthy_process() -> None:
     watch = OomWatch(os.getpid())
     assert watch.kills() == 0
+
+
+def test_oom_watch_trusts_the_cgroup_over_the_kernel_wide_count(tmp_path: Path) -> None:
+    """An OOM kill elsewhere on the host (the kernel's count rose, the engine's cgroup's did
+    not) is not the engine's: a SIGKILL then reads Signaled, not OOMKilled."""
+    cgroup, vmstat = tmp_path / "memory.oom_control", tmp_path / "vmstat"
+    cgroup.write_text("oom_kill_disable 0\nunder_oom 0\noom_kill 0\n")
+    vmstat.write_text("nr_free_pages 1\noom_kill 9\n")
+    watch = OomWatch(os.getpid(), files=[cgroup, vmstat])
+    vmstat.write_text("nr_free_pages 1\noom_kill 10\n")
+    assert watch.kills() == 0
+    cgroup.write_text("oom_kill_disable 0\nunder_oom 0\noom_kill 1\n")
+    assert watch.kills() == 1
+
+
+def test_oom_watch_falls_back_to_the_kernel_count_without_a_cgroup(tmp_path: Path) -> None:
+    vmstat = tmp_path / "vmstat"
+    vmstat.write_text("oom_kill 3\n")
+    watch = OomWatch(os.getpid(), files=[tmp_path / "absent", vmstat])
+    vmstat.write_text("oom_kill 4\n")
+    assert watch.kills() == 1

@@ -83,16 +83,20 @@ def last_match(pattern: re.Pattern[str], lines: Sequence[str]) -> str | None:
 class OomWatch:
     """OOM kills counted since it was made: the engine's memory cgroup and the kernel's."""
 
-    def __init__(self, pid: int) -> None:
-        self._files = _counter_files(pid)
+    def __init__(self, pid: int, *, files: list[Path] | None = None) -> None:
+        """``files``: the counters to read, in order (default: ``pid``'s cgroup's, then
+        the kernel's)."""
+        self._files = _counter_files(pid) if files is None else files
         self._start = [_read_counter(f) for f in self._files]
 
     def kills(self) -> int:
-        """OOM kills since the snapshot: the first counter (the cgroup's) that rose, else 0."""
+        """OOM kills since the snapshot, by the first counter readable at both moments: the
+        engine's cgroup's when there is one (the kernel-wide count would blame the engine
+        for any process killed anywhere on the host), else the kernel's."""
         for path, before in zip(self._files, self._start, strict=True):
             now = _read_counter(path)
-            if before is not None and now is not None and now > before:
-                return now - before
+            if before is not None and now is not None:
+                return max(0, now - before)
         return 0
 
 
