@@ -28,6 +28,10 @@ COMMANDS: dict[str, tuple[str, str]] = {
         "llmsvc.local.maintenance:main",
         "put a model in maintenance, end it, list the entries (registry)",
     ),
+    "batch": (
+        "llmsvc.batch.cli:main",
+        "run the batch service: OpenAI Files and Batches API with SLAs (port 8082)",
+    ),
     "bench": ("llmsvc.bench.cli:main", "drive an OpenAI-compatible endpoint and report latency"),
     "operator": ("llmsvc.operator.cli:main", "run the Kubernetes operator (InferenceService CRD)"),
     "simulate": (

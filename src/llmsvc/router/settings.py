@@ -46,6 +46,20 @@ class RouterSettings(ServerSettings):
     admin_token_file: Path | None = Field(
         default=None, description="File holding --admin-token (one line)."
     )
+    batch_url: str | None = Field(
+        default=None,
+        description="The batch service (llmsvc batch, e.g. http://127.0.0.1:8082): /v1/files* "
+        "and /v1/batches* are forwarded there, with the caller's tenant; default none: 404.",
+    )
+    batch_token: SecretStr | None = Field(
+        default=None,
+        description="Shared secret with the batch service (its --token): sent when forwarding "
+        "to it, and a request bearing it runs as the tenant its X-Llmsvc-Tenant names (at "
+        "most priority standard). Without it, X-Llmsvc-Tenant is ignored.",
+    )
+    batch_token_file: Path | None = Field(
+        default=None, description="File holding --batch-token (one line)."
+    )
     static_services: str | None = Field(
         default=None,
         description="YAML or JSON file of service records (a list, or {services: [...]}), "
@@ -341,5 +355,8 @@ class RouterSettings(ServerSettings):
         )
         self.admin_token = from_flag_or_file(
             self.admin_token, self.admin_token_file, flag="--admin-token"
+        )
+        self.batch_token = from_flag_or_file(
+            self.batch_token, self.batch_token_file, flag="--batch-token"
         )
         return self
