@@ -1,0 +1,58 @@
+"""How many lines the runner keeps in flight: an AIMD window, like TCP's.
+
+Additive increase: +1 per window's worth of lines answered fine (congestion avoidance).
+Multiplicative decrease: x0.5 on a congestion signal, at most once per line duration so
+one burst of refusals halves once. Signals: a capacity refusal (429 queue_full /
+rate_limit_exceeded, 503 queue_timeout / no_healthy_backend / draining), the router's
+``X-Llmsvc-Contention`` > 0 (interactive requests waited for the model), and delay:
+a line's seconds per output token above ``DELAY_FACTOR`` x the best recently seen
+(Vegas-style; how the runner sees an engine saturating when the router does not queue).
+"""
+
+from __future__ import annotations
+
+from collections import deque
+
+DELAY_FACTOR = 1.5
+BEST_OF = 200  # the "best recently seen" is over this many answers
+
+
+class Aimd:
+    """The window: never above ``limit``, never below ``floor``."""
+
+    def __init__(self, initial: int, limit: int, floor: int = 1) -> None:
+        self.limit = max(1, limit)
+        self.floor = max(1, min(floor, self.limit))
+        self._window = float(min(max(initial, self.floor), self.limit))
+        self._acked = 0.0
+        self._last_decrease: float | None = None
+        self._hold = 0.0  # seconds: the line duration a decrease waits out
+        self._delays: deque[float] = deque(maxlen=BEST_OF)
+
+    @property
+    def window(self) -> int:
+        """Lines allowed in flight now."""
+        return int(self._window)
+
+    def on_success(self, *, now: float, duration: float, output_tokens: int | None) -> None:
+        """A line was answered fine: grow, or shrink if it was slow (the delay signal)."""
+        self._hold = max(self._hold * 0.8, duration)
+        per = duration / output_tokens if output_tokens else duration
+        best = min(self._delays) if self._delays else None
+        self._delays.append(per)
+        if best is not None and len(self._delays) >= 4 and per > DELAY_FACTOR * best:
+            self.on_congestion(now=now)
+            return
+        self._acked += 1
+        if self._acked >= self._window:
+            self._acked = 0
+            self._window = min(float(self.limit), self._window + 1)
+
+    def on_congestion(self, *, now: float) -> bool:
+        """A refusal or a contention signal: halve (once per line duration); True if it did."""
+        if self._last_decrease is not None and now - self._last_decrease < self._hold:
+            return False
+        self._last_decrease = now
+        self._acked = 0
+        self._window = max(float(self.floor), self._window / 2)
+        return True
