@@ -18,6 +18,7 @@ logs_dir: {logs}
 startup_timeout: 60
 registry: {{port: {registry}, args: [--health-interval, "0.5"]}}
 router: {{port: {router}, args: [--health-interval, "0.5"]}}
+batch: {{enabled: false}}
 babysitters:
   - {{name: sim-a, engine: sim, model: tiny, port: {a}, engine_args: [--time-scale, "0.01"]}}
   - {{name: sim-b, engine: sim, model: tiny, port: {b}, engine_args: [--time-scale, "0.01"]}}
@@ -81,6 +82,7 @@ logs_dir: {logs}
 startup_timeout: 60
 registry: {{port: {registry}}}
 router: {{port: {router}}}
+batch: {{enabled: false}}
 babysitters:
   - {{name: sim-a, engine: sim, model: tiny, port: {a}, engine_args: [--time-scale, "0.01"]}}
 """
@@ -143,7 +145,7 @@ def test_up_is_authenticated_by_default(tmp_path: Path) -> None:
     assert down.returncode == 0, down.stdout
 
 
-DEMO_PORTS = (8080, 8081, 8100, 8101, 8200, 8201)
+DEMO_PORTS = (8080, 8081, 8082, 8100, 8101, 8200, 8201)
 
 
 @pytest.mark.skipif(

@@ -104,6 +104,7 @@ router:
   args: [--health-interval, "0.5"]
   api_keys_file: keys.yaml
   queue_timeout: 30
+batch: {{enabled: false}}
 babysitters:
   - name: slow
     engine: sim

@@ -43,9 +43,10 @@ def test_the_demo_gets_token_files_not_tokens(tmp_path: Path) -> None:
     for label in ("babysitter_8100", "babysitter_8200"):
         assert value(comps[label].args, "--registry-token-file") == str(tokens / "registry-token")
     assert all(c.env == {} for c in comps.values())  # no token in any environment
-    assert token_names(cfg) == ["registry", "registry-admin", "router-admin"]
+    assert token_names(cfg) == ["registry", "registry-admin", "router-admin", "batch"]
     assert prepare_tokens(cfg) is None
     assert sorted(p.name for p in tokens.iterdir()) == [
+        "batch-token",
         "registry-admin-token",
         "registry-token",
         "router-admin-token",
@@ -72,7 +73,7 @@ def test_the_files_token_wins_for_the_write_token(tmp_path: Path) -> None:
     for label in ("router", "babysitter_9000"):
         assert comps[label].env == {"LLMSVC_REGISTRY_TOKEN": "s3cret"}
         assert "--registry-token-file" not in comps[label].args
-    assert token_names(cfg) == ["registry-admin", "router-admin"]
+    assert token_names(cfg) == ["registry-admin", "router-admin", "batch"]
 
 
 def test_anonymous_writes_are_an_explicit_opt_out(tmp_path: Path) -> None:

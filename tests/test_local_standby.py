@@ -82,6 +82,7 @@ logs_dir: {logs}
 startup_timeout: 60
 registry: {{port: {registry}, args: [--health-interval, "0.5"]}}
 router: {{port: {router}, args: [--health-interval, "0.5", --registry-sync-interval, "0.5"]}}
+batch: {{enabled: false}}
 babysitters:
   - name: idle
     engine: sim

@@ -39,7 +39,7 @@ def test_tokens_are_private_files_made_once(tmp_path: Path) -> None:
         text = (directory / name).read_text()
         assert text.endswith("\n") and len(text.strip()) >= 43
     values = secrets_of(first)
-    assert len(set(values)) == 3
+    assert len(set(values)) == len(NAMES) == 4
     assert secrets_of(ensure_tokens(directory)) == values  # kept, not made again
     assert secrets_of(read_tokens(directory)) == values
     assert "*" in repr(first) and not any(v in repr(first) for v in values)
@@ -61,7 +61,7 @@ def test_concurrent_makers_agree_on_one_set_of_tokens(tmp_path: Path) -> None:
     with ProcessPoolExecutor(max_workers=4) as pool:
         results = list(pool.map(_make, [str(directory)] * 8))
     assert all(r == results[0] for r in results), "two makers wrote different tokens"
-    assert len(list(directory.iterdir())) == 3
+    assert len(list(directory.iterdir())) == len(NAMES)
 
 
 def test_too_open_modes_are_fixed_with_a_warning(
@@ -117,12 +117,12 @@ def test_the_command_prints_names_never_tokens(tmp_path: Path) -> None:
     assert made.returncode == 0, made.stderr
     directory = tmp_path / "logs" / "tokens"  # the default: where `llmsvc up` keeps them
     values = secrets_of(read_tokens(directory))
-    assert len(values) == 3
+    assert len(values) == len(NAMES)
     assert str(Path("logs") / "tokens") in made.stdout and "registry-admin-token" in made.stdout
-    assert made.stdout.count("made now") == 3
+    assert made.stdout.count("made now") == len(NAMES)
     assert not any(v in made.stdout + made.stderr for v in values)
     again = run("--dir", str(directory), cwd=tmp_path)
-    assert again.returncode == 0 and again.stdout.count("kept") == 3
+    assert again.returncode == 0 and again.stdout.count("kept") == len(NAMES)
     for name, value in zip(NAMES, values, strict=True):
         shown = run("--show", name, cwd=tmp_path)
         assert (shown.returncode, shown.stdout) == (0, value + "\n")

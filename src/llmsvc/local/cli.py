@@ -157,7 +157,8 @@ def _print_try(config: StackConfig, console: Console) -> None:
         f"  curl {url}/v1/chat/completions -H 'Content-Type: application/json' \\\n"
         f'    -d \'{{"model": "{model}", "messages": '
         '[{"role": "user", "content": "Hello"}]}\'\n'
-        "  llmsvc status · llmsvc validate · llmsvc down",
+        + (f"  curl {url}/v1/batches   (batch jobs: docs/batch.md)\n" if config.runs_batch else "")
+        + "  llmsvc status · llmsvc validate · llmsvc down",
         markup=False,
     )
     if config.registry.enabled and write_token_from_dir(config):

@@ -116,6 +116,21 @@ class RouterSection(_Remote):
         return args
 
 
+class BatchSection(_Section):
+    """The batch service (``llmsvc batch``, docs/batch.md): it needs only the router here.
+
+    Started after the router, which forwards ``/v1/files*`` and ``/v1/batches*`` to it;
+    both hold the ``batch-token`` of the tokens directory.
+    """
+
+    enabled: bool = True
+    port: int = Field(default=8082, ge=1, le=65535)
+    data_dir: str | None = Field(
+        default=None,
+        description="Its --data-dir (SQLite database and files); default <logs_dir>/batch.",
+    )
+
+
 class BabysitterSection(_Section):
     name: str | None = None
     engine: str
@@ -176,6 +191,7 @@ class StackConfig(BaseModel):
     logs_dir: str = "logs"
     registry: RegistrySection = Field(default_factory=RegistrySection)
     router: RouterSection = Field(default_factory=RouterSection)
+    batch: BatchSection = Field(default_factory=BatchSection)
     babysitters: list[BabysitterSection] = Field(default_factory=list)
     startup_timeout: float = Field(default=120.0, gt=0)
     stop_timeout: float = Field(default=20.0, gt=0)
@@ -196,6 +212,25 @@ class StackConfig(BaseModel):
     @property
     def uses_router(self) -> bool:
         return self.router.enabled or self.router.url is not None
+
+    @property
+    def runs_batch(self) -> bool:
+        """Whether the batch service runs here: next to the router, which forwards to it.
+
+        A host without the router (engines only) runs none, whatever ``batch.enabled`` says.
+        """
+        return self.batch.enabled and self.router.enabled
+
+    @property
+    def batch_url(self) -> str:
+        return f"http://{_connect_host(self.batch.host)}:{self.batch.port}"
+
+    @property
+    def batch_data_dir(self) -> Path:
+        """Where the batch service keeps its database and files."""
+        if self.batch.data_dir is not None:
+            return Path(self.batch.data_dir)
+        return Path(self.logs_dir) / "batch"
 
     @property
     def tokens_dir(self) -> Path:
@@ -243,6 +278,8 @@ def check(config: StackConfig, base: Path) -> None:
         keys = config.router.api_keys_file
         if keys is not None and not _under(base, keys).is_file():
             raise ConfigError(f"router.api_keys_file: no such file: {keys}")
+    if config.runs_batch:
+        claim(config.batch.port, "the batch service")
     names: set[str] = set()
     for i, sitter in enumerate(config.babysitters):
         who = f"babysitters[{i}]" + (f" ({sitter.name})" if sitter.name else "")
@@ -294,4 +331,4 @@ def _under(base: Path, name: str) -> Path:
     return (path if path.is_absolute() else base / path).absolute()
 
 
-Component = Literal["registry", "router", "babysitter"]
+Component = Literal["registry", "router", "batch", "babysitter"]

@@ -54,13 +54,14 @@ def read_pid(logs_dir: Path, label: str) -> int | None:
 
 
 def running(logs_dir: Path) -> list[Running]:
-    """Every component with a live PID file, in stop order: router, babysitters, registry."""
+    """Every component with a live PID file, in stop order: batch service (it sends to the
+    router), router, babysitters, registry."""
     found = []
     for path in sorted(logs_dir.glob("*.pid")):
         pid = read_pid(logs_dir, path.stem)
         if pid is not None:
             found.append(Running(path.stem, pid))
-    order = {"router": 0, "registry": 2}
+    order = {"batch": -1, "router": 0, "registry": 2}
     return sorted(found, key=lambda r: order.get(r.label, 1))
 
 
@@ -98,12 +99,21 @@ def _tail(path: Path, lines: int = 8) -> str:
 
 
 def wait_ready(
-    proc: subprocess.Popen[bytes], url: str, log_path: Path, *, timeout: float, label: str
+    proc: subprocess.Popen[bytes],
+    url: str,
+    log_path: Path,
+    *,
+    timeout: float,
+    label: str,
+    headers: dict[str, str] | None = None,
 ) -> float:
-    """Poll ``url`` until 200; raise :class:`StartError` if the process dies or time runs out."""
+    """Poll ``url`` until 200; raise :class:`StartError` if the process dies or time runs out.
+
+    ``headers`` go with each poll (a bearer token, for a service whose /health needs one).
+    """
     started = time.monotonic()
     deadline = started + timeout
-    with httpx.Client(timeout=2.0) as client:
+    with httpx.Client(timeout=2.0, headers=headers) as client:
         while time.monotonic() < deadline:
             code = proc.poll()
             if code is not None:

@@ -4,7 +4,9 @@ Authenticated by default: ``up`` makes (or keeps) the stack's tokens in
 ``<logs_dir>/tokens/`` (:mod:`llmsvc.local.tokens`) and hands every component
 the files, never the tokens: the registry ``--token-file`` and
 ``--admin-token-file``, the router ``--registry-token-file`` and
-``--admin-token-file``, each babysitter ``--registry-token-file``. A file's
+``--admin-token-file``, each babysitter ``--registry-token-file``, and the router
+and the batch service share ``batch-token`` (the router's ``--batch-token-file``,
+the batch service's ``--token-file``). A file's
 ``registry.token`` wins for the write token (given by environment, as before);
 ``registry.allow_anonymous_writes: true`` is the explicit opt-out.
 """
@@ -22,6 +24,7 @@ from rich.table import Table
 from llmsvc.local import processes
 from llmsvc.local.config import BabysitterSection, StackConfig
 from llmsvc.local.tokens import (
+    BATCH,
     REGISTRY,
     REGISTRY_ADMIN,
     ROUTER_ADMIN,
@@ -46,6 +49,18 @@ class Component:
     status_url: str | None = None
     """A babysitter with idle_timeout: its /status, whose state standby (or waking) is no
     failure though its /health is 503 then."""
+    health_token_file: str | None = None
+    """The token its /health needs (the batch service's, which guards every route)."""
+
+    def health_headers(self) -> dict[str, str]:
+        """The headers of a health check: the bearer token when it needs one."""
+        if self.health_token_file is None:
+            return {}
+        try:
+            token = Path(self.health_token_file).read_text().strip()
+        except OSError:
+            return {}
+        return {"Authorization": f"Bearer {token}"}
 
 
 def _connect(host: str) -> str:
@@ -70,6 +85,8 @@ def token_names(cfg: StackConfig) -> list[str]:
         names.append(REGISTRY_ADMIN)
     if cfg.router.enabled:
         names.append(ROUTER_ADMIN)
+    if cfg.runs_batch:
+        names.append(BATCH)
     return names
 
 
@@ -143,8 +160,31 @@ def _babysitter(cfg: StackConfig, sitter: BabysitterSection) -> Component:
     )
 
 
+def _batch(cfg: StackConfig) -> Component:
+    """The batch service: it sends its lines through the router, with the shared token."""
+    batch, token_file = cfg.batch, _token_file(cfg, BATCH)
+    args = ["batch", "--host", batch.host, "--port", str(batch.port)]
+    args += ["--router-url", cfg.router_url, "--token-file", token_file]
+    args += ["--data-dir", str(cfg.batch_data_dir.absolute()), *batch.args]
+    return Component(
+        label="batch",
+        title="batch service",
+        args=args,
+        env={},
+        host=batch.host,
+        port=batch.port,
+        health_url=f"{cfg.batch_url}/health",
+        timeout=cfg.startup_timeout,
+        health_token_file=token_file,
+    )
+
+
 def components(cfg: StackConfig) -> list[Component]:
-    """The stack in start order: registry, router, babysitters."""
+    """The stack in start order: registry, router, batch service, babysitters.
+
+    The batch service comes after the router (all it needs), before the engines: it waits
+    for them like any client, its lines queued at the router at priority batch.
+    """
     out: list[Component] = []
     reg, rtr = cfg.registry, cfg.router
     if reg.enabled:
@@ -173,6 +213,8 @@ def components(cfg: StackConfig) -> list[Component]:
             token_args, token_env = _sends_write_token(cfg)
             args += ["--registry-url", cfg.registry_url, *token_args]
             env |= token_env
+        if cfg.runs_batch:
+            args += ["--batch-url", cfg.batch_url, "--batch-token-file", _token_file(cfg, BATCH)]
         out.append(
             Component(
                 "router",
@@ -185,6 +227,8 @@ def components(cfg: StackConfig) -> list[Component]:
                 cfg.startup_timeout,
             )
         )
+    if cfg.runs_batch:
+        out.append(_batch(cfg))
     out += [_babysitter(cfg, s) for s in cfg.babysitters]
     return out
 
@@ -211,7 +255,12 @@ def up(cfg: StackConfig, console: Console) -> int:
         try:
             with console.status(f"starting {comp.title}…"):
                 took = processes.wait_ready(
-                    proc, comp.health_url, log_path, timeout=comp.timeout, label=comp.title
+                    proc,
+                    comp.health_url,
+                    log_path,
+                    timeout=comp.timeout,
+                    label=comp.title,
+                    headers=comp.health_headers(),
                 )
         except processes.StartError as exc:
             console.print(f"[red]✗[/] {escape(str(exc))}")
@@ -275,7 +324,7 @@ def status(cfg: StackConfig, console: Console) -> int:
         for comp in components(cfg):
             pid = processes.read_pid(logs, comp.label)
             try:
-                code = client.get(comp.health_url).status_code
+                code = client.get(comp.health_url, headers=comp.health_headers()).status_code
                 health = "[green]healthy[/]" if code == 200 else f"[red]{code}[/]"
                 ok = code == 200
                 if not ok and comp.status_url is not None:

@@ -10,6 +10,10 @@ component reads it with its ``--*-token-file`` flag:
                             babysitters send it (``--registry-token-file``)
 ``registry-admin-token``    the registry's admin token (``--admin-token-file``)
 ``router-admin-token``      the router's admin token (``--admin-token-file``)
+``batch-token``             shared by the router and the batch service: the router sends
+                            it when forwarding ``/v1/files*`` and ``/v1/batches*``
+                            (``--batch-token-file``), the batch service requires it
+                            (``--token-file``) and sends it with each line
 ==========================  ==========================================================
 
 A missing token is made with :func:`llmsvc.core.secrets.new_token` in a private
@@ -48,7 +52,8 @@ DEFAULT_DIR = Path("logs") / "tokens"
 REGISTRY = "registry"
 REGISTRY_ADMIN = "registry-admin"
 ROUTER_ADMIN = "router-admin"
-NAMES = (REGISTRY, REGISTRY_ADMIN, ROUTER_ADMIN)
+BATCH = "batch"
+NAMES = (REGISTRY, REGISTRY_ADMIN, ROUTER_ADMIN, BATCH)
 """The tokens, by the name ``--show`` takes; each one's file is ``<name>-token``."""
 
 
@@ -68,6 +73,7 @@ class Tokens:
     registry: SecretStr | None = None
     registry_admin: SecretStr | None = None
     router_admin: SecretStr | None = None
+    batch: SecretStr | None = None
 
     def get(self, name: str) -> SecretStr | None:
         """The token called ``name`` (one of :data:`NAMES`)."""
@@ -195,7 +201,8 @@ def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog=PROG,
         description="Make the missing tokens of a stack (registry write and admin tokens, "
-        "router admin token) in a private directory, keep the existing ones, and print "
+        "router admin token, the router's and batch service's shared token) in a private "
+        "directory, keep the existing ones, and print "
         "the directory and file names, never the tokens (unless --show).",
     )
     parser.add_argument(
