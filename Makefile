@@ -7,7 +7,7 @@ STAMP  := $(VENV)/.installed-stamp
 TEST_WORKERS ?= 4
 PYTEST_ARGS ?=
 
-.PHONY: help venv tools run stop test lint typecheck imports check clean scale bench bench-clients study images manifests chaos soak real-engine flow-bench autoscale-agreement autoscale-study coldstart-bench
+.PHONY: help venv tools run stop test lint typecheck imports check clean scale bench bench-clients study images manifests chaos soak real-engine flow-bench autoscale-agreement autoscale-study coldstart-bench batch-bench
 
 help:
 	@echo "make run     start the demo stack (registry, router, two simulated engines)"
@@ -22,6 +22,7 @@ help:
 	@echo "make autoscale-study  simulated fixed fleet vs autoscaling vs autoscaling to zero, every built-in trace"
 	@echo "make manifests  regenerate the CRD copies, operator/rbac.yaml, manifests/install.yaml"
 	@echo "make coldstart-bench  a standby engine woken by a held request: TTFT and hold overhead (COLDSTART_ARGS)"
+	@echo "make batch-bench  interactive TTFT with and without a 10,000-line batch; the batch's ETA accuracy (BATCH_BENCH_ARGS)"
 
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -135,6 +136,14 @@ autoscale-study: $(STAMP)
 # overhead; docs/autoscaling/coldstart.md and docs/autoscaling.md. COLDSTART_ARGS=--cycles N.
 coldstart-bench: $(STAMP)
 	$(BIN)/python -m benchmarks.coldstart $(COLDSTART_ARGS)
+
+# The batch benchmark (about 6 minutes): simulated engines with fixed slots, a router with
+# --batch-url and llmsvc batch; interactive streamed requests at 60 % of the measured capacity
+# alone, then beside a 10,000-line batch created with the openai client: TTFT p95 ratio, the
+# batch's share of the spare capacity, its ETA error at 25/50/75 %; benchmarks/batch/results/
+# and the tables in docs/batch.md. BATCH_BENCH_ARGS=--lines N, --interactive-load X, ...
+batch-bench: $(STAMP)
+	$(BIN)/python -m benchmarks.batch --doc docs/batch.md $(BATCH_BENCH_ARGS)
 
 # The soak (SOAK_MINUTES, default 10): router --workers 2 under steady load, RSS and fds of
 # each worker from /proc; writes benchmarks/soak/results.json; see docs/reliability.md.

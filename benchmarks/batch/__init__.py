@@ -1,0 +1,1 @@
+"""The batch benchmark (``make batch-bench``): interactive traffic protected, ETA accuracy."""
