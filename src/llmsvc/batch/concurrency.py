@@ -1,8 +1,9 @@
 """How many lines the runner keeps in flight: an AIMD window, like TCP's.
 
 Additive increase: +1 per window's worth of lines answered fine (congestion avoidance).
-Multiplicative decrease: x0.5 on a congestion signal, at most once per line duration so
-one burst of refusals halves once. Signals: a capacity refusal (429 queue_full /
+Multiplicative decrease: x0.5 on a congestion signal, at most once per line duration (a
+signal about a line sent before the last decrease is ignored) so one burst of refusals
+halves once. Signals: a capacity refusal (429 queue_full /
 rate_limit_exceeded, 503 queue_timeout / no_healthy_backend / draining), the router's
 ``X-Llmsvc-Contention`` > 0 (interactive requests waited for the model), and delay:
 a line's seconds per output token above ``DELAY_FACTOR`` x the best recently seen
@@ -15,6 +16,7 @@ from collections import deque
 
 DELAY_FACTOR = 1.5
 BEST_OF = 200  # the "best recently seen" is over this many answers
+MIN_SAMPLES = 4  # answers seen before the delay signal counts
 
 
 class Aimd:
@@ -26,7 +28,6 @@ class Aimd:
         self._window = float(min(max(initial, self.floor), self.limit))
         self._acked = 0.0
         self._last_decrease: float | None = None
-        self._hold = 0.0  # seconds: the line duration a decrease waits out
         self._delays: deque[float] = deque(maxlen=BEST_OF)
 
     @property
@@ -34,23 +35,26 @@ class Aimd:
         """Lines allowed in flight now."""
         return int(self._window)
 
-    def on_success(self, *, now: float, duration: float, output_tokens: int | None) -> None:
-        """A line was answered fine: grow, or shrink if it was slow (the delay signal)."""
-        self._hold = max(self._hold * 0.8, duration)
+    def on_success(self, *, now: float, sent_at: float, output_tokens: int | None = None) -> None:
+        """A line sent at ``sent_at`` was answered fine at ``now``: grow, or shrink if it
+        was slow (the delay signal)."""
+        duration = max(0.0, now - sent_at)
         per = duration / output_tokens if output_tokens else duration
         best = min(self._delays) if self._delays else None
         self._delays.append(per)
-        if best is not None and len(self._delays) >= 4 and per > DELAY_FACTOR * best:
-            self.on_congestion(now=now)
+        if best is not None and len(self._delays) >= MIN_SAMPLES and per > DELAY_FACTOR * best:
+            self.on_congestion(now=now, sent_at=sent_at)
             return
         self._acked += 1
         if self._acked >= self._window:
             self._acked = 0
             self._window = min(float(self.limit), self._window + 1)
 
-    def on_congestion(self, *, now: float) -> bool:
-        """A refusal or a contention signal: halve (once per line duration); True if it did."""
-        if self._last_decrease is not None and now - self._last_decrease < self._hold:
+    def on_congestion(self, *, now: float, sent_at: float) -> bool:
+        """A refusal or a contention signal for a line sent at ``sent_at``: halve, unless
+        the window was already halved after that line was sent (one burst, one halving,
+        as TCP reacts once per round trip); True if it did."""
+        if self._last_decrease is not None and sent_at <= self._last_decrease:
             return False
         self._last_decrease = now
         self._acked = 0

@@ -12,9 +12,9 @@ from __future__ import annotations
 import math
 from collections import deque
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 
-from llmsvc.batch.store import BatchRecord, Counts
+from llmsvc.batch.store import BatchRecord, Counts, Sample
 
 SlaStatus = Literal["on_track", "at_risk", "violated"]
 Priority = Literal["batch", "standard"]
@@ -49,10 +49,11 @@ class Throughput:
     at every ``rate`` call (alpha 0.3 per call, i.e. per tick).
     """
 
-    def __init__(self, started: float) -> None:
+    def __init__(self, started: float, *, ended: int = 0) -> None:
         self._started = started
         self._events: deque[tuple[float, int]] = deque()
-        self._ended = 0
+        self._ended = ended
+        self._seen = 0  # lines observed by this meter (``ended`` counts earlier ones too)
         self._ewma: float | None = None
 
     @property
@@ -66,6 +67,7 @@ class Throughput:
             return
         self._events.append((now, lines))
         self._ended += lines
+        self._seen += lines
 
     def sync(self, now: float, done: int) -> None:
         """Count lines the store says ended that were not observed (another path, a restart)."""
@@ -87,9 +89,9 @@ class Throughput:
         self._ewma = (
             window if self._ewma is None else (EWMA_ALPHA * window + (1 - EWMA_ALPHA) * self._ewma)
         )
-        if self._ended < MIN_LINES and now - self._started < MIN_SECONDS:
+        if self._seen < MIN_LINES and now - self._started < MIN_SECONDS:
             return None
-        if self._ended == 0:
+        if self._seen == 0:
             return None
         return 0.5 * window + 0.5 * self._ewma
 
@@ -167,3 +169,71 @@ def _status(
         if window_used >= at_risk_window_used:
             return "at_risk"
     return "on_track"
+
+
+REPORT_POINTS = (("at_25", 0.25), ("at_50", 0.5), ("at_75", 0.75))
+
+
+def finished_at(batch: BatchRecord) -> float | None:
+    """When an ended batch ended (None while it runs)."""
+    for name in ("completed_at", "expired_at", "cancelled_at", "failed_at"):
+        if name in batch.times:
+            return batch.times[name]
+    return None
+
+
+def report_entry(batch: BatchRecord, samples: list[Sample]) -> dict[str, Any]:
+    """One batch of GET /sla/report: its samples, whether it met its deadline, and the
+    ETA's error at 25/50/75 % progress: ``|eta - finish| / (finish - created)``."""
+    finished = finished_at(batch)
+    met = batch.status == "completed" and finished is not None and finished <= batch.deadline
+    total = batch.counts.total
+    errors: dict[str, float | None] = {}
+    for name, point in REPORT_POINTS:
+        errors[name] = None
+        if finished is None or total == 0 or finished <= batch.created_at:
+            continue
+        for sample in samples:
+            if sample.eta is not None and (sample.completed + sample.failed) / total >= point:
+                errors[name] = abs(sample.eta - finished) / (finished - batch.created_at)
+                break
+    return {
+        "id": batch.id,
+        "tenant": batch.tenant,
+        "status": batch.status,
+        "deadline": batch.deadline,
+        "created_at": batch.created_at,
+        "finished_at": finished,
+        "met": met,
+        "samples": [
+            {
+                "at": s.at,
+                "completed": s.completed,
+                "failed": s.failed,
+                "throughput": s.throughput,
+                "eta": s.eta,
+            }
+            for s in samples
+        ],
+        "eta_error": errors,
+    }
+
+
+def report_overall(entries: list[dict[str, Any]]) -> dict[str, Any]:
+    """The report's summary: how many ended batches met their deadline."""
+    ended = [e for e in entries if e["finished_at"] is not None]
+    met = sum(1 for e in ended if e["met"])
+    violated = sum(
+        1
+        for e in ended
+        if e["status"] == "expired" or (e["status"] == "completed" and not e["met"])
+    )
+    at_50 = [e["eta_error"]["at_50"] for e in ended if e["eta_error"]["at_50"] is not None]
+    return {
+        "batches": len(entries),
+        "ended": len(ended),
+        "met": met,
+        "violated": violated,
+        "on_time_ratio": met / (met + violated) if met + violated else None,
+        "mean_eta_error_at_50": sum(at_50) / len(at_50) if at_50 else None,
+    }
