@@ -47,6 +47,9 @@ from llmsvc.router.settings import RouterSettings
 from llmsvc.router.tenants import ANONYMOUS, ModelNotAllowed, Tenant, tenant_of
 from llmsvc.router.usage import StreamUsage
 
+CONTENTION_HEADER = "X-Llmsvc-Contention"
+CONTENDED = web.RequestKey("llmsvc.contended", str)
+"""The model of a request admitted at class ``batch``: its answer says the contention."""
 REJECTIONS = frozenset(r.value for r in Rejection)  # error codes counted as rejections
 DRAIN_MARGIN_S = 1.0  # those still waiting are answered this long before the drain's end
 
@@ -133,6 +136,22 @@ class FlowControl:
         queued = sum(self.dispatcher.queues.depth(model).values())
         return demand.in_flight.get(model, 0) + queued + demand.held.get(model, 0)
 
+    def contention(self, model: str) -> int:
+        """Requests of the classes above ``batch`` waiting for ``model`` now, in its line or
+        held: what ``X-Llmsvc-Contention`` tells the batch runner (one model's counts, no
+        scan of the others)."""
+        depth = self.dispatcher.queues.depth(model)
+        higher = sum(n for p, n in depth.items() if p < Priority.BATCH)
+        return higher + self.holds.count(model)
+
+    def tell_contention(self, request: web.Request, response: web.StreamResponse) -> None:
+        """The answer to a batch-class request, before its headers go out and while it
+        still holds its slot (so what waits for that slot counts): its
+        ``X-Llmsvc-Contention``."""
+        model = request.get(CONTENDED)
+        if model is not None and not response.prepared:
+            response.headers[CONTENTION_HEADER] = str(self.contention(model))
+
     def admit(
         self, request: web.Request, info: RoutingInfo, admitted: Admitted, label: str
     ) -> None:
@@ -152,6 +171,8 @@ class FlowControl:
             if not tenant.may_use(info.model):
                 raise ModelNotAllowed(info.model)
             admitted.priority = capped(admitted.priority, tenant.max_priority)
+        if admitted.priority is Priority.BATCH:
+            request[CONTENDED] = info.model
         self._maintenance.check(info.model, time.time())
         if tenant.limited:
             estimate = estimate_tokens(info) if tenant.tpm is not None else 0

@@ -16,6 +16,7 @@ from typing import Any
 
 import aiohttp
 from aiohttp import web
+from aiohttp.typedefs import Middleware
 from prometheus_client import CollectorRegistry
 from prometheus_client.multiprocess import MultiProcessCollector
 
@@ -37,6 +38,7 @@ from llmsvc.router.accesslog import REQUEST_ID_HEADER, request_id
 from llmsvc.router.admission import FlowControl
 from llmsvc.router.backends import BackendPool
 from llmsvc.router.balancing import Strategy, make_strategy
+from llmsvc.router.batchproxy import BATCH_PATHS, BatchProxy, is_batch_path
 from llmsvc.router.config import check_settings, load_static_services
 from llmsvc.router.demand import demand_view, model_fleet
 from llmsvc.router.discovery import watch_registry
@@ -269,7 +271,8 @@ def _upstream_ctx(state: RouterState) -> Callable[[web.Application], AsyncIterat
             stats=state.stats,
             suspicion=suspicion,
             ejector=ejector,
-            drop_auth=bool(state.api_keys),
+            # A key or the batch token is the router's to check, never an engine's.
+            drop_auth=bool(state.api_keys) or settings.batch_token is not None,
             flow=state.flow,
         )
         health = check_loop(
@@ -406,7 +409,7 @@ def create_app(
         version=__version__,
         routes=_routes(state),
         client_max_size=settings.max_body_bytes,
-        middlewares=[tenant_middleware(lambda: state.api_keys)] if keyring else [],
+        middlewares=_tenancy(state),
         read_timeout=settings.read_timeout,
         auth=admin_auth(settings),
     )
@@ -431,6 +434,10 @@ def create_app(
         if settings.wake_target > 0:
             state.flow.on_demand = waker.grew
     app[ROUTER] = state
+    batch = BatchProxy(settings)  # /v1/files*, /v1/batches*: the batch service's
+    for path in BATCH_PATHS:
+        app.router.add_route("*", path, batch.handle)
+    app.cleanup_ctx.append(_batch_ctx(batch))
     app.on_shutdown.append(state.drain)
     app.on_response_prepare.append(_on_prepare)
     if settings.api_keys_file:  # re-read when it changes
@@ -453,6 +460,32 @@ def create_app(
     if metrics_dir:
         app.cleanup_ctx.append(background("worker-gauges", _gauge_refresher(state)))
     return app
+
+
+def _tenancy(state: RouterState) -> list[Middleware]:
+    """The tenant middleware, when there are API keys or a --batch-token (whose bearer
+    runs as the tenant it names, keys or not)."""
+    token = state.settings.batch_token
+    if not state.keys and token is None:
+        return []
+    return [
+        tenant_middleware(
+            lambda: state.api_keys,
+            batch_token=token.get_secret_value().encode() if token is not None else None,
+            admin_paths=is_batch_path,
+        )
+    ]
+
+
+def _batch_ctx(batch: BatchProxy) -> Callable[[web.Application], AsyncIterator[None]]:
+    """``cleanup_ctx``: the batch proxy's session to the batch service."""
+
+    async def ctx(_: web.Application) -> AsyncIterator[None]:
+        await batch.start()
+        yield
+        await batch.close()
+
+    return ctx
 
 
 async def _on_prepare(request: web.Request, response: web.StreamResponse) -> None:

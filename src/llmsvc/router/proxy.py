@@ -160,7 +160,9 @@ class Proxy:
             try:
                 with exchange.attempt(backend) as attempt, self._flow.sending(admitted):
                     held = admitted.response
-                    return await self._forward(request, attempt, exchange, info, headers, held)
+                    answer = await self._forward(request, attempt, exchange, info, headers, held)
+                    self._flow.tell_contention(request, answer)  # a plain answer's, in its slot
+                    return answer
             except RetryableFailure as failure:
                 error = failure.error
         raise error or NoHealthyBackend(info.model)
@@ -371,6 +373,7 @@ class Proxy:
             status=upstream.status, headers=downstream_headers(upstream, backend.name)
         )
         if held is None:
+            self._flow.tell_contention(request, response)
             await response.prepare(request)
         try:
             with attempt.relaying(upstream.close):

@@ -347,6 +347,18 @@ class RouterSettings(ServerSettings):
                 raise ValueError(f"{value!r} is not an IP address or CIDR range") from None
         return values
 
+    @field_validator("batch_url")
+    @classmethod
+    def _batch_url(cls, value: str | None) -> str | None:
+        """An http(s) base URL, without its trailing '/' (the client's path is appended)."""
+        if value is None:
+            return None
+        text = value.strip().rstrip("/")
+        scheme, sep, rest = text.partition("://")
+        if not sep or scheme.lower() not in ("http", "https") or not rest:
+            raise ValueError(f"{value!r} is not an http:// or https:// URL")
+        return text
+
     @model_validator(mode="after")
     def _tokens_from_files(self) -> RouterSettings:
         """Each token from its flag or its file (``--x-file``), never both."""

@@ -24,6 +24,8 @@ was admitted with.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
+import hmac
 import logging
 import os
 from collections.abc import Callable, Iterable
@@ -34,14 +36,17 @@ import yaml
 from aiohttp import web
 from aiohttp.typedefs import Middleware
 
-from llmsvc.core.auth import bearer_credentials
+from llmsvc.core.auth import access_of, bearer_credentials
 from llmsvc.core.errors import ApiError, Handler, Unauthorized
 from llmsvc.router.config import ConfigError
 from llmsvc.router.keyrecords import digest, records_of
-from llmsvc.router.priority import Priority
+from llmsvc.router.priority import Priority, capped
 from llmsvc.router.settings import RouterSettings
 
 log = logging.getLogger("llmsvc.router.tenants")
+
+TENANT_HEADER = "X-Llmsvc-Tenant"
+"""Who a request bearing ``--batch-token`` runs as (the batch service's lines)."""
 
 PROTECTED_PATHS = frozenset({"/chat/completions", "/completions", "/embeddings", "/models"})
 INVALID_KEY_MESSAGE = "Missing or invalid API key: send 'Authorization: Bearer <key>'"
@@ -71,6 +76,9 @@ class Tenant:
 ANONYMOUS = Tenant(name="anonymous")
 """The one tenant of a router with no API keys."""
 
+BATCH = Tenant(name="batch", max_priority=Priority.STANDARD)
+"""The batch service's lines that name no known tenant (no header, or a router without keys)."""
+
 
 class ModelNotAllowed(ApiError):
     """The caller's key may not use the model (its ``models`` list leaves it out)."""
@@ -93,10 +101,15 @@ def plain_tenant(key_digest: bytes) -> Tenant:
 class KeyRing:
     """The accepted keys, by digest; immutable (a reload builds a new ring)."""
 
-    __slots__ = ("_by_digest",)
+    __slots__ = ("_by_digest", "_by_name")
 
     def __init__(self, entries: Iterable[tuple[bytes, Tenant]] = ()) -> None:
         self._by_digest: dict[bytes, Tenant] = dict(entries)
+        self._by_name = {t.name: t for t in self._by_digest.values()}
+
+    def by_name(self, name: str) -> Tenant | None:
+        """The tenant named ``name`` (the batch service's lines run as it); None if unknown."""
+        return self._by_name.get(name)
 
     def lookup(self, key: str | bytes) -> Tenant | None:
         """The tenant of a presented key; None when the key is not accepted."""
@@ -252,23 +265,53 @@ def _refusal() -> Unauthorized:
     )
 
 
-def tenant_middleware(ring: Callable[[], KeyRing]) -> Middleware:
+def tenant_middleware(
+    ring: Callable[[], KeyRing],
+    *,
+    batch_token: bytes | None = None,
+    admin_paths: Callable[[web.Request], bool] | None = None,
+) -> Middleware:
     """401 on :func:`protected` paths unless the bearer key is in the current ring (read
     per request, so a reloaded file applies to the next request); sets the tenant.
 
     With an empty ring every request passes as :data:`ANONYMOUS`.
+
+    ``batch_token``: a bearer equal to it (compared in constant time) runs as the tenant
+    ``X-Llmsvc-Tenant`` names, capped at ``standard`` (:func:`batch_tenant`). Without it the
+    header means nothing. ``admin_paths``: the paths where the admin token (``core.auth``'s
+    access, set by the admin guard that runs first) also passes (the batch API's).
     """
 
     @web.middleware
     async def tenant(request: web.Request, handler: Handler) -> web.StreamResponse:
         current = ring()
-        if len(current):
-            key = bearer_credentials(request.headers.get("Authorization"))
+        key = bearer_credentials(request.headers.get("Authorization"))
+        if batch_token is not None and key is not None and hmac.compare_digest(key, batch_token):
+            request[TENANT_KEY] = batch_tenant(current, request.headers.get(TENANT_HEADER))
+        elif len(current):
             found = current.lookup(key) if key is not None else None
             if found is not None:
                 request[TENANT_KEY] = found
-            elif protected(request):
+            elif protected(request) and not (
+                admin_paths is not None and admin_paths(request) and access_of(request)
+            ):
                 raise _refusal()
         return await handler(request)
 
     return tenant
+
+
+def batch_tenant(ring: KeyRing, name: str | None) -> Tenant:
+    """Who a request bearing the batch token runs as: the ring's tenant named ``name`` (its
+    limits and models), its class capped at ``standard`` so that batch work never outranks
+    interactive traffic; :data:`BATCH` for no name or an empty ring; an unknown name is a 401.
+    """
+    name = (name or "").strip()
+    if not name or not len(ring):
+        return BATCH
+    found = ring.by_name(name)
+    if found is None:
+        raise Unauthorized(
+            f"Unknown tenant {name[:64]!r} in {TENANT_HEADER}", code="invalid_api_key"
+        )
+    return dataclasses.replace(found, max_priority=capped(found.max_priority, Priority.STANDARD))
