@@ -1,9 +1,11 @@
 """Container health check of an llmsvc image: ``GET http://127.0.0.1:<port>/health``.
 
-Usage: ``healthcheck.py DEFAULT_PORT [OFFSET]``. The port is ``$LLMSVC_PORT`` (the
-service's own port setting) or DEFAULT_PORT, plus OFFSET (1 for a babysitter,
-whose API listens on the engine port + 1). Exit 0 when the answer is 200, else 1,
-with one line on stderr. Only the standard library: it runs with the image's
+Usage: ``healthcheck.py DEFAULT_PORT [OFFSET] [--token-file PATH]``. The port is
+``$LLMSVC_PORT`` (the service's own port setting) or DEFAULT_PORT, plus OFFSET (1 for a
+babysitter, whose API listens on the engine port + 1). With ``--token-file`` the check
+sends ``Authorization: Bearer <the file's token>``: the batch service guards every
+route, /health too, with its token. Exit 0 when the answer is 200, else 1, with one
+line on stderr. Only the standard library: it runs with the image's
 ``/opt/llmsvc/bin/python``, and in tests with any Python.
 """
 
@@ -17,10 +19,25 @@ import urllib.request
 TIMEOUT_S = 4.0
 
 
+USAGE = "usage: healthcheck.py DEFAULT_PORT [OFFSET] [--token-file PATH]"
+
+
 def main(argv: list[str]) -> int:
+    token_file = None
+    if len(argv) >= 2 and argv[-2] == "--token-file":
+        token_file, argv = argv[-1], argv[:-2]
     if not 1 <= len(argv) <= 2 or not all(arg.isdigit() for arg in argv):
-        print("usage: healthcheck.py DEFAULT_PORT [OFFSET]", file=sys.stderr)
+        print(USAGE, file=sys.stderr)
         return 2
+    headers = {}
+    if token_file is not None:
+        try:
+            with open(token_file, encoding="utf-8") as file:
+                token = file.read().strip()
+        except OSError as exc:
+            print(f"healthcheck: {token_file}: {exc.strerror or exc}", file=sys.stderr)
+            return 1
+        headers["Authorization"] = f"Bearer {token}"
     default_port, offset = int(argv[0]), int(argv[1]) if len(argv) == 2 else 0
     given = os.environ.get("LLMSVC_PORT") or str(default_port)
     if not given.isdigit():
@@ -29,7 +46,8 @@ def main(argv: list[str]) -> int:
     port = int(given) + offset
     url = f"http://127.0.0.1:{port}/health"
     try:
-        with urllib.request.urlopen(url, timeout=TIMEOUT_S) as resp:
+        request = urllib.request.Request(url, headers=headers)
+        with urllib.request.urlopen(request, timeout=TIMEOUT_S) as resp:
             status = resp.status
     except urllib.error.HTTPError as exc:
         status = exc.code

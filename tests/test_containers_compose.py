@@ -31,19 +31,24 @@ from containers import (
 )
 from tools import ROOT
 
-LLMSVC_SERVICES = {"registry", "router", "babysitter"}
+LLMSVC_SERVICES = {"registry", "router", "batch", "babysitter"}
+# Services that run another service's image with another llmsvc entrypoint (checked in
+# test_compose_batch): service -> the image's service.
+REUSES_IMAGE = {"batch": "router"}
 ONE_SHOT = {
     "tokens"
 }  # run once, must exit 0 (compose's tokens, see test_containers_compose_tokens)
-DEFAULT_SERVICES = LLMSVC_SERVICES | ONE_SHOT | {"prometheus", "grafana"}
+DEFAULT_SERVICES = LLMSVC_SERVICES | ONE_SHOT | {"prometheus", "grafana", "alertmanager"}
 # service -> the services it must wait for (healthy; the one-shot ones: completed)
 START_ORDER = {
     "tokens": set(),
     "registry": {"tokens"},
     "router": {"tokens", "registry"},
+    "batch": {"tokens", "router"},
     "babysitter": {"tokens", "registry", "router"},
     "babysitter-vllm": {"tokens", "registry", "router"},
-    "prometheus": {"tokens", "router"},
+    "prometheus": {"tokens", "router", "alertmanager"},
+    "alertmanager": set(),
     "grafana": {"prometheus"},
 }
 PUBLISHED = {  # service -> (variable, default host port, container port)
@@ -51,6 +56,7 @@ PUBLISHED = {  # service -> (variable, default host port, container port)
     "registry": ("LLMSVC_REGISTRY_PORT", 8081, 8081),
     "prometheus": ("LLMSVC_PROMETHEUS_PORT", 9090, 9090),
     "grafana": ("LLMSVC_GRAFANA_PORT", 3000, 3000),
+    "alertmanager": ("LLMSVC_ALERTMANAGER_PORT", 9093, 9093),
 }
 
 
@@ -103,7 +109,7 @@ def test_start_order_waits_for_health(gpu_config: dict[str, Any]) -> None:
 def test_llmsvc_services_match_their_images(gpu_config: dict[str, Any]) -> None:
     """Image name, entrypoint and health check as in the Dockerfile the service builds."""
     for name, service in gpu_config["services"].items():
-        if "build" not in service or name in ONE_SHOT:
+        if "build" not in service or name in ONE_SHOT or name in REUSES_IMAGE:
             continue
         component = llmsvc_component(service)
         assert component is not None, name

@@ -40,8 +40,9 @@ from tools import ROOT
 pytestmark = pytest.mark.slow
 
 # The port each component listens on in its container (the settings' defaults).
-CONTAINER_PORT = {"registry": 8081, "router": 8080, "babysitter": 8000}
+CONTAINER_PORT = {"registry": 8081, "router": 8080, "batch": 8082, "babysitter": 8000}
 TOKENS_VOLUME = "/run/llmsvc/tokens"  # where compose mounts the tokens volume
+BATCH_VOLUME = "/var/lib/llmsvc/batch"  # where compose mounts the batch service's data
 IN_IMAGE = {
     "/opt/llmsvc/bin/python": sys.executable,
     "/opt/llmsvc/healthcheck.py": str(ROOT / "images" / "healthcheck.py"),
@@ -126,14 +127,19 @@ def localize(
     ]
 
 
-def _healthy_or_exited(service: dict[str, Any], env: dict[str, str], proc: Proc) -> bool:
-    return healthy(service, env) or not proc.alive()
+def _healthy_or_exited(
+    service: dict[str, Any], env: dict[str, str], tokens: Path, proc: Proc
+) -> bool:
+    return healthy(service, env, tokens) or not proc.alive()
 
 
-def healthy(service: dict[str, Any], env: dict[str, str]) -> bool:
+def healthy(service: dict[str, Any], env: dict[str, str], tokens: Path) -> bool:
+    """The service's compose health check, run here (the tokens volume: ``tokens``)."""
     test = service["healthcheck"]["test"]
     assert test[0] == "CMD"
     argv = [IN_IMAGE.get(arg, arg) for arg in test[1:]]
+    argv = [tokens.as_posix() + a.removeprefix(TOKENS_VOLUME) if a.startswith(TOKENS_VOLUME + "/")
+            else a for a in argv]  # fmt: skip
     proc = subprocess.run(argv, env={**os.environ, **env}, capture_output=True, timeout=10)
     return proc.returncode == 0
 
@@ -143,16 +149,17 @@ def test_compose_commands_make_a_working_stack(spawn: Spawn, tmp_path: Path) -> 
     tokens = tmp_path / "tokens"
     make_tokens(config["tokens"], tokens)
     services = {name: service for name, service in config.items() if llmsvc_component(service)}
-    assert set(services) == {"registry", "router", "babysitter"}
+    assert set(services) == {"registry", "router", "batch", "babysitter"}
     ports = local_ports(services)
     path = f"{stand_ins(tmp_path / 'bin')}:{os.environ['PATH']}"
     groups = start_order(services)
-    assert groups == [["registry"], ["router"], ["babysitter"]]
+    assert groups == [["registry"], ["router"], ["babysitter", "batch"]]
     for group in groups:
         started = {}
         for name in group:
             service = services[name]
             command = localize(service.get("command") or [], services, ports, tokens)
+            command = [str(tmp_path / "batch-data") if a == BATCH_VOLUME else a for a in command]
             argv, raw = argv_of(service, command)
             for replica, port in enumerate(ports[name], start=1):
                 env = {
@@ -165,7 +172,7 @@ def test_compose_commands_make_a_working_stack(spawn: Spawn, tmp_path: Path) -> 
                 started[label] = (spawn(label, *argv, env=env, raw=raw), env, service)
         for label, (proc, env, service) in started.items():
             wait_until(
-                partial(_healthy_or_exited, service, env, proc),
+                partial(_healthy_or_exited, service, env, tokens, proc),
                 timeout=40,
                 interval=0.2,
                 what=f"{label}'s compose health check",
@@ -209,3 +216,11 @@ def test_compose_commands_make_a_working_stack(spawn: Spawn, tmp_path: Path) -> 
     for path in ("/stats", "/services", "/metrics"):
         assert httpx.get(f"{router}{path}", timeout=5).status_code == 401, path
         assert httpx.get(f"{router}{path}", headers=admin, timeout=5).status_code == 200, path
+    # The batch service answers through the router (which forwards with the batch token), and
+    # only with that token when asked directly: the health check above sent it.
+    listed = httpx.get(f"{router}/v1/batches", timeout=10)
+    assert listed.status_code == 200, listed.text
+    assert listed.json()["object"] == "list"
+    batch = f"http://{HOST}:{ports['batch'][0]}"
+    assert httpx.get(f"{batch}/v1/batches", timeout=5).status_code == 401
+    assert (tmp_path / "batch-data").is_dir()  # the batch-data volume's stand-in

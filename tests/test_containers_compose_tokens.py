@@ -34,7 +34,9 @@ TOKEN_FLAGS = {
     "router": {
         "--registry-token-file": "registry-token",
         "--admin-token-file": "router-admin-token",
+        "--batch-token-file": "batch-token",
     },
+    "batch": {"--token-file": "batch-token"},
     "babysitter": {"--registry-token-file": "registry-token"},
     "babysitter-vllm": {"--registry-token-file": "registry-token"},
 }
@@ -143,6 +145,7 @@ def test_prometheus_sends_the_router_admin_token(tmp_path: Path) -> None:
 def localized_config(tmp: Path, token: str, router: str = "router:8080") -> Path:
     """compose's prometheus.yml with the token file in ``tmp`` and the router at ``router``."""
     (tmp / "router-admin-token").write_text(token + "\n")
+    (tmp / "batch-token").write_text("batch-" + token + "\n")
     text = PROMETHEUS_YML.read_text().replace(PROMETHEUS_VOLUME, tmp.as_posix())
     text = text.replace('"router:8080"', f'"{router}"')
     path = tmp / "prometheus.yml"

@@ -78,6 +78,7 @@ def test_compose_prometheus_scrapes_every_service_with_backend_labels(tmp_path: 
     # promtool checks that the router's token file exists: compose's tokens service makes it
     # in the prometheus-token volume; here a file of the test's stands in for it.
     (tmp_path / "router-admin-token").write_text("token\n")
+    (tmp_path / "batch-token").write_text("token\n")
     text = PROMETHEUS_YML.read_text().replace("/run/llmsvc/prometheus", tmp_path.as_posix())
     (tmp_path / "prometheus.yml").write_text(text)
     done = promtool("check", "config", str(tmp_path / "prometheus.yml"))

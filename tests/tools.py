@@ -21,6 +21,7 @@ HOW = {
     "kubectl": "run `make tools` (installs kubectl into .tools/bin)",
     "promtool": "apt-get install prometheus",
     "prometheus": "apt-get install prometheus",
+    "amtool": "apt-get install prometheus-alertmanager",
 }
 # Tools whose tests only run where they exist, in CI too (no Docker engine in CI).
 OPTIONAL = {"docker", "kind"}
