@@ -85,11 +85,13 @@ class GatedEngine:
 
     gate: asyncio.Event = field(default_factory=asyncio.Event)
     arrived: int = 0
+    seen: list[CIMultiDict[str]] = field(default_factory=list)
     port: int = 0
 
     async def chat(self, request: web.Request) -> web.Response:
         await request.read()
         self.arrived += 1
+        self.seen.append(CIMultiDict(request.headers))
         await asyncio.wait_for(self.gate.wait(), 20)
         return web.json_response({"choices": [], "usage": {"prompt_tokens": 1}})
 
@@ -315,10 +317,13 @@ async def test_batch_token_without_keys_is_the_batch_tenant(
     headers = bearer(BATCH_TOKEN, **{"X-Llmsvc-Tenant": "team-a", "X-Llmsvc-Priority": "critical"})
     assert (await client.post(CHAT, json=BODY, headers=headers)).status == 200
     assert tenant_requests(registry, "batch", "standard") == 1
-    # Anyone else is anonymous, as without a batch token, and may still ask for critical.
-    plain = {"X-Llmsvc-Tenant": "team-a", "X-Llmsvc-Priority": "critical"}
+    assert "Authorization" not in engine.seen[-1]  # the secret never reaches an engine
+    # Anyone else is anonymous, as without a batch token, and may still ask for critical;
+    # with no keys to check, its own Authorization goes on to the engine as before.
+    plain = bearer("engine-key", **{"X-Llmsvc-Tenant": "team-a", "X-Llmsvc-Priority": "critical"})
     assert (await client.post(CHAT, json=BODY, headers=plain)).status == 200
     assert tenant_requests(registry, "anonymous", "critical") == 1
+    assert engine.seen[-1]["Authorization"] == "Bearer engine-key"
 
 
 async def test_without_batch_token_the_tenant_header_means_nothing(

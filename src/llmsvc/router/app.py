@@ -271,8 +271,7 @@ def _upstream_ctx(state: RouterState) -> Callable[[web.Application], AsyncIterat
             stats=state.stats,
             suspicion=suspicion,
             ejector=ejector,
-            # A key or the batch token is the router's to check, never an engine's.
-            drop_auth=bool(state.api_keys) or settings.batch_token is not None,
+            drop_auth=bool(state.api_keys),
             flow=state.flow,
         )
         health = check_loop(

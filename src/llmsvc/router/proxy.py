@@ -60,6 +60,7 @@ from llmsvc.router.settings import RouterSettings
 from llmsvc.router.stats import RouterStats
 from llmsvc.router.streams import IdleTimeout, drain, ends_stream, next_chunk
 from llmsvc.router.suspicion import Suspicion
+from llmsvc.router.tenants import VIA_BATCH_TOKEN
 from llmsvc.router.usage import StreamUsage, usage_of_body
 
 STALE_RETRIES = 2
@@ -145,7 +146,7 @@ class Proxy:
     async def _serve(
         self, request: web.Request, exchange: Exchange, info: RoutingInfo, admitted: Admitted
     ) -> web.StreamResponse:
-        headers = upstream_headers(request, drop_auth=self._drop_auth)
+        headers = upstream_headers(request, drop_auth=self._drop_auth or VIA_BATCH_TOKEN in request)
         headers[REQUEST_ID_HEADER] = admitted.request_id
         key = self._strategy.key(request, info)  # affinity key, None for most strategies
         error: ApiError | None = None

@@ -247,6 +247,10 @@ TENANT_KEY = web.RequestKey("llmsvc.tenant", Tenant)
 """Where :func:`tenant_middleware` leaves the caller's tenant (:func:`tenant_of`)."""
 
 
+VIA_BATCH_TOKEN = web.RequestKey("llmsvc.via_batch_token", bool)
+"""Set on a request that bore ``--batch-token``: the secret is never forwarded to an engine."""
+
+
 def tenant_of(request: web.Request) -> Tenant:
     """The caller's tenant; :data:`ANONYMOUS` when no key was needed (or none matched
     on an open path)."""
@@ -288,6 +292,7 @@ def tenant_middleware(
         key = bearer_credentials(request.headers.get("Authorization"))
         if batch_token is not None and key is not None and hmac.compare_digest(key, batch_token):
             request[TENANT_KEY] = batch_tenant(current, request.headers.get(TENANT_HEADER))
+            request[VIA_BATCH_TOKEN] = True
         elif len(current):
             found = current.lookup(key) if key is not None else None
             if found is not None:
