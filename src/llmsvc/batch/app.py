@@ -1,0 +1,230 @@
+"""The batch service's ``web.Application``: the API, the store, the runner beside them.
+
+One process owns the store (SQLite under ``--data-dir``) and the runner that sends the
+lines to the router; the runner starts with the app (it first puts back the lines a
+crash left ``running``) and is cancelled, then the store closed, when the app stops.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import AsyncIterator, Callable
+
+from aiohttp import web
+from prometheus_client import CollectorRegistry
+
+from llmsvc import __version__
+from llmsvc.batch.api import TENANT_HEADER, BatchApi, CreateBatch
+from llmsvc.batch.metrics import BatchMetrics
+from llmsvc.batch.runner import Runner
+from llmsvc.batch.settings import BatchSettings
+from llmsvc.batch.store import Store
+from llmsvc.core.app import Query, Route, background, make_app
+from llmsvc.core.auth import BearerAuth
+from llmsvc.core.metrics import metrics_handler
+
+BATCH_API = web.AppKey("batch_api", BatchApi)
+
+_TENANT = Query(
+    TENANT_HEADER,
+    "The tenant asking (set by the router from the API key's name); none: the admin, "
+    "who sees every tenant's objects",
+    location="header",
+)
+_PAGE = (
+    Query("limit", "Objects per page, 1 to 100 (default 20)", {"type": "integer"}),
+    Query("after", "Continue after this id (the previous page's last_id)"),
+)
+
+
+def token_auth(settings: BatchSettings) -> BearerAuth | None:
+    """Every path needs ``--token`` when it is set (the router's ``--batch-token``)."""
+    if settings.token is None:
+        return None
+    return BearerAuth(
+        keys=(settings.token.get_secret_value().encode(),),
+        message="Missing or invalid token: send 'Authorization: Bearer <--token>' "
+        "(the router's --batch-token)",
+        code="invalid_token",
+    )
+
+
+def _routes(api: BatchApi, registry: CollectorRegistry) -> list[Route]:
+    auth = {401: "Missing or invalid token (when --token is set)"}
+    file_404 = {**auth, 404: "No such file, or another tenant's (file_not_found)"}
+    batch_404 = {**auth, 404: "No such batch, or another tenant's (batch_not_found)"}
+
+    async def prometheus(_: web.Request) -> web.Response:
+        return metrics_handler(registry)
+
+    return [
+        Route(
+            "POST",
+            "/v1/files",
+            api.upload,
+            "Upload a batch input file (multipart: file, purpose=batch)",
+            description="Checked whole before it is stored: JSONL, one request per line "
+            "(custom_id unique, method POST, one url and one model for every line).",
+            errors={
+                **auth,
+                400: "Not a valid batch input file (message 'line N: ...'), or purpose not batch",
+                413: "Larger than --max-file-bytes (file_too_large)",
+            },
+            query=(_TENANT,),
+            protected=True,
+        ),
+        Route(
+            "GET",
+            "/v1/files",
+            api.list_files,
+            "The caller's files, newest first",
+            errors=auth,
+            query=(Query("purpose", "Only files of this purpose"), *_PAGE, _TENANT),
+            protected=True,
+        ),
+        Route(
+            "GET",
+            "/v1/files/{file_id}",
+            api.get_file,
+            "A file object",
+            errors=file_404,
+            query=(_TENANT,),
+            protected=True,
+        ),
+        Route(
+            "DELETE",
+            "/v1/files/{file_id}",
+            api.delete_file,
+            "Delete a file",
+            errors=file_404,
+            query=(_TENANT,),
+            protected=True,
+        ),
+        Route(
+            "GET",
+            "/v1/files/{file_id}/content",
+            api.file_content,
+            "A file's content (input, output or error JSONL)",
+            response_media="application/octet-stream",
+            errors=file_404,
+            query=(_TENANT,),
+            protected=True,
+        ),
+        Route(
+            "POST",
+            "/v1/batches",
+            api.create_batch,
+            "Create a batch from an uploaded file",
+            description="completion_window is a duration ('24h', '30m', '1h30m', up to 365d); "
+            "the batch is in_progress at once and its lines run at priority batch.",
+            request=CreateBatch,
+            errors={
+                **auth,
+                400: "Bad endpoint, completion_window or metadata, or lines whose url is not "
+                "the endpoint (mismatched_endpoint)",
+                404: "No such input file, or another tenant's (file_not_found)",
+            },
+            query=(_TENANT,),
+            protected=True,
+        ),
+        Route(
+            "GET",
+            "/v1/batches",
+            api.list_batches,
+            "The caller's batches, newest first",
+            errors=auth,
+            query=(*_PAGE, _TENANT),
+            protected=True,
+        ),
+        Route(
+            "GET",
+            "/v1/batches/{batch_id}",
+            api.get_batch,
+            "A batch, with its llmsvc SLA view",
+            errors=batch_404,
+            query=(_TENANT,),
+            protected=True,
+        ),
+        Route(
+            "POST",
+            "/v1/batches/{batch_id}/cancel",
+            api.cancel_batch,
+            "Cancel a batch: pending lines end batch_cancelled; then cancelled",
+            errors={**batch_404, 409: "The batch has ended (batch_not_cancellable)"},
+            query=(_TENANT,),
+            protected=True,
+        ),
+        Route(
+            "GET",
+            "/sla/status",
+            api.sla_status,
+            "Active batches, earliest deadline first, with progress, ETA and SLA status",
+            errors=auth,
+            query=(_TENANT,),
+            protected=True,
+        ),
+        Route(
+            "GET",
+            "/sla/report",
+            api.sla_report,
+            "How well the ETAs predicted the finishes (from the progress samples)",
+            errors=auth,
+            query=(_TENANT,),
+            protected=True,
+        ),
+        Route(
+            "GET",
+            "/health",
+            api.health,
+            "Liveness, active batches, the current window",
+            errors=auth,
+            protected=True,
+        ),
+        Route(
+            "GET",
+            "/metrics",
+            prometheus,
+            "Prometheus metrics",
+            response_media="text/plain",
+            errors=auth,
+            protected=True,
+        ),
+    ]
+
+
+def create_app(
+    settings: BatchSettings,
+    *,
+    store: Store | None = None,
+    clock: Callable[[], float] = time.time,
+) -> web.Application:
+    """The service: ``store`` defaults to SQLite under ``--data-dir`` (opened here, so that
+    an unusable directory fails before the port is served: OSError)."""
+    if store is None:
+        from llmsvc.batch.sqlite_store import open_store
+
+        store = open_store(settings)
+    registry = CollectorRegistry()
+    metrics = BatchMetrics(registry)
+    runner = Runner(store, settings, metrics, clock=clock)
+    api = BatchApi(settings=settings, store=store, runner=runner, clock=clock)
+    app = make_app(
+        title="llmsvc batch",
+        version=__version__,
+        routes=_routes(api, registry),
+        auth=token_auth(settings),
+    )
+    app[BATCH_API] = api
+    app.cleanup_ctx.append(_store_ctx(store))
+    app.cleanup_ctx.append(background("batch-runner", lambda _: runner.run()))
+    return app
+
+
+def _store_ctx(store: Store) -> Callable[[web.Application], AsyncIterator[None]]:
+    """``cleanup_ctx``: close the store after the runner (appended after it) stopped."""
+
+    async def ctx(_: web.Application) -> AsyncIterator[None]:
+        yield
+        store.close()
+
+    return ctx
