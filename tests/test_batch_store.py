@@ -19,7 +19,8 @@ from typing import Any
 import pytest
 
 from llmsvc.batch.settings import BatchSettings
-from llmsvc.batch.sqlite_store import SCHEMA_VERSION, SqliteStore, open_store
+from llmsvc.batch.sqlite_schema import SCHEMA_VERSION
+from llmsvc.batch.sqlite_store import SqliteStore, open_store
 from llmsvc.batch.store import BatchRecord, Counts, LineSpec, Sample
 from procs import Proc, Spawn, wait_until
 

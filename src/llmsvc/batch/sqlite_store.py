@@ -33,6 +33,14 @@ import orjson
 
 from llmsvc.batch.ids import new_file_id, new_request_id
 from llmsvc.batch.settings import BatchSettings
+from llmsvc.batch.sqlite_schema import (
+    BATCH_COLUMNS,
+    LINE_COLUMNS,
+    batch_from_row,
+    dumps,
+    line_from_row,
+    migrate,
+)
 from llmsvc.batch.store import (
     ACTIVE_STATUSES,
     BatchRecord,
@@ -47,67 +55,9 @@ from llmsvc.batch.store import (
 
 Synchronous = Literal["OFF", "NORMAL", "FULL", "EXTRA"]
 
-# Each entry migrates the schema from version i to i + 1 (PRAGMA user_version); a later
-# release appends one and never edits the ones before it.
-_MIGRATIONS: tuple[str, ...] = (
-    """
-    CREATE TABLE files (
-        id TEXT PRIMARY KEY, tenant TEXT, purpose TEXT NOT NULL, filename TEXT NOT NULL,
-        bytes INTEGER NOT NULL, created_at INTEGER NOT NULL
-    );
-    CREATE INDEX files_by_time ON files (created_at, id);
-    CREATE TABLE batches (
-        id TEXT PRIMARY KEY, tenant TEXT, endpoint TEXT NOT NULL, input_file_id TEXT NOT NULL,
-        completion_window TEXT NOT NULL, window_seconds REAL NOT NULL, created_at REAL NOT NULL,
-        status TEXT NOT NULL, model TEXT, metadata TEXT, output_file_id TEXT,
-        error_file_id TEXT, errors TEXT, times TEXT NOT NULL DEFAULT '{}',
-        raised INTEGER NOT NULL DEFAULT 0, usage TEXT NOT NULL DEFAULT '{}',
-        n_total INTEGER NOT NULL, n_pending INTEGER NOT NULL, n_running INTEGER NOT NULL,
-        n_completed INTEGER NOT NULL, n_failed INTEGER NOT NULL
-    );
-    CREATE INDEX batches_by_time ON batches (created_at, id);
-    CREATE INDEX batches_by_status ON batches (status);
-    CREATE TABLE lines (
-        batch_id TEXT NOT NULL REFERENCES batches (id) ON DELETE CASCADE,
-        idx INTEGER NOT NULL, custom_id TEXT NOT NULL, url TEXT NOT NULL, body TEXT NOT NULL,
-        state TEXT NOT NULL, attempts INTEGER NOT NULL DEFAULT 0,
-        failures INTEGER NOT NULL DEFAULT 0, not_before REAL NOT NULL DEFAULT 0,
-        last_error TEXT, output TEXT, finished_at REAL,
-        PRIMARY KEY (batch_id, idx)
-    );
-    -- claim() walks a batch's pending lines lowest index first, skipping the few that
-    -- wait for a retry (not_before): this index serves that order without a sort.
-    CREATE INDEX lines_by_state ON lines (batch_id, state, idx, not_before);
-    CREATE TABLE samples (
-        batch_id TEXT NOT NULL REFERENCES batches (id) ON DELETE CASCADE,
-        at REAL NOT NULL, completed INTEGER NOT NULL, failed INTEGER NOT NULL,
-        throughput REAL, eta REAL
-    );
-    CREATE INDEX samples_by_batch ON samples (batch_id, at);
-    """,
-)
-SCHEMA_VERSION = len(_MIGRATIONS)
-
 _STATUSES: frozenset[str] = frozenset(get_args(BatchStatus))
 _SETTABLE = {"output_file_id", "error_file_id", "raised", "errors", "model", "metadata"}
-_BATCH_COLUMNS = (
-    "id, tenant, endpoint, input_file_id, completion_window, window_seconds, created_at, "
-    "status, model, metadata, output_file_id, error_file_id, errors, times, raised, usage, "
-    "n_total, n_pending, n_running, n_completed, n_failed"
-)
-_LINE_COLUMNS = (
-    "batch_id, idx, custom_id, url, body, state, attempts, failures, not_before, "
-    "last_error, output, finished_at"
-)
 _OUTPUT_CHUNK = 1000
-
-
-def _dumps(value: Any) -> str:
-    return orjson.dumps(value).decode()
-
-
-def _loads_opt(text: str | None) -> Any:
-    return None if text is None else orjson.loads(text)
 
 
 def _fsync_dir(path: Path) -> None:
@@ -148,25 +98,7 @@ class SqliteStore:
         self._db.execute(f"PRAGMA synchronous={synchronous}")
         self._db.execute("PRAGMA busy_timeout=5000")
         self._db.execute("PRAGMA foreign_keys=ON")
-        self._migrate()
-
-    def _migrate(self) -> None:
-        (version,) = self._db.execute("PRAGMA user_version").fetchone()
-        if version > SCHEMA_VERSION:
-            raise RuntimeError(
-                f"{self.data_dir / 'batches.db'} has schema version {version}, newer than "
-                f"this llmsvc's {SCHEMA_VERSION}: upgrade llmsvc"
-            )
-        for target in range(version + 1, SCHEMA_VERSION + 1):
-            script = _MIGRATIONS[target - 1]
-            try:
-                self._db.executescript(
-                    f"BEGIN IMMEDIATE; {script}; PRAGMA user_version={target}; COMMIT;"
-                )
-            except BaseException:
-                if self._db.in_transaction:
-                    self._db.execute("ROLLBACK")
-                raise
+        migrate(self._db, data_dir / "batches.db")
 
     @contextlib.contextmanager
     def _tx(self) -> Iterator[sqlite3.Connection]:
@@ -274,7 +206,7 @@ class SqliteStore:
         total = len(lines)
         with self._tx() as db:
             db.execute(
-                f"INSERT INTO batches ({_BATCH_COLUMNS}) "
+                f"INSERT INTO batches ({BATCH_COLUMNS}) "
                 "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 0, 0, 0)",
                 (
                     batch.id,
@@ -286,13 +218,13 @@ class SqliteStore:
                     batch.created_at,
                     batch.status,
                     batch.model,
-                    _dumps(batch.metadata) if batch.metadata is not None else None,
+                    dumps(batch.metadata) if batch.metadata is not None else None,
                     batch.output_file_id,
                     batch.error_file_id,
-                    _dumps(batch.errors) if batch.errors is not None else None,
-                    _dumps(batch.times),
+                    dumps(batch.errors) if batch.errors is not None else None,
+                    dumps(batch.times),
                     int(batch.raised),
-                    _dumps(batch.usage),
+                    dumps(batch.usage),
                     total,
                     total,
                 ),
@@ -300,7 +232,7 @@ class SqliteStore:
             db.executemany(
                 "INSERT INTO lines (batch_id, idx, custom_id, url, body, state) "
                 "VALUES (?, ?, ?, ?, ?, 'pending')",
-                ((batch.id, s.index, s.custom_id, s.url, _dumps(s.body)) for s in lines),
+                ((batch.id, s.index, s.custom_id, s.url, dumps(s.body)) for s in lines),
             )
         return dataclasses.replace(
             batch, counts=Counts(total=total, pending=total), usage=dict(batch.usage)
@@ -308,8 +240,8 @@ class SqliteStore:
 
     def get_batch(self, batch_id: str) -> BatchRecord | None:
         """With fresh ``counts`` and ``usage``."""
-        rows = self._read(f"SELECT {_BATCH_COLUMNS} FROM batches WHERE id = ?", (batch_id,))
-        return _batch(rows[0]) if rows else None
+        rows = self._read(f"SELECT {BATCH_COLUMNS} FROM batches WHERE id = ?", (batch_id,))
+        return batch_from_row(rows[0]) if rows else None
 
     def list_batches(
         self, *, tenant: str | None, all_tenants: bool, after: str | None, limit: int
@@ -317,21 +249,21 @@ class SqliteStore:
         """Newest first; ``after``: continue after that id."""
         where, params = self._page("batches", tenant, all_tenants, after)
         rows = self._read(
-            f"SELECT {_BATCH_COLUMNS} FROM batches WHERE {' AND '.join(where)} "
+            f"SELECT {BATCH_COLUMNS} FROM batches WHERE {' AND '.join(where)} "
             "ORDER BY created_at DESC, id DESC LIMIT ?",
             (*params, limit),
         )
-        return [_batch(row) for row in rows]
+        return [batch_from_row(row) for row in rows]
 
     def active_batches(self) -> list[BatchRecord]:
         """Every batch whose status is in :data:`ACTIVE_STATUSES`, with fresh counts."""
         marks = ", ".join("?" * len(ACTIVE_STATUSES))
         rows = self._read(
-            f"SELECT {_BATCH_COLUMNS} FROM batches WHERE status IN ({marks}) "
+            f"SELECT {BATCH_COLUMNS} FROM batches WHERE status IN ({marks}) "
             "ORDER BY created_at, id",
             sorted(ACTIVE_STATUSES),
         )
-        return [_batch(row) for row in rows]
+        return [batch_from_row(row) for row in rows]
 
     def set_status(self, batch_id: str, status: BatchStatus, *, at: float, **fields: Any) -> None:
         """Status, its timestamp (``<status>_at``), and any other BatchRecord fields given
@@ -346,7 +278,7 @@ class SqliteStore:
         for name, value in fields.items():
             sets.append(f"{name} = ?")
             if name in {"errors", "metadata"}:
-                value = None if value is None else _dumps(value)
+                value = None if value is None else dumps(value)
             elif name == "raised":
                 value = int(bool(value))
             params.append(value)
@@ -373,11 +305,11 @@ class SqliteStore:
                 "UPDATE lines SET state = 'running', attempts = attempts + 1 "
                 "WHERE rowid IN (SELECT rowid FROM lines WHERE batch_id = ? "
                 "AND state = 'pending' AND not_before <= ? ORDER BY idx LIMIT ?) "
-                f"RETURNING {_LINE_COLUMNS}",
+                f"RETURNING {LINE_COLUMNS}",
                 (batch_id, now, limit),
             ).fetchall()
             self._move(db, batch_id, "pending", "running", len(rows))
-        return sorted((_line(row) for row in rows), key=lambda line: line.index)
+        return sorted((line_from_row(row) for row in rows), key=lambda line: line.index)
 
     def complete(
         self,
@@ -400,7 +332,7 @@ class SqliteStore:
                 summed: dict[str, int] = orjson.loads(text)
                 for name, tokens in usage.items():
                     summed[name] = summed.get(name, 0) + int(tokens)
-                db.execute("UPDATE batches SET usage = ? WHERE id = ?", (_dumps(summed), batch_id))
+                db.execute("UPDATE batches SET usage = ? WHERE id = ?", (dumps(summed), batch_id))
         return True
 
     def fail(
@@ -451,7 +383,7 @@ class SqliteStore:
                 "WHERE batch_id = ? AND idx = ?",
                 (
                     (
-                        _dumps(
+                        dumps(
                             {
                                 "id": new_request_id(),
                                 "custom_id": custom_id,
@@ -497,9 +429,9 @@ class SqliteStore:
     def line(self, batch_id: str, index: int) -> LineRecord | None:
         """One line as stored (for inspection and tests; not part of :class:`Store`)."""
         rows = self._read(
-            f"SELECT {_LINE_COLUMNS} FROM lines WHERE batch_id = ? AND idx = ?", (batch_id, index)
+            f"SELECT {LINE_COLUMNS} FROM lines WHERE batch_id = ? AND idx = ?", (batch_id, index)
         )
-        return _line(rows[0]) if rows else None
+        return line_from_row(rows[0]) if rows else None
 
     def _end(
         self,
@@ -515,7 +447,7 @@ class SqliteStore:
             "UPDATE lines SET state = ?, output = ?, finished_at = ?, "
             "last_error = coalesce(?, last_error) "
             "WHERE batch_id = ? AND idx = ? AND state = 'running'",
-            (state, _dumps(output), now, error, batch_id, index),
+            (state, dumps(output), now, error, batch_id, index),
         ).rowcount
         self._move(db, batch_id, "running", state, ended)
         return bool(ended)
@@ -556,49 +488,6 @@ class SqliteStore:
     def close(self) -> None:
         with self._lock:
             self._db.close()
-
-
-def _batch(row: Sequence[Any]) -> BatchRecord:
-    (id_, tenant, endpoint, input_file_id, window, window_seconds, created_at, status) = row[:8]
-    (model, metadata, output_id, error_id, errors, times, raised, usage) = row[8:16]
-    return BatchRecord(
-        id=id_,
-        tenant=tenant,
-        endpoint=endpoint,
-        input_file_id=input_file_id,
-        completion_window=window,
-        window_seconds=window_seconds,
-        created_at=created_at,
-        status=status,
-        model=model,
-        metadata=_loads_opt(metadata),
-        output_file_id=output_id,
-        error_file_id=error_id,
-        errors=_loads_opt(errors),
-        times=orjson.loads(times),
-        counts=Counts(*row[16:21]),
-        raised=bool(raised),
-        usage=orjson.loads(usage),
-    )
-
-
-def _line(row: Sequence[Any]) -> LineRecord:
-    (batch_id, idx, custom_id, url, body, state, attempts, failures, not_before) = row[:9]
-    (last_error, output, finished_at) = row[9:12]
-    return LineRecord(
-        batch_id=batch_id,
-        index=idx,
-        custom_id=custom_id,
-        url=url,
-        body=orjson.loads(body),
-        state=state,
-        attempts=attempts,
-        failures=failures,
-        not_before=not_before,
-        last_error=last_error,
-        output=_loads_opt(output),
-        finished_at=finished_at,
-    )
 
 
 def open_store(settings: BatchSettings) -> Store:
