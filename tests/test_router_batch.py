@@ -27,7 +27,8 @@ from pydantic import ValidationError
 
 from llmsvc.router.app import ROUTER, create_app
 from llmsvc.router.settings import RouterSettings
-from procs import HOST, free_port
+from procs import HOST, Spawn, free_port
+from procs import start_router as start_router_process
 
 Client = TestClient[web.Request, web.Application]
 AiohttpClient = Callable[..., Awaitable[Client]]
@@ -374,6 +375,37 @@ async def test_contention_counts_higher_classes_waiting_for_the_model(
     assert contended.status == 200
     assert contended.headers["X-Llmsvc-Contention"] == "1"
     assert (await waiting).status == 200
+
+
+async def test_the_router_process_streams_a_large_upload(
+    spawn: Spawn, tmp_path: Path, batch_service: BatchStandIn
+) -> None:
+    """The real ``llmsvc router`` (its flags, its server): a 20 MB upload through a router
+    whose --max-body-bytes is 1 MB, with the token read from its file."""
+    token_file = tmp_path / "batch-token"
+    token_file.write_text(BATCH_TOKEN + "\n")
+    router, url = await asyncio.to_thread(
+        start_router_process,
+        spawn,
+        None,
+        "--api-keys-file", keys_file(tmp_path),
+        "--batch-url", f"http://{HOST}:{batch_service.port}/",
+        "--batch-token-file", str(token_file),
+        "--max-body-bytes", str(MB),
+    )  # fmt: skip
+    payload = b"x" * (20 * MB)
+    timeout = aiohttp.ClientTimeout(total=60)
+    async with aiohttp.ClientSession(timeout=timeout) as client:
+        form = aiohttp.FormData()
+        form.add_field("purpose", "batch")
+        form.add_field("file", payload, filename="in.jsonl")
+        async with client.post(f"{url}/v1/files", data=form, headers=bearer("sk-c")) as answer:
+            assert answer.status == 201, await answer.text()
+    (seen,) = batch_service.seen
+    assert seen.size > 20 * MB
+    assert seen.headers["X-Llmsvc-Tenant"] == "team-c"
+    assert seen.headers["Authorization"] == f"Bearer {BATCH_TOKEN}"
+    assert "Traceback" not in router.log()
 
 
 def test_batch_url_must_be_http_and_loses_its_slash() -> None:
