@@ -186,6 +186,18 @@ def test_batch_round_trip_and_reopen(tmp_path: Path) -> None:
     again.close()
 
 
+def test_a_failed_call_changes_nothing(store: SqliteStore) -> None:
+    """A batch with a repeated line index is refused whole: no batch, no lines, and the
+    store goes on working (the transaction was rolled back, not left open)."""
+    lines = specs(3)
+    lines[2].index = 1
+    with pytest.raises(sqlite3.IntegrityError):
+        store.create_batch(record("batch_bad"), lines)
+    assert store.get_batch("batch_bad") is None
+    assert store.claim("batch_bad", 10, now=1.0) == []
+    assert store.create_batch(record("batch_good"), specs(2)).counts.total == 2
+
+
 def test_schema_version_is_recorded_and_a_newer_database_refused(tmp_path: Path) -> None:
     SqliteStore(tmp_path).close()
     with sqlite3.connect(tmp_path / "batches.db") as db:
