@@ -19,7 +19,7 @@ from typing import Any
 import pytest
 
 from llmsvc.batch.settings import BatchSettings
-from llmsvc.batch.sqlite_schema import SCHEMA_VERSION
+from llmsvc.batch.sqlite_schema import SCHEMA_VERSION, SchemaTooNew
 from llmsvc.batch.sqlite_store import SqliteStore, open_store
 from llmsvc.batch.store import BatchRecord, Counts, LineSpec, Sample
 from procs import Proc, Spawn, wait_until
@@ -204,7 +204,7 @@ def test_schema_version_is_recorded_and_a_newer_database_refused(tmp_path: Path)
         assert db.execute("PRAGMA user_version").fetchone() == (SCHEMA_VERSION,)
         assert db.execute("PRAGMA journal_mode").fetchone() == ("wal",)
         db.execute(f"PRAGMA user_version = {SCHEMA_VERSION + 1}")
-    with pytest.raises(RuntimeError, match="newer"):
+    with pytest.raises(SchemaTooNew, match="newer"):
         SqliteStore(tmp_path)
 
 

@@ -68,12 +68,17 @@ LINE_COLUMNS = (
 )
 
 
+class SchemaTooNew(sqlite3.DatabaseError):
+    """The database was written by a newer llmsvc (a ``sqlite3.Error``, so that callers
+    that report an unusable store report this one too)."""
+
+
 def migrate(db: sqlite3.Connection, path: Path) -> None:
     """Bring the database at ``path`` to :data:`SCHEMA_VERSION`, each step one transaction;
     refuse a database written by a newer llmsvc rather than misread it."""
     (version,) = db.execute("PRAGMA user_version").fetchone()
     if version > SCHEMA_VERSION:
-        raise RuntimeError(
+        raise SchemaTooNew(
             f"{path} has schema version {version}, newer than this llmsvc's "
             f"{SCHEMA_VERSION}: upgrade llmsvc"
         )
