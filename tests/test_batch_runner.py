@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import orjson
 import pytest
 from aiohttp import web
@@ -299,9 +300,12 @@ async def test_earliest_deadline_first(router: StandIn, store: SqliteStore) -> N
 
 
 async def test_concurrency_never_above_the_limit(router: StandIn, store: SqliteStore) -> None:
-    router.delay = 0.03
-    batch_id = add_batch(store, [f"c{i}" for i in range(40)])
-    runner, registry = new_runner(store, settings(router, initial_concurrency=1, max_concurrency=3))
+    router.delay = 0.15
+    batch_id = add_batch(store, [f"c{i}" for i in range(24)])
+    s = settings(router, initial_concurrency=1, max_concurrency=3)
+    registry = CollectorRegistry()
+    # a pool larger than the limit: only the window holds the lines back
+    runner = Runner(store, s, BatchMetrics(registry), session_factory=aiohttp.ClientSession)
     async with running(runner):
         await ended(store, batch_id)
     assert router.max_inflight == 3  # grew from 1 to the limit, never past it

@@ -131,8 +131,7 @@ class Runner:
                 task.cancel()
             await asyncio.gather(*self._inflight.values(), return_exceptions=True)
             self._inflight.clear()
-            if self._session_factory is None:
-                await self._session.close()
+            await self._session.close()  # made by us (or our factory): ours to close
 
     def wake(self) -> None:
         """A batch was created: look for work now."""
