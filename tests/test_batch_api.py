@@ -436,6 +436,18 @@ def test_tenants_see_only_their_own_objects_and_admin_sees_all(service: Service)
         bob.files.content(done.output_file_id)
     assert alice.files.content(done.output_file_id).content
 
+    def report(tenant: str | None) -> dict[str, Any]:
+        who = {"X-Llmsvc-Tenant": tenant} if tenant else {}
+        resp = httpx.get(f"{service.url}/sla/report", headers={**headers, **who})
+        assert resp.status_code == 200
+        body: dict[str, Any] = resp.json()
+        return body
+
+    assert batch.id not in {e["id"] for e in report("bob")["batches"]}
+    assert batch.id in {e["id"] for e in report("alice")["batches"]}
+    assert batch.id in {e["id"] for e in report(None)["batches"]}
+    assert {e["tenant"] for e in report("alice")["batches"]} == {"alice"}
+
 
 def test_the_token_guards_every_path(service: Service) -> None:
     with pytest.raises(openai.AuthenticationError) as info:

@@ -12,6 +12,7 @@ lines against its endpoint at creation; a bad request leaves no file or batch be
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -24,7 +25,8 @@ from llmsvc.batch.ids import new_batch_id
 from llmsvc.batch.objects import batch_object, file_object, list_object, sla_object
 from llmsvc.batch.runner import Runner
 from llmsvc.batch.settings import BatchSettings
-from llmsvc.batch.store import BatchRecord, FileRecord, Store
+from llmsvc.batch.sla import report_overall
+from llmsvc.batch.store import BatchRecord, FileRecord, LineSpec, Store
 from llmsvc.batch.validation import ENDPOINTS, InvalidInput, check_for_batch, validate_input
 from llmsvc.batch.window import parse_window
 from llmsvc.core.errors import ApiError, BadRequest, NotFound, PayloadTooLarge
@@ -178,12 +180,17 @@ class BatchApi:
             )
         if content is None:
             raise BadRequest("missing the form field 'file'", param="file")
+        # Off the event loop (the runner shares it): a 200 MB file takes seconds to parse.
         try:
-            validate_input(content, max_lines=self.settings.max_lines)
+            await asyncio.to_thread(validate_input, content, max_lines=self.settings.max_lines)
         except InvalidInput as exc:
             raise _invalid(exc) from None
-        record = self.store.create_file(
-            tenant=caller.tenant, purpose=purpose, filename=filename, content=content
+        record = await asyncio.to_thread(
+            self.store.create_file,
+            tenant=caller.tenant,
+            purpose=purpose,
+            filename=filename,
+            content=content,
         )
         return json_response(file_object(record))
 
@@ -221,7 +228,7 @@ class BatchApi:
 
     async def file_content(self, request: web.Request) -> web.Response:
         record = self._file(request)
-        content = self.store.file_content(record.id)
+        content = await asyncio.to_thread(self.store.file_content, record.id)
         return web.Response(
             body=content,
             content_type="application/octet-stream",
@@ -270,9 +277,7 @@ class BatchApi:
                 code="invalid_file",
             )
         try:
-            lines = validate_input(
-                self.store.file_content(record.id), max_lines=self.settings.max_lines
-            )
+            lines = await asyncio.to_thread(self._lines_of, record.id)
             model = check_for_batch(lines, body.endpoint)
         except InvalidInput as exc:
             raise _invalid(exc) from None
@@ -290,9 +295,13 @@ class BatchApi:
             metadata=body.metadata,
             times={"in_progress_at": now},
         )
-        stored = self.store.create_batch(batch, lines)
+        stored = await asyncio.to_thread(self.store.create_batch, batch, lines)
         self.runner.wake()
         return json_response(self._object(stored))
+
+    def _lines_of(self, file_id: str) -> list[LineSpec]:
+        """The input file's lines, checked again (the limits may have changed since)."""
+        return validate_input(self.store.file_content(file_id), max_lines=self.settings.max_lines)
 
     async def list_batches(self, request: web.Request) -> web.Response:
         caller = caller_of(request)
@@ -374,13 +383,12 @@ class BatchApi:
 
 
 def _tenants_part(report: dict[str, Any], caller: Caller) -> dict[str, Any]:
-    """A report with only the caller's batches in its ``batches`` list (the rest is
-    about the service, not about any tenant's batches)."""
+    """The report of the caller's batches alone: its entries, and the summary of them."""
     batches = report.get("batches")
     if not isinstance(batches, list):
         return report
     mine = [b for b in batches if isinstance(b, dict) and caller.sees(b.get("tenant"))]
-    return {**report, "batches": mine}
+    return {**report, "batches": mine, "overall": report_overall(mine)}
 
 
 async def _read_capped(part: BodyPartReader, cap: int, field: str) -> bytes:
