@@ -70,3 +70,14 @@ def test_delay_is_per_output_token() -> None:
     # twice as long for twice the tokens is the same speed: no decrease
     aimd.on_success(now=t + 2.0, sent_at=t, output_tokens=200)
     assert aimd.window == 8
+
+
+def test_short_answers_do_not_feed_the_delay_signal() -> None:
+    aimd = Aimd(8, 64)
+    t = 0.0
+    for _ in range(6):
+        aimd.on_success(now=t + 1.0, sent_at=t, output_tokens=100)
+        t += 1.0
+    # 2 tokens in 0.5 s is 25x slower per token, but it is prefill, not congestion
+    aimd.on_success(now=t + 0.5, sent_at=t, output_tokens=2)
+    assert aimd.window == 8

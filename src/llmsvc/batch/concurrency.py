@@ -17,6 +17,7 @@ from collections import deque
 DELAY_FACTOR = 1.5
 BEST_OF = 200  # the "best recently seen" is over this many answers
 MIN_SAMPLES = 4  # answers seen before the delay signal counts
+MIN_TOKENS = 16  # shorter answers do not feed the delay signal
 
 
 class Aimd:
@@ -39,12 +40,17 @@ class Aimd:
         """A line sent at ``sent_at`` was answered fine at ``now``: grow, or shrink if it
         was slow (the delay signal)."""
         duration = max(0.0, now - sent_at)
-        per = duration / output_tokens if output_tokens else duration
-        best = min(self._delays) if self._delays else None
-        self._delays.append(per)
-        if best is not None and len(self._delays) >= MIN_SAMPLES and per > DELAY_FACTOR * best:
-            self.on_congestion(now=now, sent_at=sent_at)
-            return
+        # Per output token; an answer of a few tokens is mostly prefill, so it says little
+        # about decode speed and is left out (else a short answer after long ones would
+        # read as congestion). Without usage (embeddings): per line.
+        if output_tokens is None or output_tokens >= MIN_TOKENS:
+            per = duration / output_tokens if output_tokens else duration
+            best = min(self._delays) if self._delays else None
+            self._delays.append(per)
+            slow = best is not None and per > DELAY_FACTOR * best
+            if slow and len(self._delays) > MIN_SAMPLES:
+                self.on_congestion(now=now, sent_at=sent_at)
+                return
         self._acked += 1
         if self._acked >= self._window:
             self._acked = 0
