@@ -13,7 +13,7 @@ import asyncio
 import subprocess
 import sys
 import threading
-from collections.abc import Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -21,9 +21,13 @@ import httpx
 import openai
 import orjson
 import pytest
-from aiohttp import web
+from aiohttp import FormData, web
+from aiohttp.test_utils import TestClient
 from openai.types import Batch
 
+from llmsvc.batch.app import create_app
+from llmsvc.batch.settings import BatchSettings
+from llmsvc.batch.sqlite_store import SqliteStore
 from procs import HOST, Proc, Spawn, free_port, wait_until
 
 TOKEN = "batch-api-secret"
@@ -498,3 +502,43 @@ def test_without_a_token_it_warns_and_believes_the_tenant_header(
         base_url=f"{url}/v1", api_key="x", default_headers={"X-Llmsvc-Tenant": "t2"}
     )
     assert file_id not in file_ids(other)
+
+
+# --- in process, on an injected clock ------------------------------------------------------
+
+Client = Callable[..., Awaitable[TestClient[Any, Any]]]
+NOW = 1_000_000.0
+
+
+async def test_times_come_from_the_injected_clock_and_finalizing_is_too_late(
+    aiohttp_client: Client, tmp_path: Path
+) -> None:
+    settings = BatchSettings(
+        data_dir=tmp_path, router_url=f"http://{HOST}:{free_port()}", retry_backoff=60
+    )
+    store = SqliteStore(tmp_path, clock=lambda: NOW)
+    client = await aiohttp_client(create_app(settings, store=store, clock=lambda: NOW))
+    form = FormData()
+    form.add_field("purpose", "batch")
+    form.add_field("file", jsonl(line("a")), filename="in.jsonl")
+    upload = await client.post("/v1/files", data=form)
+    assert upload.status == 200, await upload.text()
+    file_id = (await upload.json())["id"]
+    made = await client.post(
+        "/v1/batches",
+        json={"input_file_id": file_id, "endpoint": CHAT, "completion_window": "1h30m"},
+    )
+    assert made.status == 200, await made.text()
+    batch = await made.json()
+    assert batch["created_at"] == batch["in_progress_at"] == int(NOW)
+    assert batch["expires_at"] == batch["llmsvc"]["deadline"] == int(NOW) + 5400
+    assert batch["llmsvc"]["tenant"] is None  # made by the admin (no tenant header)
+
+    store.set_status(batch["id"], "finalizing", at=NOW)
+    refused = await client.post(f"/v1/batches/{batch['id']}/cancel")
+    assert refused.status == 409
+    error = (await refused.json())["error"]
+    assert error["code"] == "batch_not_cancellable" and "finalizing" in error["message"]
+
+    spec = await (await client.get("/openapi.json")).json()
+    assert {"/v1/files/{file_id}/content", "/v1/batches/{batch_id}/cancel"} <= set(spec["paths"])

@@ -42,7 +42,6 @@ LIST_MAX = 100
 METADATA_KEYS = 16
 METADATA_KEY_CHARS = 64
 METADATA_VALUE_CHARS = 512
-ENDED = ("completed", "failed", "expired", "cancelled")
 
 
 @dataclass(frozen=True, slots=True)
@@ -319,8 +318,13 @@ class BatchApi:
         return json_response(self._object(self._batch(request)))
 
     async def cancel_batch(self, request: web.Request) -> web.Response:
+        # No await between reading the status and writing it: the runner (on this loop)
+        # cannot move the batch on in between.
         batch = self._batch(request)
-        if batch.status in ENDED:
+        if batch.status in ("validating", "in_progress"):
+            self.store.set_status(batch.id, "cancelling", at=self.clock())
+            self.runner.cancel(batch.id)
+        elif batch.status != "cancelling":  # finalizing, or ended: too late
             raise ApiError(
                 f"batch {batch.id} is {batch.status}; only validating or in_progress "
                 "batches can be cancelled",
@@ -328,9 +332,6 @@ class BatchApi:
                 type="invalid_request_error",
                 code="batch_not_cancellable",
             )
-        if batch.status in ("validating", "in_progress"):
-            self.store.set_status(batch.id, "cancelling", at=self.clock())
-            self.runner.cancel(batch.id)
         fresh = self.store.get_batch(batch.id) or batch
         return json_response(self._object(fresh))
 
