@@ -48,6 +48,7 @@ class MetricInfo:
 def _registries() -> dict[str, CollectorRegistry]:
     """Each component's metrics, created on its own registry exactly as the service does."""
     from llmsvc.babysitter.metrics import BabysitterMetrics
+    from llmsvc.batch.metrics import BatchMetrics
     from llmsvc.operator.metrics import OperatorMetrics
     from llmsvc.registry.metrics import RegistryMetrics
     from llmsvc.router.backends import BackendPool
@@ -66,6 +67,8 @@ def _registries() -> dict[str, CollectorRegistry]:
     BabysitterMetrics(out["babysitter"], model_name="m")
     out["operator"] = CollectorRegistry()
     OperatorMetrics(out["operator"])
+    out["batch"] = CollectorRegistry()
+    BatchMetrics(out["batch"])
     out["sim-engine (vLLM names)"] = CollectorRegistry()
     scheduler = Scheduler(max_num_seqs=1, kv=KvBudget(capacity_tokens=1))
     create_metrics(out["sim-engine (vLLM names)"], scheduler, ["m"], max_model_len=8)

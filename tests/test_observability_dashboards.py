@@ -28,11 +28,12 @@ BOARDS = dashboards()
 DS_REF = {"type": "prometheus", "uid": "${datasource}"}
 
 
-def test_the_three_dashboards_with_stable_uids() -> None:
+def test_the_four_dashboards_with_stable_uids() -> None:
     assert {name: board["uid"] for name, board in BOARDS.items()} == {
         "overview": "llmsvc-overview",
         "backends": "llmsvc-backends",
         "control-plane": "llmsvc-control-plane",
+        "batches": "llmsvc-batches",
     }
     for board in BOARDS.values():
         assert board["title"].startswith("llmsvc / ")
@@ -50,7 +51,8 @@ def test_datasource_and_template_variables(name: str) -> None:
     found = variables(BOARDS[name])
     ds = found["datasource"]
     assert (ds["type"], ds["query"]) == ("datasource", "prometheus")
-    wanted = {"model", "backend"} if name == "backends" else {"model"}
+    # Batches filters its per-batch panels by tenant (the batch series have no model).
+    wanted = {"backends": {"model", "backend"}, "batches": {"tenant"}}.get(name, {"model"})
     assert set(found) == {"datasource"} | wanted
     names = {m.name for m in catalogue()}
     for var in wanted:
@@ -110,7 +112,7 @@ def test_every_query_parses(tmp_path: Path) -> None:
     rules = [
         {
             "record": f"dashboard:query_{i}",
-            "expr": substitute(expr, {"model": ".*", "backend": ".*"}),
+            "expr": substitute(expr, {"model": ".*", "backend": ".*", "tenant": ".*"}),
         }
         for i, (_, _, expr) in enumerate(panel_queries())
     ]
@@ -148,3 +150,66 @@ def test_overview_has_a_flow_control_row_with_every_flow_metric() -> None:
     }
     assert read == FLOW_METRICS
     assert {m.name for m in catalogue()} >= FLOW_METRICS
+
+
+def test_batches_reads_every_batch_metric() -> None:
+    """The Batches dashboard shows every series the batch service exports."""
+    read = {
+        series_family(name)
+        for _, _, expr in (q for q in panel_queries() if q[0] == "batches")
+        for name in metric_names(expr)
+    }
+    batch = {m.name for m in catalogue() if m.component == "batch"}
+    assert batch and read == batch
+
+
+def sla_panel(board: dict[str, Any]) -> dict[str, Any]:
+    (panel,) = [p for p in panels(board) if p["title"] == "SLA status"]
+    return panel
+
+
+def test_batches_sla_status_panel_maps_each_status(tmp_path: Path) -> None:
+    """The state timeline's query turns each batch's 1-of-3 sla_status series into the
+    number its value mappings name: promtool evaluates it over three batches."""
+    panel = sla_panel(BOARDS["batches"])
+    mapped = panel["fieldConfig"]["defaults"]["mappings"][0]["options"]
+    texts = {int(value): spec["text"] for value, spec in mapped.items()}
+    assert texts == {0: "on_track", 1: "at_risk", 2: "violated"}
+    series = [
+        {
+            "series": f'llmsvc_batch_sla_status{{batch_id="{batch}", tenant="t",'
+            f' sla_status="{status}", instance="b:8082"}}',
+            "values": "1x3" if status == current else "0x3",
+        }
+        for batch, current in (("b0", "on_track"), ("b1", "at_risk"), ("b2", "violated"))
+        for status in texts.values()
+    ]
+    (target,) = panel["targets"]
+    expected = [
+        {"labels": f'{{batch_id="b{value}", tenant="t"}}', "value": value} for value in texts
+    ]
+    tests = {
+        "tests": [
+            {
+                "interval": "1m",
+                "input_series": series,
+                "promql_expr_test": [
+                    {
+                        "expr": substitute(target["expr"], {"tenant": ".*"}),
+                        "eval_time": "1m",
+                        "exp_samples": expected,
+                    }
+                ],
+            }
+        ]
+    }
+    path = tmp_path / "sla_panel_test.yaml"
+    path.write_text(yaml.safe_dump(tests))
+    done = subprocess.run(
+        [require_tool("promtool"), "test", "rules", path.name],
+        capture_output=True,
+        text=True,
+        check=False,
+        cwd=tmp_path,
+    )
+    assert done.returncode == 0, done.stdout + done.stderr

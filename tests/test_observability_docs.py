@@ -1,8 +1,8 @@
 """docs/observability.md's metrics table is the services' own metrics, rendered.
 
-Every metric the router, registry, babysitter, operator and simulated engine create
-(on fresh registries, as the services do) is in the table with its type, labels and
-help, and nothing else is. ``LLMSVC_UPDATE_DOCS=1`` rewrites the table instead.
+Every metric the router, registry, babysitter, operator, batch service and simulated
+engine create (on fresh registries, as the services do) is in the table with its type,
+labels and help, and nothing else is. ``LLMSVC_UPDATE_DOCS=1`` rewrites the table instead.
 """
 
 from __future__ import annotations
@@ -32,6 +32,7 @@ def test_catalogue_covers_every_component() -> None:
         "registry": "llmsvc_registry_",
         "babysitter": "llmsvc_babysitter_",
         "operator": "llmsvc_operator_",
+        "batch": "llmsvc_batch_",
         "sim-engine (vLLM names)": "vllm:",
     }
     for component, prefix in prefixes.items():

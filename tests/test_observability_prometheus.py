@@ -76,6 +76,7 @@ NOT_IN_THIS_STACK = {
     "llmsvc_router_load_scrape_errors_total": "only with --strategy least_load, on a failure",
     "llmsvc_registry_kubernetes_": "only with --source kubernetes",
     "llmsvc_router_rejected_requests_total": "once flow control turns one away: lonely's, later",
+    "llmsvc_batch_": "the batch service's, which this stack does not run",
 }
 # Series that only an autoscaling event makes (the operator's autoscaler deciding for an
 # autoscaled InferenceService, a router it could not ask, a router waking a standby
@@ -248,6 +249,7 @@ def dashboards_show_data(prom: Prometheus) -> None:
         (f"{board} / {title}", substitute(expr, {"model": ".*", "backend": ".*"}))
         for board, title, expr in panel_queries()
         if not {series_family(n) for n in metric_names(expr)} <= AUTOSCALING_EVENTS.keys()
+        and board != "batches"  # the batch service's: not in this stack
     ]
     with ThreadPoolExecutor(8) as pool:
         results = list(pool.map(lambda q: prom.result(q[1]), queries))
