@@ -514,7 +514,10 @@ async def test_times_come_from_the_injected_clock_and_finalizing_is_too_late(
     aiohttp_client: Client, tmp_path: Path
 ) -> None:
     settings = BatchSettings(
-        data_dir=tmp_path, router_url=f"http://{HOST}:{free_port()}", retry_backoff=60
+        data_dir=tmp_path,
+        router_url=f"http://{HOST}:{free_port()}",
+        retry_backoff=60,
+        max_file_bytes=1000,
     )
     store = SqliteStore(tmp_path, clock=lambda: NOW)
     client = await aiohttp_client(create_app(settings, store=store, clock=lambda: NOW))
@@ -539,6 +542,23 @@ async def test_times_come_from_the_injected_clock_and_finalizing_is_too_late(
     assert refused.status == 409
     error = (await refused.json())["error"]
     assert error["code"] == "batch_not_cancellable" and "finalizing" in error["message"]
+
+    # Far over the limit by its Content-Length: refused before the body is read.
+    huge = FormData()
+    huge.add_field("purpose", "batch")
+    huge.add_field("file", b"x" * 100_000, filename="huge.jsonl")
+    too_large = await client.post("/v1/files", data=huge)
+    assert too_large.status == 413
+    assert (await too_large.json())["error"]["code"] == "file_too_large"
+    assert [
+        f.id
+        for f in store.list_files(tenant=None, all_tenants=True, purpose=None, after=None, limit=10)
+    ] == [file_id]
+
+    for bad in ("", " ", "t" * 257):
+        odd = await client.get("/v1/batches", headers={"X-Llmsvc-Tenant": bad})
+        assert odd.status == 400
+        assert (await odd.json())["error"]["code"] == "invalid_tenant"
 
     spec = await (await client.get("/openapi.json")).json()
     assert {"/v1/files/{file_id}/content", "/v1/batches/{batch_id}/cancel"} <= set(spec["paths"])

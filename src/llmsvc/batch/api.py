@@ -36,6 +36,7 @@ TENANT_HEADER = "X-Llmsvc-Tenant"
 TENANT_MAX = 256
 UPLOAD_PURPOSES = ("batch",)
 CHUNK_BYTES = 256 * 1024
+MULTIPART_SLACK = 64 * 1024  # a body this much over the file limit cannot be under it
 FIELD_MAX_BYTES = 1024  # a form field other than the file (purpose)
 LIST_DEFAULT = 20
 LIST_MAX = 100
@@ -144,6 +145,9 @@ class BatchApi:
 
     async def upload(self, request: web.Request) -> web.Response:
         caller = caller_of(request)
+        length = request.content_length
+        if length is not None and length > self.settings.max_file_bytes + MULTIPART_SLACK:
+            raise _too_large(self.settings.max_file_bytes)  # said before a byte is read
         try:
             reader = await request.multipart()
         except (ValueError, AssertionError, KeyError):
@@ -392,6 +396,15 @@ def _tenants_part(report: dict[str, Any], caller: Caller) -> dict[str, Any]:
     return {**report, "batches": mine, "overall": report_overall(mine)}
 
 
+def _too_large(cap: int) -> PayloadTooLarge:
+    return PayloadTooLarge(
+        f"the file is larger than the limit of {cap} bytes (--max-file-bytes)",
+        param="file",
+        code="file_too_large",
+        headers={"Connection": "close"},
+    )
+
+
 async def _read_capped(part: BodyPartReader, cap: int, field: str) -> bytes:
     """A form part's bytes, or 413 as soon as it passes ``cap`` (nothing is kept)."""
     chunks: list[bytes] = []
@@ -403,12 +416,7 @@ async def _read_capped(part: BodyPartReader, cap: int, field: str) -> bytes:
         size += len(chunk)
         if size > cap:
             if field == "file":
-                raise PayloadTooLarge(
-                    f"the file is larger than the limit of {cap} bytes (--max-file-bytes)",
-                    param="file",
-                    code="file_too_large",
-                    headers={"Connection": "close"},
-                )
+                raise _too_large(cap)
             raise BadRequest(f"the form field {field!r} is longer than {cap} bytes", param=field)
         chunks.append(chunk)
     return b"".join(chunks)
