@@ -24,13 +24,12 @@ import json
 import logging
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import Any
 
 import aiohttp
 
 from llmsvc.batch.concurrency import Aimd
-from llmsvc.batch.ids import new_request_id
+from llmsvc.batch.dispatch import Answer, error_line, is_refusal, response_line, send, usage_of
 from llmsvc.batch.metrics import BatchMetrics
 from llmsvc.batch.settings import BatchSettings
 from llmsvc.batch.sla import SlaView, Throughput, assess, report_entry, report_overall
@@ -46,32 +45,10 @@ from llmsvc.batch.store import (
 
 log = logging.getLogger(__name__)
 
-# The router's header names (llmsvc.router.priority and docs/flow-control.md); the batch
-# package may not import the router.
-PRIORITY_HEADER = "X-Llmsvc-Priority"
-TENANT_HEADER = "X-Llmsvc-Tenant"
-BATCH_HEADER = "X-Llmsvc-Batch"
-CONTENTION_HEADER = "X-Llmsvc-Contention"
-REQUEST_ID_HEADER = "X-Request-Id"
-
 ALLOW_STANDARD_KEY = "llmsvc_allow_standard"
-CAPACITY_CODES_503 = frozenset({"queue_timeout", "no_healthy_backend", "draining"})
 MAX_BACKOFF = 60.0
 END_GRACE = 30.0  # seconds a running line of an expired/cancelled batch may still take
 CLAIM_CHUNK = 16  # lines claimed from a batch per store call
-
-
-@dataclass(slots=True)
-class _Answer:
-    """What one attempt of a line got: an HTTP answer, or ``error_code`` without one."""
-
-    status: int | None
-    body: Any = None
-    request_id: str | None = None
-    retry_after: float | None = None
-    contention: int = 0
-    error_code: str | None = None  # "timeout" | "request_failed" when no answer
-    message: str = ""
 
 
 class Runner:
@@ -231,14 +208,15 @@ class Runner:
         key = (batch.id, line.index)
         started = asyncio.get_running_loop().time()
         try:
-            answer = await self._send(batch, line)
+            assert self._session is not None  # run() made it before the first line
+            answer = await send(self._session, self._settings, batch, line)
             duration = asyncio.get_running_loop().time() - started
             self._metrics.line_duration_seconds.observe(duration)
             self._settle(batch, line, answer, started)
         except asyncio.CancelledError:
             code = self._abort.pop(key, None)
             if code is not None:
-                output = _error_line(line, code, _END_MESSAGES[code])
+                output = error_line(line, code, _END_MESSAGES[code])
                 if self._store.fail(batch.id, line.index, output, now=self._clock(), error=code):
                     self._metrics.lines_total.labels(outcome="failed").inc()
             raise
@@ -256,50 +234,14 @@ class Runner:
             self._touched.add(batch.id)
             self._event.set()
 
-    async def _send(self, batch: BatchRecord, line: LineRecord) -> _Answer:
-        assert self._session is not None
-        headers = {
-            PRIORITY_HEADER: "standard" if batch.raised else "batch",
-            REQUEST_ID_HEADER: f"{batch.id}-{line.index}",
-            BATCH_HEADER: batch.id,
-        }
-        if self._settings.token is not None:
-            headers["Authorization"] = f"Bearer {self._settings.token.get_secret_value()}"
-        if batch.tenant is not None:
-            headers[TENANT_HEADER] = batch.tenant
-        url = self._settings.router_url + line.url
-        timeout = aiohttp.ClientTimeout(total=self._settings.line_timeout)
-        try:
-            async with self._session.post(
-                url, json=line.body, headers=headers, timeout=timeout
-            ) as resp:
-                raw = await resp.read()
-                return _Answer(
-                    status=resp.status,
-                    body=_json_or_text(raw),
-                    request_id=resp.headers.get(REQUEST_ID_HEADER),
-                    retry_after=_float(resp.headers.get("Retry-After")),
-                    contention=int(_float(resp.headers.get(CONTENTION_HEADER)) or 0),
-                )
-        except TimeoutError:
-            return _Answer(
-                None,
-                error_code="timeout",
-                message=f"no answer in {self._settings.line_timeout:g} s",
-            )
-        except aiohttp.ClientError as exc:
-            return _Answer(
-                None, error_code="request_failed", message=f"{type(exc).__name__}: {exc}"
-            )
-
-    def _settle(self, batch: BatchRecord, line: LineRecord, answer: _Answer, sent: float) -> None:
+    def _settle(self, batch: BatchRecord, line: LineRecord, answer: Answer, sent: float) -> None:
         """Store the attempt's outcome; feed the window and the throughput."""
         now = self._clock()
         mono = asyncio.get_running_loop().time()
         status = answer.status
         if status is not None and 200 <= status < 300:
             self._metrics.line_attempts_total.labels(result="ok").inc()
-            usage = _usage(answer.body)
+            usage = usage_of(answer.body)
             if answer.contention > 0:
                 self._aimd.on_congestion(now=mono, sent_at=sent)
             else:
@@ -308,12 +250,12 @@ class Runner:
                 )
             self._metrics.concurrency.set(self._aimd.window)
             if self._store.complete(
-                batch.id, line.index, _response_line(line, answer), now=now, usage=usage
+                batch.id, line.index, response_line(line, answer), now=now, usage=usage
             ):
                 self._metrics.lines_total.labels(outcome="completed").inc()
                 self._observe(batch, now)
             return
-        if status is not None and _is_refusal(status, answer.body):
+        if status is not None and is_refusal(status, answer.body):
             self._metrics.line_attempts_total.labels(result="refused").inc()
             self._aimd.on_congestion(now=mono, sent_at=sent)
             self._metrics.concurrency.set(self._aimd.window)
@@ -322,15 +264,15 @@ class Runner:
             return
         self._metrics.line_attempts_total.labels(result="error").inc()
         if status is not None and 400 <= status < 500:
-            self._fail(batch, line, _response_line(line, answer), f"HTTP {status}", now)
+            self._fail(batch, line, response_line(line, answer), f"HTTP {status}", now)
             return
         failures = line.failures + 1
         error = f"HTTP {status}" if status is not None else (answer.error_code or "error")
         if failures >= self._settings.max_attempts:
             output = (
-                _response_line(line, answer)
+                response_line(line, answer)
                 if status is not None
-                else _error_line(line, answer.error_code or "request_failed", answer.message)
+                else error_line(line, answer.error_code or "request_failed", answer.message)
             )
             self._fail(batch, line, output, error, now)
             return
@@ -545,74 +487,3 @@ _END_MESSAGES = {
     "batch_expired": "The batch expired before this request could be executed.",
     "batch_cancelled": "The batch was cancelled before this request was executed.",
 }
-
-
-def _response_line(line: LineRecord, answer: _Answer) -> dict[str, Any]:
-    return {
-        "id": new_request_id(),
-        "custom_id": line.custom_id,
-        "response": {
-            "status_code": answer.status,
-            "request_id": answer.request_id,
-            "body": answer.body,
-        },
-        "error": None,
-    }
-
-
-def _error_line(line: LineRecord, code: str, message: str) -> dict[str, Any]:
-    return {
-        "id": new_request_id(),
-        "custom_id": line.custom_id,
-        "response": None,
-        "error": {"code": code, "message": message},
-    }
-
-
-def _is_refusal(status: int, body: Any) -> bool:
-    """429, or a 503 that says the fleet is busy (not broken): try again later, no failure."""
-    if status == 429:
-        return True
-    return status == 503 and _error_code(body) in CAPACITY_CODES_503
-
-
-def _error_code(body: Any) -> str | None:
-    if isinstance(body, dict):
-        error = body.get("error")
-        if isinstance(error, dict):
-            code = error.get("code")
-            return code if isinstance(code, str) else None
-    return None
-
-
-def _usage(body: Any) -> dict[str, int]:
-    """OpenAI's usage (prompt/completion tokens) as the batch's input/output tokens."""
-    usage = body.get("usage") if isinstance(body, dict) else None
-    if not isinstance(usage, dict):
-        return {}
-    out: dict[str, int] = {}
-    for ours, theirs in (
-        ("input_tokens", "prompt_tokens"),
-        ("output_tokens", "completion_tokens"),
-        ("total_tokens", "total_tokens"),
-    ):
-        value = usage.get(theirs, usage.get(ours))
-        if isinstance(value, int) and not isinstance(value, bool):
-            out[ours] = value
-    return out
-
-
-def _json_or_text(raw: bytes) -> Any:
-    try:
-        return json.loads(raw)
-    except ValueError:
-        return raw.decode("utf-8", "replace")
-
-
-def _float(value: str | None) -> float | None:
-    if value is None:
-        return None
-    try:
-        return max(0.0, float(value))
-    except ValueError:
-        return None
