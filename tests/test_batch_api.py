@@ -25,6 +25,7 @@ from aiohttp import FormData, web
 from aiohttp.test_utils import TestClient
 from openai.types import Batch
 
+from llmsvc.batch.api import clean_filename
 from llmsvc.batch.app import create_app
 from llmsvc.batch.settings import BatchSettings
 from llmsvc.batch.sqlite_store import SqliteStore
@@ -521,12 +522,25 @@ async def test_times_come_from_the_injected_clock_and_finalizing_is_too_late(
     )
     store = SqliteStore(tmp_path, clock=lambda: NOW)
     client = await aiohttp_client(create_app(settings, store=store, clock=lambda: NOW))
-    form = FormData()
-    form.add_field("purpose", "batch")
-    form.add_field("file", jsonl(line("a")), filename="in.jsonl")
-    upload = await client.post("/v1/files", data=form)
+    # As the openai client (httpx) sends it; a path in the filename is dropped.
+    body = (
+        b'--b0undary\r\nContent-Disposition: form-data; name="purpose"\r\n\r\nbatch\r\n'
+        b'--b0undary\r\nContent-Disposition: form-data; name="file"; '
+        b'filename="../../up/in.jsonl"\r\nContent-Type: application/jsonl\r\n\r\n'
+        + jsonl(line("a"))
+        + b"\r\n--b0undary--\r\n"
+    )
+    upload = await client.post(
+        "/v1/files",
+        data=body,
+        headers={"Content-Type": "multipart/form-data; boundary=b0undary"},
+    )
     assert upload.status == 200, await upload.text()
     file_id = (await upload.json())["id"]
+    assert (await upload.json())["filename"] == "in.jsonl"
+    download = await client.get(f"/v1/files/{file_id}/content")
+    assert download.headers["Content-Disposition"] == 'attachment; filename="in.jsonl"'
+    assert await download.read() == jsonl(line("a"))
     made = await client.post(
         "/v1/batches",
         json={"input_file_id": file_id, "endpoint": CHAT, "completion_window": "1h30m"},
@@ -562,3 +576,18 @@ async def test_times_come_from_the_injected_clock_and_finalizing_is_too_late(
 
     spec = await (await client.get("/openapi.json")).json()
     assert {"/v1/files/{file_id}/content", "/v1/batches/{batch_id}/cancel"} <= set(spec["paths"])
+
+
+@pytest.mark.parametrize(
+    ("given", "kept"),
+    [
+        ("in.jsonl", "in.jsonl"),
+        ("../../etc/in.jsonl", "in.jsonl"),
+        ("C:\\Users\\me\\in.jsonl", "in.jsonl"),
+        ('in"\r\n.jsonl', "in.jsonl"),
+        (None, ""),
+        ("x" * 300, "x" * 255),
+    ],
+)
+def test_uploaded_filenames_are_cleaned(given: str | None, kept: str) -> None:
+    assert clean_filename(given) == kept

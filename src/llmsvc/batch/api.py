@@ -37,7 +37,8 @@ TENANT_MAX = 256
 UPLOAD_PURPOSES = ("batch",)
 CHUNK_BYTES = 256 * 1024
 MULTIPART_SLACK = 64 * 1024  # a body this much over the file limit cannot be under it
-FIELD_MAX_BYTES = 1024  # a form field other than the file (purpose)
+FIELD_MAX_BYTES = 1024
+FILENAME_MAX = 255  # a form field other than the file (purpose)
 LIST_DEFAULT = 20
 LIST_MAX = 100
 METADATA_KEYS = 16
@@ -165,7 +166,7 @@ class BatchApi:
             if not isinstance(part, BodyPartReader):
                 raise BadRequest("nested multipart bodies are not accepted", param="file")
             if part.name == "file":
-                filename = part.filename or filename
+                filename = clean_filename(part.filename) or filename
                 content = await self._read_file_part(part)
             elif part.name == "purpose":
                 purpose = (await _read_capped(part, FIELD_MAX_BYTES, "purpose")).decode(
@@ -231,7 +232,12 @@ class BatchApi:
 
     async def file_content(self, request: web.Request) -> web.Response:
         record = self._file(request)
-        content = await asyncio.to_thread(self.store.file_content, record.id)
+        try:
+            content = await asyncio.to_thread(self.store.file_content, record.id)
+        except KeyError:  # deleted since it was looked up
+            raise NotFound(
+                f"No such file: {record.id}", param="file_id", code="file_not_found"
+            ) from None
         return web.Response(
             body=content,
             content_type="application/octet-stream",
@@ -394,6 +400,17 @@ def _tenants_part(report: dict[str, Any], caller: Caller) -> dict[str, Any]:
         return report
     mine = [b for b in batches if isinstance(b, dict) and caller.sees(b.get("tenant"))]
     return {**report, "batches": mine, "overall": report_overall(mine)}
+
+
+def clean_filename(name: str | None) -> str:
+    """The last path part of an uploaded file's name, without quotes or control
+    characters, at most ``FILENAME_MAX`` characters: it is shown back in file objects and
+    in the Content-Disposition of its download."""
+    if not name:
+        return ""
+    base = name.replace("\\", "/").rsplit("/", 1)[-1]
+    kept = "".join(c for c in base if c.isprintable() and c not in '"')
+    return kept.strip()[:FILENAME_MAX]
 
 
 def _too_large(cap: int) -> PayloadTooLarge:
