@@ -252,28 +252,42 @@ async def test_retries_then_the_error_file(router: StandIn, store: SqliteStore) 
         if custom == "busy" and tries <= 2:
             status, body, _ = error(429, "queue_full")
             return status, body, {"Retry-After": "0"}
+        if custom == "queued" and tries <= 3:  # refusals: not counted toward max_attempts
+            return error(503, "queue_timeout")
+        if custom == "down" and tries <= 3:  # any other 503 is a failure
+            return error(503, "service_unavailable")
         return ok(custom)
 
     router.decide = decide
-    batch_id = add_batch(store, ["fine", "broken", "invalid", "flaky", "busy"])
+    batch_id = add_batch(store, ["fine", "broken", "invalid", "flaky", "busy", "queued", "down"])
     runner, registry = new_runner(store, settings(router, max_attempts=3))
     async with running(runner):
         batch = await ended(store, batch_id)
     assert batch.status == "completed"
     out = {line["custom_id"]: line for line in lines_of(store, batch.output_file_id)}
     errors = {line["custom_id"]: line for line in lines_of(store, batch.error_file_id)}
-    assert set(out) == {"fine", "flaky", "busy"}
-    assert set(errors) == {"broken", "invalid"}
-    assert router.tries == {"fine": 1, "broken": 3, "invalid": 1, "flaky": 2, "busy": 3}
+    assert set(out) == {"fine", "flaky", "busy", "queued"}
+    assert set(errors) == {"broken", "invalid", "down"}
+    assert router.tries == {
+        "fine": 1,
+        "broken": 3,
+        "invalid": 1,
+        "flaky": 2,
+        "busy": 3,
+        "queued": 4,
+        "down": 3,
+    }
+    assert errors["down"]["response"]["status_code"] == 503
     assert errors["broken"]["response"]["status_code"] == 500
     assert errors["invalid"]["response"]["status_code"] == 400
     assert errors["invalid"]["response"]["body"]["error"]["code"] == "invalid_request_error"
     assert errors["invalid"]["error"] is None
     error_file = store.get_file(batch.error_file_id or "")
     assert error_file is not None and error_file.filename == f"{batch_id}_error.jsonl"
-    assert metric(registry, "llmsvc_batch_line_attempts_total", result="refused") == 2
-    assert metric(registry, "llmsvc_batch_lines_total", outcome="failed") == 2
-    assert metric(registry, "llmsvc_batch_lines_total", outcome="retried") == 2 + 1 + 2
+    assert metric(registry, "llmsvc_batch_line_attempts_total", result="refused") == 2 + 3
+    assert metric(registry, "llmsvc_batch_lines_total", outcome="failed") == 3
+    # broken 2, flaky 1, busy 2, queued 3, down 2
+    assert metric(registry, "llmsvc_batch_lines_total", outcome="retried") == 10
 
 
 async def test_a_lost_connection_fails_without_a_response(
@@ -286,6 +300,17 @@ async def test_a_lost_connection_fails_without_a_response(
         batch = await ended(store, batch_id)
     [line] = lines_of(store, batch.error_file_id)
     assert line["response"] is None and line["error"]["code"] == "request_failed"
+
+
+async def test_no_answer_in_the_line_timeout(router: StandIn, store: SqliteStore) -> None:
+    router.delay = 2.0
+    batch_id = add_batch(store, ["slow"])
+    runner, _ = new_runner(store, settings(router, max_attempts=2, line_timeout=0.2))
+    async with running(runner):
+        batch = await ended(store, batch_id)
+    [line] = lines_of(store, batch.error_file_id)
+    assert line["response"] is None and line["error"]["code"] == "timeout"
+    assert router.tries == {"slow": 2}
 
 
 async def test_earliest_deadline_first(router: StandIn, store: SqliteStore) -> None:
