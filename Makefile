@@ -59,7 +59,7 @@ manifests: $(STAMP)
 	$(BIN)/llmsvc operator crd > operator/crd.yaml.tmp && mv operator/crd.yaml.tmp operator/crd.yaml
 	cp operator/crd.yaml charts/llmsvc/crds/inferenceservices.llmsvc.io.yaml
 	$(HELM) template llmsvc charts/llmsvc --namespace llmsvc --show-only templates/operator/rbac.yaml > operator/rbac.yaml.tmp && mv operator/rbac.yaml.tmp operator/rbac.yaml
-	$(HELM) template llmsvc charts/llmsvc --namespace llmsvc --include-crds --set registry.token.existingSecret=llmsvc-registry-token --set registry.adminToken.existingSecret=llmsvc-registry-admin-token --set router.adminToken.existingSecret=llmsvc-router-admin-token > manifests/install.yaml.tmp && mv manifests/install.yaml.tmp manifests/install.yaml
+	$(HELM) template llmsvc charts/llmsvc --namespace llmsvc --include-crds --set registry.token.existingSecret=llmsvc-registry-token --set registry.adminToken.existingSecret=llmsvc-registry-admin-token --set router.adminToken.existingSecret=llmsvc-router-admin-token --set batch.token.existingSecret=llmsvc-batch-token > manifests/install.yaml.tmp && mv manifests/install.yaml.tmp manifests/install.yaml
 
 run: $(STAMP)
 	$(BIN)/llmsvc up

@@ -42,6 +42,8 @@ INSTALL_ARGS = (
     "registry.adminToken.existingSecret=llmsvc-registry-admin-token",
     "--set",
     "router.adminToken.existingSecret=llmsvc-router-admin-token",
+    "--set",
+    "batch.token.existingSecret=llmsvc-batch-token",
 )
 RBAC_ARGS = ("--show-only", "templates/operator/rbac.yaml")
 

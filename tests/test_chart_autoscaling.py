@@ -200,8 +200,9 @@ def test_network_policy_lets_the_operator_reach_restricted_routers() -> None:
     selectors = [p["podSelector"]["matchLabels"] for p in rule["from"] if "podSelector" in p]
     assert peer in rule["from"]
     assert any(all(pod_labels.get(k) == v for k, v in sel.items()) for sel in selectors)
-    # Without routerFrom everyone may connect already; with keda nobody needs to.
-    values["autoscaling"] = {"engine": "keda"}
+    # Without routerFrom everyone may connect already; with keda nobody needs to (nor the
+    # batch service, off here: its own peer is test_chart_batch's).
+    values |= {"autoscaling": {"engine": "keda"}, "batch": {"enabled": False}}
     (keda_policy,) = [
         p for p in of_kind(docs_for(values), "NetworkPolicy") if component(p) == "router"
     ]

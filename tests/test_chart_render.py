@@ -26,6 +26,7 @@ from helmchart import (
     render,
     validate_strict,
 )
+from llmsvc.batch.settings import BatchSettings
 from llmsvc.core.settings import BaseServiceSettings, env_name
 from llmsvc.operator.settings import OperatorSettings
 from llmsvc.registry.settings import RegistrySettings
@@ -38,6 +39,7 @@ SETTINGS: dict[str, type[BaseServiceSettings]] = {
     "router": RouterSettings,
     "registry": RegistrySettings,
     "operator": OperatorSettings,
+    "batch": BatchSettings,
 }
 
 
@@ -73,15 +75,19 @@ def test_default_render_has_the_three_components(default_docs: list[dict[str, An
         "PodDisruptionBudget/llmsvc-router",
         "Role/llmsvc-operator-routers",
         "RoleBinding/llmsvc-operator-routers",
+        "Secret/llmsvc-batch-token",
         "Secret/llmsvc-registry-admin-token",
         "Secret/llmsvc-registry-token",
         "Secret/llmsvc-router-admin-token",
+        "Service/llmsvc-batch",
         "Service/llmsvc-operator",
         "Service/llmsvc-registry",
         "Service/llmsvc-router",
+        "ServiceAccount/llmsvc-batch",
         "ServiceAccount/llmsvc-operator",
         "ServiceAccount/llmsvc-registry",
         "ServiceAccount/llmsvc-router",
+        "StatefulSet/llmsvc-batch",
     ]
 
 
@@ -122,15 +128,18 @@ def test_the_validation_can_fail(default_docs: list[dict[str, Any]]) -> None:
 def test_prometheus_operator_objects_have_their_shape(all_docs: list[dict[str, Any]]) -> None:
     """kubernetes-validate does not know ServiceMonitor and PrometheusRule: check them here."""
     monitors = of_kind(all_docs, "ServiceMonitor")
-    assert sorted(component(m) for m in monitors) == ["engine", "operator", "registry", "router"]
+    assert sorted(component(m) for m in monitors) == [
+        "batch", "engine", "operator", "registry", "router"
+    ]  # fmt: skip
     for monitor in monitors:
         assert monitor["apiVersion"] == "monitoring.coreos.com/v1"
         assert monitor["metadata"]["labels"]["release"] == "kube-prometheus-stack"
         spec = monitor["spec"]
         assert set(spec) == {"selector", "namespaceSelector", "endpoints"}
         for endpoint in spec["endpoints"]:
-            # The router's /metrics needs its admin token (tests/test_chart_tokens.py).
-            sends = {"authorization"} if component(monitor) == "router" else set()
+            # The router's /metrics needs its admin token (tests/test_chart_tokens.py), the
+            # batch service's its token (tests/test_chart_batch.py).
+            sends = {"authorization"} if component(monitor) in ("router", "batch") else set()
             assert set(endpoint) == {"port", "path", "interval", "scrapeTimeout"} | sends
             assert endpoint["path"] == "/metrics"
     engines = next(m for m in monitors if component(m) == "engine")
@@ -163,7 +172,9 @@ def test_service_monitors_select_the_services_they_scrape(all_docs: list[dict[st
 
 
 def test_services_and_policies_select_their_pods(all_docs: list[dict[str, Any]]) -> None:
-    pods = {component(d): d["spec"]["template"] for d in of_kind(all_docs, "Deployment")}
+    pods = {
+        component(d): d["spec"]["template"] for d in of_kind(all_docs, "Deployment", "StatefulSet")
+    }
 
     def selects(selector: Mapping[str, str], name: str) -> bool:
         labels: dict[str, str] = pods[name]["metadata"]["labels"]
@@ -174,7 +185,7 @@ def test_services_and_policies_select_their_pods(all_docs: list[dict[str, Any]])
         assert [n for n in pods if selects(service["spec"]["selector"], n)] == [name]
         ports = {p["name"] for p in pods[name]["spec"]["containers"][0]["ports"]}
         assert {p["targetPort"] for p in service["spec"]["ports"]} <= ports
-    for deployment in of_kind(all_docs, "Deployment"):
+    for deployment in of_kind(all_docs, "Deployment", "StatefulSet"):
         assert selects(deployment["spec"]["selector"]["matchLabels"], component(deployment))
     policies = {component(p): p["spec"] for p in of_kind(all_docs, "NetworkPolicy")}
     for name, policy in policies.items():
@@ -229,7 +240,7 @@ def test_api_keys_without_keys_is_a_clear_error() -> None:
 
 
 @pytest.mark.parametrize("which", ["default_docs", "all_docs"])
-@pytest.mark.parametrize("name", ["router", "registry", "operator"])
+@pytest.mark.parametrize("name", ["router", "registry", "operator", "batch"])
 def test_components_get_flags_and_env_their_settings_accept(
     which: str, name: str, request: pytest.FixtureRequest
 ) -> None:

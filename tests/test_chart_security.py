@@ -21,7 +21,7 @@ RESTRICTED_CONTAINER = {
 def pods(request: pytest.FixtureRequest) -> dict[str, dict[str, Any]]:
     args = ("-f", ALL_FEATURES) if request.param == "all-features" else ()
     specs = pod_specs(documents(render(*args)))
-    assert len(specs) == 3, sorted(specs)
+    assert len(specs) == 4, sorted(specs)  # router, registry, operator, batch
     return specs
 
 
@@ -61,10 +61,16 @@ def test_containers_have_requests_and_a_memory_limit(pods: dict[str, dict[str, A
 
 
 def test_probes_ask_each_component_for_health(pods: dict[str, dict[str, Any]]) -> None:
-    ports = {"router": 8080, "registry": 8081, "operator": 8090}
+    ports = {"router": 8080, "registry": 8081, "operator": 8090, "batch": 8082}
     for name, spec in pods.items():
         (item,) = spec["containers"]
         declared = {p["name"]: p["containerPort"] for p in item["ports"]}
         assert declared == {"http": ports[item["name"]]}, name
         for probe in ("readinessProbe", "livenessProbe"):
+            if item["name"] == "batch":  # its /health needs the token: the image's script
+                command = item[probe]["exec"]["command"]
+                assert command[:3] == ["/opt/llmsvc/bin/python", "/opt/llmsvc/healthcheck.py",
+                                       "8082"], name  # fmt: skip
+                assert command[3] == "--token-file", name
+                continue
             assert item[probe]["httpGet"] == {"path": "/health", "port": "http"}, name

@@ -18,10 +18,11 @@ from llmsvc.operator.settings import OperatorSettings
 from llmsvc.registry.settings import RegistrySettings
 from llmsvc.router.settings import RouterSettings
 
-WRITE, REGISTRY_ADMIN, ROUTER_ADMIN = (
+WRITE, REGISTRY_ADMIN, ROUTER_ADMIN, BATCH = (
     "llmsvc-registry-token",
     "llmsvc-registry-admin-token",
     "llmsvc-router-admin-token",
+    "llmsvc-batch-token",
 )
 MONITORS = ("--set", "metrics.serviceMonitor.enabled=true")
 
@@ -69,6 +70,7 @@ def test_components_get_their_tokens() -> None:
     assert env_refs(docs, "router") == {
         "LLMSVC_REGISTRY_TOKEN": {"name": WRITE, "key": "token"},
         "LLMSVC_ADMIN_TOKEN": {"name": ROUTER_ADMIN, "key": "token"},
+        "LLMSVC_BATCH_TOKEN": {"name": BATCH, "key": "token"},
     }
     router = component_settings(RouterSettings, docs, "router")
     assert router.registry_token is not None and router.admin_token is not None
@@ -91,7 +93,7 @@ def test_the_router_service_monitor_sends_the_admin_token() -> None:
     others = [
         e
         for m in of_kind(documents(render(*MONITORS)), "ServiceMonitor")
-        if not m["metadata"]["name"].endswith("router")
+        if not m["metadata"]["name"].endswith(("router", "batch"))  # batch: test_chart_batch
         for e in m["spec"]["endpoints"]
     ]
     assert others and all("authorization" not in e for e in others)
@@ -120,7 +122,7 @@ def test_admin_tokens_can_be_turned_off() -> None:
     assert "authorization" not in router_monitor(docs)
     assert "LLMSVC_ADMIN_TOKEN" not in env_refs(docs, "router")
     assert "LLMSVC_ADMIN_TOKEN" not in env_refs(docs, "registry")
-    assert set(secrets(docs)) == {("llmsvc", WRITE)}
+    assert set(secrets(docs)) == {("llmsvc", WRITE), ("llmsvc", BATCH)}
 
 
 def test_watched_namespaces_get_the_write_token() -> None:
@@ -148,6 +150,8 @@ def test_existing_secrets_and_given_values() -> None:
             "registry.adminToken.value=given-admin-token",
             "--set",
             "watchNamespaces={team-a}",
+            "--set",
+            "batch.token.existingSecret=ours",
         )
     )
     assert env_refs(docs, "router")["LLMSVC_REGISTRY_TOKEN"] == {"name": "mine", "key": "w"}

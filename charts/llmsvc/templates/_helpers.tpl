@@ -54,12 +54,14 @@ app.kubernetes.io/component: {{ index . 1 }}
 {{- default .Chart.AppVersion .Values.image.tag }}
 {{- end }}
 
-{{/* Image of one component; call with (list $ "router"). */}}
+{{/* Image of one component; call with (list $ "router"). The batch service runs the router
+image (it holds the whole llmsvc package). */}}
 {{- define "llmsvc.image" -}}
 {{- $root := index . 0 -}}
 {{- $component := index . 1 -}}
 {{- $values := index $root.Values $component -}}
-{{- $repository := default (printf "%s/%s" $root.Values.image.prefix $component) $values.image.repository }}
+{{- $image := ternary "router" $component (eq $component "batch") -}}
+{{- $repository := default (printf "%s/%s" $root.Values.image.prefix $image) $values.image.repository }}
 {{- printf "%s:%s" $repository (default (include "llmsvc.tag" $root) $values.image.tag) }}
 {{- end }}
 
@@ -112,6 +114,12 @@ registry with a token, or another registry whose token is in registry.token.exis
 with the router's admin token (mounted from its Secret). */}}
 {{- define "llmsvc.autoscalerRouterToken" -}}
 {{- if and (eq .Values.autoscaling.engine "builtin") .Values.router.enabled .Values.router.adminToken.enabled }}true{{ end }}
+{{- end }}
+
+{{/* Whether this release runs the batch service: it needs this release's router, which
+forwards to it and carries its lines. */}}
+{{- define "llmsvc.runsBatch" -}}
+{{- if and .Values.batch.enabled .Values.router.enabled }}true{{ end }}
 {{- end }}
 
 {{/* Secret holding the router's API keys. */}}
