@@ -22,6 +22,7 @@ from aiohttp import web
 from multidict import CIMultiDict
 from prometheus_client import CollectorRegistry
 
+from llmsvc.batch import runner as runner_module
 from llmsvc.batch.ids import new_batch_id
 from llmsvc.batch.metrics import BatchMetrics
 from llmsvc.batch.runner import Runner
@@ -53,6 +54,7 @@ class StandIn:
     inflight: int = 0
     max_inflight: int = 0
     url: str = ""
+    closing: asyncio.Event = field(default_factory=asyncio.Event)
 
     async def handle(self, request: web.Request) -> web.Response:
         body = await request.json()
@@ -62,8 +64,9 @@ class StandIn:
         self.inflight += 1
         self.max_inflight = max(self.max_inflight, self.inflight)
         try:
-            if self.delay:
-                await asyncio.sleep(self.delay)
+            if self.delay:  # cut short when the test ends
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self.closing.wait(), self.delay)
             status, answer, headers = (
                 self.decide(custom, self.tries[custom]) if self.decide else ok(custom)
             )
@@ -101,6 +104,7 @@ async def router() -> AsyncIterator[StandIn]:
     port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
     stand.url = f"http://{HOST}:{port}"
     yield stand
+    stand.closing.set()
     await runner.cleanup()
 
 
@@ -409,6 +413,23 @@ async def test_cancel(router: StandIn, store: SqliteStore) -> None:
     assert len(out) >= 2 and len(out) + len(errors) == 30
     assert {e["error"]["code"] for e in errors} == {"batch_cancelled"}
     assert len(router.seen) == seen_at_end  # nothing sent after the end
+
+
+async def test_lines_hanging_past_the_grace_end_with_the_batch(
+    router: StandIn, store: SqliteStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(runner_module, "END_GRACE", 0.3)
+    router.delay = 30.0  # the router never answers in the test's time
+    batch_id = add_batch(store, [f"c{i}" for i in range(5)])
+    runner, _ = new_runner(store, settings(router, initial_concurrency=2, max_concurrency=2))
+    async with running(runner):
+        await until(lambda: len(router.seen) == 2)
+        store.set_status(batch_id, "cancelling", at=time.time())
+        runner.cancel(batch_id)
+        batch = await ended(store, batch_id, timeout=10.0)
+    assert batch.status == "cancelled" and batch.output_file_id is None
+    errors = lines_of(store, batch.error_file_id)
+    assert [e["error"]["code"] for e in errors] == ["batch_cancelled"] * 5
 
 
 async def test_raised_priority_only_when_allowed_and_at_risk(

@@ -134,7 +134,7 @@ class Runner:
         """GET /sla/report's body: the newest 100 batches' samples and ETA errors."""
         batches = self._store.list_batches(tenant=None, all_tenants=True, after=None, limit=100)
         entries = [report_entry(b, self._store.samples(b.id)) for b in batches]
-        return {"object": "sla_report", "batches": entries, "overall": report_overall(entries)}
+        return {"batches": entries, "overall": report_overall(entries)}
 
     @property
     def concurrency(self) -> int:
