@@ -40,7 +40,7 @@ FAST = ("--tick", "0.2", "--sample-interval", "0.5", "--retry-backoff", "0.1")
 
 class StandinRouter:
     """The router's side of a line: chat completions answered at once (``refuse``: a 400;
-    ``slow``: after 2 s), every request's headers kept for the test to read."""
+    ``slow``: after 3 s), every request's headers kept for the test to read."""
 
     def __init__(self) -> None:
         self.port = free_port()
@@ -63,7 +63,7 @@ class StandinRouter:
             error = {"message": "bad", "type": "invalid_request_error", "param": None, "code": "x"}
             return web.json_response({"error": error}, status=400, headers={"X-Request-Id": rid})
         if text == "slow":
-            await asyncio.sleep(2)
+            await asyncio.sleep(3)
         answer = {
             "id": "chatcmpl-standin",
             "object": "chat.completion",
@@ -268,11 +268,19 @@ def test_cancel_ends_pending_lines_and_is_idempotent(service: Service) -> None:
     client = service.client("slowco")
     file_id = upload(client, jsonl(*(line(f"s{i}", "slow") for i in range(12))))
     batch = create(client, file_id, "1h")
+    # Once lines are at the router (each takes 3 s there), the batch stays cancelling
+    # until they end: a second cancel meets it cancelling.
+    wait_until(
+        lambda: any(s["headers"].get("X-Llmsvc-Batch") == batch.id for s in service.router.seen),
+        timeout=15,
+        what="a line at the router",
+    )
     first = client.batches.cancel(batch.id)
-    assert first.status in ("cancelling", "cancelled")
+    assert first.status == "cancelling"
     assert first.cancelling_at is not None
     again = client.batches.cancel(batch.id)
-    assert again.status in ("cancelling", "cancelled")
+    assert again.status == "cancelling"
+    assert again.cancelling_at == first.cancelling_at
     ended = wait_status(client, batch.id, ("cancelled",))
     assert ended.cancelled_at is not None
     counts = ended.request_counts
