@@ -213,6 +213,7 @@ def create_app(
         version=__version__,
         routes=_routes(api, registry),
         auth=token_auth(settings),
+        read_timeout=settings.read_timeout,
     )
     app[BATCH_API] = api
     app.cleanup_ctx.append(_store_ctx(store))
