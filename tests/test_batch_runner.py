@@ -28,7 +28,7 @@ from llmsvc.batch.metrics import BatchMetrics
 from llmsvc.batch.runner import Runner
 from llmsvc.batch.settings import BatchSettings
 from llmsvc.batch.sqlite_store import SqliteStore
-from llmsvc.batch.store import BatchRecord, LineSpec
+from llmsvc.batch.store import BatchRecord, LineRecord, LineSpec
 from procs import HOST
 
 CHAT = "/v1/chat/completions"
@@ -526,3 +526,27 @@ async def test_metrics_and_report(router: StandIn, store: SqliteStore) -> None:
     assert entry["id"] == batch_id and entry["met"] is True and entry["samples"]
     assert report["overall"]["met"] == 1 and report["overall"]["on_time_ratio"] == 1.0
     assert batch.status == "completed"
+
+
+class FlakyStore(SqliteStore):
+    """A store whose first ``claim`` fails, as a locked or full disk would."""
+
+    failed = False
+
+    def claim(self, batch_id: str, limit: int, *, now: float) -> list[LineRecord]:
+        if not self.failed:
+            self.failed = True
+            raise OSError("disk I/O error")
+        return super().claim(batch_id, limit, now=now)
+
+
+async def test_a_store_error_does_not_stop_the_runner(router: StandIn, tmp_path: Path) -> None:
+    store = FlakyStore(tmp_path / "flaky")
+    try:
+        batch_id = add_batch(store, ["a", "b"])
+        runner, _ = new_runner(store, settings(router))
+        async with running(runner):
+            batch = await ended(store, batch_id)
+        assert store.failed and batch.status == "completed"
+    finally:
+        store.close()

@@ -147,15 +147,21 @@ class Runner:
         loop = asyncio.get_running_loop()
         next_tick = loop.time()
         while True:
-            if self._cancels:
-                self._start_cancels()
-            if loop.time() >= next_tick:
-                self._tick()
-                next_tick = loop.time() + self._settings.tick
-            elif self._refresh:
-                self._load_active()
-            self._check_touched()
-            self._fill()
+            try:
+                if self._cancels:
+                    self._start_cancels()
+                if loop.time() >= next_tick:
+                    next_tick = loop.time() + self._settings.tick
+                    self._tick()
+                elif self._refresh:
+                    self._load_active()
+                self._check_touched()
+                self._fill()
+            except Exception:
+                # a store error (disk full, a locked database): the lines wait, the loop
+                # goes on at the next tick rather than the runner dying silently
+                log.exception("batch runner: step failed; retrying at the next tick")
+                self._next_retry = None
             timeout = next_tick - loop.time()
             if self._next_retry is not None:
                 timeout = min(timeout, self._next_retry - self._clock())
@@ -169,11 +175,11 @@ class Runner:
 
     def _fill(self) -> None:
         """Claim lines, earliest deadline first, up to the window."""
+        self._next_retry = None
         room = self._aimd.window - len(self._inflight)
         if room <= 0:
-            return
+            return  # a line that ends wakes the loop
         now = self._clock()
-        self._next_retry = None
         runnable = [
             b
             for b in self._active.values()
