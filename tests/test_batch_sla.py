@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import random
+
 import pytest
 
 from llmsvc.batch.sla import Throughput, assess, report_entry, report_overall
@@ -160,3 +162,28 @@ def test_report_eta_error_and_overall() -> None:
         "at_50": None,
         "at_75": None,
     }
+
+
+def test_eta_early_way_is_close_on_steady_jittered_load() -> None:
+    rng = random.Random(15)
+    total = 1000
+    ends: list[float] = []
+    t = T0
+    for _ in range(total):  # about 2 lines/s, each gap jittered by up to +-90 %
+        t += 0.5 * (1 + rng.uniform(-0.9, 0.9))
+        ends.append(t)
+    finish = ends[-1]
+    meter = Throughput(T0)
+    record = batch(window=86400, total=total)
+    done = 0
+    eta_early: float | None = None
+    now = T0
+    while done < total * 2 // 5:  # 40 % (at half way, left == done)
+        now += 1.0  # one tick
+        while done < total and ends[done] <= now:
+            meter.observe(ends[done])
+            done += 1
+        view = assess(record, Counts(total=total, completed=done), meter.rate(now), now, 0.7)
+        eta_early = view.eta
+    assert eta_early is not None
+    assert abs(eta_early - finish) / (finish - T0) < 0.05
