@@ -109,7 +109,9 @@ def test_openai_client_runs_a_chat_batch_through_the_router(stack: BatchStack) -
     for line in output:
         assert line["id"].startswith("batch_req_") and line["error"] is None
         response = line["response"]
-        assert response["status_code"] == 200 and response["request_id"], line
+        assert response["status_code"] == 200, line
+        index = ids.index(line["custom_id"])
+        assert response["request_id"] == f"{created.id}-{index}", line  # the runner's id
         body = response["body"]
         assert body["object"] == "chat.completion" and body["choices"][0]["message"]["content"]
         usage = body["usage"]

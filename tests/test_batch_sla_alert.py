@@ -135,6 +135,13 @@ def test_infeasible_batch_at_risk_and_alerted_feasible_on_track(
     assert ext["eta"] is not None and ext["eta"] > ext["deadline"], ext
     assert ext["eta_seconds"] > ext["time_left_seconds"], ext
 
+    # The seed's view: both active, nearest deadline first, each with its status; bob sees
+    # neither.
+    view = stack.get("/sla/status", tenant="alice").json()["data"]
+    assert [b["id"] for b in view][:2] == [infeasible, feasible], view
+    assert [b["sla_status"] for b in view][:2] == ["at_risk", "on_track"], view
+    assert stack.get("/sla/status", tenant="bob").json()["data"] == []
+
     assert infeasible in alerts, f"BatchSLAAtRisk not pending or firing for it: {alerts}"
     assert alerts[infeasible] in ("pending", "firing")
     assert feasible not in alerts, alerts
