@@ -5,6 +5,9 @@ that it cannot rot."""
 
 from __future__ import annotations
 
+import subprocess
+import sys
+from pathlib import Path
 from typing import Any
 
 import orjson
@@ -20,6 +23,8 @@ from benchmarks.batch.report import (
     ttft_summary,
 )
 from benchmarks.batch.study import TIMING, batch_input
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def test_eta_error_is_read_at_the_first_poll_past_each_mark() -> None:
@@ -75,7 +80,10 @@ def test_batch_lines_are_chat_requests_as_long_as_the_interactive_ones() -> None
 
 
 def _doc(ratio: float, at50: float | None) -> dict[str, Any]:
-    interactive = {"requests": 100, "served": 100, "ttft_p50_s": 0.02, "ttft_p99_s": 0.05}
+    interactive = {
+        "requests": 100, "served": 100, "ttft_p50_s": 0.02, "ttft_p99_s": 0.05,
+        "queue_waits_logged": 100, "waited_for_a_slot": 7, "queue_wait_p95_s": 0.004,
+    }  # fmt: skip
     errors = {
         "25%": {"at": 10.0, "progress": 0.25, "eta_s": 50.0, "relative_error": 0.3},
         "50%": {"at": 20.0, "progress": 0.5, "eta_s": 42.0, "relative_error": at50},
@@ -116,16 +124,27 @@ def _doc(ratio: float, at50: float | None) -> dict[str, Any]:
 def test_tables_say_whether_each_target_is_met_and_by_how_much_it_is_missed() -> None:
     met = protect_table(_doc(1.05, 0.1))
     assert "| (b) interactive + a 10,000-line batch, 40 s | 100 | 100 |" in met
+    assert "| 0.050 | 7 (7.0%) | 0.004 | 36.0 | 90.0% |" in met
     assert "**1.050** (target ≤ 1.10: **met**)" in met and "90.0% of the 40.0" in met
     missed = protect_table(_doc(1.32, 0.1))
     assert "**missed**, by 20%" in missed
     assert "**10.0%** (target ≤ 15%: **met**)" in eta_table(_doc(1.0, 0.1))
     assert "**missed**, by 5.0% points" in eta_table(_doc(1.0, 0.2))
     assert "not measured (no ETA at 50 %)" in eta_table(_doc(1.0, None))
+    with_report = _doc(1.0, 0.1)
+    with_report["phases"]["with_batch"]["batch"]["sla_report_eta_error"] = {
+        "at_25": 0.3,
+        "at_50": 0.05,
+        "at_75": None,
+    }
+    assert "`/sla/report` `eta_error`: 30.0% at 25 %, 5.0% at 50 %, None at 75 %." in eta_table(
+        with_report
+    )
     protect, eta = markdown(_doc(1.0, 0.1))
     for text in (protect, eta):
         assert "2 CPUs (Test CPU)" in text and "Commit abc1234" in text
-        assert "4 simulated engines × 6 slots" in text and "220 ms on a slot" in text
+    assert "4 simulated engines × 6 slots" in protect and "220 ms on a slot" in protect
+    assert "the next section's table (b)" in eta
 
 
 def test_bad_flags_are_refused() -> None:
@@ -134,3 +153,35 @@ def test_bad_flags_are_refused() -> None:
     with pytest.raises(SystemExit):
         parse_args(["--lines", "0"])
     assert parse_args(["--lines", "50"]).lines == 50
+
+
+def test_quick_run_on_real_processes(tmp_path: Path) -> None:
+    doc = tmp_path / "doc.md"
+    doc.write_text(
+        "# x\n<!-- batch-eta-table -->\nSTALE-ETA\n<!-- /batch-eta-table -->\nkept\n"
+        "<!-- batch-protect-table -->\nSTALE-PROTECT\n<!-- /batch-protect-table -->\nend\n"
+    )
+    out = tmp_path / "out"
+    run = subprocess.run(
+        [
+            sys.executable, "-m", "benchmarks.batch", "--quick", "--out", str(out),
+            "--work", str(tmp_path / "work"), "--doc", str(doc),
+        ],
+        cwd=ROOT, capture_output=True, text=True, timeout=150,
+    )  # fmt: skip
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+    result = orjson.loads((out / "results-quick.json").read_bytes())
+    assert result["capacity_rps"]["measured"] > 0
+    alone, mixed = result["phases"]["alone"], result["phases"]["with_batch"]
+    assert alone["interactive"]["served"] > 0 and mixed["interactive"]["served"] > 0
+    batch = mixed["batch"]
+    assert batch["status"] == "completed", batch
+    assert batch["completed"] == batch["lines"] == 150 and batch["failed"] == 0
+    assert batch["polls"][-1][1] == 150 and batch["lines_per_s"] > 0
+    assert batch["duration_s"] > 0
+    for row in (alone["interactive"], mixed["interactive"]):
+        assert row["queue_waits_logged"] == row["requests"]  # every request's wait, from the log
+    text = doc.read_text()
+    assert "STALE" not in text and text.endswith("<!-- /batch-protect-table -->\nend\n")
+    assert "| (a) interactive alone" in text and "| 50% |" in text and "kept\n" in text
+    assert (out / "results-quick-protect.md").read_text() in text

@@ -15,6 +15,7 @@ into the document between their markers (``report.py``).
 from __future__ import annotations
 
 import argparse
+import asyncio
 import dataclasses
 import os
 import sys
@@ -27,6 +28,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # the root: benchm
 from benchmarks.batch.report import ETA_END, ETA_START, PROTECT_END, PROTECT_START, markdown
 from benchmarks.batch.study import QUICK, Settings, run_study
 from benchmarks.chaos.table import replace_table
+from benchmarks.common.processes import StartFailed
 from benchmarks.common.procfs import machine
 from benchmarks.flow.__main__ import llmsvc_commit
 
@@ -83,9 +85,12 @@ def main(argv: list[str] | None = None) -> int:
     load_start = os.getloadavg()[0]
     try:
         doc = run_study(settings, args.work.resolve())
-    except KeyboardInterrupt:
+    except (KeyboardInterrupt, asyncio.CancelledError):
         print("benchmarks.batch: interrupted; its processes are stopped", file=sys.stderr)
         return 130
+    except (StartFailed, RuntimeError) as exc:
+        print(f"benchmarks.batch: {exc}", file=sys.stderr)
+        return 1
     doc |= {
         "command": command_line(argv),
         "llmsvc_commit": llmsvc_commit(),

@@ -84,20 +84,35 @@ def _pct(value: float | None) -> str:
     return "–" if value is None else f"{value:.1%}"
 
 
+def _waited(row: dict[str, Any]) -> str:
+    """Requests that waited ≥ 1 ms in the router's queue, of those its access log timed."""
+    logged = row.get("queue_waits_logged")
+    if not logged:
+        return "–"
+    return f"{row['waited_for_a_slot']} ({row['waited_for_a_slot'] / logged:.1%})"
+
+
 def _met(ok: bool | None, what: str) -> str:
     if ok is None:
         return f"not measured ({what})"
     return "**met**" if ok else "**missed**"
 
 
-def conditions(doc: dict[str, Any]) -> str:
-    m, s = doc["machine"], doc["settings"]
-    t = s["timing"]
-    load = doc["load_average_1m"]
+def run_line(doc: dict[str, Any]) -> str:
+    """Where, when and how the run was made."""
+    m, load = doc["machine"], doc["load_average_1m"]
     return (
         f"Machine: {m['nproc']} CPUs ({m['cpu_model'] or 'unknown model'}), Python {m['python']}; "
         f"1-minute load average {load['start']:.2f} at the start, {load['end']:.2f} at the end. "
-        f"Commit {doc['llmsvc_commit']}, {doc['date']}, `{doc['command']}`.\n\n"
+        f"Commit {doc['llmsvc_commit']}, {doc['date']}, `{doc['command']}`.\n"
+    )
+
+
+def conditions(doc: dict[str, Any]) -> str:
+    s = doc["settings"]
+    t = s["timing"]
+    return (
+        run_line(doc) + "\n"
         f"Fleet: {s['engines']} simulated engines × {t['slots']} slots (`llmsvc sim-engine "
         f"--scheduler independent --jitter 0`, prefill {t['prefill_tokens_per_s']:g} tokens/s, "
         f"decode {t['decode_tokens_per_s']:g} tokens/s), every request and every batch line "
@@ -120,14 +135,15 @@ def protect_table(doc: dict[str, Any]) -> str:
     spare = doc["spare_capacity_rps"]
     lines = [
         "| run | interactive requests | served | TTFT p50 (s) | TTFT p95 (s) | TTFT p99 (s) "
-        "| batch lines/s | share of spare capacity |",
-        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+        "| waited for a slot | queue wait p95 (s) | batch lines/s | share of spare capacity |",
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
         f"| (a) interactive alone, {alone['seconds']:.0f} s | {a['requests']} | {a['served']} "
-        f"| {_s(a['ttft_p50_s'])} | {_s(a['ttft_p95_s'])} | {_s(a['ttft_p99_s'])} | – | – |",
+        f"| {_s(a['ttft_p50_s'])} | {_s(a['ttft_p95_s'])} | {_s(a['ttft_p99_s'])} "
+        f"| {_waited(a)} | {_s(a.get('queue_wait_p95_s'))} | – | – |",
         f"| (b) interactive + a {batch['lines']:,}-line batch, {mixed['seconds']:.0f} s "
         f"| {b['requests']} | {b['served']} | {_s(b['ttft_p50_s'])} | {_s(b['ttft_p95_s'])} "
-        f"| {_s(b['ttft_p99_s'])} | {_s(batch['lines_per_s'], 1)} "
-        f"| {_pct(doc['batch_share_of_spare'])} |",
+        f"| {_s(b['ttft_p99_s'])} | {_waited(b)} | {_s(b.get('queue_wait_p95_s'))} "
+        f"| {_s(batch['lines_per_s'], 1)} | {_pct(doc['batch_share_of_spare'])} |",
     ]
     ok = None if ratio is None else ratio <= TTFT_RATIO_TARGET
     verdict = (
@@ -170,12 +186,16 @@ def eta_table(doc: dict[str, Any]) -> str:
         "`completed_at`; the batch ran under the steady interactive load of run (b)."
     )
     report = batch.get("sla_report_eta_error")
-    if report is not None:
-        verdict += f" `/sla/report` said `eta_error` = `{report}`."
+    if isinstance(report, dict) and report:
+        said = ", ".join(
+            f"{_pct(v) if isinstance(v, int | float) else v} at {k.removeprefix('at_')} %"
+            for k, v in report.items()
+        )
+        verdict += f" The batch service's own `/sla/report` `eta_error`: {said}."
     return "\n".join(lines) + "\n" + verdict + "\n"
 
 
 def markdown(doc: dict[str, Any]) -> tuple[str, str]:
     """The protection table and the ETA table, each with the run's conditions."""
-    head = conditions(doc)
-    return head + "\n" + protect_table(doc), eta_table(doc) + "\n" + head
+    eta_head = "The run of the next section's table (b).\n\n" + run_line(doc)
+    return conditions(doc) + "\n" + protect_table(doc), eta_table(doc) + "\n" + eta_head

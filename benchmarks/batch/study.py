@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import re
+import signal
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -29,12 +30,24 @@ import orjson
 from benchmarks.batch.report import Poll, eta_errors, lines_per_second, ttft_summary
 from benchmarks.batch.stack import Stack
 from benchmarks.flow.fleet import MODEL, EngineTiming, Fleet, RouterConfig
-from benchmarks.flow.traffic import PRIORITY_HEADER, Flow, Outcome, _one, closed_loop, plan
+from benchmarks.flow.traffic import (
+    PRIORITY_HEADER,
+    Flow,
+    Outcome,
+    _one,
+    attach_waits,
+    closed_loop,
+    plan,
+    queue_waits,
+)
 
 from llmsvc.bench.load import LoadSpec
 from llmsvc.bench.schedule import Schedule, drive
+from llmsvc.bench.stats import percentile
 
 ENDED = ("completed", "expired", "cancelled", "failed")
+WAITED_S = 0.001  # a queue wait the access log rounds to 0.000 s is no wait
+CANCEL_GRACE_S = 60.0  # how long a cancelled batch may take to end before the run gives up
 CONCURRENCY = re.compile(r"^llmsvc_batch_concurrency (\S+)$", re.MULTILINE)
 
 
@@ -71,7 +84,7 @@ QUICK = Settings(
     engines=2,
     timing=EngineTiming(slots=2, prefill_tokens_per_s=1000.0, decode_tokens_per_s=50.0,
                         prompt_tokens=10, max_tokens=3),
-    lines=40,
+    lines=150,
     alone_seconds=2.0,
     capacity_seconds=1.5,
     batch_timeout=60.0,
@@ -127,13 +140,23 @@ async def interactive(
     return sorted(outcomes, key=lambda o: o.sent)
 
 
-def summary(outcomes: list[Outcome]) -> dict[str, Any]:
+def summary(outcomes: list[Outcome], router_log: Path) -> dict[str, Any]:
+    """TTFT percentiles, failures, and how many requests waited for a slot in the router's
+    queue (its access log's ``queue_wait_s``, read once the router has stopped): what
+    tells a wait for a slot the batch held from a slower process."""
+    attach_waits(outcomes, queue_waits(router_log.read_text(errors="replace")))
+    waits = sorted(o.queue_wait for o in outcomes if o.queue_wait is not None)
     ttfts = [o.ttft for o in outcomes if o.ok and o.ttft is not None]
     failed: dict[str, int] = {}
     for o in outcomes:
         if not o.ok:
             failed[o.rejection] = failed.get(o.rejection, 0) + 1
-    return ttft_summary(ttfts, len(outcomes)) | {"failed": dict(sorted(failed.items()))}
+    return ttft_summary(ttfts, len(outcomes)) | {
+        "failed": dict(sorted(failed.items())),
+        "queue_waits_logged": len(waits),
+        "waited_for_a_slot": sum(1 for w in waits if w >= WAITED_S),
+        "queue_wait_p95_s": round(percentile(waits, 95), 4) if waits else None,
+    }
 
 
 class Study:
@@ -166,7 +189,8 @@ class Study:
             outcomes = await interactive(
                 stack.router.url, rate, s.alone_seconds, s.seed, s.timing, "alone"
             )
-        result = {"seconds": s.alone_seconds, "interactive": summary(outcomes)}
+        interactive_row = summary(outcomes, stack.log_dir / "router.log")
+        result = {"seconds": s.alone_seconds, "interactive": interactive_row}
         print(f"   {result['interactive']}", flush=True)
         return result | {"load_average_1m": {"start": load, "end": loadavg()}}
 
@@ -184,7 +208,7 @@ class Study:
             started = asyncio.Event()
             poller = asyncio.create_task(self.poll(stack, batch_id, polls, windows, started, ended))
             try:
-                await asyncio.wait_for(started.wait(), s.batch_timeout)
+                await self.first_line(poller, started)
                 began = time.time()
                 outcomes = await interactive(
                     stack.router.url, rate, s.batch_timeout, s.seed, s.timing, "mixed", ended
@@ -204,7 +228,8 @@ class Study:
             "completed": counts["completed"],
             "failed": counts["failed"],
             "duration_s": round(float(finish_at) - created, 2),
-            "lines_per_s": _round(lines_per_second(polls, began, stopped)),
+            # Lines ended from the start of the interactive load to the batch's last poll.
+            "lines_per_s": _round(lines_per_second(polls, began, polls[-1].at)),
             "eta_errors": eta_errors(polls, created, float(finish_at)),
             "sla_report_eta_error": report,
             "concurrency": windows[-1][1] if windows else None,
@@ -214,7 +239,7 @@ class Study:
         }
         result = {
             "seconds": round(stopped - began, 1),
-            "interactive": summary(outcomes),
+            "interactive": summary(outcomes, stack.log_dir / "router.log"),
             "batch": batch,
         }
         print(f"   {result['interactive']}", flush=True)
@@ -224,6 +249,22 @@ class Study:
             flush=True,
         )
         return result | {"load_average_1m": {"start": load, "end": loadavg()}}
+
+    async def first_line(
+        self, poller: asyncio.Task[dict[str, Any]], started: asyncio.Event
+    ) -> None:
+        """Wait until the batch's first line has ended (the poller failing is raised)."""
+        waiter = asyncio.ensure_future(started.wait())
+        try:
+            await asyncio.wait(
+                [waiter, poller], timeout=self.s.batch_timeout, return_when=asyncio.FIRST_COMPLETED
+            )
+        finally:
+            waiter.cancel()
+        if poller.done():
+            poller.result()  # raises what the poller met
+        if not started.is_set():
+            raise RuntimeError(f"no line of the batch ended within {self.s.batch_timeout:g} s")
 
     def submit(self, router_url: str) -> str:
         """Upload and create the batch through the router with the official client."""
@@ -248,6 +289,7 @@ class Study:
         assert stack.batch is not None
         deadline = time.monotonic() + self.s.batch_timeout
         last: dict[str, Any] = {}
+        cancelled = False
         async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=10)) as http:
             n = 0
             while True:
@@ -269,10 +311,12 @@ class Study:
                 n += 1
                 if last["status"] in ENDED:
                     break
-                if time.monotonic() > deadline:
+                if time.monotonic() > deadline + CANCEL_GRACE_S:
+                    raise RuntimeError(f"the batch was still {last['status']} after its cancel")
+                if time.monotonic() > deadline and not cancelled:
+                    print(f"   not done in {self.s.batch_timeout:g} s: cancelled", flush=True)
                     async with http.post(f"{stack.router.url}/v1/batches/{batch_id}/cancel"):
-                        pass
-                    deadline = float("inf")
+                        cancelled = True
                 await asyncio.sleep(self.s.poll_s)
         started.set()
         ended.set()
@@ -339,6 +383,10 @@ def _round(value: float | None) -> float | None:
 
 
 async def _study(settings: Settings, work: Path) -> dict[str, Any]:
+    # SIGTERM (a test's or make's timeout) cancels the run, so that every process is stopped.
+    task = asyncio.current_task()
+    assert task is not None
+    asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, task.cancel)
     async with Fleet(settings.engines, settings.timing, work / "engines") as fleet:
         return await Study(settings, work, fleet).run()
 
