@@ -115,17 +115,17 @@ def assess(
     progress = 1.0 if total == 0 else counts.done / total
     window_used = (now - batch.created_at) / batch.window_seconds if batch.window_seconds else 1.0
     ended = batch.status not in ("validating", "in_progress", "finalizing", "cancelling")
-    finished_at = _finished_at(batch)
+    ended_at = _ended_at(batch)
     eta: float | None
     if left <= 0:
-        eta = finished_at if finished_at is not None else now
+        eta = ended_at if ended_at is not None else now
     elif throughput is not None and throughput > 0:
         eta = now + left / throughput
     else:
         eta = None
-    if ended and finished_at is not None:
-        window_used = (finished_at - batch.created_at) / batch.window_seconds
-    status = _status(batch, left, now, eta, window_used, ended, finished_at, at_risk_window_used)
+    if ended and ended_at is not None:
+        window_used = (ended_at - batch.created_at) / batch.window_seconds
+    status = _status(batch, left, now, eta, window_used, ended, ended_at, at_risk_window_used)
     eta_seconds = None if eta is None else max(0.0, eta - now)
     return SlaView(
         deadline=deadline,
@@ -140,13 +140,6 @@ def assess(
     )
 
 
-def _finished_at(batch: BatchRecord) -> float | None:
-    for name in ("completed_at", "expired_at", "cancelled_at", "failed_at", "finalizing_at"):
-        if name in batch.times:
-            return batch.times[name]
-    return None
-
-
 def _status(
     batch: BatchRecord,
     left: int,
@@ -154,13 +147,13 @@ def _status(
     eta: float | None,
     window_used: float,
     ended: bool,
-    finished_at: float | None,
+    ended_at: float | None,
     at_risk_window_used: float,
 ) -> SlaStatus:
     deadline = batch.deadline
     missed = batch.status == "expired"
     missed |= left > 0 and now > deadline and batch.status != "cancelled"
-    missed |= left <= 0 and finished_at is not None and finished_at > deadline
+    missed |= left <= 0 and ended_at is not None and ended_at > deadline
     if missed:
         return "violated"
     if left > 0 and not ended:
@@ -237,3 +230,9 @@ def report_overall(entries: list[dict[str, Any]]) -> dict[str, Any]:
         "on_time_ratio": met / (met + violated) if met + violated else None,
         "mean_eta_error_at_50": sum(at_50) / len(at_50) if at_50 else None,
     }
+
+
+def _ended_at(batch: BatchRecord) -> float | None:
+    """When the batch's last line ended: its end, or the start of its finalizing."""
+    end = finished_at(batch)
+    return end if end is not None else batch.times.get("finalizing_at")
