@@ -599,3 +599,27 @@ async def test_times_come_from_the_injected_clock_and_finalizing_is_too_late(
 )
 def test_uploaded_filenames_are_cleaned(given: str | None, kept: str) -> None:
     assert clean_filename(given) == kept
+
+
+async def test_a_stalled_upload_is_a_408(aiohttp_client: Client, tmp_path: Path) -> None:
+    settings = BatchSettings(
+        data_dir=tmp_path, router_url=f"http://{HOST}:{free_port()}", read_timeout=0.5
+    )
+    client = await aiohttp_client(create_app(settings, store=SqliteStore(tmp_path)))
+    head = (
+        b'--b\r\nContent-Disposition: form-data; name="file"; filename="in.jsonl"\r\n\r\n'
+        + line("a")
+    )
+    reader, writer = await asyncio.open_connection(HOST, client.port)
+    writer.write(
+        b"POST /v1/files HTTP/1.1\r\nHost: x\r\n"
+        b"Content-Type: multipart/form-data; boundary=b\r\n"
+        b"Content-Length: 100000\r\n\r\n" + head
+    )
+    await writer.drain()
+    async with asyncio.timeout(10):
+        status = await reader.readline()
+        rest = await reader.read(4096)
+    writer.close()
+    assert status.startswith(b"HTTP/1.1 408"), status
+    assert b"request_timeout" in rest

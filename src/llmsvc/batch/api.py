@@ -160,18 +160,25 @@ class BatchApi:
         content: bytes | None = None
         filename = "upload.jsonl"
         while True:
-            part = await reader.next()
+            try:
+                async with asyncio.timeout(self.settings.read_timeout):
+                    part = await reader.next()
+            except TimeoutError:
+                raise _stalled(self.settings.read_timeout) from None
             if part is None:
                 break
             if not isinstance(part, BodyPartReader):
                 raise BadRequest("nested multipart bodies are not accepted", param="file")
             if part.name == "file":
                 filename = clean_filename(part.filename) or filename
-                content = await self._read_file_part(part)
-            elif part.name == "purpose":
-                purpose = (await _read_capped(part, FIELD_MAX_BYTES, "purpose")).decode(
-                    "utf-8", "replace"
+                content = await _read_capped(
+                    part, self.settings.max_file_bytes, "file", idle=self.settings.read_timeout
                 )
+            elif part.name == "purpose":
+                field = await _read_capped(
+                    part, FIELD_MAX_BYTES, "purpose", idle=self.settings.read_timeout
+                )
+                purpose = field.decode("utf-8", "replace")
             else:
                 await part.release()
         if purpose is None:
@@ -197,9 +204,6 @@ class BatchApi:
             content=content,
         )
         return json_response(file_object(record))
-
-    async def _read_file_part(self, part: BodyPartReader) -> bytes:
-        return await _read_capped(part, self.settings.max_file_bytes, "file")
 
     def _file(self, request: web.Request) -> FileRecord:
         caller = caller_of(request)
@@ -413,6 +417,15 @@ def clean_filename(name: str | None) -> str:
     return kept.strip()[:FILENAME_MAX]
 
 
+def _stalled(idle: float) -> ApiError:
+    return ApiError(
+        f"upload stalled: no data for {idle:g} s (--read-timeout)",
+        status=408,
+        code="request_timeout",
+        headers={"Connection": "close"},
+    )
+
+
 def _too_large(cap: int) -> PayloadTooLarge:
     return PayloadTooLarge(
         f"the file is larger than the limit of {cap} bytes (--max-file-bytes)",
@@ -422,12 +435,18 @@ def _too_large(cap: int) -> PayloadTooLarge:
     )
 
 
-async def _read_capped(part: BodyPartReader, cap: int, field: str) -> bytes:
-    """A form part's bytes, or 413 as soon as it passes ``cap`` (nothing is kept)."""
+async def _read_capped(part: BodyPartReader, cap: int, field: str, *, idle: float) -> bytes:
+    """A form part's bytes, or 413 as soon as it passes ``cap`` (nothing is kept), or 408
+    when no byte came for ``idle`` seconds (--read-timeout: a large upload may take long,
+    a stalled one may not hold its connection for good)."""
     chunks: list[bytes] = []
     size = 0
     while True:
-        chunk = await part.read_chunk(CHUNK_BYTES)
+        try:
+            async with asyncio.timeout(idle):
+                chunk = await part.read_chunk(CHUNK_BYTES)
+        except TimeoutError:
+            raise _stalled(idle) from None
         if not chunk:
             break
         size += len(chunk)
