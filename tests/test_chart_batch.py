@@ -17,6 +17,7 @@ from helmchart import (
     component_settings,
     container,
     documents,
+    notes,
     of_kind,
     pod_specs,
     render,
@@ -185,3 +186,10 @@ def test_network_policies_let_only_routers_and_scrapers_in_and_batch_reach_the_r
     peers = router_policy["spec"]["ingress"][0]["from"]
     assert web in peers
     assert ["batch"] in [selected(p) for p in peers]  # its lines go through the router
+
+
+def test_the_notes_point_at_the_batch_api_through_the_router() -> None:
+    text = notes()
+    assert "curl $ROUTER/v1/batches" in text
+    assert "llmsvc-batch (one replica, its data on a 10Gi volume" in text
+    assert "/v1/batches" not in notes("--set", "batch.enabled=false")
