@@ -6,7 +6,11 @@ router. Alice uploads 50 chat lines, creates a batch with OpenAI's ``24h`` windo
 it to ``completed`` and downloads the output: every ``custom_id`` exactly once, each an
 answer with usage. The batch object carries the ``llmsvc`` SLA extension; Bob gets
 ``NotFoundError`` for Alice's batch and files; the engines' answers were counted by the
-router as Alice's at priority ``batch``. An embeddings batch runs too.
+router as Alice's at priority ``batch``. An embeddings batch runs too. On a third,
+real-time engine (model ``slow``): a batch past its window ends ``expired`` with what
+finished in the output and the rest (``batch_expired``) in the error file, and a running
+batch cancelled ends ``cancelled`` likewise (``batch_cancelled``); every line in exactly
+one of the two files.
 """
 
 from __future__ import annotations
@@ -22,11 +26,19 @@ from openai.types import Batch
 
 import metrics
 from batchstack import ADMIN_TOKEN, BatchStack, Engine, chat_lines, jsonl, start_batch_stack
-from procs import ProcGroup
+from procs import ProcGroup, wait_until
 
 pytestmark = pytest.mark.slow
 
 LINES = 50
+# Model "slow": 4 lines at once, 0.5 s each (10 tokens at 20 tokens/s), for the batches
+# that must still be running when they expire or are cancelled.
+SLOW = Engine(
+    "e-slow",
+    "slow",
+    ("--time-scale", "1", "--max-num-seqs", "4", "--decode-slowdown", "0",
+     "--decode-tokens-per-s", "20"),
+)  # fmt: skip
 
 
 def batch_requests(text: str, tenant: str) -> float:
@@ -42,7 +54,7 @@ def stack(module_spawn: ProcGroup, tmp_path_factory: pytest.TempPathFactory) -> 
     return start_batch_stack(
         module_spawn,
         tmp_path_factory.mktemp("batch-e2e"),
-        [Engine("e1"), Engine("e2")],
+        [Engine("e1"), Engine("e2"), SLOW],
         batch_flags=("--max-concurrency", "16"),
     )
 
@@ -185,3 +197,62 @@ def test_cancel_a_finished_batch_and_an_unknown_file(stack: BatchStack) -> None:
     with pytest.raises(openai.ConflictError) as info:
         alice.batches.cancel(created.id)
     assert info.value.code == "batch_not_cancellable"
+
+
+def ended_lines(client: openai.OpenAI, batch: Batch) -> tuple[list[str], dict[str, str]]:
+    """The custom_ids of the output file, and custom_id -> error code of the error file."""
+    done = jsonl(client.files.content(batch.output_file_id).read()) if batch.output_file_id else []
+    failed = jsonl(client.files.content(batch.error_file_id).read()) if batch.error_file_id else []
+    for line in done:
+        assert line["response"]["status_code"] == 200 and line["error"] is None, line
+    for line in failed:
+        assert line["response"] is None, line
+    return [line["custom_id"] for line in done], {
+        line["custom_id"]: line["error"]["code"] for line in failed
+    }
+
+
+def slow_batch(client: openai.OpenAI, lines: int, window: str) -> tuple[Batch, list[str]]:
+    content, ids = chat_lines(lines, model="slow", max_tokens=10)
+    uploaded = client.files.create(file=("slow.jsonl", content), purpose="batch")
+    created = client.batches.create(
+        input_file_id=uploaded.id,
+        endpoint="/v1/chat/completions",
+        completion_window=window,  # type: ignore[arg-type]  # the client types only "24h"
+    )
+    return created, ids
+
+
+def test_a_batch_past_its_window_expires_with_what_finished(stack: BatchStack) -> None:
+    alice = stack.client("alice")
+    created, ids = slow_batch(alice, 80, "3s")  # about 10 s of work
+    batch = poll(alice, created.id, timeout=45)
+    assert batch.status == "expired", batch
+    assert batch.expired_at is not None and batch.expired_at >= created.created_at + 3
+    completed, failed = ended_lines(alice, batch)
+    assert completed, "nothing finished before the deadline"
+    assert failed and set(failed.values()) == {"batch_expired"}, failed
+    assert sorted(completed + list(failed)) == ids, "a line is missing or in both files"
+    counts = batch.request_counts
+    assert counts is not None
+    assert (counts.completed, counts.failed) == (len(completed), len(failed))
+    assert extension(batch)["sla_status"] == "violated"
+
+
+def test_cancel_a_running_batch(stack: BatchStack) -> None:
+    alice = stack.client("alice")
+    created, ids = slow_batch(alice, 80, "24h")
+
+    def started() -> bool:
+        counts = alice.batches.retrieve(created.id).request_counts
+        return counts is not None and counts.completed > 0
+
+    wait_until(started, timeout=20, what="a first completed line")
+    cancelling = alice.batches.cancel(created.id)
+    assert cancelling.status in ("cancelling", "cancelled"), cancelling
+    assert cancelling.cancelling_at is not None
+    batch = poll(alice, created.id, timeout=45)
+    assert batch.status == "cancelled" and batch.cancelled_at is not None, batch
+    completed, failed = ended_lines(alice, batch)
+    assert completed and failed and set(failed.values()) == {"batch_cancelled"}, failed
+    assert sorted(completed + list(failed)) == ids, "a line is missing or in both files"
