@@ -47,6 +47,7 @@ def stack() -> Iterator[dict[str, str]]:
         "LLMSVC_REGISTRY_PORT": str(free_port()),
         "LLMSVC_PROMETHEUS_PORT": str(free_port()),
         "LLMSVC_GRAFANA_PORT": str(free_port()),
+        "LLMSVC_ALERTMANAGER_PORT": str(free_port()),
     }
     base = [*compose_command(), "-p", f"llmsvc-test-{os.getpid()}", "-f", "docker-compose.yml"]
     # Only these overrides: a developer's own LLMSVC_* (say LLMSVC_MODEL) must not change the stack.
@@ -108,6 +109,17 @@ def test_compose_up_serves_chat_metrics_and_dashboards(stack: dict[str, str]) ->
         assert labelled == engines, (job, labelled)  # the dashboards join on it
     rules = httpx.get(f"{prometheus}/api/v1/rules", timeout=10).json()["data"]["groups"]
     assert rules, "the alert rules are loaded"
+    # The batch service answers through the router (the llmsvc-batch target is up above,
+    # scraped with its token), and Prometheus found compose's Alertmanager.
+    batches = httpx.get(f"{router}/v1/batches", timeout=10)
+    assert batches.status_code == 200, batches.text
+    assert batches.json()["object"] == "list"
+    assert {t["labels"]["job"] for t in active} >= {"llmsvc-batch", "llmsvc-router"}
+    managers = httpx.get(f"{prometheus}/api/v1/alertmanagers", timeout=10).json()["data"]
+    [manager] = managers["activeAlertmanagers"]
+    assert manager["url"].endswith(":9093/api/v2/alerts"), manager
+    alertmanager = f"http://127.0.0.1:{stack['LLMSVC_ALERTMANAGER_PORT']}"
+    assert httpx.get(f"{alertmanager}/-/ready", timeout=10).status_code == 200
 
     grafana = f"http://127.0.0.1:{stack['LLMSVC_GRAFANA_PORT']}"
     found = httpx.get(f"{grafana}/api/search", params={"type": "dash-db"}, timeout=10).json()
