@@ -550,3 +550,29 @@ async def test_a_store_error_does_not_stop_the_runner(router: StandIn, tmp_path:
         assert store.failed and batch.status == "completed"
     finally:
         store.close()
+
+
+async def test_raised_batch_is_lowered_once_on_track(router: StandIn, store: SqliteStore) -> None:
+    router.delay = 0.05
+    offset = 800.0  # the runner's clock: 80 % of the window used, at risk
+    batch_id = add_batch(
+        store,
+        [f"c{i}" for i in range(200)],
+        window=1000,
+        metadata={"llmsvc_allow_standard": "true"},
+    )
+    s = settings(router, initial_concurrency=1, max_concurrency=1)
+    runner = Runner(store, s, BatchMetrics(CollectorRegistry()), clock=lambda: time.time() + offset)
+
+    def priorities() -> list[str]:
+        return [seen.headers["X-Llmsvc-Priority"] for seen in router.seen]
+
+    async with running(runner):
+        await until(lambda: "standard" in priorities())
+        offset = 0.0  # back at the start of the window, going fast: on track
+        await until(lambda: priorities()[-1] == "batch")
+        record = store.get_batch(batch_id)
+        assert record is not None and record.raised is False
+    seq = priorities()
+    first_batch = seq.index("batch")
+    assert set(seq[:first_batch]) == {"standard"}
