@@ -10,7 +10,9 @@ router as Alice's at priority ``batch``. An embeddings batch runs too. On a thir
 real-time engine (model ``slow``): a batch past its window ends ``expired`` with what
 finished in the output and the rest (``batch_expired``) in the error file, and a running
 batch cancelled ends ``cancelled`` likewise (``batch_cancelled``); every line in exactly
-one of the two files.
+one of the two files. On a fourth engine that answers half its requests 500 (model
+``flaky``), failed attempts are retried and each line ends once: answered, or in the
+error file with its last 5xx answer.
 """
 
 from __future__ import annotations
@@ -39,6 +41,8 @@ SLOW = Engine(
     ("--time-scale", "1", "--max-num-seqs", "4", "--decode-slowdown", "0",
      "--decode-tokens-per-s", "20"),
 )  # fmt: skip
+# Model "flaky": its only engine answers half of the requests 500.
+FLAKY = Engine("e-flaky", "flaky", ("--fail-rate", "0.5", "--seed", "15"))
 
 
 def batch_requests(text: str, tenant: str) -> float:
@@ -54,7 +58,7 @@ def stack(module_spawn: ProcGroup, tmp_path_factory: pytest.TempPathFactory) -> 
     return start_batch_stack(
         module_spawn,
         tmp_path_factory.mktemp("batch-e2e"),
-        [Engine("e1"), Engine("e2"), SLOW],
+        [Engine("e1"), Engine("e2"), SLOW, FLAKY],
         batch_flags=("--max-concurrency", "16"),
     )
 
@@ -256,3 +260,28 @@ def test_cancel_a_running_batch(stack: BatchStack) -> None:
     completed, failed = ended_lines(alice, batch)
     assert completed and failed and set(failed.values()) == {"batch_cancelled"}, failed
     assert sorted(completed + list(failed)) == ids, "a line is missing or in both files"
+
+
+def test_failed_attempts_are_retried_and_each_line_ends_once(stack: BatchStack) -> None:
+    alice = stack.client("alice")
+    content, ids = chat_lines(40, model="flaky")
+    uploaded = alice.files.create(file=("flaky.jsonl", content), purpose="batch")
+    created = alice.batches.create(
+        input_file_id=uploaded.id, endpoint="/v1/chat/completions", completion_window="24h"
+    )
+    batch = poll(alice, created.id, timeout=45)
+    assert batch.status == "completed", batch
+    text = stack.batch_metrics()
+    retried = metrics.value(text, "llmsvc_batch_lines_total", outcome="retried")
+    assert retried >= 5, f"half the answers are 500s, yet {retried} retries"
+    done = jsonl(alice.files.content(batch.output_file_id).read()) if batch.output_file_id else []
+    failed = jsonl(alice.files.content(batch.error_file_id).read()) if batch.error_file_id else []
+    for line in done:
+        assert line["response"]["status_code"] == 200, line
+    for line in failed:  # failed --max-attempts times: the last answer, an error
+        assert line["response"]["status_code"] >= 500, line
+        assert line["response"]["body"]["error"]["message"], line
+    assert sorted(line["custom_id"] for line in done + failed) == ids
+    counts = batch.request_counts
+    assert counts is not None and (counts.completed, counts.failed) == (len(done), len(failed))
+    print(f"{len(done)} completed, {len(failed)} failed, {retried:.0f} retries")
