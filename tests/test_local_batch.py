@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import os
 import subprocess
 import sys
@@ -9,10 +10,12 @@ from pathlib import Path
 
 import httpx
 import pytest
+from rich.console import Console
 
 from llmsvc.local.config import ConfigError, StackConfig, demo_config, load
 from llmsvc.local.stack import Component, components, prepare_tokens, token_names
-from procs import HOST, free_port, pid_alive
+from llmsvc.local.validate import Validator
+from procs import HOST, Spawn, free_port, pid_alive, start_router
 
 
 def value(args: list[str], flag: str) -> str:
@@ -92,6 +95,18 @@ def test_a_batch_port_used_twice_is_refused(tmp_path: Path) -> None:
     stack_file(tmp_path, "batch: {port: 8080, enabled: false}\n")  # not run: no clash
 
 
+def test_validate_fails_a_router_without_the_batch_service(spawn: Spawn) -> None:
+    _, router = start_router(spawn, None)  # no --batch-url
+    out = io.StringIO()
+    validator = Validator(
+        router_url=router, registry_url=None, batch=True, console=Console(file=out, width=200)
+    )
+    validator.check_batch()
+    assert validator.failures == 1, out.getvalue()
+    assert "✗ router reaches the batch service (GET /v1/batches): " in out.getvalue()
+    assert "404" in out.getvalue()
+
+
 STACK = """
 logs_dir: {logs}
 startup_timeout: 60
@@ -144,6 +159,9 @@ def test_up_starts_the_batch_service_behind_the_router_and_down_stops_it(tmp_pat
         status = llmsvc("status", "-f", str(cfg), cwd=tmp_path)
         assert status.returncode == 0, status.stdout  # healthy: status sends the token
         assert "batch service" in status.stdout
+        check = llmsvc("validate", "-f", str(cfg), cwd=tmp_path)
+        assert check.returncode == 0, check.stdout + check.stderr
+        assert "✓ router reaches the batch service (GET /v1/batches)" in check.stdout
     finally:
         down = llmsvc("down", "-f", str(cfg), cwd=tmp_path)
     assert down.returncode == 0, down.stdout

@@ -137,6 +137,7 @@ def _main(command: str, argv: Sequence[str]) -> int:
         registry_token=args.registry_token or config.registry.token or _secret(tokens.registry),
         router_admin_token=args.router_admin_token or _secret(tokens.router_admin),
         timeout=args.timeout,
+        batch=config.runs_batch,
         console=console,
     )
     return validator.run()

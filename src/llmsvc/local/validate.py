@@ -10,7 +10,9 @@ token, an anonymous ``GET /stats`` must be refused and the token must open it.
 Without those tokens the stack is open by choice, and a "!" line says so.
 
 An unknown model must be 404 ``model_not_found`` (not 503, which clients retry), and
-the router's ``GET /demand`` (what an autoscaler reads) must list every model.
+the router's ``GET /demand`` (what an autoscaler reads) must list every model. A stack
+with the batch service must answer ``GET /v1/batches`` through the router (the router's
+``--batch-url`` and the shared token both right).
 """
 
 from __future__ import annotations
@@ -44,6 +46,8 @@ class Validator:
     registry_token: str | None = None
     router_admin_token: str | None = None
     timeout: float = 60.0
+    batch: bool = False
+    """The stack runs the batch service: check that the router reaches it."""
     console: Console = field(default_factory=Console)
     failures: int = 0
 
@@ -88,7 +92,21 @@ class Validator:
         self.check("unknown model answers 404", self._unknown_model)
         self.check("missing model answers 400", self._missing_model)
         self.check("router /demand lists every model", partial(self._demand, models))
+        if self.batch:
+            self.check_batch()
         return 1 if self.failures else 0
+
+    def check_batch(self) -> None:
+        """The router forwards ``/v1/batches`` to the batch service, which takes its token."""
+        self.check("router reaches the batch service (GET /v1/batches)", self._batches)
+
+    def _batches(self) -> str:
+        with self._router() as client:
+            resp = client.get("/v1/batches", params={"limit": 1})
+        body = _ok_json(resp)
+        if not isinstance(body, dict) or body.get("object") != "list":
+            raise CheckFailed(f"not a list object: {str(body)[:200]}")
+        return "200, a list"
 
     def check_registry_auth(self) -> None:
         if not self.registry_token:
