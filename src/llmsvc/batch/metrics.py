@@ -8,10 +8,8 @@ batches have them (they are removed when the batch ends), which is what the aler
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
-from prometheus_client.core import GaugeMetricFamily, Metric
 
 from llmsvc.batch.sla import SlaView
 from llmsvc.batch.store import BatchRecord, BatchStatus, Counts
@@ -53,8 +51,12 @@ class BatchMetrics:
             buckets=LATENCY_BUCKETS,
             registry=registry,
         )
-        self.lines = _LineStates()
-        registry.register(self.lines)
+        self.active_lines = Gauge(
+            "llmsvc_batch_active_lines",
+            "Lines of active batches by state.",
+            ["state"],
+            registry=registry,
+        )
         self.backlog_lines = Gauge(
             "llmsvc_batch_backlog_lines",
             "Pending and running lines of active batches.",
@@ -136,12 +138,8 @@ class BatchMetrics:
         """Batches by status (every status, zeros included) and active lines by state."""
         for status in BATCH_STATUSES:
             self.batches.labels(status=status).set(by_status.get(status, 0))
-        self.lines.counts = Counts(
-            pending=lines.pending,
-            running=lines.running,
-            completed=lines.completed,
-            failed=lines.failed,
-        )
+        for state in LINE_STATES:
+            self.active_lines.labels(state=state).set(getattr(lines, state))
         self.backlog_lines.set(lines.pending + lines.running)
 
     def set_batch(self, batch: BatchRecord, view: SlaView) -> None:
@@ -180,21 +178,3 @@ class BatchMetrics:
 def _remove(gauge: Gauge, labels: tuple[str, ...]) -> None:
     with contextlib.suppress(KeyError):
         gauge.remove(*labels)
-
-
-class _LineStates:
-    """``llmsvc_batch_lines{state}``, a collector of its own: the counter
-    ``llmsvc_batch_lines_total`` reserves the name ``llmsvc_batch_lines`` in
-    prometheus_client's registry, though the text exposition (``generate_latest``) shows
-    the two as different metrics. Without ``describe`` the registry checks no names."""
-
-    def __init__(self) -> None:
-        self.counts = Counts()
-
-    def collect(self) -> Iterator[Metric]:
-        family = GaugeMetricFamily(
-            "llmsvc_batch_lines", "Lines of active batches by state.", labels=["state"]
-        )
-        for state in LINE_STATES:
-            family.add_metric([state], float(getattr(self.counts, state)))
-        yield family
