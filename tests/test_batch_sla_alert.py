@@ -114,6 +114,7 @@ def test_infeasible_batch_at_risk_and_alerted_feasible_on_track(
     seen_feasible: list[str] = []
     risky: dict[str, Any] | None = None
     alerts: dict[str, str] = {}
+    view: list[dict[str, Any]] = []
     end = time.monotonic() + WINDOW_S + 10
     while time.monotonic() < end:
         ok, late = stack.batch_object(feasible), stack.batch_object(infeasible)
@@ -121,6 +122,7 @@ def test_infeasible_batch_at_risk_and_alerted_feasible_on_track(
             seen_feasible.append(ok["llmsvc"]["sla_status"])
         if risky is None and late["llmsvc"]["sla_status"] == "at_risk":
             risky = late
+            view = stack.get("/sla/status", tenant="alice").json()["data"]
         if risky is not None:
             alerts = at_risk_alerts(prom)
             if infeasible in alerts:
@@ -135,9 +137,8 @@ def test_infeasible_batch_at_risk_and_alerted_feasible_on_track(
     assert ext["eta"] is not None and ext["eta"] > ext["deadline"], ext
     assert ext["eta_seconds"] > ext["time_left_seconds"], ext
 
-    # The seed's view: both active, nearest deadline first, each with its status; bob sees
-    # neither.
-    view = stack.get("/sla/status", tenant="alice").json()["data"]
+    # The seed's view then: both active, nearest deadline first, each with its status; bob
+    # sees neither.
     assert [b["id"] for b in view][:2] == [infeasible, feasible], view
     assert [b["sla_status"] for b in view][:2] == ["at_risk", "on_track"], view
     assert stack.get("/sla/status", tenant="bob").json()["data"] == []
