@@ -4,9 +4,17 @@ from __future__ import annotations
 
 import random
 
+import orjson
 import pytest
 
-from llmsvc.batch.sla import Throughput, assess, report_entry, report_overall
+from llmsvc.batch.objects import batch_object
+from llmsvc.batch.sla import (
+    ETA_HORIZON_SECONDS,
+    Throughput,
+    assess,
+    report_entry,
+    report_overall,
+)
 from llmsvc.batch.store import BatchRecord, BatchStatus, Counts, Sample
 
 T0 = 1_000_000.0
@@ -100,6 +108,18 @@ def test_at_risk_when_most_of_the_window_is_used() -> None:
     assert assess(batch(), Counts(total=100, completed=90), fast, T0 + 2000, 0.7).sla_status == (
         "on_track"
     )
+
+
+def test_a_stalled_batch_keeps_a_finite_eta_past_the_deadline() -> None:
+    """A throughput decaying toward 0 while nothing ends (engines stalled) gives an ETA at
+    the horizon, not 1e30: at_risk, and the batch object still serialises (it answered 500
+    with 'Integer exceeds 64-bit range' before)."""
+    view = assess(batch(), Counts(total=100, completed=10), 1e-30, T0 + 60, 0.7)
+    assert view.sla_status == "at_risk"
+    assert view.eta == T0 + 60 + ETA_HORIZON_SECONDS
+    assert view.eta_seconds == ETA_HORIZON_SECONDS
+    body = orjson.loads(orjson.dumps(batch_object(batch(), view)))
+    assert body["llmsvc"]["eta"] == int(T0 + 60 + ETA_HORIZON_SECONDS)
 
 
 def test_no_throughput_yet_no_eta() -> None:

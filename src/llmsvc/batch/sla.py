@@ -96,6 +96,12 @@ class Throughput:
         return 0.5 * window + 0.5 * self._ewma
 
 
+ETA_HORIZON_SECONDS = 400 * 86400.0
+"""The farthest an ETA goes: past the longest window (365 d), so a stalled batch (its
+throughput decaying toward 0 while nothing ends) stays at_risk with a finite ETA — one that
+fits the batch object's integers and the ETA gauge the alert compares — instead of 1e30."""
+
+
 def assess(
     batch: BatchRecord,
     counts: Counts,
@@ -120,7 +126,7 @@ def assess(
     if left <= 0:
         eta = ended_at if ended_at is not None else now
     elif throughput is not None and throughput > 0:
-        eta = now + left / throughput
+        eta = now + min(left / throughput, ETA_HORIZON_SECONDS)
     else:
         eta = None
     if ended and ended_at is not None:
