@@ -137,7 +137,7 @@ autoscale-study: $(STAMP)
 coldstart-bench: $(STAMP)
 	$(BIN)/python -m benchmarks.coldstart $(COLDSTART_ARGS)
 
-# The batch benchmark (about 6 minutes): simulated engines with fixed slots, a router with
+# The batch benchmark (about 8 minutes): simulated engines with fixed slots, a router with
 # --batch-url and llmsvc batch; interactive streamed requests at 60 % of the measured capacity
 # alone, then beside a 10,000-line batch created with the openai client: TTFT p95 ratio, the
 # batch's share of the spare capacity, its ETA error at 25/50/75 %; benchmarks/batch/results/

@@ -1,7 +1,7 @@
 """The batch benchmark (``make batch-bench``): is interactive traffic protected, and how well
 does the ETA predict?
 
-    .venv/bin/python -m benchmarks.batch --doc docs/batch.md      # about 6 minutes
+    .venv/bin/python -m benchmarks.batch --doc docs/batch.md      # about 8 minutes
     .venv/bin/python -m benchmarks.batch --quick --out DIR         # the smoke run (tests)
 
 Simulated engines with fixed timing (a known capacity), a router with slots and
