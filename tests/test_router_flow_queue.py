@@ -279,3 +279,29 @@ async def test_a_saturated_backend_takes_nothing_until_a_scrape_shows_room(
         await demand_reaches(client, 0, 1)  # saturated: the router keeps it
         assert [(await t).status_code for t in mine] == [200, 200]
         assert (await queued).status_code == 200  # a scrape saw room: it went
+
+
+async def test_batch_leaves_the_headroom_free_for_an_interactive_request(
+    spawn: Spawn, tmp_path: Path, engine: int
+) -> None:
+    """--batch-headroom 0.2 of 5 slots: batch requests take 4, the fifth waits; a standard
+    request then starts at once on the slot kept free (without the headroom it would queue
+    behind them: 4 in flight, 2 queued)."""
+    url = router_for(spawn, tmp_path, engine, "--batch-headroom", "0.2", slots=5)
+    async with httpx.AsyncClient(base_url=url) as client:
+        batch = [asyncio.create_task(chat(client, 30, "batch")) for _ in range(5)]
+        await demand_reaches(client, 4, 1)
+        standard = asyncio.create_task(chat(client, 1, "standard"))
+        await demand_reaches(client, 5, 1)  # in flight at once; the fifth batch still waits
+        assert (await standard).status_code == 200
+        assert all(r.status_code == 200 for r in await asyncio.gather(*batch))
+
+
+async def test_without_headroom_batch_takes_every_slot(
+    spawn: Spawn, tmp_path: Path, engine: int
+) -> None:
+    url = router_for(spawn, tmp_path, engine, "--batch-headroom", "0", slots=5)
+    async with httpx.AsyncClient(base_url=url) as client:
+        batch = [asyncio.create_task(chat(client, 20, "batch")) for _ in range(5)]
+        await demand_reaches(client, 5, 0)
+        assert all(r.status_code == 200 for r in await asyncio.gather(*batch))

@@ -271,7 +271,9 @@ class FlowControl:
         dispatcher = self.dispatcher
         if not dispatcher.active():
             return self._strategy.pick(model, eligible, key, tried=tried)
-        if not tried and not (dispatcher.may_pass(model) and dispatcher.free(model, now) > 0):
+        if not tried and not (
+            dispatcher.may_pass(model) and dispatcher.may_start(model, admitted.priority, now)
+        ):
             admitted.queue_wait += await self._queue(admitted)
             now = self._clock()
             eligible = self._pool.eligible(model, now)

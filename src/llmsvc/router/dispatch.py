@@ -71,6 +71,7 @@ class Dispatcher:
         self._waiting = settings.saturation_waiting
         self._kv = settings.saturation_kv
         self._max_age = max_load_age(settings.load_scrape_interval)
+        self._headroom = settings.batch_headroom
         self._clock = clock
         self.out = out
         self.queues = FlowQueues(size=settings.queue_size, clock=clock)
@@ -104,17 +105,39 @@ class Dispatcher:
 
     def free(self, model: str, now: float) -> float:
         """Requests the model's eligible backends (not out by maintenance) take now."""
-        total = 0.0
+        return self._capacity(model, now)[0]
+
+    def _capacity(self, model: str, now: float) -> tuple[float, float]:
+        """Free slots now, and all slots, of the model's eligible backends not out by
+        maintenance (a backend without room counts toward all, not toward free)."""
+        free = total = 0.0
         for backend in self._pool.eligible(model, now):
-            if (self.out is not None and self.out(backend, model, now)) or not self._room(
-                backend, now
-            ):
+            if self.out is not None and self.out(backend, model, now):
                 continue
+            room = self._room(backend, now)
             slots = slots_of(backend, self._default)
             if slots is None:
-                return math.inf
-            total += slots - backend.in_flight
-        return total
+                if room:  # unlimited and not saturated: room for anything
+                    return math.inf, math.inf
+                continue
+            total += slots
+            if room:
+                free += slots - backend.in_flight
+        return free, total
+
+    def _reserve(self, total: float) -> float:
+        """Slots that priority ``batch`` leaves free (``--batch-headroom``)."""
+        if not self._headroom or math.isinf(total):
+            return 0.0
+        return float(math.floor(self._headroom * total + 1e-9))
+
+    def may_start(self, model: str, priority: Priority, now: float) -> bool:
+        """Whether a request of ``priority`` finds room now: a free slot, and for ``batch``
+        more free slots than the headroom it leaves to the higher classes."""
+        free, total = self._capacity(model, now)
+        if priority is Priority.BATCH:
+            return free > self._reserve(total)
+        return free > 0
 
     def full(self, candidates: Sequence[Backend], now: float) -> list[Backend]:
         """The ``candidates`` with no room now (a pick excludes them)."""
@@ -134,8 +157,9 @@ class Dispatcher:
         if not waiting:
             return
         pending = self._live.get(model, 0) - waiting
-        free = self.free(model, self._clock())
-        while free > pending and self.queues.grant(model):
+        free, total = self._capacity(model, self._clock())
+        reserve = self._reserve(total)
+        while free > pending and self.queues.grant(model, batch=free - pending > reserve):
             pending += 1
 
     def pump_all(self) -> None:

@@ -280,12 +280,15 @@ class FlowQueues:
             ticket._future = None
         self._taken(ticket)
 
-    def grant(self, model: str) -> bool:
-        """Give the turn to the next ticket of ``model``; False when none waits."""
+    def grant(self, model: str, *, batch: bool = True) -> bool:
+        """Give the turn to the next ticket of ``model``; False when none waits (``batch``
+        False: none of a class above ``batch`` waits — the batch line is left waiting)."""
         queue = self._queues.get(model)
         if queue is None:
             return False
         for priority in Priority:
+            if priority is Priority.BATCH and not batch:
+                return False
             line = queue.classes[priority]
             while line.count:
                 ticket = line.pop_next()

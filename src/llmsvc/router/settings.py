@@ -240,6 +240,16 @@ class RouterSettings(ServerSettings):
         "that finds every eligible backend's slots taken waits in the model's queue; see "
         "docs/flow-control.md.",
     )
+    batch_headroom: float = Field(
+        default=0.2,
+        ge=0,
+        lt=1,
+        description="Share of a model's slots that requests of priority batch leave free for "
+        "the higher classes (rounded down: a model with fewer than 1/share slots keeps none), "
+        "so that an interactive request arriving finds a slot instead of waiting for a batch "
+        "line to end; 0: batch may take every slot. Needs slots (--backend-concurrency or "
+        "the records' max_concurrency).",
+    )
     saturation_waiting: float | None = Field(
         default=None,
         ge=0,
