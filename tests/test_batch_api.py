@@ -32,6 +32,7 @@ from llmsvc.batch.sqlite_store import SqliteStore
 from procs import HOST, Proc, Spawn, free_port, wait_until
 
 TOKEN = "batch-api-secret"
+METRICS_TOKEN = "metrics-secret"
 CHAT = "/v1/chat/completions"
 MAX_FILE_BYTES = 20_000
 MAX_LINES = 40
@@ -138,6 +139,8 @@ def service(module_spawn: Spawn, tmp_path_factory: pytest.TempPathFactory) -> It
         router.url,
         "--token",
         TOKEN,
+        "--metrics-token",
+        METRICS_TOKEN,
         "--max-file-bytes",
         str(MAX_FILE_BYTES),
         "--max-lines",
@@ -475,6 +478,22 @@ def test_the_token_guards_every_path(service: Service) -> None:
     assert "llmsvc_batch_concurrency" in ok.text
     report = httpx.get(f"{service.url}/sla/report", headers={"Authorization": f"Bearer {TOKEN}"})
     assert report.status_code == 200 and isinstance(report.json(), dict)
+
+
+def test_the_metrics_token_opens_metrics_and_health_only(service: Service) -> None:
+    """Prometheus's credential: it reads /metrics and /health, and runs or reads nothing."""
+    bearer = {"Authorization": f"Bearer {METRICS_TOKEN}"}
+    metrics = httpx.get(f"{service.url}/metrics", headers=bearer)
+    assert metrics.status_code == 200 and "llmsvc_batch_concurrency" in metrics.text
+    assert httpx.get(f"{service.url}/health", headers=bearer).status_code == 200
+    for path in ("/v1/batches", "/v1/files", "/sla/status", "/sla/report"):
+        resp = httpx.get(f"{service.url}{path}", headers=bearer)
+        assert resp.status_code == 401, path
+        assert resp.json()["error"]["code"] == "invalid_token"
+    with pytest.raises(openai.AuthenticationError):
+        upload(service.client("alice", token=METRICS_TOKEN), jsonl(line("m")))
+    with pytest.raises(openai.AuthenticationError):
+        service.client(token=METRICS_TOKEN).batches.list()
 
 
 # --- the command line ----------------------------------------------------------------------

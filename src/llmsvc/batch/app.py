@@ -11,6 +11,7 @@ import time
 from collections.abc import AsyncIterator, Callable
 
 from aiohttp import web
+from aiohttp.typedefs import Middleware
 from prometheus_client import CollectorRegistry
 
 from llmsvc import __version__
@@ -21,6 +22,7 @@ from llmsvc.batch.settings import BatchSettings
 from llmsvc.batch.store import Store
 from llmsvc.core.app import Query, Route, background, make_app
 from llmsvc.core.auth import BearerAuth
+from llmsvc.core.errors import Handler
 from llmsvc.core.metrics import metrics_handler
 
 BATCH_API = web.AppKey("batch_api", BatchApi)
@@ -38,7 +40,8 @@ _PAGE = (
 
 
 def token_auth(settings: BatchSettings) -> BearerAuth | None:
-    """Every path needs ``--token`` when it is set (the router's ``--batch-token``)."""
+    """Every path but the observers' needs ``--token`` when it is set (the router's
+    ``--batch-token``)."""
     if settings.token is None:
         return None
     return BearerAuth(
@@ -49,8 +52,47 @@ def token_auth(settings: BatchSettings) -> BearerAuth | None:
     )
 
 
+OBSERVER_PATHS = frozenset({"/health", "/metrics"})
+"""The paths ``--metrics-token`` opens besides ``--token``: reading them runs nothing."""
+
+
+def observer_auth(settings: BatchSettings) -> BearerAuth | None:
+    """``--token`` or ``--metrics-token`` for :data:`OBSERVER_PATHS` when ``--token`` is set.
+
+    Why a second token: ``--token`` also lets its holder run inference at the router as any
+    tenant and read every tenant's batches; Prometheus and health checks need neither.
+    """
+    if settings.token is None:
+        return None
+    keys = [settings.token.get_secret_value().encode()]
+    if settings.metrics_token is not None:
+        keys.append(settings.metrics_token.get_secret_value().encode())
+    return BearerAuth(
+        keys=tuple(keys),
+        message="Missing or invalid token: send 'Authorization: Bearer <--token>' "
+        "or '<--metrics-token>'",
+        code="invalid_token",
+    )
+
+
+def observer_guard(auth: BearerAuth) -> Middleware:
+    """The 401 of :data:`OBSERVER_PATHS` (left unprotected in ``make_app``'s own check,
+    which accepts ``--token`` alone) without one of ``auth``'s keys."""
+
+    @web.middleware
+    async def check(request: web.Request, handler: Handler) -> web.StreamResponse:
+        resource = request.match_info.route.resource
+        observed = resource is not None and resource.canonical in OBSERVER_PATHS
+        if observed and not auth.accepts(request.headers.get("Authorization")):
+            raise auth.refusal()
+        return await handler(request)
+
+    return check
+
+
 def _routes(api: BatchApi, registry: CollectorRegistry) -> list[Route]:
     auth = {401: "Missing or invalid token (when --token is set)"}
+    observer_401 = {401: "Neither --token nor --metrics-token (when --token is set)"}
     file_404 = {**auth, 404: "No such file, or another tenant's (file_not_found)"}
     batch_404 = {**auth, 404: "No such batch, or another tenant's (batch_not_found)"}
 
@@ -177,17 +219,17 @@ def _routes(api: BatchApi, registry: CollectorRegistry) -> list[Route]:
             "/health",
             api.health,
             "Liveness, active batches, the current window",
-            errors=auth,
-            protected=True,
+            description="Opened by --token or --metrics-token.",
+            errors=observer_401,
         ),
         Route(
             "GET",
             "/metrics",
             prometheus,
             "Prometheus metrics",
+            description="Opened by --token or --metrics-token.",
             response_media="text/plain",
-            errors=auth,
-            protected=True,
+            errors=observer_401,
         ),
     ]
 
@@ -205,6 +247,7 @@ def create_app(
 
         store = open_store(settings)
     registry = CollectorRegistry()
+    observers = observer_auth(settings)
     metrics = BatchMetrics(registry)
     runner = Runner(store, settings, metrics, clock=clock)
     api = BatchApi(settings=settings, store=store, runner=runner, clock=clock)
@@ -213,6 +256,7 @@ def create_app(
         version=__version__,
         routes=_routes(api, registry),
         auth=token_auth(settings),
+        middlewares=() if observers is None else (observer_guard(observers),),
         read_timeout=settings.read_timeout,
     )
     app[BATCH_API] = api

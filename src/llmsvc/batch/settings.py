@@ -36,6 +36,14 @@ class BatchSettings(ServerSettings):
         "open and X-Llmsvc-Tenant is believed (keep the port private).",
     )
     token_file: Path | None = Field(default=None, description="File holding --token (one line).")
+    metrics_token: SecretStr | None = Field(
+        default=None,
+        description="Token GET /metrics (and /health) also accept, for Prometheus and health "
+        "checks; it opens nothing else (default: only --token opens them).",
+    )
+    metrics_token_file: Path | None = Field(
+        default=None, description="File holding --metrics-token (one line)."
+    )
     max_concurrency: int = Field(
         default=64, ge=1, description="The most lines in flight at once, over every batch."
     )
@@ -88,4 +96,7 @@ class BatchSettings(ServerSettings):
     @model_validator(mode="after")
     def _token_from_file(self) -> BatchSettings:
         self.token = from_flag_or_file(self.token, self.token_file, flag="--token")
+        self.metrics_token = from_flag_or_file(
+            self.metrics_token, self.metrics_token_file, flag="--metrics-token"
+        )
         return self
