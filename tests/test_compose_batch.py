@@ -51,6 +51,8 @@ def test_the_batch_service_runs_the_router_image_as_llmsvc_batch(
     flags = flags_of(batch["command"])
     assert flags["--router-url"] == "http://router:8080"
     assert flags["--token-file"] == f"{TOKENS}/batch-token"
+    # Prometheus's credential (and the health check's) opens /metrics and /health only.
+    assert flags["--metrics-token-file"] == f"{TOKENS}/router-admin-token"
     assert flags["--data-dir"] == DATA
     assert flags["--max-concurrency"] == "64"
     assert batch["environment"] == {"LLMSVC_PORT": "8082"}  # the healthcheck's port too
@@ -61,20 +63,24 @@ def test_the_batch_service_runs_the_router_image_as_llmsvc_batch(
     assert batch["depends_on"]["router"]["condition"] == "service_healthy"
     assert batch["healthcheck"]["test"] == [
         "CMD", "/opt/llmsvc/bin/python", "/opt/llmsvc/healthcheck.py", "8082",
-        "--token-file", f"{TOKENS}/batch-token",
+        "--token-file", f"{TOKENS}/router-admin-token",
     ]  # fmt: skip
     rflags = flags_of(router["command"])
     assert rflags["--batch-url"] == "http://batch:8082"
     assert rflags["--batch-token-file"] == f"{TOKENS}/batch-token"
 
 
-def test_the_tokens_service_prepares_the_batch_token_and_volume(services: dict[str, Any]) -> None:
+def test_the_tokens_service_prepares_the_batch_volume_and_no_prometheus_batch_token(
+    services: dict[str, Any],
+) -> None:
     [script] = services["tokens"]["command"]
     lines = [shlex.split(line) for line in script.splitlines() if line.strip()]
-    assert [
-        "install", "-m", "0400", "-o", "65534", "-g", "65534",
-        f"{TOKENS}/batch-token", f"{PROMETHEUS_TOKENS}/batch-token",
-    ] in lines  # fmt: skip
+    # Prometheus gets the router's admin token only (the batch service's --metrics-token):
+    # the batch token runs inference as any tenant. An older copy is removed.
+    copies = [words[-1] for words in lines if words[0] == "install"]
+    assert copies == [f"{PROMETHEUS_TOKENS}/router-admin-token"]
+    assert ["rm", "-f", f"{PROMETHEUS_TOKENS}/batch-token"] in lines
+    assert "batch-token" not in str(services["prometheus"])
     assert ["chown", "10001:10001", DATA] in lines  # the images' user writes the database
     assert DATA in {v["target"] for v in services["tokens"]["volumes"]}
 
@@ -94,8 +100,9 @@ def test_prometheus_scrapes_the_batch_service_and_alerts_alertmanager(
     assert jobs["llmsvc-batch"]["static_configs"] == [{"targets": ["batch:8082"]}]
     assert jobs["llmsvc-batch"]["authorization"] == {
         "type": "Bearer",
-        "credentials_file": f"{PROMETHEUS_TOKENS}/batch-token",
+        "credentials_file": f"{PROMETHEUS_TOKENS}/router-admin-token",
     }
+    assert "batch-token" not in PROMETHEUS_YML.read_text()
     alertmanager = services["alertmanager"]
     [port] = alertmanager["ports"]
     assert (port["host_ip"], port["published"], port["target"]) == ("127.0.0.1", "9093", 9093)
