@@ -36,7 +36,9 @@ TOKEN_FLAGS = {
         "--admin-token-file": "router-admin-token",
         "--batch-token-file": "batch-token",
     },
-    "batch": {"--token-file": "batch-token"},
+    # --metrics-token opens /metrics and /health only: Prometheus's copy of the router's
+    # admin token scrapes it, and Prometheus never holds the batch token.
+    "batch": {"--token-file": "batch-token", "--metrics-token-file": "router-admin-token"},
     "babysitter": {"--registry-token-file": "registry-token"},
     "babysitter-vllm": {"--registry-token-file": "registry-token"},
 }
@@ -98,7 +100,8 @@ def test_every_service_reads_its_tokens_from_the_volume(services: dict[str, Any]
         for flag, file in wanted.items():
             assert flags.get(flag) == f"{VOLUME}/{file}", (name, flag)
         assert "--allow-anonymous-writes" not in service["command"], name
-        assert not {"--token", "--admin-token", "--registry-token"} & set(flags), name
+        secrets = {"--token", "--admin-token", "--registry-token", "--metrics-token"}
+        assert not secrets & set(flags), name
         [mount] = [v for v in service["volumes"] if v["target"] == VOLUME]
         assert mount["source"] == "tokens" and mount["read_only"] is True, name
         condition = service["depends_on"]["tokens"]["condition"]
@@ -145,7 +148,6 @@ def test_prometheus_sends_the_router_admin_token(tmp_path: Path) -> None:
 def localized_config(tmp: Path, token: str, router: str = "router:8080") -> Path:
     """compose's prometheus.yml with the token file in ``tmp`` and the router at ``router``."""
     (tmp / "router-admin-token").write_text(token + "\n")
-    (tmp / "batch-token").write_text("batch-" + token + "\n")
     text = PROMETHEUS_YML.read_text().replace(PROMETHEUS_VOLUME, tmp.as_posix())
     text = text.replace('"router:8080"', f'"{router}"')
     path = tmp / "prometheus.yml"
