@@ -27,6 +27,7 @@ from llmsvc.batch.settings import BatchSettings
 from llmsvc.router.settings import RouterSettings
 
 BATCH_SECRET = "llmsvc-batch-token"
+ROUTER_ADMIN_SECRET = "llmsvc-router-admin-token"
 MONITORS = {"metrics": {"serviceMonitor": {"enabled": True}}}
 
 
@@ -84,12 +85,15 @@ def test_the_batch_service_and_the_router_share_the_token() -> None:
     assert router.batch_token is not None
     assert router.batch_token.get_secret_value() == f"{BATCH_SECRET}/token"
     assert env_refs(docs, "router")["LLMSVC_BATCH_TOKEN"] == {"name": BATCH_SECRET, "key": "token"}
-    # Its probes send the token (its /health needs it) through the image's script.
+    # Its --metrics-token (opens /metrics and /health only) is the router's admin token; the
+    # probes send that one through the image's script, not the batch token.
+    assert settings.metrics_token is not None
+    assert settings.metrics_token.get_secret_value() == f"{ROUTER_ADMIN_SECRET}/token"
     batch = container(docs, "batch")
     for probe in ("readinessProbe", "livenessProbe"):
         assert batch[probe]["exec"]["command"] == [
             "/opt/llmsvc/bin/python", "/opt/llmsvc/healthcheck.py", "8082",
-            "--token-file", "/var/run/llmsvc/batch-token/token",
+            "--token-file", "/var/run/llmsvc/metrics-token/token",
         ]  # fmt: skip
     (secret,) = of_component(docs, "Secret", "batch")
     assert secret["metadata"]["name"] == BATCH_SECRET
@@ -150,15 +154,38 @@ def test_a_token_turned_off_leaves_the_batch_api_open() -> None:
     assert "authorization" not in monitor["spec"]["endpoints"][0]
 
 
-def test_the_service_monitor_sends_the_batch_token() -> None:
+def test_the_service_monitor_sends_the_router_admin_token_never_the_batch_token() -> None:
+    """The batch token runs inference at the router as any tenant: Prometheus scrapes with
+    the router's admin token (the batch service's --metrics-token), like the router's."""
     docs = documents(render(values=MONITORS))
     (monitor,) = of_component(docs, "ServiceMonitor", "batch")
     (endpoint,) = monitor["spec"]["endpoints"]
     assert (endpoint["port"], endpoint["path"]) == ("http", "/metrics")
     assert endpoint["authorization"] == {
         "type": "Bearer",
-        "credentials": {"name": BATCH_SECRET, "key": "token"},
+        "credentials": {"name": ROUTER_ADMIN_SECRET, "key": "token"},
     }
+    assert BATCH_SECRET not in str(monitor)
+    (router_monitor,) = of_component(docs, "ServiceMonitor", "router")
+    assert router_monitor["spec"]["endpoints"][0]["authorization"] == endpoint["authorization"]
+    mine = render(values={**MONITORS, "router": {"adminToken": {"existingSecret": "adm"}}})
+    (monitor,) = of_component(documents(mine), "ServiceMonitor", "batch")
+    assert monitor["spec"]["endpoints"][0]["authorization"]["credentials"]["name"] == "adm"
+    assert component_settings(BatchSettings, documents(mine), "batch").metrics_token is not None
+
+
+def test_without_a_router_admin_token_the_batch_token_is_not_handed_to_prometheus() -> None:
+    values: dict[str, Any] = {"router": {"adminToken": {"enabled": False}}}
+    docs = documents(render(values=values))
+    settings = component_settings(BatchSettings, docs, "batch")
+    assert settings.metrics_token is None  # the probes then use the batch token, in the pod
+    command = container(docs, "batch")["readinessProbe"]["exec"]["command"]
+    assert command[3:] == ["--token-file", "/var/run/llmsvc/batch-token/token"]
+    (monitor,) = of_component(
+        documents(render(values={**values, **MONITORS})), "ServiceMonitor", "batch"
+    )
+    assert "authorization" not in monitor["spec"]["endpoints"][0]  # 401, never the batch token
+    assert BATCH_SECRET not in str(monitor)
 
 
 def test_network_policies_let_only_routers_and_scrapers_in_and_batch_reach_the_router() -> None:

@@ -122,6 +122,13 @@ forwards to it and carries its lines. */}}
 {{- if and .Values.batch.enabled .Values.router.enabled }}true{{ end }}
 {{- end }}
 
+{{/* "true" when the batch service takes the router's admin token as its --metrics-token
+(both tokens on): Prometheus and the probes read /metrics and /health with it, and nothing
+outside the router and the batch pod holds the batch token. */}}
+{{- define "llmsvc.batchMetricsToken" -}}
+{{- if and .Values.batch.token.enabled .Values.router.adminToken.enabled }}true{{ end }}
+{{- end }}
+
 {{/* Secret holding the router's API keys. */}}
 {{- define "llmsvc.apiKeysSecret" -}}
 {{- default (printf "%s-api-keys" (include "llmsvc.componentName" (list . "router"))) .Values.router.apiKeys.existingSecret }}
