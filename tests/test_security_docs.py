@@ -21,6 +21,7 @@ import pytest
 
 from llmsvc.babysitter.app import ROUTES as BABYSITTER_ROUTES
 from llmsvc.babysitter.settings import BabysitterSettings
+from llmsvc.batch.settings import BatchSettings
 from llmsvc.core.app import Route
 from llmsvc.operator.app import ROUTES as OPERATOR_ROUTES
 from llmsvc.registry.api import ROUTES as REGISTRY_ROUTES
@@ -148,12 +149,12 @@ async def test_the_exposure_table_matches_what_the_router_refuses(
 
 def test_every_flag_the_credentials_table_names_exists() -> None:
     """Each ``--flag`` and ``LLMSVC_*`` variable of the tokens table is a setting of the
-    registry, the router or the babysitter."""
+    registry, the router, the babysitter or the batch service."""
     text = DOC.read_text()
     section = text[text.index("## Credentials") : text.index("**Where the tokens live.**")]
     fields = {
         name
-        for cls in (RegistrySettings, RouterSettings, BabysitterSettings)
+        for cls in (RegistrySettings, RouterSettings, BabysitterSettings, BatchSettings)
         for name in cls.model_fields
     }
     flags = set(re.findall(r"`(--[a-z-]+)`", section))
