@@ -514,6 +514,28 @@ def test_unusable_data_dir_is_one_line_and_exit_2(tmp_path: Path) -> None:
     assert "Traceback" not in done.stderr
 
 
+def test_a_metrics_token_without_a_token_is_one_line_and_exit_2(tmp_path: Path) -> None:
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "llmsvc",
+            "batch",
+            "--metrics-token",
+            "m",
+            "--data-dir",
+            str(tmp_path),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert done.returncode == 2
+    assert done.stderr.strip() == (
+        "llmsvc batch: error: --metrics-token needs --token (without it every path is open)"
+    )
+
+
 def test_without_a_token_it_warns_and_believes_the_tenant_header(
     spawn: Spawn, tmp_path: Path
 ) -> None:

@@ -99,4 +99,7 @@ class BatchSettings(ServerSettings):
         self.metrics_token = from_flag_or_file(
             self.metrics_token, self.metrics_token_file, flag="--metrics-token"
         )
+        if self.metrics_token is not None and self.token is None:
+            # Without --token every path is open: a metrics token would only look like a guard.
+            raise ValueError("--metrics-token needs --token (without it every path is open)")
         return self
