@@ -153,7 +153,12 @@ def _make_tokens(directory: Path) -> dict[str, str]:
         check=True,
     )
     tokens = {p.name: p.read_text().strip() for p in directory.iterdir()}
-    assert set(tokens) == {"registry-token", "registry-admin-token", "router-admin-token"}
+    assert set(tokens) == {
+        "registry-token",
+        "registry-admin-token",
+        "router-admin-token",
+        "batch-token",
+    }
     for token in tokens.values():
         assert token not in made.stdout and token not in made.stderr
     return tokens

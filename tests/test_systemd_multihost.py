@@ -22,7 +22,9 @@ def test_multi_host_stack_files(tmp_path: Path) -> None:
     (tmp_path / "control.yaml").write_text(control_text)
     (tmp_path / "gpu01.yaml").write_text(gpu_text)
     control = components(load(tmp_path / "control.yaml"))
-    assert [c.label for c in control] == ["registry", "router"]
+    assert [c.label for c in control] == ["registry", "router", "batch"]
+    batch = control[2].args
+    assert batch[batch.index("--data-dir") + 1] == "/var/lib/llmsvc/batch"
     assert control[0].env == {"LLMSVC_TOKEN": "change-me"}
     assert "--registry-url" in control[1].args
 
