@@ -81,6 +81,7 @@ def test_babysitter_unit_passes_component_flags_through() -> None:
             "router",
             {"--registry-token-file": "registry-token", "--admin-token-file": "router-admin-token"},
         ),
+        ("batch", {"--token-file": "batch-token"}),
         ("babysitter", {"--registry-token-file": "registry-token"}),
     ],
 )
@@ -112,6 +113,17 @@ def test_units_load_the_tokens_as_credentials(component: str, loaded: dict[str, 
         ("registry", ["--admin-token-file", "/x"], ["--token-file"]),
         ("router", ["--registry-token", "t"], ["--admin-token-file"]),
         ("babysitter", ["--registry-token-file", "/x"], []),
+        ("batch", ["--token-file", "/x"], []),
+        (
+            "router",
+            ["--batch-url", "http://127.0.0.1:8082"],
+            ["--registry-token-file", "--admin-token-file", "--batch-token-file"],
+        ),
+        (
+            "router",
+            ["--batch-url", "http://127.0.0.1:8082", "--batch-token-file", "/x"],
+            ["--registry-token-file", "--admin-token-file"],
+        ),
     ],
 )
 def test_a_token_the_flags_give_is_not_loaded(
@@ -125,7 +137,7 @@ def test_a_token_the_flags_give_is_not_loaded(
     assert result.stdout.count("LoadCredential=") == len(left)
 
 
-@pytest.mark.parametrize("component", ["registry", "router", "babysitter"])
+@pytest.mark.parametrize("component", ["registry", "router", "batch", "babysitter"])
 def test_units_verify(component: str, tmp_path: Path) -> None:
     args = ["--engine", "sim", "--model", "m"] if component == "babysitter" else ["--port", "9"]
     result = run(component, "--memory-max", "512M", "--cpu-quota", "50%", *args)

@@ -1,6 +1,7 @@
 """``llmsvc systemd``: print a systemd unit that runs one llmsvc component.
 
-    llmsvc systemd registry|router|babysitter [unit options] [component flags] [-- engine args]
+    llmsvc systemd registry|router|batch|babysitter [unit options] [component flags]
+                   [-- engine args]
 
 The unit options (``--memory-max 8G --cpu-quota 200%`` …) are this command's own;
 every other flag is the component's and goes, in order, onto ``ExecStart``, as does
@@ -33,9 +34,9 @@ from llmsvc import __version__
 from llmsvc.core.settings import die
 
 PROG = "llmsvc systemd"
-COMPONENTS = ("registry", "router", "babysitter")
+COMPONENTS = ("registry", "router", "batch", "babysitter")
 # A babysitter drains (--drain-timeout 60) then stops its engine (--stop-timeout 30).
-DEFAULT_STOP_TIMEOUT = {"registry": 30, "router": 30, "babysitter": 120}
+DEFAULT_STOP_TIMEOUT = {"registry": 30, "router": 30, "batch": 30, "babysitter": 120}
 
 _SIZE = re.compile(r"^(\d+(\.\d+)?[KMGT]?|\d+(\.\d+)?%|infinity)$")
 _PERCENT = re.compile(r"^\d+(\.\d+)?%$")
@@ -51,6 +52,10 @@ class Credential:
     flag: str
     file: str
     given_by: tuple[str, ...]
+    when: str | None = None
+    """Loaded only when the component's flags include this one (a router's batch token
+    only with ``--batch-url``: an older tokens directory has no such file, and a missing
+    ``LoadCredential=`` file stops the unit from starting)."""
 
 
 _WRITE_TOKEN = Credential(
@@ -72,7 +77,14 @@ CREDENTIALS: dict[str, tuple[Credential, ...]] = {
         Credential(
             "--admin-token-file", "router-admin-token", ("--admin-token", "--admin-token-file")
         ),
+        Credential(
+            "--batch-token-file",
+            "batch-token",
+            ("--batch-token", "--batch-token-file"),
+            when="--batch-url",
+        ),
     ),
+    "batch": (Credential("--token-file", "batch-token", ("--token", "--token-file")),),
     "babysitter": (_WRITE_TOKEN,),
 }
 """The tokens each component is given by default (files of ``llmsvc tokens``)."""
@@ -103,7 +115,11 @@ def credentials(component: str, args: Sequence[str], tokens_dir: str | None) -> 
         return []
     own = list(args[: list(args).index("--")] if "--" in args else args)
     given = {a.split("=", 1)[0] for a in own if a.startswith("--")}
-    return [c for c in CREDENTIALS[component] if not given.intersection(c.given_by)]
+    return [
+        c
+        for c in CREDENTIALS[component]
+        if not given.intersection(c.given_by) and (c.when is None or c.when in given)
+    ]
 
 
 def unit_file(
