@@ -241,7 +241,7 @@ class RouterSettings(ServerSettings):
         "docs/flow-control.md.",
     )
     batch_headroom: float = Field(
-        default=0.2,
+        default=0.35,
         ge=0,
         lt=1,
         description="Share of a model's slots that requests of priority batch leave free for "
