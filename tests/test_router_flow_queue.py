@@ -284,9 +284,9 @@ async def test_a_saturated_backend_takes_nothing_until_a_scrape_shows_room(
 async def test_batch_leaves_the_headroom_free_for_an_interactive_request(
     spawn: Spawn, tmp_path: Path, engine: int
 ) -> None:
-    """--batch-headroom 0.2 of 5 slots (one kept): batch requests take 4, the fifth waits; a standard
-    request then starts at once on the slot kept free (without the headroom it would queue
-    behind them: 4 in flight, 2 queued)."""
+    """--batch-headroom 0.2 of 5 slots (one kept): batch requests take 4, the fifth waits; a
+    standard request then starts at once on the slot kept free (without the headroom it
+    would queue behind them: 4 in flight, 2 queued)."""
     url = router_for(spawn, tmp_path, engine, "--batch-headroom", "0.2", slots=5)
     async with httpx.AsyncClient(base_url=url) as client:
         batch = [asyncio.create_task(chat(client, 30, "batch")) for _ in range(5)]
