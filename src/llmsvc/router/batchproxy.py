@@ -37,7 +37,7 @@ from llmsvc.router.accesslog import (
     log_access,
     request_id,
 )
-from llmsvc.router.headers import _connection_tokens
+from llmsvc.router.headers import HOP_BY_HOP, connection_tokens
 from llmsvc.router.settings import RouterSettings
 from llmsvc.router.tenants import tenant_of
 
@@ -46,29 +46,15 @@ ADMIN_HEADER = "X-Llmsvc-Admin"
 BATCH_PATHS = ("/v1/files", "/v1/files/{tail:.*}", "/v1/batches", "/v1/batches/{tail:.*}")
 CHUNK_BYTES = 256 * 1024
 
-_HOP_BY_HOP = frozenset(
-    {
-        "connection",
-        "keep-alive",
-        "proxy-authenticate",
-        "proxy-authorization",
-        "proxy-connection",
-        "te",
-        "trailer",
-        "trailers",
-        "transfer-encoding",
-        "upgrade",
-    }
-)
 # The caller's credentials and identity claims stop here: the router says who it is.
-_DROP_REQUEST = _HOP_BY_HOP | {
+_DROP_REQUEST = HOP_BY_HOP | {
     "host",
     "authorization",
     "expect",
     TENANT_HEADER.lower(),
     ADMIN_HEADER.lower(),
 }
-_DROP_RESPONSE = _HOP_BY_HOP | {"date", "server", REQUEST_ID_HEADER.lower()}
+_DROP_RESPONSE = HOP_BY_HOP | {"date", "server", REQUEST_ID_HEADER.lower()}
 
 
 class BatchNotConfigured(ApiError):
@@ -102,7 +88,7 @@ def forwarded_headers(
     """The client's end-to-end headers, less its credentials and identity claims, plus the
     router's: the batch token, the tenant, the request id, ``X-Forwarded-For``."""
     source = request.headers
-    listed = _connection_tokens(source.get("Connection"))
+    listed = connection_tokens(source.get("Connection"))
     headers: CIMultiDict[str] = CIMultiDict()
     for key, value in source.items():
         lower = key.lower()
@@ -212,7 +198,7 @@ class BatchProxy:
         self, request: web.Request, upstream: aiohttp.ClientResponse
     ) -> web.StreamResponse:
         source = upstream.headers
-        listed = _connection_tokens(source.get("Connection"))
+        listed = connection_tokens(source.get("Connection"))
         response = web.StreamResponse(status=upstream.status, reason=upstream.reason)
         for key, value in source.items():
             lower = key.lower()

@@ -15,7 +15,7 @@ from llmsvc.core.errors import ApiError
 
 BACKEND_HEADER = "X-Llmsvc-Backend"
 
-_HOP_BY_HOP = frozenset(
+HOP_BY_HOP = frozenset(  # RFC 9110 §7.6.1; the batch proxy drops them too
     {
         "connection",
         "keep-alive",
@@ -30,7 +30,7 @@ _HOP_BY_HOP = frozenset(
     }
 )
 # The router has read the whole body already: no ``Expect: 100-continue`` upstream.
-_DROP_REQUEST = _HOP_BY_HOP | {
+_DROP_REQUEST = HOP_BY_HOP | {
     "host",
     "content-length",
     "content-encoding",
@@ -38,10 +38,10 @@ _DROP_REQUEST = _HOP_BY_HOP | {
     "x-forwarded-for",
     "x-forwarded-proto",
 }
-_DROP_RESPONSE = _HOP_BY_HOP | {"content-length", "date", "server"}
+_DROP_RESPONSE = HOP_BY_HOP | {"content-length", "date", "server"}
 
 
-def _connection_tokens(value: str | None) -> frozenset[str]:
+def connection_tokens(value: str | None) -> frozenset[str]:
     """Header names a ``Connection`` header lists: hop-by-hop for this hop only."""
     if not value:
         return frozenset()
@@ -63,7 +63,7 @@ def check_header_size(request: web.Request, limit: int) -> None:
 def upstream_headers(request: web.Request, *, drop_auth: bool) -> CIMultiDict[str]:
     """The end-to-end request headers plus ``X-Forwarded-For``/``-Proto``."""
     source = request.headers
-    listed = _connection_tokens(source.get("Connection"))
+    listed = connection_tokens(source.get("Connection"))
     headers: CIMultiDict[str] = CIMultiDict()
     for key, value in source.items():
         lower = key.lower()
@@ -82,7 +82,7 @@ def upstream_headers(request: web.Request, *, drop_auth: bool) -> CIMultiDict[st
 def downstream_headers(upstream: aiohttp.ClientResponse, backend: str) -> CIMultiDict[str]:
     """The upstream's end-to-end response headers plus ``X-Llmsvc-Backend``."""
     source = upstream.headers
-    listed = _connection_tokens(source.get("Connection"))
+    listed = connection_tokens(source.get("Connection"))
     headers: CIMultiDict[str] = CIMultiDict()
     for key, value in source.items():
         lower = key.lower()
