@@ -72,6 +72,7 @@ class EngineLoad:
     at: float  # monotonic time of the scrape
     in_flight: int  # the router's in-flight count to the engine at that time
     missing: tuple[str, ...] = ()  # inputs the engine exports nothing for (read as 0)
+    cache_tokens: int | None = None  # the engine's prefix-cache capacity in tokens, if reported
 
     def view(self, now: float) -> dict[str, Any]:
         return {
