@@ -118,6 +118,19 @@ async def test_least_load_reads_llamacpp_slots_as_its_kv_use(
         assert (load["running"], load["kv_cache_use"], load["missing"]) == (1.0, 0.5, [])
 
 
+async def test_llamacpp_capacity_is_its_slots_context_from_props(
+    aiohttp_client: Callable[..., Awaitable[Client]], tmp_path: Path
+) -> None:
+    """``-c 2048 -np 2`` as the real server says it: 1,024 tokens per slot, two slots."""
+    props = {"total_slots": 2, "default_generation_settings": {"n_ctx": 1024}}
+    async with serve_llamacpp(props) as port:
+        load = await scraped_load(aiohttp_client, tmp_path, port)
+        assert (load["cache_tokens"], load["kv_cache_use"]) == (2048, 0.5)
+    async with serve_llamacpp({"total_slots": 2}) as port:  # no context said: unknown
+        load = await scraped_load(aiohttp_client, tmp_path, port)
+        assert (load["cache_tokens"], load["kv_cache_use"]) == (None, 0.5)
+
+
 async def test_an_input_an_engine_lacks_is_a_warning_once_per_backend(
     aiohttp_client: Callable[..., Awaitable[Client]],
     tmp_path: Path,
@@ -146,8 +159,9 @@ def metric_names(text: bytes) -> set[str]:
 def test_the_real_llama_server_matches_the_fixture_and_has_its_slots_in_props(
     real_engine_slot: None, spawn: Spawn, llama_server_bin: Path, smollm2_gguf: Path
 ) -> None:
-    """The captured text is what the real server exports; ``/props`` has ``total_slots``;
-    one request running on two slots reads as half the KV cache."""
+    """The captured text is what the real server exports; ``/props`` has ``total_slots``
+    and each slot's share of ``-c`` (``n_ctx``); one request running on two slots reads as
+    half the KV cache."""
     port = free_port()
     url = f"http://{HOST}:{port}"
     args = [str(llama_server_bin), "-m", str(smollm2_gguf), "--host", HOST, "--port", str(port)]
@@ -156,8 +170,10 @@ def test_the_real_llama_server_matches_the_fixture_and_has_its_slots_in_props(
     idle = httpx.get(url + "/metrics", timeout=5).content
     assert metric_names(idle) == metric_names(LLAMACPP_METRICS)
     assert needs_slots(idle)
-    slots = httpx.get(url + "/props", timeout=5).json()["total_slots"]
+    props = httpx.get(url + "/props", timeout=5).json()
+    slots = props["total_slots"]
     assert slots == 2
+    assert props["default_generation_settings"]["n_ctx"] * slots == 2048  # -c 2048 in all
     body = {"prompt": "Once upon a time", "n_predict": 128, "stream": False}
     with concurrent.futures.ThreadPoolExecutor(1) as pool:
         answer = pool.submit(httpx.post, url + "/completion", json=body, timeout=120)

@@ -15,6 +15,18 @@ Three numbers per engine, whatever the engine (the first name found wins):
   slot count is not in ``/metrics`` either, and the scraper reads it from
   ``GET /props`` (``total_slots``): :func:`needs_slots`, ``parse_load(slots=)``.
 
+Fourth, the engine's prefix-cache capacity in tokens (``EngineLoad.cache_tokens``, None
+when it reports none; the ``scored`` strategy sizes its per-backend prompt index with it):
+vLLM's info gauge ``vllm:cache_config_info{block_size="16",num_gpu_blocks="573",...} 1``
+(``block_size`` × ``num_gpu_blocks``; the simulated engine exports the same for its
+``--prefix-cache-tokens``), SGLang's ``sglang:max_total_num_tokens``, and for llama.cpp,
+which exports neither, ``GET /props``: ``default_generation_settings.n_ctx`` (one slot's
+context) × ``total_slots``, read by the scraper with the slot count and passed in
+(``parse_load(cache_tokens=)``). With a unified KV buffer (``--kv-unified``, llama.cpp's
+default when ``-np`` is not given) each slot reports the whole context, so that product
+counts it once per slot; llama.cpp then keeps evicted prompts in host memory anyway
+(``--cache-ram``, 8 GiB by default), so its prefix cache outlives its KV cells.
+
 Series with several label sets (one per model, per data-parallel rank) are
 summed for the counts; the KV-cache use is the largest of them. What an
 engine does not export is named in ``EngineLoad.missing`` (the scraper warns
@@ -60,6 +72,8 @@ KV_USE = (
     b"llamacpp:kv_cache_usage_ratio",
 )
 LLAMACPP_BUSY = b"llamacpp:requests_processing"  # busy slots: with the slot count, the KV use
+VLLM_CACHE_INFO = b"vllm:cache_config_info"  # labels block_size and num_gpu_blocks
+SGLANG_CACHE_TOKENS = b"sglang:max_total_num_tokens"
 
 
 @dataclass(frozen=True, slots=True)
@@ -81,6 +95,7 @@ class EngineLoad:
             "kv_cache_use": round(self.kv_use, 4),
             "age_s": round(now - self.at, 3),
             "missing": list(self.missing),
+            "cache_tokens": self.cache_tokens,
         }
 
 
@@ -113,6 +128,66 @@ def _samples(text: bytes, name: bytes) -> list[float]:
                 values.append(value)
 
 
+def _lines(text: bytes, name: bytes) -> list[bytes]:
+    """Every sample line of ``name`` with labels (``name{...} value``) in ``text``."""
+    lines: list[bytes] = []
+    start = 0
+    while True:
+        at = text.find(name + b"{", start)
+        if at < 0:
+            return lines
+        end = text.find(b"\n", at)
+        end = len(text) if end < 0 else end
+        start = end
+        if not at or text[at - 1] == 10:  # at a line start: not a comment
+            lines.append(text[at:end])
+
+
+def _label(line: bytes, key: bytes) -> bytes | None:
+    """The value of label ``key`` in a sample ``line`` (no escapes: numbers are wanted)."""
+    for lead in (b"{", b","):
+        at = line.find(lead + key + b'="')
+        if at >= 0:
+            begin = at + len(key) + 3
+            end = line.find(b'"', begin)
+            return line[begin:end] if end >= 0 else None
+    return None
+
+
+def _positive_int(value: bytes | None) -> int | None:
+    if value is None or not value.isdigit():
+        return None  # absent, or vLLM's "None" before its blocks are counted
+    number = int(value)
+    return number if number > 0 else None
+
+
+def parse_cache_tokens(text: bytes) -> int | None:
+    """The prefix-cache capacity in tokens an engine's ``/metrics`` reports, or None.
+
+    vLLM: ``block_size`` × ``num_gpu_blocks`` of each ``vllm:cache_config_info`` line
+    (one per data-parallel engine, summed), 0 with ``enable_prefix_caching="False"``;
+    SGLang: ``sglang:max_total_num_tokens`` (summed over its label sets, as the counts
+    are)."""
+    total, reported = 0, False
+    for line in _lines(text, VLLM_CACHE_INFO):
+        if _label(line, b"enable_prefix_caching") == b"False":
+            reported = True  # a cache of nothing: no prompt is ever reused there
+            continue
+        block = _positive_int(_label(line, b"block_size"))
+        blocks = _positive_int(_label(line, b"num_gpu_blocks"))
+        if block and blocks:
+            total, reported = total + block * blocks, True
+    if reported:
+        return total
+    tokens = int(sum(_samples(text, SGLANG_CACHE_TOKENS)))
+    return tokens if tokens > 0 else None
+
+
+def is_llamacpp(text: bytes) -> bool:
+    """Whether this ``/metrics`` is llama.cpp's: its slots and context are in ``/props``."""
+    return bool(_samples(text, LLAMACPP_BUSY))
+
+
 def _first(text: bytes, names: tuple[bytes, ...]) -> list[float] | None:
     for name in names:
         values = _samples(text, name)
@@ -127,12 +202,19 @@ def needs_slots(text: bytes) -> bool:
 
 
 def parse_load(
-    text: bytes, *, at: float, in_flight: int, slots: int | None = None
+    text: bytes,
+    *,
+    at: float,
+    in_flight: int,
+    slots: int | None = None,
+    cache_tokens: int | None = None,
 ) -> EngineLoad | None:
     """The load in a ``/metrics`` answer; None when it has none of the known names.
 
     ``slots``: llama.cpp's slot count (``/props``), for an engine without a KV-cache
-    series (:func:`needs_slots`): its KV use is then its busy slots' share."""
+    series (:func:`needs_slots`): its KV use is then its busy slots' share.
+    ``cache_tokens``: the capacity read elsewhere (llama.cpp's ``/props``), used when
+    the text reports none (:func:`parse_cache_tokens`)."""
     waiting = _first(text, WAITING)
     running = _first(text, RUNNING)
     kv = _first(text, KV_USE)
@@ -141,6 +223,7 @@ def parse_load(
         kv = [sum(busy) / slots] if busy else None
     if waiting is None and running is None and kv is None:
         return None
+    reported = parse_cache_tokens(text)
     found = {"waiting requests": waiting, "running requests": running, "KV-cache use": kv}
     return EngineLoad(
         waiting=sum(waiting or ()),
@@ -149,6 +232,7 @@ def parse_load(
         at=at,
         in_flight=in_flight,
         missing=tuple(name for name, values in found.items() if values is None),
+        cache_tokens=cache_tokens if reported is None else reported,
     )
 
 

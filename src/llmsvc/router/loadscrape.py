@@ -1,6 +1,6 @@
-"""``least_load``'s scraper: every backend's ``GET /metrics``, every ``--load-scrape-interval``.
+"""The load scraper: every backend's ``GET /metrics``, every ``--load-scrape-interval``.
 
-One background task (started only for ``--strategy least_load``) scrapes all
+One background task (started for the strategies that read engine load) scrapes all
 backends concurrently (at most ``SCRAPE_CONCURRENCY`` at once), each within
 one interval. A good answer replaces the backend's :class:`EngineLoad`; a
 failed one (unreachable, timeout, non-2xx, none of the known names) leaves
@@ -8,9 +8,11 @@ the last value, which ``least_load`` ignores once it is older than
 ``loadscore.MAX_AGE_INTERVALS`` intervals.
 
 A llama.cpp engine exports no KV-cache series; its slot count (``GET /props``,
-``total_slots``) turns its busy slots into one (``loadscore``). The count is read
+``total_slots``) turns its busy slots into one (``loadscore``), and its slots' context
+(``default_generation_settings.n_ctx`` × ``total_slots``) is its cache capacity
+(``EngineLoad.cache_tokens``; other engines say theirs in ``/metrics``). Both are read
 once per engine life (the record's origin and registration time), again after
-``SLOTS_RETRY_S`` if it could not be read. An engine that exports nothing for
+``SLOTS_RETRY_S`` if they could not be read. An engine that exports nothing for
 one of the three inputs is named in a WARNING once per backend: that input
 reads as 0 in its score.
 """
@@ -29,7 +31,7 @@ from prometheus_client import CollectorRegistry, Counter
 
 from llmsvc.core.app import every, owned_task
 from llmsvc.router.backends import Backend, BackendPool
-from llmsvc.router.loadscore import EngineLoad, needs_slots, parse_load
+from llmsvc.router.loadscore import EngineLoad, is_llamacpp, needs_slots, parse_load
 
 log = logging.getLogger("llmsvc.router.loadscrape")
 
@@ -41,10 +43,11 @@ _Life = tuple[str, float]  # an engine's origin and registration time: one proce
 
 @dataclass(slots=True)
 class _Slots:
-    """A llama.cpp engine's slot count as read from ``/props`` for one life."""
+    """A llama.cpp engine's slot count and context as read from ``/props`` for one life."""
 
     life: _Life
     count: int | None  # None: not readable
+    cache_tokens: int | None  # n_ctx per slot × slots; None: not readable
     read_at: float
 
 
@@ -104,8 +107,14 @@ class LoadScraper:
                 text = await resp.read()
         except (TimeoutError, aiohttp.ClientError, OSError) as exc:
             return type(exc).__name__
-        slots = await self._slot_count(backend) if needs_slots(text) else None
-        load = parse_load(text, at=time.monotonic(), in_flight=backend.in_flight, slots=slots)
+        props = await self._props(backend) if is_llamacpp(text) else None
+        load = parse_load(
+            text,
+            at=time.monotonic(),
+            in_flight=backend.in_flight,
+            slots=props.count if props is not None and needs_slots(text) else None,
+            cache_tokens=props.cache_tokens if props is not None else None,
+        )
         if load is None:
             return "no queue or KV-cache metric in its /metrics"
         self._warn_missing(backend, load)
@@ -125,28 +134,38 @@ class LoadScraper:
                 extra={"backend": backend.name},
             )
 
-    async def _slot_count(self, backend: Backend) -> int | None:
-        """llama.cpp's ``total_slots`` (``GET /props``) for the engine's current life."""
+    async def _props(self, backend: Backend) -> _Slots:
+        """llama.cpp's slots and context (``GET /props``) for the engine's current life."""
         life = (backend.url, backend.record.registered_at)
         now = time.monotonic()
         known = self._slots.get(backend.name)
         fresh = known is not None and known.life == life
         if known is not None and fresh and (known.count or now - known.read_at < SLOTS_RETRY_S):
-            return known.count
-        count = await self._read_props(backend)
-        self._slots[backend.name] = _Slots(life, count, now)
-        return count
+            return known
+        count, cache_tokens = await self._read_props(backend)
+        read = _Slots(life, count, cache_tokens, now)
+        self._slots[backend.name] = read
+        return read
 
-    async def _read_props(self, backend: Backend) -> int | None:
+    async def _read_props(self, backend: Backend) -> tuple[int | None, int | None]:
+        """``total_slots``, and the slots' context in tokens; None for what is unreadable."""
         try:
             async with self._session.get(backend.url + "/props", timeout=self._timeout) as resp:
                 if resp.status != 200:
-                    return None
+                    return None, None
                 props = await resp.json(content_type=None)
         except (TimeoutError, aiohttp.ClientError, OSError, ValueError):
-            return None
-        count = props.get("total_slots") if isinstance(props, dict) else None
-        return count if isinstance(count, int) and count > 0 else None
+            return None, None
+        if not isinstance(props, dict):
+            return None, None
+        count = _positive(props.get("total_slots"))
+        settings = props.get("default_generation_settings")
+        n_ctx = _positive(settings.get("n_ctx")) if isinstance(settings, dict) else None
+        return count, (n_ctx * count if n_ctx and count else None)
+
+
+def _positive(value: object) -> int | None:
+    return value if isinstance(value, int) and not isinstance(value, bool) and value > 0 else None
 
 
 def load_scrape_ctx(

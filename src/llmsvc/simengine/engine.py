@@ -107,7 +107,12 @@ class Engine:
             capacity_blocks=settings.prefix_cache_tokens // settings.block_size
         )
         self._metrics = create_metrics(
-            registry, self.scheduler, self.models, max_model_len=settings.kv_cache_tokens
+            registry,
+            self.scheduler,
+            self.models,
+            max_model_len=settings.kv_cache_tokens,
+            block_size=settings.block_size,
+            prefix_cache_tokens=settings.prefix_cache_tokens,
         )
         self._jitter_rng = random.Random(f"{settings.seed}:jitter")
         self._noise_rng = random.Random(f"{settings.seed}:step-noise")

@@ -4,6 +4,12 @@ Names, types and labels follow vLLM V1 (``vllm/v1/metrics/loggers.py``):
 labels ``model_name`` and ``engine`` (``"0"``), plus ``finished_reason`` on
 ``vllm:request_success_total``. Gauges are computed at scrape time from the
 scheduler, so a request costs no gauge updates.
+
+``vllm:cache_config_info`` is vLLM's info gauge of its cache config (value 1, the config
+in its labels); here it carries the prefix cache's size, ``block_size`` × ``num_gpu_blocks``
+= ``--prefix-cache-tokens`` (rounded down to whole blocks), which routers read as the
+engine's prefix-cache capacity (vLLM's ``num_gpu_blocks`` are its whole KV cache, which
+is also what its prefix cache can keep).
 """
 
 from __future__ import annotations
@@ -68,9 +74,17 @@ class ModelMetrics:
 class _SchedulerGauges(Collector):
     """``num_requests_running``/``waiting`` and ``kv_cache_usage_perc``, read at scrape."""
 
-    def __init__(self, scheduler: Scheduler, models: Sequence[str]) -> None:
+    def __init__(
+        self, scheduler: Scheduler, models: Sequence[str], *, block_size: int, cache_blocks: int
+    ) -> None:
         self._scheduler = scheduler
         self._models = list(models)
+        self._cache_config = {
+            "block_size": str(block_size),
+            "enable_prefix_caching": str(cache_blocks > 0),
+            "engine": ENGINE,
+            "num_gpu_blocks": str(cache_blocks),
+        }
 
     def collect(self) -> Iterable[Metric]:
         s = self._scheduler
@@ -91,7 +105,13 @@ class _SchedulerGauges(Collector):
             running.add_metric([model, ENGINE], s.running_by_model[model])
             waiting.add_metric([model, ENGINE], s.waiting_by_model[model])
             kv.add_metric([model, ENGINE], s.kv.usage)
-        return iter((running, waiting, kv))
+        cache_config = GaugeMetricFamily(
+            "vllm:cache_config_info",
+            "Information of the LLMEngine CacheConfig.",
+            labels=tuple(self._cache_config),
+        )
+        cache_config.add_metric(list(self._cache_config.values()), 1.0)
+        return iter((running, waiting, kv, cache_config))
 
     def describe(self) -> Iterator[Metric]:
         return iter(())
@@ -150,9 +170,17 @@ def create_metrics(
     models: Sequence[str],
     *,
     max_model_len: int,
+    block_size: int = 16,
+    prefix_cache_tokens: int = 0,
 ) -> dict[str, ModelMetrics]:
-    """Create every metric on ``registry``; return the per-model bound children."""
-    registry.register(_SchedulerGauges(scheduler, models))
+    """Create every metric on ``registry``; return the per-model bound children.
+
+    ``block_size`` and ``prefix_cache_tokens``: the prefix cache's, for
+    ``vllm:cache_config_info`` (its capacity in whole blocks)."""
+    gauges = _SchedulerGauges(
+        scheduler, models, block_size=block_size, cache_blocks=prefix_cache_tokens // block_size
+    )
+    registry.register(gauges)
     token_buckets = one_two_five_buckets(max_model_len)
     families: dict[str, Counter | Histogram] = {
         field: Counter(name, doc, LABELS, registry=registry) for field, name, doc in _COUNTERS
