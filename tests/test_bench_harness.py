@@ -8,6 +8,7 @@ from pathlib import Path
 
 import orjson
 from benchmarks.harness.loadgen import parse_wrk
+from benchmarks.harness.paced import count_new
 
 HARNESS = Path(__file__).resolve().parents[1] / "benchmarks" / "harness"
 
@@ -37,6 +38,14 @@ def test_wrk_output_parsed() -> None:
     assert result.rps == 6700.0
 
 
+def test_sse_events_split_across_reads_counted_once() -> None:
+    """The paced client carries a read's last bytes into the next: a ``data:`` cut in two is
+    counted once, in the read that completes it, and one wholly in the tail not again."""
+    assert count_new(b"7\r\ndata: {}\n\n\r\n7\r\nda", 0, b"data:") == 1
+    assert count_new(b"\r\ndata:ta: {}", 4, b"data:") == 1  # "\r\nda" carried, "ta:" read
+    assert count_new(b"data: {}data:", 8, b"data:") == 1  # the first wholly in the tail
+
+
 def test_smoke_run_direct_and_llmsvc(tmp_path: Path) -> None:
     run = subprocess.run(
         [
@@ -59,5 +68,13 @@ def test_smoke_run_direct_and_llmsvc(tmp_path: Path) -> None:
     assert 0 < router["cpu_ms_per_request"] < 50
     assert router["streams"] == 5 and router["first_chunk_hold_p50_ms"] is not None
     assert "added_p50_ms_c1" in router
+    # The paced streams (4 at a time of 20 chunks in --smoke): every chunk through, counted.
+    for t in (direct, router):
+        assert t["stream_errors"] == 0 and t["stream_streams"] >= 4
+        assert t["stream_chunks"] == 20 * t["stream_streams"]
+        assert 1.0 <= t["stream_chunks_per_read"] < 2.0  # one per read, mostly
+    assert direct["cpu_us_per_chunk"] == 0.0  # no proxy process to account
+    assert 0 < router["cpu_us_per_chunk"] < 5000
     table = (tmp_path / "out" / "results.md").read_text()
     assert "| llmsvc-1w |" in table
+    assert "CPU µs/chunk (streamed)" in table

@@ -2,14 +2,20 @@
 
     .venv/bin/python benchmarks/harness                    # everything (make bench)
     .venv/bin/python benchmarks/harness --smoke --out DIR  # direct + llmsvc, about 1 s each
+    .venv/bin/python benchmarks/harness --only-cpu         # the two CPU figures (~1.5 min)
 
 For each target, in one run and against the same two fixed-answer backends
 (``benchmarks/common/backend.py``): a warm-up, then ``--duration`` seconds of non-streaming chat
 completions at concurrency 16 (requests/s, CPU ms per request from the
 target's own ``/proc`` accounting), ``--duration`` seconds at concurrency 1
 (p50/p99 latency, added over direct), and sequential streams (time to first
-chunk, and how long the proxy held the first chunk). Then llmsvc's CPU per
-request with 2 to 1,000 backend records. ``llmsvc-base`` is the router at ``--base`` (the
+chunk, and how long the proxy held the first chunk). Then, restarted in front of two paced
+backends (``--stream-chunks`` chunks per stream, one every ``--chunk-interval-ms``), the
+target's CPU per streamed chunk over ``--stream-concurrency`` streams at a time
+(``benchmarks/harness/paced.py``), with the ratio to nginx's; CPU per non-streamed request gets
+its ratio to vllm-router's (issue 16's targets: 2x and 2.2x). Then llmsvc's CPU per
+request with 2 to 1,000 backend records (``--only-cpu``: just the two CPU figures, no latency,
+no sweep, for llmsvc-1w, nginx and vllm-router). ``llmsvc-base`` is the router at ``--base`` (the
 commit before flow control) beside this one: the ratio of their CPU per request is flow
 control's cost with no slots configured (``llmsvc-slots`` and ``llmsvc-queued``: with slots,
 and with requests queued). Results go to ``results.json``,
@@ -41,12 +47,14 @@ from benchmarks.harness.loadgen import (
     BENCH_KEY,
     CHAT_BODY,
     PATH,
+    STREAM_BODY,
     LoadResult,
     have_wrk,
     run_python,
     run_streams,
     run_wrk,
 )
+from benchmarks.harness.paced import PacedResult, run_paced
 from benchmarks.harness.report import write_report
 from benchmarks.harness.targets import (
     BASE,
@@ -64,6 +72,7 @@ DEFAULT_TARGETS = (
     "direct,nginx,llmsvc-1w,llmsvc-2w,llmsvc-base,llmsvc-slots,llmsvc-queued,"
     "vllm-router,litellm,production-stack"
 )
+ONLY_CPU_TARGETS = "llmsvc-1w,nginx,vllm-router"
 
 
 def wait_ready(port: int, proc: subprocess.Popen[bytes] | None, timeout: float) -> None:
@@ -95,6 +104,7 @@ class Bench:
         self.args = args
         self.work = work
         self.backends = [free_port(), free_port()]
+        self.paced = [free_port(), free_port()]  # streams paced like an engine's tokens
         self.procs: list[subprocess.Popen[bytes]] = []
         self.unavailable: dict[str, str] = {}
         if args.loadgen != "python" and not have_wrk():
@@ -108,10 +118,17 @@ class Bench:
         return run_python(HOST, port, connections=connections, seconds=seconds)
 
     def start_backends(self) -> None:
+        pacing = [
+            "--chunks", str(self.args.stream_chunks), "--first-chunk-delay", "0",
+            "--chunk-interval", str(self.args.chunk_interval_ms / 1000.0),
+        ]  # fmt: skip
         for i, port in enumerate(self.backends):
-            cmd = [sys.executable, str(BACKEND), "--port", str(port)]
-            self.procs.append(start([*cmd, "--name", f"b{i}"], self.work / f"backend{i}.log"))
-        for port in self.backends:
+            cmd = [sys.executable, str(BACKEND), "--port", str(port), "--name", f"b{i}"]
+            self.procs.append(start(cmd, self.work / f"backend{i}.log"))
+        for i, port in enumerate(self.paced):
+            cmd = [sys.executable, str(BACKEND), "--port", str(port), "--name", f"p{i}", *pacing]
+            self.procs.append(start(cmd, self.work / f"paced{i}.log"))
+        for port in self.backends + self.paced:
             wait_ready(port, None, 10.0)
 
     def run_target(self, target: Target) -> dict[str, Any]:
@@ -122,14 +139,18 @@ class Bench:
         proc = None
         try:
             target.install()
-            port = free_port()
-            cmd = target.command(port, self.backends, self.work)
-            if cmd:
-                proc = start(cmd, self.work / f"{target.name}.log", target.env)
-            else:
-                port = self.backends[0]
-            wait_ready(port, proc, target.startup_s)
-            result.update(self.measure(port, proc))
+            # In front of the fixed-answer backends, then restarted in front of the paced ones.
+            for backends, measure in ((self.backends, self.measure), (self.paced, self.streamed)):
+                port = free_port()
+                cmd = target.command(port, backends, self.work)
+                if cmd:
+                    proc = start(cmd, self.work / f"{target.name}.log", target.env)
+                else:
+                    port = backends[0]
+                wait_ready(port, proc, target.startup_s)
+                result.update(measure(port, proc))
+                stop(proc)
+                proc = None
             result["status"] = "ok"
         except (Unavailable, OSError, subprocess.SubprocessError) as exc:
             reason = str(exc) or type(exc).__name__
@@ -149,19 +170,41 @@ class Bench:
         meter.start()
         busy = self.load(port, conc, secs)
         cpu = meter.stop()
-        single = self.load(port, 1, secs)
-        streams = run_streams(HOST, port, count=self.args.streams).summary()
-        out = {
+        out: dict[str, Any] = {
             "rps": round(busy.rps, 1),
-            "errors": busy.errors + single.errors,
+            "errors": busy.errors,
             "cpu_s": round(cpu, 3),
             "cpu_ms_per_request": round(cpu * 1000 / busy.requests, 4) if busy.requests else None,
             f"p50_ms_c{conc}": round(busy.p50_ms, 3),
             f"p99_ms_c{conc}": round(busy.p99_ms, 3),
-            "p50_ms_c1": round(single.p50_ms, 3),
-            "p99_ms_c1": round(single.p99_ms, 3),
-            **{k: (round(v, 3) if isinstance(v, float) else v) for k, v in streams.items()},
         }
+        if not self.args.only_cpu:
+            single = self.load(port, 1, secs)
+            streams = run_streams(HOST, port, count=self.args.streams).summary()
+            out["errors"] += single.errors
+            out["p50_ms_c1"] = round(single.p50_ms, 3)
+            out["p99_ms_c1"] = round(single.p99_ms, 3)
+            out.update(
+                {k: (round(v, 3) if isinstance(v, float) else v) for k, v in streams.items()}
+            )
+        print("   " + ", ".join(f"{k}={v}" for k, v in out.items()), flush=True)
+        return out
+
+    def streamed(self, port: int, proc: subprocess.Popen[bytes] | None) -> dict[str, Any]:
+        """CPU per chunk over paced streams, ``--stream-concurrency`` at a time."""
+        args = self.args
+
+        def paced(seconds: float) -> PacedResult:
+            return run_paced(
+                HOST, port, path=PATH, body=STREAM_BODY, key=BENCH_KEY,
+                concurrency=args.stream_concurrency, seconds=seconds,
+            )  # fmt: skip
+
+        paced(0.0)  # warm-up: one stream per connection
+        meter = CpuMeter(proc.pid if proc else None)
+        meter.start()
+        measured = paced(args.stream_duration or args.duration)
+        out = measured.summary(meter.stop())
         print("   " + ", ".join(f"{k}={v}" for k, v in out.items()), flush=True)
         return out
 
@@ -227,15 +270,47 @@ def add_deltas(results: list[dict[str, Any]]) -> None:
                 r["added_" + key] = round(r[key] - direct[key], 3)
 
 
+def add_ratios(results: list[dict[str, Any]]) -> None:
+    """Issue 16's two CPU ratios, same run: per streamed chunk to nginx's, per non-streamed
+    request to vllm-router's."""
+    ok = {r["name"]: r for r in results if r.get("status") == "ok"}
+    for key, against in (("cpu_us_per_chunk", "nginx"), ("cpu_ms_per_request", "vllm-router")):
+        floor = ok.get(against, {}).get(key)
+        if not isinstance(floor, int | float) or floor <= 0:
+            continue
+        for r in ok.values():
+            if isinstance(r.get(key), int | float):
+                r[f"{key}_x_{against.replace('-', '_')}"] = round(r[key] / floor, 3)
+
+
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="benchmarks/harness", description=__doc__)
     parser.add_argument("--out", default=str(HERE.parents[1] / "docs" / "performance"))
-    parser.add_argument("--targets", default=DEFAULT_TARGETS, help="comma list of targets")
+    parser.add_argument(
+        "--targets",
+        help=f"comma list of targets (default: {DEFAULT_TARGETS}; --only-cpu: {ONLY_CPU_TARGETS})",
+    )
     parser.add_argument("--duration", type=float, default=5.0, help="seconds per measurement")
     parser.add_argument("--concurrency", type=int, default=16)
     parser.add_argument("--repeat", type=int, default=3, help="rounds; medians are reported")
     parser.add_argument("--streams", type=int, default=50, help="sequential streams per target")
     parser.add_argument("--sweep", default="2,10,100,1000", help="backend record counts ('' off)")
+    parser.add_argument(
+        "--stream-concurrency", type=int, default=32, help="paced streams at a time (CPU/chunk)"
+    )
+    parser.add_argument("--stream-chunks", type=int, default=200, help="chunks per paced stream")
+    parser.add_argument(
+        "--chunk-interval-ms", type=float, default=5.0, help="paced backends' gap between chunks"
+    )
+    parser.add_argument(
+        "--stream-duration", type=float, help="seconds of paced streams (default: --duration)"
+    )
+    parser.add_argument(
+        "--only-cpu",
+        action="store_true",
+        help="just CPU per request and per streamed chunk (no latency, no sweep), by default "
+        f"for {ONLY_CPU_TARGETS}: about 1.5 minutes",
+    )
     parser.add_argument(
         "--work", default=str(HERE.parents[1] / ".bench" / "run"), help="configs and logs"
     )
@@ -256,6 +331,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     if args.smoke:
         args.targets, args.duration, args.streams = "direct,llmsvc-1w", 0.3, 5
         args.sweep, args.loadgen, args.concurrency, args.repeat = "", "python", 4, 1
+        args.stream_concurrency, args.stream_chunks, args.chunk_interval_ms = 4, 20, 2.0
+    if args.only_cpu:
+        args.sweep = ""
+    args.targets = args.targets or (ONLY_CPU_TARGETS if args.only_cpu else DEFAULT_TARGETS)
     return args
 
 
@@ -288,6 +367,7 @@ def main(argv: list[str] | None = None) -> int:
         bench.close()
         BASE.remove()
     add_deltas(results)
+    add_ratios(results)
     document = {
         "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "command": " ".join(["python", "benchmarks/harness", *(argv or sys.argv[1:])]),
@@ -298,6 +378,13 @@ def main(argv: list[str] | None = None) -> int:
         "repeat": args.repeat,
         "concurrency": args.concurrency,
         "streams": args.streams,
+        "only_cpu": args.only_cpu,
+        "paced": {
+            "concurrency": args.stream_concurrency,
+            "chunks_per_stream": args.stream_chunks,
+            "chunk_interval_ms": args.chunk_interval_ms,
+            "duration_s": args.stream_duration or args.duration,
+        },
         "base": args.base,
         "targets": results,
         "backend_sweep": sweep,

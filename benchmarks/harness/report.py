@@ -26,6 +26,40 @@ def _cell(value: Any) -> str:
     return str(value)
 
 
+CPU_COLUMNS = (
+    ("cpu_us_per_chunk", "CPU µs/chunk (streamed)"),
+    ("cpu_us_per_chunk_x_nginx", "× nginx"),
+    ("stream_chunks_per_s", "chunks/s"),
+    ("stream_chunks_per_read", "chunks per read"),
+    ("cpu_ms_per_request", "CPU ms/req (not streamed)"),
+    ("cpu_ms_per_request_x_vllm_router", "× vllm-router"),
+)
+
+
+def cpu_table(document: dict[str, Any]) -> list[str]:
+    """Issue 16's CPU figures: per streamed chunk (paced streams) and per plain request, each
+    with its ratio to the target it is held against, all from the same run."""
+    ok = [r for r in document["targets"] if r.get("status") == "ok" and "stream_chunks" in r]
+    if not ok:
+        return []
+    paced = document.get("paced", {})
+    lines = [
+        "",
+        f"CPU per streamed chunk: {paced.get('concurrency', '?')} streams at a time of "
+        f"{paced.get('chunks_per_stream', '?')} chunks, one every "
+        f"{paced.get('chunk_interval_ms', '?')} ms, {paced.get('duration_s', '?')} s; the "
+        "target's own CPU (utime + stime, /proc) over the chunks it forwarded. Targets "
+        "(issue 16): streamed ≤ 2 × nginx, not streamed ≤ 2.2 × vllm-router.",
+        "",
+        "| target | " + " | ".join(label for _, label in CPU_COLUMNS) + " |",
+        "| --- |" + " ---: |" * len(CPU_COLUMNS),
+    ]
+    for r in ok:
+        cells = [_cell(r.get(key)) for key, _ in CPU_COLUMNS]
+        lines.append(f"| {r['name']} | " + " | ".join(cells) + " |")
+    return lines
+
+
 def markdown(document: dict[str, Any]) -> str:
     concurrency = document["concurrency"]
     header = [label.replace("c16", f"c{concurrency}") for _, label in COLUMNS]
@@ -39,6 +73,7 @@ def markdown(document: dict[str, Any]) -> str:
             lines.append(f"| {r['name']} | " + " | ".join(cells) + " |")
         else:
             lines.append(f"| {r['name']} | unavailable: {r.get('reason', '?')} |")
+    lines += cpu_table(document)
     sweep = document.get("backend_sweep") or []
     if sweep:
         lines += ["", "| backend records | req/s | CPU ms/req |", "| ---: | ---: | ---: |"]
