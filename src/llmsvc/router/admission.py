@@ -33,7 +33,7 @@ from llmsvc.core.wire import RoutingInfo
 from llmsvc.router.accesslog import AccessEntry, access_log_enabled, log_access
 from llmsvc.router.attempt import CLIENT_CLOSED, Exchange
 from llmsvc.router.backends import Backend, BackendPool
-from llmsvc.router.balancing import Strategy
+from llmsvc.router.balancing import Key, Strategy
 from llmsvc.router.candidates import Eligible, untried
 from llmsvc.router.demand import DemandCounter, ModelDemand
 from llmsvc.router.dispatch import Dispatcher, Draining
@@ -226,7 +226,7 @@ class FlowControl:
                 )
             )
 
-    def at_once(self, admitted: Admitted, tried: list[Backend], key: str | None) -> Backend | None:
+    def at_once(self, admitted: Admitted, tried: list[Backend], key: Key) -> Backend | None:
         """The usual case, with nothing to wait for (no slots anywhere, an eligible backend
         left): the strategy's pick; None: ask :meth:`backend`, which may wait."""
         if self.dispatcher.active():
@@ -245,7 +245,7 @@ class FlowControl:
         request: web.Request,
         admitted: Admitted,
         exchange: Exchange,
-        key: str | None,
+        key: Key,
     ) -> Backend | None:
         """The backend for the next try; None when no untried one is left. A queue wait
         counts toward ``--proxy-timeout``: the exchange's ``budget`` is what is left."""
@@ -255,7 +255,7 @@ class FlowControl:
         return backend
 
     async def _backend(
-        self, request: web.Request, admitted: Admitted, tried: list[Backend], key: str | None
+        self, request: web.Request, admitted: Admitted, tried: list[Backend], key: Key
     ) -> Backend | None:
         model = admitted.model
         now = self._clock()

@@ -52,6 +52,7 @@ from llmsvc.router.outliers import OutlierRules
 from llmsvc.router.proxy import Proxy
 from llmsvc.router.ratelimit import add_rate_headers
 from llmsvc.router.readiness import REGISTRY, STATIC, Readiness
+from llmsvc.router.scoring import Scored
 from llmsvc.router.settings import RouterSettings
 from llmsvc.router.stats import RouterStats
 from llmsvc.router.suspicion import Suspicion
@@ -126,6 +127,9 @@ class RouterState:
     async def services(self, _: web.Request) -> web.Response:
         now = time.monotonic()
         views = [b.view(now) for b in self.pool]
+        if isinstance(self.strategy, Scored):  # what its prefix index holds of each
+            for backend, view in zip(self.pool, views, strict=True):
+                view["prefix_index"] = self.strategy.view(backend)
         return json_response({"services": views, "total": len(views)})
 
     async def prometheus(self, _: web.Request) -> web.Response:
@@ -446,7 +450,7 @@ def create_app(
     app.cleanup_ctx.append(_upstream_ctx(state))
     if settings.registry_url:
         app.cleanup_ctx.append(_registry_ctx(state, settings.registry_url))
-    if settings.strategy == "least_load":  # the engines' metrics are scraped only for it
+    if settings.strategy in ("least_load", "scored"):  # the engines' metrics: only for them
         interval = settings.load_scrape_interval
         app.cleanup_ctx.append(
             load_scrape_ctx(

@@ -49,7 +49,7 @@ import logging
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from types import TracebackType
-from typing import Self
+from typing import Protocol, Self
 
 from llmsvc.core.errors import ApiError
 from llmsvc.router.backends import Backend, BackendPool
@@ -189,6 +189,14 @@ class Exchange:
             self.finish(CLIENT_CLOSED, ttft=None, failed=False)
 
 
+class Flight(Protocol):
+    """What a strategy tracks of an attempt (``scoring.Flight``); both calls idempotent."""
+
+    def first_byte(self) -> None: ...
+
+    def ended(self) -> None: ...
+
+
 class Attempt:
     """One try of one backend: in flight there from enter to exit."""
 
@@ -206,6 +214,7 @@ class Attempt:
         self._last_chunk = 0.0
         self.rescued = False  # the backend was ejected while this attempt waited (or stalled)
         self.complete = False  # the client has the whole answer (``delivered``)
+        self.flight: Flight | None = None  # told its first byte and its end (``scored``)
 
     def __enter__(self) -> Attempt:
         self.backend.in_flight += 1
@@ -220,6 +229,8 @@ class Attempt:
         traceback: TracebackType | None,
     ) -> None:
         self.backend.in_flight -= 1
+        if self.flight is not None:
+            self.flight.ended()
         self.backend.stats.response_time_sum += self._clock() - self._sent
         self.backend.waiting.discard(self)
         self.backend.streams.discard(self)
@@ -273,6 +284,8 @@ class Attempt:
         """The first byte of a good answer came: the backend's first-byte history."""
         now = self._clock()
         self.backend.last_seen = now
+        if self.flight is not None:
+            self.flight.first_byte()
         window = self.backend.ttfb_stream if stream else self.backend.ttfb_plain
         window.add(now - self._sent)
 

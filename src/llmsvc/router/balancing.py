@@ -17,6 +17,7 @@ changes and read with one ``bisect`` (``hashring``).
 | ``ip_hash``, ``session`` | the key's backend on a consistent-hash ring |
 | ``prefix_affinity`` | the same, with bounded load (Mirrokni et al.) |
 | ``least_load`` | lowest score from the engines' own metrics (``loadscore``) |
+| ``scored`` | lowest estimated TTFT: uncached prefill plus queues (``scoring``) |
 
 Requests without a key (no session, an empty prompt) go to least connections.
 """
@@ -27,7 +28,7 @@ import math
 import time
 from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol, TypeAlias, TypeVar
 
 from llmsvc.router.affinity import (
     ClientAddress,
@@ -44,21 +45,27 @@ if TYPE_CHECKING:
     from aiohttp import web
 
     from llmsvc.core.wire import RoutingInfo
+    from llmsvc.router.scoring import PromptKey
     from llmsvc.router.settings import RouterSettings
+
+Key: TypeAlias = "str | PromptKey | None"
+"""A request's key: an affinity key (hashing strategies), ``scored``'s prompt key, or None."""
+
+T = TypeVar("T")
 
 
 class Strategy(Protocol):
     """What the proxy asks of a strategy; :func:`make_strategy` makes the one configured."""
 
-    def key(self, request: web.Request, info: RoutingInfo) -> str | None:
-        """The request's affinity key, or None (also for strategies that use none)."""
+    def key(self, request: web.Request, info: RoutingInfo) -> Key:
+        """The request's key, or None (also for strategies that use none)."""
         ...
 
     def pick(
         self,
         model: str,
         eligible: Eligible[P],
-        key: str | None = None,
+        key: Key = None,
         *,
         tried: Collection[P] = (),
     ) -> P:
@@ -109,7 +116,7 @@ class SmoothWeightedRoundRobin(_Keyless):
         self,
         model: str,
         eligible: Eligible[P],
-        key: str | None = None,
+        key: Key = None,
         *,
         tried: Collection[P] = (),
     ) -> P:
@@ -196,7 +203,7 @@ class LeastConnections(_Keyless):
         self,
         model: str,
         eligible: Eligible[P],
-        key: str | None = None,
+        key: Key = None,
         *,
         tried: Collection[P] = (),
     ) -> P:
@@ -214,7 +221,7 @@ class LeastConnections(_Keyless):
         return None
 
 
-def _in_turn(turns: dict[str, int], model: str, tied: Sequence[P]) -> P:
+def _in_turn(turns: dict[str, int], model: str, tied: Sequence[T]) -> T:
     turn = turns.get(model, 0)
     turns[model] = turn + 1
     return tied[turn % len(tied)]
@@ -266,12 +273,12 @@ class ConsistentHash:
         self,
         model: str,
         eligible: Eligible[P],
-        key: str | None = None,
+        key: Key = None,
         *,
         tried: Collection[P] = (),
     ) -> P:
         candidates = untried(eligible, tried)
-        if key is None or len(candidates) == 1:
+        if not isinstance(key, str) or len(candidates) == 1:
             return self._fallback.among(model, candidates)
         found = self._owner(model, candidates, key)
         return found if found is not None else self._fallback.among(model, candidates)
@@ -337,7 +344,7 @@ class LeastLoad(_Keyless):
         self,
         model: str,
         eligible: Eligible[P],
-        key: str | None = None,
+        key: Key = None,
         *,
         tried: Collection[P] = (),
     ) -> P:
@@ -384,4 +391,21 @@ def make_strategy(settings: RouterSettings, members: Members) -> Strategy:
         )
     if name == "least_load":
         return LeastLoad(max_age=max_load_age(settings.load_scrape_interval))
+    if name == "scored":
+        from llmsvc.router.scoring import Scored, Weights  # scoring builds on this module
+
+        return Scored(
+            members=members,
+            virtual_nodes=vnodes,
+            block_tokens=settings.prefix_block_tokens,
+            index_tokens=settings.prefix_index_tokens,
+            prefix_length=settings.prefix_length,
+            weights=Weights(
+                decode=settings.score_decode_weight,
+                queue=settings.score_queue_weight,
+                kv=settings.score_kv_weight,
+            ),
+            presume=settings.prefix_presume,
+            max_age=max_load_age(settings.load_scrape_interval),
+        )
     raise ValueError(f"unknown strategy {name!r}")

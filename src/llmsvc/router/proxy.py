@@ -56,6 +56,7 @@ from llmsvc.router.hold import NoHealthyBackend
 from llmsvc.router.inband import stream_error, upstream_refusal
 from llmsvc.router.latency import FirstByteLimits
 from llmsvc.router.metrics import Failure, RouterMetrics
+from llmsvc.router.scoring import PromptKey
 from llmsvc.router.settings import RouterSettings
 from llmsvc.router.stats import RouterStats
 from llmsvc.router.streams import IdleTimeout, drain, ends_stream, next_chunk
@@ -160,6 +161,8 @@ class Proxy:
                 break
             try:
                 with exchange.attempt(backend) as attempt, self._flow.sending(admitted):
+                    if isinstance(key, PromptKey):  # scored: it tracks the request there
+                        attempt.flight = key.sent(backend)
                     held = admitted.response
                     answer = await self._forward(request, attempt, exchange, info, headers, held)
                     self._flow.tell_contention(request, answer)  # a plain answer's, in its slot

@@ -12,7 +12,13 @@ from llmsvc.core.secrets import from_flag_or_file
 from llmsvc.core.settings import CommaList, ServerSettings
 
 Strategy = Literal[
-    "round_robin", "least_connections", "ip_hash", "session", "least_load", "prefix_affinity"
+    "round_robin",
+    "least_connections",
+    "ip_hash",
+    "session",
+    "least_load",
+    "prefix_affinity",
+    "scored",
 ]
 
 
@@ -69,8 +75,9 @@ class RouterSettings(ServerSettings):
         default="round_robin",
         description="Load-balancing strategy: round_robin (smooth weighted), least_connections, "
         "ip_hash (client address), session (X-Session-Id header, else the body's user), "
-        "least_load (engine queue and KV-cache use) or prefix_affinity (the prompt's prefix, "
-        "bounded load); see docs/routing.md.",
+        "least_load (engine queue and KV-cache use), prefix_affinity (the prompt's prefix, "
+        "bounded load) or scored (estimated TTFT: uncached prefill and queues); see "
+        "docs/routing.md.",
     )
     trusted_proxies: CommaList = Field(
         default_factory=list,
@@ -90,6 +97,44 @@ class RouterSettings(ServerSettings):
         description="Characters of the prompt prefix_affinity hashes (roles included): long "
         "enough to tell system prompts apart, short enough that turns of one conversation "
         "share it.",
+    )
+    prefix_block_tokens: int = Field(
+        default=16,
+        ge=1,
+        le=4096,
+        description="scored: tokens per block of the router's prefix index (4 characters per "
+        "token assumed), as the engines' prefix-cache blocks (vLLM's default 16).",
+    )
+    prefix_index_tokens: int = Field(
+        default=32768,
+        ge=0,
+        description="scored: the prefix-cache capacity in tokens assumed for a backend whose "
+        "engine reports none (the index's LRU per backend holds this / --prefix-block-tokens "
+        "blocks).",
+    )
+    prefix_presume: Literal["owner", "off"] = Field(
+        default="owner",
+        description="scored, several routers: owner presumes a prefix held on some backend is "
+        "also held by its owner on the hash ring, so every router places shared prefixes "
+        "alike without talking; off: the local index only.",
+    )
+    score_decode_weight: float = Field(
+        default=8.0,
+        ge=0,
+        description="scored: prefill tokens one request decoding on a backend weighs (it "
+        "lengthens every step of the batch).",
+    )
+    score_queue_weight: float = Field(
+        default=1.0,
+        ge=0,
+        description="scored: average prompts one request waiting in the engine's queue weighs "
+        "(the engine is full: a new request waits for a slot).",
+    )
+    score_kv_weight: float = Field(
+        default=1.0,
+        ge=0,
+        description="scored: average prompts a full KV cache weighs (the engine is about to "
+        "queue or preempt).",
     )
     hash_balance_factor: float = Field(
         default=0.25,
