@@ -31,6 +31,7 @@ CPU_COLUMNS = (
     ("cpu_us_per_chunk_x_nginx", "× nginx"),
     ("stream_chunks_per_s", "chunks/s"),
     ("stream_chunks_per_read", "chunks per read"),
+    ("stream_client_cpu_us_per_chunk", "client CPU µs/chunk"),
     ("cpu_ms_per_request", "CPU ms/req (not streamed)"),
     ("cpu_ms_per_request_x_vllm_router", "× vllm-router"),
 )
@@ -112,10 +113,16 @@ def plots(document: dict[str, Any], out: Path) -> None:
         ("cpu_ms_per_request", "proxy CPU ms per request"),
         ("added_p50_ms_c1", "added p50 latency, ms (concurrency 1)"),
         ("first_chunk_hold_p50_ms", "first stream chunk held, ms (p50)"),
+        ("cpu_us_per_chunk", "proxy CPU µs per streamed chunk (paced)"),
+        ("cpu_us_per_chunk_x_nginx", "CPU per streamed chunk ÷ nginx's"),
     ]
-    fig, axes = plt.subplots(2, 2, figsize=(11, 7))
+    fig, axes = plt.subplots(2, 3, figsize=(15, 7))
     for ax, (key, title) in zip(axes.flat, panels, strict=True):
         rows = [r for r in ok if isinstance(r.get(key), int | float)]
+        if not rows:  # e.g. the latency panels of an --only-cpu run
+            ax.set_axis_off()
+            ax.set_title(title + ": not measured", fontsize=10)
+            continue
         names = [r["name"] for r in rows]
         values = [r[key] for r in rows]
         bars = ax.bar(names, values, color="#4c72b0")
