@@ -7,10 +7,14 @@ import sys
 from pathlib import Path
 
 import orjson
-from benchmarks.harness.loadgen import parse_wrk
-from benchmarks.harness.paced import count_new
+import pytest
+from benchmarks.harness.loadgen import BENCH_KEY, PATH, STREAM_BODY, parse_wrk
+from benchmarks.harness.paced import count_new, run_paced
+
+from procs import HOST, Spawn, free_port
 
 HARNESS = Path(__file__).resolve().parents[1] / "benchmarks" / "harness"
+BACKEND = HARNESS.parent / "common" / "backend.py"
 
 WRK_OUTPUT = """\
 Running 5s test @ http://127.0.0.1:8080/v1/chat/completions
@@ -44,6 +48,29 @@ def test_sse_events_split_across_reads_counted_once() -> None:
     assert count_new(b"7\r\ndata: {}\n\n\r\n7\r\nda", 0, b"data:") == 1
     assert count_new(b"\r\ndata:ta: {}", 4, b"data:") == 1  # "\r\nda" carried, "ta:" read
     assert count_new(b"data: {}data:", 8, b"data:") == 1  # the first wholly in the tail
+
+
+@pytest.mark.parametrize("interval", ["0.002", "0"])
+def test_paced_client_sees_paced_chunks_alone_and_bursts_coalesced(
+    spawn: Spawn, interval: str
+) -> None:
+    """The client's read count tells paced chunks (one per read) from a burst (a backend that
+    writes all 30 at once: few reads), so the figure that vouches for the pacing can fail."""
+    port = free_port()
+    backend = spawn(
+        "paced", sys.executable, str(BACKEND), "--port", str(port), "--chunks", "30",
+        "--first-chunk-delay", "0", "--chunk-interval", interval, raw=True,
+    )  # fmt: skip
+    backend.wait_http(f"http://{HOST}:{port}/health")
+    result = run_paced(
+        HOST, port, path=PATH, body=STREAM_BODY, key=BENCH_KEY, concurrency=3, seconds=0.2
+    )
+    assert result.errors == 0 and result.streams >= 3
+    assert result.chunks == 30 * result.streams
+    if interval == "0":
+        assert result.chunks / result.reads > 5 and result.coalesced > 0
+    else:
+        assert result.chunks / result.reads < 1.5
 
 
 def test_smoke_run_direct_and_llmsvc(tmp_path: Path) -> None:
