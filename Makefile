@@ -88,6 +88,7 @@ scale: $(STAMP)
 	$(BIN)/python benchmarks/scale/study.py --out benchmarks/scale/results.json
 
 # Side-by-side proxy benchmark (minutes): backends, nginx, llmsvc, other routers; docs/performance.md.
+# BENCH_ARGS="--only-cpu --out /tmp/cpu": just CPU per request and per streamed chunk (~2 min).
 bench: $(STAMP)
 	$(BIN)/python -m pip install --quiet -e '.[bench]'
 	$(BIN)/python benchmarks/harness $(BENCH_ARGS)
