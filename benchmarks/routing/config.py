@@ -12,7 +12,9 @@ from typing import get_args
 from llmsvc.router.settings import Strategy
 
 STRATEGIES: tuple[str, ...] = get_args(Strategy)
-WORKLOADS = ("uniform", "shared_prefix", "bursts")
+WORKLOADS = ("uniform", "shared_prefix", "bursts", "heterogeneous")
+SCRAPING = ("least_load", "scored")
+"""Strategies that scrape the engines' metrics (they get a scaled scrape interval)."""
 MODEL = "sim-model"
 
 
@@ -42,13 +44,21 @@ class EngineProfile:
     def router_flags(self, strategy: str) -> list[str]:
         """Router timings that race the engines' are scaled like the engines' durations.
 
-        ``least_load`` scrapes every second by default: one simulated second
-        is ``time_scale`` seconds here, so the scrape keeps its pace relative
-        to the requests it balances.
+        ``least_load`` and ``scored`` scrape every second by default: one
+        simulated second is ``time_scale`` seconds here, so the scrape keeps
+        its pace relative to the requests it balances.
         """
-        if strategy == "least_load":
+        if strategy in SCRAPING:
             return ["--load-scrape-interval", f"{self.time_scale:g}"]
         return []
+
+    def faster(self, factor: float) -> EngineProfile:
+        """This profile with prefill and decode ``factor`` times as fast (a bigger GPU)."""
+        return replace(
+            self,
+            prefill_tokens_per_s=self.prefill_tokens_per_s * factor,
+            decode_tokens_per_s=self.decode_tokens_per_s * factor,
+        )
 
     def prefill_seconds(self, tokens: int) -> float:
         """Wall-clock prefill time of ``tokens`` uncached tokens (the model's TTFT alone)."""
@@ -80,6 +90,16 @@ class StudyConfig:
     shape: WorkloadShape = field(default_factory=WorkloadShape)
     strategies: tuple[str, ...] = STRATEGIES
     workloads: tuple[str, ...] = WORKLOADS
+    routers: tuple[int, ...] = (1,)
+    """Router replicas in front of the engines; one pass of the study per count."""
+    strategies_multi: tuple[str, ...] = ("round_robin", "prefix_affinity", "scored")
+    """The strategies run with more than one router (those of ``strategies`` among them)."""
+    candidates: tuple[str, ...] = ("scored",)
+    """Strategies checked against the issue's targets."""
+    fast_engine_factor: float = 2.0
+    """How much faster engine 0 is than the others in the ``heterogeneous`` workload."""
+    capacity_workloads: tuple[str, ...] = ("shared_prefix",)
+    """Workloads on which every strategy's own capacity is measured (a target needs it)."""
     load: float = 0.8
     duration_s: float = 12.0
     warmup_s: float = 3.0
@@ -89,16 +109,34 @@ class StudyConfig:
     low_load: float = 0.05
     low_load_s: float = 6.0
     seed: int = 1
-    repeats: int = 2
+    repeats: int = 3
     plots: bool = True
 
+    def profiles(self, workload: str) -> tuple[EngineProfile, ...]:
+        """Each engine's profile: all alike, but engine 0 faster in ``heterogeneous``."""
+        if workload == "heterogeneous":
+            fast = self.engine.faster(self.fast_engine_factor)
+            return (fast,) + (self.engine,) * (self.engines - 1)
+        return (self.engine,) * self.engines
+
+    def strategies_for(self, routers: int) -> tuple[str, ...]:
+        """The strategies of the pass with ``routers`` routers."""
+        if routers == 1:
+            return self.strategies
+        wanted = set(self.strategies_multi)
+        return tuple(s for s in self.strategies if s in wanted or s.split("+")[0] in wanted)
+
     def smoke(self) -> StudyConfig:
-        """Two engines, one workload, two strategies, a few seconds: the test-suite run."""
+        """Two engines, one workload, two strategies at one router and one of them at two,
+        a few seconds: the test-suite run (least connections stands in for the candidate)."""
         return replace(
             self,
             engines=2,
             strategies=("round_robin", "least_connections"),
             workloads=("shared_prefix",),
+            routers=(1, 2),
+            strategies_multi=("least_connections",),
+            candidates=("least_connections",),
             duration_s=2.5,
             warmup_s=0.5,
             drain_s=5.0,

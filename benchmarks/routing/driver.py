@@ -4,13 +4,17 @@ Each simulated client has its own source address on the loopback network
 (127.0.0.2, 127.0.0.3, ...), so ``ip_hash`` sees many clients, as in front of
 real users. :func:`open_loop` sends at planned instants whatever the answers
 do (Poisson or bursts); :func:`closed_loop` keeps a fixed number of requests
-in flight (only to measure capacity). Both run on ``llmsvc bench``'s load loop
-(:func:`llmsvc.bench.schedule.drive`); the request is this module's.
+in flight (only to measure capacity). With several routers in front of the
+same engines, each request goes to one drawn at random (:class:`Targets`).
+Both run on ``llmsvc bench``'s load loop (:func:`llmsvc.bench.schedule.drive`);
+the request is this module's.
 """
 
 from __future__ import annotations
 
 import asyncio
+import random
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import aiohttp
@@ -36,6 +40,8 @@ class Sample:
     tokens: int = 0
     backend: str = ""
     lateness: float = 0.0
+    router: int = 0
+    """Which of the stack's routers it was sent to."""
 
     @property
     def ok(self) -> bool:
@@ -44,6 +50,34 @@ class Sample:
 
 def client_address(index: int) -> str:
     return f"127.0.{(index + 2) // 256}.{(index + 2) % 256}"
+
+
+class Targets:
+    """The URL request ``n`` is sent to: one of ``urls``, drawn at random, seeded.
+
+    The ``n``-th draw depends on ``seed`` and ``n`` only, not on the order in
+    which requests ask, so every strategy of a run sends request ``n`` to the
+    same router: the hard case for agreement, a session's turns landing on
+    different routers, is the same for all of them.
+    """
+
+    def __init__(self, urls: Sequence[str], seed: str) -> None:
+        if not urls:
+            raise ValueError("no router to send to")
+        self.urls = list(urls)
+        self._rng = random.Random(seed)
+        self._draws: list[int] = []
+
+    def index(self, n: int) -> int:
+        """Which of ``urls`` request ``n`` goes to."""
+        if len(self.urls) == 1:
+            return 0
+        while len(self._draws) <= n:
+            self._draws.append(self._rng.randrange(len(self.urls)))
+        return self._draws[n]
+
+    def __call__(self, n: int) -> str:
+        return self.urls[self.index(n)]
 
 
 class Clients:
@@ -116,7 +150,7 @@ def _content(chunk: object) -> str | None:
 
 
 async def open_loop(
-    clients: Clients, url: str, workload: Workload, times: list[float], *, drain_s: float
+    clients: Clients, targets: Targets, workload: Workload, times: list[float], *, drain_s: float
 ) -> list[Sample]:
     """Send one request of ``workload`` at each offset of ``times``; wait ``drain_s`` at most.
 
@@ -128,11 +162,11 @@ async def open_loop(
 
     async def one(n: int) -> None:
         request = workload.next()
-        sample = Sample(sent=times[n], prompt_tokens=request.prompt_tokens)
+        sample = Sample(sent=times[n], prompt_tokens=request.prompt_tokens, router=targets.index(n))
         sample.lateness = loop.time() - t0 - times[n]
         samples.append(sample)
         try:
-            reply = await send(clients, url, request, sample)
+            reply = await send(clients, targets(n), request, sample)
         except asyncio.CancelledError:
             sample.status = -1
             raise
@@ -149,7 +183,7 @@ async def open_loop(
 
 async def closed_loop(
     clients: Clients,
-    url: str,
+    targets: Targets,
     workload: Workload,
     *,
     concurrency: int,
@@ -164,7 +198,7 @@ async def closed_loop(
     async def one(n: int) -> tuple[bool, float]:
         request = workload.next()
         sample = Sample(sent=0.0, prompt_tokens=request.prompt_tokens)
-        reply = await send(clients, url, request, sample)
+        reply = await send(clients, targets(n), request, sample)
         workload.done(request, reply)
         return sample.ok, loop.time()
 

@@ -1,15 +1,17 @@
-"""The processes of one run: N simulated engines and a router in front of them.
+"""The processes of one run: N simulated engines and one or more routers in front of them.
 
-Engines and router are real ``llmsvc`` subprocesses on 127.0.0.1, started
+Engines and routers are real ``llmsvc`` subprocesses on 127.0.0.1, started
 fresh for every run (so every strategy starts with cold prefix caches) and
-stopped with SIGTERM (SIGKILL after a grace period). The router learns the
-engines from a static services file.
+stopped with SIGTERM (SIGKILL after a grace period). The routers learn the
+engines from one static services file and run with the same flags: replicas,
+as the Helm chart runs two, each with only its own view of what it sent.
 """
 
 from __future__ import annotations
 
 import asyncio
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
@@ -42,15 +44,20 @@ def parse_strategy(label: str) -> tuple[str, list[str]]:
 
 @dataclass(slots=True)
 class Stack:
-    """``engines`` simulated engines behind a router using ``strategy``."""
+    """One simulated engine per profile of ``profiles``, behind ``routers`` routers using
+    ``strategy``."""
 
-    engines: int
-    profile: EngineProfile
+    profiles: Sequence[EngineProfile]
     strategy: str
     log_dir: Path
+    routers: int = 1
     engine_urls: list[str] = field(default_factory=list)
-    router_url: str = ""
+    router_urls: list[str] = field(default_factory=list)
     processes: list[Child] = field(default_factory=list)
+
+    @property
+    def engines(self) -> int:
+        return len(self.profiles)
 
     @property
     def pids(self) -> list[int]:
@@ -74,9 +81,9 @@ class Stack:
 
     async def _start_engines(self, http: aiohttp.ClientSession) -> None:
         ports = [free_port() for _ in range(self.engines)]
-        for i, port in enumerate(ports):
+        for i, (port, profile) in enumerate(zip(ports, self.profiles, strict=True)):
             args = ["sim-engine", "--port", str(port), "--model-name", MODEL]
-            args += ["--engine-id", f"engine-{i}", "--log-level", "warning", *self.profile.flags()]
+            args += ["--engine-id", f"engine-{i}", "--log-level", "warning", *profile.flags()]
             self.processes.append(await spawn_llmsvc(f"engine-{i}", args, self.log_dir))
         self.engine_urls = [f"http://{HOST}:{port}" for port in ports]
         await asyncio.gather(
@@ -94,25 +101,30 @@ class Stack:
         ]  # fmt: skip
         services_file = self.log_dir / "services.json"
         services_file.write_bytes(orjson.dumps({"services": services}))
-        port = free_port()
         name, options = parse_strategy(self.strategy)
-        args = ["router", "--port", str(port), "--strategy", name, *options]
-        args += ["--static-services", str(services_file), "--log-level", "warning"]
-        args += self.profile.router_flags(name)
-        router = await spawn_llmsvc("router", args, self.log_dir)
-        self.processes.append(router)
-        self.router_url = f"http://{HOST}:{port}"
+        ports = [free_port() for _ in range(self.routers)]
+        routers: list[Child] = []
+        for i, port in enumerate(ports):
+            args = ["router", "--port", str(port), "--strategy", name, *options]
+            args += ["--static-services", str(services_file), "--log-level", "warning"]
+            args += self.profiles[0].router_flags(name)
+            label = "router" if self.routers == 1 else f"router-{i}"
+            routers.append(await spawn_llmsvc(label, args, self.log_dir))
+        self.processes += routers
+        self.router_urls = [f"http://{HOST}:{port}" for port in ports]
         try:
-            await wait_healthy(
-                http,
-                router,
-                f"{self.router_url}/health",
-                backends=self.engines,
-                timeout=START_TIMEOUT_S,
-            )
+            await asyncio.gather(
+                *(
+                    wait_healthy(
+                        http, router, f"{url}/health", backends=self.engines,
+                        timeout=START_TIMEOUT_S,
+                    )
+                    for router, url in zip(routers, self.router_urls, strict=True)
+                )
+            )  # fmt: skip
         except StartFailed as exc:
-            if "not implemented" in router.log_tail():
-                raise StrategyUnavailable(router.log_tail(300).strip()) from exc
+            if any("not implemented" in router.log_tail() for router in routers):
+                raise StrategyUnavailable(routers[0].log_tail(300).strip()) from exc
             raise
 
     async def stop(self) -> None:

@@ -1,4 +1,4 @@
-"""The three workloads: what each request carries and when requests arrive.
+"""The four workloads: what each request carries and when requests arrive.
 
 A workload hands out the next request (:meth:`Workload.next`) and hears how it
 ended (:meth:`Workload.done`): a chat session needs its reply to grow its next
@@ -109,6 +109,17 @@ class Uniform:
         return None
 
 
+class Heterogeneous(Uniform):
+    """Uniform's prompts, sent to unequal engines (engine 0 faster: ``StudyConfig.profiles``).
+
+    Nothing to share, so only the engines' speeds tell strategies apart: a
+    strategy that counts requests (round robin) overloads the slow engines; one
+    that sees load sends the fast engine more.
+    """
+
+    name = "heterogeneous"
+
+
 def system_prompts(shape: WorkloadShape, rng: random.Random) -> list[str]:
     """Distinct long system prompts (each differs from the others from its first token)."""
     return [
@@ -210,6 +221,7 @@ def make_workload(name: str, shape: WorkloadShape, seed: int) -> Workload:
     rng = random.Random(f"{seed}:{name}")
     kinds: dict[str, type[Uniform] | type[SharedPrefix] | type[Bursts]] = {
         "uniform": Uniform,
+        "heterogeneous": Heterogeneous,
         "shared_prefix": SharedPrefix,
         "bursts": Bursts,
     }
