@@ -71,7 +71,7 @@ def test_token_counts_match_the_simulated_engine(spawn: Spawn) -> None:
     port = free_port()
     engine = spawn("engine", "sim-engine", "--port", str(port), "--time-scale", "0")
     engine.wait_http(f"http://{HOST}:{port}/health")
-    for name in ("uniform", "shared_prefix", "bursts"):
+    for name in ("uniform", "shared_prefix", "bursts", "heterogeneous"):
         request = make_workload(name, WorkloadShape(), seed=4).next()
         payload = {**orjson.loads(request.body), "stream": False}
         resp = httpx.post(f"http://{HOST}:{port}/v1/chat/completions", json=payload, timeout=10)

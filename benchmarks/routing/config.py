@@ -93,7 +93,8 @@ class StudyConfig:
     routers: tuple[int, ...] = (1,)
     """Router replicas in front of the engines; one pass of the study per count."""
     strategies_multi: tuple[str, ...] = ("round_robin", "prefix_affinity", "scored")
-    """The strategies run with more than one router (those of ``strategies`` among them)."""
+    """The strategies run with more than one router (those of ``strategies`` among them,
+    by their whole label: ``scored+score-queue-weight=2`` only when named so)."""
     candidates: tuple[str, ...] = ("scored",)
     """Strategies checked against the issue's targets."""
     fast_engine_factor: float = 2.0
@@ -123,8 +124,7 @@ class StudyConfig:
         """The strategies of the pass with ``routers`` routers."""
         if routers == 1:
             return self.strategies
-        wanted = set(self.strategies_multi)
-        return tuple(s for s in self.strategies if s in wanted or s.split("+")[0] in wanted)
+        return tuple(s for s in self.strategies if s in self.strategies_multi)
 
     def smoke(self) -> StudyConfig:
         """Two engines, one workload, two strategies at one router and one of them at two,
