@@ -94,9 +94,9 @@ async def low_load_check(cfg: StudyConfig, rate: float, log_dir: Path) -> Result
     ) as stack:
         clients = Clients(cfg.shape.clients)
         try:
-            targets = chat_targets(stack, "low-load")
+            routes = chat_targets(stack, "low-load")
             begin = await _probe(stack, 0.0, time.monotonic())
-            samples = await open_loop(clients, targets, workload, times, drain_s=cfg.drain_s)
+            samples = await open_loop(clients, routes, workload, times, drain_s=cfg.drain_s)
             end = await _probe(stack, 0.0, time.monotonic())
         finally:
             await clients.close()
@@ -200,8 +200,8 @@ async def measure_run(
             t0 = time.monotonic()
             first = asyncio.create_task(_probe(stack, cfg.warmup_s, t0))
             last = asyncio.create_task(_probe(stack, cfg.duration_s, t0))
-            targets = chat_targets(stack, f"{draw}:routers")
-            samples = await open_loop(clients, targets, workload, times, drain_s=cfg.drain_s)
+            routes = chat_targets(stack, f"{draw}:routers")
+            samples = await open_loop(clients, routes, workload, times, drain_s=cfg.drain_s)
             begin, end = await first, await last
             if measures_capacity(cfg, workload_name, strategy, repeat):
                 capacity, _ = await closed_loop(
