@@ -27,9 +27,14 @@ sglang:token_usage{model_name="m",engine_type="unified"} 0.5
 """
 
 
-def info(**labels: str) -> bytes:
-    body = ",".join(f'{k}="{v}"' for k, v in labels.items())
-    return b"vllm:num_requests_running 0.0\nvllm:cache_config_info{" + body.encode() + b"} 1.0\n"
+def info(*engines: dict[str, str], **labels: str) -> bytes:
+    """A ``/metrics`` text with one ``vllm:cache_config_info`` sample per label set, together
+    as the exposition format keeps a family's samples."""
+    lines = [b"vllm:num_requests_running 0.0"]
+    for each in engines or (labels,):
+        body = ",".join(f'{k}="{v}"' for k, v in each.items())
+        lines.append(b"vllm:cache_config_info{" + body.encode() + b"} 1.0")
+    return b"\n".join([*lines, b"vllm:num_requests_waiting 0.0\n"])
 
 
 def test_vllm_capacity_is_block_size_times_gpu_blocks() -> None:
@@ -40,8 +45,9 @@ def test_vllm_capacity_is_block_size_times_gpu_blocks() -> None:
 
 
 def test_vllm_data_parallel_engines_add_up_and_unknown_blocks_are_unknown() -> None:
-    two = info(block_size="16", num_gpu_blocks="100", engine="0") + info(
-        engine="1", num_gpu_blocks="50", block_size="32"
+    two = info(
+        {"block_size": "16", "num_gpu_blocks": "100", "engine": "0"},
+        {"engine": "1", "num_gpu_blocks": "50", "block_size": "32"},
     )
     assert parse_cache_tokens(two) == 16 * 100 + 32 * 50
     assert parse_cache_tokens(info(block_size="16", num_gpu_blocks="None")) is None

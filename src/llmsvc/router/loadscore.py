@@ -129,18 +129,21 @@ def _samples(text: bytes, name: bytes) -> list[float]:
 
 
 def _lines(text: bytes, name: bytes) -> list[bytes]:
-    """Every sample line of ``name`` with labels (``name{...} value``) in ``text``."""
+    """The sample lines of ``name`` with labels (``name{...} value``) in ``text``.
+
+    The exposition format keeps a family's samples together, so the lines after the
+    first are read only while they are the same family's: no search of the rest."""
+    key = name + b"{"
+    at = text.find(key)
+    while at > 0 and text[at - 1] != 10:  # not at a line start: a comment
+        at = text.find(key, at + 1)
     lines: list[bytes] = []
-    start = 0
-    while True:
-        at = text.find(name + b"{", start)
-        if at < 0:
-            return lines
+    while at >= 0 and text.startswith(key, at):
         end = text.find(b"\n", at)
         end = len(text) if end < 0 else end
-        start = end
-        if not at or text[at - 1] == 10:  # at a line start: not a comment
-            lines.append(text[at:end])
+        lines.append(text[at:end])
+        at = end + 1
+    return lines
 
 
 def _label(line: bytes, key: bytes) -> bytes | None:
