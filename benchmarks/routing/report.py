@@ -380,6 +380,14 @@ def plot(runs: Sequence[Result], out_dir: Path) -> list[Path]:
     return paths
 
 
+def _round_spread(run: Result | None) -> tuple[float, float]:
+    """The lowest and highest per-round p95 TTFT of a run, ms (NaN when unknown)."""
+    rounds = [v for v in (run or {}).get("ttft_p95_by_repeat_s") or [] if v is not None]
+    if not rounds:
+        return math.nan, math.nan
+    return 1000 * min(rounds), 1000 * max(rounds)
+
+
 def plot_routers(runs: Sequence[Result], path: Path) -> Path:
     """p95 TTFT of each strategy run at several router counts, one bar per count."""
     import matplotlib
@@ -398,12 +406,18 @@ def plot_routers(runs: Sequence[Result], path: Path) -> Path:
         for k, n in enumerate(counts):
             rows = [by_key.get((n, workload, s)) for s in strategies]
             p95 = [1000 * (r["ttft_p95_s"] or math.nan) if r else math.nan for r in rows]
+            spread = [_round_spread(r) for r in rows]
+            low = [max(0.0, v - lo) for v, (lo, _) in zip(p95, spread, strict=True)]
+            high = [max(0.0, hi - v) for v, (_, hi) in zip(p95, spread, strict=True)]
             x = [i - 0.4 + width * (k + 0.5) for i in range(len(strategies))]
-            ax.bar(x, p95, width=width, label=f"{n} router{'s' if n > 1 else ''}")
+            label = f"{n} router{'s' if n > 1 else ''}"
+            ax.bar(x, p95, width=width, yerr=[low, high], capsize=3, label=label)
         ax.set_xticks(range(len(strategies)), strategies, rotation=30, ha="right")
         ax.set_title(workload)
         ax.set_ylabel("p95 TTFT (ms)")
-        ax.legend()
+        ax.margins(y=0.25)
+        ax.legend(fontsize=8)
+    fig.suptitle("p95 TTFT by router count: bars pooled over rounds, whiskers the rounds' min–max")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
