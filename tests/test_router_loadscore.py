@@ -8,12 +8,16 @@ index with it, so a misread here silently changes where prompts go.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
+import httpx
+import orjson
 from prometheus_client import CollectorRegistry, generate_latest
 
 from llmsvc.router.loadscore import parse_cache_tokens, parse_load
 from llmsvc.simengine.engine import Engine
 from llmsvc.simengine.settings import SimEngineSettings
+from procs import HOST, Spawn, start_router, start_sim_engine, wait_until
 
 DATA = Path(__file__).parent / "data"
 VLLM = (DATA / "vllm-cache-config-metrics.txt").read_bytes()
@@ -91,3 +95,41 @@ def test_the_simulated_engine_exports_its_prefix_cache_as_vllm_does() -> None:
     assert parse_cache_tokens(text) == 12288  # whole blocks: 768 × 16
     assert parse_cache_tokens(sim_metrics(prefix_cache_tokens=4096, block_size=32)) == 4096
     assert parse_cache_tokens(sim_metrics(prefix_cache_tokens=0)) == 0
+
+
+def test_a_router_reads_each_simulated_engine_s_capacity_over_http(
+    spawn: Spawn, tmp_path: Path
+) -> None:
+    """Real processes: what ``GET /services`` says is each engine's own ``--prefix-cache-tokens``
+    (in whole blocks of its ``--block-size``), and the scored strategy's index is that big."""
+    flags = {
+        "big": ("--prefix-cache-tokens", "4096"),
+        "odd": ("--prefix-cache-tokens", "1000", "--block-size", "32"),  # 31 blocks of 32
+        "none": ("--prefix-cache-tokens", "0"),
+    }
+    ports = {name: start_sim_engine(spawn, name, *extra)[1] for name, extra in flags.items()}
+    records = [
+        {"name": name, "host": HOST, "port": port, "metadata": {"models": ["m"]}}
+        for name, port in ports.items()
+    ]
+    static = tmp_path / "services.json"
+    static.write_bytes(orjson.dumps(records))
+    _, router = start_router(
+        spawn, None, "--static-services", str(static), "--strategy", "scored",
+        "--load-scrape-interval", "0.2",
+    )  # fmt: skip
+
+    def views() -> dict[str, dict[str, Any]] | None:
+        found = httpx.get(router + "/services", timeout=10).json()["services"]
+        loaded = {view["name"]: view for view in found if view["load"] is not None}
+        return loaded if len(loaded) == len(flags) else None
+
+    scraped = wait_until(views, timeout=20, what="every engine scraped")
+    capacity = {name: view["load"]["cache_tokens"] for name, view in scraped.items()}
+    assert capacity == {"big": 4096, "odd": 992, "none": 0}
+    index = {name: view["prefix_index"] for name, view in scraped.items()}
+    assert {name: i["capacity_blocks"] * i["block_tokens"] for name, i in index.items()} == {
+        "big": 4096,
+        "odd": 992,  # the router's blocks are 16 tokens: 62 of them
+        "none": 0,
+    }
