@@ -8,7 +8,7 @@ from typing import Any
 import httpx
 
 from llmsvc.babysitter.gpus import parse_smi
-from llmsvc.babysitter.preflight import free_host_memory
+from llmsvc.babysitter.preflight import free_host_memory, gpu_fraction
 from procs import Spawn, spawn_babysitter, standin_env, status, wait_until
 
 
@@ -67,3 +67,66 @@ def test_parse_smi_and_host_memory() -> None:
     assert parse_smi("[N/A], [N/A], 100\n") is None
     free = free_host_memory()
     assert free is not None and free > 0
+
+
+def test_by_default_vllm_needs_its_gpu_memory_utilization_of_each_gpu(
+    spawn: Spawn, tmp_path: Path
+) -> None:
+    """No preflight flag: 1 GiB of host memory, and vLLM's default 0.9 of GPU 0's memory."""
+    gpus = tmp_path / "gpus.csv"
+    gpus.write_text("0, 40000, 81559\n")
+    env = {**standin_env(tmp_path / "record"), "LLMSVC_STANDIN_GPUS": str(gpus)}
+    proc, _, api = spawn_babysitter(
+        spawn, "--engine", "vllm", "--model", "m", "--gpus", "0", "--gpu-probe", "nvidia-smi",
+        "--max-restarts", "100", env=env,
+    )  # fmt: skip
+    proc.wait_http(api + "/status")
+    st = wait_until(lambda: status(api)["last_exit"], timeout=10, what="preflight refused")
+    assert st["reason"] == "PreflightFailed"
+    assert st["detail"] == "GPU 0: 39.06 GiB free, 71.68 GiB needed"
+    check = status(api)["preflight"]
+    assert check["checks"][0]["what"] == "host memory"
+    assert check["checks"][0]["need_gib"] == 1.0
+    assert check["notes"] == [
+        "GPU memory needed: vllm's default --gpu-memory-utilization 0.9 of each GPU"
+    ]
+    gpus.write_text("0, 80000, 81559\n")  # the other tenant left
+    proc.wait_http(api + "/health", timeout=15)
+
+
+def test_the_engine_flag_sets_the_gpu_need_and_no_preflight_skips_it(
+    spawn: Spawn, tmp_path: Path
+) -> None:
+    gpus = tmp_path / "gpus.csv"
+    gpus.write_text("0, 40000, 81559\n")
+    env = {**standin_env(tmp_path / "record"), "LLMSVC_STANDIN_GPUS": str(gpus)}
+    proc, _, api = spawn_babysitter(
+        spawn, "--engine", "vllm", "--model", "m", "--gpu-probe", "nvidia-smi",
+        "--", "--gpu-memory-utilization", "0.4", env=env,
+    )  # fmt: skip
+    proc.wait_http(api + "/health", timeout=15)
+    assert status(api)["preflight"]["checks"][1] == {
+        "what": "GPU 0", "free_gib": 39.062, "need_gib": 31.86,
+    }  # fmt: skip
+    off, _, off_api = spawn_babysitter(
+        spawn, "--engine", "vllm", "--model", "m", "--gpu-probe", "nvidia-smi",
+        "--no-preflight", "--min-free-mem", "100000", env=env, name="off",
+    )  # fmt: skip
+    off.wait_http(off_api + "/health", timeout=15)
+    check = status(off_api)["preflight"]
+    assert check["checks"] == [] and check["notes"] == ["preflight is off (--no-preflight)"]
+
+
+def test_gpu_fraction_from_the_command_line() -> None:
+    assert gpu_fraction("vllm", ["vllm", "serve", "m"]) == (
+        0.9, "vllm's default --gpu-memory-utilization 0.9",
+    )  # fmt: skip
+    assert gpu_fraction("vllm", ["--gpu-memory-utilization=0.5"]) == (
+        0.5, "vllm --gpu-memory-utilization 0.5",
+    )  # fmt: skip
+    assert gpu_fraction("sglang", ["--mem-fraction-static", "0.8"]) == (
+        0.8, "sglang --mem-fraction-static 0.8",
+    )  # fmt: skip
+    assert gpu_fraction("sglang", []) is None
+    assert gpu_fraction("llama.cpp", ["-ngl", "999"]) is None
+    assert gpu_fraction("vllm", ["--gpu-memory-utilization", "lots"]) is None

@@ -111,6 +111,8 @@ class EngineRunner:
             min_free_gpu_mem=self._s.min_free_gpu_mem,
             gpus=self._s.gpus,
             probe=self._s.gpu_probe,
+            fraction=preflight.gpu_fraction(self._s.engine, served.spec.argv),
+            enabled=self._s.preflight,
         )
         self.preflight = check
         if not check.ok:

@@ -3,9 +3,13 @@
 Host memory is ``MemAvailable`` of ``/proc/meminfo``, lowered to what the
 babysitter's memory cgroup still allows where it sets a limit (v1
 ``memory.limit_in_bytes`` − ``memory.usage_in_bytes``, v2 ``memory.max`` −
-``memory.current``). GPU memory is asked per device (:mod:`gpus`), only when
-``--min-free-gpu-mem`` is set. A check that cannot be made is skipped with a
-note, never failed.
+``memory.current``). GPU memory is asked per device (:mod:`gpus`) when
+``--min-free-gpu-mem`` is set, or, by default, when the engine's command line
+says how much of each GPU it will take (:func:`gpu_fraction`: vLLM takes
+``--gpu-memory-utilization`` of the whole GPU, 0.9 unless given, and fails at
+start when less is free; SGLang ``--mem-fraction-static`` when given). A check
+that cannot be made is skipped with a note, never failed: the defaults must not
+refuse an engine on a guess.
 """
 
 from __future__ import annotations
@@ -67,17 +71,56 @@ class Preflight:
         }
 
 
+VLLM_DEFAULT_UTILIZATION = 0.9
+_FRACTION_FLAGS = {"vllm": "--gpu-memory-utilization", "sglang": "--mem-fraction-static"}
+
+
+def gpu_fraction(engine: str, argv: Sequence[str]) -> tuple[float, str] | None:
+    """The share of each GPU's memory the engine will take, and where that was read.
+
+    None when its command line does not say (llama.cpp, InfiniLM, commands, an
+    SGLang without ``--mem-fraction-static``, whose default depends on the GPU).
+    """
+    flag = _FRACTION_FLAGS.get(engine)
+    if flag is None:
+        return None
+    for i, arg in enumerate(argv):
+        text = arg.removeprefix(flag + "=") if arg.startswith(flag + "=") else None
+        if arg == flag and i + 1 < len(argv):
+            text = argv[i + 1]
+        if text is not None:
+            try:
+                value = float(text)
+            except ValueError:
+                return None  # the engine will refuse it itself (BadArguments)
+            return (value, f"{engine} {flag} {text}") if 0 < value <= 1 else None
+    if engine == "vllm":
+        return VLLM_DEFAULT_UTILIZATION, "vllm's default --gpu-memory-utilization 0.9"
+    return None
+
+
 async def run(
-    *, min_free_mem: float, min_free_gpu_mem: float, gpus: Sequence[str], probe: GpuProbe
+    *,
+    min_free_mem: float,
+    min_free_gpu_mem: float | None,
+    gpus: Sequence[str],
+    probe: GpuProbe,
+    fraction: tuple[float, str] | None = None,
+    enabled: bool = True,
 ) -> Preflight:
-    """Check host memory (always measured) and GPU memory (when a minimum is set)."""
+    """Check host memory (always measured) and GPU memory (a minimum set, or else the
+    engine's ``fraction`` of each GPU when known); nothing when not ``enabled``."""
     result = Preflight()
+    if not enabled:
+        result.notes.append("preflight is off (--no-preflight)")
+        return result
     free = free_host_memory()
     if free is None:
         result.notes.append("host memory unknown (no /proc/meminfo); check skipped")
     else:
         result.checks.append(Check("host memory", free / GIB, min_free_mem))
-    if min_free_gpu_mem > 0:
+    explicit = min_free_gpu_mem is not None
+    if (explicit and min_free_gpu_mem) or (not explicit and fraction is not None):
         report = await gpu_query.query(probe)
         result.gpus = report
         chosen = report.select(gpus)
@@ -85,8 +128,14 @@ async def run(
             result.notes.append(report.note)
         elif not chosen:
             result.notes.append(f"GPUs {','.join(gpus)} not found by {report.source}; skipped")
+        elif not explicit and fraction is not None:
+            result.notes.append(f"GPU memory needed: {fraction[1]} of each GPU")
         for gpu in chosen:
-            result.checks.append(Check(f"GPU {gpu.index}", gpu.free_bytes / GIB, min_free_gpu_mem))
+            if explicit and min_free_gpu_mem:
+                need = min_free_gpu_mem
+            else:
+                need = round((fraction[0] if fraction else 0.0) * gpu.total_bytes / GIB, 2)
+            result.checks.append(Check(f"GPU {gpu.index}", gpu.free_bytes / GIB, need))
     return result
 
 

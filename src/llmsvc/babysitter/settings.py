@@ -115,16 +115,23 @@ class BabysitterSettings(ServerSettings):
         "(killed, reason Hung): with the defaults a hung engine is killed about 4 s after it "
         "stops answering.",
     )
+    preflight: bool = Field(
+        default=True,
+        description="Check free host and GPU memory before each launch (--no-preflight: "
+        "launch whatever is free).",
+    )
     min_free_mem: float = Field(
-        default=0.0,
+        default=1.0,
         ge=0,
         description="GiB of free host memory (MemAvailable, within the cgroup's limit) "
-        "needed before launch.",
+        "needed before launch (0: not checked).",
     )
-    min_free_gpu_mem: float = Field(
-        default=0.0,
+    min_free_gpu_mem: float | None = Field(
+        default=None,
         ge=0,
-        description="GiB of free memory each GPU (--gpus, else all) needs before launch.",
+        description="GiB of free memory each GPU (--gpus, else all) needs before launch "
+        "(default: what the engine's command line says it takes, vLLM's "
+        "--gpu-memory-utilization x the GPU's memory, else not checked; 0: not checked).",
     )
     gpu_probe: GpuProbe = Field(
         default="auto",

@@ -493,7 +493,7 @@ class Supervisor:
             pgid,
             probe=self._s.gpu_probe,
             gpus=self._s.gpus,
-            need_bytes=self._s.min_free_gpu_mem * GIB,
+            need_bytes=(self._s.min_free_gpu_mem or 0.0) * GIB,
             baseline=check.gpus if check else None,
             group_timeout=max(1.0, self._s.stop_timeout),
             gpu_timeout=self._s.gpu_release_timeout,
