@@ -59,7 +59,7 @@ from llmsvc.router.metrics import Failure, RouterMetrics
 from llmsvc.router.scoring import PromptKey
 from llmsvc.router.settings import RouterSettings
 from llmsvc.router.stats import RouterStats
-from llmsvc.router.streams import IdleTimeout, drain, ends_stream, next_chunk
+from llmsvc.router.streams import IdleTimeout, IdleWatch, Tap, drain, ends_stream
 from llmsvc.router.suspicion import Suspicion
 from llmsvc.router.tenants import VIA_BATCH_TOKEN
 from llmsvc.router.usage import StreamUsage, usage_of_body
@@ -382,7 +382,8 @@ class Proxy:
         try:
             with attempt.relaying(upstream.close):
                 usage = exchange.usage = StreamUsage()
-                failure = await self._pump(upstream, response, first, attempt, ttft, usage)
+                relayed = _Relayed(attempt, upstream.status, ttft, usage)
+                failure = await self._pump(request, upstream, response, first, relayed)
         except ConnectionError:  # writing to the client: it went away (counted if complete)
             exchange.finish(CLIENT_CLOSED, ttft=ttft, failed=False)
             return response
@@ -401,32 +402,61 @@ class Proxy:
 
     async def _pump(
         self,
+        request: web.Request,
         upstream: aiohttp.ClientResponse,
         response: web.StreamResponse,
         chunk: bytes,
-        attempt: Attempt,
-        ttft: float,
-        usage: StreamUsage,
+        relayed: _Relayed,
     ) -> Failure | None:
         """Relay chunks as they arrive, starting with ``chunk``; how the upstream failed, if
-        it did. A client that went away raises ``ConnectionError``. Each chunk tells that
-        the backend is alive (``Attempt.chunk``: no suspicion probe while it streams);
-        the chunk that ends with ``[DONE]`` completes the request (``Attempt.delivered``)."""
-        content = upstream.content
-        tail = b""
-        while chunk:
-            await response.write(chunk)
-            usage.feed(chunk)
-            tail = (tail + chunk)[-64:]
-            if not attempt.complete and ends_stream(tail):
-                attempt.delivered(upstream.status, ttft)
-            try:
-                chunk = await next_chunk(content, self._idle)
-                attempt.chunk()
-            except IdleTimeout:
-                return Failure.STREAM_IDLE
-            except TimeoutError:
-                return Failure.TIMEOUT
-            except (aiohttp.ClientError, OSError):
-                return Failure.EJECTED if attempt.rescued else Failure.STREAM
-        return Failure.EJECTED if attempt.rescued else None
+        it did. A client that went away raises ``ConnectionError``. After the first (whose
+        write sends the headers), a chunk the client's connection takes at once is relayed
+        from the upstream's data callback (``streams.Tap``), the others by this loop;
+        ``relayed.seen`` is told of each either way."""
+        attempt = relayed.attempt
+        watch = IdleWatch(upstream.content, self._idle)  # one timer, not one per chunk
+        try:
+            if chunk:
+                await response.write(chunk)
+                relayed.seen(chunk)
+            with Tap(upstream.content, request, relayed.seen, watch):
+                while chunk:
+                    try:
+                        chunk = await watch.next_chunk()
+                    except IdleTimeout:
+                        return Failure.STREAM_IDLE
+                    except TimeoutError:
+                        return Failure.TIMEOUT
+                    except (aiohttp.ClientError, OSError):
+                        return Failure.EJECTED if attempt.rescued else Failure.STREAM
+                    if chunk:
+                        await response.write(chunk)
+                        relayed.seen(chunk)
+            return Failure.EJECTED if attempt.rescued else None
+        finally:
+            watch.close()
+
+
+class _Relayed:
+    """What each relayed chunk of a stream tells: the backend is alive (``Attempt.chunk``:
+    no suspicion probe while it streams), the usage tail (``StreamUsage.feed``), and the
+    chunk that ends with ``[DONE]`` completes the request (``Attempt.delivered``)."""
+
+    __slots__ = ("_status", "_tail", "_ttft", "_usage", "attempt")
+
+    def __init__(self, attempt: Attempt, status: int, ttft: float, usage: StreamUsage) -> None:
+        self.attempt = attempt
+        self._status = status
+        self._ttft = ttft
+        self._usage = usage
+        self._tail = b""
+
+    def seen(self, chunk: bytes) -> None:
+        """``chunk`` has gone to the client."""
+        self._usage.feed(chunk)
+        attempt = self.attempt
+        attempt.chunk()
+        if not attempt.complete:
+            tail = self._tail = (self._tail + chunk)[-64:]
+            if ends_stream(tail):
+                attempt.delivered(self._status, self._ttft)
