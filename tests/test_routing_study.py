@@ -218,6 +218,11 @@ def test_targets_give_ratio_rounds_verdict_and_resolution() -> None:
     assert (2, "uniform", "ttft_p95", "itself, 1 router") not in rows
     assert (2, "shared_prefix", "capacity", "round_robin") not in rows
 
+    lc = {(r["workload"], r["against"]) for r in targets(runs, candidates=["least_connections"])}
+    assert ("heterogeneous", "round_robin") in lc
+    assert ("heterogeneous", "least_connections") not in lc  # never against itself
+    assert ("uniform", "min(round_robin, least_connections)") not in lc
+
     table = targets_table(targets(runs))
     assert "| scored | 1 | shared_prefix | ttft_p95 | round_robin | 0.52 | 0.50–0.55 (3) " in table
     assert table.count("\n") == 2 + len(rows)

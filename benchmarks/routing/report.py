@@ -195,6 +195,8 @@ def targets(
     rows: list[Result] = []
     for candidate in candidates:
         for c in comparisons(routers):
+            if candidate in c.against:
+                continue  # against itself
             base_keys = [(c.routers, c.workload, s) for s in c.against]
             base_keys = base_keys or [(1, c.workload, candidate)]
             key = (c.routers, c.workload, candidate)
