@@ -17,15 +17,18 @@ Three numbers per engine, whatever the engine (the first name found wins):
 
 Fourth, the engine's prefix-cache capacity in tokens (``EngineLoad.cache_tokens``, None
 when it reports none; the ``scored`` strategy sizes its per-backend prompt index with it):
-vLLM's info gauge ``vllm:cache_config_info{block_size="16",num_gpu_blocks="573",...} 1``
-(``block_size`` × ``num_gpu_blocks``; the simulated engine exports the same for its
-``--prefix-cache-tokens``), SGLang's ``sglang:max_total_num_tokens``, and for llama.cpp,
-which exports neither, ``GET /props``: ``default_generation_settings.n_ctx`` (one slot's
-context) × ``total_slots``, read by the scraper with the slot count and passed in
-(``parse_load(cache_tokens=)``). With a unified KV buffer (``--kv-unified``, llama.cpp's
-default when ``-np`` is not given) each slot reports the whole context, so that product
-counts it once per slot; llama.cpp then keeps evicted prompts in host memory anyway
-(``--cache-ram``, 8 GiB by default), so its prefix cache outlives its KV cells.
+
+- vLLM's info gauge ``vllm:cache_config_info{block_size="16",num_gpu_blocks="573",...} 1``:
+  ``block_size`` × ``num_gpu_blocks``, 0 with ``enable_prefix_caching="False"`` (the
+  simulated engine exports the same gauge for its ``--prefix-cache-tokens``);
+- SGLang's ``sglang:max_total_num_tokens``;
+- llama.cpp exports neither: ``GET /props``, ``default_generation_settings.n_ctx`` (one
+  slot's context) × ``total_slots``, read by the scraper with the slot count and passed
+  in (``parse_load(cache_tokens=)``). With a unified KV buffer (``--kv-unified``,
+  llama.cpp's default when ``-np`` is not given) each slot reports the whole context, so
+  the product overestimates by the slot count (``/props`` does not say whether the
+  buffer is unified). llama.cpp can also keep prompts in host memory (``--cache-ram``,
+  8,192 MiB by default), which no figure here counts.
 
 Series with several label sets (one per model, per data-parallel rank) are
 summed for the counts; the KV-cache use is the largest of them. What an
