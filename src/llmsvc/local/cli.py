@@ -20,8 +20,10 @@ from llmsvc.local.validate import Validator
 
 DESCRIPTIONS = {
     "up": "Start registry → router → babysitters, each after the one before is ready. "
-    "With no file: a demo of two simulated engines serving 'sim-model'.",
-    "down": "Stop router and babysitters, the registry last (SIGTERM, then SIGKILL).",
+    "With no file: a demo of two simulated engines serving 'sim-model'. "
+    "'llmsvc up babysitter qwen-0' starts only that one (by name or port).",
+    "down": "Stop router and babysitters, the registry last (SIGTERM, then SIGKILL). "
+    "'llmsvc down router', 'llmsvc down babysitter 8000' stop only those.",
     "status": "Show each component's process and health; exit 1 unless all are healthy.",
     "validate": "Check a running stack end to end: health, registration, models, chat, "
     "streaming, load spread, error shapes.",
@@ -47,23 +49,44 @@ def _parser(command: str) -> argparse.ArgumentParser:
         help="PID files, logs and tokens/ (default: the file's logs_dir, 'logs') "
         "[env LLMSVC_LOGS_DIR]",
     )
+    if command in ("up", "down"):
+        parser.add_argument(
+            "component",
+            nargs="?",
+            metavar="{" + ",".join(stack.KINDS) + "}",
+            help="only this component (default: all of them)",
+        )
+        parser.add_argument(
+            "which",
+            nargs="?",
+            metavar="NAME|PORT",
+            help="a babysitter's name in the file or its port (default: every babysitter)",
+        )
     if command == "down":
         parser.add_argument(
             "--timeout",
             type=float,
-            default=None,
-            help="seconds between SIGTERM and SIGKILL (default: the file's stop_timeout, 20)",
+            default=_env("STOP_TIMEOUT"),
+            help="seconds between SIGTERM and SIGKILL (default: the file's stop_timeout, 20) "
+            "[env LLMSVC_STOP_TIMEOUT]",
         )
     if command == "validate":
         parser.add_argument(
             "--router-url",
             default=_env("ROUTER_URL"),
-            help="router to check (default: from the file, or :8080)",
+            help="router to check (default: from the file, or :8080) [env LLMSVC_ROUTER_URL]",
         )
         parser.add_argument(
             "--registry-url",
             default=_env("REGISTRY_URL"),
-            help="registry to check (default: from the file, or :8081)",
+            help="registry to check (default: from the file, or :8081) [env LLMSVC_REGISTRY_URL]",
+        )
+        parser.add_argument(
+            "--strategy",
+            default=_env("STRATEGY"),
+            help="the router's strategy: round_robin checks the exact order of the seeds' "
+            "pattern, any other only its spread (default: the file's router.strategy, or its "
+            "--strategy in router.args) [env LLMSVC_STRATEGY]",
         )
         parser.add_argument(
             "--api-key", default=_env("API_KEY"), help="router API key [env LLMSVC_API_KEY]"
@@ -80,7 +103,12 @@ def _parser(command: str) -> argparse.ArgumentParser:
             help="router admin token (default: <logs dir>/tokens/router-admin-token) "
             "[env LLMSVC_ROUTER_ADMIN_TOKEN]",
         )
-        parser.add_argument("--timeout", type=float, default=60.0, help="per request, seconds")
+        parser.add_argument(
+            "--timeout",
+            type=float,
+            default=_env("TIMEOUT", "60"),
+            help="per request, seconds (default 60) [env LLMSVC_TIMEOUT]",
+        )
     return parser
 
 
@@ -115,14 +143,24 @@ def _main(command: str, argv: Sequence[str]) -> int:
     except ConfigError as exc:
         print(f"llmsvc {command}: error: {exc}", file=sys.stderr)
         return 2
+    only: list[str] | None = None
+    if getattr(args, "component", None) is not None:
+        try:
+            only = stack.select(config, args.component, args.which)
+        except stack.SelectError as exc:
+            print(f"llmsvc {command}: error: {exc}", file=sys.stderr)
+            return 2
     if command == "up":
-        code = stack.up(config, console)
-        if code == 0:
+        code = stack.up(config, console, only=only)
+        if code == 0 and only is None:
             _print_try(config, console)
         return code
     if command == "down":
         timeout = args.timeout if args.timeout is not None else config.stop_timeout
-        return stack.down(Path(config.logs_dir), timeout=timeout, console=console)
+        titles = {comp.label: comp.title for comp in stack.components(config)}
+        return stack.down(
+            Path(config.logs_dir), timeout=timeout, console=console, only=only, titles=titles
+        )
     if command == "status":
         return stack.status(config, console)
     try:

@@ -131,6 +131,20 @@ class BatchSection(_Section):
     )
 
 
+class LogsSection(BaseModel):
+    """How the component logs under ``logs_dir`` rotate (the engines' logs too).
+
+    The same sizes the babysitter uses for its engines by default: 50 MiB, 5 copies.
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    max_bytes: int = Field(
+        default=50 * 1024 * 1024, ge=0, description="Size at which a log rotates (0: never)."
+    )
+    backups: int = Field(default=5, ge=0, description="Rotated copies kept of each log.")
+
+
 class BabysitterSection(_Section):
     name: str | None = None
     engine: str
@@ -189,6 +203,7 @@ class StackConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     logs_dir: str = "logs"
+    logs: LogsSection = Field(default_factory=LogsSection)
     registry: RegistrySection = Field(default_factory=RegistrySection)
     router: RouterSection = Field(default_factory=RouterSection)
     batch: BatchSection = Field(default_factory=BatchSection)

@@ -72,22 +72,56 @@ def port_in_use(host: str, port: int) -> bool:
 
 
 def start(
-    label: str, args: list[str], logs_dir: Path, env: dict[str, str] | None = None
+    label: str,
+    args: list[str],
+    logs_dir: Path,
+    env: dict[str, str] | None = None,
+    *,
+    max_bytes: int = 0,
+    backups: int = 0,
 ) -> tuple[subprocess.Popen[bytes], Path]:
-    """Start ``llmsvc <args>`` detached (own session), logging to a timestamped file."""
+    """Start ``llmsvc <args>`` detached (own session), logging to a timestamped file.
+
+    The output goes through a pipe to :mod:`llmsvc.local.logpipe`, detached too, which
+    rotates the file at ``max_bytes`` into ``backups`` copies (0: never rotated).
+    """
     logs_dir.mkdir(parents=True, exist_ok=True)
     log_path = logs_dir / f"{label}_{time.strftime('%y%m%d%H%M%S')}.log"
-    with open(log_path, "ab") as log:
+    read_end, write_end = os.pipe()
+    try:
+        subprocess.Popen(
+            [sys.executable, "-m", "llmsvc.local.logpipe", str(log_path), str(max_bytes),
+             str(backups)],
+            stdin=read_end,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            start_new_session=True,
+        )  # fmt: skip
         proc = subprocess.Popen(
             [sys.executable, "-m", "llmsvc", *args],
             stdin=subprocess.DEVNULL,
-            stdout=log,
+            stdout=write_end,
             stderr=subprocess.STDOUT,
             start_new_session=True,
             env={**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})},
         )
+    finally:  # the two processes hold the ends now
+        os.close(read_end)
+        os.close(write_end)
     pid_file(logs_dir, label).write_text(f"{proc.pid}\n")
     return proc, log_path
+
+
+def _settle(path: Path, *, within: float = 1.0) -> None:
+    """Wait (up to ``within`` seconds) until ``path`` stops growing."""
+    deadline, size = time.monotonic() + within, -1
+    while time.monotonic() < deadline:
+        with contextlib.suppress(OSError):
+            now = path.stat().st_size
+            if now == size:
+                return
+            size = now
+        time.sleep(0.1)
 
 
 def _tail(path: Path, lines: int = 8) -> str:
@@ -117,6 +151,7 @@ def wait_ready(
         while time.monotonic() < deadline:
             code = proc.poll()
             if code is not None:
+                _settle(log_path)  # the log writer may still hold its last lines
                 raise StartError(
                     f"{label} exited with status {code} before it was ready; its log "
                     f"{log_path} ends with:\n{_tail(log_path)}"

@@ -122,6 +122,10 @@ def _babysitter(cfg: StackConfig, sitter: BabysitterSection) -> Component:
         str(sitter.weight),
         "--log-dir",
         cfg.logs_dir,
+        "--log-max-bytes",
+        str(cfg.logs.max_bytes),
+        "--log-backups",
+        str(cfg.logs.backups),
     ]
     if sitter.model:
         args += ["--model", sitter.model]
@@ -145,7 +149,11 @@ def _babysitter(cfg: StackConfig, sitter: BabysitterSection) -> Component:
         args += ["--", *sitter.engine_args]
     return Component(
         label=sitter.label,
-        title=f"babysitter {sitter.name or sitter.port} ({sitter.engine})",
+        title=(
+            f"babysitter {sitter.name} (port {sitter.port}, {sitter.engine})"
+            if sitter.name
+            else f"babysitter {sitter.port} ({sitter.engine})"
+        ),
         args=args,
         env=env,
         host=sitter.host,
@@ -233,14 +241,52 @@ def components(cfg: StackConfig) -> list[Component]:
     return out
 
 
-def up(cfg: StackConfig, console: Console) -> int:
-    """Start what is not running yet, in order, each after the one before is ready."""
+KINDS = ("registry", "router", "batch", "babysitter")
+"""What ``llmsvc up KIND`` and ``llmsvc down KIND`` name (a babysitter by name or port)."""
+
+
+class SelectError(Exception):
+    """A component named on the command line that the stack does not have (one line)."""
+
+
+def select(cfg: StackConfig, kind: str, which: str | None) -> list[str]:
+    """The PID-file labels of ``kind`` (every babysitter, or the one ``which`` names).
+
+    A babysitter is named by its ``name`` in the file or by its (engine) port, as the
+    seeds' ``stop_babysitter.sh 8000``; a port the file does not list still names a
+    babysitter whose PID file is there (started with another file).
+    """
+    if kind not in KINDS:
+        raise SelectError(f"unknown component '{kind}' (one of: {', '.join(KINDS)})")
+    if kind != "babysitter":
+        if which is not None:
+            raise SelectError(f"'{kind}' takes no name or port (got '{which}')")
+        return [kind]
+    if which is None:
+        return [s.label for s in cfg.babysitters]
+    for sitter in cfg.babysitters:
+        if which in (sitter.name, str(sitter.port)):
+            return [sitter.label]
+    if which.isdigit() and processes.pid_file(Path(cfg.logs_dir), f"babysitter_{which}").exists():
+        return [f"babysitter_{which}"]
+    known = [s.name or str(s.port) for s in cfg.babysitters]
+    listed = f" (the file's: {', '.join(known)})" if known else " (the file has none)"
+    raise SelectError(f"no babysitter named or on port '{which}'{listed}")
+
+
+def up(cfg: StackConfig, console: Console, *, only: list[str] | None = None) -> int:
+    """Start what is not running yet, in order, each after the one before is ready.
+
+    ``only``: just these components (labels from :func:`select`), the rest left alone.
+    """
     logs = Path(cfg.logs_dir)
     problem = prepare_tokens(cfg)
     if problem:
         console.print(f"[red]✗[/] tokens: {escape(problem)}")
         return 1
     for comp in components(cfg):
+        if only is not None and comp.label not in only:
+            continue
         pid = processes.read_pid(logs, comp.label)
         if pid is not None:
             console.print(f"[dim]•[/] {comp.title}: already running (pid {pid})")
@@ -251,7 +297,14 @@ def up(cfg: StackConfig, console: Console) -> int:
                 "a process llmsvc did not start; stopping here"
             )
             return 1
-        proc, log_path = processes.start(comp.label, comp.args, logs, comp.env)
+        proc, log_path = processes.start(
+            comp.label,
+            comp.args,
+            logs,
+            comp.env,
+            max_bytes=cfg.logs.max_bytes,
+            backups=cfg.logs.backups,
+        )
         try:
             with console.status(f"starting {comp.title}…"):
                 took = processes.wait_ready(
@@ -289,17 +342,34 @@ def prepare_tokens(cfg: StackConfig) -> str | None:
     return None
 
 
-def down(logs_dir: Path, *, timeout: float, console: Console) -> int:
-    """Stop router and babysitters, then the registry: SIGTERM, SIGKILL after ``timeout``."""
+def down(
+    logs_dir: Path,
+    *,
+    timeout: float,
+    console: Console,
+    only: list[str] | None = None,
+    titles: dict[str, str] | None = None,
+) -> int:
+    """Stop router and babysitters, then the registry: SIGTERM, SIGKILL after ``timeout``.
+
+    ``only``: just these components (labels from :func:`select`); ``titles``: how to call
+    them (the names ``status`` shows), by label.
+    """
     found = processes.running(logs_dir)
-    if not found:
+    names = titles or {}
+    if only is not None:
+        running = {comp.label for comp in found}
+        for label in only:
+            if label not in running:
+                console.print(f"[dim]•[/] {escape(names.get(label, label))}: not running")
+        found = [comp for comp in found if comp.label in only]
+    elif not found:
         console.print(f"nothing running (no live PID files in {logs_dir}/)")
-        return 0
     for comp in found:
         how = processes.stop(comp.pid, timeout=timeout)
         processes.pid_file(logs_dir, comp.label).unlink(missing_ok=True)
         mark = "[green]✓[/]" if how == "stopped" else "[yellow]![/]"
-        console.print(f"{mark} {comp.label} (pid {comp.pid}) {how}")
+        console.print(f"{mark} {escape(names.get(comp.label, comp.label))} (pid {comp.pid}) {how}")
     return 0
 
 
