@@ -32,6 +32,10 @@ COMMANDS: dict[str, tuple[str, str]] = {
         "llmsvc.batch.cli:main",
         "run the batch service: OpenAI Files and Batches API with SLAs (port 8082)",
     ),
+    "nginx-config": (
+        "llmsvc.local.nginxconf:main",
+        "write an nginx config (upstream per model) from the registry's healthy engines",
+    ),
     "bench": ("llmsvc.bench.cli:main", "drive an OpenAI-compatible endpoint and report latency"),
     "operator": ("llmsvc.operator.cli:main", "run the Kubernetes operator (InferenceService CRD)"),
     "simulate": (
