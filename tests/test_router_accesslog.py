@@ -12,6 +12,7 @@ from __future__ import annotations
 import dataclasses
 import io
 import logging
+import os
 import re
 from collections.abc import Iterator
 from pathlib import Path
@@ -30,6 +31,7 @@ from llmsvc.router.accesslog import (
     access_log_enabled,
     configure_access_log,
     log_access,
+    new_request_id,
     request_id,
 )
 from procs import HOST, Proc, Spawn, start_router, start_sim_engine, wait_until
@@ -237,3 +239,20 @@ def test_router_no_access_log(spawn: Spawn, tmp_path: Path) -> None:
     assert resp.status_code == 200 and resp.headers["X-Request-Id"]
     proc.stop()
     assert access_lines(proc) == []
+
+
+def test_a_forked_worker_makes_ids_of_its_own() -> None:
+    """The per-process prefix is chosen again after a fork (``--workers``), without a
+    ``getpid`` per id: the child's ids never collide with the parent's."""
+    parent = new_request_id()
+    assert new_request_id()[:16] == parent[:16]  # one prefix per process, a counter after it
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: its first id, then out at once
+        os.write(write, new_request_id().encode())
+        os._exit(0)
+    os.close(write)
+    child = os.read(read, 64).decode()
+    os.close(read)
+    os.waitpid(pid, 0)
+    assert re.fullmatch(r"[0-9a-f]{32}", child) and child[:16] != parent[:16]

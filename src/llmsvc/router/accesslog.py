@@ -48,7 +48,17 @@ REQUEST_ID_KEY = web.RequestKey("llmsvc.request_id", str)
 
 _log = logging.getLogger(ACCESS_LOGGER)
 _sink: IO[str] | None = None  # where configure_access_log sends lines; None: the logger's way
-_ids: tuple[int, str, itertools.count[int]] | None = None  # (pid, prefix, counter)
+_ids: tuple[str, itertools.count[int]] | None = None  # (prefix, counter)
+
+
+def _forget_ids() -> None:
+    """A forked child chooses its own prefix (``os.register_at_fork``): no ``getpid``
+    system call per request to notice the fork."""
+    global _ids
+    _ids = None
+
+
+os.register_at_fork(after_in_child=_forget_ids)
 
 
 def new_request_id() -> str:
@@ -56,10 +66,9 @@ def new_request_id() -> str:
     forked worker, and a counter)."""
     global _ids
     ids = _ids
-    pid = os.getpid()
-    if ids is None or ids[0] != pid:
-        ids = _ids = (pid, secrets.token_hex(8), itertools.count(1))
-    return f"{ids[1]}{next(ids[2]):016x}"
+    if ids is None:
+        ids = _ids = (secrets.token_hex(8), itertools.count(1))
+    return f"{ids[0]}{next(ids[1]):016x}"
 
 
 def _acceptable(value: str) -> bool:
