@@ -109,6 +109,13 @@ def _parser(command: str) -> argparse.ArgumentParser:
             default=_env("TIMEOUT", "60"),
             help="per request, seconds (default 60) [env LLMSVC_TIMEOUT]",
         )
+        parser.add_argument(
+            "--route-timeout",
+            type=float,
+            default=_env("ROUTE_TIMEOUT", "30"),
+            help="seconds the router may take to route to a newly registered engine, and to "
+            "stop after it is deregistered (default 30) [env LLMSVC_ROUTE_TIMEOUT]",
+        )
     return parser
 
 
@@ -175,10 +182,27 @@ def _main(command: str, argv: Sequence[str]) -> int:
         registry_token=args.registry_token or config.registry.token or _secret(tokens.registry),
         router_admin_token=args.router_admin_token or _secret(tokens.router_admin),
         timeout=args.timeout,
+        route_timeout=args.route_timeout,
         batch=config.runs_batch,
+        strategy=args.strategy or _router_strategy(config),
         console=console,
     )
     return validator.run()
+
+
+def _router_strategy(config: StackConfig) -> str | None:
+    """The strategy the file starts its router with (a --strategy in router.args wins);
+    None for a router that runs elsewhere."""
+    if not config.router.enabled:
+        return None
+    strategy = config.router.strategy
+    extra = config.router.args
+    for i, arg in enumerate(extra):
+        if arg == "--strategy" and i + 1 < len(extra):
+            strategy = extra[i + 1]
+        elif arg.startswith("--strategy="):
+            strategy = arg.split("=", 1)[1]
+    return strategy
 
 
 def _secret(value: SecretStr | None) -> str | None:

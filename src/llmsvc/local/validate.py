@@ -9,6 +9,15 @@ anonymous registry write and read must be refused (401); with a router admin
 token, an anonymous ``GET /stats`` must be refused and the token must open it.
 Without those tokens the stack is open by choice, and a "!" line says so.
 
+The seeds' load-balancing pattern is checked as they checked it: four requests
+[non-stream, non-stream, stream, stream] to a model two engines serve must go, under
+round robin, 1st and 3rd to one engine and 2nd and 4th to the other (the router's
+``X-Llmsvc-Backend`` answer header names the engine); under another strategy the
+order is that strategy's business, so only the spread is checked and a line says so.
+And the router must follow the registry: a stand-in engine (``llmsvc sim-engine`` on
+a free port, a model of its own) that validate starts, registers, sees routed to,
+deregisters, sees no longer routed to, and stops.
+
 An unknown model must be 404 ``model_not_found`` (not 503, which clients retry), and
 the router's ``GET /demand`` (what an autoscaler reads) must list every model. A stack
 with the batch service must answer ``GET /v1/batches`` through the router (the router's
@@ -17,12 +26,17 @@ with the batch service must answer ``GET /v1/batches`` through the router (the r
 
 from __future__ import annotations
 
+import contextlib
+import socket
+import subprocess
+import sys
+import tempfile
 import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import partial
-from typing import Any
+from typing import IO, Any
 
 import httpx
 import orjson
@@ -32,6 +46,10 @@ from rich.markup import escape
 from llmsvc.core.registry_client import LEASE_HEADER
 
 PROBE_TYPE = "llmsvc-validate"
+OPENAI_API = "openai-api"
+ROUND_ROBIN = "round_robin"
+ENGINE_START_TIMEOUT = 30.0
+"""Seconds the stand-in engine may take to answer /health."""
 
 
 class CheckFailed(Exception):
@@ -48,6 +66,11 @@ class Validator:
     timeout: float = 60.0
     batch: bool = False
     """The stack runs the batch service: check that the router reaches it."""
+    strategy: str | None = None
+    """The router's strategy; the exact round-robin order is checked only under round_robin
+    (None: not known, so only the spread)."""
+    route_timeout: float = 30.0
+    """Seconds the router may take to start or stop routing to the stand-in engine."""
     console: Console = field(default_factory=Console)
     failures: int = 0
 
@@ -94,6 +117,11 @@ class Validator:
         self.check("router /demand lists every model", partial(self._demand, models))
         if self.batch:
             self.check_batch()
+        if self.registry_url:  # last: its model comes and goes from the router's list
+            self.check(
+                "stand-in engine: registered → routed → deregistered → no longer routed",
+                self._engine_round_trip,
+            )
         return 1 if self.failures else 0
 
     def check_batch(self) -> None:
@@ -230,13 +258,19 @@ class Validator:
         return f"{data['usage']['completion_tokens']} tokens"
 
     def _spread(self, model: str) -> str:
-        """The seeds' pattern [non-stream, non-stream, stream, stream]: which backends served."""
+        """The seeds' pattern [non-stream, non-stream, stream, stream]: which backends served.
+
+        Under round robin with n engines the i-th request goes where the (i + n)-th does
+        and the first n go to n different engines (two engines: 1st and 3rd to one, 2nd
+        and 4th to the other); under another strategy only that several served.
+        """
         backends = []
         with self._router() as client:
-            for stream in (False, False, True, True):
+            for i, stream in enumerate((False, False, True, True)):
                 body = {
                     "model": model,
-                    "messages": [{"role": "user", "content": "x"}],
+                    # a prompt of its own each: a cache-aware strategy has no reason to stick
+                    "messages": [{"role": "user", "content": f"validate {i} {uuid.uuid4().hex}"}],
                     "max_tokens": 2,
                     "stream": stream,
                 }
@@ -244,17 +278,108 @@ class Validator:
                     resp.read()
                     _ok(resp)
                     backends.append(resp.headers.get("x-llmsvc-backend", "?"))
-        distinct = len(set(backends))
-        if self.registry_url and distinct < 2 and self._backend_count(model) >= 2:
-            raise CheckFailed(f"all requests went to {backends[0]} though several serve {model}")
-        return " → ".join(backends)
+        shown = " → ".join(backends)
+        if "?" in backends:
+            raise CheckFailed(f"an answer without X-Llmsvc-Backend: {shown}")
+        weights = self._weights(model) if self.registry_url else [1] * len(set(backends))
+        count = len(weights)
+        if count < 2:
+            return f"{shown} (one engine serves it)"
+        if self.strategy != ROUND_ROBIN or len(set(weights)) > 1:
+            why = (
+                f"the router runs {self.strategy or 'an unknown strategy'} (not round_robin)"
+                if self.strategy != ROUND_ROBIN
+                else f"its engines' weights differ ({', '.join(map(str, weights))})"
+            )
+            self.note(f"[{model}] {why}: checking only that requests spread, not their order")
+            if len(set(backends)) < 2:
+                raise CheckFailed(f"all requests went to {backends[0]} though {count} serve it")
+            return shown
+        cycle = min(count, len(backends))
+        order_ok = len(set(backends[:cycle])) == cycle and all(
+            backends[i] == backends[i - cycle] for i in range(cycle, len(backends))
+        )
+        if not order_ok:
+            raise CheckFailed(
+                f"round robin over {count} engines, but [non-stream, non-stream, stream, "
+                f"stream] went {shown}"
+            )
+        return f"{shown} (round robin over {count})"
 
-    def _backend_count(self, model: str) -> int:
+    def _engine_round_trip(self) -> str:
+        """Start a stand-in engine, register it, see it routed to, deregister it, see it gone.
+
+        It serves a model of its own, so no client's traffic reaches it, and it is stopped
+        (and deregistered) whatever happens.
+        """
+        model = f"validate-probe-{uuid.uuid4().hex[:8]}"
+        name = f"{model}@127.0.0.1"
+        port = _free_port()
+        output = tempfile.TemporaryFile()  # noqa: SIM115 - closed below
+        engine = subprocess.Popen(
+            [sys.executable, "-m", "llmsvc", "sim-engine", "--host", "127.0.0.1",
+             "--port", str(port), "--model-name", model],
+            stdin=subprocess.DEVNULL,
+            stdout=output,
+            stderr=subprocess.STDOUT,
+        )  # fmt: skip
+        lease: str | None = None
+        try:
+            _wait_engine(engine, f"http://127.0.0.1:{port}/health", output)
+            record = {
+                "name": name,
+                "host": "127.0.0.1",
+                "port": port,
+                "type": OPENAI_API,
+                "metadata": {"models": [model]},
+            }
+            with self._registry() as registry:
+                created = registry.post("/services", json=record)
+                _ok(created, 201)
+                lease = created.json().get("lease") or ""
+                took = self._until_routed(model, name, routed=True)
+                _ok(registry.delete(f"/services/{name}", headers={LEASE_HEADER: lease}))
+                lease = None
+                gone = self._until_routed(model, name, routed=False)
+        finally:
+            if lease is not None:
+                with contextlib.suppress(httpx.HTTPError), self._registry() as registry:
+                    registry.delete(f"/services/{name}", headers={LEASE_HEADER: lease})
+            engine.terminate()
+            try:
+                engine.wait(10)
+            except subprocess.TimeoutExpired:
+                engine.kill()
+                engine.wait()
+            output.close()
+        return f"{model} on :{port}: routed after {took:.1f}s, gone {gone:.1f}s after removal"
+
+    def _until_routed(self, model: str, name: str, *, routed: bool) -> float:
+        """Seconds until the router routes ``model`` to ``name`` (or answers 404 for it)."""
+        body = {"model": model, "messages": [{"role": "user", "content": "hi"}], "max_tokens": 2}
+        started = time.monotonic()
+        deadline = started + self.route_timeout
+        last = "no answer"
+        with self._router() as client:
+            while time.monotonic() < deadline:
+                resp = client.post("/v1/chat/completions", json=body)
+                backend = resp.headers.get("x-llmsvc-backend")
+                if routed and resp.status_code == 200 and backend == name:
+                    return time.monotonic() - started
+                if not routed and resp.status_code == 404:
+                    return time.monotonic() - started
+                last = f"{resp.status_code} via {backend or '-'}: {resp.text[:120]}"
+                time.sleep(0.2)
+        state = "routed to" if routed else "no longer routed to"
+        raise CheckFailed(f"not {state} after {self.route_timeout:.0f}s (last: {last})")
+
+    def _weights(self, model: str) -> list[int]:
+        """The weights of the healthy engines the registry lists for ``model``."""
         with self._registry() as client:
             resp = client.get(
-                "/services", params={"type": "openai-api", "model": model, "healthy": "true"}
+                "/services", params={"type": OPENAI_API, "model": model, "healthy": "true"}
             )
-        return int(_ok_json(resp)["total"])
+        return [int(s.get("weight", 1)) for s in _ok_json(resp)["services"]]
 
     def _unknown_model(self) -> str:
         model = f"no-such-model-{uuid.uuid4().hex[:6]}"
@@ -291,6 +416,28 @@ class Validator:
             resp = client.post("/v1/chat/completions", json={"messages": []})
         _error_shape(resp, 400)
         return "OpenAI error shape"
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+def _wait_engine(engine: subprocess.Popen[bytes], url: str, output: IO[bytes]) -> None:
+    """Until the stand-in engine answers ``url``; :class:`CheckFailed` if it ends or is slow."""
+    deadline = time.monotonic() + ENGINE_START_TIMEOUT
+    while time.monotonic() < deadline:
+        if engine.poll() is not None:
+            output.seek(0)
+            tail = output.read().decode(errors="replace").strip().splitlines()[-1:] or ["-"]
+            raise CheckFailed(f"the stand-in engine exited ({engine.returncode}): {tail[0]}")
+        with contextlib.suppress(httpx.HTTPError):
+            if httpx.get(url, timeout=2).status_code == 200:
+                return
+        time.sleep(0.1)
+    raise CheckFailed(f"the stand-in engine did not answer {url} in {ENGINE_START_TIMEOUT:.0f}s")
 
 
 def _ok(resp: httpx.Response, status: int = 200) -> None:
