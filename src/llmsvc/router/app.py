@@ -248,6 +248,9 @@ def _upstream_ctx(state: RouterState) -> Callable[[web.Application], AsyncIterat
             connector=connector,
             auto_decompress=False,
             skip_auto_headers=("User-Agent", "Accept", "Accept-Encoding", "Content-Type"),
+            # A proxy keeps no cookies: a backend's Set-Cookie is the client's (passed on),
+            # never sent back by the router with another client's requests.
+            cookie_jar=aiohttp.DummyCookieJar(),
         )
         # Health checks and suspicion probes on a pool of their own (one connection per
         # backend): aiohttp reuses idle connections oldest first, so checks on the proxy's
