@@ -17,6 +17,7 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol
 
+from llmsvc.core.durations import parse_duration
 from llmsvc.core.records import BABYSITTER, INFERENCE_SERVICE, OPENAI_API, ServiceRecord
 from llmsvc.router.candidates import Eligible
 from llmsvc.router.latency import LatencyWindow
@@ -338,8 +339,9 @@ class BackendPool:
             backend = self._backends.get(name)
             if backend is not None and backend.url == record.origin():
                 backend.refresh(record, source)
+                backend.passive.max_fails, backend.passive.fail_timeout = self._limits(record)
             else:
-                backend = Backend(record=record, source=source, passive=self._new_passive())
+                backend = Backend(record=record, source=source, passive=self._new_passive(record))
             backends[name] = backend
         self._removed = set(self._backends) - set(backends)
         self._backends = backends
@@ -364,8 +366,22 @@ class BackendPool:
         """Names the last refresh dropped (strategies forget their state)."""
         return self._removed
 
-    def _new_passive(self) -> PassiveHealth:
-        return PassiveHealth(max_fails=self._max_fails, fail_timeout=self._fail_timeout)
+    def _new_passive(self, record: ServiceRecord) -> PassiveHealth:
+        max_fails, fail_timeout = self._limits(record)
+        return PassiveHealth(max_fails=max_fails, fail_timeout=fail_timeout)
+
+    def _limits(self, record: ServiceRecord) -> tuple[int, float]:
+        """nginx's per-server ``max_fails``/``fail_timeout``: the record's
+        ``metadata.max_fails``/``metadata.fail_timeout`` (seconds or ``"30s"``) where it
+        gives valid ones, else the router's ``--max-fails``/``--fail-timeout``."""
+        fails = record.metadata.get("max_fails")
+        if isinstance(fails, bool) or not isinstance(fails, int) or fails < 0:
+            fails = self._max_fails
+        try:
+            timeout = parse_duration(record.metadata.get("fail_timeout"))
+        except ValueError:
+            timeout = self._fail_timeout
+        return fails, (timeout if timeout > 0 else self._fail_timeout)
 
     def members(self, model: str) -> Sequence[Backend]:
         """Every backend listing ``model``, eligible or not, in a stable order (hash rings)."""

@@ -1,4 +1,9 @@
-"""The router's settings: one flag and one ``LLMSVC_*`` variable per field."""
+"""The router's settings: one flag and one ``LLMSVC_*`` variable per field.
+
+A flag wins over its variable, which wins over the ``router`` object of the
+``--static-services`` file (InfiniLM-SVC's ``router_config.json``), which wins over
+the default (``configfile``).
+"""
 
 from __future__ import annotations
 
@@ -7,9 +12,11 @@ from pathlib import Path
 from typing import Literal
 
 from pydantic import Field, SecretStr, field_validator, model_validator
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource
 
 from llmsvc.core.secrets import from_flag_or_file
 from llmsvc.core.settings import CommaList, ServerSettings
+from llmsvc.router.configfile import FileSettingsSource
 
 Strategy = Literal[
     "round_robin",
@@ -68,7 +75,9 @@ class RouterSettings(ServerSettings):
     )
     static_services: str | None = Field(
         default=None,
-        description="YAML or JSON file of service records (a list, or {services: [...]}), "
+        description="YAML or JSON file of service records (a list, {services: [...]}, or "
+        "InfiniLM-SVC's router_config.json {router: {...}, static_services: {services: "
+        "[...]}}, whose router object gives settings a flag or variable leaves unset), "
         "kept even when the registry is down.",
     )
     strategy: Strategy = Field(
@@ -384,6 +393,25 @@ class RouterSettings(ServerSettings):
         description="Router processes sharing the port (SO_REUSEPORT); a parent process "
         "restarts a worker that dies. /stats and /services are per worker, /metrics the sum.",
     )
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        """Flags, then ``LLMSVC_*`` variables, then the ``--static-services`` file's
+        ``router`` object: the one place settings come from that file."""
+        return (
+            init_settings,
+            env_settings,
+            dotenv_settings,
+            file_secret_settings,
+            FileSettingsSource(settings_cls),
+        )
 
     @field_validator("outlier_latency_factor")
     @classmethod

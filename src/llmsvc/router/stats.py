@@ -1,11 +1,15 @@
-"""Counters behind ``GET /stats``: per backend (on the backend) and per model (here)."""
+"""Counters behind ``GET /stats``: per backend (on the backend) and per model (here).
+
+``backends`` (by name) and ``models`` are llmsvc's own; ``services`` lists the backends
+again in the shape the InfiniLM-SVC router's ``/stats`` had, for scripts written for it.
+"""
 
 from __future__ import annotations
 
 import time
 from typing import Any
 
-from llmsvc.router.backends import BackendPool, BackendStats
+from llmsvc.router.backends import Backend, BackendPool, BackendStats
 
 
 class RouterStats:
@@ -45,4 +49,23 @@ class RouterStats:
                 for b in pool
             },
             "models": {name: s.as_dict() for name, s in sorted(self.models.items())},
+            "services": [service_view(b, now) for b in pool],
         }
+
+
+def service_view(backend: Backend, now: float) -> dict[str, Any]:
+    """One backend as the InfiniLM-SVC router's ``/stats`` listed it: a list of these is
+    what ``jq '.services[].response_time'`` reads (mean seconds, null before a request)."""
+    stats = backend.stats
+    done = stats.requests
+    return {
+        "name": backend.name,
+        "url": backend.url,
+        "healthy": backend.healthy(now),
+        "requests": done,
+        "errors": stats.errors,
+        "response_time": round(stats.response_time_sum / done, 6) if done else None,
+        "ttft": round(stats.ttft_sum / stats.ttft_count, 6) if stats.ttft_count else None,
+        "in_flight": backend.in_flight,
+        "models": sorted(backend.models),
+    }
