@@ -15,7 +15,7 @@ import httpx
 from procs import Spawn, start_babysitter, status, wait_state, wait_until
 
 TOKEN = "sitter-token-0123456789"
-CONTROL = (("/drain", None), ("/restart", None), ("/model", {"model": "other"}))
+CONTROL = (("/drain", None), ("/stop", None), ("/restart", None), ("/model", {"model": "other"}))
 
 
 def _refused(resp: httpx.Response) -> None:

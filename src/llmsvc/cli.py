@@ -23,6 +23,10 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "status": ("llmsvc.local.cli:status", "show the local stack's processes and health"),
     "validate": ("llmsvc.local.cli:validate", "check a running stack end to end"),
     "systemd": ("llmsvc.local.systemd:main", "print a systemd unit for a component"),
+    "exclusive": (
+        "llmsvc.local.exclusive:main",
+        "stop a babysitter's engine, run a command on its GPU, restore the engine",
+    ),
     "tokens": ("llmsvc.local.tokens:main", "make and keep a stack's tokens (0600 files)"),
     "maintenance": (
         "llmsvc.local.maintenance:main",

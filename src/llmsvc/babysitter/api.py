@@ -129,6 +129,18 @@ class Drained(BaseModel):
     timed_out: bool
 
 
+class Stopped(BaseModel):
+    drained: bool
+    in_flight: int = Field(description="Requests still in flight when the drain ended.")
+    waited_s: float = Field(description="Seconds the drain waited for in-flight requests.")
+    timed_out: bool = Field(description="The drain ended at --drain-timeout.")
+    stopped: bool = Field(description="The engine's process was stopped (false: none ran).")
+    released: str = Field(
+        description="What the wait for the engine's processes and GPU memory saw: "
+        "'GPU memory released: ...', '... not released in time: ...' or 'no GPU visible'."
+    )
+
+
 class EngineModels(BaseModel):
     object: str = "list"
     data: list[dict[str, Any]]

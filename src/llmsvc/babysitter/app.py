@@ -143,6 +143,15 @@ async def drain(request: web.Request) -> web.Response:
     return model_response(await sup.drain())
 
 
+async def stop(request: web.Request) -> web.Response:
+    sup = request.app[RUNTIME].running()
+    if sup.stopping:
+        raise ServiceUnavailable("The babysitter is shutting down", code="stopping")
+    if sup.swapping:
+        raise ApiError("A model swap is in progress", status=409, code="swap_in_progress")
+    return model_response(await sup.stop_engine())
+
+
 async def metrics(request: web.Request) -> web.Response:
     return metrics_handler(request.app[RUNTIME].registry)
 
@@ -201,6 +210,22 @@ ROUTES = (
         "Deregister the engine and wait for in-flight requests",
         response=api.Drained,
         errors={401: "no or a wrong registry token (when the babysitter has one)"},
+        protected=True,
+    ),
+    Route(
+        "POST",
+        "/stop",
+        stop,
+        "Drain, stop the engine and wait until its GPU memory is free; POST /restart resumes",
+        description="Answers when the engine's processes are gone and each GPU's free memory "
+        "has come back (at most --gpu-release-timeout), as a model swap waits. The state "
+        "stays 'drained' with no engine process until POST /restart (llmsvc exclusive).",
+        response=api.Stopped,
+        errors={
+            401: "no or a wrong registry token (when the babysitter has one)",
+            409: "a swap is in progress",
+            503: "the babysitter is shutting down",
+        },
         protected=True,
     ),
     Route(

@@ -122,6 +122,8 @@ class Supervisor:
         self._resume = asyncio.Event()  # cleared: no new life until a request sets it
         self._resume.set()
         self._drain_lock = asyncio.Lock()
+        self._between_lives = asyncio.Event()  # set while no life runs (no engine process)
+        self._between_lives.set()
         self.standby_since: float | None = None  # Unix time it went to standby
         self.wakes = 0
         self.wake_seconds: float | None = None  # the last POST /wake to ready, measured
@@ -272,6 +274,21 @@ class Supervisor:
                 waited_s=round(self._clock() - started, 3),
                 timed_out=bool(remaining),
             )
+
+    async def stop_engine(self) -> api.Stopped:
+        """``POST /stop``: drain, then stop the engine and wait until its processes and its
+        GPU memory are gone (as a swap waits), so that something else may use the GPU. The
+        state stays ``drained`` (``pid`` null) until ``POST /restart``."""
+        drained = await self.drain()
+        engine = self._runner.engine
+        pgid = engine.proc.pid if engine is not None else None
+        if not self._between_lives.is_set():
+            log.info("stopping the engine (POST /stop)")
+            self._alarm.ring(Reason.STOPPED)
+            await self._between_lives.wait()
+        released = await self._release(pgid)
+        log.info("engine stopped: %s", released)
+        return api.Stopped(**drained.model_dump(), stopped=pgid is not None, released=released)
 
     def begin_swap(self, target: Served, *, rollback: bool) -> Coroutine[Any, Any, None]:
         """``POST /model``: record the swap now; the coroutine (the caller owns it) drains the
@@ -433,8 +450,12 @@ class Supervisor:
                 self.starting_since = round(self._wall(), 3)
                 self._set_state(State.STARTING)
             self._publish_self()  # a new start, even when the state was already starting
-            record = await self._runner.live(self.served, self.ident)
-            await self._after(record)
+            self._between_lives.clear()
+            try:
+                record = await self._runner.live(self.served, self.ident)
+                await self._after(record)
+            finally:
+                self._between_lives.set()
 
     async def _after(self, record: ExitRecord) -> None:
         engine = self._runner.take_ended()
@@ -484,10 +505,11 @@ class Supervisor:
             log.error("%s; exiting (--exit-on-crash-loop)", verdict.why)
             self._give_up.give_up(verdict.why)
 
-    async def _release(self, pgid: int | None) -> None:
-        """After a swap stopped the engine: wait for its processes and its GPU memory to go."""
+    async def _release(self, pgid: int | None) -> str:
+        """After a swap or ``POST /stop`` stopped the engine: wait for its processes and its
+        GPU memory to go; what was seen."""
         if pgid is None:
-            return
+            return "no engine process ran"
         check = self._runner.preflight
         seen = await await_release(
             pgid,
@@ -499,6 +521,7 @@ class Supervisor:
             gpu_timeout=self._s.gpu_release_timeout,
         )
         log.info("old engine released: %s", seen)
+        return seen
 
     # ---- helpers ---------------------------------------------------------------------
 
