@@ -21,7 +21,9 @@ from aiohttp.test_utils import TestClient
 from aiohttp.web import Application, Request
 
 from llmsvc.core.durations import parse_duration
+from llmsvc.core.records import ServiceRecord
 from llmsvc.router.app import create_app
+from llmsvc.router.backends import BackendPool
 from llmsvc.router.config import ConfigError, load_static_services
 from llmsvc.router.settings import RouterSettings
 from procs import HOST, Spawn, free_port, llmsvc_args, start_sim_engine, wait_until
@@ -241,3 +243,21 @@ def _get_json(url: str) -> dict[str, Any] | None:
     except httpx.HTTPError:
         return None
     return resp.json() if resp.status_code == 200 else None
+
+
+def test_registry_records_carry_limits_too_and_a_refresh_applies_them() -> None:
+    """metadata.max_fails/fail_timeout of a registry record (what a static entry's
+    top-level keys become) set its passive health; a bad value falls back to the router's;
+    a changed record changes them for the backend it keeps."""
+    pool = BackendPool(max_fails=3, fail_timeout=30)
+
+    def registered(**metadata: Any) -> ServiceRecord:
+        return ServiceRecord(name="e", host=HOST, port=1, metadata={"models": ["m"], **metadata})
+
+    pool.set_registry([registered(max_fails=1, fail_timeout="1m30s")])
+    backend = pool.get("e")
+    assert backend is not None
+    assert (backend.passive.max_fails, backend.passive.fail_timeout) == (1, 90)
+    pool.set_registry([registered(max_fails=True, fail_timeout="soon")])
+    assert pool.get("e") is backend  # the same backend, refreshed
+    assert (backend.passive.max_fails, backend.passive.fail_timeout) == (3, 30)
