@@ -129,12 +129,18 @@ def test_command_refuses_bad_router_objects_in_one_line(tmp_path: Path) -> None:
                 text=True,
             )
         )
-    for run, (_, message) in zip(runs, cases, strict=True):
-        _, stderr = run.communicate(timeout=30)
-        assert run.returncode == 2, stderr
-        lines = stderr.strip().splitlines()
-        assert len(lines) == 1 and lines[0].startswith("llmsvc router: error:"), stderr
-        assert message in lines[0], stderr
+    try:
+        for run, (_, message) in zip(runs, cases, strict=True):
+            _, stderr = run.communicate(timeout=30)
+            assert run.returncode == 2, stderr
+            lines = stderr.strip().splitlines()
+            assert len(lines) == 1 and lines[0].startswith("llmsvc router: error:"), stderr
+            assert message in lines[0], stderr
+    finally:
+        for run in runs:  # a router that started after all must not outlive the test
+            if run.poll() is None:
+                run.kill()
+                run.wait(10)
 
 
 async def test_per_backend_max_fails_and_fail_timeout_apply(
