@@ -25,6 +25,7 @@ from llmsvc.babysitter.leases import LeaseFile
 from llmsvc.babysitter.metrics import BabysitterMetrics
 from llmsvc.babysitter.output import EngineOutput, safe_name
 from llmsvc.babysitter.registration import Registrar, babysitter_record
+from llmsvc.babysitter.resources import ResourceSampler
 from llmsvc.babysitter.settings import BabysitterSettings
 from llmsvc.babysitter.supervisor import Supervisor
 from llmsvc.babysitter.swap import Served, SwapRequest
@@ -317,8 +318,13 @@ async def _lifecycle(app: web.Application) -> AsyncIterator[None]:
             beat = supervised(
                 every(s.heartbeat_interval, rt.registrar.tick, name="heartbeat"), name="heartbeat"
             )
+            looks = _resource_looks(rt, rt.supervisor)
             yield
             beat.cancel()
+            if looks is not None:
+                looks.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await looks
             await _stop(rt, rt.supervisor, run)
             for task in (beat, run, rt.swap_task):
                 if task is not None:
@@ -326,6 +332,20 @@ async def _lifecycle(app: web.Application) -> AsyncIterator[None]:
                         await task
     finally:
         output.close()
+
+
+def _resource_looks(rt: Runtime, sup: Supervisor) -> asyncio.Task[None] | None:
+    """The GPU and host-memory series (:mod:`resources`), every ``--resource-interval``."""
+    s = rt.settings
+    if not s.resource_interval:
+        return None
+    sampler = ResourceSampler(
+        probe=s.gpu_probe,
+        gpus=s.gpus,
+        engine_pid=lambda: sup.engine_pid,
+        publish=rt.metrics.resources,
+    )
+    return supervised(every(s.resource_interval, sampler.tick, name="resources"), name="resources")
 
 
 async def _stop(rt: Runtime, sup: Supervisor, run: asyncio.Task[None]) -> None:

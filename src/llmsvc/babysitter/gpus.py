@@ -1,4 +1,5 @@
-"""Free memory per GPU: NVML (``nvidia-ml-py``) when installed, else ``nvidia-smi``, else none.
+"""Memory, utilization and temperature per GPU: NVML (``nvidia-ml-py``) when installed, else
+``nvidia-smi``, else none.
 
 Both are asked in a child process under a timeout, never on the loop: NVML
 calls are quick but blocking and can hang on a wedged driver, so the NVML
@@ -35,20 +36,41 @@ except ImportError:
 pynvml.nvmlInit()
 out = []
 for i in range(pynvml.nvmlDeviceGetCount()):
-    m = pynvml.nvmlDeviceGetMemoryInfo(pynvml.nvmlDeviceGetHandleByIndex(i))
-    out.append([str(i), m.free, m.total])
+    h = pynvml.nvmlDeviceGetHandleByIndex(i)
+    m = pynvml.nvmlDeviceGetMemoryInfo(h)
+    try:
+        util = pynvml.nvmlDeviceGetUtilizationRates(h).gpu
+    except pynvml.NVMLError:
+        util = None
+    try:
+        temp = pynvml.nvmlDeviceGetTemperature(h, pynvml.NVML_TEMPERATURE_GPU)
+    except pynvml.NVMLError:
+        temp = None
+    out.append([str(i), m.free, m.total, util, temp])
 print(json.dumps(out))
 """
 _NO_NVML = 3
 
-_SMI_ARGS = ("--query-gpu=index,memory.free,memory.total", "--format=csv,noheader,nounits")
+_SMI_ARGS = (
+    "--query-gpu=index,memory.free,memory.total,utilization.gpu,temperature.gpu",
+    "--format=csv,noheader,nounits",
+)
 
 
 @dataclass(frozen=True)
 class Gpu:
+    """One GPU as NVML or nvidia-smi saw it; utilization (percent) and temperature (°C)
+    are None where the device does not report them (``[N/A]``), never guessed."""
+
     index: str
     free_bytes: int
     total_bytes: int
+    utilization_percent: float | None = None
+    temperature_celsius: float | None = None
+
+    @property
+    def used_bytes(self) -> int:
+        return max(0, self.total_bytes - self.free_bytes)
 
 
 @dataclass(frozen=True)
@@ -94,8 +116,11 @@ async def _nvml() -> tuple[Gpu, ...] | None:
         return None
     try:
         rows = orjson.loads(out)
-        return tuple(Gpu(str(i), int(free), int(total)) for i, free, total in rows)
-    except (orjson.JSONDecodeError, TypeError, ValueError):
+        return tuple(
+            Gpu(str(row[0]), int(row[1]), int(row[2]), *(_number(v) for v in row[3:5]))
+            for row in rows
+        )
+    except (orjson.JSONDecodeError, TypeError, ValueError, IndexError):
         return None
 
 
@@ -107,7 +132,9 @@ async def _nvidia_smi(path: str) -> tuple[Gpu, ...] | None:
 
 
 def parse_smi(text: str) -> tuple[Gpu, ...] | None:
-    """``index, free MiB, total MiB`` lines as ``nvidia-smi --format=csv,noheader,nounits``."""
+    """``index, free MiB, total MiB[, utilization %, temperature °C]`` lines as
+    ``nvidia-smi --format=csv,noheader,nounits`` writes them; memory must be numbers, the
+    rest may be ``[N/A]`` (None)."""
     gpus = []
     for line in text.splitlines():
         if not line.strip():
@@ -117,8 +144,19 @@ def parse_smi(text: str) -> tuple[Gpu, ...] | None:
             index, free, total = parts[0], float(parts[1]), float(parts[2])
         except (IndexError, ValueError):
             return None
-        gpus.append(Gpu(index, int(free * MIB), int(total * MIB)))
+        extra = [_number(p) for p in parts[3:5]]
+        gpus.append(Gpu(index, int(free * MIB), int(total * MIB), *extra))
     return tuple(gpus)
+
+
+def _number(value: object) -> float | None:
+    """A reading, or None for ``[N/A]``, ``null`` and the like."""
+    if isinstance(value, bool) or value is None:
+        return None
+    try:
+        return float(value)  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        return None
 
 
 async def _run(*argv: str) -> bytes | None:

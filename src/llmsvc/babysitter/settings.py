@@ -138,6 +138,12 @@ class BabysitterSettings(ServerSettings):
         description="How GPU memory is read: auto (NVML if installed, else nvidia-smi), "
         "nvml, nvidia-smi or off.",
     )
+    resource_interval: float = Field(
+        default=15.0,
+        ge=0,
+        description="Seconds between looks at the engine's GPUs (memory, utilization, "
+        "temperature) and its host memory for /metrics; 0: never.",
+    )
     gpu_release_timeout: float = Field(
         default=60.0,
         ge=0,

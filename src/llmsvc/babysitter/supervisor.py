@@ -290,6 +290,12 @@ class Supervisor:
         log.info("engine stopped: %s", released)
         return api.Stopped(**drained.model_dump(), stopped=pgid is not None, released=released)
 
+    @property
+    def engine_pid(self) -> int | None:
+        """The engine process's pid (its process group's id), None while none runs."""
+        engine = self._runner.engine
+        return engine.proc.pid if engine is not None else None
+
     def begin_swap(self, target: Served, *, rollback: bool) -> Coroutine[Any, Any, None]:
         """``POST /model``: record the swap now; the coroutine (the caller owns it) drains the
         engine, then lets the loop stop it and launch ``target``."""
