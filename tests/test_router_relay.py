@@ -62,7 +62,7 @@ def reader(loop: asyncio.AbstractEventLoop) -> Any:
 
 def tap(content: Any, client: FakeClient, seen: list[bytes], idle: float | None = None) -> Tap:
     watch = IdleWatch(content, idle)
-    return Tap(content, cast(web.BaseRequest, client), seen.append, watch)
+    return Tap(content, cast(web.BaseRequest, client), seen.append, watch, chunked=True)
 
 
 async def test_a_chunk_the_client_takes_is_relayed_from_the_callback() -> None:
@@ -213,3 +213,23 @@ async def test_idle_timeout_fires_after_relayed_chunks_not_during_them(
     events = [line[6:] for line in text.splitlines() if line.startswith("data: ")]
     assert [orjson.loads(e)["i"] for e in events[:-1]] == list(range(12))
     assert orjson.loads(events[-1])["error"]["code"] == "stream_idle_timeout"
+
+
+async def test_an_http10_client_gets_the_stream_as_sent(make_router: MakeRouter) -> None:
+    """No chunked encoding for HTTP/1.0: nothing is relayed in its framing."""
+    client = await make_router()
+    payload = orjson.dumps({**STREAM, "chunks": 50})
+    head = (
+        f"POST {CHAT} HTTP/1.0\r\nHost: router\r\nContent-Type: application/json\r\n"
+        f"Content-Length: {len(payload)}\r\n\r\n"
+    )
+    reader, writer = await asyncio.open_connection(client.server.host, client.server.port)
+    try:
+        writer.write(head.encode() + payload)
+        data = await asyncio.wait_for(reader.read(), 10)  # HTTP/1.0: the body ends at close
+    finally:
+        writer.close()
+    headers, _, body = data.partition(b"\r\n\r\n")
+    assert headers.startswith(b"HTTP/1.") and b" 200 " in headers.split(b"\r\n")[0]
+    assert b"transfer-encoding" not in headers.lower()
+    assert body == b"".join(event(i) for i in range(50)) + b"data: [DONE]\n\n"

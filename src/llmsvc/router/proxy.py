@@ -35,7 +35,7 @@ import time
 from collections.abc import Callable
 
 import aiohttp
-from aiohttp import web
+from aiohttp import hdrs, web
 from multidict import CIMultiDict
 
 from llmsvc.core.errors import (
@@ -419,7 +419,8 @@ class Proxy:
             if chunk:
                 await response.write(chunk)
                 relayed.seen(chunk)
-            with Tap(upstream.content, request, relayed.seen, watch):
+            chunked = response.headers.get(hdrs.TRANSFER_ENCODING) == "chunked"  # HTTP/1.1
+            with Tap(upstream.content, request, relayed.seen, watch, chunked=chunked):
                 while chunk:
                     try:
                         chunk = await watch.next_chunk()

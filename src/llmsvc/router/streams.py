@@ -107,10 +107,12 @@ class Tap:
     ``ConnectionError``), chunk order kept either way. ``seen`` is called with each
     chunk relayed here (the task calls it for the ones it writes). The response's
     first write must have gone through ``StreamResponse.write`` (it sends the headers).
-    A reader of another type (a decompressing one) is left alone: the task relays all.
+    A reader of another type (a decompressing one) is left alone: the task relays all;
+    so is every chunk when the client's response is not ``chunked`` (an HTTP/1.0
+    client's: its body is the bytes as they are, written by aiohttp's writer).
     """
 
-    __slots__ = ("_content", "_protocol", "_seen", "_watch", "relayed")
+    __slots__ = ("_chunked", "_content", "_protocol", "_seen", "_watch", "relayed")
 
     def __init__(
         self,
@@ -118,15 +120,18 @@ class Tap:
         request: web.BaseRequest,
         seen: Callable[[bytes], None],
         watch: IdleWatch,
+        *,
+        chunked: bool,
     ) -> None:
         self._content = content
         self._protocol = request.protocol
         self._seen = seen
         self._watch = watch
+        self._chunked = chunked
         self.relayed = 0  # chunks relayed from the data callback
 
     def __enter__(self) -> Tap:
-        if type(self._content) is aiohttp.StreamReader:
+        if self._chunked and type(self._content) is aiohttp.StreamReader:
             _TAPS[self._content] = self
             self._content.__class__ = _Tapped
         return self
