@@ -32,6 +32,7 @@ from llmsvc.core.jsonio import validation_message
 from llmsvc.core.maintenance import MaintenanceEntry, MaintenanceList, MaintenanceRequest
 from llmsvc.core.registry_client import RegistryClient, RegistryError, RegistryRejected
 from llmsvc.core.secrets import from_flag_or_file
+from llmsvc.local.env import env_flag
 from llmsvc.local.tokens import REGISTRY, REGISTRY_ADMIN, TokensError, default_dir, file_name
 
 PROG = "llmsvc maintenance"
@@ -115,19 +116,41 @@ def _parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="action", required=True, metavar="on|off|list")
     on = commands.add_parser("on", parents=[common], help="put a model in maintenance")
     on.add_argument("model", help="the model id")
-    on.add_argument("--message", "-m", required=True, help="what clients are told (one line)")
+    message = _env("MAINTENANCE_MESSAGE")
+    on.add_argument(
+        "--message",
+        "-m",
+        required=message is None,
+        default=message,
+        help="what clients are told (one line) [env LLMSVC_MAINTENANCE_MESSAGE]",
+    )
     on.add_argument(
         "--until",
+        default=_env("MAINTENANCE_UNTIL"),
         help="when it ends: RFC 3339 with an offset, or a duration from now (30m, 2h, "
-        "1h30m); default: until 'off'",
+        "1h30m); default: until 'off' [env LLMSVC_MAINTENANCE_UNTIL]",
     )
-    on.add_argument("--backend", help="only this backend (its registry record name)")
+    backend = _env("MAINTENANCE_BACKEND")
+    on.add_argument(
+        "--backend",
+        default=backend,
+        help="only this backend (its registry record name) [env LLMSVC_MAINTENANCE_BACKEND]",
+    )
     off = commands.add_parser("off", parents=[common], help="end a model's maintenance")
     off.add_argument("model", help="the model id")
-    off.add_argument("--backend", help="only this backend's entry")
+    off.add_argument(
+        "--backend",
+        default=backend,
+        help="only this backend's entry [env LLMSVC_MAINTENANCE_BACKEND]",
+    )
     listing = commands.add_parser("list", parents=[common], help="list the entries in force")
     listing.add_argument("model", nargs="?", help="only this model's entries")
-    listing.add_argument("--json", action="store_true", help="the registry's JSON answer")
+    listing.add_argument(
+        "--json",
+        action="store_true",
+        default=env_flag(PROG, "JSON"),
+        help="the registry's JSON answer [env LLMSVC_JSON]",
+    )
     return parser
 
 

@@ -32,6 +32,7 @@ from typing import NoReturn
 
 from llmsvc import __version__
 from llmsvc.core.settings import die
+from llmsvc.local.env import env, env_flag
 
 PROG = "llmsvc systemd"
 COMPONENTS = ("registry", "router", "batch", "babysitter")
@@ -210,30 +211,75 @@ def _parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("-h", "--help", action="store_true", help="show this help and exit")
     add = parser.add_argument
-    add("--memory-max", help="MemoryMax=: hard memory cap, e.g. 8G (component and children)")
-    add("--memory-high", help="MemoryHigh=: memory level above which it is throttled, e.g. 6G")
-    add("--cpu-quota", help="CPUQuota=: CPU time cap, e.g. 200%% (two cores)")
-    add("--restart-sec", type=float, default=5.0, help="RestartSec=: seconds before a restart")
-    add("--timeout-stop-sec", type=float, help="TimeoutStopSec= (default 120 for a babysitter: "
-        "drain, then engine stop; else 30)")  # fmt: skip
-    add("--user", help="User= to run as")
-    add("--group", help="Group= to run as")
-    add("--working-directory", help="WorkingDirectory= (absolute)")
-    add("--environment-file", help="EnvironmentFile= with LLMSVC_* settings (e.g. tokens)")
-    add("--description", help="Description= of the unit")
+    add(
+        "--memory-max",
+        default=env("MEMORY_MAX"),
+        help="MemoryMax=: hard memory cap, e.g. 8G "
+        "(component and children) [env LLMSVC_MEMORY_MAX]",
+    )
+    add(
+        "--memory-high",
+        default=env("MEMORY_HIGH"),
+        help="MemoryHigh=: memory level above "
+        "which it is throttled, e.g. 6G [env LLMSVC_MEMORY_HIGH]",
+    )
+    add(
+        "--cpu-quota",
+        default=env("CPU_QUOTA"),
+        help="CPUQuota=: CPU time cap, e.g. 200%% (two cores) [env LLMSVC_CPU_QUOTA]",
+    )
+    add(
+        "--restart-sec",
+        type=float,
+        default=env("RESTART_SEC", "5"),
+        help="RestartSec=: seconds before a restart (default 5) [env LLMSVC_RESTART_SEC]",
+    )
+    add(
+        "--timeout-stop-sec",
+        type=float,
+        default=env("TIMEOUT_STOP_SEC"),
+        help="TimeoutStopSec= "
+        "(default 120 for a babysitter: drain, then engine stop; else 30) "
+        "[env LLMSVC_TIMEOUT_STOP_SEC]",
+    )
+    add("--user", default=env("UNIT_USER"), help="User= to run as [env LLMSVC_UNIT_USER]")
+    add("--group", default=env("UNIT_GROUP"), help="Group= to run as [env LLMSVC_UNIT_GROUP]")
+    add(
+        "--working-directory",
+        default=env("WORKING_DIRECTORY"),
+        help="WorkingDirectory= (absolute) [env LLMSVC_WORKING_DIRECTORY]",
+    )
+    add(
+        "--environment-file",
+        default=env("ENVIRONMENT_FILE"),
+        help="EnvironmentFile= with LLMSVC_* settings (e.g. tokens) [env LLMSVC_ENVIRONMENT_FILE]",
+    )
+    add(
+        "--description",
+        default=env("UNIT_DESCRIPTION"),
+        help="Description= of the unit [env LLMSVC_UNIT_DESCRIPTION]",
+    )
     add(
         "--tokens-dir",
-        default=DEFAULT_TOKENS_DIR,
+        default=env("TOKENS_DIR", DEFAULT_TOKENS_DIR),
         help="LoadCredential= the component's tokens "
-        "from this directory (made by `llmsvc tokens --dir DIR`) [default: %(default)s]",
+        "from this directory (made by `llmsvc tokens --dir DIR`) [default: %(default)s] "
+        "[env LLMSVC_TOKENS_DIR]",
     )
     add(
         "--no-tokens",
         action="store_true",
+        default=env_flag(PROG, "NO_TOKENS"),
         help="load no token (they come from the component "
-        "flags or the --environment-file, or the registry takes anonymous writes)",
+        "flags or the --environment-file, or the registry takes anonymous writes) "
+        "[env LLMSVC_NO_TOKENS]",
     )
-    add("--exec", dest="command", help="the llmsvc command (default: the one beside Python)")
+    add(
+        "--exec",
+        dest="command",
+        default=env("UNIT_EXEC"),
+        help="the llmsvc command (default: the one beside Python) [env LLMSVC_UNIT_EXEC]",
+    )
     return parser
 
 

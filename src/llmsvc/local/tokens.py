@@ -208,14 +208,16 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--dir",
         type=Path,
-        default=None,
-        help="the tokens directory (default: $LLMSVC_TOKENS_DIR, else $LLMSVC_LOGS_DIR/tokens, "
-        "else logs/tokens: where `llmsvc up` keeps them)",
+        default=os.environ.get("LLMSVC_TOKENS_DIR") or None,
+        help="the tokens directory (default: $LLMSVC_LOGS_DIR/tokens, "
+        "else logs/tokens: where `llmsvc up` keeps them) [env LLMSVC_TOKENS_DIR]",
     )
     parser.add_argument(
         "--show",
         choices=NAMES,
-        help="print this one token and nothing else (for scripts); makes nothing",
+        default=os.environ.get("LLMSVC_TOKENS_SHOW") or None,
+        help="print this one token and nothing else (for scripts); makes nothing "
+        "[env LLMSVC_TOKENS_SHOW]",
     )
     return parser
 
