@@ -151,11 +151,16 @@ def test_every_flag_has_its_variable(command: str, monkeypatch: pytest.MonkeyPat
     assert checked, f"llmsvc {command}: no flag found"
 
 
+def clean_env(**variables: str) -> dict[str, str]:
+    """This process's environment without its LLMSVC_* variables, plus ``variables``."""
+    return {k: v for k, v in os.environ.items() if not k.startswith("LLMSVC_")} | variables
+
+
 def test_memory_max_from_the_environment_reaches_the_unit() -> None:
     """The issue's example, as a user types it."""
     unit = subprocess.run(
         [sys.executable, "-m", "llmsvc", "systemd", "router"],
-        env={"LLMSVC_MEMORY_MAX": "3G", "LLMSVC_CPU_QUOTA": "150%", "PATH": "/usr/bin:/bin"},
+        env=clean_env(LLMSVC_MEMORY_MAX="3G", LLMSVC_CPU_QUOTA="150%"),
         capture_output=True,
         text=True,
         check=True,
@@ -164,7 +169,7 @@ def test_memory_max_from_the_environment_reaches_the_unit() -> None:
     assert "CPUQuota=150%" in unit.splitlines()
     flag_wins = subprocess.run(
         [sys.executable, "-m", "llmsvc", "systemd", "router", "--memory-max", "1G"],
-        env={"LLMSVC_MEMORY_MAX": "3G", "PATH": "/usr/bin:/bin"},
+        env=clean_env(LLMSVC_MEMORY_MAX="3G"),
         capture_output=True,
         text=True,
         check=True,
@@ -175,7 +180,7 @@ def test_memory_max_from_the_environment_reaches_the_unit() -> None:
 def test_a_bad_switch_variable_is_one_line_exit_2() -> None:
     run = subprocess.run(
         [sys.executable, "-m", "llmsvc", "systemd", "router"],
-        env={"LLMSVC_NO_TOKENS": "maybe", "PATH": "/usr/bin:/bin"},
+        env=clean_env(LLMSVC_NO_TOKENS="maybe"),
         capture_output=True,
         text=True,
         check=False,
