@@ -248,7 +248,13 @@ def test_the_index_capacity_follows_the_engines_cache_size() -> None:
     prompt = key(strategy, "q" * 64 * 30)
     strategy.pick("m", listed(peers), prompt)
     assert prompt.sent(peers[0]) is not None
-    assert strategy.view(peers[0]) == {"blocks": 10, "capacity_blocks": 10, "block_tokens": 16}
+    assert strategy.view(peers[0]) == {
+        "blocks": 10,
+        "capacity_blocks": 10,
+        "block_tokens": 16,
+        "pending_requests": 1,
+        "pending_tokens": 480,
+    }
     strategy.forget({"a"})
     assert strategy.view(peers[0])["blocks"] == 0
 
@@ -357,7 +363,23 @@ def test_scored_router_hits_the_engines_prefix_cache_and_spreads_load(
     gained = after[served[0]] - before[served[0]]
     assert gained >= 5 * 600, (before, after)  # five requests, ~700 cached tokens each
 
-    services = httpx.get(f"{router}/services", timeout=5).json()["services"]
-    index = {view["name"]: view["prefix_index"] for view in services}
-    assert index[served[0]]["blocks"] > 40  # the system prompt's blocks and the others'
-    assert all(view["capacity_blocks"] > 0 for view in index.values())
+    def index() -> dict[str, dict[str, Any]]:
+        services = httpx.get(f"{router}/services", timeout=5).json()["services"]
+        return {view["name"]: view["prefix_index"] for view in services}
+
+    held = index()
+    assert held[served[0]]["blocks"] > 40  # the system prompt's blocks and the others'
+    assert all(view["capacity_blocks"] > 0 for view in held.values())
+    assert all(view["pending_requests"] == 0 for view in held.values())
+
+    # A long stream: once its first chunk came, it no longer counts as pending prefill.
+    body = {**chat("a long answer " * 100), "stream": True, "max_tokens": 200}
+    with httpx.stream("POST", f"{router}/v1/chat/completions", json=body, timeout=30) as stream:
+        assert stream.status_code == 200
+        chunks = stream.iter_bytes()  # one iterator: a dropped one closes the stream
+        next(chunks)
+        services = httpx.get(f"{router}/services", timeout=5).json()["services"]
+        assert sum(view["in_flight"] for view in services) == 1  # still streaming (~4 s)
+        pending = [view["prefix_index"]["pending_requests"] for view in services]
+        assert pending == [0, 0], services
+        assert b"".join(chunks).endswith(b"data: [DONE]\n\n")

@@ -404,6 +404,7 @@ def make_strategy(settings: RouterSettings, members: Members) -> Strategy:
                 decode=settings.score_decode_weight,
                 queue=settings.score_queue_weight,
                 kv=settings.score_kv_weight,
+                others=settings.score_others_weight,
             ),
             presume=settings.prefix_presume,
             max_age=max_load_age(settings.load_scrape_interval),

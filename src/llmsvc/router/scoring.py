@@ -12,7 +12,7 @@ backend ``b`` of weight ``w_b``::
                                                          before their first byte
              + W_decode × decoding_b                   this router's requests to b
                                                          streaming (each slows a step)
-             + others_b × (s × avg_uncached + (1 - s) × W_decode)
+             + W_others × others_b × (s × avg_uncached + (1 - s) × W_decode)
                                                        the other routers' requests
              + W_queue × waiting_b × avg_uncached      the engine's queue: it is full
              + W_kv × kv_use_b × avg_uncached          a full KV cache: preemption
@@ -84,6 +84,7 @@ class Weights:
     decode: float = 8.0
     queue: float = 1.0
     kv: float = 1.0
+    others: float = 1.0
 
 
 class _Own:
@@ -252,9 +253,10 @@ class Scored:
         load = peer.load
         if load is not None and load.at >= self._clock() - self._max_age:
             others = max(0.0, load.running + load.waiting - load.in_flight)
-            if others:
+            if others and weights.others:
                 share = self._prefilling / self._flights if self._flights else 0.0
-                work += others * (share * average + (1.0 - share) * weights.decode)
+                prefill = share * average + (1.0 - share) * weights.decode
+                work += weights.others * others * prefill
             work += (weights.queue * load.waiting + weights.kv * load.kv_use) * average
         return work / peer.weight
 
@@ -321,7 +323,11 @@ class Scored:
     def view(self, backend: Peer) -> dict[str, Any]:
         """``GET /services``' ``prefix_index`` of ``backend``."""
         load = backend.load
-        return self.index.view(backend.name, load.cache_tokens if load is not None else None)
+        view = self.index.view(backend.name, load.cache_tokens if load is not None else None)
+        own = self._own.get(backend.name)
+        view["pending_requests"] = own.count if own is not None else 0  # before a first byte
+        view["pending_tokens"] = round(own.tokens) if own is not None else 0
+        return view
 
     def forget(self, names: set[str]) -> None:
         self.index.forget(names)

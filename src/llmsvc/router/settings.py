@@ -145,6 +145,13 @@ class RouterSettings(ServerSettings):
         description="scored: average prompts a full KV cache weighs (the engine is about to "
         "queue or preempt).",
     )
+    score_others_weight: float = Field(
+        default=1.0,
+        ge=0,
+        description="scored: the weight of the requests an engine runs for other routers (its "
+        "scrape's running + waiting beyond this router's own); they are known only as of the "
+        "last scrape.",
+    )
     hash_balance_factor: float = Field(
         default=0.25,
         gt=0,
