@@ -22,6 +22,8 @@ def test_blocks_are_chained_along_the_prompt() -> None:
     assert other[1] != one[1] and other[2] != one[2]
     assert prompt_blocks(text("a") + "tail", BLOCK) == one[:1]  # partial blocks do not count
     assert prompt_blocks("short", BLOCK) == []
+    # Another model's prompt shares nothing, even with the same text.
+    assert set(prompt_blocks(text("a", "b"), BLOCK, seed=hash("other"))).isdisjoint(one)
 
 
 def test_token_estimate_is_chars_over_four() -> None:

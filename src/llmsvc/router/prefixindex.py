@@ -41,11 +41,14 @@ MAX_PROMPT_CHARS = 131_072
 """Characters of the prompt hashed at most (32 k tokens at 4 per token)."""
 
 
-def prompt_blocks(text: str, block_tokens: int) -> list[int]:
-    """Chained hashes of the full blocks of ``text`` (``block_tokens × 4`` characters each)."""
+def prompt_blocks(text: str, block_tokens: int, *, seed: int = 0) -> list[int]:
+    """Chained hashes of the full blocks of ``text`` (``block_tokens × 4`` characters each).
+
+    ``seed`` starts the chain (the model's hash: one backend may serve several models,
+    whose caches share nothing)."""
     width = block_tokens * CHARS_PER_TOKEN
     hashes: list[int] = []
-    parent = 0
+    parent = seed
     for start in range(0, len(text) - width + 1, width):
         parent = hash((parent, text[start : start + width]))
         hashes.append(parent)

@@ -184,13 +184,12 @@ class Scored:
 
     def key(self, request: web.Request, info: RoutingInfo) -> PromptKey:
         text = prompt_prefix(info.payload, MAX_PROMPT_CHARS)
-        return self.key_of(text, prefix=text[: self._prefix_length])
+        return self.key_of(text, prefix=text[: self._prefix_length], model=info.model)
 
-    def key_of(self, text: str, *, prefix: str) -> PromptKey:
-        """The key of a prompt of ``text`` (``prefix``: its ring key)."""
-        return PromptKey(
-            self, prompt_blocks(text, self._block_tokens), token_estimate(text), prefix
-        )
+    def key_of(self, text: str, *, prefix: str, model: str = "") -> PromptKey:
+        """The key of a prompt of ``text`` for ``model`` (``prefix``: its ring key)."""
+        blocks = prompt_blocks(text, self._block_tokens, seed=hash(model))
+        return PromptKey(self, blocks, token_estimate(text), prefix)
 
     def pick(
         self,
