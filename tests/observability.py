@@ -171,6 +171,7 @@ def substitute(expr: str, values: dict[str, str]) -> str:
 
 _STRINGS = re.compile(r'"(?:\\.|[^"\\])*"')
 _RANGES = re.compile(r"\[[^\]]*\]")
+_OFFSETS = re.compile(r"\boffset\s+-?[0-9][0-9a-z]*")
 _LABEL_SETS = re.compile(r"\{[^}]*\}")
 _GROUPING = re.compile(r"\b(by|without|on|ignoring|group_left|group_right)\s*\([^)]*\)")
 _IDENT = re.compile(r"[a-zA-Z_:][a-zA-Z0-9_:]*")
@@ -187,6 +188,7 @@ _NOT_METRICS = {
 def metric_names(expr: str) -> set[str]:
     """Names of the series an expression reads (a small PromQL scan, enough for ours)."""
     stripped = _LABEL_SETS.sub(" ", _RANGES.sub(" ", _STRINGS.sub(" ", expr)))
+    stripped = _OFFSETS.sub(" ", stripped)
     stripped = _GROUPING.sub(" ", stripped)
     names = set()
     for match in _IDENT.finditer(stripped):

@@ -319,6 +319,7 @@ def start_babysitter(
     model: str = "sim-model",
     engine_args: tuple[str, ...] = ("--time-scale", "0"),
     wait: bool = True,
+    env: dict[str, str] | None = None,
 ) -> tuple[Proc, str, str]:
     """A babysitter of a sim engine named ``name``: (process, engine URL, API URL).
 
@@ -328,7 +329,9 @@ def start_babysitter(
     if registry_url:
         ours += ["--registry", registry_url]
     engine = ["--engine-id", name, *engine_args]
-    proc, port, api_url = spawn_babysitter(spawn, *ours, "--", *engine, name=name, stop_timeout=5)
+    proc, port, api_url = spawn_babysitter(
+        spawn, *ours, "--", *engine, name=name, stop_timeout=5, env=env
+    )
     if wait:
         proc.wait_http(f"{api_url}/health", timeout=30)
     return proc, f"http://{HOST}:{port}", api_url

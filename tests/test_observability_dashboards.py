@@ -28,12 +28,13 @@ BOARDS = dashboards()
 DS_REF = {"type": "prometheus", "uid": "${datasource}"}
 
 
-def test_the_four_dashboards_with_stable_uids() -> None:
+def test_the_five_dashboards_with_stable_uids() -> None:
     assert {name: board["uid"] for name, board in BOARDS.items()} == {
         "overview": "llmsvc-overview",
         "backends": "llmsvc-backends",
         "control-plane": "llmsvc-control-plane",
         "batches": "llmsvc-batches",
+        "resources": "llmsvc-resources",
     }
     for board in BOARDS.values():
         assert board["title"].startswith("llmsvc / ")

@@ -50,6 +50,7 @@ from procs import (
     ProcGroup,
     Spawn,
     free_port,
+    standin_env,
     start_babysitter,
     start_registry,
     start_router,
@@ -70,6 +71,7 @@ ENGINES = {  # name -> (model, extra engine args)
         ("--max-num-seqs", "1", "--time-scale", "1", "--decode-tokens-per-s", "20"),
     ),
 }
+MEMORY_LIMIT = "llmsvc_babysitter_engine_memory_limit_bytes"
 CREATED = 'llmsvc_operator_reconciles_total{handler="create",result="success"} 1.0'
 # Documented metrics a stack like this one does not export, and why.
 NOT_IN_THIS_STACK = {
@@ -77,6 +79,7 @@ NOT_IN_THIS_STACK = {
     "llmsvc_registry_kubernetes_": "only with --source kubernetes",
     "llmsvc_router_rejected_requests_total": "once flow control turns one away: lonely's, later",
     "llmsvc_batch_": "the batch service's, which this stack does not run",
+    MEMORY_LIMIT: "only where the engine's cgroup has a memory limit",
 }
 # Series that only an autoscaling event makes (the operator's autoscaler deciding for an
 # autoscaled InferenceService, a router it could not ask, a router waking a standby
@@ -148,12 +151,24 @@ def reconcile_isvc(kube: KubeAPI, operator: str) -> None:
 def start_stack(spawn: Spawn, tmp: Path, prometheus: str) -> tuple[dict[str, Any], Prometheus]:
     """Everything started at once (each waits for what it needs), then waited for."""
     _, registry = start_registry(spawn)
-    sitters = {
-        name: start_babysitter(
-            spawn, registry, name, model=model, engine_args=("--time-scale", "0", *args), wait=False
+    # engine-a's babysitter sees one GPU (a stand-in nvidia-smi), for the Resources dashboard.
+    gpus = tmp / "gpus.csv"
+    gpus.write_text("0, 20000, 81559, 37, 61\n")
+    gpu_env = {**standin_env(tmp / "standin-record"), "LLMSVC_STANDIN_GPUS": str(gpus)}
+    gpu_flags = ("--gpus", "0", "--gpu-probe", "nvidia-smi", "--resource-interval", "1")
+    sitters = {}
+    for name, (model, args) in ENGINES.items():
+        gpu = name == "engine-a"
+        sitters[name] = start_babysitter(
+            spawn,
+            registry,
+            name,
+            *(gpu_flags if gpu else ()),
+            model=model,
+            engine_args=("--time-scale", "0", *args),
+            wait=False,
+            env=gpu_env if gpu else None,
         )
-        for name, (model, args) in ENGINES.items()
-    }
     operator_proc, operator, kube = start_operator(spawn, tmp)
     _, router = start_router(spawn, registry, "--hold-timeout", str(HOLD_TIMEOUT_S))
     stack = {"registry": registry, "router": router, "sitters": sitters, "operator": operator}
@@ -250,6 +265,7 @@ def dashboards_show_data(prom: Prometheus) -> None:
         for board, title, expr in panel_queries()
         if not {series_family(n) for n in metric_names(expr)} <= AUTOSCALING_EVENTS.keys()
         and board != "batches"  # the batch service's: not in this stack
+        and MEMORY_LIMIT not in metric_names(expr)  # none where the test runs without a limit
     ]
     with ThreadPoolExecutor(8) as pool:
         results = list(pool.map(lambda q: prom.result(q[1]), queries))
