@@ -164,7 +164,11 @@ def _main(command: str, argv: Sequence[str]) -> int:
         return code
     if command == "down":
         timeout = args.timeout if args.timeout is not None else config.stop_timeout
-        titles = {comp.label: comp.title for comp in stack.components(config)}
+        titles = {  # a babysitter by the name status shows; the others are what one types
+            comp.label: comp.title
+            for comp in stack.components(config)
+            if comp.label.startswith("babysitter_")
+        }
         return stack.down(
             Path(config.logs_dir), timeout=timeout, console=console, only=only, titles=titles
         )
