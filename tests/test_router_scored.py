@@ -20,6 +20,8 @@ import aiohttp
 import httpx
 import orjson
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from llmsvc.router.balancing import make_strategy
 from llmsvc.router.candidates import Eligible
@@ -267,6 +269,57 @@ def test_make_strategy_builds_scored_with_its_flags() -> None:
     assert isinstance(strategy, Scored)
     assert strategy.index.block_tokens == 32
     assert strategy._weights.decode == 2.0 and not strategy._presume
+
+
+@settings(max_examples=60, deadline=None, database=None)
+@given(
+    shape=st.lists(
+        st.tuples(
+            st.integers(1, 5),  # weight
+            st.integers(0, 20),  # in flight
+            st.none() | st.tuples(st.integers(0, 30), st.integers(0, 30), st.floats(0, 1)),
+        ),
+        min_size=1,
+        max_size=40,  # beyond FULL_SCAN too
+    ),
+    prompts=st.lists(st.sampled_from(["", "sys " * 40, "sys " * 40 + "q", "x" * 700]), max_size=8),
+    gone=st.integers(0, 39),
+)
+def test_every_pick_is_an_untried_candidate(
+    shape: list[tuple[int, int, tuple[int, int, float] | None]], prompts: list[str], gone: int
+) -> None:
+    clock = Clock()
+    peers = [
+        Peer(
+            f"p{n}",
+            weight=weight,
+            in_flight=in_flight,
+            load=None
+            if load is None
+            else EngineLoad(
+                waiting=load[0], running=load[1], kv_use=load[2], at=clock.now, in_flight=0
+            ),
+        )
+        for n, (weight, in_flight, load) in enumerate(shape)
+    ]
+    strategy = scored(peers, clock=clock)
+    for text in prompts:
+        prompt = key(strategy, text)
+        picked = strategy.pick("m", listed(peers), prompt)
+        assert picked in peers
+        flight = prompt.sent(picked)
+        assert flight is not None
+        if len(peers) > 1:
+            again = strategy.pick("m", listed(peers), prompt, tried=[picked])
+            assert again in peers and again is not picked
+        flight.ended()
+    removed = peers[gone % len(peers)]
+    strategy.forget({removed.name})
+    rest = [peer for peer in peers if peer is not removed]
+    if rest:
+        assert strategy.pick("m", Eligible(rest, version=-1), key(strategy, "sys " * 40)) in rest
+    assert strategy._flights == 0 and strategy._prefilling == 0
+    assert all(own.count == 0 and own.tokens == 0 for own in strategy._own.values())
 
 
 # --- end to end: a real router --strategy scored in front of two simulated engines ---------
