@@ -25,34 +25,29 @@ import argparse
 import contextlib
 import ctypes
 import os
-import re
 import shlex
 import signal
 import subprocess
 import sys
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from types import FrameType
 from typing import Any
 
 import httpx
-import orjson
 from pydantic import SecretStr
 
 from llmsvc.core.addresses import check_origin_url
 from llmsvc.core.secrets import from_flag_or_file
+from llmsvc.local.env import env, env_flag
+from llmsvc.local.exclusive_marker import ExclusiveError, Marker, alive, default_state_dir
 from llmsvc.local.memlimit import LIMITERS, Limiter, LimitError, MemoryLimits, parse_size, wrap
 from llmsvc.local.tokens import REGISTRY, TokensError, default_dir, file_name
 
 PROG = "llmsvc exclusive"
 _PR_SET_PDEATHSIG = 1
 POLL_S = 0.2
-
-
-class ExclusiveError(Exception):
-    """Something ``exclusive`` cannot do; its message is the one line printed."""
 
 
 class Refused(ExclusiveError):
@@ -62,60 +57,6 @@ class Refused(ExclusiveError):
 
 def say(line: str) -> None:
     print(f"{PROG}: {line}", file=sys.stderr, flush=True)
-
-
-# ---- the marker file ---------------------------------------------------------------------
-
-
-def default_state_dir() -> Path:
-    """``$XDG_RUNTIME_DIR/llmsvc``, else ``/tmp/llmsvc-<uid>`` (the babysitters' GPU lock
-    directory): per user, cleared at reboot, when the engine's process is gone anyway."""
-    runtime = os.environ.get("XDG_RUNTIME_DIR")
-    return Path(runtime) / "llmsvc" if runtime else Path(f"/tmp/llmsvc-{os.getuid()}")
-
-
-@dataclass(frozen=True)
-class Marker:
-    """``<state dir>/exclusive-<host>_<port>.json``: what an ``exclusive`` of one
-    babysitter has done so far (``step``: stopping, running, restoring)."""
-
-    path: Path
-
-    @classmethod
-    def for_babysitter(cls, state_dir: Path, url: str) -> Marker:
-        slug = re.sub(r"[^A-Za-z0-9.-]+", "_", url.split("://", 1)[-1]).strip("_")
-        return cls(state_dir / f"exclusive-{slug}.json")
-
-    def read(self) -> dict[str, Any] | None:
-        try:
-            data = orjson.loads(self.path.read_bytes())
-        except FileNotFoundError:
-            return None
-        except (OSError, orjson.JSONDecodeError) as exc:
-            raise ExclusiveError(f"cannot read the marker {self.path}: {exc}") from None
-        return data if isinstance(data, dict) else None
-
-    def write(self, **fields: Any) -> None:
-        """Atomically, 0600: a reader sees the old record or the new one, never half."""
-        self.path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-        tmp = self.path.with_suffix(".tmp")
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "wb") as out:
-            out.write(orjson.dumps({**(self.read() or {}), **fields}, option=orjson.OPT_INDENT_2))
-        os.replace(tmp, self.path)
-
-    def remove(self) -> None:
-        self.path.unlink(missing_ok=True)
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 # ---- the babysitter --------------------------------------------------------------------
@@ -262,7 +203,7 @@ def exclusive(
     held = marker.read()
     if held is not None:
         pid = int(held.get("pid", 0))
-        if pid and pid != os.getpid() and _alive(pid):
+        if pid and pid != os.getpid() and alive(pid):
             raise ExclusiveError(f"another {PROG} (pid {pid}) holds {sitter.url}")
         raise ExclusiveError(
             f"a previous {PROG} of {sitter.url} was interrupted (step {held.get('step')}): "
@@ -330,7 +271,7 @@ def restore(sitter: Babysitter, marker: Marker) -> int:
     """``--restore``: bring back an engine an interrupted ``exclusive`` left stopped."""
     held = marker.read()
     pid = int(held.get("pid", 0)) if held else 0
-    if pid and pid != os.getpid() and _alive(pid):
+    if pid and pid != os.getpid() and alive(pid):
         raise ExclusiveError(f"{PROG} (pid {pid}) still runs: it restores the engine itself")
     st = sitter.status()
     if held is None and _serving(st):
@@ -344,10 +285,6 @@ def restore(sitter: Babysitter, marker: Marker) -> int:
 # ---- the command line --------------------------------------------------------------------
 
 
-def _env(name: str) -> str | None:
-    return os.environ.get(f"LLMSVC_{name}")
-
-
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog=PROG,
@@ -358,33 +295,33 @@ def _parser() -> argparse.ArgumentParser:
         f"       {PROG} --restore --babysitter URL",
     )
     add = p.add_argument
-    add("--babysitter", default=_env("BABYSITTER"),
+    add("--babysitter", default=env("BABYSITTER"),
         help="the babysitter's API URL (engine port + 1) [env LLMSVC_BABYSITTER]")  # fmt: skip
-    add("--token", default=_env("REGISTRY_TOKEN"),
+    add("--token", default=env("REGISTRY_TOKEN"),
         help="the babysitter's registry token, which POST /stop and /restart need "
         "[env LLMSVC_REGISTRY_TOKEN]")  # fmt: skip
-    add("--token-file", type=Path, default=_env("REGISTRY_TOKEN_FILE"),
+    add("--token-file", type=Path, default=env("REGISTRY_TOKEN_FILE"),
         help="file holding --token (default: llmsvc up's tokens/registry-token when there "
         "is one) [env LLMSVC_REGISTRY_TOKEN_FILE]")  # fmt: skip
-    add("--memory-max", default=_env("MEMORY_MAX"),
+    add("--memory-max", default=env("MEMORY_MAX"),
         help="hard memory limit of the command, e.g. 24G (MemoryMax=; without systemd: "
         "prlimit --as) [env LLMSVC_MEMORY_MAX]")  # fmt: skip
-    add("--memory-high", default=_env("MEMORY_HIGH"),
+    add("--memory-high", default=env("MEMORY_HIGH"),
         help="soft limit, throttled above it, e.g. 20G (MemoryHigh=; needs systemd) "
         "[env LLMSVC_MEMORY_HIGH]")  # fmt: skip
-    add("--limiter", choices=LIMITERS, default=_env("LIMITER") or "auto",
+    add("--limiter", choices=LIMITERS, default=env("LIMITER") or "auto",
         help="how the limits are applied: auto (systemd when it runs, else prlimit), "
         "systemd, prlimit [env LLMSVC_LIMITER]")  # fmt: skip
-    add("--timeout", type=float, default=float(_env("TIMEOUT") or 900),
+    add("--timeout", type=float, default=env("TIMEOUT", "900"),
         help="seconds the babysitter may take to stop the engine (drain, stop, GPU memory) "
         "and again to bring it back (default 900) [env LLMSVC_TIMEOUT]")  # fmt: skip
-    add("--grace", type=float, default=float(_env("GRACE") or 10),
+    add("--grace", type=float, default=env("GRACE", "10"),
         help="seconds the command has after an interrupt, then SIGTERM, 5 s, SIGKILL "
         "(default 10) [env LLMSVC_GRACE]")  # fmt: skip
-    add("--state-dir", type=Path, default=_env("STATE_DIR"),
+    add("--state-dir", type=Path, default=env("STATE_DIR"),
         help="where the marker file is kept (default $XDG_RUNTIME_DIR/llmsvc, else "
         "/tmp/llmsvc-<uid>) [env LLMSVC_STATE_DIR]")  # fmt: skip
-    add("--restore", action="store_true", default=_env("RESTORE") == "1",
+    add("--restore", action="store_true", default=env_flag(PROG, "RESTORE"),
         help="start and register again an engine that an interrupted (SIGKILLed) "
         "exclusive left stopped, and remove its marker [env LLMSVC_RESTORE=1]")  # fmt: skip
     add("command", nargs=argparse.REMAINDER, help="after --: the command to run")
