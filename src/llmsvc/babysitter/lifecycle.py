@@ -11,6 +11,7 @@ States::
     crash-loop ──POST /restart──▶ starting
     failed (BadArguments, SpawnFailed: a restart cannot help) ──POST /restart──▶ starting
     ready ──POST /drain──▶ draining ──▶ drained ──POST /restart──▶ starting
+    ready ──POST /stop──▶ draining ──▶ drained (engine stopped, GPU free) ──POST /restart──▶ …
     ready ──POST /model──▶ swapping ──▶ starting (the new model; rolled back on failure)
     ready ──idle for --idle-timeout──▶ standby ──POST /wake──▶ waking ──▶ ready
     any ──SIGTERM──▶ stopping
