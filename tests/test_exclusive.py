@@ -174,6 +174,22 @@ def test_sigint_mid_command_reaches_the_command_and_restores_the_engine(
     assert not list(stack["state"].iterdir())
 
 
+def test_sigint_while_the_engine_stops_skips_the_command(
+    spawn: Spawn, stack: dict[str, Any]
+) -> None:
+    one, ran = stack["one"], stack["tmp"] / "ran"
+    proc = _exclusive(spawn, one, stack["state"], "--", "touch", str(ran))  # the GPU stays busy
+    wait_until(lambda: status(one)["pid"] is None, timeout=20, what="engine stopped")
+    proc.signal(signal.SIGINT)  # while the babysitter waits for the GPU memory
+    wait_until(lambda: "SIGINT: the engine is restored" in proc.log(), timeout=5, what="noted")
+    stack["gpus"].write_text(GPU_IDLE)
+    assert _ended(proc) == 130, proc.log()
+    assert "interrupted before the command started: not running it" in proc.log()
+    assert not ran.exists()
+    assert _serving(one)
+    assert not list(stack["state"].iterdir())
+
+
 def test_after_sigkill_of_exclusive_one_command_restores_the_engine(
     spawn: Spawn, stack: dict[str, Any]
 ) -> None:
