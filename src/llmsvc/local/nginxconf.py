@@ -40,6 +40,7 @@ from llmsvc.core.addresses import check_origin_url
 from llmsvc.core.records import OPENAI_API, ServiceRecord
 from llmsvc.core.registry_client import RegistryClient, RegistryError, RegistryRejected
 from llmsvc.core.secrets import from_flag_or_file
+from llmsvc.local.env import env_flag
 from llmsvc.local.tokens import REGISTRY, TokensError, default_dir, file_name
 
 PROG = "llmsvc nginx-config"
@@ -268,8 +269,8 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--snippet",
         action="store_true",
-        default=bool(_env("NGINX_SNIPPET")),
-        help="only the http-context part, to include in an http block [env LLMSVC_NGINX_SNIPPET]",
+        default=env_flag(PROG, "NGINX_SNIPPET"),
+        help="only the http-context part, to include in an http block [env LLMSVC_NGINX_SNIPPET=1]",
     )
     return parser
 
