@@ -98,6 +98,13 @@ def test_one_component_down_and_up_by_name_or_port(tmp_path: Path) -> None:
             what="the restarted engine routed to",
         )  # fmt: skip
 
+        pid_a = pid_of(logs, a)
+        assert pid_a is not None
+        no_file = llmsvc("down", "--logs-dir", str(logs), "babysitter", str(p["a"]), cwd=tmp_path)
+        assert no_file.returncode == 0, no_file.stdout + no_file.stderr  # by its PID file
+        assert f"{a} (pid {pid_a}) stopped" in no_file.stdout, no_file.stdout
+        assert pid_of(logs, a) is None
+
         pid_router = pid_of(logs, "router")
         assert pid_router is not None
         down_router = llmsvc("down", *f, "router", cwd=tmp_path)

@@ -270,7 +270,7 @@ def select(cfg: StackConfig, kind: str, which: str | None) -> list[str]:
     if which.isdigit() and processes.pid_file(Path(cfg.logs_dir), f"babysitter_{which}").exists():
         return [f"babysitter_{which}"]
     known = [s.name or str(s.port) for s in cfg.babysitters]
-    listed = f" (the file's: {', '.join(known)})" if known else " (the file has none)"
+    listed = f" (the stack's: {', '.join(known)})" if known else " (the stack has none)"
     raise SelectError(f"no babysitter named or on port '{which}'{listed}")
 
 
