@@ -164,3 +164,16 @@ def test_component_logs_rotate_by_size(tmp_path: Path) -> None:
         assert args[at + 1 : at + 4] == [b"2000", b"--log-backups", b"2"]
     finally:
         llmsvc("down", *f, cwd=tmp_path)
+
+
+def test_bad_log_rotation_settings_are_one_line_exit_2(tmp_path: Path) -> None:
+    for logs, says in (
+        ("{max_bytes: -1}", "logs.max_bytes: Input should be greater than or equal to 0"),
+        ("{size: 10}", "logs.size: Extra inputs are not permitted"),
+    ):
+        cfg = tmp_path / "llmsvc.yaml"
+        cfg.write_text(f"logs: {logs}\nbabysitters: []\n")
+        run = llmsvc("up", "-f", str(cfg), cwd=tmp_path)
+        assert run.returncode == 2, run.stdout + run.stderr
+        assert run.stderr.count("\n") == 1 and says in run.stderr, run.stderr
+    assert not (tmp_path / "logs").exists()
