@@ -20,7 +20,7 @@ from collections import deque
 from pathlib import Path
 
 from llmsvc.core.logging import JsonFormatter
-from llmsvc.core.rotating import RotatingFile
+from llmsvc.core.rotating import RotatingFile as RotatingFile  # shared with llmsvc up
 
 TAIL_LINES = 50
 MAX_LINE = 64 * 1024  # longer lines are cut into pieces of this size
