@@ -305,9 +305,7 @@ def _run(args: argparse.Namespace) -> int:
     records = asyncio.run(_records(url, _token(args.token, args.token_file)))
     by_model = upstreams(records, max_fails=args.max_fails, fail_timeout=fail_timeout)
     if not by_model:
-        print(
-            f"{PROG}: no healthy engine serving a model in the registry at {url}", file=sys.stderr
-        )
+        print(f"{PROG}: no healthy engine serving a model at {url}", file=sys.stderr)
         return 1
     text = render(by_model, listen=args.listen, source=url, snippet=args.snippet)
     if args.output is None:
