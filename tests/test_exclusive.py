@@ -190,6 +190,34 @@ def test_sigint_while_the_engine_stops_skips_the_command(
     assert not list(stack["state"].iterdir())
 
 
+def test_a_request_for_the_only_engine_is_held_until_it_is_back(
+    spawn: Spawn, tmp_path: Path
+) -> None:
+    _, registry = start_registry(spawn)
+    _, router = start_router(spawn, registry)
+    _, _, api = start_babysitter(spawn, registry, "only", model=MODEL)
+    wait_until(lambda: _serving(api), timeout=20, what="registered")
+    answer = tmp_path / "answer.json"
+    # The command leaves a request behind (a process of its own) and ends: the router
+    # holds it while the model's only engine is stopped and sends it once it is back.
+    ask = (
+        "import httpx, json\n"
+        "body = {'model': 'sim-model', 'messages': [{'role': 'user', 'content': 'x'}]}\n"
+        f"r = httpx.post({router!r} + '/v1/chat/completions', json=body, timeout=60)\n"
+        f"open({str(answer)!r}, 'w').write(json.dumps([r.status_code, r.json()]))\n"
+    )
+    leave = (  # exit 3 if it was answered at once, while the engine was stopped
+        f"import os, subprocess, sys, time; subprocess.Popen([sys.executable, '-c', {ask!r}])\n"
+        f"time.sleep(1.5); sys.exit(3 if os.path.exists({str(answer)!r}) else 0)\n"
+    )
+    proc = _exclusive(spawn, api, tmp_path / "state", "--", *_py(leave))
+    assert _ended(proc) == 0, proc.log()
+    code, body = wait_until(
+        lambda: answer.exists() and orjson.loads(answer.read_bytes()), timeout=30, what="answer"
+    )
+    assert (code, body["system_fingerprint"]) == (200, "only")
+
+
 def test_after_sigkill_of_exclusive_one_command_restores_the_engine(
     spawn: Spawn, stack: dict[str, Any]
 ) -> None:
