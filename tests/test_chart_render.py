@@ -140,6 +140,8 @@ def test_prometheus_operator_objects_have_their_shape(all_docs: list[dict[str, A
             # The router's /metrics needs its admin token (tests/test_chart_tokens.py), the
             # batch service's its token (tests/test_chart_batch.py).
             sends = {"authorization"} if component(monitor) in ("router", "batch") else set()
+            # The engines' targets get their `backend` (tests/test_chart_engine_monitor.py).
+            sends |= {"relabelings"} if component(monitor) == "engine" else set()
             assert set(endpoint) == {"port", "path", "interval", "scrapeTimeout"} | sends
             assert endpoint["path"] == "/metrics"
     engines = next(m for m in monitors if component(m) == "engine")
