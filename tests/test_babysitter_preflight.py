@@ -6,7 +6,9 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import pytest
 
+from llmsvc.babysitter import preflight
 from llmsvc.babysitter.gpus import parse_smi
 from llmsvc.babysitter.preflight import free_host_memory, gpu_fraction
 from procs import Spawn, spawn_babysitter, standin_env, status, wait_until
@@ -130,3 +132,11 @@ def test_gpu_fraction_from_the_command_line() -> None:
     assert gpu_fraction("sglang", []) is None
     assert gpu_fraction("llama.cpp", ["-ngl", "999"]) is None
     assert gpu_fraction("vllm", ["--gpu-memory-utilization", "lots"]) is None
+
+
+def test_default_host_need_is_1_gib_or_a_quarter_of_a_small_limit(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    limits: dict[int, int | None] = {1: None, 2: 64 * 1024**3, 3: 512 * 1024**2}
+    monkeypatch.setattr(preflight, "memory_limit", lambda pid: limits[pid])
+    assert [preflight.default_host_need(pid) for pid in (1, 2, 3)] == [1.0, 1.0, 0.125]

@@ -143,6 +143,7 @@ def test_kernel_oom_kill_is_oom_killed(spawn: Spawn, small_cgroup: Path) -> None
     babysitter = llmsvc_args(
         "babysitter", "--port", str(port), *babysitter_flags(),
         "--engine", "command", "--max-restarts", "0",
+        "--min-free-mem", "0",  # the cgroup holds less than preflight's default 1 GiB
         "--", *ENGINE, "allocate",
     )  # fmt: skip
     # The babysitter joins the limited cgroup, so its engine is born there (as in a pod).

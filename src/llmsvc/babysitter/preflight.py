@@ -14,12 +14,14 @@ refuse an engine on a guess.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from llmsvc.babysitter import gpus as gpu_query
 from llmsvc.babysitter.gpus import GpuProbe, GpuReport
+from llmsvc.babysitter.resources import memory_limit
 
 GIB = 1024**3
 MEMINFO = Path("/proc/meminfo")
@@ -101,7 +103,7 @@ def gpu_fraction(engine: str, argv: Sequence[str]) -> tuple[float, str] | None:
 
 async def run(
     *,
-    min_free_mem: float,
+    min_free_mem: float | None,
     min_free_gpu_mem: float | None,
     gpus: Sequence[str],
     probe: GpuProbe,
@@ -118,7 +120,9 @@ async def run(
     if free is None:
         result.notes.append("host memory unknown (no /proc/meminfo); check skipped")
     else:
-        result.checks.append(Check("host memory", free / GIB, min_free_mem))
+        need = default_host_need() if min_free_mem is None else min_free_mem
+        if need > 0:
+            result.checks.append(Check("host memory", free / GIB, need))
     explicit = min_free_gpu_mem is not None
     if (explicit and min_free_gpu_mem) or (not explicit and fraction is not None):
         report = await gpu_query.query(probe)
@@ -137,6 +141,19 @@ async def run(
                 need = round((fraction[0] if fraction else 0.0) * gpu.total_bytes / GIB, 2)
             result.checks.append(Check(f"GPU {gpu.index}", gpu.free_bytes / GIB, need))
     return result
+
+
+DEFAULT_HOST_NEED_GIB = 1.0
+
+
+def default_host_need(pid: int | None = None) -> float:
+    """GiB of free host memory needed when ``--min-free-mem`` is not given: 1, but a
+    quarter of the cgroup's memory limit under one below 4 GiB (a small pod or unit,
+    which could never have 1 GiB free)."""
+    limit = memory_limit(os.getpid() if pid is None else pid)
+    if limit is None:
+        return DEFAULT_HOST_NEED_GIB
+    return round(min(DEFAULT_HOST_NEED_GIB, limit / 4 / GIB), 3)
 
 
 def free_host_memory() -> int | None:

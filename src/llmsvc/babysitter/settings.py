@@ -120,11 +120,12 @@ class BabysitterSettings(ServerSettings):
         description="Check free host and GPU memory before each launch (--no-preflight: "
         "launch whatever is free).",
     )
-    min_free_mem: float = Field(
-        default=1.0,
+    min_free_mem: float | None = Field(
+        default=None,
         ge=0,
         description="GiB of free host memory (MemAvailable, within the cgroup's limit) "
-        "needed before launch (0: not checked).",
+        "needed before launch (default: 1, or a quarter of the babysitter's cgroup memory "
+        "limit when that is below 4 GiB, a small pod's; 0: not checked).",
     )
     min_free_gpu_mem: float | None = Field(
         default=None,
