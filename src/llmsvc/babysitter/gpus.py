@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import importlib.util
 import logging
 import shutil
 import sys
@@ -111,6 +112,8 @@ async def query(probe: GpuProbe) -> GpuReport:
 
 
 async def _nvml() -> tuple[Gpu, ...] | None:
+    if importlib.util.find_spec("pynvml") is None:  # not installed: no child to start
+        return None
     out = await _run(sys.executable, "-c", _NVML_SCRIPT)
     if out is None:
         return None
