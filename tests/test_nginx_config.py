@@ -121,6 +121,13 @@ def test_upstreams_from_the_registry_pass_nginx_t_and_route_by_model(
     assert engines == {"a", "b"}
     resp = chat(base, "Qwen3-32B")
     assert resp.status_code == 200 and resp.headers["x-llmsvc-engine"] == "c"
+    body = {"model": "m", "messages": [{"role": "user", "content": "hi"}], "stream": True}
+    with httpx.stream(
+        "POST", f"{base}/v1/chat/completions", json=body, headers={"X-Model": "m"}, timeout=10
+    ) as streamed:
+        lines = [line for line in streamed.iter_lines() if line]
+    assert streamed.status_code == 200
+    assert lines[0].startswith("data: {") and lines[-1] == "data: [DONE]"
     missing = httpx.post(f"{base}/v1/chat/completions", json={"model": "m", "messages": []})
     assert missing.status_code == 400
     assert missing.json()["error"]["code"] == "model_header_required"
