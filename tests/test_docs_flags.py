@@ -32,7 +32,7 @@ PAGES = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
 # parser only): their parsers are caught the same way, from these arguments.
 DISPATCHED = {("sim-engine", "fit"): ["fit"]}
 # Flags a command rewrites before its parser sees them.
-REWRITTEN = {"simulate": {"--json"}}  # --output json (simulate/cli.py)
+REWRITTEN = {"simulate": {"--json"}, "bench": {"--json"}}  # --output json (their cli.py)
 COMMAND_LINE = re.compile(r"(?:^|(?<=[\s/(]))llmsvc ([a-z][a-z-]*)((?:[ \t]+[^\s`]+)*)")
 STOP = {"--", "|", "||", "&&", ";", "&", ">", "2>&1", "…", "..."}
 FLAG = re.compile(r"--[a-z][a-z0-9-]*")
