@@ -57,6 +57,7 @@ class Route:
     description: str = ""
     request: type[BaseModel] | None = None
     request_required: bool = True
+    request_media: str = "application/json"  # or multipart/form-data (an upload)
     response: type[BaseModel] | None = None
     response_media: str | tuple[str, ...] | None = None  # media types of an untyped response
     status: int = 200
@@ -72,6 +73,10 @@ class Route:
 
     def path_params(self) -> list[str]:
         return _PATH_PARAM.findall(self.path)
+
+    def openapi_path(self) -> str:
+        """The path as OpenAPI writes it: ``{name}``, without aiohttp's ``:regex``."""
+        return _PATH_PARAM.sub(r"{\1}", self.path)
 
 
 def make_app(

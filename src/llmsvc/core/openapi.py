@@ -64,7 +64,7 @@ def _operation(route: Route, components: dict[str, Any]) -> dict[str, Any]:
     if route.request is not None:
         op["requestBody"] = {
             "required": route.request_required,
-            "content": _json_content(_schema(route.request, components)),
+            "content": {route.request_media: {"schema": _schema(route.request, components)}},
         }
     ok: dict[str, Any] = {"description": "OK"}
     if route.response is not None:
@@ -88,7 +88,7 @@ def build_openapi(title: str, version: str, routes: list[Route]) -> dict[str, An
     components: dict[str, Any] = {}
     paths: dict[str, Any] = {}
     for route in routes:
-        item = paths.setdefault(route.path, {})
+        item = paths.setdefault(route.openapi_path(), {})
         item[route.method.lower()] = _operation(route, components)
     return {
         "openapi": "3.1.0",

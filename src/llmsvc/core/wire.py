@@ -8,18 +8,31 @@ the simulated engine and the OpenAPI documents; unknown fields are kept
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Annotated, Any, Literal
 
 import orjson
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, WithJsonSchema
 
 from llmsvc.core.errors import BadRequest
 from llmsvc.core.jsonio import loads_object
 
-# Paths the router forwards by the body's model, with and without /v1.
-INFERENCE_PATHS = ("/v1/chat/completions", "/v1/completions", "/v1/embeddings")
+INFERENCE_PATHS = (
+    "/v1/chat/completions", "/chat/completions",
+    "/v1/completions", "/completions",
+    "/v1/embeddings", "/embeddings",
+    "/v1/responses",
+    "/v1/rerank", "/rerank", "/v2/rerank",
+    "/v1/score", "/score",
+    "/tokenize", "/detokenize",
+    "/v1/audio/transcriptions",
+)  # fmt: skip
+"""Every path the router forwards by the request's ``model`` (:func:`parse_routing`), as
+sent: the model-addressed endpoints vLLM, SGLang and llama.cpp serve, one rule for all of
+them (each where those engines serve it: the three of the contract also without ``/v1``).
+A path not listed is 404 at the router, whatever its body names."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -75,8 +88,17 @@ def _prompt_texts(payload: dict[str, Any]) -> Iterator[str]:
 
 
 def parse_routing(body: bytes) -> RoutingInfo:
-    """Extract model, stream and user; 400 in the OpenAI shape when they are wrong."""
-    payload = loads_object(body)
+    """Extract model, stream and user; 400 in the OpenAI shape when they are wrong.
+
+    A JSON object, or a ``multipart/form-data`` body (``/v1/audio/transcriptions``: it
+    starts with its boundary, which no JSON text does) whose ``model``, ``stream`` and
+    ``user`` fields are read in place (:func:`form_fields`)."""
+    if body.startswith(b"--"):
+        payload: dict[str, Any] = form_fields(body)
+        if isinstance(payload.get("stream"), str):
+            payload["stream"] = _form_bool(payload["stream"])
+    else:
+        payload = loads_object(body)
     model = payload.get("model")
     if model is None:
         raise BadRequest("Missing required parameter: 'model'", param="model", code="missing_model")
@@ -95,6 +117,52 @@ def parse_routing(body: bytes) -> RoutingInfo:
         body=body,
         payload=payload,
     )
+
+
+MULTIPART = "multipart/form-data"
+ROUTING_FIELDS = frozenset({"model", "stream", "user"})
+_DISPOSITION_NAME = re.compile(rb'(?i)content-disposition:[^\r\n]*?;\s*name="([^"]*)"')
+
+
+def form_fields(body: bytes) -> dict[str, Any]:
+    """The :data:`ROUTING_FIELDS` of a multipart body, as text; 400 when it is not one.
+
+    The parts are found with ``bytes.find`` on the body as read: a file part (an audio
+    upload) is scanned once for the next boundary, never copied or decoded."""
+    first = body.find(b"\r\n")
+    boundary = body[:first]
+    if first < 3 or len(boundary) > 72 or b" " in boundary.rstrip():
+        raise BadRequest("Malformed multipart/form-data body", code="invalid_multipart")
+    delimiter = b"\r\n" + boundary
+    fields: dict[str, Any] = {}
+    start = first + 2
+    while True:
+        head_end = body.find(b"\r\n\r\n", start)
+        if head_end < 0:
+            raise BadRequest("Malformed multipart/form-data body", code="invalid_multipart")
+        end = body.find(delimiter, head_end + 4)
+        if end < 0:
+            raise BadRequest("Malformed multipart/form-data body", code="invalid_multipart")
+        name = _DISPOSITION_NAME.search(body, start, head_end)
+        if name is not None and name[1].decode("latin-1") in ROUTING_FIELDS:
+            value = body[head_end + 4 : end]
+            try:
+                fields[name[1].decode("latin-1")] = value.decode()
+            except UnicodeDecodeError:
+                raise BadRequest(
+                    f"Form field '{name[1].decode('latin-1')}' is not UTF-8",
+                    code="invalid_multipart",
+                ) from None
+        after = end + len(delimiter)
+        if body.startswith(b"--", after):  # the closing delimiter
+            return fields
+        start = after + 2  # past the CRLF that ends the delimiter line
+
+
+def _form_bool(value: str) -> bool | str:
+    """A form's ``stream``: ``true``/``false`` (any case), else left for the 400."""
+    lowered = value.strip().lower()
+    return {"true": True, "false": False, "": False}.get(lowered, value)
 
 
 def sse_event(data: dict[str, Any] | str) -> bytes:
@@ -167,6 +235,65 @@ class EmbeddingRequest(_Open):
     dimensions: int | None = Field(default=None, ge=1, le=8192)
     encoding_format: Literal["float", "base64"] = "float"
     user: str | None = None
+
+
+class ResponsesRequest(_Open):
+    """``/v1/responses``: the fields the simulated engine reads (the router reads ``model``
+    and ``stream``; an engine defines the rest)."""
+
+    model: str = Field(min_length=1)
+    input: str | Annotated[list[dict[str, Any]], Field(min_length=1)]
+    stream: Stream = False
+    max_output_tokens: int | None = Field(default=None, ge=1, lt=2**31)
+    user: str | None = None
+
+
+class RerankRequest(_Open):
+    """``/v1/rerank`` (vLLM's, in the Jina/Cohere shape)."""
+
+    model: str = Field(min_length=1)
+    query: str
+    documents: Annotated[list[str], Field(min_length=1)]
+    top_n: int | None = Field(default=None, ge=1)
+
+
+class ScoreRequest(_Open):
+    """``/v1/score`` (vLLM's): ``text_1`` scored against each of ``text_2``."""
+
+    model: str = Field(min_length=1)
+    text_1: str
+    text_2: str | Annotated[list[str], Field(min_length=1)]
+
+
+class TokenizeRequest(_Open):
+    """``/tokenize`` (vLLM's): ``prompt``, or ``messages`` as chat renders them."""
+
+    model: str = Field(min_length=1)
+    prompt: str | None = None
+    messages: list[ChatMessage] | None = None
+
+
+class DetokenizeRequest(_Open):
+    """``/detokenize`` (vLLM's)."""
+
+    model: str = Field(min_length=1)
+    tokens: list[TokenId]
+
+
+class TranscriptionRequest(BaseModel):
+    """``/v1/audio/transcriptions``: a ``multipart/form-data`` form (``form_fields``), with
+    the fields the simulated engine takes (it streams no transcript, and refuses others)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    model: str = Field(min_length=1)
+    file: Annotated[  # OpenAPI 3.1's way to say "a file" (3.0's was format: binary)
+        bytes, WithJsonSchema({"type": "string", "contentMediaType": "application/octet-stream"})
+    ]
+    language: str = ""  # a form has no null
+    prompt: str = ""
+    response_format: Literal["json", "text"] = "json"
+    temperature: float = Field(default=0, ge=0, le=1)
 
 
 class Usage(BaseModel):

@@ -19,20 +19,29 @@ from aiohttp import web
 from aiohttp.typedefs import Middleware
 from prometheus_client import CollectorRegistry
 from prometheus_client.multiprocess import MultiProcessCollector
+from pydantic import BaseModel
 
 from llmsvc import __version__
 from llmsvc.core.app import Route, background, every, make_app, owned_task
 from llmsvc.core.auth import BearerAuth
-from llmsvc.core.errors import Handler, ServiceUnavailable
+from llmsvc.core.errors import Handler, ModelNotFound, ServiceUnavailable
 from llmsvc.core.jsonio import json_response, model_response
 from llmsvc.core.metrics import metrics_handler
 from llmsvc.core.registry_client import RegistryClient
 from llmsvc.core.wire import (
+    INFERENCE_PATHS,
+    MULTIPART,
     ChatCompletionRequest,
     CompletionRequest,
+    DetokenizeRequest,
     EmbeddingRequest,
     ModelCard,
     ModelList,
+    RerankRequest,
+    ResponsesRequest,
+    ScoreRequest,
+    TokenizeRequest,
+    TranscriptionRequest,
 )
 from llmsvc.router.accesslog import REQUEST_ID_HEADER, request_id
 from llmsvc.router.admission import FlowControl
@@ -106,6 +115,14 @@ class RouterState:
     async def models(self, _: web.Request) -> web.Response:
         ids = self.pool.known_models()  # every known model, as the contract says
         return model_response(ModelList(data=[ModelCard(id=i) for i in ids]))
+
+    async def model(self, request: web.Request) -> web.Response:
+        """One model of :meth:`models` (the ``openai`` client's ``models.retrieve``); 404
+        ``model_not_found`` for one no record lists, as the routed paths answer it."""
+        model = request.match_info["model"]
+        if not self.pool.knows(model):
+            raise ModelNotFound(model)
+        return model_response(ModelCard(id=model))
 
     async def health(self, _: web.Request) -> web.Response:
         now = time.monotonic()
@@ -184,6 +201,22 @@ def _admin_routes(state: RouterState) -> list[Route]:
     ]
 
 
+_BODIES: dict[str, type[BaseModel]] = {
+    "/chat/completions": ChatCompletionRequest,
+    "/completions": CompletionRequest,
+    "/embeddings": EmbeddingRequest,
+    "/responses": ResponsesRequest,
+    "/rerank": RerankRequest,
+    "/score": ScoreRequest,
+    "/tokenize": TokenizeRequest,
+    "/detokenize": DetokenizeRequest,
+    "/audio/transcriptions": TranscriptionRequest,
+}
+"""What ``/openapi.json`` says of each routed body (the router reads only ``model``,
+``stream`` and ``user``; the engine defines the rest)."""
+_UPLOADS = frozenset({"/v1/audio/transcriptions"})  # multipart/form-data bodies
+
+
 def _routes(state: RouterState) -> list[Route]:
     errors = {
         400: "Malformed JSON, missing/invalid 'model', or an unknown X-Llmsvc-Priority",
@@ -199,26 +232,24 @@ def _routes(state: RouterState) -> list[Route]:
         "the router stopping (draining); see Retry-After",
         504: "Every backend tried timed out",
     }
-    table = []
-    for path, request_model in (
-        ("/chat/completions", ChatCompletionRequest),
-        ("/completions", CompletionRequest),
-        ("/embeddings", EmbeddingRequest),
-    ):
-        for prefix in ("/v1", ""):
-            table.append(
-                Route(
-                    "POST",
-                    prefix + path,
-                    state.inference,
-                    "Forward to a healthy backend serving the body's model",
-                    description="The body is forwarded untouched; streams pass through "
-                    "chunk by chunk. The response carries X-Llmsvc-Backend.",
-                    request=request_model,
-                    response_media=("application/json", "text/event-stream"),
-                    errors=errors,
-                )
-            )
+    table = [
+        Route(
+            "POST",
+            path,
+            state.inference,
+            "Forward to a healthy backend serving the request's model",
+            description="One rule for every model-addressed endpoint (core.wire."
+            "INFERENCE_PATHS): the JSON body's 'model', or the multipart form's 'model' "
+            "field; the body is forwarded untouched, streams pass through chunk by chunk. "
+            "The response carries X-Llmsvc-Backend.",
+            request=_BODIES[path.removeprefix("/v1").removeprefix("/v2")],
+            request_media=MULTIPART if path in _UPLOADS else "application/json",
+            response_media=("application/json", "text/event-stream")
+            + (("text/plain",) if path in _UPLOADS else ()),  # response_format=text
+            errors=errors,
+        )
+        for path in INFERENCE_PATHS
+    ]
     for prefix in ("/v1", ""):
         table.append(
             Route(
@@ -228,6 +259,16 @@ def _routes(state: RouterState) -> list[Route]:
                 "Models of the healthy backends, each once",
                 response=ModelList,
                 errors={401: "Missing or invalid API key"},
+            )
+        )
+        table.append(
+            Route(
+                "GET",
+                prefix + "/models/{model:.+}",
+                state.model,
+                "One known model (a model id may hold '/')",
+                response=ModelCard,
+                errors={401: "Missing or invalid API key", 404: "No record lists the model"},
             )
         )
     table.append(Route("GET", "/health", state.health, "Router health and healthy backend count"))

@@ -38,6 +38,7 @@ from aiohttp.typedefs import Middleware
 
 from llmsvc.core.auth import access_of, bearer_credentials
 from llmsvc.core.errors import ApiError, Handler, Unauthorized
+from llmsvc.core.wire import INFERENCE_PATHS
 from llmsvc.router.config import ConfigError
 from llmsvc.router.keyrecords import digest, records_of
 from llmsvc.router.priority import Priority, capped
@@ -48,7 +49,9 @@ log = logging.getLogger("llmsvc.router.tenants")
 TENANT_HEADER = "X-Llmsvc-Tenant"
 """Who a request bearing ``--batch-token`` runs as (the batch service's lines)."""
 
-PROTECTED_PATHS = frozenset({"/chat/completions", "/completions", "/embeddings", "/models"})
+PROTECTED_PATHS = frozenset({*INFERENCE_PATHS, "/models"})
+"""The routed paths (``/tokenize`` and ``/detokenize`` sit outside ``/v1``) and the model
+list; with ``/v1/*`` and ``/models/{id}``, what needs an API key (:func:`protected`)."""
 INVALID_KEY_MESSAGE = "Missing or invalid API key: send 'Authorization: Bearer <key>'"
 
 
@@ -259,8 +262,9 @@ def tenant_of(request: web.Request) -> Tenant:
 
 
 def protected(request: web.Request) -> bool:
-    """The inference and models paths, and anything else under ``/v1/``, need an API key."""
-    return request.path.startswith("/v1/") or request.path in PROTECTED_PATHS
+    """The routed and models paths, and anything else under ``/v1/``, need an API key."""
+    path = request.path
+    return path.startswith(("/v1/", "/models/")) or path in PROTECTED_PATHS
 
 
 def _refusal() -> Unauthorized:

@@ -7,14 +7,27 @@ from collections.abc import AsyncIterator
 
 from aiohttp import web
 from prometheus_client import CollectorRegistry
+from pydantic import BaseModel
 
 from llmsvc import __version__
 from llmsvc.core.app import Route, background, make_app
 from llmsvc.core.errors import Handler, ServiceUnavailable
 from llmsvc.core.jsonio import json_response
 from llmsvc.core.metrics import metrics_handler
-from llmsvc.core.wire import ChatCompletionRequest, CompletionRequest, EmbeddingRequest, ModelList
-from llmsvc.simengine import openai, sleep
+from llmsvc.core.wire import (
+    MULTIPART,
+    ChatCompletionRequest,
+    CompletionRequest,
+    DetokenizeRequest,
+    EmbeddingRequest,
+    ModelList,
+    RerankRequest,
+    ResponsesRequest,
+    ScoreRequest,
+    TokenizeRequest,
+    TranscriptionRequest,
+)
+from llmsvc.simengine import endpoints, openai, sleep
 from llmsvc.simengine.engine import Engine
 from llmsvc.simengine.settings import SimEngineSettings
 from llmsvc.simengine.state import SIMENGINE, Readiness, SimEngineState
@@ -83,6 +96,41 @@ def routes() -> list[Route]:
                 request=EmbeddingRequest, errors=_ERRORS,
             ),
         ]  # fmt: skip
+    table += _more_endpoints()
+    return table
+
+
+def _more_endpoints() -> list[Route]:
+    """The other model-addressed endpoints engines serve (:mod:`.endpoints`), where vLLM
+    serves them."""
+    more: list[tuple[str, Handler, str, type[BaseModel]]] = [
+        ("/v1/responses", endpoints.responses, "Responses API (events when stream is true)",
+         ResponsesRequest),
+        ("/v1/rerank", endpoints.rerank, "Documents ranked against a query", RerankRequest),
+        ("/rerank", endpoints.rerank, "Documents ranked against a query", RerankRequest),
+        ("/v2/rerank", endpoints.rerank, "Documents ranked against a query", RerankRequest),
+        ("/v1/score", endpoints.score, "Scores of text pairs", ScoreRequest),
+        ("/score", endpoints.score, "Scores of text pairs", ScoreRequest),
+        ("/tokenize", endpoints.tokenize, "The simulated token ids of a prompt",
+         TokenizeRequest),
+        ("/detokenize", endpoints.detokenize, "Token ids as text", DetokenizeRequest),
+    ]  # fmt: skip
+    table = [
+        Route("POST", path, fn, summary, request=body, errors=_ERRORS)
+        for path, fn, summary, body in more
+    ]
+    table.append(
+        Route(
+            "POST",
+            "/v1/audio/transcriptions",
+            endpoints.transcriptions,
+            "A fixed transcript of the uploaded file",
+            request=TranscriptionRequest,
+            request_media=MULTIPART,
+            response_media=("application/json", "text/plain"),
+            errors=_ERRORS,
+        )
+    )
     return table
 
 
