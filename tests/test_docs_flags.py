@@ -3,7 +3,7 @@
 The commonest drift between docs and code is a flag renamed or removed while a page
 still shows it. This walks every command line the pages show (code blocks and inline
 code: ``llmsvc <command> [<subcommand>] --flag …``) and checks each ``--flag`` against
-the parser that command really builds (``tests/test_cli_env.py``'s walk: the parser the
+the parser that command really builds (``tests/cliwalk.py``: the parser the
 command constructs, caught at its first parse, not a list kept by hand). A command line
 ends at ``--`` (what follows goes to the engine or the wrapped command), a pipe, ``&&``,
 ``;``, a comment or a redirection; ``llmsvc systemd <component>`` takes the component's
@@ -13,18 +13,16 @@ flags as well as its own.
 from __future__ import annotations
 
 import argparse
-import importlib
 import os
 import re
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from functools import cache
 from pathlib import Path
-from typing import Any
 
 import pytest
 
+from cliwalk import caught_parser, flags, walk
 from llmsvc.cli import COMMANDS
-from test_cli_env import flags, walk
 from tools import ROOT
 
 PAGES = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
@@ -38,27 +36,6 @@ STOP = {"--", "|", "||", "&&", ";", "&", ">", "2>&1", "…", "..."}
 FLAG = re.compile(r"--[a-z][a-z0-9-]*")
 
 
-class _Caught(Exception):
-    def __init__(self, parser: argparse.ArgumentParser) -> None:
-        self.parser = parser
-
-
-def _dispatched_parser(command: str, argv: list[str]) -> argparse.ArgumentParser:
-    module, function = COMMANDS[command][0].split(":")
-    run: Callable[[list[str]], int] = getattr(importlib.import_module(module), function)
-
-    def catch(self: argparse.ArgumentParser, *_: Any, **__: Any) -> Any:
-        raise _Caught(self)
-
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(argparse.ArgumentParser, "parse_known_args", catch)
-        try:
-            run(argv)
-        except _Caught as caught:
-            return caught.parser
-    raise AssertionError(f"llmsvc {command} {' '.join(argv)} parsed no flags")
-
-
 @cache
 def known_flags() -> dict[str, frozenset[str]]:
     """``"command"`` or ``"command subcommand"`` → the long flags its parser takes."""
@@ -70,7 +47,7 @@ def known_flags() -> dict[str, frozenset[str]]:
             for where, parser in walk(command, patch).parsers:
                 known[where] = _long(parser) | REWRITTEN.get(where, set())
     for (command, sub), argv in DISPATCHED.items():
-        known[f"{command} {sub}"] = _long(_dispatched_parser(command, argv))
+        known[f"{command} {sub}"] = _long(caught_parser(command, argv))
     return known
 
 
