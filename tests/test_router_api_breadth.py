@@ -13,7 +13,7 @@ import openai
 import orjson
 import pytest
 
-from llmsvc.core.wire import parse_routing
+from llmsvc.core.wire import parse_routing, prompt_prefix
 from procs import HOST, ProcGroup, free_port, start_sim_engine
 
 KEY = "sk-team"  # may use model m only
@@ -177,3 +177,11 @@ def test_form_fields_are_read_in_place() -> None:
     assert (info.model, info.stream, info.body) == ("whisper-1", True, body)
     with pytest.raises(Exception, match="Malformed multipart"):
         parse_routing(b"--b0\r\nno end")
+
+
+def test_the_prompt_prefix_of_a_responses_request_is_its_messages() -> None:
+    """What prefix_affinity and scored hash: the Responses API's input messages as chat's."""
+    chat = {"messages": [{"role": "user", "content": "Hi there"}]}
+    responses = {"input": [{"role": "user", "content": "Hi there"}]}
+    assert prompt_prefix(responses, 100) == prompt_prefix(chat, 100) == "user:Hi there\n"
+    assert prompt_prefix({"input": "plain text"}, 5) == "plain"

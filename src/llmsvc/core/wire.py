@@ -50,7 +50,8 @@ def prompt_prefix(payload: dict[str, Any], limit: int) -> str:
     """The first ``limit`` characters of the prompt: what a prefix cache would share.
 
     Chat: each message's role and text in order (text parts of multi-part
-    content included); completions: ``prompt``; embeddings: ``input``.
+    content included), and so the Responses API's ``input`` messages;
+    completions, ``/tokenize``: ``prompt``; embeddings, responses: ``input`` text.
     """
     parts: list[str] = []
     size = 0
@@ -64,6 +65,9 @@ def prompt_prefix(payload: dict[str, Any], limit: int) -> str:
 
 def _prompt_texts(payload: dict[str, Any]) -> Iterator[str]:
     messages = payload.get("messages")
+    given = payload.get("input")
+    if messages is None and isinstance(given, list) and given and isinstance(given[0], dict):
+        messages = given  # the Responses API's input: messages, as chat's
     if isinstance(messages, list):
         for message in messages:
             if not isinstance(message, dict):
