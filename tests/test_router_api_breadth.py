@@ -4,20 +4,27 @@ routed by its model, with retries, streaming, stats, API keys and tenant model l
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import httpx
 import openai
 import orjson
 import pytest
+from aiohttp import web
+from aiohttp.test_utils import TestClient
+from prometheus_client import CollectorRegistry
 
 from llmsvc.core.wire import parse_routing, prompt_prefix
+from llmsvc.router.app import create_app
+from llmsvc.router.settings import RouterSettings
 from procs import HOST, ProcGroup, free_port, start_sim_engine
 
 KEY = "sk-team"  # may use model m only
 OTHER_KEY = "sk-other"  # may use every model
+Client = TestClient[web.Request, web.Application]
 
 # Each new path with a body that names model m, and what its answer must hold.
 BODIES: dict[str, dict[str, Any]] = {
@@ -185,3 +192,47 @@ def test_the_prompt_prefix_of_a_responses_request_is_its_messages() -> None:
     responses = {"input": [{"role": "user", "content": "Hi there"}]}
     assert prompt_prefix(responses, 100) == prompt_prefix(chat, 100) == "user:Hi there\n"
     assert prompt_prefix({"input": "plain text"}, 5) == "plain"
+
+
+async def test_an_upload_goes_to_the_engine_byte_for_byte(
+    aiohttp_client: Callable[..., Awaitable[Client]], tmp_path: Path
+) -> None:
+    """A multipart upload reaches the engine as the client sent it: body and Content-Type
+    (its boundary) untouched, the path as used."""
+    seen: list[tuple[str, str, bytes]] = []
+
+    async def engine(request: web.Request) -> web.Response:
+        seen.append((request.path, request.headers["Content-Type"], await request.read()))
+        return web.json_response({"text": "ok"})
+
+    async def health(_: web.Request) -> web.Response:
+        return web.json_response({})
+
+    app = web.Application()
+    app.router.add_get("/health", health)
+    app.router.add_post("/v1/audio/transcriptions", engine)
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    port = free_port()
+    await web.TCPSite(runner, HOST, port).start()
+    try:
+        record = {"name": "e", "host": HOST, "port": port, "metadata": {"models": ["whisper"]}}
+        services = tmp_path / "services.json"
+        services.write_bytes(orjson.dumps([record]))
+        settings = RouterSettings(static_services=str(services), health_interval=60)
+        client = await aiohttp_client(create_app(settings, registry=CollectorRegistry()))
+        audio = bytes(range(256)) * 400  # holds CRLFs, dashes and NULs
+        sent = (
+            b'--xq7\r\nContent-Disposition: form-data; name="file"; filename="a.wav"\r\n'
+            b"Content-Type: audio/wav\r\n\r\n" + audio + b"\r\n--xq7\r\n"
+            b'Content-Disposition: form-data; name="model"\r\n\r\nwhisper\r\n--xq7--\r\n'
+        )
+        content_type = "multipart/form-data; boundary=xq7"
+        answer = await client.post(
+            "/v1/audio/transcriptions", data=sent, headers={"Content-Type": content_type}
+        )
+        assert answer.status == 200, await answer.text()
+        assert answer.headers["X-Llmsvc-Backend"] == "e"
+        assert seen == [("/v1/audio/transcriptions", content_type, sent)]
+    finally:
+        await runner.cleanup()
