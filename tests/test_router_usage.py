@@ -84,3 +84,18 @@ def test_stream_tail_is_bounded_and_keeps_the_end() -> None:
     stream.feed(b": " + b"y" * (2 * TAIL_BYTES) + b"\n\n")
     assert len(stream._tail) == TAIL_BYTES
     assert stream.usage is None  # the usage event fell out of the tail
+
+
+def test_responses_api_usage_in_its_body_and_its_completed_event() -> None:
+    """The Responses API names the counts input/output tokens; its stream ends with them in
+    ``response.completed``'s response."""
+    responses = {"input_tokens": 9, "output_tokens": 4, "total_tokens": 13}
+    body = orjson.dumps({"object": "response", "output": [], "usage": responses})
+    assert usage_of_body(body) == Usage(prompt_tokens=9, completion_tokens=4)
+    stream = StreamUsage()
+    delta = {"type": "response.output_text.delta", "delta": "hi"}
+    stream.feed(b"event: response.output_text.delta\n" + event(delta))
+    completed = {"type": "response.completed", "response": {"id": "r", "usage": responses}}
+    stream.feed(b"event: response.completed\n" + event(completed))
+    assert stream.usage == Usage(prompt_tokens=9, completion_tokens=4)
+    assert usage_of_body(b'{"usage": {"input_tokens": "9"}}') is None

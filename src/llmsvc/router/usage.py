@@ -45,17 +45,24 @@ def usage_of(payload: Any) -> Usage | None:
     """The ``usage`` object of a parsed answer or chunk; None when absent or malformed.
 
     Embeddings have no ``completion_tokens`` (0 then); ``prompt_tokens`` is required.
+    The Responses API names them ``input_tokens`` and ``output_tokens``, and its
+    stream carries them in the ``response`` of its ``response.completed`` event.
     """
     if not isinstance(payload, dict):
         return None
     usage = payload.get("usage")
+    if usage is None and isinstance(payload.get("response"), dict):
+        usage = payload["response"].get("usage")  # a Responses stream's last event
     if not isinstance(usage, dict):
         return None
-    prompt = _count(usage.get("prompt_tokens"))
+    if "prompt_tokens" in usage:
+        prompt, completion = usage.get("prompt_tokens"), usage.get("completion_tokens", 0)
+    else:
+        prompt, completion = usage.get("input_tokens"), usage.get("output_tokens", 0)
+    prompt = _count(prompt)
     if prompt is None:
         return None
-    completion = _count(usage.get("completion_tokens", 0))
-    return Usage(prompt_tokens=prompt, completion_tokens=completion or 0)
+    return Usage(prompt_tokens=prompt, completion_tokens=_count(completion) or 0)
 
 
 def usage_of_body(payload: bytes) -> Usage | None:
