@@ -315,14 +315,14 @@ class RouterSettings(ServerSettings):
         default=None,
         ge=0,
         description="A backend whose own metrics show more waiting requests than this takes "
-        "no new request (needs --strategy least_load, which scrapes them); default off.",
+        "no new request (needs --strategy least_load or scored, which scrape them); default off.",
     )
     saturation_kv: float | None = Field(
         default=None,
         gt=0,
         le=1,
         description="A backend whose own metrics show KV-cache use above this fraction takes "
-        "no new request (needs --strategy least_load); default off.",
+        "no new request (needs --strategy least_load or scored); default off.",
     )
     queue_size: int = Field(
         default=1000,
