@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import os
 import shlex
 import sys
 from collections.abc import Sequence
@@ -14,6 +13,7 @@ from rich.console import Console
 
 from llmsvc.local import stack
 from llmsvc.local.config import ConfigError, StackConfig, demo_config, load
+from llmsvc.local.env import env
 from llmsvc.local.stack import write_token_from_dir
 from llmsvc.local.tokens import TokensError, read_tokens
 from llmsvc.local.validate import Validator
@@ -30,22 +30,18 @@ DESCRIPTIONS = {
 }
 
 
-def _env(name: str, default: str | None = None) -> str | None:
-    return os.environ.get(f"LLMSVC_{name}", default)
-
-
 def _parser(command: str) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog=f"llmsvc {command}", description=DESCRIPTIONS[command])
     parser.add_argument(
         "-f",
         "--file",
         type=Path,
-        default=_env("FILE"),
+        default=env("FILE"),
         help="stack file (YAML, see docs/local-stack.md) [env LLMSVC_FILE]",
     )
     parser.add_argument(
         "--logs-dir",
-        default=_env("LOGS_DIR"),
+        default=env("LOGS_DIR"),
         help="PID files, logs and tokens/ (default: the file's logs_dir, 'logs') "
         "[env LLMSVC_LOGS_DIR]",
     )
@@ -66,53 +62,53 @@ def _parser(command: str) -> argparse.ArgumentParser:
         parser.add_argument(
             "--timeout",
             type=float,
-            default=_env("STOP_TIMEOUT"),
+            default=env("STOP_TIMEOUT"),
             help="seconds between SIGTERM and SIGKILL (default: the file's stop_timeout, 20) "
             "[env LLMSVC_STOP_TIMEOUT]",
         )
     if command == "validate":
         parser.add_argument(
             "--router-url",
-            default=_env("ROUTER_URL"),
+            default=env("ROUTER_URL"),
             help="router to check (default: from the file, or :8080) [env LLMSVC_ROUTER_URL]",
         )
         parser.add_argument(
             "--registry-url",
-            default=_env("REGISTRY_URL"),
+            default=env("REGISTRY_URL"),
             help="registry to check (default: from the file, or :8081) [env LLMSVC_REGISTRY_URL]",
         )
         parser.add_argument(
             "--strategy",
-            default=_env("STRATEGY"),
+            default=env("STRATEGY"),
             help="the router's strategy: round_robin checks the exact order of the seeds' "
             "pattern, any other only its spread (default: the file's router.strategy, or its "
             "--strategy in router.args) [env LLMSVC_STRATEGY]",
         )
         parser.add_argument(
-            "--api-key", default=_env("API_KEY"), help="router API key [env LLMSVC_API_KEY]"
+            "--api-key", default=env("API_KEY"), help="router API key [env LLMSVC_API_KEY]"
         )
         parser.add_argument(
             "--registry-token",
-            default=_env("REGISTRY_TOKEN"),
+            default=env("REGISTRY_TOKEN"),
             help="registry write token (default: the file's, else <logs dir>/tokens/"
             "registry-token) [env LLMSVC_REGISTRY_TOKEN]",
         )
         parser.add_argument(
             "--router-admin-token",
-            default=_env("ROUTER_ADMIN_TOKEN"),
+            default=env("ROUTER_ADMIN_TOKEN"),
             help="router admin token (default: <logs dir>/tokens/router-admin-token) "
             "[env LLMSVC_ROUTER_ADMIN_TOKEN]",
         )
         parser.add_argument(
             "--timeout",
             type=float,
-            default=_env("TIMEOUT", "60"),
+            default=env("TIMEOUT", "60"),
             help="per request, seconds (default 60) [env LLMSVC_TIMEOUT]",
         )
         parser.add_argument(
             "--route-timeout",
             type=float,
-            default=_env("ROUTE_TIMEOUT", "30"),
+            default=env("ROUTE_TIMEOUT", "30"),
             help="seconds the router may take to route to a newly registered engine, and to "
             "stop after it is deregistered (default 30) [env LLMSVC_ROUTE_TIMEOUT]",
         )

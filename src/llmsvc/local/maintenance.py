@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import os
 import re
 import sys
 import time
@@ -32,7 +31,7 @@ from llmsvc.core.jsonio import validation_message
 from llmsvc.core.maintenance import MaintenanceEntry, MaintenanceList, MaintenanceRequest
 from llmsvc.core.registry_client import RegistryClient, RegistryError, RegistryRejected
 from llmsvc.core.secrets import from_flag_or_file
-from llmsvc.local.env import env_flag
+from llmsvc.local.env import env, env_flag
 from llmsvc.local.tokens import REGISTRY, REGISTRY_ADMIN, TokensError, default_dir, file_name
 
 PROG = "llmsvc maintenance"
@@ -71,10 +70,6 @@ def parse_until(text: str, now: datetime) -> datetime:
     return until.astimezone(UTC)
 
 
-def _env(name: str) -> str | None:
-    return os.environ.get(f"LLMSVC_{name}") or None
-
-
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog=PROG,
@@ -86,37 +81,37 @@ def _parser() -> argparse.ArgumentParser:
     common.add_argument(
         "--registry-url",
         "--registry",
-        default=_env("REGISTRY_URL") or DEFAULT_REGISTRY,
+        default=env("REGISTRY_URL") or DEFAULT_REGISTRY,
         help=f"the registry (default {DEFAULT_REGISTRY}) [env LLMSVC_REGISTRY_URL]",
     )
     common.add_argument(
         "--admin-token",
-        default=_env("REGISTRY_ADMIN_TOKEN"),
+        default=env("REGISTRY_ADMIN_TOKEN"),
         help="the registry's admin token, which on and off need [env LLMSVC_REGISTRY_ADMIN_TOKEN]",
     )
     common.add_argument(
         "--admin-token-file",
         type=Path,
-        default=_env("REGISTRY_ADMIN_TOKEN_FILE"),
+        default=env("REGISTRY_ADMIN_TOKEN_FILE"),
         help="file holding --admin-token (default: llmsvc up's tokens/registry-admin-token "
         "when present) [env LLMSVC_REGISTRY_ADMIN_TOKEN_FILE]",
     )
     common.add_argument(
         "--token",
-        default=_env("REGISTRY_TOKEN"),
+        default=env("REGISTRY_TOKEN"),
         help="the registry's write (read) token, for list [env LLMSVC_REGISTRY_TOKEN]",
     )
     common.add_argument(
         "--token-file",
         type=Path,
-        default=_env("REGISTRY_TOKEN_FILE"),
+        default=env("REGISTRY_TOKEN_FILE"),
         help="file holding --token (default: llmsvc up's tokens/registry-token when "
         "present) [env LLMSVC_REGISTRY_TOKEN_FILE]",
     )
     commands = parser.add_subparsers(dest="action", required=True, metavar="on|off|list")
     on = commands.add_parser("on", parents=[common], help="put a model in maintenance")
     on.add_argument("model", help="the model id")
-    message = _env("MAINTENANCE_MESSAGE")
+    message = env("MAINTENANCE_MESSAGE")
     on.add_argument(
         "--message",
         "-m",
@@ -126,11 +121,11 @@ def _parser() -> argparse.ArgumentParser:
     )
     on.add_argument(
         "--until",
-        default=_env("MAINTENANCE_UNTIL"),
+        default=env("MAINTENANCE_UNTIL"),
         help="when it ends: RFC 3339 with an offset, or a duration from now (30m, 2h, "
         "1h30m); default: until 'off' [env LLMSVC_MAINTENANCE_UNTIL]",
     )
-    backend = _env("MAINTENANCE_BACKEND")
+    backend = env("MAINTENANCE_BACKEND")
     on.add_argument(
         "--backend",
         default=backend,

@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import os
 import re
 import sys
 import time
@@ -40,7 +39,7 @@ from llmsvc.core.addresses import check_origin_url
 from llmsvc.core.records import OPENAI_API, ServiceRecord
 from llmsvc.core.registry_client import RegistryClient, RegistryError, RegistryRejected
 from llmsvc.core.secrets import from_flag_or_file
-from llmsvc.local.env import env_flag
+from llmsvc.local.env import env, env_flag
 from llmsvc.local.tokens import REGISTRY, TokensError, default_dir, file_name
 
 PROG = "llmsvc nginx-config"
@@ -213,10 +212,6 @@ def render(by_model: dict[str, list[Server]], *, listen: str, source: str, snipp
     return head + "events {}\n\nhttp {\n" + indented + "}\n"
 
 
-def _env(name: str) -> str | None:
-    return os.environ.get(f"LLMSVC_{name}") or None
-
-
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog=PROG,
@@ -227,18 +222,18 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--registry-url",
         "--registry",
-        default=_env("REGISTRY_URL") or DEFAULT_REGISTRY,
+        default=env("REGISTRY_URL") or DEFAULT_REGISTRY,
         help=f"the registry (default {DEFAULT_REGISTRY}) [env LLMSVC_REGISTRY_URL]",
     )
     parser.add_argument(
         "--token",
-        default=_env("REGISTRY_TOKEN"),
+        default=env("REGISTRY_TOKEN"),
         help="the registry's read (write) token [env LLMSVC_REGISTRY_TOKEN]",
     )
     parser.add_argument(
         "--token-file",
         type=Path,
-        default=_env("REGISTRY_TOKEN_FILE"),
+        default=env("REGISTRY_TOKEN_FILE"),
         help="file holding --token (default: llmsvc up's tokens/registry-token when present) "
         "[env LLMSVC_REGISTRY_TOKEN_FILE]",
     )
@@ -246,23 +241,23 @@ def _parser() -> argparse.ArgumentParser:
         "-o",
         "--output",
         type=Path,
-        default=_env("NGINX_OUTPUT"),
+        default=env("NGINX_OUTPUT"),
         help="file to write (default: stdout) [env LLMSVC_NGINX_OUTPUT]",
     )
     parser.add_argument(
         "--listen",
-        default=_env("NGINX_LISTEN") or "8090",
+        default=env("NGINX_LISTEN") or "8090",
         help="the server's listen address (default 8090) [env LLMSVC_NGINX_LISTEN]",
     )
     parser.add_argument(
         "--max-fails",
         type=int,
-        default=_env("NGINX_MAX_FAILS") or "3",
+        default=env("NGINX_MAX_FAILS") or "3",
         help="max_fails of engines whose record has none (default 3) [env LLMSVC_NGINX_MAX_FAILS]",
     )
     parser.add_argument(
         "--fail-timeout",
-        default=_env("NGINX_FAIL_TIMEOUT") or "30s",
+        default=env("NGINX_FAIL_TIMEOUT") or "30s",
         help="fail_timeout of engines whose record has none (default 30s) "
         "[env LLMSVC_NGINX_FAIL_TIMEOUT]",
     )
