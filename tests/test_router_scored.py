@@ -11,8 +11,6 @@ from __future__ import annotations
 import asyncio
 import random
 from collections import Counter
-from collections.abc import Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -30,26 +28,10 @@ from llmsvc.router.loadscore import EngineLoad
 from llmsvc.router.scoring import FULL_SCAN, PromptKey, Scored, Weights
 from llmsvc.router.settings import RouterSettings
 from procs import HOST, Spawn, free_port, start_router
+from strategypeers import Peer, Pool
 
 BLOCK = 16
 SYSTEM = "You are a careful assistant. " * 40  # about 1,100 characters: 17 blocks
-
-
-@dataclass(eq=False)
-class Peer:
-    name: str
-    weight: int = 1
-    in_flight: int = 0
-    load: EngineLoad | None = None
-
-
-@dataclass
-class Pool:
-    peers: list[Peer] = field(default_factory=list)
-    version: int = 0
-
-    def members(self, model: str) -> Sequence[Peer]:
-        return self.peers
 
 
 class Clock:

@@ -9,8 +9,6 @@ from __future__ import annotations
 import math
 import random
 from collections import Counter
-from collections.abc import Sequence
-from dataclasses import dataclass, field
 
 import orjson
 from aiohttp.test_utils import make_mocked_request
@@ -21,29 +19,7 @@ from llmsvc.router.balancing import BoundedLoadHash, ConsistentHash, LeastLoad
 from llmsvc.router.candidates import Eligible
 from llmsvc.router.hashring import HashRing
 from llmsvc.router.loadscore import KV_WEIGHT, EngineLoad, load_score, parse_load
-
-
-@dataclass(eq=False)
-class Peer:
-    name: str
-    weight: int = 1
-    in_flight: int = 0
-    load: EngineLoad | None = None
-
-
-@dataclass
-class Pool:
-    """The pool as strategies see it: every backend of the model, and a version."""
-
-    peers: list[Peer] = field(default_factory=list)
-    version: int = 0
-
-    def members(self, model: str) -> Sequence[Peer]:
-        return self.peers
-
-    def set(self, peers: list[Peer]) -> None:
-        self.peers = peers
-        self.version += 1
+from strategypeers import Peer, Pool
 
 
 def session_ring(peers: list[Peer], vnodes: int = 100) -> tuple[ConsistentHash, Pool]:
