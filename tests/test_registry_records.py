@@ -195,3 +195,16 @@ async def test_a_health_path_is_only_a_path(make_client: MakeClient) -> None:
         await assert_error(resp, 400, "metadata")
     resp = await client.post("/services", json=service(metadata={"health_path": "/status"}))
     assert resp.status == 201
+
+
+def test_the_seeds_singular_metadata_model_is_the_served_model() -> None:
+    """The seeds' records say ``metadata.model``; a registry record saying so is routed."""
+
+    def record(metadata: dict[str, Any]) -> ServiceRecord:
+        return ServiceRecord(name="a", host="127.0.0.1", port=8000, metadata=metadata)
+
+    assert record({"model": "qwen"}).models == ["qwen"]
+    assert record({"models": ["a", "b"], "model": "qwen"}).models == ["a", "b"]
+    assert record({"model": ""}).models == []
+    assert record({"model": 3}).models == []
+    assert record({}).models == []

@@ -135,8 +135,12 @@ class ServiceRecord(ServiceRegistration):
 
     @property
     def models(self) -> list[str]:
+        """``metadata.models``, else the seeds' singular ``metadata.model`` (one model)."""
         models = self.metadata.get("models")
-        return list(models) if isinstance(models, list) else []
+        if isinstance(models, list):
+            return list(models)
+        model = self.metadata.get("model")
+        return [model] if isinstance(model, str) and model else []
 
     @property
     def healthy(self) -> bool:

@@ -90,14 +90,6 @@ def _fail_timeout(record: ServiceRecord, default: str) -> str:
         return default
 
 
-def served_models(record: ServiceRecord) -> list[str]:
-    """``metadata.models``, else the seed's ``metadata.model`` (one model, singular)."""
-    if record.models:
-        return record.models
-    model = record.metadata.get("model")
-    return [model] if isinstance(model, str) and model else []
-
-
 def upstreams(
     records: Sequence[ServiceRecord], *, max_fails: int, fail_timeout: str
 ) -> dict[str, list[Server]]:
@@ -114,7 +106,7 @@ def upstreams(
             _fail_timeout(record, fail_timeout),
             record.name,
         )
-        for model in served_models(record):
+        for model in record.models:
             by_model.setdefault(model, []).append(server)
     return dict(sorted(by_model.items()))
 

@@ -110,11 +110,9 @@ def _normalised(item: Any) -> Any:
         if seconds <= 0:
             raise ValueError("fail_timeout: must be more than 0")
         metadata["fail_timeout"] = seconds
-    model = metadata.get("model")
-    if "models" not in metadata and model is not None:
-        if not isinstance(model, str) or not model:
-            raise ValueError(f"metadata.model: {model!r} is not a model name")
-        metadata["models"] = [model]
+    model = metadata.get("model")  # the seeds' singular form: ServiceRecord.models reads it
+    if "models" not in metadata and model is not None and (not isinstance(model, str) or not model):
+        raise ValueError(f"metadata.model: {model!r} is not a model name")
     item["metadata"] = metadata
     return item
 
