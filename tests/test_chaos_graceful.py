@@ -53,7 +53,8 @@ def _router(spawn: Spawn, name: str, port: int, static: Path) -> Proc:
         name, "router", "--port", str(port), "--static-services", str(static), "--reuse-port",
         "--log-level", "info",
     )  # fmt: skip
-    wait(lambda: "listening on" in proc.log(), timeout=20, what=f"{name} listening")
+    # Ready, not only listening: /health answers 503 until the static services are checked.
+    wait(lambda: "ready: " in proc.log(), timeout=20, what=f"{name} ready")
     return proc
 
 

@@ -159,11 +159,17 @@ def test_sigint_mid_command_reaches_the_command_and_restores_the_engine(
     one, tmp = stack["one"], stack["tmp"]
     stack["gpus"].write_text(GPU_IDLE)
     started = tmp / "started"
+    # The handler only notes the signal: an exception raised from a handler that runs
+    # inside C code (open, close) can be swallowed there, and the command would miss it.
     code = (
         "import signal, sys, time\n"
-        "signal.signal(signal.SIGINT, lambda *_: sys.exit(42))\n"
+        "got = []\n"
+        "signal.signal(signal.SIGINT, lambda *_: got.append(1))\n"
         f"open({str(started)!r}, 'w').close()\n"
-        "time.sleep(60)\n"
+        "deadline = time.monotonic() + 60\n"
+        "while not got and time.monotonic() < deadline:\n"
+        "    time.sleep(0.05)\n"
+        "sys.exit(42 if got else 3)\n"
     )
     proc = _exclusive(spawn, one, stack["state"], "--", *_py(code))
     wait_until(started.exists, timeout=30, what="the command started")
