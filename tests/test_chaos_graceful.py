@@ -54,6 +54,7 @@ def _router(spawn: Spawn, name: str, port: int, static: Path) -> Proc:
         "--log-level", "info",
     )  # fmt: skip
     # Ready, not only listening: /health answers 503 until the static services are checked.
+    # Its own log, not wait_http: routers here share the port, a probe may reach another.
     wait(lambda: "ready: " in proc.log(), timeout=20, what=f"{name} ready")
     return proc
 
