@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import json
 import threading
+import time
 from typing import Any
 
 import httpx
 
-from kubeapi import APPS, DISCOVERY, ISVC, KubeAPI, collection
+from kubeapi import APPS, CORE, DISCOVERY, ISVC, KubeAPI, collection
 from procs import wait_until
 
 DEPLOYMENTS = collection(APPS, "deployments", "ns")
@@ -101,6 +102,55 @@ def test_watch_streams_can_be_dropped_and_expired(kubeapi: KubeAPI) -> None:
     gone: list[dict[str, Any]] = []
     _watch(kubeapi, slices, gone, threading.Event())
     assert gone[0]["type"] == "ERROR" and gone[0]["object"]["code"] == 410
+
+
+def test_a_change_while_a_watch_sends_the_existing_objects_is_not_lost(kubeapi: KubeAPI) -> None:
+    """A watch sends every object, then every change from its start on. The client reads
+    nothing until a change is made, so the server is still sending the existing objects
+    (more than the sockets hold) when it happens; kmock 0.8 alone lost that change."""
+    maps = collection(CORE, "configmaps", "w")
+    for i in range(120):
+        kubeapi.create(maps, {"metadata": {"name": f"big-{i}"}, "data": {"x": "y" * 60_000}})
+    with (
+        httpx.Client(base_url=kubeapi.url, timeout=20) as client,
+        client.stream("GET", maps, params={"watch": "true"}) as resp,
+    ):
+        time.sleep(0.5)  # the server fills the socket buffers and waits
+        kubeapi.create(maps, {"metadata": {"name": "late"}, "data": {}})
+        names = []
+        for line in resp.iter_lines():
+            if line.strip():
+                event = json.loads(line)
+                names.append((event["type"], event["object"]["metadata"]["name"]))
+                if names[-1][1] == "late":
+                    break
+    assert len(names) == 121 and names[-1] == ("ADDED", "late")
+
+
+def test_a_watch_from_a_lists_version_sends_only_what_changed_since(kubeapi: KubeAPI) -> None:
+    """As the real API server: a client that listed and then watches from the list's
+    resourceVersion gets the changes after it, never again the states it was listed."""
+    for name in ("a", "b"):
+        kubeapi.create(DEPLOYMENTS, deployment(name))
+    listing = kubeapi.client.get(DEPLOYMENTS).json()
+    version = listing["metadata"]["resourceVersion"]
+    assert version == max((i["metadata"]["resourceVersion"] for i in listing["items"]), key=int)
+    kubeapi.patch(f"{DEPLOYMENTS}/b", {"spec": {"replicas": 3}})
+    with (
+        httpx.Client(base_url=kubeapi.url, timeout=20) as client,
+        client.stream(
+            "GET", DEPLOYMENTS, params={"watch": "true", "resourceVersion": version}
+        ) as resp,
+    ):
+        kubeapi.create(DEPLOYMENTS, deployment("c"))
+        seen = []
+        for line in resp.iter_lines():
+            if line.strip():
+                event = json.loads(line)
+                seen.append((event["type"], event["object"]["metadata"]["name"]))
+                if len(seen) == 2:
+                    break
+    assert seen == [("MODIFIED", "b"), ("ADDED", "c")]
 
 
 def test_generate_name_gives_each_object_its_own_name(kubeapi: KubeAPI) -> None:

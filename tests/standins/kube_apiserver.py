@@ -9,9 +9,13 @@ through a kubeconfig. What it adds to kmock 0.8's emulator:
   update touches ``spec`` (kopf's finalizer JSON-patch tests ``resourceVersion``);
 - a merge patch that names a stale ``metadata.resourceVersion`` answers 409, and a
   JSON patch whose ``test`` operation fails answers 422, as the real API server does;
+- a request log that keeps only the requests being handled (kmock keeps every request
+  and scans the whole log for each new one);
 - ``metadata.name`` from ``generateName`` (kopf posts Events that way);
 - the resources llmsvc uses, declared for API discovery (kopf waits for namespaces and
   CRDs to be discoverable before it starts watching);
+- lists with a real ``resourceVersion``, and watches that start from the one they name
+  (kmock's send every object again, and miss a change made while they do);
 - the ``scale`` subresource of Deployments (``GET``/``PATCH .../deployments/{name}/scale``:
   an autoscaling/v1 Scale read from and written to the Deployment's ``spec.replicas``);
 - test controls under ``/_control/``: ``POST /_control/drop-watches`` ends every open
@@ -21,9 +25,10 @@ through a kubeconfig. What it adds to kmock 0.8's emulator:
   (``namespace``, ``name``, ``replicas``, ``at``: Unix time).
 
 Known gaps it keeps: label and field selectors are ignored, there is no garbage
-collection by ownerReferences, no admission (schemas are not enforced), lists carry a
-placeholder ``resourceVersion``, and ``GET /api/v1/namespaces`` is not parsed (kopf asks
-for it only when it watches specific namespaces).
+collection by ownerReferences, no admission (schemas are not enforced), a watch from a
+``resourceVersion`` does not replay a deletion made between that version and its start,
+and ``GET /api/v1/namespaces`` is not parsed (kopf asks for it only when it watches
+specific namespaces).
 """
 
 from __future__ import annotations
@@ -84,6 +89,7 @@ class Emulator(kmock.KubernetesEmulator):
         self["post /_control/gone"] << self._make_gone
         self["get /_control/scales"] << self._scales_written
         self._scale_writes: list[dict[str, Any]] = []
+        self._handling: set[int] = set()  # id() of the requests being handled
 
     async def _drop_watches(self, request: rendering.Request) -> dict[str, Any]:
         dropped, self._dropped = self._dropped, asyncio.Event()
@@ -98,6 +104,19 @@ class Emulator(kmock.KubernetesEmulator):
         return {"gone": self._gone}
 
     async def _handle(self, request: rendering.Request) -> aiohttp.web.StreamResponse:
+        # kmock logs every request for assertions and, for each request, walks that log once
+        # per reaction to find it: quadratic (an operator asking every 0.2 s had it at one
+        # full core, seconds per answer, within a minute). Nothing reads the log here, so it
+        # keeps only the requests still being matched (the one being handled among them).
+        self._handling.add(id(request))
+        if len(self._requests) > len(self._handling):
+            self._requests[:] = [r for r in self._requests if id(r) in self._handling]
+        try:
+            return await self._serve(request)
+        finally:
+            self._handling.discard(id(request))
+
+    async def _serve(self, request: rendering.Request) -> aiohttp.web.StreamResponse:
         if _is_deployment_scale(request):
             return aiohttp.web.json_response(await self._scale(request))
         if request.resource is not None:
@@ -110,6 +129,7 @@ class Emulator(kmock.KubernetesEmulator):
         counts as a spec change: ``generation`` + 1, as the real API server does)."""
         assert request.resource is not None and request.name is not None
         key = (request.resource, request.namespace, request.name)
+        version = str(next(self._versions))  # before queueing for the lock, as _stamp does
         async with self._lock:
             if key not in self._objects or self._objects[key].deleted:
                 raise kmock.KubernetesError(
@@ -122,7 +142,7 @@ class Emulator(kmock.KubernetesEmulator):
                 if not isinstance(replicas, int) or isinstance(replicas, bool) or replicas < 0:
                     message = "spec.replicas: must be an integer >= 0"
                     raise kmock.KubernetesError(status=422, reason="Invalid", message=message)
-                meta: dict[str, Any] = {"resourceVersion": str(next(self._versions))}
+                meta: dict[str, Any] = {"resourceVersion": version}
                 change: dict[str, Any] = {"metadata": meta}
                 if replicas != obj.raw.get("spec", {}).get("replicas"):
                     change["spec"] = {"replicas": replicas}
@@ -198,13 +218,14 @@ class Emulator(kmock.KubernetesEmulator):
         return raw
 
     async def _serve_watch(self, request: rendering.Request) -> AsyncIterator[Any]:
+        self._handling.discard(id(request))  # matched and served: out of kmock's log
         if self._gone > 0:
             self._gone -= 1
             yield b""
             yield {"type": "ERROR", "object": _status(410, "Expired", "too old resource version")}
             return
         dropped = self._dropped
-        stream = super()._serve_watch(request)
+        stream = self._events(request)
         try:
             while True:
                 following = asyncio.ensure_future(anext(stream))
@@ -224,6 +245,56 @@ class Emulator(kmock.KubernetesEmulator):
         finally:
             if isinstance(stream, AsyncGenerator):  # kmock's is one: close it now, not at GC
                 await stream.aclose()
+
+    async def _serve_list(self, request: rendering.Request) -> Any:
+        """kmock's list, with a real ``resourceVersion``: the newest of its items'."""
+        listing = await super()._serve_list(request)
+        versions = [_version(item) for item in listing["items"]]
+        listing["metadata"] = {"resourceVersion": str(max(versions, default=0))}
+        return listing
+
+    async def _events(self, request: rendering.Request) -> AsyncIterator[Any]:
+        """A watch: the objects changed since its ``resourceVersion`` (every object when it
+        names none), then every change from that moment on.
+
+        kmock 0.8 sends every object, whatever the version, and takes its place on the event
+        bus only after that. A client that had listed got again states it had already acted
+        on (kopf then patched with a stale version, failed the test, and waited for an event
+        that had already come: an object left alone for a whole --watch-timeout), and a
+        change made while the objects were sent was lost. Here the place is taken under the
+        lock every change is made under, with the snapshot; versions rise in the order the
+        changes are made (each is numbered just before it queues for that lock)."""
+        assert request.resource is not None
+        since = request.params.get("resourceVersion", "")
+        after = int(since) if since.isdigit() else None
+        yield b""  # the headers, now
+        bus = self._buses[request.resource]
+        async with self._lock:
+            mark = await bus.mark()
+            objects = self._KubernetesEmulator__get_objs(request, strict=False)  # type: ignore[attr-defined]
+            current = [obj.raw for obj in objects if not obj.deleted]
+        if after is None:
+            first = [{"type": "ADDED", "object": raw} for raw in current]
+        else:  # a deletion in between is not replayed (no history of deletions is kept)
+            first = [
+                {"type": "MODIFIED", "object": raw} for raw in current if _version(raw) > after
+            ]
+        try:
+            for event in first:
+                yield event
+            async for event in bus.stream(since=mark):
+                meta = event.get("object", {}).get("metadata", {})
+                if self._KubernetesEmulator__check(  # type: ignore[attr-defined]
+                    request, request.resource, meta.get("namespace"), meta.get("name"), strict=False
+                ):
+                    yield event
+        finally:
+            await bus.unmark(mark)
+
+
+def _version(raw: dict[str, Any]) -> int:
+    version = str(raw.get("metadata", {}).get("resourceVersion", ""))
+    return int(version) if version.isdigit() else 0
 
 
 def _is_deployment_scale(request: rendering.Request) -> bool:
