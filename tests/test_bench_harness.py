@@ -50,7 +50,9 @@ def test_sse_events_split_across_reads_counted_once() -> None:
     assert count_new(b"data: {}data:", 8, b"data:") == 1  # the first wholly in the tail
 
 
-@pytest.mark.parametrize("interval", ["0.002", "0"])
+# Paced chunks 20 ms apart: a loaded 2-core machine (2 ms was tried) can stall the client for
+# a few ms and have it read several at once, which says nothing about the pacing.
+@pytest.mark.parametrize("interval", ["0.02", "0"])
 def test_paced_client_sees_paced_chunks_alone_and_bursts_coalesced(
     spawn: Spawn, interval: str
 ) -> None:
@@ -67,7 +69,7 @@ def test_paced_client_sees_paced_chunks_alone_and_bursts_coalesced(
     )
     assert result.errors == 0 and result.streams >= 3
     assert result.chunks == 30 * result.streams
-    if interval == "0":
+    if interval == "0":  # all 30 written at once
         assert result.chunks / result.reads > 5 and result.coalesced > 0
     else:
         assert result.chunks / result.reads < 1.5

@@ -4,7 +4,6 @@
 from __future__ import annotations
 
 import os
-import shutil
 import subprocess
 from pathlib import Path
 
@@ -21,9 +20,8 @@ from procs import (
     start_sim_engine,
     wait_until,
 )
+from tools import require_tool
 
-NGINX = shutil.which("nginx") or ("/usr/sbin/nginx" if Path("/usr/sbin/nginx").exists() else None)
-pytestmark = pytest.mark.skipif(NGINX is None, reason="nginx is not installed")
 TOKEN = "nginx-config-token"
 
 
@@ -35,10 +33,9 @@ def run(tmp_path: Path, *args: str) -> subprocess.CompletedProcess[str]:
     )
 
 
-def nginx_test(conf: Path, prefix: Path) -> subprocess.CompletedProcess[str]:
-    assert NGINX is not None
+def nginx_test(nginx: str, conf: Path, prefix: Path) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [NGINX, "-t", "-p", str(prefix), "-c", str(conf), "-g", f"pid {prefix}/nginx.pid;"],
+        [nginx, "-t", "-p", str(prefix), "-c", str(conf), "-g", f"pid {prefix}/nginx.pid;"],
         capture_output=True,
         text=True,
         timeout=30,
@@ -56,6 +53,7 @@ def register(registry: str, name: str, port: int, **fields: object) -> None:
 def test_upstreams_from_the_registry_pass_nginx_t_and_route_by_model(
     spawn: Spawn, tmp_path: Path
 ) -> None:
+    nginx_bin = require_tool("nginx")
     _, registry = start_registry(spawn, token=TOKEN)
     _, port_a = start_sim_engine(spawn, "a")
     _, port_b = start_sim_engine(spawn, "b")
@@ -92,7 +90,7 @@ def test_upstreams_from_the_registry_pass_nginx_t_and_route_by_model(
     assert f"server {HOST}:{port_c} weight=1 max_fails=3 fail_timeout=1m;  # c" in text
     assert "# gone" not in text  # unhealthy: left out
     assert '"Qwen3-32B" llmsvc_Qwen3_32B;' in text
-    check = nginx_test(conf, tmp_path)
+    check = nginx_test(nginx_bin, conf, tmp_path)
     assert check.returncode == 0, check.stderr
 
     # The http-context part, included in an http block of one's own.
@@ -102,13 +100,12 @@ def test_upstreams_from_the_registry_pass_nginx_t_and_route_by_model(
     assert "events" not in snippet.read_text()
     wrapper = tmp_path / "wrapper.conf"
     wrapper.write_text(f"events {{}}\nhttp {{\n    include {snippet};\n}}\n")
-    check = nginx_test(wrapper, tmp_path)
+    check = nginx_test(nginx_bin, wrapper, tmp_path)
     assert check.returncode == 0, check.stderr
 
     # A real nginx with the generated file routes each model to its engines.
-    assert NGINX is not None
     nginx = spawn(
-        "nginx", NGINX, "-p", str(tmp_path), "-c", str(conf),
+        "nginx", nginx_bin, "-p", str(tmp_path), "-c", str(conf),
         "-g", f"daemon off; pid {tmp_path}/nginx.pid; error_log stderr;", raw=True,
     )  # fmt: skip
     base = f"http://{HOST}:{listen}"

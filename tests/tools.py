@@ -1,4 +1,4 @@
-"""External tools the tests need (helm, promtool, prometheus, docker, kind): find or skip.
+"""External tools the tests need (helm, promtool, prometheus, amtool, nginx, docker, kind): find or skip.
 
 Locally a missing tool skips its tests with the reason and how to install it; in CI
 (``LLMSVC_REQUIRE_TOOLS=1``, set by ``.ci/run``) a missing tool fails them, so that a
@@ -22,6 +22,7 @@ HOW = {
     "promtool": "apt-get install prometheus",
     "prometheus": "apt-get install prometheus",
     "amtool": "apt-get install prometheus-alertmanager",
+    "nginx": "apt-get install nginx",
 }
 # Tools whose tests only run where they exist, in CI too (no Docker engine in CI).
 OPTIONAL = {"docker", "kind"}
@@ -33,7 +34,8 @@ def tool_path(name: str) -> str | None:
         candidate = directory / name
         if candidate.is_file() and os.access(candidate, os.X_OK):
             return str(candidate)
-    return shutil.which(name)
+    # /usr/sbin holds nginx and is not on every user's PATH.
+    return shutil.which(name) or shutil.which(name, path="/usr/sbin")
 
 
 def require_tool(name: str) -> str:
