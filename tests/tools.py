@@ -1,4 +1,4 @@
-"""External tools the tests need (helm, promtool, prometheus, amtool, nginx, docker, kind): find or skip.
+"""External tools the tests need (helm, promtool, amtool, nginx, docker, ...): find or skip.
 
 Locally a missing tool skips its tests with the reason and how to install it; in CI
 (``LLMSVC_REQUIRE_TOOLS=1``, set by ``.ci/run``) a missing tool fails them, so that a

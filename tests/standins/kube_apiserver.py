@@ -249,6 +249,7 @@ class Emulator(kmock.KubernetesEmulator):
     async def _serve_list(self, request: rendering.Request) -> Any:
         """kmock's list, with a real ``resourceVersion``: the newest of its items'."""
         listing = await super()._serve_list(request)
+        assert isinstance(listing, dict)  # kmock's list is a dict
         versions = [_version(item) for item in listing["items"]]
         listing["metadata"] = {"resourceVersion": str(max(versions, default=0))}
         return listing
