@@ -445,8 +445,10 @@ _CHILD = textwrap.dedent(
 
 
 def _reported(child: Proc) -> set[int]:
-    """The lines the child has said (after complete() returned) are completed."""
-    return {int(w.split()[1]) for w in child.log().splitlines() if w.startswith("done ")}
+    """The lines the child has said (after complete() returned) are completed: whole lines
+    only (unbuffered, print writes "done", " ", the index and the newline one by one)."""
+    whole = child.log().split("\n")[:-1]
+    return {int(w.split()[1]) for w in whole if w.startswith("done ")}
 
 
 def test_sigkill_loses_no_completed_line(spawn: Spawn, tmp_path: Path) -> None:
