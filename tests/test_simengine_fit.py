@@ -161,24 +161,30 @@ def test_fit_recovers_a_simulated_engines_step_noise_and_batch_wait(
                    "--seed", "4", *truth)  # fmt: skip
     url = f"http://127.0.0.1:{port}"
     engine.wait_http(f"{url}/health")
-    out = tmp_path / "fitted.json"
-    fit = ["--url", url, "--model", "sim-model", "--out", str(out), "--samples", "2",
-           "--prompt-tokens", "16,64"]  # fmt: skip
-    done = subprocess.run(
-        llmsvc_args("sim-engine", "fit", *fit, "--decode-tokens", "60", "--concurrency", "1"),
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
-    assert done.returncode == 0, done.stderr
-    document = json.loads(out.read_text())
+    documents = []
+    for run in range(3):  # batch_wait_s: the median of three fits (see below)
+        out = tmp_path / f"fitted-{run}.json"
+        fit = ["--url", url, "--model", "sim-model", "--out", str(out), "--samples", "2",
+               "--prompt-tokens", "16,64"]  # fmt: skip
+        done = subprocess.run(
+            llmsvc_args("sim-engine", "fit", *fit, "--decode-tokens", "60", "--concurrency", "1"),
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert done.returncode == 0, done.stderr
+        documents.append(json.loads(out.read_text()))
+    document = documents[0]
     assert document["settings"]["step_noise"] == pytest.approx(0.3, abs=0.1)
     assert document["settings"]["decode_tokens_per_s"] == pytest.approx(50, rel=0.2)
     assert document["fit"]["itl_alone_gaps"] == 118  # 2 samples of 59 gaps (not the closing chunk)
     spread = document["fit"]["itl_alone_p95_s"] / document["fit"]["itl_alone_p50_s"]
     assert spread == pytest.approx(math.exp(0.3 * 1.645), rel=0.2)
-    # requests sent up to 16 ms apart joined the first's step, from 24 ms on they did not
-    assert document["settings"]["batch_wait_s"] == pytest.approx(0.02, abs=0.006)
+    # Requests sent up to 16 ms apart joined the first's step, from 24 ms on they did not.
+    # One fit's probe is a single pair per delay: on a loaded machine the 16 ms pair can
+    # reach the engine 4 ms late and miss (CI saw 13.8 ms), so the median of three is taken.
+    waits = sorted(d["settings"]["batch_wait_s"] for d in documents)
+    assert waits[1] == pytest.approx(0.02, abs=0.006), waits
 
 
 def test_fit_of_an_unreachable_url_exits_1_with_one_line() -> None:
