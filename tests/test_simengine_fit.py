@@ -7,6 +7,7 @@ import math
 import random
 import subprocess
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -127,6 +128,17 @@ def test_bad_profiles_exit_2_with_one_line(
     assert message in done.stderr
 
 
+def fitted(url: str, out: Path, *flags: str) -> dict[str, Any]:
+    """``llmsvc sim-engine fit`` of the engine at ``url`` into ``out``: what it wrote."""
+    fit = ["--url", url, "--model", "sim-model", "--out", str(out), *flags]
+    done = subprocess.run(
+        llmsvc_args("sim-engine", "fit", *fit), capture_output=True, text=True, timeout=60
+    )
+    assert done.returncode == 0, done.stderr
+    document: dict[str, Any] = json.loads(out.read_text())
+    return document
+
+
 def test_fit_recovers_a_simulated_engine(spawn: Spawn, tmp_path: Path) -> None:
     port = free_port()
     truth = ("--prefill-tokens-per-s", "4000", "--decode-tokens-per-s", "100")
@@ -134,15 +146,8 @@ def test_fit_recovers_a_simulated_engine(spawn: Spawn, tmp_path: Path) -> None:
     url = f"http://127.0.0.1:{port}"
     engine.wait_http(f"{url}/health")
     out = tmp_path / "fitted.json"
-    fit = ["--url", url, "--model", "sim-model", "--out", str(out), "--samples", "1"]
-    done = subprocess.run(
-        llmsvc_args("sim-engine", "fit", *fit, "--decode-tokens", "20", "--concurrency", "1,4"),
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
-    assert done.returncode == 0, done.stderr
-    settings = json.loads(out.read_text())["settings"]
+    fit = ["--samples", "1", "--decode-tokens", "20", "--concurrency", "1,4"]
+    settings = fitted(url, out, *fit)["settings"]
     assert settings["chars_per_token"] == pytest.approx(4, rel=0.05)
     assert settings["prefill_tokens_per_s"] == pytest.approx(4000, rel=0.2)
     assert settings["prefill_overhead_s"] < 0.03
@@ -161,19 +166,10 @@ def test_fit_recovers_a_simulated_engines_step_noise_and_batch_wait(
                    "--seed", "4", *truth)  # fmt: skip
     url = f"http://127.0.0.1:{port}"
     engine.wait_http(f"{url}/health")
-    documents = []
-    for run in range(3):  # batch_wait_s: the median of three fits (see below)
-        out = tmp_path / f"fitted-{run}.json"
-        fit = ["--url", url, "--model", "sim-model", "--out", str(out), "--samples", "2",
-               "--prompt-tokens", "16,64"]  # fmt: skip
-        done = subprocess.run(
-            llmsvc_args("sim-engine", "fit", *fit, "--decode-tokens", "60", "--concurrency", "1"),
-            capture_output=True,
-            text=True,
-            timeout=60,
-        )
-        assert done.returncode == 0, done.stderr
-        documents.append(json.loads(out.read_text()))
+    fit = ["--samples", "2", "--prompt-tokens", "16,64", "--decode-tokens", "60",
+           "--concurrency", "1"]  # fmt: skip
+    # batch_wait_s: the median of three fits (see below)
+    documents = [fitted(url, tmp_path / f"fitted-{run}.json", *fit) for run in range(3)]
     document = documents[0]
     assert document["settings"]["step_noise"] == pytest.approx(0.3, abs=0.1)
     assert document["settings"]["decode_tokens_per_s"] == pytest.approx(50, rel=0.2)

@@ -243,8 +243,7 @@ class Emulator(kmock.KubernetesEmulator):
                     return
                 yield item
         finally:
-            if isinstance(stream, AsyncGenerator):  # kmock's is one: close it now, not at GC
-                await stream.aclose()
+            await stream.aclose()  # now, not at garbage collection
 
     async def _serve_list(self, request: rendering.Request) -> Any:
         """kmock's list, with a real ``resourceVersion``: the newest of its items'."""
@@ -254,7 +253,7 @@ class Emulator(kmock.KubernetesEmulator):
         listing["metadata"] = {"resourceVersion": str(max(versions, default=0))}
         return listing
 
-    async def _events(self, request: rendering.Request) -> AsyncIterator[Any]:
+    async def _events(self, request: rendering.Request) -> AsyncGenerator[Any, None]:
         """A watch: the objects changed since its ``resourceVersion`` (every object when it
         names none), then every change from that moment on.
 
