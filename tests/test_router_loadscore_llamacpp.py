@@ -141,9 +141,9 @@ async def test_an_input_an_engine_lacks_is_a_warning_once_per_backend(
             load = await scraped_load(aiohttp_client, tmp_path, port)
             await asyncio.sleep(0.5)  # several more scrapes
         assert (load["kv_cache_use"], load["missing"]) == (0.0, ["KV-cache use"])
-    warnings = [r.getMessage() for r in caplog.records if "reads it as 0" in r.getMessage()]
+    warnings = [r.getMessage() for r in caplog.records if "read it as 0" in r.getMessage()]
     assert warnings == [
-        "backend ll exports no KV-cache use in its /metrics: least_load reads it as 0"
+        "backend ll exports no KV-cache use in its /metrics: least_load and scored read it as 0"
     ]
 
 

@@ -128,7 +128,7 @@ class LoadScraper:
         self._warned[backend.name] = load.missing
         if load.missing:
             log.warning(
-                "backend %s exports no %s in its /metrics: least_load reads it as 0",
+                "backend %s exports no %s in its /metrics: least_load and scored read it as 0",
                 backend.name,
                 " and no ".join(load.missing),
                 extra={"backend": backend.name},
