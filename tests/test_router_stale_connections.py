@@ -2,16 +2,20 @@
 
 llama-server closes a connection right after a stream; a router that pooled it finds
 out only when it sends the next request there and the backend closes without a byte of
-answer (aiohttp's ``ServerDisconnectedError``). The router sends that request again at
-once on another connection (``proxy.STALE_RETRIES``) instead of answering 502 when the
-model has one backend. The stand-in here answers the first POST of every connection
-and closes the connection on the next one, as such a backend does.
+answer (aiohttp's ``ServerDisconnectedError``), or, when the close crossed the request,
+with a reset (``ClientOSError``, ECONNRESET: a real llama-server's test once got a 502 so).
+The router sends that request again at once on another connection
+(``proxy.STALE_RETRIES``) instead of answering 502 when the model has one backend. The
+stand-in here answers the first POST of every connection and closes or resets the
+connection on the next one, as such a backend does.
 """
 
 from __future__ import annotations
 
 import json
+import socket
 import socketserver
+import struct
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -33,7 +37,8 @@ ANSWER = json.dumps(
 
 
 class _ClosesReusedConnections(socketserver.StreamRequestHandler):
-    """Answers GETs always, a connection's first POST, and closes on its second POST."""
+    """Answers GETs always, a connection's first POST, and closes on its second POST
+    (resets it where the server's ``reset`` is set)."""
 
     def handle(self) -> None:
         posts = 0
@@ -50,8 +55,12 @@ class _ClosesReusedConnections(socketserver.StreamRequestHandler):
             self.rfile.read(length)
             if method == b"POST":
                 posts += 1
-                if posts > 1:
-                    return  # closed without a byte of answer: a stale kept-alive connection
+                if posts > 1:  # without a byte of answer: a stale kept-alive connection
+                    if getattr(self.server, "reset", False):  # an RST, not a FIN
+                        linger = struct.pack("ii", 1, 0)
+                        self.connection.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, linger)
+                        self.connection.close()  # now: socketserver would send a FIN first
+                    return
             body = ANSWER if method == b"POST" else b'{"status": "ok"}'
             head = (
                 b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n"
@@ -61,10 +70,11 @@ class _ClosesReusedConnections(socketserver.StreamRequestHandler):
             self.wfile.flush()
 
 
-@pytest.fixture
-def closing_backend() -> Iterator[int]:
+@pytest.fixture(params=["close", "reset"])
+def closing_backend(request: pytest.FixtureRequest) -> Iterator[int]:
     server = socketserver.ThreadingTCPServer(("127.0.0.1", 0), _ClosesReusedConnections)
     server.daemon_threads = True
+    server.reset = request.param == "reset"  # type: ignore[attr-defined]
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
     try:

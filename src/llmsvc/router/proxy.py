@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import time
 from collections.abc import Callable
 
@@ -65,9 +66,25 @@ from llmsvc.router.tenants import VIA_BATCH_TOKEN
 from llmsvc.router.usage import StreamUsage, usage_of_body
 
 STALE_RETRIES = 2
-"""Sends again, at once, of a request whose connection the backend closed before any byte
-of its answer (a kept-alive connection it had closed meanwhile), before it counts as a
-connect failure (then retried on another backend, as before)."""
+"""Sends again, at once, of a request whose connection the backend closed or reset before
+any byte of its answer (a kept-alive connection it had closed meanwhile), before it counts
+as a connect failure (then retried on another backend, as before)."""
+
+STALE_ERRNOS = frozenset({errno.ECONNRESET, errno.EPIPE})
+"""How a write to, or a read from, a connection the backend had closed fails."""
+
+
+def stale_connection(exc: aiohttp.ClientError) -> bool:
+    """Whether ``exc`` is what a pooled connection the backend had closed gives: closed
+    (``ServerDisconnectedError``) or reset without a byte of answer. A connection refused
+    (``ClientConnectorError``) is a new one, never stale."""
+    if isinstance(exc, aiohttp.ServerDisconnectedError):
+        return True
+    return (
+        isinstance(exc, aiohttp.ClientOSError)
+        and not isinstance(exc, aiohttp.ClientConnectorError)
+        and exc.errno in STALE_ERRNOS
+    )
 
 
 class RetryableFailure(Exception):
@@ -271,11 +288,13 @@ class Proxy:
                         request.method, url, data=info.body, headers=headers,
                         timeout=timeout, allow_redirects=False,
                     )  # fmt: skip
-                except aiohttp.ServerDisconnectedError:
-                    # Closed without a byte of answer: most often a kept-alive connection
-                    # the backend had just closed (llama-server closes after a stream);
-                    # the pool gives another or a new one. Then a failure like any other.
-                    if not stale:
+                except (aiohttp.ServerDisconnectedError, aiohttp.ClientOSError) as exc:
+                    # Closed or reset without a byte of answer: most often a kept-alive
+                    # connection the backend had just closed (llama-server closes after a
+                    # stream; the close can cross the next request, which then meets a
+                    # reset); the pool gives another or a new one. Then a failure like any
+                    # other.
+                    if not stale or not stale_connection(exc):
                         raise
             raise AssertionError("unreachable")  # pragma: no cover
         except (aiohttp.ClientError, OSError) as exc:
