@@ -56,7 +56,7 @@ class _ClosesReusedConnections(socketserver.StreamRequestHandler):
             if method == b"POST":
                 posts += 1
                 if posts > 1:  # without a byte of answer: a stale kept-alive connection
-                    if getattr(self.server, "reset", False):  # an RST, not a FIN
+                    if isinstance(self.server, _Server) and self.server.reset:  # RST, not FIN
                         linger = struct.pack("ii", 1, 0)
                         self.connection.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, linger)
                         self.connection.close()  # now: socketserver would send a FIN first
@@ -70,11 +70,15 @@ class _ClosesReusedConnections(socketserver.StreamRequestHandler):
             self.wfile.flush()
 
 
+class _Server(socketserver.ThreadingTCPServer):
+    daemon_threads = True
+    reset = False  # reused connections end with a reset, not a close
+
+
 @pytest.fixture(params=["close", "reset"])
 def closing_backend(request: pytest.FixtureRequest) -> Iterator[int]:
-    server = socketserver.ThreadingTCPServer(("127.0.0.1", 0), _ClosesReusedConnections)
-    server.daemon_threads = True
-    server.reset = request.param == "reset"  # type: ignore[attr-defined]
+    server = _Server(("127.0.0.1", 0), _ClosesReusedConnections)
+    server.reset = request.param == "reset"
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
     try:

@@ -288,7 +288,7 @@ class Proxy:
                         request.method, url, data=info.body, headers=headers,
                         timeout=timeout, allow_redirects=False,
                     )  # fmt: skip
-                except (aiohttp.ServerDisconnectedError, aiohttp.ClientOSError) as exc:
+                except aiohttp.ClientError as exc:
                     # Closed or reset without a byte of answer: most often a kept-alive
                     # connection the backend had just closed (llama-server closes after a
                     # stream; the close can cross the next request, which then meets a
