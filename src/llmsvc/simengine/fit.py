@@ -272,7 +272,9 @@ async def _join_probes(prober: Prober, rng: random.Random, m: Measurements) -> N
 async def measure(s: FitSettings) -> Measurements:
     """Every probe of the procedure, one after another."""
     m = Measurements()
-    rng = random.Random(0)
+    # Fresh words each run: the engine's prefix cache still holds an earlier fit's prompts,
+    # and a rerun with the same ones would measure cache hits, not prefill.
+    rng = random.Random()
     timeout = aiohttp.ClientTimeout(total=s.timeout)
     # A fresh connection per probe: llama.cpp's server closes a streamed one after [DONE].
     connector = aiohttp.TCPConnector(force_close=True)
